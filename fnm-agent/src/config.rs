@@ -1,0 +1,324 @@
+//! The agent's configuration: TOML, typed with serde, unknown keys rejected.
+//!
+//! Every default is written in the doc comment of its field and in
+//! `config/fnm-agent.toml`, which is exactly what `fnm-agent print-default-config` prints.
+
+use crate::prefix::Prefix;
+use serde::{Deserialize, Serialize};
+use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has an unknown or mistyped key (the message names key and line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// Root of `fnm-agent.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The operator's own networks: traffic to them is `incoming`, from them `outgoing`.
+    /// Default: `["10.10.0.0/16", "2001:db8::/32"]` (documentation ranges: replace them).
+    #[serde(default = "default_networks")]
+    pub networks: Vec<Prefix>,
+    /// Prefixes that are never dropped and never banned. Default: empty.
+    #[serde(default)]
+    pub whitelist: Vec<Prefix>,
+    /// Where bans, templates and attack history are kept across restarts.
+    /// Default: `/var/lib/fnm`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How often counters are polled and rates computed. Default: `1s` (at most 1 s allowed).
+    #[serde(default = "default_poll_interval", with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// XDP data plane.
+    #[serde(default)]
+    pub xdp: XdpConfig,
+    /// HTTP JSON API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Prometheus exporter.
+    #[serde(default)]
+    pub prometheus: PrometheusConfig,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+}
+
+/// `[xdp]`: the XDP data plane.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XdpConfig {
+    /// Turn the XDP data plane on. Default: `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Interfaces to attach to. Default: `["eth0"]`.
+    #[serde(default = "default_interfaces")]
+    pub interfaces: Vec<String>,
+    /// `auto` | `native` | `skb`. Default: `auto`.
+    #[serde(default)]
+    pub mode: XdpMode,
+    /// Local hosts counted per direction (kernel hash table; new hosts beyond it are counted in
+    /// `fnm_xdp_host_table_full_total`, existing ones are never evicted). Default: `65536`.
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: u32,
+    /// 5-tuples remembered to count new flows (LRU). Default: `262144`.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
+    /// Entries of each drop table (source and destination). Default: `65536`.
+    #[serde(default = "default_max_drops")]
+    pub max_drop_entries: u32,
+    /// Entries of the local-network and whitelist tables. Default: `16384`.
+    #[serde(default = "default_max_prefixes")]
+    pub max_prefixes: u32,
+    /// Hosts idle this long are removed from the kernel table (their totals stay in the agent).
+    /// Default: `10m`.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
+    pub host_idle_timeout: Duration,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: default_interfaces(),
+            mode: XdpMode::Auto,
+            max_hosts: default_max_hosts(),
+            max_flows: default_max_flows(),
+            max_drop_entries: default_max_drops(),
+            max_prefixes: default_max_prefixes(),
+            host_idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// `[api]`: the HTTP JSON API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address. Default: `127.0.0.1:9210`.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_api_listen(),
+        }
+    }
+}
+
+/// `[prometheus]`: the metrics exporter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Listen address of `/metrics`. Default: `127.0.0.1:9209`.
+    #[serde(default = "default_prometheus_listen")]
+    pub listen: SocketAddr,
+    /// Per-host series are exported only for this many top hosts per direction (by packets/s),
+    /// plus banned hosts. Default: `20`.
+    #[serde(default = "default_top_hosts")]
+    pub top_hosts: usize,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_prometheus_listen(),
+            top_hosts: default_top_hosts(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_networks() -> Vec<Prefix> {
+    vec![
+        "10.10.0.0/16".parse().expect("valid prefix"),
+        "2001:db8::/32".parse().expect("valid prefix"),
+    ]
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fnm")
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_interfaces() -> Vec<String> {
+    vec!["eth0".into()]
+}
+fn default_max_hosts() -> u32 {
+    65_536
+}
+fn default_max_flows() -> u32 {
+    262_144
+}
+fn default_max_drops() -> u32 {
+    65_536
+}
+fn default_max_prefixes() -> u32 {
+    16_384
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_api_listen() -> SocketAddr {
+    "127.0.0.1:9210".parse().expect("valid address")
+}
+fn default_prometheus_listen() -> SocketAddr {
+    "127.0.0.1:9209".parse().expect("valid address")
+}
+fn default_top_hosts() -> usize {
+    20
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty config is valid")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.poll_interval.is_zero() || self.poll_interval > Duration::from_secs(1) {
+            return Err("poll_interval must be between 1ms and 1s".into());
+        }
+        if self.networks.is_empty() {
+            return Err("networks: at least one local network is needed".into());
+        }
+        if self.xdp.enabled && self.xdp.interfaces.is_empty() {
+            return Err("xdp.interfaces: empty while xdp.enabled = true".into());
+        }
+        for (key, value) in [
+            ("xdp.max_hosts", self.xdp.max_hosts),
+            ("xdp.max_flows", self.xdp.max_flows),
+            ("xdp.max_drop_entries", self.xdp.max_drop_entries),
+            ("xdp.max_prefixes", self.xdp.max_prefixes),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be above 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The default configuration as commented TOML (what `print-default-config` prints).
+    pub fn default_toml() -> &'static str {
+        include_str!("../../config/fnm-agent.toml")
+    }
+}
+
+/// serde helpers for durations written as `"1s"`, `"30m"`, `"250ms"`.
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes a duration as humantime text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads humantime text such as `"1s"` or `"30m"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_config_equals_builtin_defaults() {
+        let shipped = Config::parse(Config::default_toml(), Path::new("config/fnm-agent.toml"))
+            .expect("shipped config parses");
+        assert_eq!(shipped, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name_and_line() {
+        let err = Config::parse(
+            "networks = [\"10.0.0.0/8\"]\nbogus = 1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_prefix_is_rejected() {
+        let err = Config::parse("networks = [\"10.0.0.0/33\"]\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn poll_interval_over_a_second_is_rejected() {
+        let err = Config::parse("poll_interval = \"2s\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_interval"), "{err}");
+    }
+}

@@ -1,0 +1,335 @@
+//! IP prefixes (`10.0.0.0/8`, `2001:db8::/32`) and a longest-match set of them.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+/// An address and a prefix length; host bits are always zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+/// Why text is not a prefix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid prefix {text:?}: {reason}")]
+pub struct PrefixError {
+    text: String,
+    reason: &'static str,
+}
+
+impl Prefix {
+    /// Builds a prefix, zeroing host bits; `None` when `len` exceeds the family's width.
+    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
+        let max = max_len(&addr);
+        if len > max {
+            return None;
+        }
+        Some(Self {
+            addr: mask(addr, len),
+            len,
+        })
+    }
+
+    /// The prefix holding exactly one address (/32 or /128).
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            len: max_len(&addr),
+        }
+    }
+
+    /// Network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// Prefix length in bits.
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// True for 0.0.0.0/0 and ::/0.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `addr` lies inside this prefix.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4() && mask(addr, self.len) == self.addr
+    }
+
+    /// True when `other` lies entirely inside this prefix.
+    pub fn covers(&self, other: &Prefix) -> bool {
+        other.len >= self.len && self.contains(other.addr)
+    }
+
+    /// IPv4 prefix.
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+}
+
+fn max_len(addr: &IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len as u32)
+            };
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = PrefixError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason| PrefixError {
+            text: text.to_owned(),
+            reason,
+        };
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| err("not an IP address"))?;
+        let len = match len {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| err("bad prefix length"))?,
+            None => max_len(&addr),
+        };
+        if len > max_len(&addr) {
+            return Err(err("prefix length too long for the address family"));
+        }
+        let prefix = Prefix::new(addr, len).ok_or_else(|| err("bad prefix length"))?;
+        if prefix.addr != addr {
+            return Err(err("host bits set (did you mean the network address?)"));
+        }
+        Ok(prefix)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Serialize for Prefix {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A set of prefixes answering longest-prefix-match queries, each prefix carrying a value.
+///
+/// Lookups probe one hash table per distinct prefix length present, longest first, so the cost
+/// is bounded by the number of distinct lengths (at most 33 or 129), usually a handful.
+#[derive(Debug, Clone)]
+pub struct PrefixMap<V> {
+    v4: Vec<(u8, HashMap<u32, (Prefix, V)>)>,
+    v6: Vec<(u8, HashMap<u128, (Prefix, V)>)>,
+}
+
+impl<V> Default for PrefixMap<V> {
+    fn default() -> Self {
+        Self {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
+    }
+}
+
+impl<V> PrefixMap<V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces the value of `prefix`.
+    pub fn insert(&mut self, prefix: Prefix, value: V) {
+        match prefix.addr {
+            IpAddr::V4(a) => {
+                let table = table_for(&mut self.v4, prefix.len);
+                table.insert(u32::from(a), (prefix, value));
+            }
+            IpAddr::V6(a) => {
+                let table = table_for(&mut self.v6, prefix.len);
+                table.insert(u128::from(a), (prefix, value));
+            }
+        }
+    }
+
+    /// Removes `prefix` exactly; returns its value.
+    pub fn remove(&mut self, prefix: &Prefix) -> Option<V> {
+        match prefix.addr {
+            IpAddr::V4(a) => remove_from(&mut self.v4, prefix.len, &u32::from(a)),
+            IpAddr::V6(a) => remove_from(&mut self.v6, prefix.len, &u128::from(a)),
+        }
+    }
+
+    /// The longest prefix containing `addr`, with its value.
+    pub fn longest_match(&self, addr: IpAddr) -> Option<(&Prefix, &V)> {
+        match addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a);
+                self.v4.iter().find_map(|(len, t)| {
+                    let m = if *len == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - *len as u32)
+                    };
+                    t.get(&(bits & m)).map(|(p, v)| (p, v))
+                })
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                self.v6.iter().find_map(|(len, t)| {
+                    let m = if *len == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - *len as u32)
+                    };
+                    t.get(&(bits & m)).map(|(p, v)| (p, v))
+                })
+            }
+        }
+    }
+
+    /// True when some prefix contains `addr`.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.longest_match(addr).is_some()
+    }
+
+    /// Number of prefixes.
+    pub fn len(&self) -> usize {
+        self.v4.iter().map(|(_, t)| t.len()).sum::<usize>()
+            + self.v6.iter().map(|(_, t)| t.len()).sum::<usize>()
+    }
+
+    /// True when no prefix is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All prefixes and values, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &V)> {
+        self.v4
+            .iter()
+            .flat_map(|(_, t)| t.values())
+            .chain(self.v6.iter().flat_map(|(_, t)| t.values()))
+            .map(|(p, v)| (p, v))
+    }
+}
+
+/// A set of prefixes answering "is this address inside any of them?".
+pub type PrefixSet = PrefixMap<()>;
+
+impl FromIterator<Prefix> for PrefixSet {
+    fn from_iter<I: IntoIterator<Item = Prefix>>(iter: I) -> Self {
+        let mut set = PrefixSet::new();
+        for p in iter {
+            set.insert(p, ());
+        }
+        set
+    }
+}
+
+fn table_for<K, V>(tables: &mut Vec<(u8, HashMap<K, V>)>, len: u8) -> &mut HashMap<K, V> {
+    let pos = match tables.iter().position(|(l, _)| *l <= len) {
+        Some(i) if tables[i].0 == len => i,
+        Some(i) => {
+            tables.insert(i, (len, HashMap::new()));
+            i
+        }
+        None => {
+            tables.push((len, HashMap::new()));
+            tables.len() - 1
+        }
+    };
+    &mut tables[pos].1
+}
+
+fn remove_from<K: std::hash::Hash + Eq, V>(
+    tables: &mut Vec<(u8, HashMap<K, (Prefix, V)>)>,
+    len: u8,
+    key: &K,
+) -> Option<V> {
+    let i = tables.iter().position(|(l, _)| *l == len)?;
+    let value = tables[i].1.remove(key).map(|(_, v)| v);
+    if tables[i].1.is_empty() {
+        tables.remove(i);
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints() {
+        assert_eq!(p("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert_eq!(p("198.51.100.7").to_string(), "198.51.100.7/32");
+        assert_eq!(p("2001:db8::/32").to_string(), "2001:db8::/32");
+        assert!("10.0.0.1/8".parse::<Prefix>().is_err());
+        assert!("10.0.0.0/40".parse::<Prefix>().is_err());
+        assert!("nonsense".parse::<Prefix>().is_err());
+    }
+
+    #[test]
+    fn longest_match_wins() {
+        let mut m = PrefixMap::new();
+        m.insert(p("10.0.0.0/8"), "wide");
+        m.insert(p("10.1.0.0/16"), "narrow");
+        m.insert(p("2001:db8::/32"), "v6");
+        let hit = |a: &str| m.longest_match(a.parse().unwrap()).map(|(_, v)| *v);
+        assert_eq!(hit("10.1.2.3"), Some("narrow"));
+        assert_eq!(hit("10.2.2.3"), Some("wide"));
+        assert_eq!(hit("11.0.0.1"), None);
+        assert_eq!(hit("2001:db8::1"), Some("v6"));
+        assert_eq!(hit("::ffff:10.1.2.3"), None);
+        assert_eq!(m.remove(&p("10.1.0.0/16")), Some("narrow"));
+        assert_eq!(hit("10.1.2.3"), Some("wide"));
+        assert_eq!(m.len(), 2);
+    }
+}

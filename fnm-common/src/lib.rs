@@ -1,0 +1,335 @@
+//! Types shared by the fnm XDP program (kernel side) and the fnm agent (user side).
+//!
+//! Everything here is `#[repr(C)]`, fixed-size and free of padding surprises so the same bytes
+//! mean the same thing on both sides of a BPF map. Addresses are always 16 bytes: IPv4 addresses
+//! are stored IPv4-mapped (`::ffff:a.b.c.d`), so one key type serves both families.
+#![no_std]
+
+/// Names of the maps the XDP program declares; the agent looks them up by these names.
+pub mod map_names {
+    /// Per local host and direction counters (`PerCpuHashMap<HostKey, HostCounters>`).
+    pub const HOSTS: &str = "FNM_HOSTS";
+    /// Bounded table of recently seen 5-tuples (`LruHashMap<FlowKey, u8>`).
+    pub const FLOWS: &str = "FNM_FLOWS";
+    /// Local networks, IPv4 (`LpmTrie<[u8; 4], u8>`).
+    pub const LOCAL_V4: &str = "FNM_LOCAL_V4";
+    /// Local networks, IPv6 (`LpmTrie<[u8; 16], u8>`).
+    pub const LOCAL_V6: &str = "FNM_LOCAL_V6";
+    /// Prefixes that are never dropped, IPv4.
+    pub const WHITELIST_V4: &str = "FNM_WHITELIST_V4";
+    /// Prefixes that are never dropped, IPv6.
+    pub const WHITELIST_V6: &str = "FNM_WHITELIST_V6";
+    /// Drop table matched on the source address, IPv4 (`LpmTrie<[u8; 4], u32>`: the entry's
+    /// counter slot in `DROP_COUNTERS`).
+    pub const DROP_SRC_V4: &str = "FNM_DROP_SRC_V4";
+    /// Drop table matched on the source address, IPv6.
+    pub const DROP_SRC_V6: &str = "FNM_DROP_SRC_V6";
+    /// Drop table matched on the destination address, IPv4.
+    pub const DROP_DST_V4: &str = "FNM_DROP_DST_V4";
+    /// Drop table matched on the destination address, IPv6.
+    pub const DROP_DST_V6: &str = "FNM_DROP_DST_V6";
+    /// Fingerprint rules per victim (`HashMap<[u8; 16], RuleSet>`).
+    pub const RULES: &str = "FNM_RULES";
+    /// Per-entry drop counters (`PerCpuArray<DropCounter>`, indexed by slot).
+    pub const DROP_COUNTERS: &str = "FNM_DROP_COUNTERS";
+    /// Global counters (`PerCpuArray<u64>`, indexed by [`crate::stat`]).
+    pub const STATS: &str = "FNM_STATS";
+    /// Run-time settings written by the agent (`Array<u32>`, indexed by [`crate::setting`]).
+    pub const SETTINGS: &str = "FNM_SETTINGS";
+    /// Hosts under attack whose packets are sampled (`HashMap<[u8; 16], u32>`).
+    pub const SAMPLED_HOSTS: &str = "FNM_SAMPLED_HOSTS";
+    /// Packet samples of hosts under attack (`RingBuf` of [`crate::PacketSample`]).
+    pub const SAMPLES: &str = "FNM_SAMPLES";
+}
+
+/// Traffic direction as seen from the operator's networks.
+pub mod direction {
+    /// Destination is local.
+    pub const INCOMING: u8 = 0;
+    /// Source is local.
+    pub const OUTGOING: u8 = 1;
+    /// Neither side is local (only adds to totals).
+    pub const OTHER: u8 = 2;
+    /// Number of directions.
+    pub const COUNT: usize = 3;
+}
+
+/// Protocol classes counted separately.
+pub mod proto {
+    /// TCP.
+    pub const TCP: usize = 0;
+    /// UDP.
+    pub const UDP: usize = 1;
+    /// ICMP and ICMPv6.
+    pub const ICMP: usize = 2;
+    /// Anything else (including non-first fragments' unknown L4).
+    pub const OTHER: usize = 3;
+    /// Number of protocol classes.
+    pub const COUNT: usize = 4;
+
+    /// Maps an IP protocol number to its class.
+    #[inline(always)]
+    pub const fn class_of(ip_protocol: u8) -> usize {
+        match ip_protocol {
+            6 => TCP,
+            17 => UDP,
+            1 | 58 => ICMP,
+            _ => OTHER,
+        }
+    }
+}
+
+/// Indices of the global counters in the `STATS` per-CPU array.
+pub mod stat {
+    /// Every frame the program saw.
+    pub const FRAMES: u32 = 0;
+    /// Frames that are not IPv4 or IPv6 (passed).
+    pub const NON_IP: u32 = 1;
+    /// Truncated or malformed frames (passed).
+    pub const MALFORMED: u32 = 2;
+    /// Packets dropped by a source-address entry.
+    pub const DROP_SRC_PACKETS: u32 = 3;
+    /// IP bytes dropped by a source-address entry.
+    pub const DROP_SRC_BYTES: u32 = 4;
+    /// Packets dropped by a destination-address entry.
+    pub const DROP_DST_PACKETS: u32 = 5;
+    /// IP bytes dropped by a destination-address entry.
+    pub const DROP_DST_BYTES: u32 = 6;
+    /// Packets dropped by a fingerprint rule.
+    pub const DROP_RULE_PACKETS: u32 = 7;
+    /// IP bytes dropped by a fingerprint rule.
+    pub const DROP_RULE_BYTES: u32 = 8;
+    /// Packets that matched a drop entry but were let through by the whitelist.
+    pub const WHITELIST_PASSED: u32 = 9;
+    /// New local hosts that found the host table full (not counted per host).
+    pub const HOST_TABLE_FULL: u32 = 10;
+    /// Packet samples lost because the ring buffer was full.
+    pub const SAMPLES_LOST: u32 = 11;
+    /// First index of the traffic totals: `TOTALS_BASE + total_index(direction, proto, bytes)`.
+    pub const TOTALS_BASE: u32 = 16;
+    /// Number of slots in the `STATS` array.
+    pub const COUNT: u32 = TOTALS_BASE + (super::direction::COUNT * super::proto::COUNT * 2) as u32;
+
+    /// Index of a totals counter (packets when `bytes` is false).
+    #[inline(always)]
+    pub const fn total_index(direction: u8, proto_class: usize, bytes: bool) -> u32 {
+        TOTALS_BASE
+            + ((direction as u32 * super::proto::COUNT as u32 + proto_class as u32) * 2)
+            + bytes as u32
+    }
+}
+
+/// Indices of the run-time settings in the `SETTINGS` array.
+pub mod setting {
+    /// Bit set of the tables that hold at least one entry ([`crate::table_flag`]); lets the
+    /// program skip lookups in empty tables.
+    pub const TABLE_FLAGS: u32 = 0;
+    /// Number of settings.
+    pub const COUNT: u32 = 4;
+}
+
+/// Bits of [`setting::TABLE_FLAGS`].
+pub mod table_flag {
+    /// `DROP_SRC_V4` or `DROP_SRC_V6` has entries.
+    pub const DROP_SRC: u32 = 1 << 0;
+    /// `DROP_DST_V4` or `DROP_DST_V6` has entries.
+    pub const DROP_DST: u32 = 1 << 1;
+    /// `RULES` has entries.
+    pub const RULES: u32 = 1 << 2;
+    /// `SAMPLED_HOSTS` has entries.
+    pub const SAMPLING: u32 = 1 << 3;
+}
+
+/// Key of the per-host counters: a local address and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    /// The local host, IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// [`direction::INCOMING`] or [`direction::OUTGOING`].
+    pub direction: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Per-host, per-direction counters. Bytes are IP bytes (IPv4 total length, IPv6 payload + 40).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCounters {
+    /// Packets.
+    pub packets: u64,
+    /// IP bytes.
+    pub bytes: u64,
+    /// New flows (first sighting of a 5-tuple).
+    pub flows: u64,
+    /// TCP packets with SYN set and ACK clear.
+    pub tcp_syn_packets: u64,
+    /// IP fragments (first and later ones).
+    pub fragments: u64,
+    /// Packets per protocol class ([`proto`]).
+    pub proto_packets: [u64; proto::COUNT],
+    /// IP bytes per protocol class ([`proto`]).
+    pub proto_bytes: [u64; proto::COUNT],
+}
+
+impl HostCounters {
+    /// Adds `other` into `self` (wrapping, as kernel counters do).
+    pub fn accumulate(&mut self, other: &HostCounters) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.flows = self.flows.wrapping_add(other.flows);
+        self.tcp_syn_packets = self.tcp_syn_packets.wrapping_add(other.tcp_syn_packets);
+        self.fragments = self.fragments.wrapping_add(other.fragments);
+        let mut i = 0;
+        while i < proto::COUNT {
+            self.proto_packets[i] = self.proto_packets[i].wrapping_add(other.proto_packets[i]);
+            self.proto_bytes[i] = self.proto_bytes[i].wrapping_add(other.proto_bytes[i]);
+            i += 1;
+        }
+    }
+}
+
+/// Key of the flow table: a 5-tuple (ICMP type and code stand in the ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address, IPv4-mapped for IPv4.
+    pub src: [u8; 16],
+    /// Destination address, IPv4-mapped for IPv4.
+    pub dst: [u8; 16],
+    /// Source port (ICMP: type).
+    pub src_port: u16,
+    /// Destination port (ICMP: code).
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// What one drop entry or rule dropped (one slot of `DROP_COUNTERS`, per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCounter {
+    /// Packets dropped by this entry.
+    pub packets: u64,
+    /// IP bytes dropped by this entry.
+    pub bytes: u64,
+}
+
+/// Most fingerprint rules one victim can carry.
+pub const MAX_RULES_PER_HOST: usize = 4;
+
+/// One fingerprint rule: traffic to the victim matching all set fields is dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropRule {
+    /// IP protocol number; 0 matches any.
+    pub protocol: u8,
+    /// TCP flags that must be set (after masking with `tcp_flags_mask`).
+    pub tcp_flags_value: u8,
+    /// TCP flags that are compared; 0 ignores flags.
+    pub tcp_flags_mask: u8,
+    /// Non-zero when the rule also matches non-first fragments (which carry no ports).
+    pub match_fragments: u8,
+    /// Source port; 0 matches any.
+    pub src_port: u16,
+    /// Destination port; 0 matches any.
+    pub dst_port: u16,
+    /// This rule's counter slot in `DROP_COUNTERS`.
+    pub slot: u32,
+}
+
+/// The fingerprint rules of one victim, keyed by its address in `RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    /// Rules in use, `0..=MAX_RULES_PER_HOST`.
+    pub count: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The rules; only the first `count` are used.
+    pub rules: [DropRule; MAX_RULES_PER_HOST],
+}
+
+/// One packet sampled from a host under attack, sent to the agent through a ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketSample {
+    /// `bpf_ktime_get_ns()` at capture.
+    pub timestamp_ns: u64,
+    /// Source address, IPv4-mapped for IPv4.
+    pub src: [u8; 16],
+    /// Destination address, IPv4-mapped for IPv4.
+    pub dst: [u8; 16],
+    /// Source port (ICMP: type).
+    pub src_port: u16,
+    /// Destination port (ICMP: code).
+    pub dst_port: u16,
+    /// IP bytes.
+    pub ip_len: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// 1 when the packet is a fragment.
+    pub fragment: u8,
+    /// 0 incoming, 1 outgoing.
+    pub direction: u8,
+    /// Always zero.
+    pub _pad: [u8; 5],
+}
+
+/// Returns the IPv4-mapped IPv6 form of an IPv4 address.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, contain only integers and arrays of integers, and
+    // have no implicit padding (every gap is an explicit `_pad` field).
+    unsafe impl aya::Pod for super::HostKey {}
+    unsafe impl aya::Pod for super::HostCounters {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::DropCounter {}
+    unsafe impl aya::Pod for super::DropRule {}
+    unsafe impl aya::Pod for super::RuleSet {}
+    unsafe impl aya::Pod for super::PacketSample {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<HostKey>(), 20);
+        assert_eq!(size_of::<HostCounters>(), 13 * 8);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<DropRule>(), 12);
+        assert_eq!(size_of::<RuleSet>(), 8 + 4 * 12);
+        assert_eq!(size_of::<PacketSample>(), 8 + 32 + 6 + 5 + 5);
+    }
+
+    #[test]
+    fn totals_indices_are_dense_and_in_range() {
+        let mut seen = [false; stat::COUNT as usize];
+        for d in 0..direction::COUNT as u8 {
+            for p in 0..proto::COUNT {
+                for b in [false, true] {
+                    let i = stat::total_index(d, p, b) as usize;
+                    assert!(!seen[i]);
+                    seen[i] = true;
+                }
+            }
+        }
+        assert!(seen[stat::TOTALS_BASE as usize..].iter().all(|s| *s));
+    }
+}

@@ -1,0 +1,379 @@
+//! fnm's XDP data plane.
+//!
+//! `fnm_xdp` parses every frame (Ethernet, up to two VLAN tags, an MPLS label stack, IPv4 with
+//! options and fragments, IPv6 with extension headers, TCP/UDP/ICMP/ICMPv6), counts it per local
+//! host and direction in per-CPU maps, and drops it in place when a drop table or a fingerprint
+//! rule matches and no whitelist entry protects it. `fnm_pass` does nothing: it is the floor
+//! against which the benchmark measures `fnm_xdp`.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{map, xdp},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
+    programs::XdpContext,
+};
+use fnm_common::{
+    direction, proto, setting, stat, table_flag, DropCounter, FlowKey, HostCounters, HostKey,
+    PacketSample, RuleSet, MAX_RULES_PER_HOST,
+};
+use parse::{parse, Packet, ParseError};
+
+/// Default sizes; the agent overrides them from its config before loading.
+const HOSTS_DEFAULT: u32 = 65_536;
+const FLOWS_DEFAULT: u32 = 262_144;
+const PREFIXES_DEFAULT: u32 = 16_384;
+const DROP_DEFAULT: u32 = 65_536;
+const RULES_DEFAULT: u32 = 4_096;
+
+#[map]
+static FNM_HOSTS: PerCpuHashMap<HostKey, HostCounters> =
+    PerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
+#[map]
+static FNM_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
+#[map]
+static FNM_LOCAL_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_LOCAL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_WHITELIST_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_WHITELIST_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_DROP_SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DROP_DEFAULT, 0);
+#[map]
+static FNM_DROP_SRC_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DROP_DEFAULT, 0);
+#[map]
+static FNM_DROP_DST_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DROP_DEFAULT, 0);
+#[map]
+static FNM_DROP_DST_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DROP_DEFAULT, 0);
+#[map]
+static FNM_DROP_COUNTERS: PerCpuArray<DropCounter> = PerCpuArray::with_max_entries(DROP_DEFAULT, 0);
+#[map]
+static FNM_RULES: HashMap<HostKey, RuleSet> = HashMap::with_max_entries(RULES_DEFAULT, 0);
+#[map]
+static FNM_SAMPLED_HOSTS: HashMap<HostKey, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+static FNM_SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static FNM_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+#[map]
+static FNM_SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
+
+/// The harness floor for benchmarks: passes every frame untouched.
+#[xdp]
+pub fn fnm_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Counts every frame per local host and drops banned traffic.
+#[xdp]
+pub fn fnm_xdp(ctx: XdpContext) -> u32 {
+    bump(stat::FRAMES, 1);
+    match parse(&ctx) {
+        Ok(packet) => handle(&packet),
+        Err(ParseError::NotIp) => {
+            bump(stat::NON_IP, 1);
+            xdp_action::XDP_PASS
+        }
+        Err(ParseError::Malformed) => {
+            bump(stat::MALFORMED, 1);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn bump(index: u32, by: u64) {
+    if let Some(slot) = FNM_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += by };
+    }
+}
+
+#[inline(always)]
+fn is_local(addr: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        FNM_LOCAL_V4.get(&key).is_some()
+    } else {
+        FNM_LOCAL_V6.get(&Key::new(128, *addr)).is_some()
+    }
+}
+
+#[inline(always)]
+fn is_whitelisted(addr: &[u8; 16], v4: bool) -> bool {
+    if v4 {
+        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        FNM_WHITELIST_V4.get(&key).is_some()
+    } else {
+        FNM_WHITELIST_V6.get(&Key::new(128, *addr)).is_some()
+    }
+}
+
+#[inline(always)]
+fn drop_entry(addr: &[u8; 16], v4: bool, source: bool) -> Option<u32> {
+    if v4 {
+        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        let table = if source {
+            &FNM_DROP_SRC_V4
+        } else {
+            &FNM_DROP_DST_V4
+        };
+        table.get(&key).copied()
+    } else {
+        let key = Key::new(128, *addr);
+        let table = if source {
+            &FNM_DROP_SRC_V6
+        } else {
+            &FNM_DROP_DST_V6
+        };
+        table.get(&key).copied()
+    }
+}
+
+/// Adds one packet to a drop entry's or rule's per-CPU counter slot.
+#[inline(always)]
+fn count_drop(slot: u32, bytes: u64) {
+    if let Some(c) = FNM_DROP_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+fn handle(p: &Packet) -> u32 {
+    let local_dst = is_local(&p.dst, p.v4);
+    let local_src = is_local(&p.src, p.v4);
+    let class = proto::class_of(p.protocol);
+    let bytes = p.ip_len as u64;
+
+    let total_dir = if local_dst {
+        direction::INCOMING
+    } else if local_src {
+        direction::OUTGOING
+    } else {
+        direction::OTHER
+    };
+    bump(stat::total_index(total_dir, class, false), 1);
+    bump(stat::total_index(total_dir, class, true), bytes);
+
+    let flags = FNM_SETTINGS.get(setting::TABLE_FLAGS).copied().unwrap_or(0);
+
+    if local_dst || local_src {
+        let new_flow = note_flow(p);
+        if local_dst {
+            account(&host_key(&p.dst, direction::INCOMING), p, class, new_flow);
+        }
+        if local_src {
+            account(&host_key(&p.src, direction::OUTGOING), p, class, new_flow);
+        }
+        if flags & table_flag::SAMPLING != 0 {
+            sample(p, local_dst, local_src);
+        }
+    }
+
+    if flags & table_flag::DROP_SRC != 0 {
+        if let Some(entry) = drop_entry(&p.src, p.v4, true) {
+            if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_SRC_PACKETS) {
+                return verdict;
+            }
+        }
+    }
+    if flags & table_flag::DROP_DST != 0 {
+        if let Some(entry) = drop_entry(&p.dst, p.v4, false) {
+            if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_DST_PACKETS) {
+                return verdict;
+            }
+        }
+    }
+    if flags & table_flag::RULES != 0 {
+        if local_dst && match_rules(&host_key(&p.dst, direction::INCOMING), p) {
+            return xdp_action::XDP_DROP;
+        }
+        if local_src && match_rules(&host_key(&p.src, direction::OUTGOING), p) {
+            return xdp_action::XDP_DROP;
+        }
+    }
+    xdp_action::XDP_PASS
+}
+
+/// Drops the packet unless a whitelist entry protects it; `Some(XDP_DROP)` when dropped.
+#[inline(always)]
+fn drop_or_whitelist(p: &Packet, slot: u32, packets_stat: u32) -> Option<u32> {
+    if is_whitelisted(&p.src, p.v4) || is_whitelisted(&p.dst, p.v4) {
+        bump(stat::WHITELIST_PASSED, 1);
+        return None;
+    }
+    count_drop(slot, p.ip_len as u64);
+    bump(packets_stat, 1);
+    bump(packets_stat + 1, p.ip_len as u64);
+    Some(xdp_action::XDP_DROP)
+}
+
+/// Applies the fingerprint rules of one host; true when the packet must be dropped.
+#[inline(always)]
+fn match_rules(key: &HostKey, p: &Packet) -> bool {
+    let Some(set) = FNM_RULES.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: `set` came from a map lookup in this run.
+    let count = unsafe { (*set).count } as usize;
+    let mut i = 0;
+    while i < MAX_RULES_PER_HOST {
+        if i >= count {
+            break;
+        }
+        // SAFETY: `i` is below MAX_RULES_PER_HOST.
+        let rule = unsafe { &(*set).rules[i] };
+        if rule_matches(rule, p) {
+            if is_whitelisted(&p.src, p.v4) {
+                bump(stat::WHITELIST_PASSED, 1);
+                return false;
+            }
+            count_drop(rule.slot, p.ip_len as u64);
+            bump(stat::DROP_RULE_PACKETS, 1);
+            bump(stat::DROP_RULE_BYTES, p.ip_len as u64);
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn rule_matches(rule: &fnm_common::DropRule, p: &Packet) -> bool {
+    if rule.protocol != 0 && rule.protocol != p.protocol {
+        return false;
+    }
+    if !p.has_l4 {
+        // A later fragment carries no ports or flags: only fragment rules see it.
+        return rule.match_fragments != 0 && p.fragment;
+    }
+    if rule.match_fragments != 0 && !p.fragment {
+        return false;
+    }
+    (rule.src_port == 0 || rule.src_port == p.src_port)
+        && (rule.dst_port == 0 || rule.dst_port == p.dst_port)
+        && (p.tcp_flags & rule.tcp_flags_mask) == rule.tcp_flags_value
+}
+
+#[inline(always)]
+fn host_key(addr: &[u8; 16], dir: u8) -> HostKey {
+    HostKey {
+        addr: *addr,
+        direction: dir,
+        _pad: [0; 3],
+    }
+}
+
+/// Records the packet's 5-tuple; true when it was not in the flow table yet.
+#[inline(always)]
+fn note_flow(p: &Packet) -> bool {
+    let key = FlowKey {
+        src: p.src,
+        dst: p.dst,
+        src_port: p.src_port,
+        dst_port: p.dst_port,
+        protocol: p.protocol,
+        _pad: [0; 3],
+    };
+    if FNM_FLOWS.get_ptr(&key).is_some() {
+        return false;
+    }
+    let _ = FNM_FLOWS.insert(&key, &1u8, 0);
+    true
+}
+
+#[inline(always)]
+fn add_packet(c: &mut HostCounters, p: &Packet, class: usize, new_flow: bool) {
+    let bytes = p.ip_len as u64;
+    c.packets += 1;
+    c.bytes += bytes;
+    c.flows += new_flow as u64;
+    c.tcp_syn_packets += p.is_syn() as u64;
+    c.fragments += p.fragment as u64;
+    if class < proto::COUNT {
+        c.proto_packets[class] += 1;
+        c.proto_bytes[class] += bytes;
+    }
+}
+
+#[inline(always)]
+fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) {
+    if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        add_packet(unsafe { &mut *c }, p, class, new_flow);
+        return;
+    }
+    let mut fresh = HostCounters::default();
+    add_packet(&mut fresh, p, class, new_flow);
+    // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile.
+    if FNM_HOSTS.insert(key, &fresh, 1).is_ok() {
+        return;
+    }
+    if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        add_packet(unsafe { &mut *c }, p, class, new_flow);
+    } else {
+        bump(stat::HOST_TABLE_FULL, 1);
+    }
+}
+
+/// Sends the packet to the agent when its host is under attack (sampled 1 in N).
+#[inline(always)]
+fn sample(p: &Packet, local_dst: bool, local_src: bool) {
+    let (addr, dir) = if local_dst {
+        (&p.dst, direction::INCOMING)
+    } else if local_src {
+        (&p.src, direction::OUTGOING)
+    } else {
+        return;
+    };
+    // SAFETY: plain read of a u32 map value.
+    let Some(one_in) = (unsafe { FNM_SAMPLED_HOSTS.get(&host_key(addr, dir)) }).copied() else {
+        return;
+    };
+    // SAFETY: helper without preconditions.
+    if one_in > 1 && unsafe { bpf_get_prandom_u32() } % one_in != 0 {
+        return;
+    }
+    let Some(mut entry) = FNM_SAMPLES.reserve::<PacketSample>(0) else {
+        bump(stat::SAMPLES_LOST, 1);
+        return;
+    };
+    entry.write(PacketSample {
+        // SAFETY: helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        src: p.src,
+        dst: p.dst,
+        src_port: p.src_port,
+        dst_port: p.dst_port,
+        ip_len: p.ip_len as u16,
+        protocol: p.protocol,
+        tcp_flags: p.tcp_flags,
+        ttl: p.ttl,
+        fragment: p.fragment as u8,
+        direction: dir,
+        _pad: [0; 5],
+    });
+    entry.submit(0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
