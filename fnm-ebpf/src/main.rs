@@ -101,9 +101,12 @@ fn bump(index: u32, by: u64) {
 fn is_local(addr: &[u8; 16], v4: bool) -> bool {
     if v4 {
         let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
-        FNM_LOCAL_V4.get(&key).is_some()
+        FNM_LOCAL_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
     } else {
-        FNM_LOCAL_V6.get(&Key::new(128, *addr)).is_some()
+        FNM_LOCAL_V6
+            .get(&Key::new(128, *addr))
+            .map(|v| *v != 0)
+            .unwrap_or(false)
     }
 }
 
@@ -111,9 +114,12 @@ fn is_local(addr: &[u8; 16], v4: bool) -> bool {
 fn is_whitelisted(addr: &[u8; 16], v4: bool) -> bool {
     if v4 {
         let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
-        FNM_WHITELIST_V4.get(&key).is_some()
+        FNM_WHITELIST_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
     } else {
-        FNM_WHITELIST_V6.get(&Key::new(128, *addr)).is_some()
+        FNM_WHITELIST_V6
+            .get(&Key::new(128, *addr))
+            .map(|v| *v != 0)
+            .unwrap_or(false)
     }
 }
 

@@ -1,0 +1,539 @@
+//! Per-host accounting: the one place every traffic source ends up.
+//!
+//! XDP hands in per-host counter deltas it read from the kernel; flow collectors and capture
+//! backends hand in [`TrafficRecord`]s, which are classified here against the local networks
+//! exactly as the XDP program does (destination local: `incoming`; source local: `outgoing`;
+//! both: both; neither: only the totals). Every [`Accounting::tick`] closes a measuring window and
+//! turns what arrived in it into per-second rates.
+//!
+//! Flow records that span several seconds are spread evenly over their duration (capped at
+//! [`MAX_SPREAD_TICKS`] windows): the first window already shows the flow's true average rate and
+//! no window shows the whole flow at once, so a long flow cannot fake a one-second spike.
+
+use crate::{
+    prefix::PrefixSet,
+    traffic::{Source, TrafficRecord},
+};
+use fnm_common::{proto, FlowKey, HostCounters};
+use serde::Serialize;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    net::IpAddr,
+};
+
+/// Longest spread of a flow record, in windows.
+pub const MAX_SPREAD_TICKS: u64 = 120;
+/// Most pending spread slices kept; beyond it records are credited at once.
+const MAX_PENDING_SLICES: usize = 1_000_000;
+
+/// Traffic direction relative to the local networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Towards a local host.
+    Incoming,
+    /// From a local host.
+    Outgoing,
+}
+
+impl Direction {
+    /// Both directions.
+    pub const ALL: [Direction; 2] = [Direction::Incoming, Direction::Outgoing];
+
+    /// Index used in arrays and kernel keys (0 incoming, 1 outgoing).
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Incoming => 0,
+            Direction::Outgoing => 1,
+        }
+    }
+
+    /// `incoming` or `outgoing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Incoming => "incoming",
+            Direction::Outgoing => "outgoing",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "incoming" => Ok(Direction::Incoming),
+            "outgoing" => Ok(Direction::Outgoing),
+            _ => Err(format!("direction must be incoming or outgoing, not {s:?}")),
+        }
+    }
+}
+
+/// Label of a traffic-totals direction, including traffic with no local side.
+pub fn total_direction_label(index: usize) -> &'static str {
+    ["incoming", "outgoing", "other"][index.min(2)]
+}
+
+/// Label of a protocol class.
+pub fn protocol_label(class: usize) -> &'static str {
+    ["tcp", "udp", "icmp", "other"][class.min(3)]
+}
+
+/// Per-second rates of one host and direction over the last window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Rates {
+    /// Packets per second.
+    pub pps: f64,
+    /// IP bytes per second.
+    pub bytes_per_second: f64,
+    /// New flows per second.
+    pub flows_per_second: f64,
+    /// TCP packets per second.
+    pub tcp_pps: f64,
+    /// TCP bytes per second.
+    pub tcp_bytes_per_second: f64,
+    /// UDP packets per second.
+    pub udp_pps: f64,
+    /// UDP bytes per second.
+    pub udp_bytes_per_second: f64,
+    /// ICMP packets per second.
+    pub icmp_pps: f64,
+    /// ICMP bytes per second.
+    pub icmp_bytes_per_second: f64,
+    /// TCP SYN (without ACK) packets per second.
+    pub tcp_syn_pps: f64,
+    /// Fragments per second.
+    pub fragments_pps: f64,
+}
+
+impl Rates {
+    /// Rates of `window` counters accumulated over `seconds`.
+    pub fn from_window(window: &HostCounters, seconds: f64) -> Self {
+        let s = if seconds > 0.0 { seconds } else { 1.0 };
+        let r = |v: u64| v as f64 / s;
+        Self {
+            pps: r(window.packets),
+            bytes_per_second: r(window.bytes),
+            flows_per_second: r(window.flows),
+            tcp_pps: r(window.proto_packets[proto::TCP]),
+            tcp_bytes_per_second: r(window.proto_bytes[proto::TCP]),
+            udp_pps: r(window.proto_packets[proto::UDP]),
+            udp_bytes_per_second: r(window.proto_bytes[proto::UDP]),
+            icmp_pps: r(window.proto_packets[proto::ICMP]),
+            icmp_bytes_per_second: r(window.proto_bytes[proto::ICMP]),
+            tcp_syn_pps: r(window.tcp_syn_packets),
+            fragments_pps: r(window.fragments),
+        }
+    }
+
+    /// Element-wise maximum.
+    pub fn max(&self, o: &Rates) -> Rates {
+        Rates {
+            pps: self.pps.max(o.pps),
+            bytes_per_second: self.bytes_per_second.max(o.bytes_per_second),
+            flows_per_second: self.flows_per_second.max(o.flows_per_second),
+            tcp_pps: self.tcp_pps.max(o.tcp_pps),
+            tcp_bytes_per_second: self.tcp_bytes_per_second.max(o.tcp_bytes_per_second),
+            udp_pps: self.udp_pps.max(o.udp_pps),
+            udp_bytes_per_second: self.udp_bytes_per_second.max(o.udp_bytes_per_second),
+            icmp_pps: self.icmp_pps.max(o.icmp_pps),
+            icmp_bytes_per_second: self.icmp_bytes_per_second.max(o.icmp_bytes_per_second),
+            tcp_syn_pps: self.tcp_syn_pps.max(o.tcp_syn_pps),
+            fragments_pps: self.fragments_pps.max(o.fragments_pps),
+        }
+    }
+}
+
+/// One host in one direction.
+#[derive(Debug, Clone, Default)]
+pub struct HostDirection {
+    /// Cumulative counters since the agent started (or the state was restored).
+    pub total: HostCounters,
+    /// Rates over the last closed window.
+    pub rates: Rates,
+    /// Counters of the window being measured.
+    window: HostCounters,
+    /// Time of the last window with traffic, in ms.
+    pub last_active_ms: u64,
+}
+
+/// A local host's two directions.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// Indexed by [`Direction::index`].
+    pub dirs: [HostDirection; 2],
+}
+
+/// Bounded two-generation set of 5-tuples: a tuple is new when neither generation holds it.
+#[derive(Debug)]
+struct FlowTable {
+    current: HashSet<FlowKey>,
+    previous: HashSet<FlowKey>,
+    generation_size: usize,
+}
+
+impl FlowTable {
+    fn new(capacity: usize) -> Self {
+        Self {
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            generation_size: (capacity / 2).max(1),
+        }
+    }
+
+    /// Records the tuple; true when it was not seen recently.
+    fn note(&mut self, key: FlowKey) -> bool {
+        if self.current.contains(&key) {
+            return false;
+        }
+        let seen = self.previous.remove(&key);
+        if self.current.len() >= self.generation_size {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key);
+        !seen
+    }
+}
+
+/// A slice of a spread flow record still to be credited.
+#[derive(Debug, Clone)]
+struct Slice {
+    host: IpAddr,
+    direction: Direction,
+    counters: HostCounters,
+}
+
+/// Per-source, per-direction, per-protocol totals (packets, bytes).
+pub type Totals = BTreeMap<(Source, usize, usize), (u64, u64)>;
+
+/// The accounting of every local host.
+#[derive(Debug)]
+pub struct Accounting {
+    networks: PrefixSet,
+    hosts: HashMap<IpAddr, Host>,
+    max_hosts: usize,
+    flows: FlowTable,
+    totals: Totals,
+    pending: VecDeque<Vec<Slice>>,
+    pending_slices: usize,
+    last_tick_ms: Option<u64>,
+    interval_ms: u64,
+    /// Records whose host could not be added because the table was full.
+    pub hosts_table_full: u64,
+}
+
+impl Accounting {
+    /// Accounting for `networks`, keeping at most `max_hosts` hosts and `max_flows` 5-tuples.
+    pub fn new(networks: PrefixSet, max_hosts: usize, max_flows: usize, interval_ms: u64) -> Self {
+        Self {
+            networks,
+            hosts: HashMap::new(),
+            max_hosts,
+            flows: FlowTable::new(max_flows),
+            totals: Totals::new(),
+            pending: VecDeque::new(),
+            pending_slices: 0,
+            last_tick_ms: None,
+            interval_ms: interval_ms.max(1),
+            hosts_table_full: 0,
+        }
+    }
+
+    /// True when `addr` is inside the local networks.
+    pub fn is_local(&self, addr: IpAddr) -> bool {
+        self.networks.contains(addr)
+    }
+
+    /// Adds a packet or flow record from `source`.
+    pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
+        let local_dst = self.networks.contains(record.dst);
+        let local_src = self.networks.contains(record.src);
+        let class = proto::class_of(record.protocol);
+        let total_dir = if local_dst {
+            0
+        } else if local_src {
+            1
+        } else {
+            2
+        };
+        let total = self.totals.entry((source, total_dir, class)).or_default();
+        total.0 = total.0.wrapping_add(record.packets);
+        total.1 = total.1.wrapping_add(record.bytes);
+        if !local_dst && !local_src {
+            return;
+        }
+        let new_flow = self.flows.note(FlowKey {
+            src: to16(record.src),
+            dst: to16(record.dst),
+            src_port: record.src_port,
+            dst_port: record.dst_port,
+            protocol: record.protocol,
+            _pad: [0; 3],
+        });
+        let mut counters = HostCounters {
+            packets: record.packets,
+            bytes: record.bytes,
+            flows: new_flow as u64,
+            tcp_syn_packets: record.tcp_syn_packets,
+            fragments: record.fragments,
+            ..Default::default()
+        };
+        counters.proto_packets[class] = record.packets;
+        counters.proto_bytes[class] = record.bytes;
+
+        let ticks = record
+            .duration_ms
+            .div_ceil(self.interval_ms)
+            .clamp(1, MAX_SPREAD_TICKS);
+        for (host, dir, yes) in [
+            (record.dst, Direction::Incoming, local_dst),
+            (record.src, Direction::Outgoing, local_src),
+        ] {
+            if yes {
+                self.credit_spread(host, dir, &counters, ticks);
+            }
+        }
+    }
+
+    /// Adds per-host counter deltas (from the XDP program) directly.
+    pub fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters) {
+        self.credit(host, direction, delta);
+    }
+
+    /// Sets the absolute totals of a source (the XDP program counts its own).
+    pub fn set_total(
+        &mut self,
+        source: Source,
+        dir: usize,
+        class: usize,
+        packets: u64,
+        bytes: u64,
+    ) {
+        self.totals.insert((source, dir, class), (packets, bytes));
+    }
+
+    /// Per-source, per-direction, per-protocol totals.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    fn credit_spread(&mut self, host: IpAddr, dir: Direction, c: &HostCounters, ticks: u64) {
+        if ticks <= 1 || self.pending_slices >= MAX_PENDING_SLICES {
+            self.credit(host, dir, c);
+            return;
+        }
+        let parts = split(c, ticks);
+        let mut parts = parts.into_iter();
+        if let Some(first) = parts.next() {
+            self.credit(host, dir, &first);
+        }
+        for (i, part) in parts.enumerate() {
+            while self.pending.len() <= i {
+                self.pending.push_back(Vec::new());
+            }
+            self.pending[i].push(Slice {
+                host,
+                direction: dir,
+                counters: part,
+            });
+            self.pending_slices += 1;
+        }
+    }
+
+    fn credit(&mut self, host: IpAddr, dir: Direction, c: &HostCounters) {
+        if !self.hosts.contains_key(&host) && self.hosts.len() >= self.max_hosts {
+            self.hosts_table_full += 1;
+            return;
+        }
+        let entry = &mut self.hosts.entry(host).or_default().dirs[dir.index()];
+        entry.total.accumulate(c);
+        entry.window.accumulate(c);
+    }
+
+    /// Closes the current window at `now_ms` (any monotonic or capture clock in ms): computes
+    /// rates, credits the next slices of spread records, forgets hosts idle for `forget_after_ms`.
+    pub fn tick(&mut self, now_ms: u64, forget_after_ms: u64) {
+        let seconds = match self.last_tick_ms {
+            Some(last) if now_ms > last => (now_ms - last) as f64 / 1000.0,
+            _ => self.interval_ms as f64 / 1000.0,
+        };
+        self.last_tick_ms = Some(now_ms);
+        for host in self.hosts.values_mut() {
+            for d in host.dirs.iter_mut() {
+                d.rates = Rates::from_window(&d.window, seconds);
+                if d.window.packets > 0 {
+                    d.last_active_ms = now_ms;
+                }
+                d.window = HostCounters::default();
+            }
+        }
+        self.hosts.retain(|_, h| {
+            h.dirs
+                .iter()
+                .any(|d| now_ms.saturating_sub(d.last_active_ms) < forget_after_ms)
+        });
+        if let Some(slices) = self.pending.pop_front() {
+            self.pending_slices -= slices.len();
+            for s in slices {
+                self.credit(s.host, s.direction, &s.counters);
+            }
+        }
+    }
+
+    /// One host, if known.
+    pub fn host(&self, addr: IpAddr) -> Option<&Host> {
+        self.hosts.get(&addr)
+    }
+
+    /// All hosts.
+    pub fn hosts(&self) -> impl Iterator<Item = (&IpAddr, &Host)> {
+        self.hosts.iter()
+    }
+
+    /// Number of hosts known.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The `limit` hosts with the highest `key` in `direction`.
+    pub fn top<F: Fn(&HostDirection) -> f64>(
+        &self,
+        direction: Direction,
+        limit: usize,
+        key: F,
+    ) -> Vec<(IpAddr, &Host)> {
+        let mut all: Vec<(IpAddr, &Host, f64)> = self
+            .hosts
+            .iter()
+            .map(|(ip, h)| (*ip, h, key(&h.dirs[direction.index()])))
+            .collect();
+        all.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        all.truncate(limit);
+        all.into_iter().map(|(ip, h, _)| (ip, h)).collect()
+    }
+}
+
+/// Splits counters into `n` near-equal parts whose sum is exactly the input.
+fn split(c: &HostCounters, n: u64) -> Vec<HostCounters> {
+    let part = |v: u64, i: u64| v / n + u64::from(i < v % n);
+    (0..n)
+        .map(|i| {
+            let mut p = HostCounters {
+                packets: part(c.packets, i),
+                bytes: part(c.bytes, i),
+                flows: if i == 0 { c.flows } else { 0 },
+                tcp_syn_packets: part(c.tcp_syn_packets, i),
+                fragments: part(c.fragments, i),
+                ..Default::default()
+            };
+            for k in 0..proto::COUNT {
+                p.proto_packets[k] = part(c.proto_packets[k], i);
+                p.proto_bytes[k] = part(c.proto_bytes[k], i);
+            }
+            p
+        })
+        .collect()
+}
+
+/// The 16-byte form of an address (IPv4-mapped for IPv4), as the kernel keys use.
+pub fn to16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The address of a 16-byte kernel key (IPv4-mapped back to IPv4).
+pub fn from16(bytes: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc() -> Accounting {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        Accounting::new(nets, 100, 1000, 1000)
+    }
+
+    fn rec(src: &str, dst: &str, packets: u64, bytes: u64) -> TrafficRecord {
+        TrafficRecord {
+            packets,
+            bytes,
+            ..TrafficRecord::packet(src.parse().unwrap(), dst.parse().unwrap(), 17, 0)
+        }
+    }
+
+    #[test]
+    fn classifies_directions_like_the_xdp_program() {
+        let mut a = acc();
+        a.ingest(&rec("192.0.2.1", "10.0.0.1", 1, 100), Source::Pcap);
+        a.ingest(&rec("10.0.0.1", "192.0.2.1", 2, 300), Source::Pcap);
+        a.ingest(&rec("192.0.2.1", "192.0.2.2", 5, 500), Source::Pcap);
+        let h = a.host("10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(h.dirs[0].total.packets, 1);
+        assert_eq!(h.dirs[0].total.bytes, 100);
+        assert_eq!(h.dirs[1].total.packets, 2);
+        assert_eq!(h.dirs[1].total.proto_bytes[proto::UDP], 300);
+        assert_eq!(a.host_count(), 1);
+        assert_eq!(a.totals()[&(Source::Pcap, 2, proto::UDP)], (5, 500));
+    }
+
+    #[test]
+    fn rates_cover_the_window_and_new_flows_count_once() {
+        let mut a = acc();
+        a.tick(0, u64::MAX);
+        for _ in 0..10 {
+            a.ingest(&rec("192.0.2.1", "10.0.0.1", 1, 100), Source::Pcap);
+        }
+        a.tick(2000, u64::MAX);
+        let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
+        assert_eq!(d.rates.pps, 5.0);
+        assert_eq!(d.rates.bytes_per_second, 500.0);
+        assert_eq!(d.rates.flows_per_second, 0.5);
+        assert_eq!(d.total.flows, 1);
+    }
+
+    #[test]
+    fn long_flow_records_are_spread_not_spiked() {
+        let mut a = acc();
+        a.tick(0, u64::MAX);
+        let mut r = rec("192.0.2.1", "10.0.0.1", 1000, 100_000);
+        r.duration_ms = 10_000;
+        a.ingest(&r, Source::Netflow);
+        let mut seen = 0.0;
+        for t in 1..=12 {
+            a.tick(t * 1000, u64::MAX);
+            let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
+            assert!(d.rates.pps <= 100.0, "spike: {}", d.rates.pps);
+            seen += d.rates.pps;
+        }
+        assert_eq!(seen, 1000.0);
+    }
+
+    #[test]
+    fn host_table_is_bounded() {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 2, 1000, 1000);
+        for i in 0..5u8 {
+            a.ingest(
+                &rec("192.0.2.1", &format!("10.0.0.{i}"), 1, 1),
+                Source::Pcap,
+            );
+        }
+        assert_eq!(a.host_count(), 2);
+        assert_eq!(a.hosts_table_full, 3);
+    }
+
+    #[test]
+    fn address_round_trip() {
+        for s in ["10.1.2.3", "2001:db8::1"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(from16(to16(ip)), ip);
+        }
+    }
+}

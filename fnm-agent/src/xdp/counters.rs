@@ -1,0 +1,149 @@
+//! Reads the kernel's per-CPU counters and turns them into accounting deltas.
+
+use super::{maps::map_err, KernelMaps, XdpError};
+use crate::{
+    accounting::{from16, Accounting, Direction},
+    traffic::Source,
+};
+use fnm_common::{direction, map_names, proto, stat, HostCounters, HostKey};
+use std::collections::HashMap;
+
+/// Global counters of the XDP program, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XdpStats {
+    /// Frames seen.
+    pub frames: u64,
+    /// Frames that were not IP.
+    pub non_ip: u64,
+    /// Truncated or malformed frames.
+    pub malformed: u64,
+    /// Packets dropped by source entries.
+    pub dropped_src_packets: u64,
+    /// Bytes dropped by source entries.
+    pub dropped_src_bytes: u64,
+    /// Packets dropped by destination entries.
+    pub dropped_dst_packets: u64,
+    /// Bytes dropped by destination entries.
+    pub dropped_dst_bytes: u64,
+    /// Packets dropped by fingerprint rules.
+    pub dropped_rule_packets: u64,
+    /// Bytes dropped by fingerprint rules.
+    pub dropped_rule_bytes: u64,
+    /// Packets a drop entry matched but the whitelist let through.
+    pub whitelist_passed: u64,
+    /// New hosts that found the kernel host table full.
+    pub host_table_full: u64,
+    /// Packet samples lost to a full ring buffer.
+    pub samples_lost: u64,
+    /// Hosts currently in the kernel table.
+    pub kernel_hosts: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    counters: HostCounters,
+    changed_ms: u64,
+}
+
+/// Remembers the last kernel value of every host to compute deltas.
+#[derive(Debug, Default)]
+pub(super) struct Poller {
+    last: HashMap<HostKey, Seen>,
+}
+
+impl Poller {
+    pub(super) fn poll(
+        &mut self,
+        maps: &mut KernelMaps,
+        accounting: &mut Accounting,
+        now_ms: u64,
+        idle_ms: u64,
+    ) -> Result<XdpStats, XdpError> {
+        let mut current: Vec<(HostKey, HostCounters)> = Vec::new();
+        for item in maps.hosts.iter() {
+            let (key, values) = match item {
+                Ok(kv) => kv,
+                // A key removed between get_next_key and lookup: skip it this round.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::HOSTS)(e)),
+            };
+            let mut sum = HostCounters::default();
+            for v in values.iter() {
+                sum.accumulate(v);
+            }
+            current.push((key, sum));
+        }
+        let mut idle = Vec::new();
+        for (key, sum) in &current {
+            let dir = if key.direction == direction::OUTGOING {
+                Direction::Outgoing
+            } else {
+                Direction::Incoming
+            };
+            let seen = self.last.entry(*key).or_insert(Seen {
+                counters: HostCounters::default(),
+                changed_ms: now_ms,
+            });
+            let delta = delta(&seen.counters, sum);
+            if delta.packets > 0 {
+                accounting.add_host_counters(from16(key.addr), dir, &delta);
+                seen.changed_ms = now_ms;
+            } else if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
+                idle.push(*key);
+            }
+            seen.counters = *sum;
+        }
+        for key in idle {
+            // The host gets a fresh entry (from zero) if it sends again; deltas handle that.
+            let _ = maps.hosts.remove(&key);
+            self.last.remove(&key);
+        }
+        let present: std::collections::HashSet<HostKey> = current.iter().map(|(k, _)| *k).collect();
+        self.last.retain(|k, _| present.contains(k));
+
+        for dir in 0..direction::COUNT as u8 {
+            for class in 0..proto::COUNT {
+                let packets = maps.stat(stat::total_index(dir, class, false));
+                let bytes = maps.stat(stat::total_index(dir, class, true));
+                accounting.set_total(Source::Xdp, dir as usize, class, packets, bytes);
+            }
+        }
+        Ok(XdpStats {
+            frames: maps.stat(stat::FRAMES),
+            non_ip: maps.stat(stat::NON_IP),
+            malformed: maps.stat(stat::MALFORMED),
+            dropped_src_packets: maps.stat(stat::DROP_SRC_PACKETS),
+            dropped_src_bytes: maps.stat(stat::DROP_SRC_BYTES),
+            dropped_dst_packets: maps.stat(stat::DROP_DST_PACKETS),
+            dropped_dst_bytes: maps.stat(stat::DROP_DST_BYTES),
+            dropped_rule_packets: maps.stat(stat::DROP_RULE_PACKETS),
+            dropped_rule_bytes: maps.stat(stat::DROP_RULE_BYTES),
+            whitelist_passed: maps.stat(stat::WHITELIST_PASSED),
+            host_table_full: maps.stat(stat::HOST_TABLE_FULL),
+            samples_lost: maps.stat(stat::SAMPLES_LOST),
+            kernel_hosts: current.len() as u64,
+        })
+    }
+}
+
+/// `now - before`, field by field; a counter that went backwards (entry re-created) counts
+/// from zero.
+fn delta(before: &HostCounters, now: &HostCounters) -> HostCounters {
+    if now.packets < before.packets {
+        return *now;
+    }
+    let d = |a: u64, b: u64| b.wrapping_sub(a);
+    let mut out = HostCounters {
+        packets: d(before.packets, now.packets),
+        bytes: d(before.bytes, now.bytes),
+        flows: d(before.flows, now.flows),
+        tcp_syn_packets: d(before.tcp_syn_packets, now.tcp_syn_packets),
+        fragments: d(before.fragments, now.fragments),
+        ..Default::default()
+    };
+    for i in 0..proto::COUNT {
+        out.proto_packets[i] = d(before.proto_packets[i], now.proto_packets[i]);
+        out.proto_bytes[i] = d(before.proto_bytes[i], now.proto_bytes[i]);
+    }
+    out
+}

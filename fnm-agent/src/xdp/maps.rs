@@ -1,0 +1,168 @@
+//! Typed handles on the XDP program's maps.
+
+use super::XdpError;
+use crate::prefix::Prefix;
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    Ebpf,
+};
+use fnm_common::{map_names, setting, DropCounter, HostCounters, HostKey, RuleSet};
+use std::net::IpAddr;
+
+/// Every map of the program, owned and typed.
+pub struct KernelMaps {
+    /// Per-host counters.
+    pub hosts: PerCpuHashMap<MapData, HostKey, HostCounters>,
+    /// Local networks.
+    pub local_v4: LpmTrie<MapData, [u8; 4], u8>,
+    /// Local networks.
+    pub local_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Never-dropped prefixes.
+    pub whitelist_v4: LpmTrie<MapData, [u8; 4], u8>,
+    /// Never-dropped prefixes.
+    pub whitelist_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Drop on source, value = counter slot.
+    pub drop_src_v4: LpmTrie<MapData, [u8; 4], u32>,
+    /// Drop on source, value = counter slot.
+    pub drop_src_v6: LpmTrie<MapData, [u8; 16], u32>,
+    /// Drop on destination, value = counter slot.
+    pub drop_dst_v4: LpmTrie<MapData, [u8; 4], u32>,
+    /// Drop on destination, value = counter slot.
+    pub drop_dst_v6: LpmTrie<MapData, [u8; 16], u32>,
+    /// Per-slot drop counters.
+    pub drop_counters: PerCpuArray<MapData, DropCounter>,
+    /// Fingerprint rules per victim.
+    pub rules: HashMap<MapData, HostKey, RuleSet>,
+    /// Hosts whose packets are sampled (value: 1 in N).
+    pub sampled_hosts: HashMap<MapData, HostKey, u32>,
+    /// Packet samples.
+    pub samples: Option<RingBuf<MapData>>,
+    /// Global counters.
+    pub stats: PerCpuArray<MapData, u64>,
+    /// Run-time settings.
+    pub settings: Array<MapData, u32>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, XdpError> {
+    let map = ebpf.take_map(name).ok_or(XdpError::Map {
+        map: name,
+        message: "missing from the XDP object".into(),
+    })?;
+    T::try_from(map).map_err(|e| XdpError::Map {
+        map: name,
+        message: e.to_string(),
+    })
+}
+
+/// A map error named after its map.
+pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
+    move |e| XdpError::Map {
+        map,
+        message: e.to_string(),
+    }
+}
+
+/// The LPM keys of a prefix, by family.
+pub(crate) enum LpmKey {
+    /// IPv4 key.
+    V4(Key<[u8; 4]>),
+    /// IPv6 key.
+    V6(Key<[u8; 16]>),
+}
+
+impl LpmKey {
+    /// The key of `prefix`.
+    pub(crate) fn of(prefix: &Prefix) -> Self {
+        match prefix.addr() {
+            IpAddr::V4(a) => LpmKey::V4(Key::new(prefix.len() as u32, a.octets())),
+            IpAddr::V6(a) => LpmKey::V6(Key::new(prefix.len() as u32, a.octets())),
+        }
+    }
+}
+
+impl KernelMaps {
+    /// Takes every map out of a freshly loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, XdpError> {
+        Ok(Self {
+            hosts: take(ebpf, map_names::HOSTS)?,
+            local_v4: take(ebpf, map_names::LOCAL_V4)?,
+            local_v6: take(ebpf, map_names::LOCAL_V6)?,
+            whitelist_v4: take(ebpf, map_names::WHITELIST_V4)?,
+            whitelist_v6: take(ebpf, map_names::WHITELIST_V6)?,
+            drop_src_v4: take(ebpf, map_names::DROP_SRC_V4)?,
+            drop_src_v6: take(ebpf, map_names::DROP_SRC_V6)?,
+            drop_dst_v4: take(ebpf, map_names::DROP_DST_V4)?,
+            drop_dst_v6: take(ebpf, map_names::DROP_DST_V6)?,
+            drop_counters: take(ebpf, map_names::DROP_COUNTERS)?,
+            rules: take(ebpf, map_names::RULES)?,
+            sampled_hosts: take(ebpf, map_names::SAMPLED_HOSTS)?,
+            samples: take(ebpf, map_names::SAMPLES).ok(),
+            stats: take(ebpf, map_names::STATS)?,
+            settings: take(ebpf, map_names::SETTINGS)?,
+        })
+    }
+
+    /// Writes the local networks and the whitelist.
+    pub fn fill_prefixes(
+        &mut self,
+        networks: &[Prefix],
+        whitelist: &[Prefix],
+    ) -> Result<(), XdpError> {
+        for p in networks {
+            match LpmKey::of(p) {
+                LpmKey::V4(k) => self
+                    .local_v4
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::LOCAL_V4))?,
+                LpmKey::V6(k) => self
+                    .local_v6
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::LOCAL_V6))?,
+            }
+        }
+        for p in whitelist {
+            match LpmKey::of(p) {
+                LpmKey::V4(k) => self
+                    .whitelist_v4
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::WHITELIST_V4))?,
+                LpmKey::V6(k) => self
+                    .whitelist_v6
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::WHITELIST_V6))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the bit set of non-empty tables.
+    pub fn set_table_flags(&mut self, flags: u32) -> Result<(), XdpError> {
+        self.settings
+            .set(setting::TABLE_FLAGS, flags, 0)
+            .map_err(map_err(map_names::SETTINGS))
+    }
+
+    /// Sum over CPUs of one global counter.
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+            .unwrap_or(0)
+    }
+
+    /// Sum over CPUs of one drop-counter slot.
+    pub fn drop_counter(&self, slot: u32) -> DropCounter {
+        self.drop_counters
+            .get(&slot, 0)
+            .map(|v| {
+                v.iter().fold(DropCounter::default(), |a, b| DropCounter {
+                    packets: a.packets.wrapping_add(b.packets),
+                    bytes: a.bytes.wrapping_add(b.bytes),
+                })
+            })
+            .unwrap_or_default()
+    }
+}

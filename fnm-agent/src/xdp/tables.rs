@@ -1,0 +1,281 @@
+//! Drop entries (prefixes matched on source or destination) and fingerprint rules, with their
+//! per-CPU counter slots.
+
+use super::{maps::map_err, maps::LpmKey, KernelMaps, XdpError};
+use crate::{accounting::Direction, prefix::Prefix};
+use aya::maps::PerCpuValues;
+use fnm_common::{
+    map_names, table_flag, DropCounter, DropRule, HostKey, RuleSet, MAX_RULES_PER_HOST,
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+/// Which address of a packet a drop entry is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DropMatch {
+    /// The source address.
+    Src,
+    /// The destination address.
+    Dst,
+}
+
+impl DropMatch {
+    /// `src` or `dst`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropMatch::Src => "src",
+            DropMatch::Dst => "dst",
+        }
+    }
+}
+
+impl std::str::FromStr for DropMatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "src" => Ok(DropMatch::Src),
+            "dst" => Ok(DropMatch::Dst),
+            _ => Err(format!("match must be src or dst, not {s:?}")),
+        }
+    }
+}
+
+/// A fingerprint rule: traffic of a victim matching every set field is dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// IP protocol number; 0 = any.
+    #[serde(default)]
+    pub protocol: u8,
+    /// Source port; 0 = any.
+    #[serde(default)]
+    pub src_port: u16,
+    /// Destination port; 0 = any.
+    #[serde(default)]
+    pub dst_port: u16,
+    /// TCP flags that must equal `tcp_flags_value` after masking.
+    #[serde(default)]
+    pub tcp_flags_mask: u8,
+    /// Expected TCP flags after masking.
+    #[serde(default)]
+    pub tcp_flags_value: u8,
+    /// Match fragments only (including later fragments, which carry no ports).
+    #[serde(default)]
+    pub fragments: bool,
+}
+
+/// Drop entries and rules known to the kernel, with their counter slots.
+pub struct DropTables {
+    free_slots: Vec<u32>,
+    entries: BTreeMap<(Prefix, DropMatch), u32>,
+    rules: HashMap<(IpAddr, Direction), Vec<(RuleSpec, u32)>>,
+}
+
+impl DropTables {
+    /// Tables with `slots` counter slots.
+    pub fn new(slots: u32) -> Self {
+        Self {
+            free_slots: (0..slots).rev().collect(),
+            entries: BTreeMap::new(),
+            rules: HashMap::new(),
+        }
+    }
+
+    fn take_slot(&mut self, maps: &mut KernelMaps) -> Result<u32, XdpError> {
+        let slot = self
+            .free_slots
+            .pop()
+            .ok_or(XdpError::Full(map_names::DROP_COUNTERS))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Map {
+            map: map_names::DROP_COUNTERS,
+            message: e.to_string(),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![DropCounter::default(); cpus]).map_err(|e| {
+            XdpError::Map {
+                map: map_names::DROP_COUNTERS,
+                message: e.to_string(),
+            }
+        })?;
+        maps.drop_counters
+            .set(slot, zeros, 0)
+            .map_err(map_err(map_names::DROP_COUNTERS))?;
+        Ok(slot)
+    }
+
+    /// Installs a drop entry (idempotent).
+    pub fn add(
+        &mut self,
+        maps: &mut KernelMaps,
+        prefix: Prefix,
+        m: DropMatch,
+    ) -> Result<(), XdpError> {
+        if self.entries.contains_key(&(prefix, m)) {
+            return Ok(());
+        }
+        let slot = self.take_slot(maps)?;
+        let result = match (LpmKey::of(&prefix), m) {
+            (LpmKey::V4(k), DropMatch::Src) => maps
+                .drop_src_v4
+                .insert(&k, slot, 0)
+                .map_err(map_err(map_names::DROP_SRC_V4)),
+            (LpmKey::V6(k), DropMatch::Src) => maps
+                .drop_src_v6
+                .insert(&k, slot, 0)
+                .map_err(map_err(map_names::DROP_SRC_V6)),
+            (LpmKey::V4(k), DropMatch::Dst) => maps
+                .drop_dst_v4
+                .insert(&k, slot, 0)
+                .map_err(map_err(map_names::DROP_DST_V4)),
+            (LpmKey::V6(k), DropMatch::Dst) => maps
+                .drop_dst_v6
+                .insert(&k, slot, 0)
+                .map_err(map_err(map_names::DROP_DST_V6)),
+        };
+        if let Err(e) = result {
+            self.free_slots.push(slot);
+            return Err(e);
+        }
+        self.entries.insert((prefix, m), slot);
+        self.sync_flags(maps)
+    }
+
+    /// Removes a drop entry; false when there was none.
+    pub fn remove(
+        &mut self,
+        maps: &mut KernelMaps,
+        prefix: Prefix,
+        m: DropMatch,
+    ) -> Result<bool, XdpError> {
+        let Some(slot) = self.entries.remove(&(prefix, m)) else {
+            return Ok(false);
+        };
+        let result = match (LpmKey::of(&prefix), m) {
+            (LpmKey::V4(k), DropMatch::Src) => maps
+                .drop_src_v4
+                .remove(&k)
+                .map_err(map_err(map_names::DROP_SRC_V4)),
+            (LpmKey::V6(k), DropMatch::Src) => maps
+                .drop_src_v6
+                .remove(&k)
+                .map_err(map_err(map_names::DROP_SRC_V6)),
+            (LpmKey::V4(k), DropMatch::Dst) => maps
+                .drop_dst_v4
+                .remove(&k)
+                .map_err(map_err(map_names::DROP_DST_V4)),
+            (LpmKey::V6(k), DropMatch::Dst) => maps
+                .drop_dst_v6
+                .remove(&k)
+                .map_err(map_err(map_names::DROP_DST_V6)),
+        };
+        self.free_slots.push(slot);
+        self.sync_flags(maps)?;
+        result.map(|_| true)
+    }
+
+    /// What an entry dropped so far.
+    pub fn counter(&self, maps: &KernelMaps, prefix: Prefix, m: DropMatch) -> Option<DropCounter> {
+        self.entries
+            .get(&(prefix, m))
+            .map(|slot| maps.drop_counter(*slot))
+    }
+
+    /// Every entry with what it dropped.
+    pub fn entries(&self, maps: &KernelMaps) -> Vec<(Prefix, DropMatch, DropCounter)> {
+        self.entries
+            .iter()
+            .map(|((p, m), slot)| (*p, *m, maps.drop_counter(*slot)))
+            .collect()
+    }
+
+    /// Replaces the fingerprint rules of `host` in `direction` (empty slice: removes them).
+    pub fn set_rules(
+        &mut self,
+        maps: &mut KernelMaps,
+        host: IpAddr,
+        direction: Direction,
+        specs: &[RuleSpec],
+    ) -> Result<(), XdpError> {
+        if specs.len() > MAX_RULES_PER_HOST {
+            return Err(XdpError::Map {
+                map: map_names::RULES,
+                message: format!("at most {MAX_RULES_PER_HOST} rules per host"),
+            });
+        }
+        let key = HostKey {
+            addr: crate::accounting::to16(host),
+            direction: direction.index() as u8,
+            _pad: [0; 3],
+        };
+        if let Some(old) = self.rules.remove(&(host, direction)) {
+            self.free_slots.extend(old.iter().map(|(_, s)| *s));
+        }
+        if specs.is_empty() {
+            let _ = maps.rules.remove(&key);
+            return self.sync_flags(maps);
+        }
+        let mut set = RuleSet::default();
+        let mut installed = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let slot = self.take_slot(maps)?;
+            set.rules[i] = DropRule {
+                protocol: spec.protocol,
+                tcp_flags_value: spec.tcp_flags_value,
+                tcp_flags_mask: spec.tcp_flags_mask,
+                match_fragments: spec.fragments as u8,
+                src_port: spec.src_port,
+                dst_port: spec.dst_port,
+                slot,
+            };
+            installed.push((*spec, slot));
+        }
+        set.count = specs.len() as u32;
+        maps.rules
+            .insert(key, set, 0)
+            .map_err(map_err(map_names::RULES))?;
+        self.rules.insert((host, direction), installed);
+        self.sync_flags(maps)
+    }
+
+    /// The rules of every host with what each dropped.
+    pub fn rules(&self, maps: &KernelMaps) -> Vec<(IpAddr, Direction, RuleSpec, DropCounter)> {
+        let mut out = Vec::new();
+        for ((host, dir), list) in &self.rules {
+            for (spec, slot) in list {
+                out.push((*host, *dir, *spec, maps.drop_counter(*slot)));
+            }
+        }
+        out
+    }
+
+    /// Number of drop entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True without drop entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn sync_flags(&self, maps: &mut KernelMaps) -> Result<(), XdpError> {
+        let mut flags = 0;
+        if self.entries.keys().any(|(_, m)| *m == DropMatch::Src) {
+            flags |= table_flag::DROP_SRC;
+        }
+        if self.entries.keys().any(|(_, m)| *m == DropMatch::Dst) {
+            flags |= table_flag::DROP_DST;
+        }
+        if !self.rules.is_empty() {
+            flags |= table_flag::RULES;
+        }
+        let sampling = maps.sampled_hosts.keys().next().is_some();
+        if sampling {
+            flags |= table_flag::SAMPLING;
+        }
+        maps.set_table_flags(flags)
+    }
+}
