@@ -2,8 +2,14 @@
 //! accounting, detects attacks and mitigates them.
 
 pub mod accounting;
+pub mod agent;
+pub mod api;
+pub mod bans;
+pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod prefix;
 pub mod traffic;
+pub mod views;
 #[cfg(target_os = "linux")]
 pub mod xdp;

@@ -322,14 +322,16 @@ mod tests {
         m.insert(p("10.0.0.0/8"), "wide");
         m.insert(p("10.1.0.0/16"), "narrow");
         m.insert(p("2001:db8::/32"), "v6");
-        let hit = |a: &str| m.longest_match(a.parse().unwrap()).map(|(_, v)| *v);
-        assert_eq!(hit("10.1.2.3"), Some("narrow"));
-        assert_eq!(hit("10.2.2.3"), Some("wide"));
-        assert_eq!(hit("11.0.0.1"), None);
-        assert_eq!(hit("2001:db8::1"), Some("v6"));
-        assert_eq!(hit("::ffff:10.1.2.3"), None);
+        fn hit(m: &PrefixMap<&'static str>, a: &str) -> Option<&'static str> {
+            m.longest_match(a.parse().unwrap()).map(|(_, v)| *v)
+        }
+        assert_eq!(hit(&m, "10.1.2.3"), Some("narrow"));
+        assert_eq!(hit(&m, "10.2.2.3"), Some("wide"));
+        assert_eq!(hit(&m, "11.0.0.1"), None);
+        assert_eq!(hit(&m, "2001:db8::1"), Some("v6"));
+        assert_eq!(hit(&m, "::ffff:10.1.2.3"), None);
         assert_eq!(m.remove(&p("10.1.0.0/16")), Some("narrow"));
-        assert_eq!(hit("10.1.2.3"), Some("wide"));
+        assert_eq!(hit(&m, "10.1.2.3"), Some("wide"));
         assert_eq!(m.len(), 2);
     }
 }

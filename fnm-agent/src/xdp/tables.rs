@@ -2,6 +2,7 @@
 //! per-CPU counter slots.
 
 use super::{maps::map_err, maps::LpmKey, KernelMaps, XdpError};
+pub use crate::bans::DropMatch;
 use crate::{accounting::Direction, prefix::Prefix};
 use aya::maps::PerCpuValues;
 use fnm_common::{
@@ -12,37 +13,6 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
-
-/// Which address of a packet a drop entry is matched against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DropMatch {
-    /// The source address.
-    Src,
-    /// The destination address.
-    Dst,
-}
-
-impl DropMatch {
-    /// `src` or `dst`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropMatch::Src => "src",
-            DropMatch::Dst => "dst",
-        }
-    }
-}
-
-impl std::str::FromStr for DropMatch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "src" => Ok(DropMatch::Src),
-            "dst" => Ok(DropMatch::Dst),
-            _ => Err(format!("match must be src or dst, not {s:?}")),
-        }
-    }
-}
 
 /// A fingerprint rule: traffic of a victim matching every set field is dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

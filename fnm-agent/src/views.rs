@@ -1,0 +1,90 @@
+//! JSON views of the accounting, shared by the HTTP API, the CLI and `replay --json`.
+
+use crate::accounting::{Host, HostDirection};
+use fnm_common::proto;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// Packets and bytes of one protocol class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolView {
+    /// Packets.
+    pub packets: u64,
+    /// IP bytes.
+    pub bytes: u64,
+}
+
+/// One direction of a host: cumulative counters and current rates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectionView {
+    /// Packets since start.
+    pub packets: u64,
+    /// IP bytes since start.
+    pub bytes: u64,
+    /// New flows since start.
+    pub flows: u64,
+    /// TCP.
+    pub tcp: ProtocolView,
+    /// UDP.
+    pub udp: ProtocolView,
+    /// ICMP / ICMPv6.
+    pub icmp: ProtocolView,
+    /// Any other protocol.
+    pub other: ProtocolView,
+    /// TCP SYN-without-ACK packets since start.
+    pub tcp_syn_packets: u64,
+    /// Fragments since start.
+    pub fragments: u64,
+    /// Packets per second, last window.
+    pub pps: f64,
+    /// IP bytes per second, last window.
+    pub bytes_per_second: f64,
+    /// New flows per second, last window.
+    pub flows_per_second: f64,
+}
+
+impl From<&HostDirection> for DirectionView {
+    fn from(d: &HostDirection) -> Self {
+        let t = &d.total;
+        let p = |k: usize| ProtocolView {
+            packets: t.proto_packets[k],
+            bytes: t.proto_bytes[k],
+        };
+        Self {
+            packets: t.packets,
+            bytes: t.bytes,
+            flows: t.flows,
+            tcp: p(proto::TCP),
+            udp: p(proto::UDP),
+            icmp: p(proto::ICMP),
+            other: p(proto::OTHER),
+            tcp_syn_packets: t.tcp_syn_packets,
+            fragments: t.fragments,
+            pps: d.rates.pps,
+            bytes_per_second: d.rates.bytes_per_second,
+            flows_per_second: d.rates.flows_per_second,
+        }
+    }
+}
+
+/// A host with both directions, as `GET /api/v1/hosts/{ip}` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    /// The local address.
+    pub ip: IpAddr,
+    /// Traffic towards it.
+    pub incoming: DirectionView,
+    /// Traffic from it.
+    pub outgoing: DirectionView,
+}
+
+impl HostView {
+    /// The view of one host.
+    pub fn new(ip: IpAddr, host: &Host) -> Self {
+        Self {
+            ip,
+            incoming: (&host.dirs[0]).into(),
+            outgoing: (&host.dirs[1]).into(),
+        }
+    }
+}
