@@ -11,7 +11,7 @@ use crate::{
 use axum::{http::header, response::IntoResponse, routing::get, Router};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use std::{
@@ -40,11 +40,12 @@ pub trait MetricsSource: Send + Sync {
 pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
     let mut registry = Registry::default();
 
-    registry.register(
-        "fnm_build",
-        "fnm build information",
-        Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))])),
-    );
+    // A gauge rather than an OpenMetrics info metric, so classic text parsers (promtool) read it.
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+    registry.register("fnm_build_info", "fnm build information", build);
 
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
@@ -197,6 +198,33 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
     if encode(&mut out, &registry).is_err() {
         out.clear();
     }
+    to_classic_text(&out)
+}
+
+/// Rewrites OpenMetrics text into the classic Prometheus text format (0.0.4), which every
+/// Prometheus and `promtool check metrics` read: counter families are named with their `_total`
+/// suffix in HELP/TYPE, and the `# EOF` and `# UNIT` lines go.
+pub fn to_classic_text(openmetrics: &str) -> String {
+    let counters: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
     out
 }
 
@@ -220,7 +248,7 @@ pub async fn serve(
                 (
                     [(
                         header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        "text/plain; version=0.0.4; charset=utf-8",
                     )],
                     body,
                 )

@@ -1,1 +1,162 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, run, test and bench for fnm.
+//!
+//! `setup` installs exactly what is missing on Debian 12 and says what it installs: apt
+//! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the nightly
+//! toolchain's rust-src (aya-build builds the eBPF crate with `rustup run nightly` and
+//! `-Z build-std=core`), and bpf-linker 0.13.0 built against Debian's LLVM 22.
+
+mod setup;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::Command};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "fnm developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (apt packages, rust-src, bpf-linker).
+    Setup {
+        /// Also install the peers the tests use.
+        #[arg(long)]
+        test_peers: bool,
+    },
+    /// Build the agent (release) with its XDP object.
+    Build,
+    /// Set up, build and run the agent on config/fnm-agent.toml.
+    Run {
+        /// Another config file.
+        #[arg(long, default_value = "config/fnm-agent.toml")]
+        config: PathBuf,
+    },
+    /// Set up and run every test: formatting, clippy, unit, privileged and end-to-end tests.
+    Test,
+    /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(workspace_root()).context("cd to the workspace root")?;
+    match cli.command {
+        Task::Setup { test_peers } => setup::run(test_peers),
+        Task::Build => build(),
+        Task::Run { config } => {
+            setup::run(false)?;
+            build()?;
+            let state = "/var/lib/fnm";
+            std::fs::create_dir_all(state).with_context(|| format!("creating {state}"))?;
+            let cfg = config.display().to_string();
+            run("target/release/fnm-agent", &["check-config", &cfg])?;
+            println!(
+                "xtask: running target/release/fnm-agent run --config {cfg} (Ctrl-C stops it)"
+            );
+            run("target/release/fnm-agent", &["run", "--config", &cfg])
+        }
+        Task::Test => test(),
+        Task::Bench => {
+            setup::run(true)?;
+            run(
+                "cargo",
+                &[
+                    "test",
+                    "--release",
+                    "-p",
+                    "fnm-agent",
+                    "--test",
+                    "xdp_bench",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ],
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command, echoing it; fails with its exit status.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    println!("xtask: $ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run("cargo", &["build", "--release", "-p", "fnm-agent"])
+}
+
+fn test() -> Result<()> {
+    setup::run(true)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        println!("\n*** xtask test: NOT ROOT: the privileged tests (XDP, namespaces) will FAIL. Run as root. ***\n");
+    }
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "fnm-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The eBPF crate is linted on its own, for its own target, as aya-template does.
+    run(
+        "cargo",
+        &[
+            "+nightly",
+            "clippy",
+            "-p",
+            "fnm-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run("cargo", &["build", "--release", "-p", "fnm-agent"])?;
+    run(
+        "cargo",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "fnm-ebpf",
+            "--",
+            "--test-threads=2",
+        ],
+    )
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -12,3 +12,5 @@ pub fn require_root(what: &str) {
         "\n\n*** {what} needs root (BPF, XDP, network namespaces). Run `cargo xtask test` as root. ***\n"
     );
 }
+pub mod agent;
+pub mod netns;

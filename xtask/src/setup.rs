@@ -1,0 +1,173 @@
+//! Installs what is missing on a Debian 12 machine, saying what it installs.
+
+use anyhow::{bail, Context as _, Result};
+use std::process::Command;
+
+/// Packages the agent needs to build and run (LLVM 22 for bpf-linker, libpcap for capture).
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libpcap-dev",
+    "iproute2",
+    "bpftool",
+];
+
+/// Real peers the tests use.
+const TEST_PACKAGES: &[&str] = &[
+    "xdp-tools",
+    "prometheus",
+    "tshark",
+    "softflowd",
+    "pmacct",
+    "python3-scapy",
+    "gobgpd",
+    "exabgp",
+    "bird2",
+    "fastnetmon",
+    "tcpdump",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const EBPF_TOOLCHAIN: &str = "nightly";
+
+/// Installs what is missing; with `test_peers`, also the test peers.
+pub fn run(test_peers: bool) -> Result<()> {
+    let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
+    if test_peers {
+        wanted.extend_from_slice(TEST_PACKAGES);
+    }
+    apt_install(&wanted)?;
+    rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!("missing Debian packages {missing:?} and no apt-get here: install them by hand");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        bail!(
+            "missing Debian packages {missing:?}: run as root (or `sudo apt-get install {}`)",
+            missing.join(" ")
+        );
+    }
+    println!(
+        "xtask setup: installing Debian packages: {}",
+        missing.join(" ")
+    );
+    crate::run("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    let status = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    // Debian starts some services on install; the tests run their own instances.
+    for service in [
+        "prometheus",
+        "fastnetmon",
+        "gobgpd",
+        "exabgp",
+        "bird",
+        "pmacct",
+    ] {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("command -v systemctl >/dev/null && systemctl stop {service} 2>/dev/null; pkill -x {service} 2>/dev/null; true")])
+            .status();
+    }
+    Ok(())
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ])
+        .output()
+        .context("rustup is needed (the eBPF crate is built with `rustup run nightly`)")?;
+    if !out.status.success() {
+        bail!(
+            "the `{EBPF_TOOLCHAIN}` toolchain is not installed; it must be an LLVM 22 nightly (never run `rustup update`)"
+        );
+    }
+    if String::from_utf8_lossy(&out.stdout).contains("rust-src") {
+        return Ok(());
+    }
+    println!(
+        "xtask setup: installing rust-src for the {EBPF_TOOLCHAIN} toolchain (eBPF build-std)"
+    );
+    crate::run(
+        "rustup",
+        &[
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = &version {
+        if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+    }
+    let llvm = std::path::Path::new("/usr/lib/llvm-22/bin/llvm-config");
+    if !llvm.exists() {
+        bail!("bpf-linker needs LLVM 22 (llvm-22-dev): /usr/lib/llvm-22/bin/llvm-config not found");
+    }
+    let rustc = Command::new("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "-vV"])
+        .output()
+        .context("rustc -vV")?;
+    let rustc = String::from_utf8_lossy(&rustc.stdout).to_string();
+    if !rustc.contains("LLVM version: 22") {
+        bail!("the {EBPF_TOOLCHAIN} rustc is not LLVM 22 (bpf-linker 0.13 + llvm-22 needs it):\n{rustc}");
+    }
+    println!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (a few minutes)");
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .status()
+        .context("cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("installing bpf-linker failed");
+    }
+    Ok(())
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+}
