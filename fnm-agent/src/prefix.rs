@@ -162,9 +162,12 @@ impl<'de> Deserialize<'de> for Prefix {
 /// is bounded by the number of distinct lengths (at most 33 or 129), usually a handful.
 #[derive(Debug, Clone)]
 pub struct PrefixMap<V> {
-    v4: Vec<(u8, HashMap<u32, (Prefix, V)>)>,
-    v6: Vec<(u8, HashMap<u128, (Prefix, V)>)>,
+    v4: Vec<LengthTable<u32, V>>,
+    v6: Vec<LengthTable<u128, V>>,
 }
+
+/// The prefixes of one length, keyed by their network bits.
+type LengthTable<K, V> = (u8, HashMap<K, (Prefix, V)>);
 
 impl<V> Default for PrefixMap<V> {
     fn default() -> Self {
@@ -286,7 +289,7 @@ fn table_for<K, V>(tables: &mut Vec<(u8, HashMap<K, V>)>, len: u8) -> &mut HashM
 }
 
 fn remove_from<K: std::hash::Hash + Eq, V>(
-    tables: &mut Vec<(u8, HashMap<K, (Prefix, V)>)>,
+    tables: &mut Vec<LengthTable<K, V>>,
     len: u8,
     key: &K,
 ) -> Option<V> {
