@@ -2,5 +2,6 @@
 //! accounting, detects attacks and mitigates them.
 
 pub mod config;
+pub mod flow;
 pub mod prefix;
 pub mod traffic;
