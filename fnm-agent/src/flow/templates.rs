@@ -346,6 +346,8 @@ struct Accumulator {
     sampling_size: Option<u64>,
     sampling_population: Option<u64>,
     probability: Option<f64>,
+    icmp_type: Option<u16>,
+    icmp_code: Option<u16>,
 }
 
 impl Accumulator {
@@ -374,6 +376,8 @@ impl Accumulator {
             sampling_size: None,
             sampling_population: None,
             probability: None,
+            icmp_type: None,
+            icmp_code: None,
         }
     }
 
@@ -399,14 +403,20 @@ impl Accumulator {
             FieldKind::TcpFlags => record.tcp_flags = be_uint(value) as u8,
             FieldKind::SrcPort => record.src_port = be_uint(value) as u16,
             FieldKind::DstPort => record.dst_port = be_uint(value) as u16,
+            // Templates with both IPv4 and IPv6 address fields fill the unused one with
+            // zeros: an unspecified address never replaces a real one.
             FieldKind::SrcAddr => {
                 if let Some(addr) = ip_from(value) {
-                    record.src_addr = Some(addr);
+                    if record.src_addr.is_none() || !addr.is_unspecified() {
+                        record.src_addr = Some(addr);
+                    }
                 }
             }
             FieldKind::DstAddr => {
                 if let Some(addr) = ip_from(value) {
-                    record.dst_addr = Some(addr);
+                    if record.dst_addr.is_none() || !addr.is_unspecified() {
+                        record.dst_addr = Some(addr);
+                    }
                 }
             }
             FieldKind::InputIf => record.input_ifindex = be_uint(value) as u32,
@@ -426,14 +436,12 @@ impl Accumulator {
                 record.end_ms = Some(self.export_ms.saturating_sub(be_uint(value) / 1000))
             }
             FieldKind::IcmpTypeCode => {
-                let code = be_uint(value);
-                if record.src_port == 0 && record.dst_port == 0 {
-                    record.src_port = ((code >> 8) & 0xFF) as u16;
-                    record.dst_port = (code & 0xFF) as u16;
-                }
+                let type_code = be_uint(value);
+                self.icmp_type = Some(((type_code >> 8) & 0xFF) as u16);
+                self.icmp_code = Some((type_code & 0xFF) as u16);
             }
-            FieldKind::IcmpType => record.src_port = be_uint(value) as u16,
-            FieldKind::IcmpCode => record.dst_port = be_uint(value) as u16,
+            FieldKind::IcmpType => self.icmp_type = Some(be_uint(value) as u16),
+            FieldKind::IcmpCode => self.icmp_code = Some(be_uint(value) as u16),
             FieldKind::SamplingInterval => self.interval = Some(be_uint(value)),
             FieldKind::SamplerId => record.sampler_id = be_uint(value),
             FieldKind::PacketInterval => self.packet_interval = Some(be_uint(value)),
@@ -470,6 +478,13 @@ impl Accumulator {
                 self.record.packets = packets;
             }
         }
+        // ICMP type/code go into the ports (the TrafficRecord convention) for ICMP only;
+        // firewalls (Cisco ASA) export the ICMP elements in every record.
+        let record = &mut self.record;
+        if matches!(record.protocol, 1 | 58) && record.src_port == 0 && record.dst_port == 0 {
+            record.src_port = self.icmp_type.unwrap_or(0);
+            record.dst_port = self.icmp_code.unwrap_or(0);
+        }
         let rate = self.sampling_rate();
         if let Some(rate) = rate {
             self.record.sampling_rate = rate;
@@ -483,13 +498,15 @@ impl Accumulator {
         if let Some(interval) = self.interval.filter(|&n| n > 0) {
             return Some(clamp(interval));
         }
-        if let Some(selected) = self.packet_interval.filter(|&n| n > 0) {
-            let space = self.packet_space.unwrap_or(0);
-            return Some(clamp(selected.saturating_add(space) / selected).max(1));
-        }
         if let (Some(size), Some(population)) = (self.sampling_size, self.sampling_population) {
             if size > 0 && population >= size {
                 return Some(clamp(population / size).max(1));
+            }
+        }
+        // Systematic count-based sampling: `interval` packets selected, then `space` skipped.
+        if let (Some(selected), Some(space)) = (self.packet_interval, self.packet_space) {
+            if selected > 0 {
+                return Some(clamp(selected.saturating_add(space) / selected).max(1));
             }
         }
         if let Some(probability) = self.probability {
