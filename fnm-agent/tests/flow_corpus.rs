@@ -1082,3 +1082,152 @@ fn every_corpus_group_decodes_to_its_expected_values() {
         assert!(skipped.len() <= 13, "only copyleft groups may be skipped");
     }
 }
+
+/// Reads a permissive raw corpus file from the project's test data.
+fn raw(relative: &str) -> Vec<u8> {
+    std::fs::read(data_dir().join(relative)).expect("corpus file")
+}
+
+#[test]
+fn templates_learned_before_a_restart_decode_data_after_it() {
+    let templates = [
+        raw("netflow9/cisco_asa_unkver-b_nfv9-nsel-tpl26x.dat"),
+        raw("netflow9/cisco_asa_unkver-b_nfv9-nsel-tpl27x.dat"),
+        raw("ipfix/mikrotik_routeros6.39.2_ipfix-tpl258-259.dat"),
+    ];
+    let data = [
+        raw("netflow9/cisco_asa_unkver-b_nfv9-nsel-data256-263.dat"),
+        raw("ipfix/mikrotik_routeros6.39.2_ipfix-data259-ipv6.dat"),
+    ];
+    let count = |cache: &mut TemplateCache| -> usize {
+        data.iter()
+            .map(|datagram| {
+                decode_netflow_family(datagram, RAW_EXPORTER, cache)
+                    .expect("decodes")
+                    .records()
+                    .len()
+            })
+            .sum()
+    };
+    assert_eq!(
+        count(&mut TemplateCache::default()),
+        0,
+        "no templates, no records"
+    );
+    let mut before = TemplateCache::default();
+    for datagram in &templates {
+        decode_netflow_family(datagram, RAW_EXPORTER, &mut before).expect("templates");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("flow-templates.json");
+    before.save(&path).expect("save");
+    let mut after = TemplateCache::load(&path).expect("load");
+    assert_eq!(after.len(), before.len());
+    let restarted = count(&mut after);
+    assert_eq!(restarted, count(&mut before));
+    assert_eq!(
+        restarted,
+        19 + 18,
+        "ASA 19 records + MikroTik IPv6 18 records"
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every corpus datagram (permissive copies), for mutation.
+    fn seeds() -> &'static [Vec<u8>] {
+        static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        SEEDS.get_or_init(load_seeds)
+    }
+
+    fn load_seeds() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for dir in ["sflow", "netflow5", "netflow9", "ipfix"] {
+            for entry in std::fs::read_dir(data_dir().join(dir)).expect("data dir") {
+                let path = entry.expect("entry").path();
+                let name = path.to_string_lossy().to_string();
+                if name.ends_with(".json") {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).expect("read");
+                if name.ends_with(".pcap") {
+                    out.extend(pcap_payloads(&bytes).into_iter().map(|d| d.payload));
+                } else {
+                    out.push(bytes);
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs every decoder on the input; they must return, whatever the bytes.
+    fn decode_all(bytes: &[u8], cache: &mut TemplateCache) {
+        let _ = sflow::decode(bytes);
+        let _ = fnm_agent::flow::netflow5::decode(bytes);
+        let _ = fnm_agent::flow::netflow9::decode(bytes, RAW_EXPORTER, cache);
+        let _ = fnm_agent::flow::ipfix::decode(bytes, RAW_EXPORTER, cache);
+        if let Ok(decoded) = decode_netflow_family(bytes, RAW_EXPORTER, cache) {
+            let _ = decoded.traffic_records(0).count();
+        }
+        if let Ok(decoded) = sflow::decode(bytes) {
+            let _ = decoded.traffic_records(0).count();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            decode_all(&bytes, &mut TemplateCache::default());
+        }
+
+        #[test]
+        fn random_bytes_with_valid_versions_never_panic(
+            version in prop_oneof![Just(5u16), Just(9u16), Just(10u16)],
+            mut bytes in proptest::collection::vec(any::<u8>(), 4..1500),
+        ) {
+            bytes[0..2].copy_from_slice(&version.to_be_bytes());
+            if version == 10 {
+                let len = bytes.len() as u16;
+                bytes[2..4].copy_from_slice(&len.to_be_bytes());
+            }
+            let mut cache = TemplateCache::default();
+            decode_all(&bytes, &mut cache);
+            let mut sflow_bytes = vec![0, 0, 0, 5, 0, 0, 0, 1];
+            sflow_bytes.extend_from_slice(&bytes);
+            decode_all(&sflow_bytes, &mut cache);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        #[test]
+        fn truncated_and_mutated_corpus_datagrams_never_panic(
+            seed in any::<prop::sample::Index>(),
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        ) {
+            let seeds = seeds();
+            let original = seed.get(seeds);
+            let mut cache = TemplateCache::default();
+            // Learn templates from every seed first so that mutated data meets real templates.
+            for datagram in seeds {
+                let _ = decode_netflow_family(datagram, RAW_EXPORTER, &mut cache);
+            }
+            let mut mutated = original.clone();
+            for (index, value) in &flips {
+                if !mutated.is_empty() {
+                    let at = index.index(mutated.len());
+                    mutated[at] = *value;
+                }
+            }
+            decode_all(&mutated, &mut cache);
+            let len = if original.is_empty() { 0 } else { cut.index(original.len()) };
+            decode_all(&original[..len], &mut cache);
+        }
+    }
+}
