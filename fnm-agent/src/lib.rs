@@ -2,11 +2,14 @@
 //! accounting, detects attacks and mitigates them.
 
 pub mod accounting;
+pub mod actions;
 pub mod agent;
 pub mod api;
 pub mod bans;
+pub mod capture;
 pub mod client;
 pub mod config;
+pub mod flow;
 pub mod metrics;
 pub mod prefix;
 pub mod traffic;

@@ -1,0 +1,801 @@
+//! sFlow v5: datagram header, flow samples (compact and expanded), counter samples (compact
+//! and expanded) with generic interface counters; everything else is skipped by its length.
+//!
+//! # Sampled packets
+//!
+//! A flow sample's packet is taken from its raw packet header record (format 1), decoded
+//! through Ethernet, 802.1Q / 802.1ad / QinQ tags (the innermost VLAN is kept), MPLS label
+//! stacks, IPv4 and IPv6 (extension headers walked) down to TCP/UDP ports, TCP flags and ICMP
+//! type/code; header protocols 11 and 12 (IPv4 / IPv6 without a link layer) are supported.
+//! When there is no decodable header, a sampled IPv4 (format 3) or IPv6 (format 4) record is
+//! used instead.
+//!
+//! # Bytes
+//!
+//! Bytes are IP bytes, by this rule, first match wins:
+//! 1. the sampled IP header's own length: IPv4 total length, IPv6 payload length + 40;
+//! 2. the `length` of a sampled IPv4/IPv6 record (format 3/4), which is the IP packet length;
+//! 3. the raw header record's `frame_length` minus the link-layer header decoded from the
+//!    sampled bytes (Ethernet, tags, MPLS labels) minus 4 bytes of FCS for Ethernet (sFlow's
+//!    frame length includes the FCS); for header protocols 11/12 the frame length as is.
+//!
+//! Packets and bytes are multiplied by the sample's sampling rate (the collector's default
+//! when the sample says 0).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::traffic::TrafficRecord;
+
+use super::record::effective_rate;
+use super::{DecodeError, Reader};
+
+/// Smallest valid datagram: an IPv4 header with zero samples.
+pub const MIN_DATAGRAM_LEN: usize = 28;
+/// Most VLAN tags / MPLS labels / IPv6 extension headers walked in a sampled header.
+const MAX_ENCAPSULATIONS: usize = 16;
+
+/// A decoded sFlow v5 datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SflowDatagram {
+    /// Agent address.
+    pub agent: IpAddr,
+    /// Sub-agent id.
+    pub sub_agent_id: u32,
+    /// Datagram sequence number (per agent and sub-agent; gaps mean lost datagrams).
+    pub sequence: u32,
+    /// Agent uptime in milliseconds.
+    pub uptime_ms: u32,
+    /// Number of samples the header announces.
+    pub sample_count: u32,
+    /// Flow samples (compact and expanded) in datagram order.
+    pub flows: Vec<FlowSample>,
+    /// Counter samples (compact and expanded) in datagram order.
+    pub counters: Vec<CounterSample>,
+    /// What was decoded and what was skipped.
+    pub stats: SflowStats,
+}
+
+/// Counts of what a datagram held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SflowStats {
+    /// Compact flow samples (format 1).
+    pub flow_samples: u32,
+    /// Expanded flow samples (format 3).
+    pub expanded_flow_samples: u32,
+    /// Compact counter samples (format 2).
+    pub counter_samples: u32,
+    /// Expanded counter samples (format 4).
+    pub expanded_counter_samples: u32,
+    /// Samples of other formats or enterprises (drop notifications, ...), skipped.
+    pub samples_skipped: u32,
+    /// Flow records skipped (extended records, unknown formats).
+    pub flow_records_skipped: u32,
+    /// Counter records skipped (other than generic interface counters).
+    pub counter_records_skipped: u32,
+    /// Flow samples without a decodable IP packet (not turned into traffic).
+    pub samples_without_packet: u32,
+}
+
+/// One flow sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowSample {
+    /// True for an expanded flow sample (format 3).
+    pub expanded: bool,
+    /// Sample sequence number.
+    pub sequence: u32,
+    /// Source id type (0 = ifIndex).
+    pub source_id_type: u32,
+    /// Source id index.
+    pub source_id_index: u32,
+    /// 1 in N sampling rate.
+    pub sampling_rate: u32,
+    /// Total packets that could have been sampled.
+    pub sample_pool: u32,
+    /// Packets dropped by the agent for lack of resources.
+    pub drops: u32,
+    /// Input ifIndex (compact samples: lower 30 bits).
+    pub input_ifindex: u32,
+    /// Output ifIndex (compact samples: lower 30 bits).
+    pub output_ifindex: u32,
+    /// Raw header record's frame length (0 when there was none).
+    pub frame_length: u32,
+    /// VLANs from an extended switch record (0 when absent).
+    pub src_vlan: u32,
+    /// Destination VLAN from an extended switch record (0 when absent).
+    pub dst_vlan: u32,
+    /// The sampled packet, when one could be decoded.
+    pub packet: Option<SampledPacket>,
+}
+
+/// The facts of one sampled packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampledPacket {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol (for IPv6 the upper-layer protocol after extension headers).
+    pub protocol: u8,
+    /// Source port (ICMP: type).
+    pub src_port: u16,
+    /// Destination port (ICMP: code).
+    pub dst_port: u16,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// IP bytes of the packet (see the module docs).
+    pub ip_bytes: u32,
+    /// TTL / hop limit (0 when unknown).
+    pub ttl: u8,
+    /// True when the packet is an IP fragment.
+    pub fragment: bool,
+    /// Innermost 802.1Q VLAN id in the sampled header (0 when untagged).
+    pub vlan: u16,
+}
+
+/// One counter sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterSample {
+    /// True for an expanded counter sample (format 4).
+    pub expanded: bool,
+    /// Sample sequence number.
+    pub sequence: u32,
+    /// Source id type (0 = ifIndex).
+    pub source_id_type: u32,
+    /// Source id index.
+    pub source_id_index: u32,
+    /// Generic interface counters, when the sample carried them.
+    pub interface: Option<InterfaceCounters>,
+}
+
+/// Generic interface counters (counter record format 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InterfaceCounters {
+    /// ifIndex.
+    pub if_index: u32,
+    /// ifType.
+    pub if_type: u32,
+    /// ifSpeed in bits/s.
+    pub if_speed: u64,
+    /// 0 unknown, 1 full duplex, 2 half duplex, 3 in, 4 out.
+    pub if_direction: u32,
+    /// Bit 0 admin up, bit 1 oper up.
+    pub if_status: u32,
+    /// ifInOctets.
+    pub in_octets: u64,
+    /// ifInUcastPkts.
+    pub in_unicast: u32,
+    /// ifInMulticastPkts.
+    pub in_multicast: u32,
+    /// ifInBroadcastPkts.
+    pub in_broadcast: u32,
+    /// ifInDiscards.
+    pub in_discards: u32,
+    /// ifInErrors.
+    pub in_errors: u32,
+    /// ifInUnknownProtos.
+    pub in_unknown_protos: u32,
+    /// ifOutOctets.
+    pub out_octets: u64,
+    /// ifOutUcastPkts.
+    pub out_unicast: u32,
+    /// ifOutMulticastPkts.
+    pub out_multicast: u32,
+    /// ifOutBroadcastPkts.
+    pub out_broadcast: u32,
+    /// ifOutDiscards.
+    pub out_discards: u32,
+    /// ifOutErrors.
+    pub out_errors: u32,
+    /// ifPromiscuousMode.
+    pub promiscuous_mode: u32,
+}
+
+impl SflowDatagram {
+    /// The sampled packets as traffic, scaled by each sample's sampling rate
+    /// (`default_sampling_rate` when a sample says 0; 0 counts as 1).
+    pub fn traffic_records(
+        &self,
+        default_sampling_rate: u32,
+    ) -> impl Iterator<Item = TrafficRecord> + '_ {
+        self.flows.iter().filter_map(move |sample| {
+            let packet = sample.packet?;
+            let rate = u64::from(effective_rate(sample.sampling_rate, default_sampling_rate));
+            let mut record = TrafficRecord {
+                src: packet.src,
+                dst: packet.dst,
+                protocol: packet.protocol,
+                src_port: packet.src_port,
+                dst_port: packet.dst_port,
+                tcp_flags: packet.tcp_flags,
+                packets: rate,
+                bytes: u64::from(packet.ip_bytes) * rate,
+                fragments: if packet.fragment { rate } else { 0 },
+                tcp_syn_packets: 0,
+                ttl: packet.ttl,
+                duration_ms: 0,
+            };
+            if record.is_syn() {
+                record.tcp_syn_packets = rate;
+            }
+            Some(record)
+        })
+    }
+}
+
+/// Decodes one sFlow v5 datagram.
+pub fn decode(datagram: &[u8]) -> Result<SflowDatagram, DecodeError> {
+    let mut reader = Reader::new(datagram);
+    let version = reader.u32()?;
+    if version != 5 {
+        return Err(DecodeError::BadVersion(version));
+    }
+    let agent = read_address(&mut reader)?;
+    let sub_agent_id = reader.u32()?;
+    let sequence = reader.u32()?;
+    let uptime_ms = reader.u32()?;
+    let sample_count = reader.u32()?;
+    // Every sample has at least an 8-byte header.
+    if u64::from(sample_count) * 8 > reader.remaining() as u64 {
+        return Err(DecodeError::BadCount {
+            what: "sFlow samples larger than the datagram",
+            count: sample_count,
+        });
+    }
+    let mut decoded = SflowDatagram {
+        agent,
+        sub_agent_id,
+        sequence,
+        uptime_ms,
+        sample_count,
+        flows: Vec::with_capacity(sample_count as usize),
+        counters: Vec::new(),
+        stats: SflowStats::default(),
+    };
+    for _ in 0..sample_count {
+        let data_format = reader.u32()?;
+        let length = reader.u32()? as usize;
+        let body = reader.take(length)?;
+        let (enterprise, format) = (data_format >> 12, data_format & 0xFFF);
+        if enterprise != 0 {
+            decoded.stats.samples_skipped += 1;
+            continue;
+        }
+        match format {
+            1 | 3 => {
+                let sample = read_flow_sample(body, format == 3, &mut decoded.stats)?;
+                if format == 3 {
+                    decoded.stats.expanded_flow_samples += 1;
+                } else {
+                    decoded.stats.flow_samples += 1;
+                }
+                if sample.packet.is_none() {
+                    decoded.stats.samples_without_packet += 1;
+                }
+                decoded.flows.push(sample);
+            }
+            2 | 4 => {
+                let sample = read_counter_sample(body, format == 4, &mut decoded.stats)?;
+                if format == 4 {
+                    decoded.stats.expanded_counter_samples += 1;
+                } else {
+                    decoded.stats.counter_samples += 1;
+                }
+                decoded.counters.push(sample);
+            }
+            _ => decoded.stats.samples_skipped += 1,
+        }
+    }
+    Ok(decoded)
+}
+
+/// Reads an sFlow address (type 1 IPv4, type 2 IPv6).
+fn read_address(reader: &mut Reader<'_>) -> Result<IpAddr, DecodeError> {
+    match reader.u32()? {
+        1 => Ok(IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?))),
+        2 => Ok(IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?))),
+        other => Err(DecodeError::BadAddressType(other)),
+    }
+}
+
+/// Checks that `count` records of at least 8 bytes can fit in what is left.
+fn check_record_count(reader: &Reader<'_>, count: u32) -> Result<(), DecodeError> {
+    if u64::from(count) * 8 > reader.remaining() as u64 {
+        return Err(DecodeError::BadCount {
+            what: "sFlow records larger than their sample",
+            count,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a flow sample body (compact or expanded).
+fn read_flow_sample(
+    body: &[u8],
+    expanded: bool,
+    stats: &mut SflowStats,
+) -> Result<FlowSample, DecodeError> {
+    let mut reader = Reader::new(body);
+    let mut sample = FlowSample {
+        expanded,
+        sequence: reader.u32()?,
+        ..FlowSample::default()
+    };
+    if expanded {
+        sample.source_id_type = reader.u32()?;
+        sample.source_id_index = reader.u32()?;
+    } else {
+        let source = reader.u32()?;
+        sample.source_id_type = source >> 24;
+        sample.source_id_index = source & 0x00FF_FFFF;
+    }
+    sample.sampling_rate = reader.u32()?;
+    sample.sample_pool = reader.u32()?;
+    sample.drops = reader.u32()?;
+    if expanded {
+        let _input_format = reader.u32()?;
+        sample.input_ifindex = reader.u32()?;
+        let _output_format = reader.u32()?;
+        sample.output_ifindex = reader.u32()?;
+    } else {
+        sample.input_ifindex = reader.u32()? & 0x3FFF_FFFF;
+        sample.output_ifindex = reader.u32()? & 0x3FFF_FFFF;
+    }
+    let record_count = reader.u32()?;
+    check_record_count(&reader, record_count)?;
+    let mut sampled_record: Option<SampledPacket> = None;
+    for _ in 0..record_count {
+        let data_format = reader.u32()?;
+        let length = reader.u32()? as usize;
+        let record = reader.take(length)?;
+        match (data_format >> 12, data_format & 0xFFF) {
+            (0, 1) => {
+                if sample.packet.is_none() {
+                    let (frame_length, packet) = read_raw_header(record);
+                    sample.frame_length = frame_length;
+                    sample.packet = packet;
+                } else {
+                    stats.flow_records_skipped += 1;
+                }
+            }
+            (0, 3) => sampled_record = read_sampled_ipv4(record).or(sampled_record),
+            (0, 4) => sampled_record = read_sampled_ipv6(record).or(sampled_record),
+            (0, 1001) => {
+                let mut switch = Reader::new(record);
+                if let (Ok(src_vlan), Ok(_), Ok(dst_vlan)) =
+                    (switch.u32(), switch.u32(), switch.u32())
+                {
+                    sample.src_vlan = src_vlan;
+                    sample.dst_vlan = dst_vlan;
+                }
+            }
+            _ => stats.flow_records_skipped += 1,
+        }
+    }
+    if sample.packet.is_none() {
+        sample.packet = sampled_record;
+    }
+    Ok(sample)
+}
+
+/// Decodes a counter sample body (compact or expanded).
+fn read_counter_sample(
+    body: &[u8],
+    expanded: bool,
+    stats: &mut SflowStats,
+) -> Result<CounterSample, DecodeError> {
+    let mut reader = Reader::new(body);
+    let mut sample = CounterSample {
+        expanded,
+        sequence: reader.u32()?,
+        ..CounterSample::default()
+    };
+    if expanded {
+        sample.source_id_type = reader.u32()?;
+        sample.source_id_index = reader.u32()?;
+    } else {
+        let source = reader.u32()?;
+        sample.source_id_type = source >> 24;
+        sample.source_id_index = source & 0x00FF_FFFF;
+    }
+    let record_count = reader.u32()?;
+    check_record_count(&reader, record_count)?;
+    for _ in 0..record_count {
+        let data_format = reader.u32()?;
+        let length = reader.u32()? as usize;
+        let record = reader.take(length)?;
+        if data_format == 1 {
+            sample.interface = Some(read_interface_counters(record)?);
+        } else {
+            stats.counter_records_skipped += 1;
+        }
+    }
+    Ok(sample)
+}
+
+/// Decodes generic interface counters (88 bytes).
+fn read_interface_counters(record: &[u8]) -> Result<InterfaceCounters, DecodeError> {
+    let mut r = Reader::new(record);
+    Ok(InterfaceCounters {
+        if_index: r.u32()?,
+        if_type: r.u32()?,
+        if_speed: r.u64()?,
+        if_direction: r.u32()?,
+        if_status: r.u32()?,
+        in_octets: r.u64()?,
+        in_unicast: r.u32()?,
+        in_multicast: r.u32()?,
+        in_broadcast: r.u32()?,
+        in_discards: r.u32()?,
+        in_errors: r.u32()?,
+        in_unknown_protos: r.u32()?,
+        out_octets: r.u64()?,
+        out_unicast: r.u32()?,
+        out_multicast: r.u32()?,
+        out_broadcast: r.u32()?,
+        out_discards: r.u32()?,
+        out_errors: r.u32()?,
+        promiscuous_mode: r.u32()?,
+    })
+}
+
+/// Decodes a sampled IPv4 record (format 3).
+fn read_sampled_ipv4(record: &[u8]) -> Option<SampledPacket> {
+    let mut r = Reader::new(record);
+    let length = r.u32().ok()?;
+    let protocol = r.u32().ok()? as u8;
+    let src = IpAddr::V4(Ipv4Addr::from(r.array::<4>().ok()?));
+    let dst = IpAddr::V4(Ipv4Addr::from(r.array::<4>().ok()?));
+    let src_port = r.u32().ok()? as u16;
+    let dst_port = r.u32().ok()? as u16;
+    let tcp_flags = r.u32().ok()? as u8;
+    Some(SampledPacket {
+        src,
+        dst,
+        protocol,
+        src_port,
+        dst_port,
+        tcp_flags,
+        ip_bytes: length,
+        ttl: 0,
+        fragment: false,
+        vlan: 0,
+    })
+}
+
+/// Decodes a sampled IPv6 record (format 4).
+fn read_sampled_ipv6(record: &[u8]) -> Option<SampledPacket> {
+    let mut r = Reader::new(record);
+    let length = r.u32().ok()?;
+    let protocol = r.u32().ok()? as u8;
+    let src = IpAddr::V6(Ipv6Addr::from(r.array::<16>().ok()?));
+    let dst = IpAddr::V6(Ipv6Addr::from(r.array::<16>().ok()?));
+    let src_port = r.u32().ok()? as u16;
+    let dst_port = r.u32().ok()? as u16;
+    let tcp_flags = r.u32().ok()? as u8;
+    Some(SampledPacket {
+        src,
+        dst,
+        protocol,
+        src_port,
+        dst_port,
+        tcp_flags,
+        ip_bytes: length,
+        ttl: 0,
+        fragment: false,
+        vlan: 0,
+    })
+}
+
+/// Decodes a raw packet header record (format 1): returns the frame length and the packet
+/// when its IP header could be decoded.
+fn read_raw_header(record: &[u8]) -> (u32, Option<SampledPacket>) {
+    let mut r = Reader::new(record);
+    let (Ok(header_protocol), Ok(frame_length), Ok(_stripped), Ok(header_length)) =
+        (r.u32(), r.u32(), r.u32(), r.u32())
+    else {
+        return (0, None);
+    };
+    // The header may be announced longer than the record: use what is there.
+    let available = r.remaining().min(header_length as usize);
+    let Ok(header) = r.take(available) else {
+        return (frame_length, None);
+    };
+    let packet = match header_protocol {
+        1 => parse_ethernet(header, frame_length),
+        11 => parse_ipv4(header, frame_length, 0),
+        12 => parse_ipv6(header, frame_length, 0),
+        _ => None,
+    };
+    (frame_length, packet)
+}
+
+/// Decodes an Ethernet frame down to IP; `frame_length` includes the 4-byte FCS.
+fn parse_ethernet(frame: &[u8], frame_length: u32) -> Option<SampledPacket> {
+    let mut offset = 12usize;
+    let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    offset += 2;
+    let mut vlan = 0u16;
+    for _ in 0..MAX_ENCAPSULATIONS {
+        match ethertype {
+            0x8100 | 0x88A8 | 0x9100 => {
+                let tag = frame.get(offset..offset + 4)?;
+                vlan = u16::from_be_bytes([tag[0], tag[1]]) & 0x0FFF;
+                ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+                offset += 4;
+            }
+            0x8847 | 0x8848 => {
+                let mut bottom = false;
+                for _ in 0..MAX_ENCAPSULATIONS {
+                    let label = frame.get(offset..offset + 4)?;
+                    offset += 4;
+                    if label[2] & 0x01 != 0 {
+                        bottom = true;
+                        break;
+                    }
+                }
+                if !bottom {
+                    return None;
+                }
+                ethertype = match frame.get(offset)? >> 4 {
+                    4 => 0x0800,
+                    6 => 0x86DD,
+                    _ => return None,
+                };
+            }
+            _ => break,
+        }
+    }
+    // IP bytes when the IP header has no usable length: frame minus L2 headers minus FCS.
+    let fallback = frame_length.saturating_sub(offset as u32 + 4);
+    let ip = frame.get(offset..)?;
+    let mut packet = match ethertype {
+        0x0800 => parse_ipv4(ip, fallback, vlan),
+        0x86DD => parse_ipv6(ip, fallback, vlan),
+        _ => None,
+    }?;
+    packet.vlan = vlan;
+    Some(packet)
+}
+
+/// Decodes an IPv4 header and its L4 ports; `fallback_len` is used when total length is 0.
+fn parse_ipv4(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> {
+    let header = ip.get(..20)?;
+    if header[0] >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(header[0] & 0x0F) * 4;
+    if header_len < 20 {
+        return None;
+    }
+    let total_length = u16::from_be_bytes([header[2], header[3]]);
+    let flags_offset = u16::from_be_bytes([header[6], header[7]]);
+    let fragment_offset = flags_offset & 0x1FFF;
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let protocol = header[9];
+    let mut packet = SampledPacket {
+        src: IpAddr::V4(Ipv4Addr::new(
+            header[12], header[13], header[14], header[15],
+        )),
+        dst: IpAddr::V4(Ipv4Addr::new(
+            header[16], header[17], header[18], header[19],
+        )),
+        protocol,
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        ip_bytes: if total_length > 0 {
+            u32::from(total_length)
+        } else {
+            fallback_len
+        },
+        ttl: header[8],
+        fragment: more_fragments || fragment_offset != 0,
+        vlan,
+    };
+    if fragment_offset == 0 {
+        if let Some(l4) = ip.get(header_len..) {
+            parse_l4(l4, protocol, &mut packet);
+        }
+    }
+    Some(packet)
+}
+
+/// Decodes an IPv6 header, walks extension headers and reads L4 ports.
+fn parse_ipv6(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> {
+    let header = ip.get(..40)?;
+    if header[0] >> 4 != 6 {
+        return None;
+    }
+    let payload_length = u16::from_be_bytes([header[4], header[5]]);
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&header[24..40]);
+    let mut packet = SampledPacket {
+        src: IpAddr::V6(Ipv6Addr::from(src)),
+        dst: IpAddr::V6(Ipv6Addr::from(dst)),
+        protocol: header[6],
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        ip_bytes: if payload_length > 0 {
+            u32::from(payload_length) + 40
+        } else {
+            fallback_len
+        },
+        ttl: header[7],
+        fragment: false,
+        vlan,
+    };
+    let mut offset = 40usize;
+    let mut next = header[6];
+    let mut first_fragment = true;
+    for _ in 0..MAX_ENCAPSULATIONS {
+        match next {
+            0 | 43 | 60 => {
+                let ext = ip.get(offset..offset + 2);
+                let Some(ext) = ext else {
+                    packet.protocol = next;
+                    return Some(packet);
+                };
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            44 => {
+                let Some(ext) = ip.get(offset..offset + 8) else {
+                    packet.protocol = next;
+                    return Some(packet);
+                };
+                packet.fragment = true;
+                let offset_flags = u16::from_be_bytes([ext[2], ext[3]]);
+                first_fragment = offset_flags >> 3 == 0;
+                next = ext[0];
+                offset += 8;
+            }
+            51 => {
+                let Some(ext) = ip.get(offset..offset + 2) else {
+                    packet.protocol = next;
+                    return Some(packet);
+                };
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            _ => break,
+        }
+    }
+    packet.protocol = next;
+    if first_fragment {
+        if let Some(l4) = ip.get(offset..) {
+            parse_l4(l4, next, &mut packet);
+        }
+    }
+    Some(packet)
+}
+
+/// Reads ports (TCP, UDP, SCTP), TCP flags, or ICMP type/code.
+fn parse_l4(l4: &[u8], protocol: u8, packet: &mut SampledPacket) {
+    match protocol {
+        6 | 17 | 132 => {
+            if let Some(ports) = l4.get(..4) {
+                packet.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+                packet.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            }
+            if protocol == 6 {
+                if let Some(&flags) = l4.get(13) {
+                    packet.tcp_flags = flags;
+                }
+            }
+        }
+        1 | 58 => {
+            if let Some(icmp) = l4.get(..2) {
+                packet.src_port = u16::from(icmp[0]);
+                packet.dst_port = u16::from(icmp[1]);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push_u32(bytes: &mut Vec<u8>, value: u32) {
+        bytes.extend_from_slice(&value.to_be_bytes());
+    }
+
+    /// A datagram with one compact flow sample holding `header` as an Ethernet raw header.
+    fn datagram_with_header(protocol: u32, header: &[u8], frame_length: u32, rate: u32) -> Vec<u8> {
+        let mut record = Vec::new();
+        push_u32(&mut record, protocol);
+        push_u32(&mut record, frame_length);
+        push_u32(&mut record, 4);
+        push_u32(&mut record, header.len() as u32);
+        record.extend_from_slice(header);
+        while record.len() % 4 != 0 {
+            record.push(0);
+        }
+        let mut sample = Vec::new();
+        for value in [7, 3, rate, 1000, 0, 1, 2, 1] {
+            push_u32(&mut sample, value);
+        }
+        push_u32(&mut sample, 1);
+        push_u32(&mut sample, record.len() as u32);
+        sample.extend(record);
+        let mut bytes = Vec::new();
+        for value in [5, 1, 0x0A00_0001, 0, 42, 1000, 1] {
+            push_u32(&mut bytes, value);
+        }
+        push_u32(&mut bytes, 1);
+        push_u32(&mut bytes, sample.len() as u32);
+        bytes.extend(sample);
+        bytes
+    }
+
+    fn ipv4_tcp_syn(total_length: u16, flags_offset: u16) -> Vec<u8> {
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6, 0, 0, 192, 0, 2, 1, 198, 51, 100, 7,
+        ];
+        ip[2..4].copy_from_slice(&total_length.to_be_bytes());
+        ip[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+        ip.extend_from_slice(&[0x1F, 0x90, 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02]);
+        ip
+    }
+
+    #[test]
+    fn qinq_tagged_tcp_syn_is_scaled() {
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x88, 0xA8, 0x00, 0x64, 0x81, 0x00, 0x01, 0x2C, 0x08, 0x00]);
+        frame.extend(ipv4_tcp_syn(60, 0));
+        let decoded = decode(&datagram_with_header(1, &frame, 82, 512)).expect("valid");
+        let packet = decoded.flows[0].packet.expect("packet");
+        assert_eq!(packet.vlan, 300);
+        assert_eq!(
+            (packet.src_port, packet.dst_port, packet.tcp_flags),
+            (8080, 80, 2)
+        );
+        let traffic: Vec<_> = decoded.traffic_records(1).collect();
+        assert_eq!((traffic[0].packets, traffic[0].bytes), (512, 60 * 512));
+        assert_eq!(traffic[0].tcp_syn_packets, 512);
+    }
+
+    #[test]
+    fn fragments_and_fallback_length() {
+        // Non-first fragment: no ports; total length 0 -> frame rule (100 - 14 - 4 = 82).
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend(ipv4_tcp_syn(0, 0x0010));
+        let decoded = decode(&datagram_with_header(1, &frame, 100, 0)).expect("valid");
+        let packet = decoded.flows[0].packet.expect("packet");
+        assert!(packet.fragment);
+        assert_eq!((packet.src_port, packet.ip_bytes), (0, 82));
+        let traffic: Vec<_> = decoded.traffic_records(10).collect();
+        assert_eq!((traffic[0].packets, traffic[0].fragments), (10, 10));
+    }
+
+    #[test]
+    fn mpls_and_raw_ip_headers() {
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x88, 0x47, 0, 0x10, 0x00, 64, 0, 0x20, 0x01, 64]);
+        frame.extend(ipv4_tcp_syn(40, 0));
+        let decoded = decode(&datagram_with_header(1, &frame, 70, 1)).expect("valid");
+        assert_eq!(decoded.flows[0].packet.expect("packet").ip_bytes, 40);
+        let decoded = decode(&datagram_with_header(11, &ipv4_tcp_syn(40, 0), 40, 1)).expect("ok");
+        assert_eq!(decoded.flows[0].packet.expect("packet").dst_port, 80);
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        assert_eq!(
+            decode(&[0, 0, 0, 5, 0, 0, 0, 1]).unwrap_err().reason(),
+            "truncated"
+        );
+        assert_eq!(decode(&[0, 0, 0, 4]).unwrap_err().reason(), "bad_version");
+        let mut bytes = datagram_with_header(1, &[0; 20], 60, 1);
+        bytes[7] = 3;
+        assert_eq!(decode(&bytes).unwrap_err().reason(), "bad_address_type");
+        let mut bytes = datagram_with_header(1, &[0; 20], 60, 1);
+        bytes[27] = 200;
+        assert_eq!(decode(&bytes).unwrap_err().reason(), "bad_count");
+    }
+}
