@@ -383,7 +383,8 @@ fn gre(data: &[u8], depth: u8) -> Result<Decoded, Skip> {
         // ERSPAN type II has the sequence bit and an 8-byte header; type I has neither.
         ETH_P_ERSPAN_1_2 if sequence => {
             let e = bytes::<1>(payload, 0)?;
-            if e[0] >> 4 != 1 {
+            // Version 1 on the wire; some generators (scapy) leave it 0.
+            if e[0] >> 4 > 1 {
                 return Err(Skip::NotIp);
             }
             ethernet(&payload[8.min(payload.len())..], depth)
