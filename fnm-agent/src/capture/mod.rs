@@ -1,0 +1,496 @@
+//! Userspace packet capture: the fallback when XDP cannot run (FreeBSD, macOS, mirror ports).
+//!
+//! Every backend opens from [`CaptureConfig`], then hands each captured frame, parsed by
+//! [`parse::parse_frame`], to a [`PacketSink`] until its [`StopFlag`] is raised. The records are
+//! exactly those the XDP program would count (see [`parse`] for the differences: tunnels are
+//! decapsulated here), so the accounting downstream behaves identically.
+//!
+//! Backends: libpcap ([`pcap_live`], feature `pcap`), netmap ([`netmap`], feature `netmap`,
+//! FreeBSD and Linux), PF_RING ([`pfring`], feature `pfring`, Linux, library loaded at run
+//! time). Offline capture files are read by [`pcap_file`] without libpcap.
+
+pub mod parse;
+pub mod pcap_file;
+
+#[cfg(feature = "pcap")]
+pub mod pcap_live;
+
+#[cfg(all(feature = "netmap", any(target_os = "linux", target_os = "freebsd")))]
+pub mod netmap;
+
+#[cfg(all(feature = "pfring", target_os = "linux"))]
+pub mod pfring;
+
+use crate::traffic::TrafficRecord;
+use parse::{LinkType, ParseStats};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Receives the records of captured packets, on the capture thread.
+pub trait PacketSink {
+    /// One packet: `timestamp` is the capture time since the UNIX epoch.
+    fn packet(&mut self, timestamp: Duration, record: TrafficRecord);
+}
+
+impl<F: FnMut(Duration, TrafficRecord)> PacketSink for F {
+    fn packet(&mut self, timestamp: Duration, record: TrafficRecord) {
+        self(timestamp, record)
+    }
+}
+
+/// A live capture opened from [`CaptureConfig`].
+pub trait CaptureBackend: Send {
+    /// The backend's name, as written in `capture.backend`.
+    fn name(&self) -> &'static str;
+
+    /// Delivers packets to `sink` until `stop` is raised (checked at least every 100 ms) or a
+    /// fatal error occurs; returns the frame counters.
+    fn run(
+        &mut self,
+        sink: &mut dyn PacketSink,
+        stop: &StopFlag,
+    ) -> Result<CaptureStats, CaptureError>;
+}
+
+/// Counters of one capture run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Parser outcomes.
+    pub parse: ParseStats,
+    /// Packets the kernel or driver dropped before the backend could read them (when known).
+    pub dropped: u64,
+}
+
+/// Tells a running backend to return; cheap to clone and share with other threads.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// A flag not raised yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the backend to stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// True once [`StopFlag::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Parses one frame, counts the outcome and hands a record to `sink`.
+#[inline]
+pub fn deliver(
+    link: Option<LinkType>,
+    timestamp: Duration,
+    frame: &[u8],
+    sink: &mut dyn PacketSink,
+    stats: &mut ParseStats,
+) {
+    let Some(link) = link else {
+        stats.frames += 1;
+        stats.unsupported_link += 1;
+        return;
+    };
+    let outcome = parse::parse_frame(link, frame);
+    stats.count(&outcome);
+    if let Ok(decoded) = outcome {
+        sink.packet(timestamp, decoded.record);
+    }
+}
+
+/// Why a capture could not be configured, opened or continued.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The `[capture]` section is inconsistent; the message names the key.
+    #[error("{0}")]
+    Config(String),
+    /// The backend is not compiled in or not available on this platform.
+    #[error("capture.backend = \"{backend}\": {reason}")]
+    Unavailable {
+        /// The backend named in the config.
+        backend: &'static str,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A library the backend loads at run time is missing.
+    #[error("capture.backend = \"{backend}\": cannot load {library}: {message}")]
+    LibraryMissing {
+        /// The backend.
+        backend: &'static str,
+        /// The library looked for.
+        library: String,
+        /// The loader's message.
+        message: String,
+    },
+    /// An interface could not be opened or configured.
+    #[error("{backend}: interface {interface}: {message}")]
+    Open {
+        /// The backend.
+        backend: &'static str,
+        /// The interface.
+        interface: String,
+        /// What failed.
+        message: String,
+    },
+    /// Reading packets failed.
+    #[error("{backend}: capture failed: {message}")]
+    Read {
+        /// The backend.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Which capture backend feeds the accounting.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The XDP program (Linux only; not a userspace backend).
+    #[default]
+    Xdp,
+    /// libpcap live capture.
+    Pcap,
+    /// netmap (FreeBSD; Linux with the out-of-tree module).
+    Netmap,
+    /// PF_RING (Linux; libpfring loaded at run time).
+    Pfring,
+}
+
+impl BackendKind {
+    /// The name as written in the config.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Xdp => "xdp",
+            BackendKind::Pcap => "pcap",
+            BackendKind::Netmap => "netmap",
+            BackendKind::Pfring => "pfring",
+        }
+    }
+
+    /// Why this backend cannot be used in this build on this platform, if it cannot.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        let os = platform_name();
+        match self {
+            BackendKind::Xdp if !cfg!(target_os = "linux") => Some(format!(
+                "XDP is not available on {os} (use \"pcap\" or \"netmap\")"
+            )),
+            BackendKind::Pcap if !cfg!(feature = "pcap") => {
+                Some("not compiled in (enable the `pcap` cargo feature)".into())
+            }
+            BackendKind::Netmap if !cfg!(any(target_os = "linux", target_os = "freebsd")) => {
+                Some(format!("netmap is not available on {os}"))
+            }
+            BackendKind::Netmap if !cfg!(feature = "netmap") => {
+                Some("not compiled in (enable the `netmap` cargo feature)".into())
+            }
+            BackendKind::Pfring if !cfg!(target_os = "linux") => {
+                Some(format!("PF_RING is not available on {os}"))
+            }
+            BackendKind::Pfring if !cfg!(feature = "pfring") => {
+                Some("not compiled in (enable the `pfring` cargo feature)".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn platform_name() -> &'static str {
+    match std::env::consts::OS {
+        "macos" => "macOS",
+        "freebsd" => "FreeBSD",
+        "linux" => "Linux",
+        other => other,
+    }
+}
+
+/// Default snap length: enough for Ethernet, two VLAN tags, MPLS, a tunnel and the inner
+/// IPv6 + extension headers + TCP header.
+pub const DEFAULT_SNAPLEN: u32 = 256;
+/// Smallest snap length accepted (Ethernet + IPv6 + TCP without options, plus some slack).
+pub const MIN_SNAPLEN: u32 = 96;
+/// Largest snap length accepted.
+pub const MAX_SNAPLEN: u32 = 262_144;
+
+/// `[capture]`: where packets come from when they are not counted by XDP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// `"xdp"`, `"pcap"`, `"netmap"` or `"pfring"`. Default: `"xdp"`.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Interfaces to capture on (userspace backends). Default: empty (must be set for them).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Put the interfaces in promiscuous mode (needed for mirror/SPAN ports). Default: `true`.
+    #[serde(default = "default_true")]
+    pub promiscuous: bool,
+    /// A BPF filter expression (pcap and pfring only), e.g. `"not port 22"`. Default: none.
+    #[serde(default)]
+    pub bpf_filter: Option<String>,
+    /// Bytes kept of each packet: headers only, including tunnels. Default: `256`
+    /// (allowed 96..=262144).
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+    /// libpcap knobs.
+    #[serde(default)]
+    pub pcap: PcapOptions,
+    /// netmap knobs.
+    #[serde(default)]
+    pub netmap: NetmapOptions,
+    /// PF_RING knobs.
+    #[serde(default)]
+    pub pfring: PfringOptions,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::default(),
+            interfaces: Vec::new(),
+            promiscuous: true,
+            bpf_filter: None,
+            snaplen: DEFAULT_SNAPLEN,
+            pcap: PcapOptions::default(),
+            netmap: NetmapOptions::default(),
+            pfring: PfringOptions::default(),
+        }
+    }
+}
+
+/// `[capture.pcap]`: libpcap knobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PcapOptions {
+    /// Kernel capture buffer per interface, in bytes. Default: `16777216` (16 MiB).
+    #[serde(default = "default_pcap_buffer")]
+    pub buffer_size: u32,
+    /// Deliver packets as they arrive instead of in buffered batches. Default: `true`.
+    #[serde(default = "default_true")]
+    pub immediate: bool,
+}
+
+impl Default for PcapOptions {
+    fn default() -> Self {
+        Self {
+            buffer_size: default_pcap_buffer(),
+            immediate: true,
+        }
+    }
+}
+
+/// `[capture.netmap]`: netmap knobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetmapOptions {
+    /// The netmap control device. Default: `"/dev/netmap"`.
+    #[serde(default = "default_netmap_device")]
+    pub device: PathBuf,
+    /// Also read the host-stack rings (packets the host sends or receives through the
+    /// interface in netmap mode). Default: `false` (NIC rings only).
+    #[serde(default)]
+    pub host_rings: bool,
+}
+
+impl Default for NetmapOptions {
+    fn default() -> Self {
+        Self {
+            device: default_netmap_device(),
+            host_rings: false,
+        }
+    }
+}
+
+/// `[capture.pfring]`: PF_RING knobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PfringOptions {
+    /// The PF_RING library loaded at start. Default: `"libpfring.so"` (then `libpfring.so.1`
+    /// and `libpfring.so.8` are tried).
+    #[serde(default = "default_pfring_library")]
+    pub library: String,
+}
+
+impl Default for PfringOptions {
+    fn default() -> Self {
+        Self {
+            library: default_pfring_library(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_snaplen() -> u32 {
+    DEFAULT_SNAPLEN
+}
+fn default_pcap_buffer() -> u32 {
+    16 * 1024 * 1024
+}
+fn default_netmap_device() -> PathBuf {
+    PathBuf::from("/dev/netmap")
+}
+fn default_pfring_library() -> String {
+    "libpfring.so".into()
+}
+
+impl CaptureConfig {
+    /// Checks that the backend exists in this build on this platform and the knobs make sense.
+    pub fn validate(&self) -> Result<(), CaptureError> {
+        let backend = self.backend.as_str();
+        if let Some(reason) = self.backend.unavailable_reason() {
+            return Err(CaptureError::Unavailable { backend, reason });
+        }
+        if self.backend == BackendKind::Xdp {
+            return Ok(());
+        }
+        if self.interfaces.is_empty() {
+            return Err(CaptureError::Config(format!(
+                "capture.interfaces: empty, but capture.backend = \"{backend}\" needs at least one interface"
+            )));
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() > 63 || name.contains(['\0', ' ', '/']) {
+                return Err(CaptureError::Config(format!(
+                    "capture.interfaces[{i}] = {name:?}: not an interface name"
+                )));
+            }
+            if self.interfaces[..i].contains(name) {
+                return Err(CaptureError::Config(format!(
+                    "capture.interfaces: {name:?} is listed twice"
+                )));
+            }
+        }
+        if !(MIN_SNAPLEN..=MAX_SNAPLEN).contains(&self.snaplen) {
+            return Err(CaptureError::Config(format!(
+                "capture.snaplen = {}: must be between {MIN_SNAPLEN} and {MAX_SNAPLEN}",
+                self.snaplen
+            )));
+        }
+        if self.backend == BackendKind::Netmap && self.bpf_filter.is_some() {
+            return Err(CaptureError::Config(
+                "capture.bpf_filter: not supported by capture.backend = \"netmap\"".into(),
+            ));
+        }
+        if let Some(filter) = &self.bpf_filter {
+            if filter.contains('\0') {
+                return Err(CaptureError::Config(
+                    "capture.bpf_filter: contains a NUL byte".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the configured userspace backend (after [`CaptureConfig::validate`]). `xdp` is not a
+/// userspace backend and is refused here.
+pub fn open(config: &CaptureConfig) -> Result<Box<dyn CaptureBackend>, CaptureError> {
+    config.validate()?;
+    match config.backend {
+        BackendKind::Xdp => Err(CaptureError::Config(
+            "capture.backend = \"xdp\" is handled by the XDP data plane, not a capture backend"
+                .into(),
+        )),
+        #[cfg(feature = "pcap")]
+        BackendKind::Pcap => Ok(Box::new(pcap_live::PcapBackend::open(config)?)),
+        #[cfg(all(feature = "netmap", any(target_os = "linux", target_os = "freebsd")))]
+        BackendKind::Netmap => Ok(Box::new(netmap::NetmapBackend::open(config)?)),
+        #[cfg(all(feature = "pfring", target_os = "linux"))]
+        BackendKind::Pfring => Ok(Box::new(pfring::PfringBackend::open(config)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(CaptureError::Unavailable {
+            backend: other.as_str(),
+            reason: "not available in this build".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> CaptureConfig {
+        toml::from_str(toml_text).expect("valid [capture] section")
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = parse("");
+        assert_eq!(c, CaptureConfig::default());
+        assert_eq!(c.backend, BackendKind::Xdp);
+        assert!(c.promiscuous);
+        assert_eq!(c.snaplen, 256);
+        assert_eq!(c.bpf_filter, None);
+        assert_eq!(c.pcap.buffer_size, 16 * 1024 * 1024);
+        assert!(c.pcap.immediate);
+        assert_eq!(c.netmap.device, PathBuf::from("/dev/netmap"));
+        assert_eq!(c.pfring.library, "libpfring.so");
+    }
+
+    #[test]
+    fn unknown_backend_and_keys_are_rejected() {
+        let err = toml::from_str::<CaptureConfig>("backend = \"dpdk\"").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `dpdk`"), "{err}");
+        let err = toml::from_str::<CaptureConfig>("snap_len = 10").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `snap_len`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn userspace_backend_needs_interfaces_and_sane_snaplen() {
+        let c = parse("backend = \"pcap\"");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("capture.interfaces: empty"), "{err}");
+        let c = parse("backend = \"pcap\"\ninterfaces = [\"eth0\"]\nsnaplen = 20");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("capture.snaplen = 20"), "{err}");
+        let c = parse("backend = \"pcap\"\ninterfaces = [\"eth0\", \"eth0\"]");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn unavailable_backends_name_the_fix() {
+        for (backend, feature_on) in [
+            ("netmap", cfg!(feature = "netmap")),
+            ("pfring", cfg!(feature = "pfring")),
+            ("pcap", cfg!(feature = "pcap")),
+        ] {
+            let c = parse(&format!("backend = \"{backend}\"\ninterfaces = [\"eth0\"]"));
+            let result = c.validate();
+            if feature_on {
+                assert!(result.is_ok(), "{backend}: {result:?}");
+            } else {
+                let err = result.unwrap_err().to_string();
+                assert_eq!(
+                    err,
+                    format!(
+                        "capture.backend = \"{backend}\": not compiled in (enable the `{backend}` cargo feature)"
+                    )
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn netmap_refuses_bpf_filter() {
+        if !cfg!(feature = "netmap") {
+            return;
+        }
+        let c = parse("backend = \"netmap\"\ninterfaces = [\"em0\"]\nbpf_filter = \"udp\"");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("not supported"), "{err}");
+    }
+}
