@@ -2,6 +2,7 @@
 //! accounting, detects attacks and mitigates them.
 
 pub mod accounting;
+pub mod actions;
 pub mod agent;
 pub mod api;
 pub mod bans;
