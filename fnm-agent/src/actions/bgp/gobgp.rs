@@ -60,7 +60,8 @@ pub struct GobgpAnnouncer {
 }
 
 impl GobgpAnnouncer {
-    /// A client of the gobgpd API at `config.gobgp_api`; connects on first use.
+    /// A client of the gobgpd API at `config.gobgp_api`; connects on first use. Must be called
+    /// inside a Tokio runtime (the channel's connection task is spawned on it).
     pub fn new(config: &BgpConfig) -> Result<Self, BgpError> {
         let endpoint = Endpoint::from_shared(format!("http://{}", config.gobgp_api))
             .map_err(|source| BgpError::GobgpEndpoint {
@@ -399,8 +400,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn blackhole_path_packs_communities() {
+    #[tokio::test]
+    async fn blackhole_path_packs_communities() {
         let config = BgpConfig {
             communities: vec![
                 Community::BLACKHOLE,

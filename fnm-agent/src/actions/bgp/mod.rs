@@ -65,7 +65,8 @@ pub enum BgpAnnouncer {
 }
 
 impl BgpAnnouncer {
-    /// The announcer for `config.backend`; connects on first use.
+    /// The announcer for `config.backend`; connects on first use. Must be called inside a Tokio
+    /// runtime.
     pub fn from_config(config: &BgpConfig) -> Result<Self, BgpError> {
         Ok(match config.backend {
             BgpBackend::Gobgp => BgpAnnouncer::Gobgp(GobgpAnnouncer::new(config)?),
