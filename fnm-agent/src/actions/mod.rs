@@ -1,0 +1,3 @@
+//! Mitigation actions.
+
+pub mod bgp;
