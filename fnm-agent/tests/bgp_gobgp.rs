@@ -6,7 +6,9 @@
 
 mod bgp_support;
 
-use bgp_support::{free_port, require_binary, scenario, Daemon, Receiver, GOBGP_FAMILIES, RECEIVER_AS, SENDER_AS};
+use bgp_support::{
+    free_port, require_binary, scenario, Daemon, Receiver, GOBGP_FAMILIES, RECEIVER_AS, SENDER_AS,
+};
 use fnm_agent::actions::bgp::{BgpAnnouncer, BgpBackend, BgpConfig};
 use std::{fs, process::Command, time::Duration};
 
@@ -72,9 +74,11 @@ async fn gobgp_announcement_fails_fast_when_gobgpd_is_down() {
     };
     let announcer = BgpAnnouncer::from_config(&config).expect("gobgp announcer");
     let started = std::time::Instant::now();
-    let result = announcer
-        .announce_flowspec(&scenario::dns_rule())
-        .await;
+    let result = announcer.announce_flowspec(&scenario::dns_rule()).await;
     assert!(result.is_err(), "announcing to a closed port must fail");
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -233,12 +233,13 @@ impl Receiver {
 
     /// Waits until a RIB line of `family` holds `needle` and returns it.
     pub fn wait_route(&self, family: &str, needle: &str) -> String {
-        wait_for(&format!("{needle} in the receiver's {family} RIB"), || {
-            match self.rib_line(family, needle)? {
+        wait_for(
+            &format!("{needle} in the receiver's {family} RIB"),
+            || match self.rib_line(family, needle)? {
                 Some(line) => Ok(line),
                 None => Err(self.cli(&["global", "rib", "-a", family])?),
-            }
-        })
+            },
+        )
     }
 
     /// Waits until no RIB line of `family` holds `needle`.
@@ -299,7 +300,8 @@ pub mod scenario {
 
     /// A DNS amplification fingerprint towards an IPv4 victim, dropped.
     pub fn dns_rule() -> FlowspecRule {
-        let mut rule = FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
+        let mut rule =
+            FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
         rule.source = Some(prefix("203.0.113.0/24"));
         rule.protocol = Some(17);
         rule.source_ports = vec![
@@ -345,7 +347,10 @@ pub mod scenario {
 
     fn assert_has(line: &str, parts: &[&str]) {
         for part in parts {
-            assert!(line.contains(part), "expected {part:?} in RIB line {line:?}");
+            assert!(
+                line.contains(part),
+                "expected {part:?} in RIB line {line:?}"
+            );
         }
     }
 
@@ -354,15 +359,32 @@ pub mod scenario {
     pub async fn announce_and_withdraw(announcer: &BgpAnnouncer, receiver: &Receiver) {
         let v4 = prefix("198.51.100.7/32");
         let v6 = prefix("2001:db8::7/128");
-        announcer.announce_blackhole(v4).await.expect("announce IPv4 blackhole");
-        announcer.announce_blackhole(v6).await.expect("announce IPv6 blackhole");
-        announcer.announce_flowspec(&dns_rule()).await.expect("announce IPv4 flowspec");
-        announcer.announce_flowspec(&syn_rule_v6()).await.expect("announce IPv6 flowspec");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce IPv4 blackhole");
+        announcer
+            .announce_blackhole(v6)
+            .await
+            .expect("announce IPv6 blackhole");
+        announcer
+            .announce_flowspec(&dns_rule())
+            .await
+            .expect("announce IPv4 flowspec");
+        announcer
+            .announce_flowspec(&syn_rule_v6())
+            .await
+            .expect("announce IPv6 flowspec");
 
         let line = receiver.wait_route("ipv4", "198.51.100.7/32");
         assert_has(
             &line,
-            &["192.0.2.254", "{Origin: i}", "{Communities: blackhole}", "{LargeCommunity: [ 64512:1:2]}"],
+            &[
+                "192.0.2.254",
+                "{Origin: i}",
+                "{Communities: blackhole}",
+                "{LargeCommunity: [ 64512:1:2]}",
+            ],
         );
         let line = receiver.wait_route("ipv6", "2001:db8::7/128");
         assert_has(&line, &["100::1", "{Communities: blackhole}"]);
@@ -371,19 +393,34 @@ pub mod scenario {
         let line = receiver.wait_route("ipv6-flowspec", SYN_RULE_V6_NLRI);
         assert_has(&line, &["{Extcomms: [rate: 125000.000000]}"]);
 
-        announcer.withdraw_blackhole(v4).await.expect("withdraw IPv4 blackhole");
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("withdraw IPv4 blackhole");
         receiver.wait_gone("ipv4", "198.51.100.7/32");
-        assert!(receiver.rib_line("ipv6", "2001:db8::7/128").expect("rib").is_some());
-        announcer.withdraw_blackhole(v6).await.expect("withdraw IPv6 blackhole");
+        assert!(receiver
+            .rib_line("ipv6", "2001:db8::7/128")
+            .expect("rib")
+            .is_some());
+        announcer
+            .withdraw_blackhole(v6)
+            .await
+            .expect("withdraw IPv6 blackhole");
         receiver.wait_gone("ipv6", "2001:db8::7/128");
 
-        announcer.withdraw_flowspec(&dns_rule()).await.expect("withdraw IPv4 flowspec");
+        announcer
+            .withdraw_flowspec(&dns_rule())
+            .await
+            .expect("withdraw IPv4 flowspec");
         receiver.wait_gone("ipv4-flowspec", "[destination: 198.51.100.7/32]");
         assert!(receiver
             .rib_line("ipv6-flowspec", SYN_RULE_V6_NLRI)
             .expect("rib")
             .is_some());
-        announcer.withdraw_flowspec(&syn_rule_v6()).await.expect("withdraw IPv6 flowspec");
+        announcer
+            .withdraw_flowspec(&syn_rule_v6())
+            .await
+            .expect("withdraw IPv6 flowspec");
         receiver.wait_gone("ipv6-flowspec", "[destination: 2001:db8::7/128");
     }
 }
