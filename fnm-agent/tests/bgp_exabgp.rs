@@ -8,7 +8,9 @@
 
 mod bgp_support;
 
-use bgp_support::{require_binary, scenario, wait_for, Daemon, Receiver, RECEIVER_AS, SENDER_AS};
+use bgp_support::{
+    require_binary, scenario, wait_for, BirdReceiver, Daemon, Receiver, RECEIVER_AS, SENDER_AS,
+};
 use fnm_agent::actions::bgp::{BgpAnnouncer, BgpBackend, BgpConfig, BgpError};
 use std::{
     ffi::CString,
@@ -38,7 +40,7 @@ fn start_exabgp(dir: &Path, receiver_port: u16) -> (Daemon, std::path::PathBuf) 
     let exabgp = require_binary("exabgp", "exabgp");
     let root = dir.join("root");
     fs::create_dir_all(root.join("run")).expect("exabgp run dir");
-    let pipename = format!("fnm-test-{}", std::process::id());
+    let pipename = format!("fnm-test-{}-{receiver_port}", std::process::id());
     let pipe_in = root.join("run").join(format!("{pipename}.in"));
     mkfifo(&pipe_in);
     mkfifo(&root.join("run").join(format!("{pipename}.out")));
@@ -79,6 +81,20 @@ fn start_exabgp(dir: &Path, receiver_port: u16) -> (Daemon, std::path::PathBuf) 
     )
 }
 
+/// Waits until exabgp's CLI helper has opened the command pipe for reading; until then a
+/// non-blocking open for writing fails with ENXIO (what fnm reports while exabgp is down).
+fn wait_pipe_ready(exabgp: &mut Daemon, pipe: &Path) {
+    wait_for("exabgp's CLI helper to open the command pipe", || {
+        exabgp.assert_running();
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(pipe)
+            .map(drop)
+            .map_err(|e| format!("{e}\nexabgp log:\n{}", exabgp.log_text()))
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exabgp_announces_and_withdraws_blackholes_and_flowspec() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -87,17 +103,7 @@ async fn exabgp_announces_and_withdraws_blackholes_and_flowspec() {
     let exabgp_log = dir.path().join("exabgp.log");
     receiver.wait_established(|| fs::read_to_string(&exabgp_log).unwrap_or_default());
     exabgp.assert_running();
-    // exabgp's CLI helper opens the pipe for reading shortly after start; until then a
-    // non-blocking open for writing fails with ENXIO (what fnm reports while exabgp is down).
-    wait_for("exabgp's CLI helper to open the command pipe", || {
-        exabgp.assert_running();
-        OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&pipe)
-            .map(drop)
-            .map_err(|e| format!("{e}\nexabgp log:\n{}", exabgp.log_text()))
-    });
+    wait_pipe_ready(&mut exabgp, &pipe);
 
     let config = BgpConfig {
         backend: BgpBackend::Exabgp,
@@ -108,6 +114,25 @@ async fn exabgp_announces_and_withdraws_blackholes_and_flowspec() {
     };
     let announcer = BgpAnnouncer::from_config(&config).expect("exabgp announcer");
     scenario::announce_and_withdraw(&announcer, &receiver).await;
+    exabgp.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exabgp_announcements_reach_bird2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bird = BirdReceiver::start(dir.path());
+    let (mut exabgp, pipe) = start_exabgp(dir.path(), bird.bgp_port);
+    let exabgp_log = dir.path().join("exabgp.log");
+    bird.wait_established(|| fs::read_to_string(&exabgp_log).unwrap_or_default());
+    wait_pipe_ready(&mut exabgp, &pipe);
+    let config = BgpConfig {
+        backend: BgpBackend::Exabgp,
+        exabgp_pipe: pipe,
+        communities: scenario::communities(),
+        ..BgpConfig::default()
+    };
+    let announcer = BgpAnnouncer::from_config(&config).expect("exabgp announcer");
+    scenario::announce_and_withdraw_to_bird(&announcer, &bird).await;
     exabgp.assert_running();
 }
 
