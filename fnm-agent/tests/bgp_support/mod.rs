@@ -636,5 +636,30 @@ pub mod scenario {
             .await
             .expect("withdraw IPv6 flowspec");
         receiver.wait_gone("ipv6-flowspec", "[destination: 2001:db8::7/128");
+
+        // Withdrawing again (e.g. an unban replayed after a restart) is harmless, and
+        // announcing again after a withdrawal works.
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("repeated withdrawal");
+        announcer
+            .withdraw_flowspec(&dns_rule())
+            .await
+            .expect("repeated flowspec withdrawal");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce again");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce twice");
+        receiver.wait_route("ipv4", "198.51.100.7/32");
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("withdraw again");
+        receiver.wait_gone("ipv4", "198.51.100.7/32");
     }
 }
