@@ -6,7 +6,10 @@
 
 mod bgp_support;
 
-use bgp_support::{free_port, require_binary, scenario, Daemon, Receiver, GOBGP_FAMILIES, RECEIVER_AS, SENDER_AS};
+use bgp_support::{
+    free_port, require_binary, scenario, BirdReceiver, Daemon, Receiver, GOBGP_FAMILIES,
+    RECEIVER_AS, SENDER_AS,
+};
 use fnm_agent::actions::bgp::{BgpAnnouncer, BgpBackend, BgpConfig};
 use std::{fs, process::Command, time::Duration};
 
@@ -63,6 +66,25 @@ async fn gobgp_announces_and_withdraws_blackholes_and_flowspec() {
     speaker.assert_running();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gobgp_announcements_reach_bird2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bird = BirdReceiver::start(dir.path());
+    let api_port = free_port();
+    let mut speaker = start_speaker(dir.path(), bird.bgp_port, api_port);
+    let speaker_log = dir.path().join("speaker.log");
+    bird.wait_established(|| fs::read_to_string(&speaker_log).unwrap_or_default());
+    let config = BgpConfig {
+        backend: BgpBackend::Gobgp,
+        gobgp_api: ([127, 0, 0, 1], api_port).into(),
+        communities: scenario::communities(),
+        ..BgpConfig::default()
+    };
+    let announcer = BgpAnnouncer::from_config(&config).expect("gobgp announcer");
+    scenario::announce_and_withdraw_to_bird(&announcer, &bird).await;
+    speaker.assert_running();
+}
+
 #[tokio::test]
 async fn gobgp_announcement_fails_fast_when_gobgpd_is_down() {
     let config = BgpConfig {
@@ -72,9 +94,11 @@ async fn gobgp_announcement_fails_fast_when_gobgpd_is_down() {
     };
     let announcer = BgpAnnouncer::from_config(&config).expect("gobgp announcer");
     let started = std::time::Instant::now();
-    let result = announcer
-        .announce_flowspec(&scenario::dns_rule())
-        .await;
+    let result = announcer.announce_flowspec(&scenario::dns_rule()).await;
     assert!(result.is_err(), "announcing to a closed port must fail");
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -233,12 +233,13 @@ impl Receiver {
 
     /// Waits until a RIB line of `family` holds `needle` and returns it.
     pub fn wait_route(&self, family: &str, needle: &str) -> String {
-        wait_for(&format!("{needle} in the receiver's {family} RIB"), || {
-            match self.rib_line(family, needle)? {
+        wait_for(
+            &format!("{needle} in the receiver's {family} RIB"),
+            || match self.rib_line(family, needle)? {
                 Some(line) => Ok(line),
                 None => Err(self.cli(&["global", "rib", "-a", family])?),
-            }
-        })
+            },
+        )
     }
 
     /// Waits until no RIB line of `family` holds `needle`.
@@ -250,6 +251,136 @@ impl Receiver {
                 None => Ok(()),
             },
         )
+    }
+}
+
+/// A receiving BIRD 2: listens for BGP on 127.0.0.1:`bgp_port` (passive), accepts neighbour
+/// 127.0.0.1 of AS [`SENDER_AS`] with ipv4/ipv6 (recursive next hops, so unreachable blackhole
+/// next hops are kept) and flow4/flow6 into tables `flowtab4`/`flowtab6`; queried with birdc
+/// on a control socket in the test's directory.
+pub struct BirdReceiver {
+    /// The daemon guard.
+    pub daemon: Daemon,
+    /// BGP port it listens on.
+    pub bgp_port: u16,
+    socket: PathBuf,
+}
+
+impl BirdReceiver {
+    /// Starts BIRD in `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let bird = require_binary("bird", "bird2");
+        require_binary("birdc", "bird2");
+        let bgp_port = free_port();
+        let config = format!(
+            r#"router id 10.255.0.4;
+log stderr all;
+ipv4 table master4;
+ipv6 table master6;
+flow4 table flowtab4;
+flow6 table flowtab6;
+protocol device {{}}
+protocol bgp sender {{
+  local 127.0.0.1 port {bgp_port} as {RECEIVER_AS};
+  neighbor 127.0.0.1 as {SENDER_AS};
+  passive on;
+  multihop;
+  ipv4 {{ import all; export none; gateway recursive; }};
+  ipv6 {{ import all; export none; gateway recursive; }};
+  flow4 {{ table flowtab4; import all; export none; }};
+  flow6 {{ table flowtab6; import all; export none; }};
+}}
+"#
+        );
+        let config_path = dir.join("bird.conf");
+        fs::write(&config_path, config).expect("write bird config");
+        let socket = dir.join("bird.ctl");
+        let mut command = Command::new(bird);
+        command
+            .arg("-f")
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.join("bird.pid"));
+        let daemon = Daemon::spawn("bird", command, &dir.join("bird.log"));
+        let mut receiver = Self {
+            daemon,
+            bgp_port,
+            socket,
+        };
+        wait_for("bird's control socket", || {
+            receiver.daemon.assert_running();
+            receiver.birdc(&["show", "status"])
+        });
+        receiver
+    }
+
+    /// Runs `birdc -s <socket> <args>`; `Err` carries its output.
+    pub fn birdc(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(require_binary("birdc", "bird2"))
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .map_err(|e| format!("run birdc: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// Waits until the BGP session is established.
+    pub fn wait_established(&mut self, sender_log: impl Fn() -> String) {
+        wait_for("bird's BGP session to be established", || {
+            self.daemon.assert_running();
+            let text = self.birdc(&["show", "protocols", "sender"])?;
+            if text.contains("Established") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{text}\nbird log:\n{}\nsender log:\n{}",
+                    self.daemon.log_text(),
+                    sender_log()
+                ))
+            }
+        })
+    }
+
+    /// `show route all table <table>`.
+    pub fn table(&self, table: &str) -> Result<String, String> {
+        self.birdc(&["show", "route", "all", "table", table])
+    }
+
+    /// Waits until `table` shows every one of `parts` and returns the table text.
+    pub fn wait_table_has(&self, table: &str, parts: &[&str]) -> String {
+        wait_for(&format!("{parts:?} in bird's table {table}"), || {
+            let text = self.table(table)?;
+            if parts.iter().all(|part| text.contains(part)) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+    }
+
+    /// Waits until `table` no longer shows `needle`.
+    pub fn wait_table_lacks(&self, table: &str, needle: &str) {
+        wait_for(&format!("{needle} to leave bird's table {table}"), || {
+            let text = self.table(table)?;
+            if text.contains(needle) {
+                Err(text)
+            } else {
+                Ok(())
+            }
+        })
     }
 }
 
@@ -274,7 +405,7 @@ pub fn gobgp_cli(api_port: u16, args: &[&str]) -> Result<String, String> {
 /// The blackholes and flowspec rules every backend test announces, and what the receiving gobgpd
 /// must show for each.
 pub mod scenario {
-    use super::Receiver;
+    use super::{BirdReceiver, Receiver};
     use fnm_agent::actions::bgp::{
         BgpAnnouncer, Community, FlowspecAction, FlowspecRule, FragmentMatch, TcpFlagsMatch,
         ValueRange,
@@ -299,7 +430,8 @@ pub mod scenario {
 
     /// A DNS amplification fingerprint towards an IPv4 victim, dropped.
     pub fn dns_rule() -> FlowspecRule {
-        let mut rule = FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
+        let mut rule =
+            FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
         rule.source = Some(prefix("203.0.113.0/24"));
         rule.protocol = Some(17);
         rule.source_ports = vec![
@@ -345,8 +477,95 @@ pub mod scenario {
 
     fn assert_has(line: &str, parts: &[&str]) {
         for part in parts {
-            assert!(line.contains(part), "expected {part:?} in RIB line {line:?}");
+            assert!(
+                line.contains(part),
+                "expected {part:?} in RIB line {line:?}"
+            );
         }
+    }
+
+    /// What bird shows for [`dns_rule`].
+    pub const DNS_RULE_BIRD: &str = "flow4 { dst 198.51.100.7/32; src 203.0.113.0/24; proto 17; \
+        sport 53,1000..2000; length 512..1500; fragment !!is_fragment; }";
+
+    /// What bird shows for [`syn_rule_v6`].
+    pub const SYN_RULE_V6_BIRD: &str = "flow6 { dst 2001:db8::7/128; next header 6; dport 80; \
+        tcp flags 0x2/0x2 && 0x0/0x10; }";
+
+    /// The same announcements checked in a receiving BIRD 2, an independent BGP implementation.
+    pub async fn announce_and_withdraw_to_bird(announcer: &BgpAnnouncer, bird: &BirdReceiver) {
+        let v4 = prefix("198.51.100.7/32");
+        let v6 = prefix("2001:db8::7/128");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce IPv4 blackhole");
+        announcer
+            .announce_blackhole(v6)
+            .await
+            .expect("announce IPv6 blackhole");
+        announcer
+            .announce_flowspec(&dns_rule())
+            .await
+            .expect("announce IPv4 flowspec");
+        announcer
+            .announce_flowspec(&syn_rule_v6())
+            .await
+            .expect("announce IPv6 flowspec");
+        bird.wait_table_has(
+            "master4",
+            &[
+                "198.51.100.7/32",
+                "BGP.origin: IGP",
+                "BGP.next_hop: 192.0.2.254",
+                "BGP.community: (65535,666)",
+                "BGP.large_community: (64512, 1, 2)",
+            ],
+        );
+        bird.wait_table_has(
+            "master6",
+            &[
+                "2001:db8::7/128",
+                "BGP.next_hop: 100::1",
+                "BGP.community: (65535,666)",
+            ],
+        );
+        // Traffic-rate extended community (type 0x80, subtype 0x06, AS 0): rate 0 = discard.
+        bird.wait_table_has(
+            "flowtab4",
+            &[
+                DNS_RULE_BIRD,
+                "BGP.ext_community: (generic, 0x80060000, 0x0)",
+            ],
+        );
+        // 0x47f42400 is 125000.0 as an IEEE 754 single.
+        bird.wait_table_has(
+            "flowtab6",
+            &[
+                SYN_RULE_V6_BIRD,
+                "BGP.ext_community: (generic, 0x80060000, 0x47f42400)",
+            ],
+        );
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("withdraw IPv4 blackhole");
+        announcer
+            .withdraw_blackhole(v6)
+            .await
+            .expect("withdraw IPv6 blackhole");
+        announcer
+            .withdraw_flowspec(&dns_rule())
+            .await
+            .expect("withdraw IPv4 flowspec");
+        announcer
+            .withdraw_flowspec(&syn_rule_v6())
+            .await
+            .expect("withdraw IPv6 flowspec");
+        bird.wait_table_lacks("master4", "198.51.100.7/32");
+        bird.wait_table_lacks("master6", "2001:db8::7/128");
+        bird.wait_table_lacks("flowtab4", "198.51.100.7/32");
+        bird.wait_table_lacks("flowtab6", "2001:db8::7/128");
     }
 
     /// Announces two blackholes and two flowspec rules, checks the receiver's RIB, withdraws them
@@ -354,15 +573,32 @@ pub mod scenario {
     pub async fn announce_and_withdraw(announcer: &BgpAnnouncer, receiver: &Receiver) {
         let v4 = prefix("198.51.100.7/32");
         let v6 = prefix("2001:db8::7/128");
-        announcer.announce_blackhole(v4).await.expect("announce IPv4 blackhole");
-        announcer.announce_blackhole(v6).await.expect("announce IPv6 blackhole");
-        announcer.announce_flowspec(&dns_rule()).await.expect("announce IPv4 flowspec");
-        announcer.announce_flowspec(&syn_rule_v6()).await.expect("announce IPv6 flowspec");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce IPv4 blackhole");
+        announcer
+            .announce_blackhole(v6)
+            .await
+            .expect("announce IPv6 blackhole");
+        announcer
+            .announce_flowspec(&dns_rule())
+            .await
+            .expect("announce IPv4 flowspec");
+        announcer
+            .announce_flowspec(&syn_rule_v6())
+            .await
+            .expect("announce IPv6 flowspec");
 
         let line = receiver.wait_route("ipv4", "198.51.100.7/32");
         assert_has(
             &line,
-            &["192.0.2.254", "{Origin: i}", "{Communities: blackhole}", "{LargeCommunity: [ 64512:1:2]}"],
+            &[
+                "192.0.2.254",
+                "{Origin: i}",
+                "{Communities: blackhole}",
+                "{LargeCommunity: [ 64512:1:2]}",
+            ],
         );
         let line = receiver.wait_route("ipv6", "2001:db8::7/128");
         assert_has(&line, &["100::1", "{Communities: blackhole}"]);
@@ -371,19 +607,59 @@ pub mod scenario {
         let line = receiver.wait_route("ipv6-flowspec", SYN_RULE_V6_NLRI);
         assert_has(&line, &["{Extcomms: [rate: 125000.000000]}"]);
 
-        announcer.withdraw_blackhole(v4).await.expect("withdraw IPv4 blackhole");
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("withdraw IPv4 blackhole");
         receiver.wait_gone("ipv4", "198.51.100.7/32");
-        assert!(receiver.rib_line("ipv6", "2001:db8::7/128").expect("rib").is_some());
-        announcer.withdraw_blackhole(v6).await.expect("withdraw IPv6 blackhole");
+        assert!(receiver
+            .rib_line("ipv6", "2001:db8::7/128")
+            .expect("rib")
+            .is_some());
+        announcer
+            .withdraw_blackhole(v6)
+            .await
+            .expect("withdraw IPv6 blackhole");
         receiver.wait_gone("ipv6", "2001:db8::7/128");
 
-        announcer.withdraw_flowspec(&dns_rule()).await.expect("withdraw IPv4 flowspec");
+        announcer
+            .withdraw_flowspec(&dns_rule())
+            .await
+            .expect("withdraw IPv4 flowspec");
         receiver.wait_gone("ipv4-flowspec", "[destination: 198.51.100.7/32]");
         assert!(receiver
             .rib_line("ipv6-flowspec", SYN_RULE_V6_NLRI)
             .expect("rib")
             .is_some());
-        announcer.withdraw_flowspec(&syn_rule_v6()).await.expect("withdraw IPv6 flowspec");
+        announcer
+            .withdraw_flowspec(&syn_rule_v6())
+            .await
+            .expect("withdraw IPv6 flowspec");
         receiver.wait_gone("ipv6-flowspec", "[destination: 2001:db8::7/128");
+
+        // Withdrawing again (e.g. an unban replayed after a restart) is harmless, and
+        // announcing again after a withdrawal works.
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("repeated withdrawal");
+        announcer
+            .withdraw_flowspec(&dns_rule())
+            .await
+            .expect("repeated flowspec withdrawal");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce again");
+        announcer
+            .announce_blackhole(v4)
+            .await
+            .expect("announce twice");
+        receiver.wait_route("ipv4", "198.51.100.7/32");
+        announcer
+            .withdraw_blackhole(v4)
+            .await
+            .expect("withdraw again");
+        receiver.wait_gone("ipv4", "198.51.100.7/32");
     }
 }

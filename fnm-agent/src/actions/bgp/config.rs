@@ -59,6 +59,20 @@ impl Default for BgpConfig {
     }
 }
 
+impl BgpConfig {
+    /// Checks values serde cannot: a zero timeout, or an empty ExaBGP pipe path when ExaBGP is
+    /// the backend.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout.is_zero() {
+            return Err("bgp.timeout must be above zero".into());
+        }
+        if self.backend == BgpBackend::Exabgp && self.exabgp_pipe.as_os_str().is_empty() {
+            return Err("bgp.exabgp_pipe must name ExaBGP's command pipe".into());
+        }
+        Ok(())
+    }
+}
+
 /// A BGP community: standard (RFC 1997) or large (RFC 8092).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Community {
@@ -184,6 +198,16 @@ mod tests {
         assert!(toml::from_str::<BgpConfig>("communities = [\"65536:1\"]").is_err());
         assert!(toml::from_str::<BgpConfig>("communities = [\"1:2:3:4\"]").is_err());
         assert!(toml::from_str::<BgpConfig>("communities = [\"blackhole\"]").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_zero_timeout_and_empty_pipe() {
+        assert_eq!(BgpConfig::default().validate(), Ok(()));
+        let zero: BgpConfig = toml::from_str("timeout = \"0s\"").expect("parses");
+        assert!(zero.validate().is_err());
+        let no_pipe: BgpConfig =
+            toml::from_str("backend = \"exabgp\"\nexabgp_pipe = \"\"").expect("parses");
+        assert!(no_pipe.validate().is_err());
     }
 
     #[test]

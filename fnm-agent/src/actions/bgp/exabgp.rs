@@ -275,7 +275,8 @@ mod tests {
 
     #[test]
     fn flow_command_lists_every_component() {
-        let mut rule = FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
+        let mut rule =
+            FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
         rule.source = Some(prefix("203.0.113.0/24"));
         rule.protocol = Some(17);
         rule.source_ports = vec![
@@ -333,8 +334,13 @@ mod tests {
         };
         let announcer = ExabgpAnnouncer::new(&config);
         let started = std::time::Instant::now();
-        let result = announcer.announce_blackhole(prefix("198.51.100.7/32")).await;
-        assert!(matches!(result, Err(BgpError::ExabgpPipe { .. })), "{result:?}");
+        let result = announcer
+            .announce_blackhole(prefix("198.51.100.7/32"))
+            .await;
+        assert!(
+            matches!(result, Err(BgpError::ExabgpPipe { .. })),
+            "{result:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
         let missing = ExabgpAnnouncer::new(&BgpConfig {
             exabgp_pipe: dir.path().join("absent.in"),
@@ -365,7 +371,9 @@ mod tests {
         let started = std::time::Instant::now();
         let mut outcome = Ok(());
         for _ in 0..10_000 {
-            outcome = announcer.announce_blackhole(prefix("198.51.100.7/32")).await;
+            outcome = announcer
+                .announce_blackhole(prefix("198.51.100.7/32"))
+                .await;
             if outcome.is_err() {
                 break;
             }

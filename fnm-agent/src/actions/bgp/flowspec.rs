@@ -278,7 +278,9 @@ pub(crate) fn tcp_flag_terms(flags: TcpFlagsMatch) -> Vec<FlagTerm> {
             .filter(move |flag| mask & flag != 0)
             .map(move |flag| FlagTerm { set, flag })
     };
-    bits(flags.set, true).chain(bits(flags.clear, false)).collect()
+    bits(flags.set, true)
+        .chain(bits(flags.clear, false))
+        .collect()
 }
 
 /// ExaBGP's name of a single TCP flag bit.
@@ -346,21 +348,32 @@ mod tests {
 
     #[test]
     fn validation_rejects_what_cannot_be_encoded() {
-        let mut rule = FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
+        let mut rule =
+            FlowspecRule::to_destination(prefix("198.51.100.7/32"), FlowspecAction::Discard);
         assert_eq!(rule.validate(), Ok(()));
         rule.source = Some(prefix("2001:db8::/32"));
-        assert!(matches!(rule.validate(), Err(FlowspecError::MixedFamilies { .. })));
+        assert!(matches!(
+            rule.validate(),
+            Err(FlowspecError::MixedFamilies { .. })
+        ));
         rule.source = None;
         rule.source_ports = vec![ValueRange { first: 9, last: 1 }];
-        assert!(matches!(rule.validate(), Err(FlowspecError::EmptyRange { .. })));
+        assert!(matches!(
+            rule.validate(),
+            Err(FlowspecError::EmptyRange { .. })
+        ));
         rule.source_ports = vec![ValueRange::single(1); MAX_RANGES + 1];
-        assert!(matches!(rule.validate(), Err(FlowspecError::TooManyRanges { .. })));
+        assert!(matches!(
+            rule.validate(),
+            Err(FlowspecError::TooManyRanges { .. })
+        ));
         rule.source_ports.clear();
         rule.tcp_flags = Some(TcpFlagsMatch { set: 2, clear: 2 });
         assert_eq!(rule.validate(), Err(FlowspecError::BadTcpFlags));
         rule.tcp_flags = Some(TcpFlagsMatch::default());
         assert_eq!(rule.validate(), Err(FlowspecError::BadTcpFlags));
-        let mut v6 = FlowspecRule::to_destination(prefix("2001:db8::1/128"), FlowspecAction::Discard);
+        let mut v6 =
+            FlowspecRule::to_destination(prefix("2001:db8::1/128"), FlowspecAction::Discard);
         v6.fragment = Some(FragmentMatch::DontFragment);
         assert_eq!(v6.validate(), Err(FlowspecError::DontFragmentOnIpv6));
     }

@@ -379,8 +379,8 @@ mod tests {
         let path = flowspec_path(&rule);
         let family = path.family.expect("family");
         assert_eq!(family.safi, Safi::FlowSpecUnicast as i32);
-        let nlri = apipb::FlowSpecNlri::decode(path.nlri.expect("nlri").value.as_slice())
-            .expect("nlri");
+        let nlri =
+            apipb::FlowSpecNlri::decode(path.nlri.expect("nlri").value.as_slice()).expect("nlri");
         assert_eq!(nlri.rules.len(), 4);
         let protocol = decode_component(&nlri.rules[1]);
         assert_eq!(protocol.r#type, component::IP_PROTOCOL);
