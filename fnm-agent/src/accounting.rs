@@ -6,6 +6,11 @@
 //! both: both; neither: only the totals). Every [`Accounting::tick`] closes a measuring window and
 //! turns what arrived in it into per-second rates.
 //!
+//! Rates are measured over a sliding window (`rate_window`, default 1 s) made of poll-interval
+//! slots: with a 250 ms poll, every 250 ms the rates cover the last second. A flood therefore
+//! shows at its true rate one window after it starts, and crosses a threshold at 2.5× within
+//! 0.4 s plus one poll, without the smoothing delay of an exponential moving average.
+//!
 //! Flow records that span several seconds are spread evenly over their duration (capped at
 //! [`MAX_SPREAD_TICKS`] windows): the first window already shows the flow's true average rate and
 //! no window shows the whole flow at once, so a long flow cannot fake a one-second spike.
@@ -15,7 +20,7 @@ use crate::{
     traffic::{Source, TrafficRecord},
 };
 use fnm_common::{proto, FlowKey, HostCounters};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
@@ -27,7 +32,7 @@ pub const MAX_SPREAD_TICKS: u64 = 120;
 const MAX_PENDING_SLICES: usize = 1_000_000;
 
 /// Traffic direction relative to the local networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Towards a local host.
@@ -79,7 +84,7 @@ pub fn protocol_label(class: usize) -> &'static str {
 }
 
 /// Per-second rates of one host and direction over the last window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
     /// Packets per second.
     pub pps: f64,
@@ -148,13 +153,52 @@ impl Rates {
 pub struct HostDirection {
     /// Cumulative counters since the agent started (or the state was restored).
     pub total: HostCounters,
-    /// Rates over the last closed window.
+    /// Rates over the last rate window (sliding, updated every poll).
     pub rates: Rates,
-    /// Counters of the window being measured.
+    /// Counters of the poll slot being measured.
     window: HostCounters,
+    /// The last closed slots (a ring), which make up the rate window.
+    slots: Vec<HostCounters>,
+    /// Next slot of the ring to overwrite.
+    next_slot: usize,
     /// Time of the last window with traffic, in ms.
     pub last_active_ms: u64,
 }
+
+impl HostDirection {
+    /// Closes the current slot and recomputes the sliding rates over `slots` slots covering
+    /// `window_seconds`.
+    fn close_slot(&mut self, slots: usize, window_seconds: f64) {
+        if self.slots.len() != slots {
+            self.slots = vec![HostCounters::default(); slots];
+            self.next_slot = 0;
+        }
+        self.slots[self.next_slot] = std::mem::take(&mut self.window);
+        self.next_slot = (self.next_slot + 1) % slots;
+        let mut sum = HostCounters::default();
+        for s in &self.slots {
+            sum.accumulate(s);
+        }
+        self.rates = Rates::from_window(&sum, window_seconds);
+    }
+
+    /// Packets in the rate window (0 when idle).
+    pub fn window_packets(&self) -> u64 {
+        self.slots.iter().map(|s| s.packets).sum()
+    }
+}
+
+/// Bounded buffer of the most recent records of a host under watch (attack samples).
+#[derive(Debug, Clone, Default)]
+pub struct SampleBuffer {
+    /// (time in ms, record), oldest first.
+    pub records: VecDeque<(u64, TrafficRecord)>,
+    /// Records seen since the watch began (including those no longer kept).
+    pub seen: u64,
+}
+
+/// Most records kept per watched host.
+pub const MAX_SAMPLES_PER_HOST: usize = 2_000;
 
 /// A local host's two directions.
 #[derive(Debug, Clone, Default)]
@@ -217,8 +261,14 @@ pub struct Accounting {
     pending_slices: usize,
     last_tick_ms: Option<u64>,
     interval_ms: u64,
+    slots: usize,
+    ignored_sources: PrefixSet,
+    watched: HashMap<(IpAddr, Direction), SampleBuffer>,
+    now_ms: u64,
     /// Records whose host could not be added because the table was full.
     pub hosts_table_full: u64,
+    /// Records whose remote side is a whitelisted source (not counted per host).
+    pub ignored_records: u64,
 }
 
 impl Accounting {
@@ -234,7 +284,56 @@ impl Accounting {
             pending_slices: 0,
             last_tick_ms: None,
             interval_ms: interval_ms.max(1),
+            slots: 1,
+            ignored_sources: PrefixSet::new(),
+            watched: HashMap::new(),
+            now_ms: 0,
             hosts_table_full: 0,
+            ignored_records: 0,
+        }
+    }
+
+    /// Measures rates over `window_ms` (rounded to whole poll intervals, at least one).
+    pub fn with_rate_window(mut self, window_ms: u64) -> Self {
+        self.slots = (window_ms.div_ceil(self.interval_ms) as usize).clamp(1, 64);
+        self
+    }
+
+    /// Remote sources whose traffic never counts toward a host (still in the totals).
+    pub fn with_ignored_sources(mut self, sources: PrefixSet) -> Self {
+        self.ignored_sources = sources;
+        self
+    }
+
+    /// The rate window in seconds.
+    pub fn window_seconds(&self) -> f64 {
+        (self.slots as u64 * self.interval_ms) as f64 / 1000.0
+    }
+
+    /// Starts keeping samples of the records of `host` in `direction`.
+    pub fn watch(&mut self, host: IpAddr, direction: Direction) {
+        self.watched.entry((host, direction)).or_default();
+    }
+
+    /// Stops watching and returns what was collected.
+    pub fn unwatch(&mut self, host: IpAddr, direction: Direction) -> Option<SampleBuffer> {
+        self.watched.remove(&(host, direction))
+    }
+
+    /// The samples collected so far for a watched host.
+    pub fn samples(&self, host: IpAddr, direction: Direction) -> Option<&SampleBuffer> {
+        self.watched.get(&(host, direction))
+    }
+
+    /// Adds a sample for a watched host (used by the XDP packet sampler).
+    pub fn add_sample(&mut self, host: IpAddr, direction: Direction, record: TrafficRecord) {
+        let now = self.now_ms;
+        if let Some(buf) = self.watched.get_mut(&(host, direction)) {
+            buf.seen += 1;
+            if buf.records.len() >= MAX_SAMPLES_PER_HOST {
+                buf.records.pop_front();
+            }
+            buf.records.push_back((now, record));
         }
     }
 
@@ -260,6 +359,21 @@ impl Accounting {
         total.1 = total.1.wrapping_add(record.bytes);
         if !local_dst && !local_src {
             return;
+        }
+        let ignored_src = local_dst && self.ignored_sources.contains(record.src);
+        let ignored_dst = local_src && self.ignored_sources.contains(record.dst);
+        if ignored_src || ignored_dst {
+            self.ignored_records += 1;
+        }
+        let local_dst = local_dst && !ignored_src;
+        let local_src = local_src && !ignored_dst;
+        if !self.watched.is_empty() {
+            if local_dst {
+                self.add_sample(record.dst, Direction::Incoming, record.clone());
+            }
+            if local_src {
+                self.add_sample(record.src, Direction::Outgoing, record.clone());
+            }
         }
         let new_flow = self.flows.note(FlowKey {
             src: to16(record.src),
@@ -352,18 +466,16 @@ impl Accounting {
     /// Closes the current window at `now_ms` (any monotonic or capture clock in ms): computes
     /// rates, credits the next slices of spread records, forgets hosts idle for `forget_after_ms`.
     pub fn tick(&mut self, now_ms: u64, forget_after_ms: u64) {
-        let seconds = match self.last_tick_ms {
-            Some(last) if now_ms > last => (now_ms - last) as f64 / 1000.0,
-            _ => self.interval_ms as f64 / 1000.0,
-        };
         self.last_tick_ms = Some(now_ms);
+        self.now_ms = now_ms;
+        let slots = self.slots;
+        let seconds = self.window_seconds();
         for host in self.hosts.values_mut() {
             for d in host.dirs.iter_mut() {
-                d.rates = Rates::from_window(&d.window, seconds);
                 if d.window.packets > 0 {
                     d.last_active_ms = now_ms;
                 }
-                d.window = HostCounters::default();
+                d.close_slot(slots, seconds);
             }
         }
         self.hosts.retain(|_, h| {
@@ -484,18 +596,66 @@ mod tests {
     }
 
     #[test]
-    fn rates_cover_the_window_and_new_flows_count_once() {
-        let mut a = acc();
-        a.tick(0, u64::MAX);
+    fn rates_slide_over_the_window_and_new_flows_count_once() {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 100, 1000, 250).with_rate_window(1000);
         for _ in 0..10 {
             a.ingest(&rec("192.0.2.1", "10.0.0.1", 1, 100), Source::Pcap);
         }
-        a.tick(2000, u64::MAX);
-        let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
-        assert_eq!(d.rates.pps, 5.0);
-        assert_eq!(d.rates.bytes_per_second, 500.0);
-        assert_eq!(d.rates.flows_per_second, 0.5);
-        assert_eq!(d.total.flows, 1);
+        a.tick(250, u64::MAX);
+        let rates = |a: &Accounting| a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0].rates;
+        assert_eq!(rates(&a).pps, 10.0);
+        assert_eq!(rates(&a).bytes_per_second, 1000.0);
+        assert_eq!(rates(&a).flows_per_second, 1.0);
+        for t in 2..=4 {
+            a.tick(t * 250, u64::MAX);
+            assert_eq!(rates(&a).pps, 10.0, "still inside the 1 s window");
+        }
+        a.tick(5 * 250, u64::MAX);
+        assert_eq!(rates(&a).pps, 0.0, "slid out of the window");
+        assert_eq!(
+            a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0]
+                .total
+                .flows,
+            1
+        );
+    }
+
+    #[test]
+    fn whitelisted_sources_do_not_count_toward_hosts() {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let ignore: PrefixSet = ["203.0.113.0/24".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 100, 1000, 1000).with_ignored_sources(ignore);
+        a.ingest(
+            &rec("203.0.113.5", "10.0.0.1", 1000, 1_000_000),
+            Source::Sflow,
+        );
+        a.ingest(&rec("192.0.2.1", "10.0.0.1", 1, 100), Source::Sflow);
+        assert_eq!(
+            a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0]
+                .total
+                .packets,
+            1
+        );
+        assert_eq!(a.ignored_records, 1);
+        assert_eq!(
+            a.totals()[&(Source::Sflow, 0, proto::UDP)],
+            (1001, 1_000_100)
+        );
+    }
+
+    #[test]
+    fn watched_hosts_keep_bounded_samples() {
+        let mut a = acc();
+        a.watch("10.0.0.1".parse().unwrap(), Direction::Incoming);
+        for _ in 0..(MAX_SAMPLES_PER_HOST + 10) {
+            a.ingest(&rec("192.0.2.1", "10.0.0.1", 1, 100), Source::Pcap);
+        }
+        let s = a
+            .samples("10.0.0.1".parse().unwrap(), Direction::Incoming)
+            .unwrap();
+        assert_eq!(s.records.len(), MAX_SAMPLES_PER_HOST);
+        assert_eq!(s.seen, (MAX_SAMPLES_PER_HOST + 10) as u64);
     }
 
     #[test]

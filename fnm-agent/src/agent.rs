@@ -1,11 +1,25 @@
 //! The running agent: shared state, the poll loop, and ban operations.
 
 use crate::{
-    accounting::Accounting,
+    accounting::{Accounting, Direction},
+    actions::{
+        bgp::BgpAnnouncer,
+        script::{ScriptCall, ScriptRunner},
+    },
     bans::{unix_now, Ban, BanOrigin, BanStore, BanStoreError, DropMatch},
     config::Config,
+    detection::{
+        attack::{self, Attack},
+        config::{Action, ReportFormat},
+        detector::{Crossing, Detector, DetectorEvent},
+        history::AttackHistory,
+        thresholds::ThresholdTable,
+    },
+    mitigation::{Mitigation, MitigationStore},
     prefix::{Prefix, PrefixSet},
+    traffic::TrafficRecord,
 };
+use std::net::IpAddr;
 use std::{
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -42,6 +56,12 @@ pub struct Agent {
     dataplane: Mutex<Option<crate::xdp::DataPlane>>,
     xdp_status: Mutex<Option<XdpStatus>>,
     started: Instant,
+    detector: Mutex<Detector>,
+    history: Mutex<AttackHistory>,
+    mitigations: Mutex<MitigationStore>,
+    script: Option<ScriptRunner>,
+    bgp: Option<Arc<BgpAnnouncer>>,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -58,7 +78,48 @@ impl Agent {
             (config.xdp.max_hosts as usize).saturating_mul(2).max(1024),
             config.xdp.max_flows as usize,
             config.poll_interval.as_millis() as u64,
+        )
+        .with_rate_window(config.rate_window.as_millis() as u64)
+        .with_ignored_sources(config.detection.whitelist_sources.iter().copied().collect());
+        let detector = Detector::new(
+            ThresholdTable::new(&config.detection, &config.hostgroup),
+            config.whitelist.iter().copied().collect(),
+            config.ban.stop_ratio,
+            config.ban.stop_after.as_millis() as u64,
         );
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let script = match (&config.ban.script, &runtime) {
+            (Some(path), Some(rt)) => {
+                let _guard = rt.enter();
+                Some(ScriptRunner::start(
+                    path.clone(),
+                    config.ban.script_timeout,
+                    config.ban.script_parallel,
+                    config.ban.script_queue,
+                ))
+            }
+            _ => None,
+        };
+        let uses_bgp = config
+            .ban
+            .actions
+            .iter()
+            .chain(
+                config
+                    .hostgroup
+                    .iter()
+                    .flat_map(|g| g.actions.iter().flatten()),
+            )
+            .any(|a| matches!(a, Action::BgpBlackhole | Action::BgpFlowspec));
+        let bgp = match (&runtime, uses_bgp) {
+            (Some(rt), true) => {
+                let _guard = rt.enter();
+                Some(Arc::new(BgpAnnouncer::from_config(&config.bgp)?))
+            }
+            _ => None,
+        };
+        let history = AttackHistory::open(config.state_dir.join("attacks.json"));
+        let mitigations = MitigationStore::open(config.state_dir.join("mitigations.json"));
         let bans_path = config.state_dir.join("bans.json");
         let bans = match BanStore::open(&bans_path) {
             Ok(b) => b,
@@ -77,6 +138,12 @@ impl Agent {
             dataplane: Mutex::new(None),
             xdp_status: Mutex::new(None),
             started: Instant::now(),
+            detector: Mutex::new(detector),
+            history: Mutex::new(history),
+            mitigations: Mutex::new(mitigations),
+            script,
+            bgp,
+            runtime,
         }))
     }
 
@@ -122,7 +189,21 @@ impl Agent {
         if !bans.is_empty() {
             tracing::info!("reinstated {} saved bans", bans.len());
         }
+        let mitigations: Vec<Mitigation> = lock(&self.mitigations).list().to_vec();
+        for m in &mitigations {
+            if !m.rules.is_empty() {
+                dp.tables
+                    .set_rules(&mut dp.maps, m.host, m.direction, &m.rules)
+                    .with_context(|| format!("reinstating XDP rules of attack {}", m.attack_id))?;
+            }
+        }
+        if !mitigations.is_empty() {
+            tracing::info!("reinstated {} active mitigations", mitigations.len());
+        }
         *lock(&self.dataplane) = Some(dp);
+        for m in &mitigations {
+            self.bgp_announce(m);
+        }
         Ok(())
     }
 
@@ -232,7 +313,11 @@ impl Agent {
                 }
             }
         }
+        #[cfg(target_os = "linux")]
+        self.collect_xdp_samples();
         self.accounting().tick(now_ms, 3_600_000);
+        self.detect(now_ms);
+        self.expire_mitigations();
         let expired = self.bans().expired(unix_now());
         for ban in expired {
             if let Err(e) = self.unban(ban.prefix, ban.match_on) {
@@ -259,4 +344,426 @@ impl Agent {
             }
         }
     }
+
+    /// Moves XDP packet samples of watched hosts into the accounting.
+    #[cfg(target_os = "linux")]
+    fn collect_xdp_samples(&self) {
+        let Some(samples) = self.with_dataplane(|dp| dp.drain_samples(100_000)) else {
+            return;
+        };
+        if samples.is_empty() {
+            return;
+        }
+        let mut acc = self.accounting();
+        for p in samples {
+            let (src, dst) = (
+                crate::accounting::from16(p.src),
+                crate::accounting::from16(p.dst),
+            );
+            let dir = if p.direction == 1 {
+                Direction::Outgoing
+            } else {
+                Direction::Incoming
+            };
+            let host = if dir == Direction::Incoming { dst } else { src };
+            let record = TrafficRecord {
+                src_port: p.src_port,
+                dst_port: p.dst_port,
+                tcp_flags: p.tcp_flags,
+                ttl: p.ttl,
+                fragments: u64::from(p.fragment),
+                tcp_syn_packets: u64::from(p.protocol == 6 && p.tcp_flags & 0x12 == 0x02),
+                ..TrafficRecord::packet(src, dst, p.protocol, u64::from(p.ip_len))
+            };
+            acc.add_sample(host, dir, record);
+        }
+    }
+
+    /// Checks thresholds and acts on what the detector found.
+    fn detect(&self, now_ms: u64) {
+        let events = {
+            let acc = self.accounting();
+            lock(&self.detector).check(&acc, now_ms)
+        };
+        for event in events {
+            match event {
+                DetectorEvent::Watch(host, dir) => {
+                    self.accounting().watch(host, dir);
+                    self.set_sampling(host, dir, Some(self.config.ban.sample_one_in));
+                }
+                DetectorEvent::Unwatch(host, dir) => {
+                    if lock(&self.mitigations).get(host, dir).is_none() {
+                        self.accounting().unwatch(host, dir);
+                        self.set_sampling(host, dir, None);
+                    }
+                }
+                DetectorEvent::Started {
+                    host,
+                    direction,
+                    crossing,
+                    rates,
+                    hostgroup,
+                    report_only,
+                } => self.on_attack(host, direction, crossing, rates, hostgroup, report_only),
+                DetectorEvent::Stopped { host, direction } => {
+                    tracing::info!("attack on {host} ({}) stopped", direction.as_str());
+                    self.end_attack_record(host, direction);
+                }
+            }
+        }
+    }
+
+    fn set_sampling(&self, _host: IpAddr, _dir: Direction, _one_in: Option<u32>) {
+        #[cfg(target_os = "linux")]
+        if let Some(Err(e)) =
+            self.with_dataplane(|dp| dp.tables.set_sampling(&mut dp.maps, _host, _dir, _one_in))
+        {
+            tracing::warn!("XDP sampling of {_host}: {e}");
+        }
+    }
+
+    fn end_attack_record(&self, host: IpAddr, direction: Direction) {
+        let peak = lock(&self.detector).peak(host, direction);
+        let mut history = lock(&self.history);
+        let ids: Vec<String> = history
+            .list()
+            .filter(|a| a.host == host && a.direction == direction && a.ended_unix_ms.is_none())
+            .map(|a| a.id.clone())
+            .collect();
+        for id in ids {
+            if let Some(a) = history.get_mut(&id) {
+                a.ended_unix_ms = Some(unix_ms());
+                if let Some(p) = peak {
+                    a.peak_rates = a.peak_rates.max(&p);
+                }
+            }
+        }
+        history.save();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_attack(
+        &self,
+        host: IpAddr,
+        direction: Direction,
+        crossing: Crossing,
+        rates: crate::accounting::Rates,
+        hostgroup: Option<String>,
+        report_only: bool,
+    ) {
+        let started = unix_ms();
+        let id = format!("{started}-{host}-{}", direction.as_str());
+        tracing::warn!(
+            "attack on {host} ({}): {} {:.0} > {:.0}",
+            direction.as_str(),
+            crossing.rate,
+            crossing.value,
+            crossing.threshold
+        );
+        let (top_flows, samples, records) = {
+            let acc = self.accounting();
+            attack::summarise(acc.samples(host, direction))
+        };
+        let fingerprint = attack::fingerprint(&records, &rates, self.config.ban.max_source_drops);
+        let already = lock(&self.mitigations).get(host, direction).cloned();
+        let effective = lock(&self.detector).table().lookup(host);
+        let actions: Vec<Action> = if report_only || already.is_some() {
+            Vec::new()
+        } else {
+            effective
+                .actions
+                .clone()
+                .unwrap_or_else(|| self.config.ban.actions.clone())
+        };
+        let mut record = Attack {
+            id: already.as_ref().map(|m| m.attack_id.clone()).unwrap_or(id),
+            host,
+            direction,
+            hostgroup,
+            started_unix_ms: started,
+            ended_unix_ms: None,
+            threshold: crossing,
+            initial_rates: rates,
+            peak_rates: rates,
+            top_flows,
+            samples,
+            fingerprint,
+            actions: Vec::new(),
+            report_only,
+        };
+        if !actions.is_empty() {
+            let m = self.mitigate(&mut record, &records, &actions);
+            lock(&self.mitigations).insert(m);
+        }
+        lock(&self.history).upsert(record);
+    }
+
+    /// Applies `actions` to an attack; returns what was done.
+    fn mitigate(
+        &self,
+        a: &mut Attack,
+        records: &[TrafficRecord],
+        actions: &[Action],
+    ) -> Mitigation {
+        let now = unix_now();
+        let mut m = Mitigation {
+            attack_id: a.id.clone(),
+            host: a.host,
+            direction: a.direction,
+            started: now,
+            expires: now + self.config.ban.time.as_secs().max(1),
+            pps: a.initial_rates.pps as u64,
+            actions: actions.to_vec(),
+            rules: Vec::new(),
+            bans: Vec::new(),
+            flowspec: None,
+            blackhole: None,
+        };
+        let host_prefix = Prefix::host(a.host);
+        let host_match = match a.direction {
+            Direction::Incoming => DropMatch::Dst,
+            Direction::Outgoing => DropMatch::Src,
+        };
+        let rules = crate::actions::xdp::rules_for(&a.fingerprint);
+        for action in actions {
+            match action {
+                Action::XdpRule => {
+                    if rules.is_empty() {
+                        tracing::warn!(
+                            "attack {}: no fingerprint specific enough for an XDP rule",
+                            a.id
+                        );
+                        continue;
+                    }
+                    #[cfg(target_os = "linux")]
+                    match self.with_dataplane(|dp| {
+                        dp.tables
+                            .set_rules(&mut dp.maps, a.host, a.direction, &rules)
+                    }) {
+                        Some(Ok(())) => {
+                            m.rules = rules.clone();
+                            a.actions.push(format!("xdp_rule {rules:?}"));
+                        }
+                        Some(Err(e)) => tracing::error!("attack {}: XDP rule: {e}", a.id),
+                        None => {
+                            tracing::warn!("attack {}: xdp_rule without an XDP data plane", a.id)
+                        }
+                    }
+                }
+                Action::XdpBlackhole => match self.ban(
+                    host_prefix,
+                    host_match,
+                    None,
+                    BanOrigin::Detection,
+                    a.id.clone(),
+                ) {
+                    Ok(_) => {
+                        m.bans.push((host_prefix, host_match));
+                        a.actions.push("xdp_blackhole".into());
+                    }
+                    Err(e) => tracing::error!("attack {}: blackhole: {e}", a.id),
+                },
+                Action::XdpSource => {
+                    let fp = &a.fingerprint;
+                    // Only for attacks from few real sources: a spoofed flood has thousands.
+                    if fp.top_sources_share < 0.9
+                        || fp.distinct_sources > self.config.ban.max_source_drops
+                    {
+                        tracing::info!("attack {}: sources look spoofed; no source drops", a.id);
+                        continue;
+                    }
+                    let mut sources: Vec<IpAddr> = records
+                        .iter()
+                        .map(|r| {
+                            if a.direction == Direction::Incoming {
+                                r.src
+                            } else {
+                                r.dst
+                            }
+                        })
+                        .collect();
+                    sources.sort();
+                    sources.dedup();
+                    for src in sources.into_iter().take(self.config.ban.max_source_drops) {
+                        if self.is_whitelisted(src) || self.accounting().is_local(src) {
+                            continue;
+                        }
+                        let p = Prefix::host(src);
+                        let match_on = if a.direction == Direction::Incoming {
+                            DropMatch::Src
+                        } else {
+                            DropMatch::Dst
+                        };
+                        if self
+                            .ban(p, match_on, None, BanOrigin::Detection, a.id.clone())
+                            .is_ok()
+                        {
+                            m.bans.push((p, match_on));
+                        }
+                    }
+                    a.actions
+                        .push(format!("xdp_source {} sources", m.bans.len()));
+                }
+                Action::Script => {
+                    if let Some(runner) = &self.script {
+                        a.actions.push("script".into());
+                        let stdin = match self.config.ban.script_format {
+                            ReportFormat::Text => attack::text_report(a),
+                            ReportFormat::Json => {
+                                serde_json::to_string_pretty(a).unwrap_or_default()
+                            }
+                        };
+                        runner.submit(ScriptCall {
+                            ip: a.host,
+                            direction: a.direction.as_str(),
+                            pps: a.initial_rates.pps as u64,
+                            action: "ban",
+                            stdin,
+                        });
+                    }
+                }
+                Action::BgpBlackhole => {
+                    m.blackhole = Some(host_prefix);
+                    a.actions.push("bgp_blackhole".into());
+                }
+                Action::BgpFlowspec => {
+                    m.flowspec = crate::mitigation::flowspec_for(a.host, a.direction, &rules);
+                    if m.flowspec.is_some() {
+                        a.actions.push("bgp_flowspec".into());
+                    }
+                }
+            }
+        }
+        self.bgp_announce(&m);
+        m
+    }
+
+    fn bgp_announce(&self, m: &Mitigation) {
+        let (Some(bgp), Some(rt)) = (self.bgp.clone(), self.runtime.clone()) else {
+            return;
+        };
+        let (blackhole, flowspec, id) = (m.blackhole, m.flowspec.clone(), m.attack_id.clone());
+        rt.spawn(async move {
+            if let Some(p) = blackhole {
+                if let Err(e) = bgp.announce_blackhole(p).await {
+                    tracing::error!("attack {id}: BGP blackhole {p}: {e}");
+                }
+            }
+            if let Some(rule) = flowspec {
+                if let Err(e) = bgp.announce_flowspec(&rule).await {
+                    tracing::error!("attack {id}: BGP flowspec: {e}");
+                }
+            }
+        });
+    }
+
+    /// Lifts mitigations whose time has come (and whose attack stopped, if so configured).
+    fn expire_mitigations(&self) {
+        let now = unix_now();
+        let due: Vec<Mitigation> = lock(&self.mitigations)
+            .list()
+            .iter()
+            .filter(|m| m.expires <= now)
+            .cloned()
+            .collect();
+        for m in due {
+            if self.config.ban.unban_only_when_stopped
+                && lock(&self.detector).is_ongoing(m.host, m.direction)
+            {
+                continue;
+            }
+            self.lift(&m);
+        }
+    }
+
+    /// Removes everything a mitigation put in place.
+    pub fn lift(&self, m: &Mitigation) {
+        tracing::info!(
+            "lifting the mitigation of attack {} on {}",
+            m.attack_id,
+            m.host
+        );
+        #[cfg(target_os = "linux")]
+        if !m.rules.is_empty() {
+            if let Some(Err(e)) = self
+                .with_dataplane(|dp| dp.tables.set_rules(&mut dp.maps, m.host, m.direction, &[]))
+            {
+                tracing::error!("removing XDP rules of {}: {e}", m.host);
+            }
+        }
+        for (p, match_on) in &m.bans {
+            let _ = self.unban(*p, *match_on);
+        }
+        if let (Some(bgp), Some(rt)) = (self.bgp.clone(), self.runtime.clone()) {
+            let (blackhole, flowspec) = (m.blackhole, m.flowspec.clone());
+            rt.spawn(async move {
+                if let Some(p) = blackhole {
+                    let _ = bgp.withdraw_blackhole(p).await;
+                }
+                if let Some(rule) = flowspec {
+                    let _ = bgp.withdraw_flowspec(&rule).await;
+                }
+            });
+        }
+        if m.actions.contains(&Action::Script) {
+            if let Some(runner) = &self.script {
+                runner.submit(ScriptCall {
+                    ip: m.host,
+                    direction: m.direction.as_str(),
+                    pps: m.pps,
+                    action: "unban",
+                    stdin: String::new(),
+                });
+            }
+        }
+        lock(&self.mitigations).remove(m.host, m.direction);
+        self.accounting().unwatch(m.host, m.direction);
+        self.set_sampling(m.host, m.direction, None);
+        self.end_attack_record(m.host, m.direction);
+    }
+
+    /// Attacks, newest first.
+    pub fn attacks(&self) -> Vec<Attack> {
+        let list: Vec<Attack> = lock(&self.history).list().cloned().collect();
+        list.into_iter().map(|a| self.with_live_peak(a)).collect()
+    }
+
+    /// One attack.
+    pub fn attack(&self, id: &str) -> Option<Attack> {
+        let a = lock(&self.history).get(id).cloned();
+        a.map(|a| self.with_live_peak(a))
+    }
+
+    /// An ongoing attack's record with the detector's current peak rates.
+    fn with_live_peak(&self, mut a: Attack) -> Attack {
+        if a.ended_unix_ms.is_none() {
+            if let Some(p) = lock(&self.detector).peak(a.host, a.direction) {
+                a.peak_rates = a.peak_rates.max(&p);
+            }
+        }
+        a
+    }
+
+    /// Active mitigations.
+    pub fn mitigations(&self) -> Vec<Mitigation> {
+        lock(&self.mitigations).list().to_vec()
+    }
+
+    /// Effective thresholds of an address.
+    pub fn thresholds(&self, addr: IpAddr) -> crate::detection::thresholds::Effective {
+        lock(&self.detector).table().lookup(addr)
+    }
+
+    /// Counters of the notify script, when configured.
+    pub fn script_stats(&self) -> Option<Arc<crate::actions::script::ScriptStats>> {
+        self.script.as_ref().map(|s| s.stats.clone())
+    }
+}
+
+/// Milliseconds since the UNIX epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -57,6 +57,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/v1/bans", get(list_bans).post(add_ban))
         .route("/api/v1/bans/{*prefix}", axum::routing::delete(delete_ban))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/attacks", get(list_attacks))
+        .route("/api/v1/attacks/{id}", get(get_attack))
+        .route("/api/v1/mitigations", get(list_mitigations))
+        .route("/api/v1/thresholds/{ip}", get(get_thresholds))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(agent)
 }
@@ -227,4 +231,36 @@ async fn status(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
         "bans": bans,
         "xdp": agent.xdp_status(),
     }))
+}
+
+async fn list_attacks(
+    State(agent): State<Arc<Agent>>,
+) -> Json<Vec<crate::detection::attack::Attack>> {
+    Json(agent.attacks())
+}
+
+async fn get_attack(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::detection::attack::Attack>, ApiError> {
+    agent
+        .attack(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no attack {id:?}")))
+}
+
+async fn list_mitigations(
+    State(agent): State<Arc<Agent>>,
+) -> Json<Vec<crate::mitigation::Mitigation>> {
+    Json(agent.mitigations())
+}
+
+async fn get_thresholds(
+    State(agent): State<Arc<Agent>>,
+    Path(ip): Path<String>,
+) -> Result<Json<crate::detection::thresholds::Effective>, ApiError> {
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| bad_request(format!("{ip:?} is not an IP address")))?;
+    Ok(Json(agent.thresholds(ip)))
 }

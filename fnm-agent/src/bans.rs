@@ -39,6 +39,30 @@ impl std::str::FromStr for DropMatch {
     }
 }
 
+/// A fingerprint rule: traffic of a victim matching every set field is dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// IP protocol number; 0 = any.
+    #[serde(default)]
+    pub protocol: u8,
+    /// Source port; 0 = any.
+    #[serde(default)]
+    pub src_port: u16,
+    /// Destination port; 0 = any.
+    #[serde(default)]
+    pub dst_port: u16,
+    /// TCP flags that must equal `tcp_flags_value` after masking.
+    #[serde(default)]
+    pub tcp_flags_mask: u8,
+    /// Expected TCP flags after masking.
+    #[serde(default)]
+    pub tcp_flags_value: u8,
+    /// Match fragments only (including later fragments, which carry no ports).
+    #[serde(default)]
+    pub fragments: bool,
+}
+
 /// Who asked for a ban.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -51,9 +51,13 @@ pub struct Config {
     /// Default: `/var/lib/fnm`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// How often counters are polled and rates computed. Default: `1s` (at most 1 s allowed).
+    /// How often counters are polled, rates recomputed and thresholds checked.
+    /// Default: `250ms` (at most 1 s allowed).
     #[serde(default = "default_poll_interval", with = "humantime_serde_compat")]
     pub poll_interval: Duration,
+    /// Rates are measured over this sliding window, made of poll intervals. Default: `1s`.
+    #[serde(default = "default_rate_window", with = "humantime_serde_compat")]
+    pub rate_window: Duration,
     /// XDP data plane.
     #[serde(default)]
     pub xdp: XdpConfig,
@@ -63,6 +67,18 @@ pub struct Config {
     /// Prometheus exporter.
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// Attack detection thresholds and source whitelist.
+    #[serde(default)]
+    pub detection: crate::detection::config::DetectionConfig,
+    /// Hostgroups with their own thresholds and actions (`[[hostgroup]]`).
+    #[serde(default)]
+    pub hostgroup: Vec<crate::detection::config::HostgroupConfig>,
+    /// What a ban does.
+    #[serde(default)]
+    pub ban: crate::detection::config::BanConfig,
+    /// BGP announcements (`bgp_blackhole`, `bgp_flowspec` actions).
+    #[serde(default)]
+    pub bgp: crate::actions::bgp::BgpConfig,
 }
 
 /// How the XDP program is attached.
@@ -177,6 +193,9 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/fnm")
 }
 fn default_poll_interval() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_rate_window() -> Duration {
     Duration::from_secs(1)
 }
 fn default_interfaces() -> Vec<String> {
@@ -241,6 +260,11 @@ impl Config {
         if self.poll_interval.is_zero() || self.poll_interval > Duration::from_secs(1) {
             return Err("poll_interval must be between 1ms and 1s".into());
         }
+        if self.rate_window < self.poll_interval || self.rate_window > Duration::from_secs(60) {
+            return Err("rate_window must be between poll_interval and 60s".into());
+        }
+        crate::detection::config::validate(&self.detection, &self.hostgroup, &self.ban)?;
+        self.bgp.validate()?;
         if self.networks.is_empty() {
             return Err("networks: at least one local network is needed".into());
         }

@@ -45,6 +45,19 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print the thresholds and actions that apply to an address (from a config file).
+    Thresholds {
+        /// The address.
+        ip: std::net::IpAddr,
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/fnm/fnm-agent.toml")]
+        config: PathBuf,
+    },
+    /// List the attacks of a running agent (newest first).
+    Attacks {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// List the bans of a running agent.
     Bans {
         #[command(flatten)]
@@ -104,6 +117,50 @@ fn main() -> Result<()> {
             let path = format!("/api/v1/hosts?direction={direction}&sort={sort}&limit={top}");
             let hosts = client::request(api.api, "GET", &path, None)?;
             print_hosts(&hosts, &direction);
+            Ok(())
+        }
+        Command::Thresholds { ip, config } => {
+            let config = Config::load(&config)?;
+            let table = fnm_agent::detection::thresholds::ThresholdTable::new(
+                &config.detection,
+                &config.hostgroup,
+            );
+            let effective = table.lookup(ip);
+            let actions = effective
+                .actions
+                .clone()
+                .unwrap_or_else(|| config.ban.actions.clone());
+            let out = serde_json::json!({
+                "ip": ip,
+                "hostgroup": effective.hostgroup,
+                "prefix": effective.prefix,
+                "incoming": effective.incoming,
+                "outgoing": effective.outgoing,
+                "actions": actions,
+                "report_only": effective.report_only,
+                "whitelisted": config.whitelist.iter().any(|w| w.contains(ip)),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Attacks { api } => {
+            let attacks = client::request(api.api, "GET", "/api/v1/attacks", None)?;
+            for a in attacks.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {} {}  {}  peak {:.0} pps  {}  {}",
+                    a["id"].as_str().unwrap_or("?"),
+                    a["host"].as_str().unwrap_or("?"),
+                    a["direction"].as_str().unwrap_or("?"),
+                    a["fingerprint"]["attack_type"].as_str().unwrap_or("?"),
+                    a["peak_rates"]["pps"].as_f64().unwrap_or(0.0),
+                    if a["ended_unix_ms"].is_null() {
+                        "ongoing"
+                    } else {
+                        "ended"
+                    },
+                    a["actions"],
+                );
+            }
             Ok(())
         }
         Command::Bans { api } => {

@@ -1,3 +1,5 @@
-//! Mitigation actions.
+//! Mitigation actions: one module per action.
 
 pub mod bgp;
+pub mod script;
+pub mod xdp;

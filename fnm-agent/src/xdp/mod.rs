@@ -187,6 +187,22 @@ impl DataPlane {
             .poll(&mut self.maps, accounting, now_ms, idle_ms)
     }
 
+    /// Takes up to `max` packet samples from the ring buffer.
+    pub fn drain_samples(&mut self, max: usize) -> Vec<fnm_common::PacketSample> {
+        let mut out = Vec::new();
+        let Some(ring) = self.maps.samples.as_mut() else {
+            return out;
+        };
+        while out.len() < max {
+            let Some(item) = ring.next() else { break };
+            if item.len() >= std::mem::size_of::<fnm_common::PacketSample>() {
+                // SAFETY: the kernel wrote a whole PacketSample (repr(C), plain integers).
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            }
+        }
+        out
+    }
+
     /// Runs the counting program once on `frame` with BPF_PROG_TEST_RUN; returns the verdict.
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, XdpError> {
         Ok(self.test_run_repeat(PROGRAM, frame, 1)?.0)

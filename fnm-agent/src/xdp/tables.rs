@@ -2,41 +2,16 @@
 //! per-CPU counter slots.
 
 use super::{maps::map_err, maps::LpmKey, KernelMaps, XdpError};
-pub use crate::bans::DropMatch;
+pub use crate::bans::{DropMatch, RuleSpec};
 use crate::{accounting::Direction, prefix::Prefix};
 use aya::maps::PerCpuValues;
 use fnm_common::{
     map_names, table_flag, DropCounter, DropRule, HostKey, RuleSet, MAX_RULES_PER_HOST,
 };
-use serde::{Deserialize, Serialize};
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
 };
-
-/// A fingerprint rule: traffic of a victim matching every set field is dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSpec {
-    /// IP protocol number; 0 = any.
-    #[serde(default)]
-    pub protocol: u8,
-    /// Source port; 0 = any.
-    #[serde(default)]
-    pub src_port: u16,
-    /// Destination port; 0 = any.
-    #[serde(default)]
-    pub dst_port: u16,
-    /// TCP flags that must equal `tcp_flags_value` after masking.
-    #[serde(default)]
-    pub tcp_flags_mask: u8,
-    /// Expected TCP flags after masking.
-    #[serde(default)]
-    pub tcp_flags_value: u8,
-    /// Match fragments only (including later fragments, which carry no ports).
-    #[serde(default)]
-    pub fragments: bool,
-}
 
 /// Drop entries and rules known to the kernel, with their counter slots.
 pub struct DropTables {
@@ -219,6 +194,32 @@ impl DropTables {
             }
         }
         out
+    }
+
+    /// Starts (`Some(one_in)`) or stops (`None`) sampling the packets of `host` in `direction`
+    /// into the ring buffer.
+    pub fn set_sampling(
+        &mut self,
+        maps: &mut KernelMaps,
+        host: IpAddr,
+        direction: Direction,
+        one_in: Option<u32>,
+    ) -> Result<(), XdpError> {
+        let key = HostKey {
+            addr: crate::accounting::to16(host),
+            direction: direction.index() as u8,
+            _pad: [0; 3],
+        };
+        match one_in {
+            Some(n) => maps
+                .sampled_hosts
+                .insert(key, n.max(1), 0)
+                .map_err(map_err(map_names::SAMPLED_HOSTS))?,
+            None => {
+                let _ = maps.sampled_hosts.remove(&key);
+            }
+        }
+        self.sync_flags(maps)
     }
 
     /// Number of drop entries.

@@ -1,0 +1,417 @@
+//! The attack record: what was crossed, true rates, top flows, samples and a fingerprint.
+
+use super::detector::Crossing;
+use crate::{
+    accounting::{Direction, Rates, SampleBuffer},
+    traffic::TrafficRecord,
+};
+use serde::{Deserialize, Serialize};
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
+
+/// Most top flows kept in a record.
+pub const TOP_FLOWS: usize = 10;
+/// Most packet samples kept in a record.
+pub const MAX_RECORD_SAMPLES: usize = 100;
+
+/// One 5-tuple with what it carried in the samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowSummary {
+    /// Source.
+    pub src: IpAddr,
+    /// Destination.
+    pub dst: IpAddr,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Source port (ICMP type).
+    pub src_port: u16,
+    /// Destination port (ICMP code).
+    pub dst_port: u16,
+    /// Packets sampled (scaled).
+    pub packets: u64,
+    /// IP bytes sampled (scaled).
+    pub bytes: u64,
+}
+
+/// One sampled packet (or flow record on the flow path).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Agent clock, ms.
+    pub time_ms: u64,
+    /// Source.
+    pub src: IpAddr,
+    /// Destination.
+    pub dst: IpAddr,
+    /// IP protocol.
+    pub protocol: u8,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// TCP flags.
+    pub tcp_flags: u8,
+    /// IP bytes per packet.
+    pub size: u64,
+    /// TTL / hop limit (0 unknown).
+    pub ttl: u8,
+    /// Packets this sample stands for.
+    pub packets: u64,
+}
+
+/// The shape of an attack.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// `udp`, `tcp`, `icmp`, `other`.
+    pub dominant_protocol: String,
+    /// Its IP protocol number (0 unknown).
+    pub protocol: u8,
+    /// Source port carrying most packets, with its share (0..1), when one dominates.
+    pub source_port: Option<(u16, f64)>,
+    /// Destination port carrying most packets, with its share.
+    pub destination_port: Option<(u16, f64)>,
+    /// Smallest and largest packet size seen (IP bytes).
+    pub packet_size: Option<(u64, u64)>,
+    /// OR of TCP flags seen.
+    pub tcp_flags: u8,
+    /// Share of packets that were TCP SYN without ACK.
+    pub syn_share: f64,
+    /// Share of packets that were fragments.
+    pub fragment_share: f64,
+    /// Distinct sources in the samples.
+    pub distinct_sources: usize,
+    /// Share of packets from the top `max_source_drops` sources (1.0: few real sources).
+    pub top_sources_share: f64,
+    /// `dns_amplification`, `ntp_amplification`, `ssdp_amplification`,
+    /// `memcached_amplification`, `cldap_amplification`, `chargen_amplification`,
+    /// `snmp_amplification`, `syn_flood`, `ack_flood`, `icmp_flood`, `fragment_flood`,
+    /// `udp_flood`, `unknown`.
+    pub attack_type: String,
+}
+
+/// An attack: one host, one direction, from detection to its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attack {
+    /// Unique id.
+    pub id: String,
+    /// The local host.
+    pub host: IpAddr,
+    /// Direction.
+    pub direction: Direction,
+    /// Hostgroup, if any.
+    pub hostgroup: Option<String>,
+    /// Start, ms since the UNIX epoch.
+    pub started_unix_ms: u64,
+    /// End, ms since the UNIX epoch (`None` while ongoing).
+    pub ended_unix_ms: Option<u64>,
+    /// The threshold crossed.
+    pub threshold: Crossing,
+    /// Rates when detected.
+    pub initial_rates: Rates,
+    /// Highest rates seen.
+    pub peak_rates: Rates,
+    /// Top flows among the samples.
+    pub top_flows: Vec<FlowSummary>,
+    /// A bounded sample of packets.
+    pub samples: Vec<Sample>,
+    /// The attack's shape.
+    pub fingerprint: Fingerprint,
+    /// Actions taken.
+    pub actions: Vec<String>,
+    /// Detect and report only.
+    pub report_only: bool,
+}
+
+fn service_label(protocol: u8, src_port: u16) -> Option<&'static str> {
+    if protocol != 17 {
+        return None;
+    }
+    Some(match src_port {
+        53 => "dns_amplification",
+        123 => "ntp_amplification",
+        1900 => "ssdp_amplification",
+        11211 => "memcached_amplification",
+        389 => "cldap_amplification",
+        19 => "chargen_amplification",
+        161 => "snmp_amplification",
+        _ => return None,
+    })
+}
+
+fn protocol_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        1 | 58 => "icmp",
+        _ => "other",
+    }
+}
+
+/// Fingerprint from samples, falling back on the rates when there are none.
+pub fn fingerprint(samples: &[TrafficRecord], rates: &Rates, max_sources: usize) -> Fingerprint {
+    let total: u64 = samples.iter().map(|r| r.packets.max(1)).sum();
+    if total == 0 {
+        return fingerprint_from_rates(rates);
+    }
+    let mut by_proto: HashMap<u8, u64> = HashMap::new();
+    let mut by_sport: HashMap<(u8, u16), u64> = HashMap::new();
+    let mut by_dport: HashMap<(u8, u16), u64> = HashMap::new();
+    let mut by_src: HashMap<IpAddr, u64> = HashMap::new();
+    let (mut syn, mut frag, mut flags) = (0u64, 0u64, 0u8);
+    let mut size: Option<(u64, u64)> = None;
+    for r in samples {
+        let w = r.packets.max(1);
+        *by_proto.entry(r.protocol).or_default() += w;
+        *by_sport.entry((r.protocol, r.src_port)).or_default() += w;
+        *by_dport.entry((r.protocol, r.dst_port)).or_default() += w;
+        *by_src.entry(r.src).or_default() += w;
+        syn += r.tcp_syn_packets.min(w);
+        frag += r.fragments.min(w);
+        flags |= r.tcp_flags;
+        let per_packet = r.bytes / w;
+        size = Some(match size {
+            Some((lo, hi)) => (lo.min(per_packet), hi.max(per_packet)),
+            None => (per_packet, per_packet),
+        });
+    }
+    let (&protocol, _) = by_proto
+        .iter()
+        .max_by_key(|(p, n)| (**n, **p))
+        .expect("non-empty");
+    let top = |m: &HashMap<(u8, u16), u64>| {
+        m.iter()
+            .filter(|((p, _), _)| *p == protocol)
+            .max_by_key(|(k, n)| (**n, k.1))
+            .map(|((_, port), n)| (*port, *n as f64 / total as f64))
+    };
+    let source_port = top(&by_sport).filter(|(_, s)| *s >= 0.5);
+    let destination_port = top(&by_dport).filter(|(_, s)| *s >= 0.5);
+    let mut src_counts: Vec<u64> = by_src.values().copied().collect();
+    src_counts.sort_unstable_by(|a, b| b.cmp(a));
+    let top_sources: u64 = src_counts.iter().take(max_sources).sum();
+    let syn_share = syn as f64 / total as f64;
+    let fragment_share = frag as f64 / total as f64;
+    let attack_type = if fragment_share >= 0.5 {
+        "fragment_flood"
+    } else if protocol == 6 && syn_share >= 0.5 {
+        "syn_flood"
+    } else if protocol == 6 && flags & 0x10 != 0 && flags & 0x02 == 0 {
+        "ack_flood"
+    } else if protocol == 1 || protocol == 58 {
+        "icmp_flood"
+    } else if let Some(label) = source_port.and_then(|(p, _)| service_label(protocol, p)) {
+        label
+    } else if protocol == 17 {
+        "udp_flood"
+    } else {
+        "unknown"
+    };
+    Fingerprint {
+        dominant_protocol: protocol_name(protocol).into(),
+        protocol,
+        source_port,
+        destination_port,
+        packet_size: size,
+        tcp_flags: flags,
+        syn_share,
+        fragment_share,
+        distinct_sources: by_src.len(),
+        top_sources_share: top_sources as f64 / total as f64,
+        attack_type: attack_type.into(),
+    }
+}
+
+fn fingerprint_from_rates(r: &Rates) -> Fingerprint {
+    let pps = r.pps.max(1.0);
+    let (name, protocol, value) = [
+        ("tcp", 6u8, r.tcp_pps),
+        ("udp", 17, r.udp_pps),
+        ("icmp", 1, r.icmp_pps),
+    ]
+    .into_iter()
+    .max_by(|a, b| a.2.total_cmp(&b.2))
+    .expect("three protocols");
+    let (name, protocol) = if value / pps >= 0.5 {
+        (name, protocol)
+    } else {
+        ("other", 0)
+    };
+    let syn_share = r.tcp_syn_pps / pps;
+    let fragment_share = r.fragments_pps / pps;
+    let attack_type = if fragment_share >= 0.5 {
+        "fragment_flood"
+    } else if syn_share >= 0.5 {
+        "syn_flood"
+    } else if protocol == 1 {
+        "icmp_flood"
+    } else if protocol == 17 {
+        "udp_flood"
+    } else {
+        "unknown"
+    };
+    Fingerprint {
+        dominant_protocol: name.into(),
+        protocol,
+        syn_share,
+        fragment_share,
+        attack_type: attack_type.into(),
+        ..Default::default()
+    }
+}
+
+/// Top flows and bounded samples from a sample buffer.
+pub fn summarise(
+    buffer: Option<&SampleBuffer>,
+) -> (Vec<FlowSummary>, Vec<Sample>, Vec<TrafficRecord>) {
+    let Some(buffer) = buffer else {
+        return (Vec::new(), Vec::new(), Vec::new());
+    };
+    let records: Vec<TrafficRecord> = buffer.records.iter().map(|(_, r)| r.clone()).collect();
+    let mut flows: HashMap<(IpAddr, IpAddr, u8, u16, u16), (u64, u64)> = HashMap::new();
+    for r in &records {
+        let e = flows
+            .entry((r.src, r.dst, r.protocol, r.src_port, r.dst_port))
+            .or_default();
+        e.0 += r.packets;
+        e.1 += r.bytes;
+    }
+    let mut top: Vec<FlowSummary> = flows
+        .into_iter()
+        .map(
+            |((src, dst, protocol, src_port, dst_port), (packets, bytes))| FlowSummary {
+                src,
+                dst,
+                protocol,
+                src_port,
+                dst_port,
+                packets,
+                bytes,
+            },
+        )
+        .collect();
+    top.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.src.cmp(&b.src)));
+    top.truncate(TOP_FLOWS);
+    let samples = buffer
+        .records
+        .iter()
+        .rev()
+        .take(MAX_RECORD_SAMPLES)
+        .map(|(t, r)| Sample {
+            time_ms: *t,
+            src: r.src,
+            dst: r.dst,
+            protocol: r.protocol,
+            src_port: r.src_port,
+            dst_port: r.dst_port,
+            tcp_flags: r.tcp_flags,
+            size: r.bytes / r.packets.max(1),
+            ttl: r.ttl,
+            packets: r.packets,
+        })
+        .collect();
+    (top, samples, records)
+}
+
+/// The text report written to the notify script's stdin (FastNetMon-like layout).
+pub fn text_report(a: &Attack) -> String {
+    let mut s = String::new();
+    let r = &a.peak_rates;
+    let _ = writeln!(s, "IP: {}", a.host);
+    let _ = writeln!(s, "Attack id: {}", a.id);
+    let _ = writeln!(s, "Attack direction: {}", a.direction.as_str());
+    let _ = writeln!(s, "Attack type: {}", a.fingerprint.attack_type);
+    let _ = writeln!(s, "Attack protocol: {}", a.fingerprint.dominant_protocol);
+    let _ = writeln!(
+        s,
+        "Threshold crossed: {} {:.0} > {:.0}",
+        a.threshold.rate, a.threshold.value, a.threshold.threshold
+    );
+    if let Some(g) = &a.hostgroup {
+        let _ = writeln!(s, "Hostgroup: {g}");
+    }
+    let _ = writeln!(s, "Total incoming/outgoing traffic (peak):");
+    let _ = writeln!(s, "Packets per second: {:.0}", r.pps);
+    let _ = writeln!(
+        s,
+        "Bytes per second: {:.0} ({:.2} Mbps)",
+        r.bytes_per_second,
+        r.bytes_per_second * 8.0 / 1e6
+    );
+    let _ = writeln!(s, "Flows per second: {:.0}", r.flows_per_second);
+    let _ = writeln!(
+        s,
+        "TCP pps: {:.0}  UDP pps: {:.0}  ICMP pps: {:.0}",
+        r.tcp_pps, r.udp_pps, r.icmp_pps
+    );
+    let _ = writeln!(
+        s,
+        "TCP SYN pps: {:.0}  Fragments pps: {:.0}",
+        r.tcp_syn_pps, r.fragments_pps
+    );
+    if let Some((p, share)) = a.fingerprint.source_port {
+        let _ = writeln!(s, "Dominant source port: {p} ({:.0}%)", share * 100.0);
+    }
+    if let Some((p, share)) = a.fingerprint.destination_port {
+        let _ = writeln!(s, "Dominant destination port: {p} ({:.0}%)", share * 100.0);
+    }
+    let _ = writeln!(s, "Actions: {}", a.actions.join(", "));
+    let _ = writeln!(s, "\nTop flows:");
+    for f in &a.top_flows {
+        let _ = writeln!(
+            s,
+            "{}:{} > {}:{} protocol {} packets {} bytes {}",
+            f.src, f.src_port, f.dst, f.dst_port, f.protocol, f.packets, f.bytes
+        );
+    }
+    let _ = writeln!(s, "\nPacket samples:");
+    for p in a.samples.iter().take(20) {
+        let _ = writeln!(
+            s,
+            "{}:{} > {}:{} protocol {} flags 0x{:02x} size {} ttl {}",
+            p.src, p.src_port, p.dst, p.dst_port, p.protocol, p.tcp_flags, p.size, p.ttl
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(sport: u16, proto: u8, flags: u8) -> TrafficRecord {
+        TrafficRecord {
+            src_port: sport,
+            dst_port: 4444,
+            tcp_flags: flags,
+            tcp_syn_packets: u64::from(proto == 6 && flags & 0x12 == 0x02),
+            ..TrafficRecord::packet(
+                "192.0.2.1".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+                proto,
+                500,
+            )
+        }
+    }
+
+    #[test]
+    fn labels_amplification_and_floods() {
+        let dns: Vec<_> = (0..10).map(|_| rec(53, 17, 0)).collect();
+        let f = fingerprint(&dns, &Rates::default(), 32);
+        assert_eq!(f.attack_type, "dns_amplification");
+        assert_eq!(f.source_port.unwrap().0, 53);
+        let syn: Vec<_> = (0..10).map(|i| rec(1000 + i, 6, 0x02)).collect();
+        assert_eq!(
+            fingerprint(&syn, &Rates::default(), 32).attack_type,
+            "syn_flood"
+        );
+        let ack: Vec<_> = (0..10).map(|i| rec(1000 + i, 6, 0x10)).collect();
+        assert_eq!(
+            fingerprint(&ack, &Rates::default(), 32).attack_type,
+            "ack_flood"
+        );
+        let rates = Rates {
+            pps: 100.0,
+            udp_pps: 100.0,
+            ..Default::default()
+        };
+        assert_eq!(fingerprint(&[], &rates, 32).attack_type, "udp_flood");
+    }
+}

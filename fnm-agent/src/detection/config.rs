@@ -1,0 +1,288 @@
+//! `[detection]`, `[[hostgroup]]` and `[ban]`: thresholds, hostgroups and what a ban does.
+
+use crate::{config::humantime_serde_compat, prefix::Prefix};
+use serde::{Deserialize, Serialize};
+use std::{path::PathBuf, time::Duration};
+
+/// Rate thresholds for one direction. An omitted rate has no threshold (in a hostgroup: the
+/// global value applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Packets per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pps: Option<f64>,
+    /// IP bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<f64>,
+    /// New flows per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows_per_second: Option<f64>,
+    /// TCP packets per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_pps: Option<f64>,
+    /// TCP bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_bytes_per_second: Option<f64>,
+    /// UDP packets per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_pps: Option<f64>,
+    /// UDP bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_bytes_per_second: Option<f64>,
+    /// ICMP packets per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_pps: Option<f64>,
+    /// ICMP bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_bytes_per_second: Option<f64>,
+    /// TCP SYN (without ACK) packets per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_syn_pps: Option<f64>,
+    /// Fragments per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragments_pps: Option<f64>,
+}
+
+impl Thresholds {
+    /// `self` with every unset rate taken from `fallback`.
+    pub fn or(&self, fallback: &Thresholds) -> Thresholds {
+        Thresholds {
+            pps: self.pps.or(fallback.pps),
+            bytes_per_second: self.bytes_per_second.or(fallback.bytes_per_second),
+            flows_per_second: self.flows_per_second.or(fallback.flows_per_second),
+            tcp_pps: self.tcp_pps.or(fallback.tcp_pps),
+            tcp_bytes_per_second: self.tcp_bytes_per_second.or(fallback.tcp_bytes_per_second),
+            udp_pps: self.udp_pps.or(fallback.udp_pps),
+            udp_bytes_per_second: self.udp_bytes_per_second.or(fallback.udp_bytes_per_second),
+            icmp_pps: self.icmp_pps.or(fallback.icmp_pps),
+            icmp_bytes_per_second: self
+                .icmp_bytes_per_second
+                .or(fallback.icmp_bytes_per_second),
+            tcp_syn_pps: self.tcp_syn_pps.or(fallback.tcp_syn_pps),
+            fragments_pps: self.fragments_pps.or(fallback.fragments_pps),
+        }
+    }
+
+    /// Every set threshold as (rate name, limit).
+    pub fn set(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("pps", self.pps),
+            ("bytes_per_second", self.bytes_per_second),
+            ("flows_per_second", self.flows_per_second),
+            ("tcp_pps", self.tcp_pps),
+            ("tcp_bytes_per_second", self.tcp_bytes_per_second),
+            ("udp_pps", self.udp_pps),
+            ("udp_bytes_per_second", self.udp_bytes_per_second),
+            ("icmp_pps", self.icmp_pps),
+            ("icmp_bytes_per_second", self.icmp_bytes_per_second),
+            ("tcp_syn_pps", self.tcp_syn_pps),
+            ("fragments_pps", self.fragments_pps),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect()
+    }
+
+    fn validate(&self, key: &str) -> Result<(), String> {
+        for (name, v) in self.set() {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{key}.{name} must be a positive number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[detection]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// Remote source prefixes whose traffic never counts toward an attack (a CDN, a speed-test
+    /// server). Default: empty.
+    #[serde(default)]
+    pub whitelist_sources: Vec<Prefix>,
+    /// Thresholds for traffic towards local hosts. Default: none (no detection).
+    #[serde(default)]
+    pub incoming: Thresholds,
+    /// Thresholds for traffic from local hosts. Default: none.
+    #[serde(default)]
+    pub outgoing: Thresholds,
+}
+
+/// One `[[hostgroup]]`: prefixes with their own thresholds and actions. The most specific prefix
+/// of all hostgroups wins; omitted rates fall back to `[detection]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostgroupConfig {
+    /// Name, used in reports and metrics.
+    pub name: String,
+    /// Member prefixes (IPv4 and IPv6).
+    pub networks: Vec<Prefix>,
+    /// Incoming thresholds (override `[detection.incoming]` rate by rate).
+    #[serde(default)]
+    pub incoming: Thresholds,
+    /// Outgoing thresholds.
+    #[serde(default)]
+    pub outgoing: Thresholds,
+    /// Actions for this group's attacks; default: `[ban] actions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<Action>>,
+    /// Never ban hosts of this group (detect and report only). Default: false.
+    #[serde(default)]
+    pub report_only: bool,
+}
+
+/// What a ban does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// XDP rule dropping the attack's fingerprint towards the victim.
+    XdpRule,
+    /// XDP drop of the attack's top sources (non-spoofed attacks only).
+    XdpSource,
+    /// XDP drop of everything to the victim.
+    XdpBlackhole,
+    /// The notify script.
+    Script,
+    /// BGP blackhole route for the victim.
+    BgpBlackhole,
+    /// BGP flowspec rule for the fingerprint.
+    BgpFlowspec,
+}
+
+/// Format of the report a ban writes to the script's stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportFormat {
+    /// FastNetMon-style text.
+    #[default]
+    Text,
+    /// The attack record as JSON.
+    Json,
+}
+
+/// `[ban]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanConfig {
+    /// How long a ban lasts. Default: `30m`.
+    #[serde(default = "default_ban_time", with = "humantime_serde_compat")]
+    pub time: Duration,
+    /// What a ban does: `xdp_rule` | `xdp_source` | `xdp_blackhole` | `script` |
+    /// `bgp_blackhole` | `bgp_flowspec`. Default: `["xdp_rule"]`.
+    #[serde(default = "default_actions")]
+    pub actions: Vec<Action>,
+    /// Keep a ban past `time` while its attack goes on; unban only once it has stopped.
+    /// Default: `true`.
+    #[serde(default = "yes")]
+    pub unban_only_when_stopped: bool,
+    /// An attack has stopped when every rate stayed below `stop_ratio` × its threshold for
+    /// `stop_after`. Default: `0.7`.
+    #[serde(default = "default_stop_ratio")]
+    pub stop_ratio: f64,
+    /// See `stop_ratio`. Default: `30s`.
+    #[serde(default = "default_stop_after", with = "humantime_serde_compat")]
+    pub stop_after: Duration,
+    /// Notify script, called as FastNetMon's: `SCRIPT <ip> <incoming|outgoing> <pps> <ban|unban>`
+    /// with the report on stdin for `ban`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<PathBuf>,
+    /// Report format on the script's stdin. Default: `text`.
+    #[serde(default)]
+    pub script_format: ReportFormat,
+    /// A script running longer is killed (and counted as failed). Default: `30s`.
+    #[serde(default = "default_script_timeout", with = "humantime_serde_compat")]
+    pub script_timeout: Duration,
+    /// Scripts running at once. Default: `4`.
+    #[serde(default = "default_script_parallel")]
+    pub script_parallel: usize,
+    /// Script calls waiting beyond this are dropped and counted. Default: `256`.
+    #[serde(default = "default_script_queue")]
+    pub script_queue: usize,
+    /// Most sources an `xdp_source` ban drops. Default: `32`.
+    #[serde(default = "default_max_sources")]
+    pub max_source_drops: usize,
+    /// XDP samples 1 in N packets of a host under attack. Default: `16`.
+    #[serde(default = "default_sample_one_in")]
+    pub sample_one_in: u32,
+}
+
+impl Default for BanConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("empty [ban] is valid")
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ban_time() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_actions() -> Vec<Action> {
+    vec![Action::XdpRule]
+}
+fn default_stop_ratio() -> f64 {
+    0.7
+}
+fn default_stop_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_script_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_script_parallel() -> usize {
+    4
+}
+fn default_script_queue() -> usize {
+    256
+}
+fn default_max_sources() -> usize {
+    32
+}
+fn default_sample_one_in() -> u32 {
+    16
+}
+
+/// Checks the detection-related sections.
+pub fn validate(
+    detection: &DetectionConfig,
+    hostgroups: &[HostgroupConfig],
+    ban: &BanConfig,
+) -> Result<(), String> {
+    detection.incoming.validate("detection.incoming")?;
+    detection.outgoing.validate("detection.outgoing")?;
+    let mut names = std::collections::HashSet::new();
+    for g in hostgroups {
+        if !names.insert(g.name.as_str()) {
+            return Err(format!("hostgroup {:?} is defined twice", g.name));
+        }
+        if g.networks.is_empty() {
+            return Err(format!("hostgroup {:?}: networks is empty", g.name));
+        }
+        g.incoming
+            .validate(&format!("hostgroup {:?}.incoming", g.name))?;
+        g.outgoing
+            .validate(&format!("hostgroup {:?}.outgoing", g.name))?;
+    }
+    let uses_script = ban.actions.contains(&Action::Script)
+        || hostgroups.iter().any(|g| {
+            g.actions
+                .as_ref()
+                .is_some_and(|a| a.contains(&Action::Script))
+        });
+    if uses_script && ban.script.is_none() {
+        return Err("ban.actions has \"script\" but ban.script is not set".into());
+    }
+    if !(0.0..=1.0).contains(&ban.stop_ratio) {
+        return Err("ban.stop_ratio must be between 0 and 1".into());
+    }
+    if ban.script_parallel == 0 || ban.script_queue == 0 {
+        return Err("ban.script_parallel and ban.script_queue must be above 0".into());
+    }
+    if ban.sample_one_in == 0 {
+        return Err("ban.sample_one_in must be above 0".into());
+    }
+    Ok(())
+}

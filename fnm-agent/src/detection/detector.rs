@@ -1,0 +1,325 @@
+//! Compares every host's sliding-window rates with its thresholds after each poll.
+//!
+//! The trigger uses the true rate over the last window (no exponential smoothing), so a flood
+//! is detected as soon as one window shows it. An attack stops when every set rate has stayed
+//! below `stop_ratio` × its threshold for `stop_after` (hysteresis). Hosts above `WATCH_RATIO` of
+//! a threshold are watched (their records or XDP packets sampled) so that the attack record has
+//! samples the moment it opens.
+
+use super::thresholds::{rate, ThresholdTable};
+use crate::{
+    accounting::{Accounting, Direction, Rates},
+    prefix::PrefixSet,
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+/// Hosts above this share of a threshold are watched.
+pub const WATCH_RATIO: f64 = 0.5;
+/// A watched host below the watch ratio for this long is no longer watched.
+const UNWATCH_AFTER_MS: u64 = 10_000;
+
+/// The threshold an attack crossed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Crossing {
+    /// Rate name (`pps`, `udp_pps`, ...).
+    pub rate: String,
+    /// Its value when it crossed.
+    pub value: f64,
+    /// The threshold.
+    pub threshold: f64,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DetectorEvent {
+    /// A host crossed a threshold.
+    Started {
+        /// The local host.
+        host: IpAddr,
+        /// Its direction.
+        direction: Direction,
+        /// The first threshold crossed (largest overshoot).
+        crossing: Crossing,
+        /// All its rates at that moment.
+        rates: Rates,
+        /// Its hostgroup.
+        hostgroup: Option<String>,
+        /// Detect and report only.
+        report_only: bool,
+    },
+    /// An attack stopped (hysteresis passed).
+    Stopped {
+        /// The local host.
+        host: IpAddr,
+        /// Its direction.
+        direction: Direction,
+    },
+    /// Start sampling a host.
+    Watch(IpAddr, Direction),
+    /// Stop sampling a host.
+    Unwatch(IpAddr, Direction),
+}
+
+#[derive(Debug, Clone)]
+struct Ongoing {
+    peak: Rates,
+    below_since_ms: Option<u64>,
+}
+
+/// Detection state.
+#[derive(Debug)]
+pub struct Detector {
+    table: ThresholdTable,
+    whitelist: PrefixSet,
+    stop_ratio: f64,
+    stop_after_ms: u64,
+    ongoing: HashMap<(IpAddr, Direction), Ongoing>,
+    watched: HashMap<(IpAddr, Direction), u64>,
+}
+
+impl Detector {
+    /// A detector over `table`; hosts in `whitelist` are never reported.
+    pub fn new(
+        table: ThresholdTable,
+        whitelist: PrefixSet,
+        stop_ratio: f64,
+        stop_after_ms: u64,
+    ) -> Self {
+        Self {
+            table,
+            whitelist,
+            stop_ratio,
+            stop_after_ms,
+            ongoing: HashMap::new(),
+            watched: HashMap::new(),
+        }
+    }
+
+    /// The thresholds table.
+    pub fn table(&self) -> &ThresholdTable {
+        &self.table
+    }
+
+    /// Peak rates of an ongoing attack.
+    pub fn peak(&self, host: IpAddr, direction: Direction) -> Option<Rates> {
+        self.ongoing.get(&(host, direction)).map(|o| o.peak)
+    }
+
+    /// True while an attack on (host, direction) is ongoing.
+    pub fn is_ongoing(&self, host: IpAddr, direction: Direction) -> bool {
+        self.ongoing.contains_key(&(host, direction))
+    }
+
+    /// Checks every host of `acc` at `now_ms`.
+    pub fn check(&mut self, acc: &Accounting, now_ms: u64) -> Vec<DetectorEvent> {
+        let mut events = Vec::new();
+        if self.table.is_empty() {
+            return events;
+        }
+        let mut seen: HashSet<(IpAddr, Direction)> = HashSet::new();
+        for (ip, host) in acc.hosts() {
+            if self.whitelist.contains(*ip) {
+                continue;
+            }
+            let mut effective = None;
+            for dir in Direction::ALL {
+                let d = &host.dirs[dir.index()];
+                let key = (*ip, dir);
+                if d.rates.pps == 0.0
+                    && !self.ongoing.contains_key(&key)
+                    && !self.watched.contains_key(&key)
+                {
+                    continue;
+                }
+                seen.insert(key);
+                let eff = effective.get_or_insert_with(|| self.table.lookup(*ip));
+                let thresholds = eff.of(dir).set();
+                let mut worst: Option<(f64, Crossing)> = None;
+                let mut max_share = 0.0f64;
+                for (name, limit) in &thresholds {
+                    let value = rate(&d.rates, name);
+                    let share = value / limit;
+                    max_share = max_share.max(share);
+                    if value >= *limit && worst.as_ref().is_none_or(|(s, _)| share > *s) {
+                        worst = Some((
+                            share,
+                            Crossing {
+                                rate: name.to_string(),
+                                value,
+                                threshold: *limit,
+                            },
+                        ));
+                    }
+                }
+                match self.ongoing.get_mut(&key) {
+                    Some(o) => {
+                        o.peak = o.peak.max(&d.rates);
+                        if max_share < self.stop_ratio {
+                            let since = *o.below_since_ms.get_or_insert(now_ms);
+                            if now_ms.saturating_sub(since) >= self.stop_after_ms {
+                                self.ongoing.remove(&key);
+                                events.push(DetectorEvent::Stopped {
+                                    host: *ip,
+                                    direction: dir,
+                                });
+                            }
+                        } else {
+                            o.below_since_ms = None;
+                        }
+                    }
+                    None => {
+                        if let Some((_, crossing)) = worst {
+                            self.ongoing.insert(
+                                key,
+                                Ongoing {
+                                    peak: d.rates,
+                                    below_since_ms: None,
+                                },
+                            );
+                            events.push(DetectorEvent::Started {
+                                host: *ip,
+                                direction: dir,
+                                crossing,
+                                rates: d.rates,
+                                hostgroup: eff.hostgroup.clone(),
+                                report_only: eff.report_only,
+                            });
+                        }
+                    }
+                }
+                if max_share >= WATCH_RATIO {
+                    if self.watched.insert(key, now_ms).is_none() {
+                        events.push(DetectorEvent::Watch(*ip, dir));
+                    }
+                }
+            }
+        }
+        // Hosts that vanished from the accounting (forgotten) end their attacks too.
+        let gone: Vec<_> = self
+            .ongoing
+            .keys()
+            .filter(|k| !seen.contains(k) && acc.host(k.0).is_none())
+            .copied()
+            .collect();
+        for key in gone {
+            self.ongoing.remove(&key);
+            events.push(DetectorEvent::Stopped {
+                host: key.0,
+                direction: key.1,
+            });
+        }
+        let stale: Vec<_> = self
+            .watched
+            .iter()
+            .filter(|(k, since)| {
+                !self.ongoing.contains_key(k) && now_ms.saturating_sub(**since) >= UNWATCH_AFTER_MS
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            // Refreshed above while still over the watch ratio; only idle watches expire.
+            let still_hot = acc
+                .host(key.0)
+                .map(|h| {
+                    let eff = self.table.lookup(key.0);
+                    eff.of(key.1)
+                        .set()
+                        .iter()
+                        .any(|(n, l)| rate(&h.dirs[key.1.index()].rates, n) / l >= WATCH_RATIO)
+                })
+                .unwrap_or(false);
+            if still_hot {
+                self.watched.insert(key, now_ms);
+            } else {
+                self.watched.remove(&key);
+                events.push(DetectorEvent::Unwatch(key.0, key.1));
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        detection::config::DetectionConfig,
+        traffic::{Source, TrafficRecord},
+    };
+
+    fn setup() -> (Accounting, Detector) {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let acc = Accounting::new(nets, 1000, 1000, 250).with_rate_window(1000);
+        let global: DetectionConfig =
+            toml::from_str("[incoming]\npps = 1000\nudp_pps = 800\n").unwrap();
+        let white: PrefixSet = ["10.0.0.99/32".parse().unwrap()].into_iter().collect();
+        let det = Detector::new(ThresholdTable::new(&global, &[]), white, 0.7, 1000);
+        (acc, det)
+    }
+
+    fn flood(acc: &mut Accounting, dst: &str, packets: u64) {
+        acc.ingest(
+            &TrafficRecord {
+                packets,
+                bytes: packets * 100,
+                ..TrafficRecord::packet("192.0.2.1".parse().unwrap(), dst.parse().unwrap(), 17, 0)
+            },
+            Source::Sflow,
+        );
+    }
+
+    #[test]
+    fn flood_at_2_5x_starts_within_half_a_second_and_stops_with_hysteresis() {
+        let (mut acc, mut det) = setup();
+        let mut started_at = None;
+        // 2500 pps = 625 packets per 250 ms slot.
+        for t in 1..=8u64 {
+            flood(&mut acc, "10.0.0.1", 625);
+            acc.tick(t * 250, u64::MAX);
+            for e in det.check(&acc, t * 250) {
+                if let DetectorEvent::Started { crossing, .. } = e {
+                    started_at.get_or_insert((t * 250, crossing));
+                }
+            }
+        }
+        let (at, crossing) = started_at.expect("detected");
+        assert!(at <= 500, "detected after {at} ms");
+        assert_eq!(crossing.rate, "udp_pps", "the larger overshoot is reported");
+        assert!(
+            det.peak("10.0.0.1".parse().unwrap(), Direction::Incoming)
+                .unwrap()
+                .pps
+                >= 2500.0
+        );
+        let mut stopped = None;
+        for t in 9..=20u64 {
+            acc.tick(t * 250, u64::MAX);
+            if det
+                .check(&acc, t * 250)
+                .iter()
+                .any(|e| matches!(e, DetectorEvent::Stopped { .. }))
+            {
+                stopped.get_or_insert(t * 250);
+            }
+        }
+        assert!(stopped.is_some());
+    }
+
+    #[test]
+    fn traffic_under_thresholds_and_whitelisted_hosts_never_start_attacks() {
+        let (mut acc, mut det) = setup();
+        for t in 1..=20u64 {
+            flood(&mut acc, "10.0.0.1", 150); // 600 pps, under both thresholds
+            flood(&mut acc, "10.0.0.99", 5000);
+            acc.tick(t * 250, u64::MAX);
+            assert!(!det
+                .check(&acc, t * 250)
+                .iter()
+                .any(|e| matches!(e, DetectorEvent::Started { .. })));
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Detection and mitigation end to end on the XDP path, in network namespaces: a flood from the
+//! peer crosses a threshold, the notify script is called with FastNetMon's arguments and a report
+//! on stdin, the XDP rule drops the flood while a TCP exchange with the same victim keeps working,
+//! and after the flood stops and the ban time passes the rule is gone and `unban` runs.
+//! Needs root.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::{agent::AgentProcess, netns::*, require_root};
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+fn join_ns(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on the calling thread only.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+}
+
+/// A UDP socket and a TCP echo server on the victim, counting what reaches them.
+struct Victim {
+    udp_received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Victim {
+    fn start(ns: &str, ip: IpAddr) -> Self {
+        let udp_received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s, ns1) = (udp_received.clone(), stop.clone(), ns.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            join_ns(&ns1);
+            let sock = UdpSocket::bind(SocketAddr::new(ip, 9999)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::SeqCst) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        rx.recv().unwrap();
+        let (s, ns2, tx2) = (stop.clone(), ns.to_owned(), {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (tx, rx)
+        });
+        let (tx2, rx2) = tx2;
+        std::thread::spawn(move || {
+            join_ns(&ns2);
+            let l = TcpListener::bind(SocketAddr::new(ip, 8080)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            tx2.send(()).unwrap();
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 65536];
+                            while let Ok(n) = c.read(&mut buf) {
+                                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        rx2.recv().unwrap();
+        Self { udp_received, stop }
+    }
+
+    fn udp(&self) -> u64 {
+        std::thread::sleep(Duration::from_millis(300));
+        self.udp_received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Floods from the peer: UDP from source port 53 (a DNS reflection) at about `pps`.
+fn flood(
+    peer: &str,
+    to: SocketAddr,
+    pps: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let peer = peer.to_owned();
+    std::thread::spawn(move || {
+        join_ns(&peer);
+        let s = UdpSocket::bind("0.0.0.0:53").expect("bind source port 53");
+        let payload = [0x42u8; 400];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let due = (start.elapsed().as_secs_f64() * pps as f64) as u64;
+            while sent < due {
+                let _ = s.send_to(&payload, to);
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sent
+    })
+}
+
+/// One TCP echo exchange with the victim from the peer; true when it round-trips.
+fn tcp_exchange(peer: &str, to: SocketAddr) -> bool {
+    let peer = peer.to_owned();
+    NetnsPair::in_ns(&peer, move || {
+        let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+            return false;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let msg = b"hello through the flood";
+        if c.write_all(msg).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < msg.len() {
+            match c.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got += n,
+            }
+        }
+        &buf[..got] == msg
+    })
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn flood_is_detected_scripted_dropped_surgically_and_unbanned() {
+    require_root("detection end-to-end tests");
+    let pair = NetnsPair::new(81);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("script.log");
+    let script = dir.path().join("notify.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"ARGS $1 $2 $3 $4\" >> {log}\ncat >> {log}\necho END >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "networks = [\"{}/32\"]\n[xdp]\ninterfaces = [\"{}\"]\nmode = \"skb\"\n\
+         [detection.incoming]\nudp_pps = 2000\ntcp_syn_pps = 1000\n\
+         [ban]\ntime = \"3s\"\nstop_after = \"1s\"\nactions = [\"xdp_rule\", \"script\"]\nscript = \"{}\"\n",
+        pair.agent_v4,
+        pair.veth_agent,
+        script.display()
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+    let victim = Victim::start(&pair.agent, pair.agent_v4);
+    let udp_target = SocketAddr::new(pair.agent_v4, 9999);
+    let tcp_target = SocketAddr::new(pair.agent_v4, 8080);
+    assert!(
+        tcp_exchange(&pair.peer, tcp_target),
+        "TCP works before the flood"
+    );
+
+    // 10000 pps = 5x the UDP threshold.
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let sender = flood(&pair.peer, udp_target, 10_000, stop.clone());
+
+    let ban_line = wait_for(
+        "the notify script's ban call",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains(" ban\n"))
+        },
+    );
+    let detection = started.elapsed();
+    assert!(
+        ban_line.contains(&format!("ARGS {} incoming ", pair.agent_v4)),
+        "FastNetMon-style arguments: {ban_line}"
+    );
+    assert!(
+        ban_line.contains("Attack type: dns_amplification"),
+        "report on stdin: {ban_line}"
+    );
+    assert!(
+        detection < Duration::from_secs(3),
+        "detected after {detection:?}"
+    );
+
+    // The rule drops the flood: the victim's UDP socket stops receiving...
+    std::thread::sleep(Duration::from_millis(500));
+    let before = victim.udp();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = victim.udp();
+    assert!(
+        after - before < 50,
+        "flood still reaching the socket: {before} -> {after}"
+    );
+    // ...while a legitimate TCP exchange with the same victim keeps working.
+    assert!(
+        tcp_exchange(&pair.peer, tcp_target),
+        "TCP through the flood"
+    );
+
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    let a = &attacks[0];
+    assert_eq!(
+        a["fingerprint"]["attack_type"], "dns_amplification",
+        "{a:#}"
+    );
+    assert_eq!(a["threshold"]["rate"], "udp_pps", "{a:#}");
+    assert!(
+        a["peak_rates"]["udp_pps"].as_f64().unwrap() > 5000.0,
+        "true peak rate: {a:#}"
+    );
+    assert!(!a["top_flows"].as_array().unwrap().is_empty(), "{a:#}");
+    assert!(
+        !a["samples"].as_array().unwrap().is_empty(),
+        "kernel samples: {a:#}"
+    );
+    let mitigations = agent.get("/api/v1/mitigations").unwrap();
+    assert_eq!(
+        mitigations[0]["rules"][0]["src_port"], 53,
+        "{mitigations:#}"
+    );
+    let metrics = agent.metrics_text();
+    assert!(
+        !metrics.contains("fnm_xdp_dropped_packets_total{match=\"rule\"} 0"),
+        "{metrics}"
+    );
+
+    // Flood stops; after ban time (3 s) and the stop hysteresis (1 s), unban.
+    stop.store(true, Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    assert!(sent > 10_000);
+    wait_for("the unban call", Duration::from_secs(15), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains(" unban\n"))
+    });
+    wait_for(
+        "the mitigation to be lifted",
+        Duration::from_secs(5),
+        || {
+            let m = agent.get("/api/v1/mitigations").unwrap();
+            m.as_array().unwrap().is_empty().then_some(())
+        },
+    );
+    // UDP from port 53 passes again.
+    let before = victim.udp();
+    let stop2 = Arc::new(AtomicBool::new(false));
+    let s2 = flood(&pair.peer, udp_target, 200, stop2.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    stop2.store(true, Ordering::SeqCst);
+    let sent2 = s2.join().unwrap();
+    assert!(
+        victim.udp() - before >= sent2 - 5,
+        "after unban the packets pass"
+    );
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    assert!(attacks[0]["ended_unix_ms"].is_u64(), "{attacks:#}");
+}
+
+#[test]
+fn tcp_transfer_under_thresholds_never_bans() {
+    require_root("detection end-to-end tests");
+    let pair = NetnsPair::new(82);
+    let config = format!(
+        "networks = [\"{}/32\"]\n[xdp]\ninterfaces = [\"{}\"]\nmode = \"skb\"\n\
+         [detection.incoming]\nudp_pps = 2000\ntcp_syn_pps = 1000\nflows_per_second = 500\n\
+         [ban]\nactions = [\"xdp_blackhole\"]\n",
+        pair.agent_v4, pair.veth_agent
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+    let _victim = Victim::start(&pair.agent, pair.agent_v4);
+    let to = SocketAddr::new(pair.agent_v4, 8080);
+    // A bulk transfer: tens of thousands of TCP packets per second, one flow, one SYN.
+    let moved = NetnsPair::in_ns(&pair.peer, move || {
+        let mut c = TcpStream::connect(to).unwrap();
+        let mut r = c.try_clone().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            total
+        });
+        let chunk = vec![7u8; 1 << 16];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            c.write_all(&chunk).unwrap();
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        reader.join().unwrap()
+    });
+    assert!(moved > 10_000_000, "moved only {moved} bytes");
+    agent.settle();
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    assert_eq!(attacks.as_array().unwrap().len(), 0, "{attacks:#}");
+    assert_eq!(
+        agent.get("/api/v1/bans").unwrap().as_array().unwrap().len(),
+        0
+    );
+    let host = agent
+        .get(&format!("/api/v1/hosts/{}", pair.agent_v4))
+        .unwrap();
+    assert!(
+        host["incoming"]["tcp"]["packets"].as_u64().unwrap() > 1000,
+        "{host:#}"
+    );
+}
