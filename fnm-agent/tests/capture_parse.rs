@@ -191,7 +191,18 @@ fn l2tp_data(ppp_proto: &[u8], payload: &[u8]) -> Vec<u8> {
 
 /// What a frame must produce: (src, dst, protocol, src_port, dst_port, bytes, fragments,
 /// syn, ttl, tunnels).
-type Want = (&'static str, &'static str, u8, u16, u16, u64, u64, u64, u8, u8);
+type Want = (
+    &'static str,
+    &'static str,
+    u8,
+    u16,
+    u16,
+    u64,
+    u64,
+    u64,
+    u8,
+    u8,
+);
 
 fn check(name: &str, link: LinkType, frame: &[u8], want: Result<Want, Skip>) {
     let got = parse_frame(link, frame);
@@ -199,13 +210,28 @@ fn check(name: &str, link: LinkType, frame: &[u8], want: Result<Want, Skip>) {
         (Ok(d), Ok(w)) => {
             let r = &d.record;
             let got = (
-                r.src, r.dst, r.protocol, r.src_port, r.dst_port, r.bytes, r.fragments,
-                r.tcp_syn_packets, r.ttl, d.tunnels,
+                r.src,
+                r.dst,
+                r.protocol,
+                r.src_port,
+                r.dst_port,
+                r.bytes,
+                r.fragments,
+                r.tcp_syn_packets,
+                r.ttl,
+                d.tunnels,
             );
             let want = (
                 w.0.parse::<IpAddr>().unwrap(),
                 w.1.parse::<IpAddr>().unwrap(),
-                w.2, w.3, w.4, w.5, w.6, w.7, w.8, w.9,
+                w.2,
+                w.3,
+                w.4,
+                w.5,
+                w.6,
+                w.7,
+                w.8,
+                w.9,
             );
             assert_eq!(got, want, "{name}");
             assert_eq!((r.packets, r.duration_ms), (1, 0), "{name}");
@@ -223,7 +249,11 @@ fn parser_table() {
     let ip_udp = ip4(a, b, 17).build(&udp_payload);
     let ip_syn = ip4(b, a, 6).build(&tcp(40000, 80, 0x02));
     let ip_synack = ip4(a, b, 6).build(&tcp(80, 40000, 0x12));
-    let ip_icmp = Ip4 { ttl: 9, ..ip4(a, b, 1) }.build(&icmp(8, 0));
+    let ip_icmp = Ip4 {
+        ttl: 9,
+        ..ip4(a, b, 1)
+    }
+    .build(&icmp(8, 0));
     let v6a = "2001:db8::1";
     let v6b = "2001:db8::2";
     let ip6_tcp = ip6(v6a, v6b, 6, 33, &tcp(1234, 443, 0x02));
@@ -240,59 +270,418 @@ fn parser_table() {
 
     let mut opts_ip = ip4(a, b, 17);
     opts_ip.options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert + NOPs + EOL
-    let first_frag = Ip4 { frag: (true, 0), total_len: Some(1500), ..ip4(a, b, 17) }.build(&udp_payload);
-    let later_frag = Ip4 { frag: (false, 185), total_len: Some(520), ..ip4(a, b, 17) }.build(&[0u8; 40]);
+    let first_frag = Ip4 {
+        frag: (true, 0),
+        total_len: Some(1500),
+        ..ip4(a, b, 17)
+    }
+    .build(&udp_payload);
+    let later_frag = Ip4 {
+        frag: (false, 185),
+        total_len: Some(520),
+        ..ip4(a, b, 17)
+    }
+    .build(&[0u8; 40]);
 
     let rows: Vec<(&str, LinkType, Vec<u8>, Result<Want, Skip>)> = vec![
-        ("ipv4 udp", LinkType::Ethernet, eth(0x0800, &ip_udp), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("ipv4 tcp syn", LinkType::Ethernet, eth(0x0800, &ip_syn), Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 0))),
-        ("ipv4 tcp syn+ack is not syn", LinkType::Ethernet, eth(0x0800, &ip_synack), Ok((a, b, 6, 80, 40000, 40, 0, 0, 64, 0))),
-        ("ipv4 icmp type/code", LinkType::Ethernet, eth(0x0800, &ip_icmp), Ok((a, b, 1, 8, 0, 28, 0, 0, 9, 0))),
-        ("802.1Q", LinkType::Ethernet, tagged(&[(0x8100, 10)], 0x0800, &ip_udp), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("QinQ 802.1ad", LinkType::Ethernet, tagged(&[(0x88a8, 100), (0x8100, 10)], 0x0800, &ip_udp), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("QinQ 0x9100", LinkType::Ethernet, tagged(&[(0x9100, 100), (0x8100, 10)], 0x86dd, &ip6_tcp), Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 0))),
-        ("four tags", LinkType::Ethernet, tagged(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3), (0x8100, 4)], 0x0800, &ip_udp), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("five tags: not IP", LinkType::Ethernet, tagged(&[(0x88a8, 1), (0x8100, 2), (0x8100, 3), (0x8100, 4), (0x8100, 5)], 0x0800, &ip_udp), Err(Skip::NotIp)),
-        ("MPLS one label", LinkType::Ethernet, eth(0x8847, &mpls(&[100], &ip_udp)), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("MPLS three labels ipv6", LinkType::Ethernet, eth(0x8847, &mpls(&[100, 200, 300], &ip6_icmp)), Ok((v6b, v6a, 58, 135, 0, 48, 0, 0, 255, 0))),
-        ("VLAN + MPLS", LinkType::Ethernet, tagged(&[(0x8100, 7)], 0x8847, &mpls(&[16, 17], &ip_syn)), Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 0))),
-        ("MPLS seven labels: malformed", LinkType::Ethernet, eth(0x8847, &mpls(&[1, 2, 3, 4, 5, 6, 7], &ip_udp)), Err(Skip::Malformed)),
-        ("MPLS pseudowire control word + Ethernet", LinkType::Ethernet, eth(0x8847, &mpls(&[100], &[&[0u8, 0, 0, 0][..], &eth(0x0800, &ip_udp)].concat())), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1))),
-        ("IPv4 options", LinkType::Ethernet, eth(0x0800, &opts_ip.build(&udp_payload)), Ok((a, b, 17, 5000, 53, 48, 0, 0, 64, 0))),
-        ("IPv4 first fragment has ports", LinkType::Ethernet, eth(0x0800, &first_frag), Ok((a, b, 17, 5000, 53, 1500, 1, 0, 64, 0))),
-        ("IPv4 later fragment has none", LinkType::Ethernet, eth(0x0800, &later_frag), Ok((a, b, 17, 0, 0, 520, 1, 0, 64, 0))),
-        ("IPv6 ext chain hbh/rt/dst/ah", LinkType::Ethernet, eth(0x86dd, &ip6(v6a, v6b, 0, 64, &ext_chain)), Ok((v6a, v6b, 6, 1, 2, 40 + ext_chain.len() as u64, 0, 0, 64, 0))),
-        ("IPv6 first fragment", LinkType::Ethernet, eth(0x86dd, &ip6(v6a, v6b, 44, 64, &[frag6(17, 0, true), udp_payload.clone()].concat())), Ok((v6a, v6b, 17, 5000, 53, 68, 1, 0, 64, 0))),
-        ("IPv6 later fragment", LinkType::Ethernet, eth(0x86dd, &ip6(v6a, v6b, 44, 64, &[frag6(17, 100, false), vec![0u8; 16]].concat())), Ok((v6a, v6b, 17, 0, 0, 64, 1, 0, 64, 0))),
-        ("L2TP PPP ipv4", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 17).build(&udp(1701, 1701, &l2tp_data(&[0x00, 0x21], &ip_syn)))), Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 1))),
-        ("L2TP PPP ipv6 compressed protocol", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 17).build(&udp(40000, 1701, &l2tp_data(&[0x57], &ip6_tcp)))), Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 1))),
-        ("L2TP control: outer counted", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 17).build(&udp(1701, 1701, &[0xc8, 0x02, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0]))), Ok((o1, o2, 17, 1701, 1701, 40, 0, 0, 64, 0))),
-        ("L2TP PPP LCP: outer counted", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 17).build(&udp(1701, 1701, &l2tp_data(&[0xc0, 0x21], &[1, 1, 0, 4])))), Ok((o1, o2, 17, 1701, 1701, 48, 0, 0, 64, 0))),
-        ("GRE ipv4", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 47).build(&gre(0, 0x0800, &[], &ip_udp))), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1))),
-        ("GRE key+seq ipv6", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 47).build(&gre(0x3000, 0x86dd, &[0, 0, 0, 9, 0, 0, 0, 1], &ip6_tcp))), Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 1))),
-        ("GRE over IPv6", LinkType::Ethernet, eth(0x86dd, &ip6("2001:db8:ffff::1", "2001:db8:ffff::2", 47, 64, &gre(0x8000, 0x0800, &[0, 0, 0, 0], &ip_udp))), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1))),
-        ("GRE TEB", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 47).build(&gre(0, 0x6558, &[], &tagged(&[(0x8100, 5)], 0x0800, &ip_icmp)))), Ok((a, b, 1, 8, 0, 28, 0, 0, 9, 1))),
-        ("ERSPAN II", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 47).build(&gre(0x1000, 0x88be, &[0, 0, 0, 1], &[erspan2(7), eth(0x0800, &ip_syn)].concat()))), Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 1))),
-        ("GRE keepalive (unknown proto): outer", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 47).build(&gre(0, 0x0000, &[], &[]))), Ok((o1, o2, 47, 0, 0, 24, 0, 0, 64, 0))),
-        ("IP-in-IP", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 4).build(&ip_udp)), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1))),
-        ("IPv6-in-IPv4 (6in4)", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 41).build(&ip6_tcp)), Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 1))),
-        ("IPv4-in-IPv6", LinkType::Ethernet, eth(0x86dd, &ip6("2001:db8:ffff::1", "2001:db8:ffff::2", 4, 64, &ip_syn)), Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 1))),
-        ("IP-in-IP fragment: outer", LinkType::Ethernet, eth(0x0800, &Ip4 { frag: (true, 0), ..ip4(o1, o2, 4) }.build(&ip_udp)), Ok((o1, o2, 4, 0, 0, 60, 1, 0, 64, 0))),
-        ("nested: GRE in IP-in-IP", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 4).build(&ip4(o2, o1, 47).build(&gre(0, 0x0800, &[], &ip_udp)))), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 2))),
-        ("raw ip", LinkType::RawIp, ip_udp.clone(), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("linux sll", LinkType::LinuxSll, [&[0u8, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x08, 0x00][..], &ip_udp].concat(), Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0))),
-        ("bsd loopback", LinkType::Loopback, [&[2u8, 0, 0, 0][..], &ip6_tcp].concat(), Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 0))),
-        ("ARP: not IP", LinkType::Ethernet, eth(0x0806, &[0u8; 28]), Err(Skip::NotIp)),
+        (
+            "ipv4 udp",
+            LinkType::Ethernet,
+            eth(0x0800, &ip_udp),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "ipv4 tcp syn",
+            LinkType::Ethernet,
+            eth(0x0800, &ip_syn),
+            Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 0)),
+        ),
+        (
+            "ipv4 tcp syn+ack is not syn",
+            LinkType::Ethernet,
+            eth(0x0800, &ip_synack),
+            Ok((a, b, 6, 80, 40000, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "ipv4 icmp type/code",
+            LinkType::Ethernet,
+            eth(0x0800, &ip_icmp),
+            Ok((a, b, 1, 8, 0, 28, 0, 0, 9, 0)),
+        ),
+        (
+            "802.1Q",
+            LinkType::Ethernet,
+            tagged(&[(0x8100, 10)], 0x0800, &ip_udp),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "QinQ 802.1ad",
+            LinkType::Ethernet,
+            tagged(&[(0x88a8, 100), (0x8100, 10)], 0x0800, &ip_udp),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "QinQ 0x9100",
+            LinkType::Ethernet,
+            tagged(&[(0x9100, 100), (0x8100, 10)], 0x86dd, &ip6_tcp),
+            Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 0)),
+        ),
+        (
+            "four tags",
+            LinkType::Ethernet,
+            tagged(
+                &[(0x88a8, 1), (0x8100, 2), (0x8100, 3), (0x8100, 4)],
+                0x0800,
+                &ip_udp,
+            ),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "five tags: not IP",
+            LinkType::Ethernet,
+            tagged(
+                &[
+                    (0x88a8, 1),
+                    (0x8100, 2),
+                    (0x8100, 3),
+                    (0x8100, 4),
+                    (0x8100, 5),
+                ],
+                0x0800,
+                &ip_udp,
+            ),
+            Err(Skip::NotIp),
+        ),
+        (
+            "MPLS one label",
+            LinkType::Ethernet,
+            eth(0x8847, &mpls(&[100], &ip_udp)),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "MPLS three labels ipv6",
+            LinkType::Ethernet,
+            eth(0x8847, &mpls(&[100, 200, 300], &ip6_icmp)),
+            Ok((v6b, v6a, 58, 135, 0, 48, 0, 0, 255, 0)),
+        ),
+        (
+            "VLAN + MPLS",
+            LinkType::Ethernet,
+            tagged(&[(0x8100, 7)], 0x8847, &mpls(&[16, 17], &ip_syn)),
+            Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 0)),
+        ),
+        (
+            "MPLS seven labels: malformed",
+            LinkType::Ethernet,
+            eth(0x8847, &mpls(&[1, 2, 3, 4, 5, 6, 7], &ip_udp)),
+            Err(Skip::Malformed),
+        ),
+        (
+            "MPLS pseudowire control word + Ethernet",
+            LinkType::Ethernet,
+            eth(
+                0x8847,
+                &mpls(
+                    &[100],
+                    &[&[0u8, 0, 0, 0][..], &eth(0x0800, &ip_udp)].concat(),
+                ),
+            ),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1)),
+        ),
+        (
+            "IPv4 options",
+            LinkType::Ethernet,
+            eth(0x0800, &opts_ip.build(&udp_payload)),
+            Ok((a, b, 17, 5000, 53, 48, 0, 0, 64, 0)),
+        ),
+        (
+            "IPv4 first fragment has ports",
+            LinkType::Ethernet,
+            eth(0x0800, &first_frag),
+            Ok((a, b, 17, 5000, 53, 1500, 1, 0, 64, 0)),
+        ),
+        (
+            "IPv4 later fragment has none",
+            LinkType::Ethernet,
+            eth(0x0800, &later_frag),
+            Ok((a, b, 17, 0, 0, 520, 1, 0, 64, 0)),
+        ),
+        (
+            "IPv6 ext chain hbh/rt/dst/ah",
+            LinkType::Ethernet,
+            eth(0x86dd, &ip6(v6a, v6b, 0, 64, &ext_chain)),
+            Ok((v6a, v6b, 6, 1, 2, 40 + ext_chain.len() as u64, 0, 0, 64, 0)),
+        ),
+        (
+            "IPv6 first fragment",
+            LinkType::Ethernet,
+            eth(
+                0x86dd,
+                &ip6(
+                    v6a,
+                    v6b,
+                    44,
+                    64,
+                    &[frag6(17, 0, true), udp_payload.clone()].concat(),
+                ),
+            ),
+            Ok((v6a, v6b, 17, 5000, 53, 68, 1, 0, 64, 0)),
+        ),
+        (
+            "IPv6 later fragment",
+            LinkType::Ethernet,
+            eth(
+                0x86dd,
+                &ip6(
+                    v6a,
+                    v6b,
+                    44,
+                    64,
+                    &[frag6(17, 100, false), vec![0u8; 16]].concat(),
+                ),
+            ),
+            Ok((v6a, v6b, 17, 0, 0, 64, 1, 0, 64, 0)),
+        ),
+        (
+            "L2TP PPP ipv4",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 17).build(&udp(1701, 1701, &l2tp_data(&[0x00, 0x21], &ip_syn))),
+            ),
+            Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 1)),
+        ),
+        (
+            "L2TP PPP ipv6 compressed protocol",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 17).build(&udp(40000, 1701, &l2tp_data(&[0x57], &ip6_tcp))),
+            ),
+            Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 1)),
+        ),
+        (
+            "L2TP control: outer counted",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 17).build(&udp(
+                    1701,
+                    1701,
+                    &[0xc8, 0x02, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0],
+                )),
+            ),
+            Ok((o1, o2, 17, 1701, 1701, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "L2TP PPP LCP: outer counted",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 17).build(&udp(1701, 1701, &l2tp_data(&[0xc0, 0x21], &[1, 1, 0, 4]))),
+            ),
+            Ok((o1, o2, 17, 1701, 1701, 48, 0, 0, 64, 0)),
+        ),
+        (
+            "GRE ipv4",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 47).build(&gre(0, 0x0800, &[], &ip_udp)),
+            ),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1)),
+        ),
+        (
+            "GRE key+seq ipv6",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 47).build(&gre(0x3000, 0x86dd, &[0, 0, 0, 9, 0, 0, 0, 1], &ip6_tcp)),
+            ),
+            Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 1)),
+        ),
+        (
+            "GRE over IPv6",
+            LinkType::Ethernet,
+            eth(
+                0x86dd,
+                &ip6(
+                    "2001:db8:ffff::1",
+                    "2001:db8:ffff::2",
+                    47,
+                    64,
+                    &gre(0x8000, 0x0800, &[0, 0, 0, 0], &ip_udp),
+                ),
+            ),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1)),
+        ),
+        (
+            "GRE TEB",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 47).build(&gre(
+                    0,
+                    0x6558,
+                    &[],
+                    &tagged(&[(0x8100, 5)], 0x0800, &ip_icmp),
+                )),
+            ),
+            Ok((a, b, 1, 8, 0, 28, 0, 0, 9, 1)),
+        ),
+        (
+            "ERSPAN II",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 47).build(&gre(
+                    0x1000,
+                    0x88be,
+                    &[0, 0, 0, 1],
+                    &[erspan2(7), eth(0x0800, &ip_syn)].concat(),
+                )),
+            ),
+            Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 1)),
+        ),
+        (
+            "GRE keepalive (unknown proto): outer",
+            LinkType::Ethernet,
+            eth(0x0800, &ip4(o1, o2, 47).build(&gre(0, 0x0000, &[], &[]))),
+            Ok((o1, o2, 47, 0, 0, 24, 0, 0, 64, 0)),
+        ),
+        (
+            "IP-in-IP",
+            LinkType::Ethernet,
+            eth(0x0800, &ip4(o1, o2, 4).build(&ip_udp)),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 1)),
+        ),
+        (
+            "IPv6-in-IPv4 (6in4)",
+            LinkType::Ethernet,
+            eth(0x0800, &ip4(o1, o2, 41).build(&ip6_tcp)),
+            Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 1)),
+        ),
+        (
+            "IPv4-in-IPv6",
+            LinkType::Ethernet,
+            eth(
+                0x86dd,
+                &ip6("2001:db8:ffff::1", "2001:db8:ffff::2", 4, 64, &ip_syn),
+            ),
+            Ok((b, a, 6, 40000, 80, 40, 0, 1, 64, 1)),
+        ),
+        (
+            "IP-in-IP fragment: outer",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &Ip4 {
+                    frag: (true, 0),
+                    ..ip4(o1, o2, 4)
+                }
+                .build(&ip_udp),
+            ),
+            Ok((o1, o2, 4, 0, 0, 60, 1, 0, 64, 0)),
+        ),
+        (
+            "nested: GRE in IP-in-IP",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &ip4(o1, o2, 4).build(&ip4(o2, o1, 47).build(&gre(0, 0x0800, &[], &ip_udp))),
+            ),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 2)),
+        ),
+        (
+            "raw ip",
+            LinkType::RawIp,
+            ip_udp.clone(),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "linux sll",
+            LinkType::LinuxSll,
+            [
+                &[0u8, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 0x08, 0x00][..],
+                &ip_udp,
+            ]
+            .concat(),
+            Ok((a, b, 17, 5000, 53, 40, 0, 0, 64, 0)),
+        ),
+        (
+            "bsd loopback",
+            LinkType::Loopback,
+            [&[2u8, 0, 0, 0][..], &ip6_tcp].concat(),
+            Ok((v6a, v6b, 6, 1234, 443, 60, 0, 1, 33, 0)),
+        ),
+        (
+            "ARP: not IP",
+            LinkType::Ethernet,
+            eth(0x0806, &[0u8; 28]),
+            Err(Skip::NotIp),
+        ),
         ("empty", LinkType::Ethernet, vec![], Err(Skip::Malformed)),
-        ("short ethernet", LinkType::Ethernet, vec![1, 2, 3], Err(Skip::Malformed)),
-        ("truncated ipv4", LinkType::Ethernet, eth(0x0800, &ip_udp[..15]), Err(Skip::Malformed)),
-        ("truncated tcp", LinkType::Ethernet, eth(0x0800, &ip_syn[..30]), Err(Skip::Malformed)),
-        ("truncated ipv6 ext", LinkType::Ethernet, eth(0x86dd, &ip6(v6a, v6b, 0, 64, &[])), Err(Skip::Malformed)),
-        ("ipv4 total length < ihl", LinkType::Ethernet, eth(0x0800, &Ip4 { total_len: Some(10), ..ip4(a, b, 17) }.build(&udp_payload)), Err(Skip::Malformed)),
-        ("wrong IP version", LinkType::Ethernet, eth(0x0800, &[0x65; 40]), Err(Skip::Malformed)),
-        ("vlan truncated", LinkType::Ethernet, eth(0x8100, &[0, 1]), Err(Skip::Malformed)),
-        ("raw garbage", LinkType::RawIp, vec![0xff; 64], Err(Skip::NotIp)),
-        ("inner truncated: outer counted", LinkType::Ethernet, eth(0x0800, &ip4(o1, o2, 4).build(&ip_udp[..22])), Ok((o1, o2, 4, 0, 0, 42, 0, 0, 64, 0))),
+        (
+            "short ethernet",
+            LinkType::Ethernet,
+            vec![1, 2, 3],
+            Err(Skip::Malformed),
+        ),
+        (
+            "truncated ipv4",
+            LinkType::Ethernet,
+            eth(0x0800, &ip_udp[..15]),
+            Err(Skip::Malformed),
+        ),
+        (
+            "truncated tcp",
+            LinkType::Ethernet,
+            eth(0x0800, &ip_syn[..30]),
+            Err(Skip::Malformed),
+        ),
+        (
+            "truncated ipv6 ext",
+            LinkType::Ethernet,
+            eth(0x86dd, &ip6(v6a, v6b, 0, 64, &[])),
+            Err(Skip::Malformed),
+        ),
+        (
+            "ipv4 total length < ihl",
+            LinkType::Ethernet,
+            eth(
+                0x0800,
+                &Ip4 {
+                    total_len: Some(10),
+                    ..ip4(a, b, 17)
+                }
+                .build(&udp_payload),
+            ),
+            Err(Skip::Malformed),
+        ),
+        (
+            "wrong IP version",
+            LinkType::Ethernet,
+            eth(0x0800, &[0x65; 40]),
+            Err(Skip::Malformed),
+        ),
+        (
+            "vlan truncated",
+            LinkType::Ethernet,
+            eth(0x8100, &[0, 1]),
+            Err(Skip::Malformed),
+        ),
+        (
+            "raw garbage",
+            LinkType::RawIp,
+            vec![0xff; 64],
+            Err(Skip::NotIp),
+        ),
+        (
+            "inner truncated: outer counted",
+            LinkType::Ethernet,
+            eth(0x0800, &ip4(o1, o2, 4).build(&ip_udp[..22])),
+            Ok((o1, o2, 4, 0, 0, 42, 0, 0, 64, 0)),
+        ),
     ];
     for (name, link, frame, want) in rows {
         check(name, link, &frame, want);
@@ -302,7 +691,10 @@ fn parser_table() {
 #[test]
 fn outer_counted_is_flagged() {
     let inner_cut = ip4("10.0.0.1", "10.0.0.2", 17).build(&udp(1, 2, &[]));
-    let f = eth(0x0800, &ip4("192.0.2.1", "192.0.2.2", 4).build(&inner_cut[..10]));
+    let f = eth(
+        0x0800,
+        &ip4("192.0.2.1", "192.0.2.2", 4).build(&inner_cut[..10]),
+    );
     let d = parse_frame(LinkType::Ethernet, &f).unwrap();
     assert!(d.outer_counted);
     assert_eq!(d.tunnels, 0);
@@ -329,7 +721,13 @@ fn random_garbage_never_panics() {
         if len > 15 && round % 2 == 0 {
             f[14] = 0x45;
         }
-        for link in [LinkType::Ethernet, LinkType::RawIp, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Loopback] {
+        for link in [
+            LinkType::Ethernet,
+            LinkType::RawIp,
+            LinkType::LinuxSll,
+            LinkType::LinuxSll2,
+            LinkType::Loopback,
+        ] {
             let _ = parse_frame(link, &f);
         }
     }
@@ -373,7 +771,8 @@ fn per_host(path: &Path) -> BTreeMap<String, (u64, u64)> {
             e.1 += r.bytes;
         }
     };
-    let stats = replay(&mut reader, &mut sink).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let stats =
+        replay(&mut reader, &mut sink).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(stats.malformed, 0, "{}: {stats:?}", path.display());
     hosts
 }
@@ -393,18 +792,27 @@ fn replay_scapy_pcaps_counts_inner_hosts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let expected: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("expected.json")).expect("expected.json written by the script"),
+        &std::fs::read(dir.path().join("expected.json"))
+            .expect("expected.json written by the script"),
     )
     .unwrap();
     let files = expected.as_object().unwrap();
-    assert!(files.len() >= 6, "the script must write at least six captures");
+    assert!(
+        files.len() >= 6,
+        "the script must write at least six captures"
+    );
     for (file, hosts) in files {
         let got = per_host(&dir.path().join(file));
         let want: BTreeMap<String, (u64, u64)> = hosts
             .as_object()
             .unwrap()
             .iter()
-            .map(|(ip, v)| (ip.parse::<IpAddr>().unwrap().to_string(), (v[0].as_u64().unwrap(), v[1].as_u64().unwrap())))
+            .map(|(ip, v)| {
+                (
+                    ip.parse::<IpAddr>().unwrap().to_string(),
+                    (v[0].as_u64().unwrap(), v[1].as_u64().unwrap()),
+                )
+            })
             .collect();
         assert_eq!(got, want, "{file}");
     }

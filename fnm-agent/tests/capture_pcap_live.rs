@@ -54,13 +54,30 @@ impl Namespaces {
         };
         let sender_if = format!("fncap{id}b");
         // Leftovers of an earlier crashed run with the same pid are removed first.
-        let _ = Command::new("ip").args(["netns", "del", &ns.capture_ns]).output();
-        let _ = Command::new("ip").args(["netns", "del", &ns.sender_ns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.capture_ns])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.sender_ns])
+            .output();
         run(&["ip", "netns", "add", &ns.capture_ns]);
         run(&["ip", "netns", "add", &ns.sender_ns]);
         run(&[
-            "ip", "link", "add", &ns.capture_if, "netns", &ns.capture_ns, "address", TARGET_MAC, "type",
-            "veth", "peer", "name", &sender_if, "netns", &ns.sender_ns,
+            "ip",
+            "link",
+            "add",
+            &ns.capture_if,
+            "netns",
+            &ns.capture_ns,
+            "address",
+            TARGET_MAC,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &sender_if,
+            "netns",
+            &ns.sender_ns,
         ]);
         let a = |args: &[&str]| {
             let mut v = vec!["ip", "netns", "exec", &ns.capture_ns];
@@ -75,11 +92,50 @@ impl Namespaces {
             run(&v);
         };
         b(&["ip", "link", "set", "lo", "up"]);
-        b(&["ip", "addr", "add", &format!("{SENDER_V4}/24"), "dev", &sender_if]);
-        b(&["ip", "-6", "addr", "add", &format!("{SENDER_V6}/64"), "dev", &sender_if, "nodad"]);
+        b(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{SENDER_V4}/24"),
+            "dev",
+            &sender_if,
+        ]);
+        b(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{SENDER_V6}/64"),
+            "dev",
+            &sender_if,
+            "nodad",
+        ]);
         b(&["ip", "link", "set", &sender_if, "up"]);
-        b(&["ip", "neigh", "replace", TARGET_V4, "lladdr", TARGET_MAC, "dev", &sender_if, "nud", "permanent"]);
-        b(&["ip", "-6", "neigh", "replace", TARGET_V6, "lladdr", TARGET_MAC, "dev", &sender_if, "nud", "permanent"]);
+        b(&[
+            "ip",
+            "neigh",
+            "replace",
+            TARGET_V4,
+            "lladdr",
+            TARGET_MAC,
+            "dev",
+            &sender_if,
+            "nud",
+            "permanent",
+        ]);
+        b(&[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            TARGET_V6,
+            "lladdr",
+            TARGET_MAC,
+            "dev",
+            &sender_if,
+            "nud",
+            "permanent",
+        ]);
         ns
     }
 }
@@ -116,7 +172,11 @@ for i in range(N):
     i6.sendto(struct.pack("!BBHHH", 128, 0, 0, 1, i) + body, (d6, 0))
 "#
     );
-    let python = if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     run(&["ip", "netns", "exec", sender_ns, python, "-c", &script]);
 }
 
@@ -136,10 +196,15 @@ fn expected() -> BTreeMap<String, (u64, u64)> {
             v6.1 += ip_bytes;
         }
     }
-    [(SENDER_V4, v4), (TARGET_V4, v4), (SENDER_V6, v6), (TARGET_V6, v6)]
-        .into_iter()
-        .map(|(h, c)| (h.parse::<std::net::IpAddr>().unwrap().to_string(), c))
-        .collect()
+    [
+        (SENDER_V4, v4),
+        (TARGET_V4, v4),
+        (SENDER_V6, v6),
+        (TARGET_V6, v6),
+    ]
+    .into_iter()
+    .map(|(h, c)| (h.parse::<std::net::IpAddr>().unwrap().to_string(), c))
+    .collect()
 }
 
 #[derive(Default)]
@@ -158,7 +223,8 @@ fn pcap_backend_counts_veth_traffic_exactly() {
         "capture_pcap_live needs root (network namespaces, packet capture); run it as root"
     );
     let ns = Namespaces::create();
-    let netns = File::open(format!("/var/run/netns/{}", ns.capture_ns)).expect("open the capture namespace");
+    let netns = File::open(format!("/var/run/netns/{}", ns.capture_ns))
+        .expect("open the capture namespace");
     let config = CaptureConfig {
         backend: BackendKind::Pcap,
         interfaces: vec![ns.capture_if.clone()],
@@ -203,13 +269,26 @@ fn pcap_backend_counts_veth_traffic_exactly() {
     send_traffic(&ns.sender_ns);
     std::thread::sleep(Duration::from_millis(700));
     stop.stop();
-    let (seen, stats) = capture_thread.join().expect("capture thread").expect("capture opened");
+    let (seen, stats) = capture_thread
+        .join()
+        .expect("capture thread")
+        .expect("capture opened");
     drop(ns);
 
-    assert_eq!(seen.hosts, expected(), "per-host packets and IP bytes; stats {stats:?}");
+    assert_eq!(
+        seen.hosts,
+        expected(),
+        "per-host packets and IP bytes; stats {stats:?}"
+    );
     assert_eq!(seen.syn, 2 * PER_KIND, "SYN packets");
-    let expected_protocols: BTreeMap<u8, u64> =
-        [(1, PER_KIND), (6, 2 * PER_KIND), (17, 2 * PER_KIND), (58, PER_KIND)].into_iter().collect();
+    let expected_protocols: BTreeMap<u8, u64> = [
+        (1, PER_KIND),
+        (6, 2 * PER_KIND),
+        (17, 2 * PER_KIND),
+        (58, PER_KIND),
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(seen.by_protocol, expected_protocols);
     assert_eq!(stats.parse.malformed, 0, "{stats:?}");
     assert_eq!(stats.dropped, 0, "{stats:?}");
