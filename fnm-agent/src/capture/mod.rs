@@ -484,11 +484,9 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "netmap")]
     #[test]
     fn netmap_refuses_bpf_filter() {
-        if !cfg!(feature = "netmap") {
-            return;
-        }
         let c = parse("backend = \"netmap\"\ninterfaces = [\"em0\"]\nbpf_filter = \"udp\"");
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("not supported"), "{err}");

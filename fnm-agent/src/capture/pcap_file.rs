@@ -386,7 +386,7 @@ fn ng_timestamp(ts: u64, tsresol: u8, tsoffset: i64) -> Result<Duration, PcapFil
 }
 
 fn check_block_len(total: usize, min: usize) -> Result<(), PcapFileError> {
-    if total < min || total % 4 != 0 || total > MAX_BLOCK_LEN {
+    if total < min || !total.is_multiple_of(4) || total > MAX_BLOCK_LEN {
         return Err(PcapFileError::Corrupt(format!(
             "pcapng block length {total}"
         )));
