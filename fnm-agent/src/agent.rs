@@ -174,10 +174,6 @@ impl Agent {
         let cfg = &self.config;
         let mut dp = crate::xdp::DataPlane::load(&cfg.xdp, &cfg.networks, &cfg.whitelist)
             .context("loading the XDP program (are you root?)")?;
-        for interface in &cfg.xdp.interfaces {
-            let mode = dp.attach(interface, cfg.xdp.mode)?;
-            tracing::info!("XDP attached to {interface} in {mode} mode");
-        }
         let bans: Vec<Ban> = self.bans().list().cloned().collect();
         for ban in &bans {
             dp.tables
@@ -199,6 +195,25 @@ impl Agent {
         }
         if !mitigations.is_empty() {
             tracing::info!("reinstated {} active mitigations", mitigations.len());
+        }
+        // Attach last: a link pinned by a previous agent is taken over only once this program
+        // already holds every ban and rule, so nothing passes in between.
+        let pin_dir = if cfg.xdp.pin_links {
+            crate::xdp::ensure_bpffs(&cfg.xdp.pin_path)
+                .context("mounting bpffs for pinned links")?;
+            std::fs::create_dir_all(&cfg.xdp.pin_path)
+                .with_context(|| format!("creating {}", cfg.xdp.pin_path.display()))?;
+            Some(cfg.xdp.pin_path.as_path())
+        } else {
+            None
+        };
+        for interface in &cfg.xdp.interfaces {
+            let mode = dp.attach(interface, cfg.xdp.mode, pin_dir)?;
+            if mode == "pinned" {
+                tracing::info!("XDP on {interface}: took over the pinned link (no gap)");
+            } else {
+                tracing::info!("XDP attached to {interface} in {mode} mode");
+            }
         }
         *lock(&self.dataplane) = Some(dp);
         for m in &mitigations {

@@ -124,6 +124,15 @@ pub struct XdpConfig {
     /// Default: `10m`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
     pub host_idle_timeout: Duration,
+    /// Pin each XDP link under `pin_path` so the program keeps counting and dropping if the
+    /// agent dies; a restarted agent takes the link over without a gap. A clean stop
+    /// (SIGTERM/SIGINT) detaches and unpins. bpffs is mounted at /sys/fs/bpf when missing.
+    /// Default: `true`.
+    #[serde(default = "yes")]
+    pub pin_links: bool,
+    /// Directory on bpffs for the pinned links. Default: `/sys/fs/bpf/fnm`.
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
 }
 
 impl Default for XdpConfig {
@@ -137,6 +146,8 @@ impl Default for XdpConfig {
             max_drop_entries: default_max_drops(),
             max_prefixes: default_max_prefixes(),
             host_idle_timeout: default_idle_timeout(),
+            pin_links: true,
+            pin_path: default_pin_path(),
         }
     }
 }
@@ -215,6 +226,9 @@ fn default_max_prefixes() -> u32 {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/fnm")
 }
 fn default_api_listen() -> SocketAddr {
     "127.0.0.1:9210".parse().expect("valid address")

@@ -111,13 +111,22 @@ impl MitigationStore {
     }
 }
 
+/// A single-port match, or none for port 0 (any).
+fn ports(port: u16) -> Vec<crate::actions::bgp::ValueRange> {
+    if port == 0 {
+        Vec::new()
+    } else {
+        vec![crate::actions::bgp::ValueRange::single(port)]
+    }
+}
+
 /// The flowspec rule matching a fingerprint's XDP rules towards `host`.
 pub fn flowspec_for(
     host: IpAddr,
     direction: Direction,
     rules: &[RuleSpec],
 ) -> Option<FlowspecRule> {
-    use crate::actions::bgp::{FlowspecAction, FragmentMatch, TcpFlagsMatch, ValueRange};
+    use crate::actions::bgp::{FlowspecAction, FragmentMatch, TcpFlagsMatch};
     let rule = rules.first()?;
     let me = Prefix::host(host);
     let (destination, source) = match direction {
@@ -131,12 +140,8 @@ pub fn flowspec_for(
         destination,
         source,
         protocol: (rule.protocol != 0).then_some(rule.protocol),
-        source_ports: (rule.src_port != 0)
-            .then(|| vec![ValueRange::single(rule.src_port)])
-            .unwrap_or_default(),
-        destination_ports: (rule.dst_port != 0)
-            .then(|| vec![ValueRange::single(rule.dst_port)])
-            .unwrap_or_default(),
+        source_ports: ports(rule.src_port),
+        destination_ports: ports(rule.dst_port),
         tcp_flags: (rule.tcp_flags_mask != 0).then_some(TcpFlagsMatch {
             set: rule.tcp_flags_value,
             clear: rule.tcp_flags_mask & !rule.tcp_flags_value,

@@ -305,3 +305,96 @@ fn prometheus_scrape(agent: &AgentProcess) {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn bans_keep_dropping_across_an_agent_kill_and_restart() {
+    require_root("XDP end-to-end tests");
+    let pair = NetnsPair::new(74);
+    // `ip netns exec` gives the agent its own mount namespace (and a fresh /sys), so the test
+    // mounts a bpffs of its own in the root mount namespace, where pins outlive the agent.
+    let pin_dir = format!("/run/fnm-test-pins-{}", pair.veth_agent);
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", &pin_dir])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount bpffs at {pin_dir}");
+    struct RemovePins(String);
+    impl Drop for RemovePins {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _pins = RemovePins(pin_dir.clone());
+    let cfg = format!("{}pin_path = \"{pin_dir}\"\n", config(&pair, "skb"));
+    let agent = AgentProcess::start(&pair.agent, &cfg);
+    let rx = Receiver::start(&pair.agent, SocketAddr::new(pair.agent_v4, 9999));
+    let v4 = pair.agent_v4;
+    let send = |n| {
+        NetnsPair::in_ns(&pair.peer, move || {
+            send_udp(SocketAddr::new(v4, 9999), n, 100)
+        })
+    };
+
+    let out = agent.cli(&[
+        "ban",
+        &pair.peer_v4.to_string(),
+        "--match",
+        "src",
+        "--duration",
+        "8s",
+    ]);
+    assert!(out.contains("banned"), "{out}");
+    send(10);
+    assert_eq!(rx.received(), 0, "banned");
+
+    // SIGKILL: no clean-up at all. The pinned program keeps dropping.
+    let state = agent.kill();
+    send(10);
+    assert_eq!(rx.received(), 0, "still dropped while no agent runs");
+
+    let agent = AgentProcess::start_with_state(&pair.agent, &cfg, state);
+    assert!(
+        agent.log().contains("took over the pinned link"),
+        "{}",
+        agent.log()
+    );
+    let bans = agent.get("/api/v1/bans").unwrap();
+    assert_eq!(
+        bans[0]["prefix"],
+        format!("{}/32", pair.peer_v4),
+        "{bans:#}"
+    );
+    send(10);
+    assert_eq!(rx.received(), 0, "dropped after the restart");
+
+    // The ban expires on time (8 s after it was made), then traffic passes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent
+        .get("/api/v1/bans")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the ban never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    send(10);
+    assert_eq!(rx.received(), 10, "passes after the ban expired");
+    let state = agent.stop();
+    let left: Vec<_> = std::fs::read_dir(&pin_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("link-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let log = std::fs::read_to_string(state.path().join("agent.log")).unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a clean stop removes the pinned link: {left:?}\n{log}"
+    );
+}

@@ -257,6 +257,9 @@ fn fingerprint_from_rates(r: &Rates) -> Fingerprint {
     }
 }
 
+/// (source, destination, protocol, source port, destination port).
+type FiveTuple = (IpAddr, IpAddr, u8, u16, u16);
+
 /// Top flows and bounded samples from a sample buffer.
 pub fn summarise(
     buffer: Option<&SampleBuffer>,
@@ -265,7 +268,7 @@ pub fn summarise(
         return (Vec::new(), Vec::new(), Vec::new());
     };
     let records: Vec<TrafficRecord> = buffer.records.iter().map(|(_, r)| r.clone()).collect();
-    let mut flows: HashMap<(IpAddr, IpAddr, u8, u16, u16), (u64, u64)> = HashMap::new();
+    let mut flows: HashMap<FiveTuple, (u64, u64)> = HashMap::new();
     for r in &records {
         let e = flows
             .entry((r.src, r.dst, r.protocol, r.src_port, r.dst_port))

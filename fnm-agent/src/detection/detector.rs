@@ -191,10 +191,8 @@ impl Detector {
                         }
                     }
                 }
-                if max_share >= WATCH_RATIO {
-                    if self.watched.insert(key, now_ms).is_none() {
-                        events.push(DetectorEvent::Watch(*ip, dir));
-                    }
+                if max_share >= WATCH_RATIO && self.watched.insert(key, now_ms).is_none() {
+                    events.push(DetectorEvent::Watch(*ip, dir));
                 }
             }
         }

@@ -16,7 +16,11 @@ pub use tables::{DropMatch, DropTables, RuleSpec};
 use crate::config::{XdpConfig, XdpMode};
 use crate::prefix::Prefix;
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaMode,
+    },
     Ebpf, EbpfLoader,
 };
 use fnm_common::map_names;
@@ -64,10 +68,20 @@ pub enum XdpError {
     Full(&'static str),
 }
 
+/// How the agent holds an attachment.
+enum Attachment {
+    /// Managed by the program object (detached when it is dropped).
+    Managed(XdpLinkId),
+    /// Pinned on bpffs: survives the agent; removed on a clean detach.
+    Pinned(PinnedLink),
+    /// A pinned link taken over from a previous agent (managed now, pin file still present).
+    TakenOver(XdpLinkId, std::path::PathBuf),
+}
+
 /// A loaded (and possibly attached) XDP program with its maps.
 pub struct DataPlane {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<(String, Attachment)>,
     /// Typed handles on every map.
     pub maps: KernelMaps,
     /// Drop entries and fingerprint rules.
@@ -128,14 +142,47 @@ impl DataPlane {
     }
 
     /// Attaches the counting program to `interface`. `auto` tries native mode and falls back to
-    /// generic (skb) mode with a warning; returns the mode used.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<&'static str, XdpError> {
+    /// generic (skb) mode with a warning; returns the mode used. With `pin_dir`, the link is
+    /// pinned there, and a link pinned by a previous agent is taken over atomically (its program
+    /// replaced by this one, no moment without XDP).
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: XdpMode,
+        pin_dir: Option<&Path>,
+    ) -> Result<&'static str, XdpError> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM)
             .ok_or_else(|| XdpError::Load(format!("program {PROGRAM} missing")))?
             .try_into()
             .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
+        let pin_file = pin_dir.map(|d| d.join(format!("link-{interface}")));
+        if let Some(path) = pin_file.as_ref().filter(|p| p.exists()) {
+            let taken = PinnedLink::from_pin(path)
+                .map_err(|e| error_chain(&e))
+                .and_then(|pinned| {
+                    let fd: FdLink = pinned.into();
+                    XdpLink::try_from(fd).map_err(|e| error_chain(&e))
+                })
+                .and_then(|link| program.attach_to_link(link).map_err(|e| error_chain(&e)));
+            match taken {
+                Ok(id) => {
+                    self.links.push((
+                        interface.to_owned(),
+                        Attachment::TakenOver(id, path.clone()),
+                    ));
+                    return Ok("pinned");
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "stale pinned XDP link {} ({e}); attaching anew",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         let try_mode = |program: &mut Xdp, m: AyaMode, label: &'static str| {
             program.attach(interface, m).map_err(|e| XdpError::Attach {
                 interface: interface.to_owned(),
@@ -154,20 +201,68 @@ impl DataPlane {
                 }
             },
         };
-        self.links.push((interface.to_owned(), link));
+        let attachment = match pin_file {
+            Some(path) => {
+                let pinned = program
+                    .take_link(link)
+                    .map_err(|e| error_chain(&e))
+                    .and_then(|l| FdLink::try_from(l).map_err(|e| error_chain(&e)))
+                    .and_then(|fd| fd.pin(&path).map_err(|e| error_chain(&e)));
+                match pinned {
+                    Ok(p) => Attachment::Pinned(p),
+                    Err(e) => {
+                        return Err(XdpError::Attach {
+                            interface: interface.to_owned(),
+                            mode: used,
+                            message: format!("pinning the link at {}: {e}", path.display()),
+                        })
+                    }
+                }
+            }
+            None => Attachment::Managed(link),
+        };
+        self.links.push((interface.to_owned(), attachment));
         Ok(used)
     }
 
-    /// Detaches from every interface.
+    /// Detaches from every interface (and removes the pins).
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
-        if let Some(Ok(program)) = self.ebpf.program_mut(PROGRAM).map(<&mut Xdp>::try_from) {
-            for (interface, link) in links {
-                if let Err(e) = program.detach(link) {
-                    tracing::warn!("detaching XDP from {interface}: {e}");
+        let mut program = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok());
+        for (interface, attachment) in links {
+            let result = match attachment {
+                Attachment::Pinned(pinned) => {
+                    pinned.unpin().map_err(|e| e.to_string()).and_then(|fd| {
+                        use aya::programs::links::Link as _;
+                        fd.detach().map_err(|e| e.to_string())
+                    })
                 }
+                Attachment::TakenOver(id, path) => {
+                    let _ = std::fs::remove_file(&path);
+                    match program.as_mut() {
+                        Some(p) => p.detach(id).map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    }
+                }
+                Attachment::Managed(id) => match program.as_mut() {
+                    Some(p) => p.detach(id).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                },
+            };
+            if let Err(e) = result {
+                tracing::warn!("detaching XDP from {interface}: {e}");
             }
         }
+    }
+
+    /// Leaves every pinned link attached (the agent is going away uncleanly on purpose, e.g.
+    /// for an upgrade): the program keeps dropping until the next agent takes it over.
+    pub fn leave_pinned(&mut self) {
+        self.links
+            .retain(|(_, a)| matches!(a, Attachment::Managed(_)));
     }
 
     /// Interfaces the program is attached to.
@@ -239,26 +334,44 @@ impl Drop for DataPlane {
     }
 }
 
-/// Mounts bpffs at /sys/fs/bpf when it is not mounted (needed to pin maps); says so.
-pub fn ensure_bpffs(path: &Path) -> std::io::Result<()> {
+/// Makes sure `pin_path` lies on a bpffs: when the closest mount above it is not bpf, mounts
+/// bpffs at /sys/fs/bpf (for paths under it) or at `pin_path` itself, and says so.
+pub fn ensure_bpffs(pin_path: &Path) -> std::io::Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let target = path.to_string_lossy();
-    if mounts
+    let on_bpffs = mounts
         .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(&*target) && l.contains(" bpf "))
-    {
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            Some((point.to_owned(), fstype == "bpf"))
+        })
+        .filter(|(point, _)| pin_path.starts_with(point))
+        .max_by_key(|(point, _)| point.len())
+        .is_some_and(|(_, bpf)| bpf);
+    if on_bpffs {
         return Ok(());
     }
-    std::fs::create_dir_all(path)?;
-    tracing::info!("mounting bpffs at {target} (it was not mounted)");
+    let sys_bpf = Path::new("/sys/fs/bpf");
+    let target = if pin_path.starts_with(sys_bpf) {
+        sys_bpf
+    } else {
+        pin_path
+    };
+    std::fs::create_dir_all(target)?;
+    tracing::info!(
+        "mounting bpffs at {} (it was not mounted)",
+        target.display()
+    );
     let status = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf", &target])
+        .args(["-t", "bpf", "bpf"])
+        .arg(target)
         .status()?;
     if status.success() {
         Ok(())
     } else {
         Err(std::io::Error::other(format!(
-            "mount -t bpf bpf {target} failed"
+            "mount -t bpf bpf {} failed",
+            target.display()
         )))
     }
 }
