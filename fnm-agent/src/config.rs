@@ -76,6 +76,9 @@ pub struct Config {
     /// What a ban does.
     #[serde(default)]
     pub ban: crate::detection::config::BanConfig,
+    /// Userspace capture (`backend = "pcap" | "netmap" | "pfring"`) instead of XDP.
+    #[serde(default)]
+    pub capture: crate::capture::CaptureConfig,
     /// BGP announcements (`bgp_blackhole`, `bgp_flowspec` actions).
     #[serde(default)]
     pub bgp: crate::actions::bgp::BgpConfig,
@@ -278,11 +281,12 @@ impl Config {
             return Err("rate_window must be between poll_interval and 60s".into());
         }
         crate::detection::config::validate(&self.detection, &self.hostgroup, &self.ban)?;
+        self.capture.validate().map_err(|e| e.to_string())?;
         self.bgp.validate()?;
         if self.networks.is_empty() {
             return Err("networks: at least one local network is needed".into());
         }
-        if self.xdp.enabled && self.xdp.interfaces.is_empty() {
+        if self.xdp_active() && self.xdp.interfaces.is_empty() {
             return Err("xdp.interfaces: empty while xdp.enabled = true".into());
         }
         for (key, value) in [
@@ -296,6 +300,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// True when the XDP data plane runs: `xdp.enabled` and `capture.backend = "xdp"`.
+    pub fn xdp_active(&self) -> bool {
+        self.xdp.enabled && self.capture.backend == crate::capture::BackendKind::Xdp
     }
 
     /// The default configuration as commented TOML (what `print-default-config` prints).

@@ -14,6 +14,7 @@ pub mod flow;
 pub mod metrics;
 pub mod mitigation;
 pub mod prefix;
+pub mod replay;
 pub mod traffic;
 pub mod views;
 #[cfg(target_os = "linux")]

@@ -45,6 +45,18 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Run a capture file through the parser, accounting and detection; print the per-host
+    /// summary and the attacks found (pcap timestamps drive the clock; nothing is banned).
+    Replay {
+        /// A pcap or pcapng file.
+        file: PathBuf,
+        /// Configuration (networks, thresholds); default: the built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON: {"hosts": {...}, "attacks": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the thresholds and actions that apply to an address (from a config file).
     Thresholds {
         /// The address.
@@ -117,6 +129,19 @@ fn main() -> Result<()> {
             let path = format!("/api/v1/hosts?direction={direction}&sort={sort}&limit={top}");
             let hosts = client::request(api.api, "GET", &path, None)?;
             print_hosts(&hosts, &direction);
+            Ok(())
+        }
+        Command::Replay { file, config, json } => {
+            let config = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::default(),
+            };
+            let report = fnm_agent::replay::replay(&file, &config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_replay(&report);
+            }
             Ok(())
         }
         Command::Thresholds { ip, config } => {
@@ -232,6 +257,40 @@ fn print_hosts(hosts: &serde_json::Value, direction: &str) {
     }
 }
 
+fn print_replay(r: &fnm_agent::replay::ReplayReport) {
+    println!(
+        "frames {}  ip {}  not ip {}  malformed {}",
+        r.frames.total, r.frames.ip, r.frames.not_ip, r.frames.malformed
+    );
+    println!(
+        "{:<40} {:>12} {:>14} {:>12} {:>14}",
+        "host", "in packets", "in bytes", "out packets", "out bytes"
+    );
+    for (ip, h) in &r.hosts {
+        println!(
+            "{:<40} {:>12} {:>14} {:>12} {:>14}",
+            ip.to_string(),
+            h.incoming.packets,
+            h.incoming.bytes,
+            h.outgoing.packets,
+            h.outgoing.bytes
+        );
+    }
+    for a in &r.attacks {
+        println!(
+            "attack {} {} {}: {} {:.0} > {:.0}, peak {:.0} pps, type {}",
+            a.id,
+            a.host,
+            a.direction.as_str(),
+            a.threshold.rate,
+            a.threshold.value,
+            a.threshold.threshold,
+            a.peak_rates.pps,
+            a.fingerprint.attack_type
+        );
+    }
+}
+
 fn print_bans(bans: &serde_json::Value) {
     println!(
         "{:<44} {:<5} {:<10} {:>12} {:>14} {:>12}",
@@ -267,10 +326,32 @@ fn run(config_path: PathBuf) -> Result<()> {
 
 async fn run_async(config: Config) -> Result<()> {
     let agent = Agent::new(config)?;
-    if agent.config.xdp.enabled {
+    if agent.config.xdp_active() {
         let a = agent.clone();
         tokio::task::spawn_blocking(move || a.start_dataplane()).await??;
     }
+    let capture_stop = fnm_agent::capture::StopFlag::new();
+    let capture = if agent.config.capture.backend != fnm_agent::capture::BackendKind::Xdp {
+        let mut backend = fnm_agent::capture::open(&agent.config.capture)?;
+        tracing::info!(
+            "capturing with {} on {:?}",
+            backend.name(),
+            agent.config.capture.interfaces
+        );
+        let (a, stop) = (agent.clone(), capture_stop.clone());
+        Some(std::thread::spawn(move || {
+            // One uncontended lock per packet: the poll loop holds it only briefly.
+            let mut sink = |_ts: std::time::Duration, record: fnm_agent::traffic::TrafficRecord| {
+                a.accounting()
+                    .ingest(&record, fnm_agent::traffic::Source::Pcap);
+            };
+            if let Err(e) = backend.run(&mut sink, &stop) {
+                tracing::error!("capture stopped: {e}");
+            }
+        }))
+    } else {
+        None
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
@@ -306,6 +387,10 @@ async fn run_async(config: Config) -> Result<()> {
     let _ = poll.await;
     let _ = api.await;
     let _ = metrics.await;
+    capture_stop.stop();
+    if let Some(t) = capture {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     let a: Arc<Agent> = agent.clone();
     tokio::task::spawn_blocking(move || a.stop_dataplane()).await?;
     tracing::info!("detached; bye");

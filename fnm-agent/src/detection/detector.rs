@@ -79,6 +79,8 @@ pub struct Detector {
     stop_after_ms: u64,
     ongoing: HashMap<(IpAddr, Direction), Ongoing>,
     watched: HashMap<(IpAddr, Direction), u64>,
+    /// Starts held back one check because the host was not watched yet (no samples).
+    deferred: Vec<DetectorEvent>,
 }
 
 impl Detector {
@@ -96,6 +98,7 @@ impl Detector {
             stop_after_ms,
             ongoing: HashMap::new(),
             watched: HashMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -116,7 +119,34 @@ impl Detector {
 
     /// Checks every host of `acc` at `now_ms`.
     pub fn check(&mut self, acc: &Accounting, now_ms: u64) -> Vec<DetectorEvent> {
-        let mut events = Vec::new();
+        // Starts held back last time are released now that their hosts have samples.
+        let mut events: Vec<DetectorEvent> = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .map(|e| match e {
+                DetectorEvent::Started {
+                    host,
+                    direction,
+                    crossing,
+                    rates,
+                    hostgroup,
+                    report_only,
+                } => {
+                    let rates = acc
+                        .host(host)
+                        .map(|h| h.dirs[direction.index()].rates.max(&rates))
+                        .unwrap_or(rates);
+                    DetectorEvent::Started {
+                        host,
+                        direction,
+                        crossing,
+                        rates,
+                        hostgroup,
+                        report_only,
+                    }
+                }
+                other => other,
+            })
+            .collect();
         if self.table.is_empty() {
             return events;
         }
@@ -180,14 +210,21 @@ impl Detector {
                                     below_since_ms: None,
                                 },
                             );
-                            events.push(DetectorEvent::Started {
+                            let start = DetectorEvent::Started {
                                 host: *ip,
                                 direction: dir,
                                 crossing,
                                 rates: d.rates,
                                 hostgroup: eff.hostgroup.clone(),
                                 report_only: eff.report_only,
-                            });
+                            };
+                            if self.watched.contains_key(&key) {
+                                events.push(start);
+                            } else {
+                                // A sudden flood: watch first, report one check later with
+                                // samples for the fingerprint.
+                                self.deferred.push(start);
+                            }
                         }
                     }
                 }
