@@ -569,7 +569,7 @@ fn check_data_alone_decodes_nothing(name: &str, group: &Value) {
         if file["needs_templates_from_earlier_file"].as_bool() != Some(true) {
             continue;
         }
-        let relative = format!("{}", file["path"].as_str().unwrap());
+        let relative = file["path"].as_str().unwrap().to_string();
         let datagrams = datagrams_of(&relative, file["datagrams"].as_u64().unwrap_or(1)).unwrap();
         let run = run_netflow(&datagrams);
         assert!(

@@ -106,10 +106,12 @@ pub fn decode(datagram: &[u8]) -> Result<Netflow5Datagram, DecodeError> {
         sampling_interval: sampling & 0x3FFF,
     };
     let body = reader.take(needed)?;
-    let records = body
-        .chunks_exact(RECORD_LEN)
-        .map(|chunk| decode_record(chunk, header.sampling_interval))
-        .collect();
+    let mut records = Vec::with_capacity(usize::from(count));
+    for chunk in body.chunks_exact(RECORD_LEN) {
+        if let Ok(chunk) = <&[u8; RECORD_LEN]>::try_from(chunk) {
+            records.push(decode_record(chunk, header.sampling_interval));
+        }
+    }
     Ok(Netflow5Datagram {
         header,
         records,
@@ -117,9 +119,9 @@ pub fn decode(datagram: &[u8]) -> Result<Netflow5Datagram, DecodeError> {
     })
 }
 
-/// Decodes one 48-byte record (the caller guarantees the length).
-#[inline]
-fn decode_record(chunk: &[u8], sampling_interval: u16) -> FlowRecord {
+/// Decodes one 48-byte record.
+#[inline(always)]
+fn decode_record(chunk: &[u8; RECORD_LEN], sampling_interval: u16) -> FlowRecord {
     let u16_at = |at: usize| u16::from_be_bytes([chunk[at], chunk[at + 1]]);
     let u32_at =
         |at: usize| u32::from_be_bytes([chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]]);
@@ -136,21 +138,25 @@ fn decode_record(chunk: &[u8], sampling_interval: u16) -> FlowRecord {
         template_id: 0,
         src_addr: Some(ipv4_at(0)),
         dst_addr: Some(ipv4_at(4)),
-        input_ifindex: u32::from(u16_at(12)),
-        output_ifindex: u32::from(u16_at(14)),
-        packets: u64::from(u32_at(16)),
-        bytes: u64::from(u32_at(20)),
-        start_ms: Some(u64::from(u32_at(24))),
-        end_ms: Some(u64::from(u32_at(28))),
+        protocol: chunk[38],
         src_port: u16_at(32),
         dst_port: u16_at(34),
         tcp_flags: chunk[37],
-        protocol: chunk[38],
         tos: chunk[39],
+        ttl: 0,
+        packets: u64::from(u32_at(16)),
+        bytes: u64::from(u32_at(20)),
+        input_ifindex: u32::from(u16_at(12)),
+        output_ifindex: u32::from(u16_at(14)),
         src_as: u32::from(u16_at(40)),
         dst_as: u32::from(u16_at(42)),
+        src_vlan: 0,
+        dst_vlan: 0,
+        start_ms: Some(u64::from(u32_at(24))),
+        end_ms: Some(u64::from(u32_at(28))),
+        fragmented: false,
+        sampler_id: 0,
         sampling_rate: u32::from(sampling_interval),
-        ..FlowRecord::default()
     }
 }
 

@@ -505,8 +505,8 @@ impl Accumulator {
         }
         // Systematic count-based sampling: `interval` packets selected, then `space` skipped.
         if let (Some(selected), Some(space)) = (self.packet_interval, self.packet_space) {
-            if selected > 0 {
-                return Some(clamp(selected.saturating_add(space) / selected).max(1));
+            if let Some(rate) = selected.saturating_add(space).checked_div(selected) {
+                return Some(clamp(rate).max(1));
             }
         }
         if let Some(probability) = self.probability {

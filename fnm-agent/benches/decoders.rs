@@ -1,0 +1,174 @@
+//! Decoder throughput (records/s) on corpus data, and the `netflow_parser` crate on the same
+//! NetFlow v5 / v9 / IPFIX inputs in the same run. Templates are learned before measuring, so
+//! the v9/IPFIX numbers are the steady state (data datagrams through known templates).
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fnm_agent::flow::{decode_netflow_family, ipfix, netflow5, netflow9, sflow, TemplateCache};
+use netflow_parser::NetflowParser;
+
+const EXPORTER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+fn corpus(relative: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/flows")
+        .join(relative);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// A template-based workload: datagrams that define templates, then data datagrams.
+struct Workload {
+    name: &'static str,
+    templates: Vec<Vec<u8>>,
+    data: Vec<Vec<u8>>,
+}
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "netflow5",
+            templates: vec![],
+            data: vec![
+                corpus("netflow5/juniper_mx80_junos-unkver_nfv5-29flows-sampling1000.dat"),
+                corpus("netflow5/mikrotik_routeros_unkver_nfv5-30flows.dat"),
+            ],
+        },
+        Workload {
+            name: "netflow9",
+            templates: vec![
+                corpus("netflow9/cisco_asr9k_iosxr-unkver_nfv9-tpl260.dat"),
+                corpus("netflow9/cisco_asa_unkver-b_nfv9-nsel-tpl26x.dat"),
+                corpus("netflow9/cisco_asa_unkver-b_nfv9-nsel-tpl27x.dat"),
+            ],
+            data: vec![
+                corpus("netflow9/cisco_asr9k_iosxr-unkver_nfv9-data260.dat"),
+                corpus("netflow9/cisco_asa_unkver-b_nfv9-nsel-data256-263.dat"),
+            ],
+        },
+        Workload {
+            name: "ipfix",
+            templates: vec![
+                corpus("ipfix/mikrotik_routeros6.39.2_ipfix-tpl258-259.dat"),
+                corpus("ipfix/openbsd_pflow_unkver_ipfix-tpl256-257.dat"),
+            ],
+            data: vec![
+                corpus("ipfix/mikrotik_routeros6.39.2_ipfix-data258-ipv4.dat"),
+                corpus("ipfix/mikrotik_routeros6.39.2_ipfix-data259-ipv6.dat"),
+                corpus("ipfix/openbsd_pflow_unkver_ipfix-data256-26flows.dat"),
+            ],
+        },
+    ]
+}
+
+/// Records our decoder finds in the workload's data datagrams (the throughput unit).
+fn record_count(workload: &Workload) -> u64 {
+    let mut cache = TemplateCache::default();
+    for datagram in &workload.templates {
+        decode_netflow_family(datagram, EXPORTER, &mut cache).expect("templates decode");
+    }
+    workload
+        .data
+        .iter()
+        .map(|datagram| {
+            decode_netflow_family(datagram, EXPORTER, &mut cache)
+                .expect("data decodes")
+                .records()
+                .len() as u64
+        })
+        .sum()
+}
+
+fn netflow_family(c: &mut Criterion) {
+    for workload in workloads() {
+        let records = record_count(&workload);
+        assert!(records > 0, "{}: no records", workload.name);
+        let mut group = c.benchmark_group(format!("decode/{}", workload.name));
+        group.throughput(Throughput::Elements(records));
+
+        let mut cache = TemplateCache::default();
+        for datagram in &workload.templates {
+            decode_netflow_family(datagram, EXPORTER, &mut cache).expect("templates");
+        }
+        group.bench_function(BenchmarkId::new("fnm", records), |b| {
+            b.iter(|| {
+                let mut total = 0usize;
+                for datagram in &workload.data {
+                    total += match workload.name {
+                        "netflow5" => {
+                            netflow5::decode(black_box(datagram)).map(|d| d.records.len())
+                        }
+                        "netflow9" => netflow9::decode(black_box(datagram), EXPORTER, &mut cache)
+                            .map(|d| d.records.len()),
+                        _ => ipfix::decode(black_box(datagram), EXPORTER, &mut cache)
+                            .map(|d| d.records.len()),
+                    }
+                    .unwrap_or(0);
+                }
+                black_box(total)
+            })
+        });
+        group.bench_function(BenchmarkId::new("fnm+traffic", records), |b| {
+            b.iter(|| {
+                let mut total = 0u64;
+                for datagram in &workload.data {
+                    if let Ok(decoded) =
+                        decode_netflow_family(black_box(datagram), EXPORTER, &mut cache)
+                    {
+                        total += decoded.traffic_records(1).map(|t| t.packets).sum::<u64>();
+                    }
+                }
+                black_box(total)
+            })
+        });
+
+        let mut parser = NetflowParser::default();
+        for datagram in &workload.templates {
+            let _ = parser.parse_bytes(datagram);
+        }
+        group.bench_function(BenchmarkId::new("netflow_parser", records), |b| {
+            b.iter(|| {
+                let mut total = 0usize;
+                for datagram in &workload.data {
+                    total += parser.parse_bytes(black_box(datagram)).packets.len();
+                }
+                black_box(total)
+            })
+        });
+        group.finish();
+    }
+}
+
+fn sflow_decoder(c: &mut Criterion) {
+    let datagrams = [
+        corpus("sflow/hsflowd_linux_unkver_sflow5-7flowsamples-ethframe-record.bin"),
+        corpus("sflow/unknown_router_unkver_sflow5-5flowsamples-rate4096.bin"),
+        corpus("sflow/unknown_switch_unkver_sflow5-flows+counters-vlan.bin"),
+    ];
+    let samples: u64 = datagrams
+        .iter()
+        .map(|d| {
+            let decoded = sflow::decode(d).expect("sflow decodes");
+            (decoded.flows.len() + decoded.counters.len()) as u64
+        })
+        .sum();
+    let mut group = c.benchmark_group("decode/sflow");
+    group.throughput(Throughput::Elements(samples));
+    group.bench_function(BenchmarkId::new("fnm", samples), |b| {
+        b.iter(|| {
+            let mut total = 0u64;
+            for datagram in &datagrams {
+                if let Ok(decoded) = sflow::decode(black_box(datagram)) {
+                    total += decoded.traffic_records(1).map(|t| t.bytes).sum::<u64>();
+                }
+            }
+            black_box(total)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, netflow_family, sflow_decoder);
+criterion_main!(benches);
