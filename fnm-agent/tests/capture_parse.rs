@@ -241,6 +241,8 @@ fn check(name: &str, link: LinkType, frame: &[u8], want: Result<Want, Skip>) {
     }
 }
 
+/// One table row: name, link type, frame, expected outcome.
+type Row = (&'static str, LinkType, Vec<u8>, Result<Want, Skip>);
 #[test]
 fn parser_table() {
     let a = "10.200.0.1";
@@ -283,7 +285,7 @@ fn parser_table() {
     }
     .build(&[0u8; 40]);
 
-    let rows: Vec<(&str, LinkType, Vec<u8>, Result<Want, Skip>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "ipv4 udp",
             LinkType::Ethernet,
