@@ -11,45 +11,14 @@ use bgp_support::{
     RECEIVER_AS, SENDER_AS,
 };
 use fnm_agent::actions::bgp::{BgpAnnouncer, BgpBackend, BgpConfig};
-use std::{fs, process::Command, time::Duration};
-
-/// Starts the speaker gobgpd that fnm talks to: no BGP listener, one active neighbour
-/// 127.0.0.1:`receiver_port`.
-fn start_speaker(dir: &std::path::Path, receiver_port: u16, api_port: u16) -> Daemon {
-    let config = format!(
-        r#"[global.config]
-  as = {SENDER_AS}
-  router-id = "10.255.0.1"
-  port = -1
-[[neighbors]]
-  [neighbors.config]
-    neighbor-address = "127.0.0.1"
-    peer-as = {RECEIVER_AS}
-  [neighbors.transport.config]
-    remote-port = {receiver_port}
-    local-address = "127.0.0.1"
-  [neighbors.timers.config]
-    connect-retry = 1
-{GOBGP_FAMILIES}"#
-    );
-    let path = dir.join("speaker.toml");
-    fs::write(&path, config).expect("write speaker config");
-    let mut command = Command::new(require_binary("gobgpd", "gobgpd"));
-    command
-        .arg("-f")
-        .arg(&path)
-        .arg(format!("--api-hosts=127.0.0.1:{api_port}"))
-        .arg("--pprof-disable")
-        .arg("--log-plain");
-    Daemon::spawn("speaker gobgpd", command, &dir.join("speaker.log"))
-}
+use std::{fs, time::Duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gobgp_announces_and_withdraws_blackholes_and_flowspec() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut receiver = Receiver::start(dir.path());
     let api_port = free_port();
-    let mut speaker = start_speaker(dir.path(), receiver.bgp_port, api_port);
+    let mut speaker = bgp_support::start_gobgp_speaker(dir.path(), receiver.bgp_port, api_port);
     let speaker_log = dir.path().join("speaker.log");
     receiver.wait_established(|| fs::read_to_string(&speaker_log).unwrap_or_default());
     speaker.assert_running();
@@ -71,7 +40,7 @@ async fn gobgp_announcements_reach_bird2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut bird = BirdReceiver::start(dir.path());
     let api_port = free_port();
-    let mut speaker = start_speaker(dir.path(), bird.bgp_port, api_port);
+    let mut speaker = bgp_support::start_gobgp_speaker(dir.path(), bird.bgp_port, api_port);
     let speaker_log = dir.path().join("speaker.log");
     bird.wait_established(|| fs::read_to_string(&speaker_log).unwrap_or_default());
     let config = BgpConfig {

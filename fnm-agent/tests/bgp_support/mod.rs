@@ -663,3 +663,34 @@ pub mod scenario {
         receiver.wait_gone("ipv4", "198.51.100.7/32");
     }
 }
+
+/// Starts the speaker gobgpd that fnm talks to: no BGP listener, one active neighbour
+/// 127.0.0.1:`receiver_port`.
+pub fn start_gobgp_speaker(dir: &std::path::Path, receiver_port: u16, api_port: u16) -> Daemon {
+    let config = format!(
+        r#"[global.config]
+  as = {SENDER_AS}
+  router-id = "10.255.0.1"
+  port = -1
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "127.0.0.1"
+    peer-as = {RECEIVER_AS}
+  [neighbors.transport.config]
+    remote-port = {receiver_port}
+    local-address = "127.0.0.1"
+  [neighbors.timers.config]
+    connect-retry = 1
+{GOBGP_FAMILIES}"#
+    );
+    let path = dir.join("speaker.toml");
+    fs::write(&path, config).expect("write speaker config");
+    let mut command = Command::new(require_binary("gobgpd", "gobgpd"));
+    command
+        .arg("-f")
+        .arg(&path)
+        .arg(format!("--api-hosts=127.0.0.1:{api_port}"))
+        .arg("--pprof-disable")
+        .arg("--log-plain");
+    Daemon::spawn("speaker gobgpd", command, &dir.join("speaker.log"))
+}
