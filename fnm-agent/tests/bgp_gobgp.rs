@@ -6,10 +6,7 @@
 
 mod bgp_support;
 
-use bgp_support::{
-    free_port, require_binary, scenario, BirdReceiver, Daemon, Receiver, GOBGP_FAMILIES,
-    RECEIVER_AS, SENDER_AS,
-};
+use bgp_support::{free_port, scenario, BirdReceiver, Receiver};
 use fnm_agent::actions::bgp::{BgpAnnouncer, BgpBackend, BgpConfig};
 use std::{fs, time::Duration};
 
