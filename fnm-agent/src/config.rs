@@ -63,6 +63,12 @@ pub struct Config {
     /// Prometheus exporter.
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// sFlow v5 collector. Default: listens on `0.0.0.0:6343`.
+    #[serde(default)]
+    pub sflow: crate::flow::collector::SflowConfig,
+    /// NetFlow v5 / v9 / IPFIX collector. Default: listens on `0.0.0.0:2055`.
+    #[serde(default)]
+    pub netflow: crate::flow::collector::NetflowConfig,
 }
 
 /// How the XDP program is attached.
@@ -257,6 +263,8 @@ impl Config {
                 return Err(format!("{key} must be above 0"));
             }
         }
+        self.sflow.validate("sflow")?;
+        self.netflow.validate("netflow")?;
         Ok(())
     }
 

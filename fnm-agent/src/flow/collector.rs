@@ -28,9 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::collector_metrics::{BatchCounts, CollectorMetrics, SocketInfo};
 use super::socket::{self, BatchReceiver};
-use super::{
-    decode_netflow_family, sflow, DecodeError, NetflowDatagram, TemplateCache,
-};
+use super::{decode_netflow_family, sflow, DecodeError, NetflowDatagram, TemplateCache};
 use crate::{
     accounting::Accounting,
     agent::Agent,
@@ -142,7 +140,9 @@ impl<const PORT: u16> CollectorConfig<PORT> {
             return Err(format!("{section}.workers must be at most 1024"));
         }
         if self.default_sampling_rate == 0 {
-            return Err(format!("{section}.default_sampling_rate must be at least 1"));
+            return Err(format!(
+                "{section}.default_sampling_rate must be at least 1"
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for exporter in &self.exporters {
@@ -471,7 +471,11 @@ fn load_templates(path: Option<&Path>) -> TemplateCache {
     }
     match TemplateCache::load(path) {
         Ok(cache) => {
-            tracing::info!("restored {} flow templates from {}", cache.len(), path.display());
+            tracing::info!(
+                "restored {} flow templates from {}",
+                cache.len(),
+                path.display()
+            );
             cache
         }
         Err(error) => {
@@ -702,7 +706,12 @@ fn template_cache_changed(t: &super::templates::TemplateStats) -> bool {
     t.templates_learned > 0 || t.templates_withdrawn > 0 || t.sampling_rates_learned > 0
 }
 
-fn count_error(counts: &mut BatchCounts, exporter: IpAddr, protocol: &'static str, e: &DecodeError) {
+fn count_error(
+    counts: &mut BatchCounts,
+    exporter: IpAddr,
+    protocol: &'static str,
+    e: &DecodeError,
+) {
     counts.error(exporter, protocol, e.reason());
 }
 
@@ -790,7 +799,10 @@ mod tests {
     fn config_defaults_and_validation() {
         let sflow = SflowConfig::default();
         assert_eq!(sflow.listen, vec!["0.0.0.0:6343".parse().unwrap()]);
-        assert_eq!(NetflowConfig::default().listen, vec!["0.0.0.0:2055".parse().unwrap()]);
+        assert_eq!(
+            NetflowConfig::default().listen,
+            vec!["0.0.0.0:2055".parse().unwrap()]
+        );
         let parsed: NetflowConfig = toml::from_str(
             "listen = []\nallowed_exporters = [\"192.0.2.0/24\"]\n[[exporter]]\naddress = \"192.0.2.1\"\nname = \"edge\"\nsampling_rate = 100\n",
         )

@@ -424,6 +424,8 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("fnm_flow_records_total{exporter=\"edge-1\",protocol=\"netflow5\"} 30"));
+        assert!(
+            text.contains("fnm_flow_records_total{exporter=\"edge-1\",protocol=\"netflow5\"} 30")
+        );
     }
 }
