@@ -245,10 +245,12 @@ impl CollectorMetrics {
 }
 
 type Labels = Vec<(&'static str, String)>;
+/// A per-exporter counter family: name, help, and which counter it shows.
+type CounterFamily = (&'static str, &'static str, fn(&ExporterCounts) -> u64);
 
 impl MetricsSource for CollectorMetrics {
     fn register(&self, registry: &mut Registry) {
-        let families: [(&str, &str, fn(&ExporterCounts) -> u64); 7] = [
+        let families: [CounterFamily; 7] = [
             (
                 "fnm_flow_datagrams",
                 "Flow datagrams received, per exporter and protocol",

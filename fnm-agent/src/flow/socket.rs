@@ -102,20 +102,22 @@ fn socket_inode(_socket: &UdpSocket) -> u64 {
 }
 
 /// Kernel drop counters of the sockets with these inodes (Linux: `/proc/net/udp` and
-/// `/proc/net/udp6`, last column). Sockets not found, and every socket on other systems, are
-/// absent from the result.
+/// `/proc/net/udp6`, last column). Sockets not found are absent from the result.
+#[cfg(target_os = "linux")]
 pub fn socket_drops(inodes: &[u64]) -> Vec<(u64, u64)> {
     let mut found = Vec::new();
-    #[cfg(target_os = "linux")]
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        found.extend(parse_proc_udp_drops(&text, inodes));
+        if let Ok(text) = std::fs::read_to_string(table) {
+            found.extend(parse_proc_udp_drops(&text, inodes));
+        }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = inodes;
     found
+}
+
+/// Kernel drop counters: not available on this system (always empty).
+#[cfg(not(target_os = "linux"))]
+pub fn socket_drops(_inodes: &[u64]) -> Vec<(u64, u64)> {
+    Vec::new()
 }
 
 /// Parses the `(inode, drops)` of the wanted inodes out of `/proc/net/udp` text.
