@@ -82,6 +82,12 @@ pub struct Config {
     /// BGP announcements (`bgp_blackhole`, `bgp_flowspec` actions).
     #[serde(default)]
     pub bgp: crate::actions::bgp::BgpConfig,
+    /// sFlow v5 collector. Default: listens on `0.0.0.0:6343`.
+    #[serde(default)]
+    pub sflow: crate::flow::collector::SflowConfig,
+    /// NetFlow v5 / v9 / IPFIX collector. Default: listens on `0.0.0.0:2055`.
+    #[serde(default)]
+    pub netflow: crate::flow::collector::NetflowConfig,
 }
 
 /// How the XDP program is attached.
@@ -299,6 +305,8 @@ impl Config {
                 return Err(format!("{key} must be above 0"));
             }
         }
+        self.sflow.validate("sflow")?;
+        self.netflow.validate("netflow")?;
         Ok(())
     }
 

@@ -373,9 +373,16 @@ async fn run_async(config: Config) -> Result<()> {
         api_listener,
         shutdown(stop_rx.clone()),
     ));
+    let collectors = fnm_agent::flow::collector::FlowCollectors::start(
+        &agent.config.sflow,
+        &agent.config.netflow,
+        Some(&agent.config.state_dir),
+        agent.clone(),
+    )?;
+    let collector_metrics: Arc<dyn fnm_agent::metrics::MetricsSource> = collectors.metrics();
     let metrics = tokio::spawn(fnm_agent::metrics::serve(
         agent.clone(),
-        Vec::new(),
+        vec![collector_metrics],
         metrics_listener,
         shutdown(stop_rx.clone()),
     ));
@@ -391,6 +398,7 @@ async fn run_async(config: Config) -> Result<()> {
     if let Some(t) = capture {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
+    tokio::task::spawn_blocking(move || collectors.stop()).await?;
     let a: Arc<Agent> = agent.clone();
     tokio::task::spawn_blocking(move || a.stop_dataplane()).await?;
     tracing::info!("detached; bye");

@@ -35,12 +35,15 @@
 //!
 //! The direction of a record (in/out of the operator's networks) is not decided here.
 
+pub mod collector;
+pub mod collector_metrics;
 pub mod error;
 pub mod ipfix;
 pub mod netflow5;
 pub mod netflow9;
 pub mod record;
 pub mod sflow;
+pub mod socket;
 pub mod templates;
 
 use std::net::IpAddr;

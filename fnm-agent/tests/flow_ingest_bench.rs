@@ -1,0 +1,519 @@
+//! End-to-end ingest benchmark (not a timed test; run it by hand):
+//!
+//! ```text
+//! cargo test -p fnm-agent --release --test flow_ingest_bench -- --ignored --nocapture
+//! ```
+//!
+//! A sender blasts NetFlow v5 datagrams (30 records each) and sFlow v5 datagrams (10 flow
+//! samples each) with `sendmmsg` on 127.0.0.1 at increasing rates, first at fnm's collector
+//! (in process, feeding a real `Accounting`), then at the Debian `fastnetmon` 1.2.4 collector
+//! (temporary config: NetFlow and sFlow on 127.0.0.1 ports, nothing else). A step is lossless
+//! when every datagram sent was decoded (fnm: datagram counter; both: the kernel's drop counter
+//! of the receiving socket in `/proc/net/udp` stays put). The highest lossless rate of each is
+//! printed with the ratio.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use fnm_agent::{
+    accounting::Accounting,
+    flow::collector::{FlowCollectors, NetflowConfig, SflowConfig, TrafficSink},
+};
+
+const STEP: Duration = Duration::from_secs(2);
+const SAMPLES_PER_SFLOW_DATAGRAM: u32 = 10;
+const RECORDS_PER_V5_DATAGRAM: u32 = 30;
+const FIRST_RATE: f64 = 100_000.0;
+const RATE_FACTOR: f64 = 1.35;
+/// Lowest rate tried when even the first step loses datagrams.
+const MIN_RATE: f64 = 2_000.0;
+
+fn local_host(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a0a_0000 + (i % 4000))
+}
+
+fn remote_host(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0xc633_6400 + (i % 200))
+}
+
+fn netflow5(seed: u32) -> Vec<u8> {
+    let mut d = Vec::with_capacity(24 + 48 * 30);
+    d.extend_from_slice(&5u16.to_be_bytes());
+    d.extend_from_slice(&(RECORDS_PER_V5_DATAGRAM as u16).to_be_bytes());
+    d.extend_from_slice(&100_000u32.to_be_bytes());
+    d.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    d.extend_from_slice(&0u32.to_be_bytes());
+    d.extend_from_slice(&(seed * RECORDS_PER_V5_DATAGRAM).to_be_bytes());
+    d.extend_from_slice(&[0, 0, 0, 0]);
+    for r in 0..RECORDS_PER_V5_DATAGRAM {
+        let i = seed * RECORDS_PER_V5_DATAGRAM + r;
+        d.extend_from_slice(&remote_host(i).octets());
+        d.extend_from_slice(&local_host(i).octets());
+        d.extend_from_slice(&[0; 4]);
+        d.extend_from_slice(&[0, 1, 0, 2]);
+        d.extend_from_slice(&(1 + i % 50).to_be_bytes());
+        d.extend_from_slice(&(64 * (1 + i % 50)).to_be_bytes());
+        d.extend_from_slice(&99_000u32.to_be_bytes());
+        d.extend_from_slice(&99_100u32.to_be_bytes());
+        d.extend_from_slice(&((i % 60000) as u16).to_be_bytes());
+        d.extend_from_slice(&80u16.to_be_bytes());
+        d.extend_from_slice(&[0, 0x10, 6, 0]);
+        d.extend_from_slice(&[0; 8]);
+    }
+    d
+}
+
+fn sflow_datagram(seed: u32) -> Vec<u8> {
+    let mut d = Vec::with_capacity(1200);
+    for word in [
+        5u32,
+        1,
+        0x7f00_0001,
+        0,
+        seed,
+        1000,
+        SAMPLES_PER_SFLOW_DATAGRAM,
+    ] {
+        d.extend_from_slice(&word.to_be_bytes());
+    }
+    for s in 0..SAMPLES_PER_SFLOW_DATAGRAM {
+        let i = seed * SAMPLES_PER_SFLOW_DATAGRAM + s;
+        let mut header = Vec::new();
+        header.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let ip_len: u16 = 28 + 100;
+        header.extend_from_slice(&[0x45, 0]);
+        header.extend_from_slice(&ip_len.to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+        header.extend_from_slice(&remote_host(i).octets());
+        header.extend_from_slice(&local_host(i).octets());
+        header.extend_from_slice(&((i % 60000) as u16).to_be_bytes());
+        header.extend_from_slice(&53u16.to_be_bytes());
+        header.extend_from_slice(&(8u16 + 100).to_be_bytes());
+        header.extend_from_slice(&[0, 0]);
+        let header_len = header.len() as u32;
+        while header.len() % 4 != 0 {
+            header.push(0);
+        }
+        let mut record = Vec::new();
+        for word in [1u32, 14 + u32::from(ip_len) + 4, 4, header_len] {
+            record.extend_from_slice(&word.to_be_bytes());
+        }
+        record.extend_from_slice(&header);
+        let mut sample = Vec::new();
+        for word in [i, 3, 1, i * 1000, 0, 3, 4, 1] {
+            sample.extend_from_slice(&word.to_be_bytes());
+        }
+        sample.extend_from_slice(&1u32.to_be_bytes());
+        sample.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        sample.extend_from_slice(&record);
+        d.extend_from_slice(&1u32.to_be_bytes());
+        d.extend_from_slice(&(sample.len() as u32).to_be_bytes());
+        d.extend_from_slice(&sample);
+    }
+    d
+}
+
+/// Sends `datagrams` round-robin to `target` at `rate` datagrams/s for `duration` with
+/// `sendmmsg`; returns how many were sent and the achieved rate.
+fn blast(target: SocketAddr, datagrams: &[Vec<u8>], rate: f64, duration: Duration) -> (u64, f64) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(target).unwrap();
+    const BATCH: usize = 32;
+    let mut iovecs: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut next = 0usize;
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        let want = ((due - sent) as usize).min(BATCH);
+        // SAFETY: mmsghdr is plain old data.
+        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; want];
+        for header in headers.iter_mut() {
+            header.msg_hdr.msg_iov = &mut iovecs[next];
+            header.msg_hdr.msg_iovlen = 1;
+            next = (next + 1) % iovecs.len();
+        }
+        // SAFETY: the headers point at iovecs over datagrams that outlive the call.
+        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), want as u32, 0) };
+        if n > 0 {
+            sent += n as u64;
+        }
+    }
+    (sent, sent as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Kernel drops of the UDP socket bound to 127.0.0.1:`port` (from /proc/net/udp).
+fn proc_drops(port: u16) -> u64 {
+    let wanted = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&wanted.as_str()))
+                .then(|| fields.get(12)?.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Bytes waiting in the receive queue of 127.0.0.1:`port`.
+fn proc_rx_queue(port: u16) -> u64 {
+    let wanted = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1) != Some(&wanted.as_str()) {
+                return None;
+            }
+            let queues = fields.get(4)?;
+            u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+        })
+        .sum()
+}
+
+/// One collector under test: how to read its counters.
+trait Target {
+    fn name(&self) -> &'static str;
+    fn addr(&self, sflow: bool) -> SocketAddr;
+    /// (datagrams decoded or None if unknown, kernel drops) so far.
+    fn counters(&self, sflow: bool) -> (Option<u64>, u64);
+}
+
+struct Fnm {
+    collectors: FlowCollectors,
+}
+
+impl Target for Fnm {
+    fn name(&self) -> &'static str {
+        "fnm"
+    }
+    fn addr(&self, sflow: bool) -> SocketAddr {
+        if sflow {
+            self.collectors.sflow_addrs()[0]
+        } else {
+            self.collectors.netflow_addrs()[0]
+        }
+    }
+    fn counters(&self, sflow: bool) -> (Option<u64>, u64) {
+        let metrics = self.collectors.metrics();
+        let protocol = if sflow { "sflow" } else { "netflow5" };
+        let collector = if sflow { "sflow" } else { "netflow" };
+        let drops: u64 = metrics
+            .sockets()
+            .iter()
+            .zip(metrics.socket_drops())
+            .filter(|(info, _)| info.collector == collector)
+            .map(|(_, d)| d)
+            .sum();
+        (Some(metrics.protocol_total(protocol).datagrams), drops)
+    }
+}
+
+struct FastNetMon {
+    child: Child,
+    netflow_port: u16,
+    sflow_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Sets a `/proc/sys` value and returns the previous one.
+fn set_sysctl(path: &str, value: usize) -> Option<String> {
+    let previous = std::fs::read_to_string(path).ok()?;
+    std::fs::write(path, value.to_string()).ok()?;
+    Some(previous.trim().to_owned())
+}
+
+impl FastNetMon {
+    /// Starts fastnetmon; with `receive_buffer`, `net.core.rmem_default` is raised to it while
+    /// fastnetmon creates its sockets (1.2.4 has no setting for it) and restored right after.
+    fn start(receive_buffer: Option<usize>) -> Self {
+        let binary = "/usr/sbin/fastnetmon";
+        assert!(
+            std::path::Path::new(binary).is_file(),
+            "\n\n*** this benchmark needs the Debian package `fastnetmon` ***\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let free = || {
+            UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (netflow_port, sflow_port) = (free(), free());
+        std::fs::write(dir.path().join("networks"), "10.10.0.0/16\n").unwrap();
+        std::fs::write(dir.path().join("whitelist"), "").unwrap();
+        let config = dir.path().join("fastnetmon.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "logging_level = info\nnetworks_list_path = {d}/networks\nwhite_list_path = {d}/whitelist\n\
+                 enable_ban = off\nenable_ban_ipv6 = off\nprocess_incoming_traffic = on\nprocess_outgoing_traffic = on\n\
+                 netflow = on\nnetflow_host = 127.0.0.1\nnetflow_port = {netflow_port}\nnetflow_sampling_ratio = 1\n\
+                 sflow = on\nsflow_host = 127.0.0.1\nsflow_port = {sflow_port}\n\
+                 enable_api = off\nprometheus = off\npid_path = {d}/fastnetmon.pid\nmirror_afpacket = off\npcap = off\n\
+                 disable_usage_report = on\ncli_stats_file_path = {d}/fastnetmon.dat\ncli_stats_ipv6_file_path = {d}/fastnetmon_ipv6.dat\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let restore =
+            receive_buffer.and_then(|bytes| set_sysctl("/proc/sys/net/core/rmem_default", bytes));
+        let child = Command::new(binary)
+            .arg("--configuration_file")
+            .arg(&config)
+            .arg("--log_file")
+            .arg(dir.path().join("fastnetmon.log"))
+            .arg("--disable_pid_logic")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fastnetmon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let listening = |port: u16| {
+            let wanted = format!("0100007F:{port:04X}");
+            std::fs::read_to_string("/proc/net/udp")
+                .unwrap_or_default()
+                .contains(&wanted)
+        };
+        while !(listening(netflow_port) && listening(sflow_port)) {
+            assert!(Instant::now() < deadline, "fastnetmon never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(previous) = restore {
+            std::fs::write("/proc/sys/net/core/rmem_default", previous)
+                .expect("restore rmem_default");
+        }
+        Self {
+            child,
+            netflow_port,
+            sflow_port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for FastNetMon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Target for FastNetMon {
+    fn name(&self) -> &'static str {
+        "fastnetmon"
+    }
+    fn addr(&self, sflow: bool) -> SocketAddr {
+        let port = if sflow {
+            self.sflow_port
+        } else {
+            self.netflow_port
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+    fn counters(&self, sflow: bool) -> (Option<u64>, u64) {
+        let port = if sflow {
+            self.sflow_port
+        } else {
+            self.netflow_port
+        };
+        (None, proc_drops(port))
+    }
+}
+
+/// Steps the rate up until two steps in a row lose datagrams or the sender saturates;
+/// returns the highest lossless rate (records or samples per second) and the sender's best.
+fn find_lossless(target: &dyn Target, sflow: bool) -> (f64, f64) {
+    let per_datagram = f64::from(if sflow {
+        SAMPLES_PER_SFLOW_DATAGRAM
+    } else {
+        RECORDS_PER_V5_DATAGRAM
+    });
+    let datagrams: Vec<Vec<u8>> = (0..2048)
+        .map(|seed| {
+            if sflow {
+                sflow_datagram(seed)
+            } else {
+                netflow5(seed)
+            }
+        })
+        .collect();
+    let unit = if sflow { "samples/s" } else { "records/s" };
+    let mut rate = FIRST_RATE;
+    let mut best = 0.0f64;
+    let mut sender_best = 0.0f64;
+    let mut lossy_in_a_row = 0;
+    while lossy_in_a_row < 2 {
+        let (decoded_before, drops_before) = target.counters(sflow);
+        let (sent, achieved) = blast(target.addr(sflow), &datagrams, rate / per_datagram, STEP);
+        // Let the collector drain its queue.
+        let port = target.addr(sflow).port();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = target.counters(sflow);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = target.counters(sflow);
+            let drained = proc_rx_queue(port) == 0;
+            if (now == last && drained) || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let (decoded_after, drops_after) = target.counters(sflow);
+        let drops = drops_after - drops_before;
+        let lost = match (decoded_before, decoded_after) {
+            (Some(before), Some(after)) => sent.saturating_sub(after - before).max(drops),
+            _ => drops,
+        };
+        let achieved_records = achieved * per_datagram;
+        sender_best = sender_best.max(achieved_records);
+        println!(
+            "{:>10} {:>6}: target {:>10.0} {unit}, sent {:>10.0} {unit} ({sent} datagrams), lost {lost} datagrams (kernel drops {drops})",
+            target.name(),
+            if sflow { "sflow" } else { "nfv5" },
+            rate,
+            achieved_records
+        );
+        if lost == 0 {
+            best = best.max(achieved_records);
+            lossy_in_a_row = 0;
+        } else if best == 0.0 && rate > MIN_RATE {
+            // Lossy from the start: search downwards instead.
+            rate /= 2.0;
+            continue;
+        } else {
+            lossy_in_a_row += 1;
+        }
+        if achieved_records < rate * 0.9 {
+            println!("  (sender saturated at {achieved_records:.0} {unit})");
+            break;
+        }
+        rate *= RATE_FACTOR;
+    }
+    (best, sender_best)
+}
+
+/// A sink that only counts what it is handed.
+#[derive(Default)]
+struct CountingSink(std::sync::atomic::AtomicU64);
+
+impl TrafficSink for CountingSink {
+    fn ingest_batch(
+        &self,
+        _source: fnm_agent::traffic::Source,
+        records: &[fnm_agent::traffic::TrafficRecord],
+    ) {
+        self.0
+            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture --release"]
+fn flow_ingest_bench() {
+    let networks = ["10.10.0.0/16"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let accounting = Arc::new(Mutex::new(Accounting::new(
+        networks, 131_072, 262_144, 1000,
+    )));
+    let sink: Arc<dyn TrafficSink> = accounting.clone();
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let collectors = FlowCollectors::start(
+        &SflowConfig::listening_on(vec![local]),
+        &NetflowConfig::listening_on(vec![local]),
+        None,
+        sink,
+    )
+    .expect("fnm collectors");
+    let buffers: Vec<usize> = collectors
+        .metrics()
+        .sockets()
+        .iter()
+        .map(|s| s.receive_buffer_bytes)
+        .collect();
+    println!(
+        "fnm sockets: {} (receive buffers {buffers:?})",
+        buffers.len()
+    );
+    let fnm = Fnm { collectors };
+    let (fnm_v5, sender_v5) = find_lossless(&fnm, false);
+    let (fnm_sflow, sender_sflow) = find_lossless(&fnm, true);
+    drop(fnm);
+
+    // The same collectors with a sink that only counts records: the ceiling of the receive and
+    // decode path alone, without the per-host accounting.
+    let null_sink: Arc<dyn TrafficSink> = Arc::new(CountingSink::default());
+    let collectors = FlowCollectors::start(
+        &SflowConfig::listening_on(vec![local]),
+        &NetflowConfig::listening_on(vec![local]),
+        None,
+        null_sink,
+    )
+    .expect("fnm collectors");
+    let fnm = Fnm { collectors };
+    let (bare_v5, _) = find_lossless(&fnm, false);
+    let (bare_sflow, _) = find_lossless(&fnm, true);
+    drop(fnm);
+
+    let fastnetmon = FastNetMon::start(None);
+    let (fast_v5, _) = find_lossless(&fastnetmon, false);
+    let (fast_sflow, _) = find_lossless(&fastnetmon, true);
+    drop(fastnetmon);
+
+    // fastnetmon again with the receive buffer fnm gets (its sustained rate, not its burst
+    // tolerance). rmem_max must allow it.
+    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default();
+    let big = 32usize << 20;
+    let restore_max = (max.trim().parse::<usize>().unwrap_or(0) < big)
+        .then(|| set_sysctl("/proc/sys/net/core/rmem_max", big))
+        .flatten();
+    let fastnetmon = FastNetMon::start(Some(big));
+    if let Some(previous) = restore_max {
+        std::fs::write("/proc/sys/net/core/rmem_max", previous).expect("restore rmem_max");
+    }
+    let (big_v5, _) = find_lossless(&fastnetmon, false);
+    let (big_sflow, _) = find_lossless(&fastnetmon, true);
+    drop(fastnetmon);
+
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    println!("\nhighest lossless rate (sender and collector on this machine, 127.0.0.1):");
+    println!(
+        "  NetFlow v5: fnm {fnm_v5:.0} records/s, fastnetmon {fast_v5:.0} records/s, ratio {:.1}x (sender best {sender_v5:.0})",
+        ratio(fnm_v5, fast_v5)
+    );
+    println!(
+        "  sFlow v5:   fnm {fnm_sflow:.0} samples/s, fastnetmon {fast_sflow:.0} samples/s, ratio {:.1}x (sender best {sender_sflow:.0})",
+        ratio(fnm_sflow, fast_sflow)
+    );
+    println!(
+        "  fastnetmon with a 32 MiB receive buffer: {big_v5:.0} NetFlow v5 records/s (fnm {:.1}x), {big_sflow:.0} sFlow samples/s (fnm {:.1}x)",
+        ratio(fnm_v5, big_v5),
+        ratio(fnm_sflow, big_sflow)
+    );
+    println!(
+        "  fnm receive+decode only (counting sink): {bare_v5:.0} NetFlow v5 records/s, {bare_sflow:.0} sFlow samples/s"
+    );
+    let hosts = accounting.lock().unwrap().host_count();
+    assert!(hosts > 0, "fnm accounted nothing");
+}
