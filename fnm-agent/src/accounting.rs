@@ -11,9 +11,11 @@
 //! shows at its true rate one window after it starts, and crosses a threshold at 2.5× within
 //! 0.4 s plus one poll, without the smoothing delay of an exponential moving average.
 //!
-//! Flow records that span several seconds are spread evenly over their duration (capped at
-//! [`MAX_SPREAD_TICKS`] windows): the first window already shows the flow's true average rate and
-//! no window shows the whole flow at once, so a long flow cannot fake a one-second spike.
+//! Flow records describe traffic that already happened over `duration_ms`. Their packets and
+//! bytes go to the cumulative counters in full, but only the share that falls inside the rate
+//! window (window / duration, at most all of it) goes to the rate window: a 60-second record of
+//! 60 000 packets shows as 1 000 pps at once — its true average rate — rather than as a 60 000
+//! pps spike (FastNetMon credits the whole record to one second).
 
 use crate::{
     prefix::PrefixSet,
@@ -25,11 +27,6 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
-
-/// Longest spread of a flow record, in windows.
-pub const MAX_SPREAD_TICKS: u64 = 120;
-/// Most pending spread slices kept; beyond it records are credited at once.
-const MAX_PENDING_SLICES: usize = 1_000_000;
 
 /// Traffic direction relative to the local networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -238,14 +235,6 @@ impl FlowTable {
     }
 }
 
-/// A slice of a spread flow record still to be credited.
-#[derive(Debug, Clone)]
-struct Slice {
-    host: IpAddr,
-    direction: Direction,
-    counters: HostCounters,
-}
-
 /// Per-source, per-direction, per-protocol totals (packets, bytes).
 pub type Totals = BTreeMap<(Source, usize, usize), (u64, u64)>;
 
@@ -257,8 +246,6 @@ pub struct Accounting {
     max_hosts: usize,
     flows: FlowTable,
     totals: Totals,
-    pending: VecDeque<Vec<Slice>>,
-    pending_slices: usize,
     last_tick_ms: Option<u64>,
     interval_ms: u64,
     slots: usize,
@@ -280,8 +267,6 @@ impl Accounting {
             max_hosts,
             flows: FlowTable::new(max_flows),
             totals: Totals::new(),
-            pending: VecDeque::new(),
-            pending_slices: 0,
             last_tick_ms: None,
             interval_ms: interval_ms.max(1),
             slots: 1,
@@ -394,16 +379,18 @@ impl Accounting {
         counters.proto_packets[class] = record.packets;
         counters.proto_bytes[class] = record.bytes;
 
-        let ticks = record
-            .duration_ms
-            .div_ceil(self.interval_ms)
-            .clamp(1, MAX_SPREAD_TICKS);
+        let window_ms = self.slots as u64 * self.interval_ms;
+        let in_window = if record.duration_ms > window_ms {
+            scale(&counters, window_ms, record.duration_ms)
+        } else {
+            counters
+        };
         for (host, dir, yes) in [
             (record.dst, Direction::Incoming, local_dst),
             (record.src, Direction::Outgoing, local_src),
         ] {
             if yes {
-                self.credit_spread(host, dir, &counters, ticks);
+                self.credit_parts(host, dir, &counters, &in_window);
             }
         }
     }
@@ -430,37 +417,25 @@ impl Accounting {
         &self.totals
     }
 
-    fn credit_spread(&mut self, host: IpAddr, dir: Direction, c: &HostCounters, ticks: u64) {
-        if ticks <= 1 || self.pending_slices >= MAX_PENDING_SLICES {
-            self.credit(host, dir, c);
-            return;
-        }
-        let parts = split(c, ticks);
-        let mut parts = parts.into_iter();
-        if let Some(first) = parts.next() {
-            self.credit(host, dir, &first);
-        }
-        for (i, part) in parts.enumerate() {
-            while self.pending.len() <= i {
-                self.pending.push_back(Vec::new());
-            }
-            self.pending[i].push(Slice {
-                host,
-                direction: dir,
-                counters: part,
-            });
-            self.pending_slices += 1;
-        }
+    fn credit(&mut self, host: IpAddr, dir: Direction, c: &HostCounters) {
+        self.credit_parts(host, dir, c, c);
     }
 
-    fn credit(&mut self, host: IpAddr, dir: Direction, c: &HostCounters) {
+    /// Adds `total` to the cumulative counters and `window` to the rate window.
+    fn credit_parts(
+        &mut self,
+        host: IpAddr,
+        dir: Direction,
+        total: &HostCounters,
+        window: &HostCounters,
+    ) {
         if !self.hosts.contains_key(&host) && self.hosts.len() >= self.max_hosts {
             self.hosts_table_full += 1;
             return;
         }
         let entry = &mut self.hosts.entry(host).or_default().dirs[dir.index()];
-        entry.total.accumulate(c);
-        entry.window.accumulate(c);
+        entry.total.accumulate(total);
+        entry.window.accumulate(window);
     }
 
     /// Closes the current window at `now_ms` (any monotonic or capture clock in ms): computes
@@ -483,12 +458,6 @@ impl Accounting {
                 .iter()
                 .any(|d| now_ms.saturating_sub(d.last_active_ms) < forget_after_ms)
         });
-        if let Some(slices) = self.pending.pop_front() {
-            self.pending_slices -= slices.len();
-            for s in slices {
-                self.credit(s.host, s.direction, &s.counters);
-            }
-        }
     }
 
     /// One host, if known.
@@ -524,26 +493,22 @@ impl Accounting {
     }
 }
 
-/// Splits counters into `n` near-equal parts whose sum is exactly the input.
-fn split(c: &HostCounters, n: u64) -> Vec<HostCounters> {
-    let part = |v: u64, i: u64| v / n + u64::from(i < v % n);
-    (0..n)
-        .map(|i| {
-            let mut p = HostCounters {
-                packets: part(c.packets, i),
-                bytes: part(c.bytes, i),
-                flows: if i == 0 { c.flows } else { 0 },
-                tcp_syn_packets: part(c.tcp_syn_packets, i),
-                fragments: part(c.fragments, i),
-                ..Default::default()
-            };
-            for k in 0..proto::COUNT {
-                p.proto_packets[k] = part(c.proto_packets[k], i);
-                p.proto_bytes[k] = part(c.proto_bytes[k], i);
-            }
-            p
-        })
-        .collect()
+/// `c` × `num` / `den`, field by field (rounded down; new flows kept).
+fn scale(c: &HostCounters, num: u64, den: u64) -> HostCounters {
+    let f = |v: u64| ((v as u128 * num as u128) / den.max(1) as u128) as u64;
+    let mut out = HostCounters {
+        packets: f(c.packets),
+        bytes: f(c.bytes),
+        flows: c.flows,
+        tcp_syn_packets: f(c.tcp_syn_packets),
+        fragments: f(c.fragments),
+        ..Default::default()
+    };
+    for k in 0..proto::COUNT {
+        out.proto_packets[k] = f(c.proto_packets[k]);
+        out.proto_bytes[k] = f(c.proto_bytes[k]);
+    }
+    out
 }
 
 /// The 16-byte form of an address (IPv4-mapped for IPv4), as the kernel keys use.
@@ -659,20 +624,18 @@ mod tests {
     }
 
     #[test]
-    fn long_flow_records_are_spread_not_spiked() {
+    fn long_flow_records_show_their_average_rate_not_a_spike() {
         let mut a = acc();
-        a.tick(0, u64::MAX);
         let mut r = rec("192.0.2.1", "10.0.0.1", 1000, 100_000);
         r.duration_ms = 10_000;
         a.ingest(&r, Source::Netflow);
-        let mut seen = 0.0;
-        for t in 1..=12 {
-            a.tick(t * 1000, u64::MAX);
-            let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
-            assert!(d.rates.pps <= 100.0, "spike: {}", d.rates.pps);
-            seen += d.rates.pps;
-        }
-        assert_eq!(seen, 1000.0);
+        a.tick(1000, u64::MAX);
+        let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
+        assert_eq!(d.rates.pps, 100.0, "the record's average rate, at once");
+        assert_eq!(d.total.packets, 1000, "all of it in the totals");
+        a.tick(2000, u64::MAX);
+        let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
+        assert_eq!(d.rates.pps, 0.0);
     }
 
     #[test]

@@ -84,7 +84,10 @@ fn flood_is_blackholed_and_flowspecced_through_gobgp_then_withdrawn() {
         agent_log()
     );
     let fs = receiver.wait_route("ipv4-flowspec", "127.0.0.2/32");
-    assert!(fs.contains("udp") || fs.contains("protocol"), "flowspec rule: {fs}");
+    assert!(
+        fs.contains("udp") || fs.contains("protocol"),
+        "flowspec rule: {fs}"
+    );
 
     // The flood stopped; after ban time (2 s) and the stop hysteresis (1 s) both go.
     receiver.wait_gone("ipv4", "127.0.0.2/32");

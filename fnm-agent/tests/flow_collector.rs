@@ -185,7 +185,7 @@ fn malformed_datagrams_are_counted_by_reason_and_never_stop_the_collector() {
             sent_netflow += 1;
         }
         // Keep well under the receive buffer: this test is about decoding, not load.
-        if (sent_sflow + sent_netflow) % 200 == 0 {
+        if (sent_sflow + sent_netflow).is_multiple_of(200) {
             std::thread::sleep(Duration::from_millis(5));
         }
     };

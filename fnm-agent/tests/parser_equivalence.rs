@@ -38,28 +38,59 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
         ("mpls", eth(ETH_MPLS, &mpls(&[16, 17], &udp4))),
         (
             "ipv4 options tcp syn",
-            eth(ETH_IPV4, &ipv4(REMOTE4, LOCAL4, 6, &[1, 1, 1, 0], 0, &tcp(40000, 80, 0x02))),
+            eth(
+                ETH_IPV4,
+                &ipv4(REMOTE4, LOCAL4, 6, &[1, 1, 1, 0], 0, &tcp(40000, 80, 0x02)),
+            ),
         ),
         (
             "tcp ack outgoing",
-            eth(ETH_IPV4, &ipv4(LOCAL4, REMOTE4, 6, &[], 0, &tcp(80, 40000, 0x10))),
+            eth(
+                ETH_IPV4,
+                &ipv4(LOCAL4, REMOTE4, 6, &[], 0, &tcp(80, 40000, 0x10)),
+            ),
         ),
         (
             "first fragment",
-            eth(ETH_IPV4, &ipv4(REMOTE4, LOCAL4, 17, &[], 0x2000, &udp(1, 2, 64))),
+            eth(
+                ETH_IPV4,
+                &ipv4(REMOTE4, LOCAL4, 17, &[], 0x2000, &udp(1, 2, 64)),
+            ),
         ),
         (
             "later fragment",
-            eth(ETH_IPV4, &ipv4(REMOTE4, LOCAL4, 17, &[], 0x0009, &[0u8; 40])),
+            eth(
+                ETH_IPV4,
+                &ipv4(REMOTE4, LOCAL4, 17, &[], 0x0009, &[0u8; 40]),
+            ),
         ),
-        ("icmp", eth(ETH_IPV4, &ipv4(REMOTE4, LOCAL4, 1, &[], 0, &icmp_echo(56)))),
+        (
+            "icmp",
+            eth(ETH_IPV4, &ipv4(REMOTE4, LOCAL4, 1, &[], 0, &icmp_echo(56))),
+        ),
         (
             "ipv6 ext headers",
-            eth(ETH_IPV6, &ipv6(remote6(), local6(), 0, &ipv6_opts(60, &ipv6_opts(17, &udp(1, 53, 20))))),
+            eth(
+                ETH_IPV6,
+                &ipv6(
+                    remote6(),
+                    local6(),
+                    0,
+                    &ipv6_opts(60, &ipv6_opts(17, &udp(1, 53, 20))),
+                ),
+            ),
         ),
         (
             "ipv6 fragment",
-            eth(ETH_IPV6, &ipv6(remote6(), local6(), 44, &ipv6_frag(17, 0, true, &udp(1, 2, 16)))),
+            eth(
+                ETH_IPV6,
+                &ipv6(
+                    remote6(),
+                    local6(),
+                    44,
+                    &ipv6_frag(17, 0, true, &udp(1, 2, 16)),
+                ),
+            ),
         ),
         ("arp", eth(0x0806, &[0u8; 28])),
         ("truncated", eth(ETH_IPV4, &udp4)[..20].to_vec()),
@@ -84,7 +115,10 @@ fn kernel(dp: &DataPlane, addr: IpAddr, dir: u8) -> HostCounters {
 #[test]
 fn userspace_parser_and_xdp_account_identically() {
     common::require_root("the parser equivalence test");
-    let networks = vec!["10.10.0.0/16".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+    let networks = vec![
+        "10.10.0.0/16".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
     for (name, frame) in frames() {
         let dp = DataPlane::load(&XdpConfig::default(), &networks, &[]).expect("load XDP");
         dp.test_run(&frame).unwrap();
@@ -100,7 +134,12 @@ fn userspace_parser_and_xdp_account_identically() {
                     .host(host)
                     .map(|h| h.dirs[dir.index()].total)
                     .unwrap_or_default();
-                assert_eq!(k, u, "{name}: {host} {}: XDP {k:?} vs userspace {u:?}", dir.as_str());
+                assert_eq!(
+                    k,
+                    u,
+                    "{name}: {host} {}: XDP {k:?} vs userspace {u:?}",
+                    dir.as_str()
+                );
             }
         }
     }

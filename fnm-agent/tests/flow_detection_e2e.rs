@@ -1,0 +1,104 @@
+//! Detection from flow records: NetFlow v5 datagrams describing an NTP reflection towards a local
+//! host, sent to the agent's collector, open an attack (with the right fingerprint) and call the
+//! notify script, exactly as on the XDP path. Runs in a network namespace (root).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::{agent::AgentProcess, netns::NetnsPair, require_root};
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    time::{Duration, Instant},
+};
+
+/// One NetFlow v5 datagram with `records` flows of `packets` packets over the last second.
+fn netflow_v5(seq: u32, uptime_ms: u32, dst: Ipv4Addr, records: u8, packets: u32) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(&5u16.to_be_bytes());
+    d.extend_from_slice(&u16::from(records).to_be_bytes());
+    d.extend_from_slice(&uptime_ms.to_be_bytes());
+    d.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    d.extend_from_slice(&0u32.to_be_bytes());
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend_from_slice(&[0, 0, 0, 0]); // engine type/id, sampling (none)
+    for i in 0..records {
+        d.extend_from_slice(&[198, 51, 100, i + 1]);
+        d.extend_from_slice(&dst.octets());
+        d.extend_from_slice(&[0; 4]); // next hop
+        d.extend_from_slice(&[0, 1, 0, 2]); // input, output
+        d.extend_from_slice(&packets.to_be_bytes());
+        d.extend_from_slice(&(packets * 468).to_be_bytes());
+        d.extend_from_slice(&(uptime_ms - 1000).to_be_bytes()); // first
+        d.extend_from_slice(&uptime_ms.to_be_bytes()); // last
+        d.extend_from_slice(&123u16.to_be_bytes());
+        d.extend_from_slice(&40000u16.to_be_bytes());
+        d.extend_from_slice(&[0, 0, 17, 0]); // pad, tcp flags, protocol, tos
+        d.extend_from_slice(&[0; 8]); // AS numbers, masks, pad
+    }
+    d
+}
+
+#[test]
+fn netflow_flood_is_detected_and_scripted() {
+    require_root("flow detection end-to-end tests");
+    let pair = NetnsPair::new(96);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("script.log");
+    let script = dir.path().join("notify.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"ARGS $1 $2 $3 $4\" >> {0}\ncat >> {0}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = Ipv4Addr::new(10, 10, 0, 9);
+    let config = format!(
+        "networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n\
+         [sflow]\nlisten = []\n[netflow]\nlisten = [\"127.0.0.1:2055\"]\n\
+         [detection.incoming]\npps = 20000\n\
+         [ban]\nactions = [\"script\"]\nscript = \"{}\"\n",
+        script.display()
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+
+    // An exporter reporting 30 flows x 400 packets (each over the last second) every 200 ms.
+    let started = Instant::now();
+    NetnsPair::in_ns(&pair.agent, move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..10u32 {
+            let d = netflow_v5(i * 30, 10_000 + i * 200, victim, 30, 400);
+            s.send_to(&d, "127.0.0.1:2055").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(" ban\n") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ban call; agent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let latency = started.elapsed();
+    assert!(text.contains(&format!("ARGS {victim} incoming ")), "{text}");
+    assert!(text.contains("Attack type: ntp_amplification"), "{text}");
+    assert!(latency < Duration::from_secs(3), "{latency:?}");
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    assert_eq!(attacks[0]["threshold"]["rate"], "pps", "{attacks:#}");
+    assert_eq!(
+        attacks[0]["fingerprint"]["source_port"][0], 123,
+        "{attacks:#}"
+    );
+    let host = agent.get(&format!("/api/v1/hosts/{victim}")).unwrap();
+    assert_eq!(host["incoming"]["packets"], 10 * 30 * 400, "{host:#}");
+    assert_eq!(host["incoming"]["bytes"], 10 * 30 * 400 * 468, "{host:#}");
+}
