@@ -142,7 +142,7 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
-    run("cargo", &["build", "--release", "-p", "fnm-agent"])?;
+    // Every test binary runs even when an earlier one fails, so one run shows every failure.
     run(
         "cargo",
         &[
@@ -150,6 +150,7 @@ fn test() -> Result<()> {
             "--workspace",
             "--exclude",
             "fnm-ebpf",
+            "--no-fail-fast",
             "--",
             "--test-threads=2",
         ],
