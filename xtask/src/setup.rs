@@ -39,6 +39,27 @@ pub fn run(test_peers: bool) -> Result<()> {
     apt_install(&wanted)?;
     rust_src()?;
     bpf_linker()?;
+    if test_peers {
+        cross_targets()?;
+    }
+    Ok(())
+}
+
+/// Targets the agent is checked for (FreeBSD with netmap, macOS), with the Linux parts out.
+pub const CROSS_TARGETS: &[&str] = &["x86_64-unknown-freebsd", "x86_64-apple-darwin"];
+
+fn cross_targets() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup target list")?;
+    let installed = String::from_utf8_lossy(&out.stdout).to_string();
+    for target in CROSS_TARGETS {
+        if !installed.lines().any(|l| l.trim() == *target) {
+            println!("xtask setup: adding the {target} standard library (cross-platform check)");
+            crate::run("rustup", &["target", "add", target])?;
+        }
+    }
     Ok(())
 }
 
