@@ -21,10 +21,11 @@ use crate::{
     prefix::PrefixSet,
     traffic::{Source, TrafficRecord},
 };
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 use fnm_common::{proto, FlowKey, HostCounters};
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{hash_map::Entry, BTreeMap, VecDeque},
     net::IpAddr,
 };
 
@@ -152,6 +153,9 @@ pub struct HostDirection {
     pub total: HostCounters,
     /// Rates over the last rate window (sliding, updated every poll).
     pub rates: Rates,
+    /// Rates over the last poll slot alone: noisier, but the true rate of a flood younger
+    /// than the window (reported as its initial and peak rates).
+    pub slot_rates: Rates,
     /// Counters of the poll slot being measured.
     window: HostCounters,
     /// The last closed slots (a ring), which make up the rate window.
@@ -170,6 +174,7 @@ impl HostDirection {
             self.slots = vec![HostCounters::default(); slots];
             self.next_slot = 0;
         }
+        self.slot_rates = Rates::from_window(&self.window, window_seconds / slots as f64);
         self.slots[self.next_slot] = std::mem::take(&mut self.window);
         self.next_slot = (self.next_slot + 1) % slots;
         let mut sum = HostCounters::default();
@@ -429,11 +434,16 @@ impl Accounting {
         total: &HostCounters,
         window: &HostCounters,
     ) {
-        if !self.hosts.contains_key(&host) && self.hosts.len() >= self.max_hosts {
-            self.hosts_table_full += 1;
-            return;
-        }
-        let entry = &mut self.hosts.entry(host).or_default().dirs[dir.index()];
+        let full = self.hosts.len() >= self.max_hosts;
+        let host = match self.hosts.entry(host) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if full => {
+                self.hosts_table_full += 1;
+                return;
+            }
+            Entry::Vacant(e) => e.insert(Host::default()),
+        };
+        let entry = &mut host.dirs[dir.index()];
         entry.total.accumulate(total);
         entry.window.accumulate(window);
     }

@@ -133,7 +133,10 @@ impl Detector {
                 } => {
                     let rates = acc
                         .host(host)
-                        .map(|h| h.dirs[direction.index()].rates.max(&rates))
+                        .map(|h| {
+                            let d = &h.dirs[direction.index()];
+                            d.rates.max(&d.slot_rates).max(&rates)
+                        })
                         .unwrap_or(rates);
                     DetectorEvent::Started {
                         host,
@@ -185,9 +188,12 @@ impl Detector {
                         ));
                     }
                 }
+                // Reported rates: the window's, or the last slot's when higher (a flood
+                // younger than the window shows its true rate there).
+                let reported = d.rates.max(&d.slot_rates);
                 match self.ongoing.get_mut(&key) {
                     Some(o) => {
-                        o.peak = o.peak.max(&d.rates);
+                        o.peak = o.peak.max(&reported);
                         if max_share < self.stop_ratio {
                             let since = *o.below_since_ms.get_or_insert(now_ms);
                             if now_ms.saturating_sub(since) >= self.stop_after_ms {
@@ -206,7 +212,7 @@ impl Detector {
                             self.ongoing.insert(
                                 key,
                                 Ongoing {
-                                    peak: d.rates,
+                                    peak: reported,
                                     below_since_ms: None,
                                 },
                             );
@@ -214,7 +220,7 @@ impl Detector {
                                 host: *ip,
                                 direction: dir,
                                 crossing,
-                                rates: d.rates,
+                                rates: reported,
                                 hostgroup: eff.hostgroup.clone(),
                                 report_only: eff.report_only,
                             };
