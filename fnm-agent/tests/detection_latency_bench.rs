@@ -131,18 +131,14 @@ fn fastnetmon_flood(attacker: Ipv4Addr, victim: SocketAddrV4, pps: f64) -> Run {
 fn print_table(results: &Results, floods: usize) {
     println!(
         "\n| detector | flood | floods detected | min | median | p90 | max | achieved pps (median) | \
-         first-second pps (median) | reported pps (median) |"
+         reported pps in the ban call (median) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for detector in ["fnm (XDP)", "FastNetMon 1.2.4 (sFlow)"] {
         for level in LEVELS {
             let runs = results.of(detector, level);
             let latencies: Vec<f64> = runs.iter().filter_map(|r| r.latency).collect();
             let achieved: Vec<f64> = runs.iter().map(|r| r.flood.achieved_pps()).collect();
-            let first: Vec<f64> = runs
-                .iter()
-                .map(|r| r.flood.packets_first_second as f64)
-                .collect();
             let reported: Vec<f64> = runs
                 .iter()
                 .filter(|r| r.latency.is_some())
@@ -155,19 +151,22 @@ fn print_table(results: &Results, floods: usize) {
                 });
             println!(
                 "| {detector} | {level}× ({} pps) | {}/{} | {min:.3} s | {median:.3} s | {p90:.3} s | \
-                 {max:.3} s | {:.0} | {:.0} | {:.0} |",
+                 {max:.3} s | {:.0} | {:.0} |",
                 (level * THRESHOLD_PPS as f64) as u64,
                 latencies.len(),
                 floods,
                 med(&achieved),
-                med(&first),
                 med(&reported),
             );
         }
     }
     for level in LEVELS {
         let median = |d: &str| {
-            let l: Vec<f64> = results.of(d, level).iter().filter_map(|r| r.latency).collect();
+            let l: Vec<f64> = results
+                .of(d, level)
+                .iter()
+                .filter_map(|r| r.latency)
+                .collect();
             Distribution::of(&l).map_or(f64::NAN, |d| d.median)
         };
         println!(
@@ -178,10 +177,12 @@ fn print_table(results: &Results, floods: usize) {
     println!("\nraw latencies (s):");
     for (detector, level, run) in &results.runs {
         println!(
-            "  {detector} {level}×: {} (achieved {:.0} pps, first second {} pkts, reported {} pps)",
+            "  {detector} {level}×: {} (flood of {} packets in {:.3} s = {:.0} pps; ban call \
+             reported {} pps)",
             run.latency.map_or("miss".to_owned(), |l| format!("{l:.3}")),
+            run.flood.packets,
+            run.flood.elapsed.as_secs_f64(),
             run.flood.achieved_pps(),
-            run.flood.packets_first_second,
             run.reported_pps
         );
     }
@@ -251,7 +252,10 @@ fn detection_latency_fnm_xdp_vs_fastnetmon_sflow() {
             run.flood.achieved_pps()
         );
     }
-    let missed = results.runs.iter().filter(|(d, _, r)| *d == "fnm (XDP)" && r.latency.is_none());
+    let missed = results
+        .runs
+        .iter()
+        .filter(|(d, _, r)| *d == "fnm (XDP)" && r.latency.is_none());
     assert_eq!(missed.count(), 0, "fnm missed floods");
 }
 
@@ -290,7 +294,10 @@ fn sflow_encoder_round_trips_through_the_decoder() {
     for (i, s) in d.flows.iter().enumerate() {
         assert_eq!(s.sequence, i as u32 + 1);
         assert_eq!((s.sampling_rate, s.source_id_index), (10, 3));
-        assert_eq!((s.input_ifindex, s.output_ifindex, s.frame_length), (3, 4, 446));
+        assert_eq!(
+            (s.input_ifindex, s.output_ifindex, s.frame_length),
+            (3, 4, 446)
+        );
         let p = s.packet.expect("sampled packet");
         assert_eq!(p.src, IpAddr::V4(Ipv4Addr::new(10, 84, 0, 2)));
         assert_eq!(p.dst, IpAddr::V4(Ipv4Addr::new(10, 84, 0, 1)));
@@ -306,6 +313,9 @@ fn sflow_encoder_round_trips_through_the_decoder() {
 fn distribution_uses_nearest_rank_p90_and_midpoint_median() {
     let v: Vec<f64> = (1..=20).map(f64::from).collect();
     let d = Distribution::of(&v).expect("non-empty");
-    assert_eq!((d.n, d.min, d.median, d.p90, d.max), (20, 1.0, 10.5, 18.0, 20.0));
+    assert_eq!(
+        (d.n, d.min, d.median, d.p90, d.max),
+        (20, 1.0, 10.5, 18.0, 20.0)
+    );
     assert!(Distribution::of(&[]).is_none());
 }

@@ -254,10 +254,7 @@ pub fn sflow_flood(
     sampling_rate: u32,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<FloodReport> {
-    assert!(
-        collector.ip().is_loopback(),
-        "sFlow goes to 127.0.0.1 only"
-    );
+    assert!(collector.ip().is_loopback(), "sFlow goes to 127.0.0.1 only");
     std::thread::spawn(move || {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind sFlow sender");
         let frame = udp_frame(attacker, *victim.ip(), 53, victim.port(), 400);
@@ -363,7 +360,12 @@ pub fn script_calls(log: &Path) -> Vec<ScriptCall> {
 }
 
 /// Waits up to `timeout` for the `nth` (0-based) call with `action`; returns it.
-pub fn wait_for_call(log: &Path, action: &str, nth: usize, timeout: Duration) -> Option<ScriptCall> {
+pub fn wait_for_call(
+    log: &Path,
+    action: &str,
+    nth: usize,
+    timeout: Duration,
+) -> Option<ScriptCall> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(call) = script_calls(log)
@@ -639,7 +641,14 @@ impl BenchAgent {
         let log_path = dir.join("agent.log");
         let log = std::fs::File::create(&log_path).expect("agent log");
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, super::agent::binary(), "run", "--config"])
+            .args([
+                "netns",
+                "exec",
+                ns,
+                super::agent::binary(),
+                "run",
+                "--config",
+            ])
             .arg(&config_path)
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
