@@ -38,6 +38,9 @@ enum Task {
     Test,
     /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
     Bench,
+    /// Detection latency benchmark: fnm on XDP against FastNetMon 1.2.4 fed by sFlow, 20 floods
+    /// at 2.5× and at 10× a packets/s threshold (needs root).
+    BenchLatency,
 }
 
 fn main() -> Result<()> {
@@ -59,6 +62,24 @@ fn main() -> Result<()> {
             run("target/release/fnm-agent", &["run", "--config", &cfg])
         }
         Task::Test => test(),
+        Task::BenchLatency => {
+            setup::run(true)?;
+            run(
+                "cargo",
+                &[
+                    "test",
+                    "--release",
+                    "-p",
+                    "fnm-agent",
+                    "--test",
+                    "detection_latency_bench",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ],
+            )
+        }
         Task::Bench => {
             setup::run(true)?;
             run(

@@ -13,4 +13,5 @@ pub fn require_root(what: &str) {
     );
 }
 pub mod agent;
+pub mod flood;
 pub mod netns;
