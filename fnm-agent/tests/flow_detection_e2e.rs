@@ -102,3 +102,50 @@ fn netflow_flood_is_detected_and_scripted() {
     assert_eq!(host["incoming"]["packets"], 10 * 30 * 400, "{host:#}");
     assert_eq!(host["incoming"]["bytes"], 10 * 30 * 400 * 468, "{host:#}");
 }
+
+#[test]
+fn sflow_flood_is_detected_and_scripted() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    require_root("flow detection end-to-end tests");
+    let pair = NetnsPair::new(97);
+    let dir = tempfile::tempdir().unwrap();
+    let (script, log) = common::flood::timestamp_script(dir.path());
+    let victim = Ipv4Addr::new(10, 10, 0, 11);
+    let config = format!(
+        "networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n\
+         [sflow]\nlisten = [\"127.0.0.1:6343\"]\n[netflow]\nlisten = []\n\
+         [detection.incoming]\nudp_pps = 10000\n\
+         [ban]\nactions = [\"script\"]\nscript = \"{}\"\n",
+        script.display()
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+    // 40 kpps of DNS reflection sampled 1 in 100 by the exporter, for 2 s.
+    let report = NetnsPair::in_ns(&pair.agent, move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = common::flood::sflow_flood(
+            "127.0.0.1:6343".parse().unwrap(),
+            Ipv4Addr::new(198, 51, 100, 7),
+            std::net::SocketAddrV4::new(victim, 4444),
+            40_000.0,
+            100,
+            stop.clone(),
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        sender.join().unwrap()
+    });
+    let call = common::flood::script_calls(&log)
+        .into_iter()
+        .find(|c| c.action == "ban")
+        .unwrap_or_else(|| panic!("no ban call; agent log:\n{}", agent.log()));
+    assert_eq!(call.ip, victim.to_string());
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    assert_eq!(
+        attacks[0]["fingerprint"]["attack_type"], "dns_amplification",
+        "{attacks:#}"
+    );
+    agent.settle();
+    let host = agent.get(&format!("/api/v1/hosts/{victim}")).unwrap();
+    // Sampled 1:100: the packets the samples stand for, exactly.
+    assert_eq!(host["incoming"]["packets"], report.packets, "{host:#}");
+}
