@@ -11,7 +11,7 @@ use crate::{
     detection::{
         attack::{self, Attack},
         config::{Action, ReportFormat},
-        detector::{Crossing, Detector, DetectorEvent},
+        detector::{Detector, DetectorEvent, Opening},
         history::AttackHistory,
         thresholds::ThresholdTable,
     },
@@ -412,14 +412,7 @@ impl Agent {
                         self.set_sampling(host, dir, None);
                     }
                 }
-                DetectorEvent::Started {
-                    host,
-                    direction,
-                    crossing,
-                    rates,
-                    hostgroup,
-                    report_only,
-                } => self.on_attack(host, direction, crossing, rates, hostgroup, report_only),
+                DetectorEvent::Started(opening) => self.on_attack(opening),
                 DetectorEvent::Stopped { host, direction } => {
                     tracing::info!("attack on {host} ({}) stopped", direction.as_str());
                     self.end_attack_record(host, direction);
@@ -456,31 +449,32 @@ impl Agent {
         history.save();
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_attack(
-        &self,
-        host: IpAddr,
-        direction: Direction,
-        crossing: Crossing,
-        rates: crate::accounting::Rates,
-        hostgroup: Option<String>,
-        report_only: bool,
-    ) {
+    fn on_attack(&self, opening: Opening) {
+        let (host, direction) = (opening.host, opening.direction);
         let started = unix_ms();
-        let id = format!("{started}-{host}-{}", direction.as_str());
         tracing::warn!(
             "attack on {host} ({}): {} {:.0} > {:.0}",
             direction.as_str(),
-            crossing.rate,
-            crossing.value,
-            crossing.threshold
+            opening.crossing.rate,
+            opening.crossing.value,
+            opening.crossing.threshold
         );
-        let (top_flows, samples, records) = {
-            let acc = self.accounting();
-            attack::summarise(acc.samples(host, direction))
-        };
-        let fingerprint = attack::fingerprint(&records, &rates, self.config.ban.max_source_drops);
         let already = lock(&self.mitigations).get(host, direction).cloned();
+        let id = already
+            .as_ref()
+            .map(|m| m.attack_id.clone())
+            .unwrap_or_else(|| format!("{started}-{host}-{}", direction.as_str()));
+        let report_only = opening.report_only;
+        let (mut record, records) = {
+            let acc = self.accounting();
+            Attack::open(
+                id,
+                started,
+                opening,
+                acc.samples(host, direction),
+                self.config.ban.max_source_drops,
+            )
+        };
         let effective = lock(&self.detector).table().lookup(host);
         let actions: Vec<Action> = if report_only || already.is_some() {
             Vec::new()
@@ -489,22 +483,6 @@ impl Agent {
                 .actions
                 .clone()
                 .unwrap_or_else(|| self.config.ban.actions.clone())
-        };
-        let mut record = Attack {
-            id: already.as_ref().map(|m| m.attack_id.clone()).unwrap_or(id),
-            host,
-            direction,
-            hostgroup,
-            started_unix_ms: started,
-            ended_unix_ms: None,
-            threshold: crossing,
-            initial_rates: rates,
-            peak_rates: rates,
-            top_flows,
-            samples,
-            fingerprint,
-            actions: Vec::new(),
-            report_only,
         };
         if !actions.is_empty() {
             let m = self.mitigate(&mut record, &records, &actions);

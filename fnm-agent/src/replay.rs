@@ -7,7 +7,7 @@ use crate::{
     capture::{pcap_file, PacketSink},
     config::Config,
     detection::{
-        attack::{self, Attack},
+        attack::Attack,
         detector::{Detector, DetectorEvent},
         thresholds::ThresholdTable,
     },
@@ -78,37 +78,16 @@ impl ReplaySink {
                 DetectorEvent::Unwatch(h, d) => {
                     self.acc.unwatch(h, d);
                 }
-                DetectorEvent::Started {
-                    host,
-                    direction,
-                    crossing,
-                    rates,
-                    hostgroup,
-                    report_only,
-                } => {
-                    let (top_flows, samples, records) =
-                        attack::summarise(self.acc.samples(host, direction));
-                    let fingerprint = attack::fingerprint(&records, &rates, self.max_sources);
-                    self.attacks.push(Attack {
-                        id: format!(
-                            "replay-{}-{host}-{}",
-                            self.attacks.len() + 1,
-                            direction.as_str()
-                        ),
-                        host,
-                        direction,
-                        hostgroup,
-                        started_unix_ms: now_ms,
-                        ended_unix_ms: None,
-                        threshold: crossing,
-                        initial_rates: rates,
-                        peak_rates: rates,
-                        top_flows,
-                        samples,
-                        fingerprint,
-                        actions: Vec::new(),
-                        report_only,
-                    });
+                DetectorEvent::Started(o) => {
+                    let id = format!(
+                        "replay-{}-{}-{}",
+                        self.attacks.len() + 1,
+                        o.host,
+                        o.direction.as_str()
+                    );
+                    let samples = self.acc.samples(o.host, o.direction);
+                    let (attack, _) = Attack::open(id, now_ms, o, samples, self.max_sources);
+                    self.attacks.push(attack);
                 }
                 DetectorEvent::Stopped { host, direction } => self.end(host, direction, now_ms),
             }

@@ -13,7 +13,6 @@ use fnm_agent::{
     traffic::Source,
     xdp::DataPlane,
 };
-use fnm_common::{HostCounters, HostKey};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const LOCAL4: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 5);
@@ -97,21 +96,6 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn kernel(dp: &DataPlane, addr: IpAddr, dir: u8) -> HostCounters {
-    let key = HostKey {
-        addr: fnm_agent::accounting::to16(addr),
-        direction: dir,
-        _pad: [0; 3],
-    };
-    let mut sum = HostCounters::default();
-    if let Ok(v) = dp.maps.hosts.get(&key, 0) {
-        for c in v.iter() {
-            sum.accumulate(c);
-        }
-    }
-    sum
-}
-
 #[test]
 fn userspace_parser_and_xdp_account_identically() {
     common::require_root("the parser equivalence test");
@@ -129,7 +113,7 @@ fn userspace_parser_and_xdp_account_identically() {
         }
         for host in [IpAddr::V4(LOCAL4), IpAddr::V6(local6())] {
             for dir in Direction::ALL {
-                let k = kernel(&dp, host, dir.index() as u8);
+                let k = common::kernel_host(&dp, host, dir.index() as u8);
                 let u = acc
                     .host(host)
                     .map(|h| h.dirs[dir.index()].total)

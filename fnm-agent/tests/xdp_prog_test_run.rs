@@ -11,7 +11,7 @@ use fnm_agent::{
     config::XdpConfig,
     xdp::{DataPlane, RuleSpec},
 };
-use fnm_common::{direction, proto, stat, HostCounters, HostKey};
+use fnm_common::{direction, proto, stat, HostCounters};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const XDP_DROP: u32 = 1;
@@ -45,18 +45,7 @@ fn plane() -> DataPlane {
 }
 
 fn host(dp: &DataPlane, addr: IpAddr, dir: u8) -> HostCounters {
-    let key = HostKey {
-        addr: fnm_agent::accounting::to16(addr),
-        direction: dir,
-        _pad: [0; 3],
-    };
-    let mut sum = HostCounters::default();
-    if let Ok(values) = dp.maps.hosts.get(&key, 0) {
-        for v in values.iter() {
-            sum.accumulate(v);
-        }
-    }
-    sum
+    common::kernel_host(dp, addr, dir)
 }
 
 fn udp4(payload: usize) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The attack record: what was crossed, true rates, top flows, samples and a fingerprint.
 
-use super::detector::Crossing;
+use super::detector::{Crossing, Opening};
 use crate::{
     accounting::{Direction, Rates, SampleBuffer},
     traffic::TrafficRecord,
@@ -118,6 +118,38 @@ pub struct Attack {
     pub actions: Vec<String>,
     /// Detect and report only.
     pub report_only: bool,
+}
+
+impl Attack {
+    /// The record of an attack the detector just opened, from the host's samples; also returns
+    /// the sampled records (the sources for `xdp_source`).
+    pub fn open(
+        id: String,
+        started_unix_ms: u64,
+        o: Opening,
+        samples: Option<&SampleBuffer>,
+        max_sources: usize,
+    ) -> (Attack, Vec<TrafficRecord>) {
+        let (top_flows, samples, records) = summarise(samples);
+        let fingerprint = fingerprint(&records, &o.rates, max_sources);
+        let attack = Attack {
+            id,
+            host: o.host,
+            direction: o.direction,
+            hostgroup: o.hostgroup,
+            started_unix_ms,
+            ended_unix_ms: None,
+            threshold: o.crossing,
+            initial_rates: o.rates,
+            peak_rates: o.rates,
+            top_flows,
+            samples,
+            fingerprint,
+            actions: Vec::new(),
+            report_only: o.report_only,
+        };
+        (attack, records)
+    }
 }
 
 fn service_label(protocol: u8, src_port: u16) -> Option<&'static str> {

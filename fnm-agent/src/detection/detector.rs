@@ -33,24 +33,28 @@ pub struct Crossing {
     pub threshold: f64,
 }
 
+/// What the detector knows when an attack opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opening {
+    /// The local host.
+    pub host: IpAddr,
+    /// Its direction.
+    pub direction: Direction,
+    /// The first threshold crossed (largest overshoot).
+    pub crossing: Crossing,
+    /// All its rates at that moment.
+    pub rates: Rates,
+    /// Its hostgroup.
+    pub hostgroup: Option<String>,
+    /// Detect and report only.
+    pub report_only: bool,
+}
+
 /// What a check found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DetectorEvent {
     /// A host crossed a threshold.
-    Started {
-        /// The local host.
-        host: IpAddr,
-        /// Its direction.
-        direction: Direction,
-        /// The first threshold crossed (largest overshoot).
-        crossing: Crossing,
-        /// All its rates at that moment.
-        rates: Rates,
-        /// Its hostgroup.
-        hostgroup: Option<String>,
-        /// Detect and report only.
-        report_only: bool,
-    },
+    Started(Opening),
     /// An attack stopped (hysteresis passed).
     Stopped {
         /// The local host.
@@ -123,29 +127,12 @@ impl Detector {
         let mut events: Vec<DetectorEvent> = std::mem::take(&mut self.deferred)
             .into_iter()
             .map(|e| match e {
-                DetectorEvent::Started {
-                    host,
-                    direction,
-                    crossing,
-                    rates,
-                    hostgroup,
-                    report_only,
-                } => {
-                    let rates = acc
-                        .host(host)
-                        .map(|h| {
-                            let d = &h.dirs[direction.index()];
-                            d.rates.max(&d.slot_rates).max(&rates)
-                        })
-                        .unwrap_or(rates);
-                    DetectorEvent::Started {
-                        host,
-                        direction,
-                        crossing,
-                        rates,
-                        hostgroup,
-                        report_only,
+                DetectorEvent::Started(mut o) => {
+                    if let Some(h) = acc.host(o.host) {
+                        let d = &h.dirs[o.direction.index()];
+                        o.rates = d.rates.max(&d.slot_rates).max(&o.rates);
                     }
+                    DetectorEvent::Started(o)
                 }
                 other => other,
             })
@@ -216,14 +203,14 @@ impl Detector {
                                     below_since_ms: None,
                                 },
                             );
-                            let start = DetectorEvent::Started {
+                            let start = DetectorEvent::Started(Opening {
                                 host: *ip,
                                 direction: dir,
                                 crossing,
                                 rates: reported,
                                 hostgroup: eff.hostgroup.clone(),
                                 report_only: eff.report_only,
-                            };
+                            });
                             if self.watched.contains_key(&key) {
                                 events.push(start);
                             } else {
@@ -322,7 +309,7 @@ mod tests {
             flood(&mut acc, "10.0.0.1", 625);
             acc.tick(t * 250, u64::MAX);
             for e in det.check(&acc, t * 250) {
-                if let DetectorEvent::Started { crossing, .. } = e {
+                if let DetectorEvent::Started(Opening { crossing, .. }) = e {
                     started_at.get_or_insert((t * 250, crossing));
                 }
             }
@@ -360,7 +347,7 @@ mod tests {
             assert!(!det
                 .check(&acc, t * 250)
                 .iter()
-                .any(|e| matches!(e, DetectorEvent::Started { .. })));
+                .any(|e| matches!(e, DetectorEvent::Started(_))));
         }
     }
 }

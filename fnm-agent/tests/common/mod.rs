@@ -15,3 +15,24 @@ pub fn require_root(what: &str) {
 pub mod agent;
 pub mod flood;
 pub mod netns;
+
+/// The per-CPU counters of one host and direction in the XDP program's map, summed.
+#[cfg(target_os = "linux")]
+pub fn kernel_host(
+    dp: &fnm_agent::xdp::DataPlane,
+    addr: std::net::IpAddr,
+    direction: u8,
+) -> fnm_common::HostCounters {
+    let key = fnm_common::HostKey {
+        addr: fnm_agent::accounting::to16(addr),
+        direction,
+        _pad: [0; 3],
+    };
+    let mut sum = fnm_common::HostCounters::default();
+    if let Ok(values) = dp.maps.hosts.get(&key, 0) {
+        for v in values.iter() {
+            sum.accumulate(v);
+        }
+    }
+    sum
+}
