@@ -10,7 +10,9 @@ use fnm_agent::{bans::DropMatch, config::XdpConfig, xdp::DataPlane};
 use std::net::Ipv4Addr;
 
 const REPEAT: u32 = 2_000_000;
-const ROUNDS: usize = 5;
+/// Rounds; every round measures every case once, so a burst of load on this shared machine
+/// hits all cases alike, and the median over rounds drops it.
+const ROUNDS: usize = 7;
 const XDP_FILTER_DIR: &str = "/usr/lib/x86_64-linux-gnu/bpf";
 
 fn frame_v4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
@@ -24,43 +26,64 @@ fn frame_v6() -> Vec<u8> {
     eth(ETH_IPV6, &ipv6(src, dst, 17, &udp(1234, 53, 2)))
 }
 
-/// Median over rounds of the kernel's mean ns per run.
-fn measure(run: impl Fn() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..ROUNDS).map(|_| run()).collect();
+/// A named measurement: one call runs the program REPEAT times and returns ns per run.
+type Case<'a> = (&'static str, Box<dyn Fn() -> f64 + 'a>);
+
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[ROUNDS / 2]
+    v[v.len() / 2]
 }
 
-fn xdp_filter(object: &str, frame: &[u8]) -> Result<f64, String> {
-    use aya::programs::{TestRun, TestRunOptions, Xdp};
-    let path = format!("{XDP_FILTER_DIR}/{object}.o");
-    // xdp-filter's maps ask to be pinned: give them a bpffs directory of their own.
-    fnm_agent::xdp::ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).map_err(|e| e.to_string())?;
-    let pin_dir = format!("/sys/fs/bpf/fnm-bench-{}-{object}", std::process::id());
-    std::fs::create_dir_all(&pin_dir).map_err(|e| e.to_string())?;
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+/// One xdp-filter object, loaded with its maps pinned in a bpffs directory of its own.
+struct XdpFilter {
+    ebpf: aya::Ebpf,
+    name: String,
+    _pins: Cleanup,
+}
+
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    let _cleanup = Cleanup(pin_dir.clone());
-    let mut ebpf = aya::EbpfLoader::new()
-        .default_map_pin_directory(&pin_dir)
-        .load_file(&path)
-        .map_err(|e| format!("loading {path}: {e}"))?;
-    let name = ebpf
-        .programs()
-        .map(|(n, _)| n.to_owned())
-        .next()
-        .ok_or("no program in object")?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(&name)
-        .unwrap()
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| format!("load {name}: {e}"))?;
-    Ok(measure(|| {
+}
+
+impl XdpFilter {
+    fn load(object: &str) -> Result<Self, String> {
+        use aya::programs::Xdp;
+        let path = format!("{XDP_FILTER_DIR}/{object}.o");
+        fnm_agent::xdp::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))
+            .map_err(|e| e.to_string())?;
+        let pin_dir = format!("/sys/fs/bpf/fnm-bench-{}-{object}", std::process::id());
+        std::fs::create_dir_all(&pin_dir).map_err(|e| e.to_string())?;
+        let pins = Cleanup(pin_dir.clone());
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load_file(&path)
+            .map_err(|e| format!("loading {path}: {e}"))?;
+        let name = ebpf
+            .programs()
+            .map(|(n, _)| n.to_owned())
+            .next()
+            .ok_or("no program in object")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(&name)
+            .ok_or("program vanished")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        prog.load().map_err(|e| format!("load {name}: {e}"))?;
+        Ok(Self {
+            ebpf,
+            name,
+            _pins: pins,
+        })
+    }
+
+    fn run(&self, frame: &[u8]) -> f64 {
+        use aya::programs::{TestRun, TestRunOptions, Xdp};
+        let Some(Ok(prog)) = self.ebpf.program(&self.name).map(<&Xdp>::try_from) else {
+            return f64::NAN;
+        };
         prog.test_run(TestRunOptions {
             data_in: Some(frame),
             repeat: REPEAT,
@@ -68,7 +91,20 @@ fn xdp_filter(object: &str, frame: &[u8]) -> Result<f64, String> {
         })
         .map(|r| r.duration.as_nanos() as f64)
         .unwrap_or(f64::NAN)
-    }))
+    }
+}
+
+fn load_plane(networks: &[fnm_agent::prefix::Prefix]) -> DataPlane {
+    // FNM_BENCH_OBJECT=path measures another build of the XDP object (same maps) with this
+    // harness, to compare program variants without rebuilding the agent.
+    match std::env::var_os("FNM_BENCH_OBJECT") {
+        Some(path) => {
+            let object = std::fs::read(&path).expect("FNM_BENCH_OBJECT readable");
+            DataPlane::load_object(&object, &XdpConfig::default(), networks, &[])
+        }
+        None => DataPlane::load(&XdpConfig::default(), networks, &[]),
+    }
+    .expect("load")
 }
 
 #[test]
@@ -79,38 +115,89 @@ fn xdp_ns_per_packet() {
         "10.10.0.0/16".parse().unwrap(),
         "2001:db8::/32".parse().unwrap(),
     ];
-    let mut dp = DataPlane::load(&XdpConfig::default(), &networks, &[]).expect("load");
+    let dp = load_plane(&networks);
+    // The same program with one banned source /24, for the drop path and the count path with a
+    // non-empty drop table.
+    let mut banned_dp = load_plane(&networks);
+    {
+        let DataPlane { maps, tables, .. } = &mut banned_dp;
+        tables
+            .add(maps, "203.0.113.0/24".parse().unwrap(), DropMatch::Src)
+            .unwrap();
+    }
     let remote = Ipv4Addr::new(192, 0, 2, 1);
     let local = Ipv4Addr::new(10, 10, 0, 5);
     let incoming = frame_v4(remote, local);
     let v6 = frame_v6();
     let transit = frame_v4(remote, Ipv4Addr::new(192, 0, 2, 99));
     let banned = frame_v4(Ipv4Addr::new(203, 0, 113, 9), local);
+    let alw_ip = XdpFilter::load("xdpfilt_alw_ip");
+    let alw_all = XdpFilter::load("xdpfilt_alw_all");
 
-    let run = |dp: &DataPlane, prog: &str, f: &[u8]| {
-        measure(|| {
-            dp.test_run_repeat(prog, f, REPEAT)
-                .map(|r| r.1)
-                .unwrap_or(f64::NAN)
-        })
+    let fnm = |dp: &DataPlane, prog: &str, f: &[u8]| {
+        dp.test_run_repeat(prog, f, REPEAT)
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN)
     };
-    let floor = run(&dp, fnm_agent::xdp::PASS_PROGRAM, &incoming);
-    let count_v4 = run(&dp, fnm_agent::xdp::PROGRAM, &incoming);
-    let count_v6 = run(&dp, fnm_agent::xdp::PROGRAM, &v6);
-    let non_local = run(&dp, fnm_agent::xdp::PROGRAM, &transit);
-    {
-        let DataPlane { maps, tables, .. } = &mut dp;
-        tables
-            .add(maps, "203.0.113.0/24".parse().unwrap(), DropMatch::Src)
-            .unwrap();
+    let prog = fnm_agent::xdp::PROGRAM;
+    let cases: Vec<Case> = vec![
+        (
+            "floor",
+            Box::new(|| fnm(&dp, fnm_agent::xdp::PASS_PROGRAM, &incoming)),
+        ),
+        ("count_v4", Box::new(|| fnm(&dp, prog, &incoming))),
+        ("count_v6", Box::new(|| fnm(&dp, prog, &v6))),
+        ("non_local", Box::new(|| fnm(&dp, prog, &transit))),
+        ("drop", Box::new(|| fnm(&banned_dp, prog, &banned))),
+        (
+            "count_v4_drop_table",
+            Box::new(|| fnm(&banned_dp, prog, &incoming)),
+        ),
+        (
+            "alw_ip",
+            Box::new(|| {
+                alw_ip
+                    .as_ref()
+                    .map(|f| f.run(&incoming))
+                    .unwrap_or(f64::NAN)
+            }),
+        ),
+        (
+            "alw_all",
+            Box::new(|| {
+                alw_all
+                    .as_ref()
+                    .map(|f| f.run(&incoming))
+                    .unwrap_or(f64::NAN)
+            }),
+        ),
+    ];
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, run)) in cases.iter().enumerate() {
+            samples[i].push(run());
+        }
     }
-    let drop_path = run(&dp, fnm_agent::xdp::PROGRAM, &banned);
-    let count_v4_with_drop_table = run(&dp, fnm_agent::xdp::PROGRAM, &incoming);
+    let result: Vec<f64> = samples.into_iter().map(median).collect();
+    let get = |name: &str| result[cases.iter().position(|(n, _)| *n == name).unwrap()];
+    let floor = get("floor");
+    let count_v4 = get("count_v4");
+    let count_v6 = get("count_v6");
+    let non_local = get("non_local");
+    let drop_path = get("drop");
+    let count_v4_with_drop_table = get("count_v4_drop_table");
+    let alw_ip = alw_ip
+        .as_ref()
+        .map(|_| get("alw_ip"))
+        .map_err(String::clone);
+    let alw_all = alw_all
+        .as_ref()
+        .map(|_| get("alw_all"))
+        .map_err(String::clone);
 
-    let alw_ip = xdp_filter("xdpfilt_alw_ip", &incoming);
-    let alw_all = xdp_filter("xdpfilt_alw_all", &incoming);
-
-    println!("\nXDP ns/packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} rounds, median):");
+    println!(
+        "\nXDP ns/packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} interleaved rounds, median):"
+    );
     println!("  floor (fnm_pass, empty program)          {floor:7.1}");
     for (name, v) in [
         ("fnm count path IPv4/UDP 64 B", count_v4),

@@ -7,10 +7,20 @@
 
 /// Names of the maps the XDP program declares; the agent looks them up by these names.
 pub mod map_names {
-    /// Per local host and direction counters (`PerCpuHashMap<HostKey, HostCounters>`).
+    /// Per local IPv6 host and direction counters (`PerCpuHashMap<HostKey, HostCounters>`).
     pub const HOSTS: &str = "FNM_HOSTS";
-    /// Bounded table of recently seen 5-tuples (`LruHashMap<FlowKey, u8>`).
+    /// Per local IPv4 host and direction counters (`PerCpuHashMap<HostKeyV4, HostCounters>`):
+    /// an 8-byte key hashes and compares faster than the 20-byte [`HostKey`].
+    pub const HOSTS_V4: &str = "FNM_HOSTS_V4";
+    /// Bounded table of recently seen 5-tuples (`LruHashMap<u64, u8>`), keyed by a seeded
+    /// 64-bit hash of the 5-tuple ([`setting::FLOW_SEED_LO`]).
     pub const FLOWS: &str = "FNM_FLOWS";
+    /// Per-CPU cache in front of `FLOWS` (`PerCpuArray<u64>` of [`FLOW_CACHE_SLOTS`] 5-tuple
+    /// hashes): a packet whose hash sits in its slot belongs to a known flow and skips `FLOWS`.
+    pub const FLOW_CACHE: &str = "FNM_FLOW_CACHE";
+    /// IPv4 local networks by /16 (`Array<[u8; 65536]>`, one entry, see [`local16`]): answers
+    /// "is this address local" without the `LOCAL_V4` trie unless a longer prefix splits the /16.
+    pub const LOCAL16_V4: &str = "FNM_LOCAL16_V4";
     /// Local networks, IPv4 (`LpmTrie<[u8; 4], u8>`).
     pub const LOCAL_V4: &str = "FNM_LOCAL_V4";
     /// Local networks, IPv6 (`LpmTrie<[u8; 16], u8>`).
@@ -124,6 +134,10 @@ pub mod setting {
     /// Bit set of the tables that hold at least one entry ([`crate::table_flag`]); lets the
     /// program skip lookups in empty tables.
     pub const TABLE_FLAGS: u32 = 0;
+    /// Low 32 bits of the secret seed of the flow-table hash (set once by the agent at load).
+    pub const FLOW_SEED_LO: u32 = 1;
+    /// High 32 bits of the flow-table hash seed.
+    pub const FLOW_SEED_HI: u32 = 2;
     /// Number of settings.
     pub const COUNT: u32 = 4;
 }
@@ -138,6 +152,33 @@ pub mod table_flag {
     pub const RULES: u32 = 1 << 2;
     /// `SAMPLED_HOSTS` has entries.
     pub const SAMPLING: u32 = 1 << 3;
+}
+
+/// Values of the `LOCAL16_V4` table, one per IPv4 /16.
+pub mod local16 {
+    /// No local network covers any address of the /16.
+    pub const NONE: u8 = 0;
+    /// Every address of the /16 is local.
+    pub const ALL: u8 = 1;
+    /// A local network longer than /16 lies in the /16: ask the `LOCAL_V4` trie.
+    pub const ASK_TRIE: u8 = 2;
+    /// Number of /16 blocks.
+    pub const BLOCKS: usize = 65_536;
+}
+
+/// Slots of the per-CPU flow cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 16_384;
+
+/// Key of the per-host counters of an IPv4 host: its address and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostKeyV4 {
+    /// The local host's IPv4 address, network order.
+    pub addr: [u8; 4],
+    /// [`direction::INCOMING`] or [`direction::OUTGOING`].
+    pub direction: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
 }
 
 /// Key of the per-host counters: a local address and a direction.
@@ -189,7 +230,8 @@ impl HostCounters {
     }
 }
 
-/// Key of the flow table: a 5-tuple (ICMP type and code stand in the ports).
+/// A 5-tuple (ICMP type and code stand in the ports): the flow key of the userspace sources.
+/// The XDP flow table keys the same 5-tuple by a seeded 64-bit hash instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -295,6 +337,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, contain only integers and arrays of integers, and
     // have no implicit padding (every gap is an explicit `_pad` field).
     unsafe impl aya::Pod for super::HostKey {}
+    unsafe impl aya::Pod for super::HostKeyV4 {}
     unsafe impl aya::Pod for super::HostCounters {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DropCounter {}
@@ -311,6 +354,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<HostKey>(), 20);
+        assert_eq!(size_of::<HostKeyV4>(), 8);
         assert_eq!(size_of::<HostCounters>(), 13 * 8);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<DropRule>(), 12);

@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fnm_common::{
-    direction, proto, setting, stat, table_flag, DropCounter, FlowKey, HostCounters, HostKey,
-    PacketSample, RuleSet, MAX_RULES_PER_HOST,
+    direction, local16, proto, setting, stat, table_flag, DropCounter, HostCounters, HostKey,
+    HostKeyV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
 use parse::{parse, Packet, ParseError};
 
@@ -39,7 +39,14 @@ const RULES_DEFAULT: u32 = 4_096;
 static FNM_HOSTS: PerCpuHashMap<HostKey, HostCounters> =
     PerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
-static FNM_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
+static FNM_HOSTS_V4: PerCpuHashMap<HostKeyV4, HostCounters> =
+    PerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
+#[map]
+static FNM_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
+#[map]
+static FNM_FLOW_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+#[map]
+static FNM_LOCAL16_V4: Array<[u8; local16::BLOCKS]> = Array::with_max_entries(1, 0);
 #[map]
 static FNM_LOCAL_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
@@ -100,10 +107,25 @@ fn bump(index: u32, by: u64) {
     }
 }
 
+/// The IPv4 address inside an IPv4-mapped one.
+#[inline(always)]
+fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}
+
 #[inline(always)]
 fn is_local(addr: &[u8; 16], v4: bool) -> bool {
     if v4 {
-        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        // The /16 table answers without the trie unless a longer local prefix splits the /16.
+        let block = ((addr[12] as usize) << 8) | addr[13] as usize;
+        let answer = match FNM_LOCAL16_V4.get(0) {
+            Some(table) => table[block & (local16::BLOCKS - 1)],
+            None => local16::ASK_TRIE,
+        };
+        if answer != local16::ASK_TRIE {
+            return answer == local16::ALL;
+        }
+        let key = Key::new(32, v4_of(addr));
         FNM_LOCAL_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
     } else {
         FNM_LOCAL_V6
@@ -116,7 +138,7 @@ fn is_local(addr: &[u8; 16], v4: bool) -> bool {
 #[inline(always)]
 fn is_whitelisted(addr: &[u8; 16], v4: bool) -> bool {
     if v4 {
-        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        let key = Key::new(32, v4_of(addr));
         FNM_WHITELIST_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
     } else {
         FNM_WHITELIST_V6
@@ -129,7 +151,7 @@ fn is_whitelisted(addr: &[u8; 16], v4: bool) -> bool {
 #[inline(always)]
 fn drop_entry(addr: &[u8; 16], v4: bool, source: bool) -> Option<u32> {
     if v4 {
-        let key = Key::new(32, [addr[12], addr[13], addr[14], addr[15]]);
+        let key = Key::new(32, v4_of(addr));
         let table = if source {
             &FNM_DROP_SRC_V4
         } else {
@@ -179,11 +201,30 @@ fn handle(p: &Packet) -> u32 {
 
     if local_dst || local_src {
         let new_flow = note_flow(p);
-        if local_dst {
-            account(&host_key(&p.dst, direction::INCOMING), p, class, new_flow);
-        }
-        if local_src {
-            account(&host_key(&p.src, direction::OUTGOING), p, class, new_flow);
+        if p.v4 {
+            if local_dst {
+                account_v4(
+                    &host_key_v4(&p.dst, direction::INCOMING),
+                    p,
+                    class,
+                    new_flow,
+                );
+            }
+            if local_src {
+                account_v4(
+                    &host_key_v4(&p.src, direction::OUTGOING),
+                    p,
+                    class,
+                    new_flow,
+                );
+            }
+        } else {
+            if local_dst {
+                account(&host_key(&p.dst, direction::INCOMING), p, class, new_flow);
+            }
+            if local_src {
+                account(&host_key(&p.src, direction::OUTGOING), p, class, new_flow);
+            }
         }
         if flags & table_flag::SAMPLING != 0 {
             sample(p, local_dst, local_src);
@@ -284,21 +325,82 @@ fn host_key(addr: &[u8; 16], dir: u8) -> HostKey {
     }
 }
 
+#[inline(always)]
+fn host_key_v4(addr: &[u8; 16], dir: u8) -> HostKeyV4 {
+    HostKeyV4 {
+        addr: v4_of(addr),
+        direction: dir,
+        _pad: [0; 3],
+    }
+}
+
+/// One round of the flow hash: xor a word in, multiply, fold the high half down.
+#[inline(always)]
+fn mix(h: u64, word: u64) -> u64 {
+    let x = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 32)
+}
+
+#[inline(always)]
+fn word(b: &[u8; 16], at: usize) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        w = (w << 8) | b[at + i] as u64;
+        i += 1;
+    }
+    w
+}
+
+/// Seeded 64-bit hash of the packet's 5-tuple (never zero: zero marks an empty cache slot).
+#[inline(always)]
+fn flow_hash(p: &Packet) -> u64 {
+    let lo = FNM_SETTINGS
+        .get(setting::FLOW_SEED_LO)
+        .copied()
+        .unwrap_or(0) as u64;
+    let hi = FNM_SETTINGS
+        .get(setting::FLOW_SEED_HI)
+        .copied()
+        .unwrap_or(0) as u64;
+    let mut h = (hi << 32) | lo;
+    if p.v4 {
+        let s = u32::from_be_bytes(v4_of(&p.src)) as u64;
+        let d = u32::from_be_bytes(v4_of(&p.dst)) as u64;
+        h = mix(h, (s << 32) | d);
+    } else {
+        h = mix(h, word(&p.src, 0));
+        h = mix(h, word(&p.src, 8));
+        h = mix(h, word(&p.dst, 0));
+        h = mix(h, word(&p.dst, 8));
+    }
+    let ports = ((p.src_port as u64) << 40) | ((p.dst_port as u64) << 24) | p.protocol as u64;
+    h = mix(h, ports);
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (h ^ (h >> 31)) | 1
+}
+
 /// Records the packet's 5-tuple; true when it was not in the flow table yet.
+///
+/// A per-CPU direct-mapped cache of 5-tuple hashes sits in front of the shared LRU table: a
+/// packet of a flow this CPU saw recently costs one array access instead of a hash lookup.
 #[inline(always)]
 fn note_flow(p: &Packet) -> bool {
-    let key = FlowKey {
-        src: p.src,
-        dst: p.dst,
-        src_port: p.src_port,
-        dst_port: p.dst_port,
-        protocol: p.protocol,
-        _pad: [0; 3],
-    };
-    if FNM_FLOWS.get_ptr(&key).is_some() {
+    let h = flow_hash(p);
+    let slot = (h >> 1) as u32 & (FLOW_CACHE_SLOTS - 1);
+    let cached = FNM_FLOW_CACHE.get_ptr_mut(slot);
+    if let Some(c) = cached {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        if unsafe { *c } == h {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { *c = h };
+    }
+    if FNM_FLOWS.get_ptr(&h).is_some() {
         return false;
     }
-    let _ = FNM_FLOWS.insert(&key, &1u8, 0);
+    let _ = FNM_FLOWS.insert(&h, &1u8, 0);
     true
 }
 
@@ -330,6 +432,27 @@ fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) {
         return;
     }
     if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        add_packet(unsafe { &mut *c }, p, class, new_flow);
+    } else {
+        bump(stat::HOST_TABLE_FULL, 1);
+    }
+}
+
+#[inline(always)]
+fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) {
+    if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        add_packet(unsafe { &mut *c }, p, class, new_flow);
+        return;
+    }
+    let mut fresh = HostCounters::default();
+    add_packet(&mut fresh, p, class, new_flow);
+    // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile.
+    if FNM_HOSTS_V4.insert(key, &fresh, 1).is_ok() {
+        return;
+    }
+    if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
         // SAFETY: as above.
         add_packet(unsafe { &mut *c }, p, class, new_flow);
     } else {

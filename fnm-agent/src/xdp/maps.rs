@@ -1,18 +1,20 @@
 //! Typed handles on the XDP program's maps.
 
-use super::XdpError;
+use super::{hosts::HostMaps, XdpError};
 use crate::prefix::Prefix;
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
-use fnm_common::{map_names, setting, DropCounter, HostCounters, HostKey, RuleSet};
+use fnm_common::{local16, map_names, setting, DropCounter, HostKey, RuleSet};
 use std::net::IpAddr;
 
 /// Every map of the program, owned and typed.
 pub struct KernelMaps {
-    /// Per-host counters.
-    pub hosts: PerCpuHashMap<MapData, HostKey, HostCounters>,
+    /// Per-host counters (IPv4 and IPv6 tables behind one interface).
+    pub hosts: HostMaps,
+    /// Local networks by IPv4 /16, in front of `local_v4`.
+    pub local16_v4: Array<MapData, [u8; local16::BLOCKS]>,
     /// Local networks.
     pub local_v4: LpmTrie<MapData, [u8; 4], u8>,
     /// Local networks.
@@ -87,7 +89,11 @@ impl KernelMaps {
     /// Takes every map out of a freshly loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, XdpError> {
         Ok(Self {
-            hosts: take(ebpf, map_names::HOSTS)?,
+            hosts: HostMaps {
+                v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4)?,
+                v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS)?,
+            },
+            local16_v4: take(ebpf, map_names::LOCAL16_V4)?,
             local_v4: take(ebpf, map_names::LOCAL_V4)?,
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
             whitelist_v4: take(ebpf, map_names::WHITELIST_V4)?,
@@ -105,12 +111,15 @@ impl KernelMaps {
         })
     }
 
-    /// Writes the local networks and the whitelist.
+    /// Writes the local networks (tries and /16 table) and the whitelist.
     pub fn fill_prefixes(
         &mut self,
         networks: &[Prefix],
         whitelist: &[Prefix],
     ) -> Result<(), XdpError> {
+        self.local16_v4
+            .set(0, super::local16::table(networks), 0)
+            .map_err(map_err(map_names::LOCAL16_V4))?;
         for p in networks {
             match LpmKey::of(p) {
                 LpmKey::V4(k) => self
@@ -142,6 +151,18 @@ impl KernelMaps {
     pub fn set_table_flags(&mut self, flags: u32) -> Result<(), XdpError> {
         self.settings
             .set(setting::TABLE_FLAGS, flags, 0)
+            .map_err(map_err(map_names::SETTINGS))
+    }
+
+    /// Sets the secret seed of the kernel's flow-table hash (so nobody can craft colliding
+    /// 5-tuples offline).
+    pub fn set_flow_seed(&mut self, seed: u64) -> Result<(), XdpError> {
+        self.settings
+            .set(setting::FLOW_SEED_LO, seed as u32, 0)
+            .and_then(|_| {
+                self.settings
+                    .set(setting::FLOW_SEED_HI, (seed >> 32) as u32, 0)
+            })
             .map_err(map_err(map_names::SETTINGS))
     }
 

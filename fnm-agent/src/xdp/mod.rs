@@ -6,10 +6,13 @@
 //! [`tables::DropTables`].
 
 mod counters;
+mod hosts;
+mod local16;
 mod maps;
 pub mod tables;
 
 pub use counters::XdpStats;
+pub use hosts::HostMaps;
 pub use maps::KernelMaps;
 pub use tables::{DropMatch, DropTables, RuleSpec};
 
@@ -97,7 +100,17 @@ impl DataPlane {
         networks: &[Prefix],
         whitelist: &[Prefix],
     ) -> Result<Self, XdpError> {
-        if OBJECT.is_empty() {
+        Self::load_object(OBJECT, config, networks, whitelist)
+    }
+
+    /// [`DataPlane::load`] with another build of the XDP object (benchmarks compare builds).
+    pub fn load_object(
+        object: &[u8],
+        config: &XdpConfig,
+        networks: &[Prefix],
+        whitelist: &[Prefix],
+    ) -> Result<Self, XdpError> {
+        if object.is_empty() {
             return Err(XdpError::NoObject);
         }
         raise_memlock_limit();
@@ -106,6 +119,7 @@ impl DataPlane {
         );
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::HOSTS, config.max_hosts)
+            .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
             .map_max_entries(map_names::FLOWS, config.max_flows)
             .map_max_entries(map_names::LOCAL_V4, config.max_prefixes)
             .map_max_entries(map_names::LOCAL_V6, config.max_prefixes)
@@ -117,7 +131,7 @@ impl DataPlane {
             .map_max_entries(map_names::DROP_DST_V6, config.max_drop_entries)
             .map_max_entries(map_names::RULES, config.max_drop_entries.min(4096))
             .map_max_entries(map_names::DROP_COUNTERS, counters_slots)
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| XdpError::Load(format!("{e:#}")))?;
         for name in [PROGRAM, PASS_PROGRAM] {
             let program: &mut Xdp = ebpf
@@ -131,6 +145,7 @@ impl DataPlane {
         }
         let mut maps = KernelMaps::take(&mut ebpf)?;
         maps.fill_prefixes(networks, whitelist)?;
+        maps.set_flow_seed(random_seed())?;
         let tables = DropTables::new(counters_slots);
         Ok(Self {
             ebpf,
@@ -374,6 +389,14 @@ pub fn ensure_bpffs(pin_path: &Path) -> std::io::Result<()> {
             target.display()
         )))
     }
+}
+
+/// A seed nobody outside this process knows (std's per-process random hasher keys).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
 }
 
 fn raise_memlock_limit() {
