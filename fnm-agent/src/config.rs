@@ -116,8 +116,9 @@ pub struct XdpConfig {
     /// `auto` | `native` | `skb`. Default: `auto`.
     #[serde(default)]
     pub mode: XdpMode,
-    /// Local hosts counted per direction (kernel hash table; new hosts beyond it are counted in
-    /// `fnm_xdp_host_table_full_total`, existing ones are never evicted). Default: `65536`.
+    /// Local hosts counted per direction and per address family (one kernel hash table for
+    /// IPv4, one for IPv6; new hosts beyond it are counted in `fnm_xdp_host_table_full_total`,
+    /// existing ones are never evicted). Default: `65536`.
     #[serde(default = "default_max_hosts")]
     pub max_hosts: u32,
     /// 5-tuples remembered to count new flows (LRU). Default: `262144`.
