@@ -10,7 +10,7 @@ mod common;
 use common::{agent::AgentProcess, netns::*, require_root};
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::unix::fs::PermissionsExt,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -341,5 +341,113 @@ fn tcp_transfer_under_thresholds_never_bans() {
     assert!(
         host["incoming"]["tcp"]["packets"].as_u64().unwrap() > 1000,
         "{host:#}"
+    );
+}
+
+/// Sends `count` UDP packets per source from the current namespace with spoofed source
+/// addresses (raw socket, IP_HDRINCL) to `to`.
+fn send_spoofed(sources: &[Ipv4Addr], to: SocketAddrV4, count: usize) {
+    use common::frames::{ipv4, udp};
+    // SAFETY: plain socket calls with valid arguments; the fd is closed at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(to.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        for _ in 0..count {
+            for src in sources {
+                let pkt = ipv4(*src, *to.ip(), 17, &[], 0, &udp(123, to.port(), 200));
+                libc::sendto(
+                    fd,
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
+            }
+        }
+        libc::close(fd);
+    }
+}
+
+#[test]
+fn source_drops_spare_whitelisted_and_skip_spoofed_floods() {
+    require_root("detection end-to-end tests");
+    let pair = NetnsPair::new(83);
+    let IpAddr::V4(victim) = pair.agent_v4 else {
+        unreachable!()
+    };
+    let config = format!(
+        "networks = [\"{}/32\"]\nwhitelist = [\"198.51.100.0/24\"]\n\
+         [xdp]\ninterfaces = [\"{}\"]\nmode = \"skb\"\n\
+         [detection.incoming]\nudp_pps = 2000\n\
+         [ban]\nactions = [\"xdp_source\"]\nmax_source_drops = 8\nsample_one_in = 1\n",
+        pair.agent_v4, pair.veth_agent
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+    let to = SocketAddrV4::new(victim, 9999);
+
+    // A reflection from three real sources, one of them whitelisted: 3 x 2000 packets in 1 s.
+    let few = [
+        Ipv4Addr::new(203, 0, 113, 1),
+        Ipv4Addr::new(203, 0, 113, 2),
+        Ipv4Addr::new(198, 51, 100, 9),
+    ];
+    for _ in 0..10 {
+        NetnsPair::in_ns(&pair.peer, move || send_spoofed(&few, to, 200));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bans = wait_for("source drops", Duration::from_secs(10), || {
+        let b = agent.get("/api/v1/bans").unwrap();
+        (!b.as_array().unwrap().is_empty()).then_some(b)
+    });
+    let banned: Vec<String> = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["prefix"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(banned.contains(&"203.0.113.1/32".to_owned()), "{bans:#}");
+    assert!(banned.contains(&"203.0.113.2/32".to_owned()), "{bans:#}");
+    assert!(
+        !banned.iter().any(|p| p.starts_with("198.51.100.")),
+        "a whitelisted source was dropped: {bans:#}"
+    );
+    drop(agent);
+
+    // A spoofed flood (hundreds of sources, the whitelisted range among them): no source drops.
+    let pair2 = NetnsPair::new(84);
+    let IpAddr::V4(victim2) = pair2.agent_v4 else {
+        unreachable!()
+    };
+    let config2 = config
+        .replace(&pair.agent_v4.to_string(), &pair2.agent_v4.to_string())
+        .replace(&pair.veth_agent, &pair2.veth_agent);
+    let agent2 = AgentProcess::start(&pair2.agent, &config2);
+    let to2 = SocketAddrV4::new(victim2, 9999);
+    let spoofed: Vec<Ipv4Addr> = (0..400u32)
+        .map(|i| Ipv4Addr::new(198, 51, (100 + i / 250) as u8, (i % 250) as u8 + 1))
+        .collect();
+    for _ in 0..10 {
+        let s = spoofed.clone();
+        NetnsPair::in_ns(&pair2.peer, move || send_spoofed(&s, to2, 1));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for("the attack record", Duration::from_secs(10), || {
+        let a = agent2.get("/api/v1/attacks").unwrap();
+        (!a.as_array().unwrap().is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let bans = agent2.get("/api/v1/bans").unwrap();
+    assert!(
+        bans.as_array().unwrap().is_empty(),
+        "spoofed flood caused source drops: {bans:#}"
     );
 }
