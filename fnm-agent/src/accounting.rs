@@ -201,6 +201,9 @@ pub struct SampleBuffer {
 
 /// Most records kept per watched host.
 pub const MAX_SAMPLES_PER_HOST: usize = 2_000;
+/// Most recent records (with a local side) kept for every host, so that a host that floods
+/// from nothing has samples the moment it is first watched.
+pub const RECENT_RECORDS: usize = 4_096;
 
 /// A local host's two directions.
 #[derive(Debug, Clone, Default)]
@@ -256,6 +259,7 @@ pub struct Accounting {
     slots: usize,
     ignored_sources: PrefixSet,
     watched: HashMap<(IpAddr, Direction), SampleBuffer>,
+    recent: VecDeque<(u64, TrafficRecord)>,
     now_ms: u64,
     /// Records whose host could not be added because the table was full.
     pub hosts_table_full: u64,
@@ -277,6 +281,7 @@ impl Accounting {
             slots: 1,
             ignored_sources: PrefixSet::new(),
             watched: HashMap::new(),
+            recent: VecDeque::new(),
             now_ms: 0,
             hosts_table_full: 0,
             ignored_records: 0,
@@ -302,7 +307,24 @@ impl Accounting {
 
     /// Starts keeping samples of the records of `host` in `direction`.
     pub fn watch(&mut self, host: IpAddr, direction: Direction) {
-        self.watched.entry((host, direction)).or_default();
+        if self.watched.contains_key(&(host, direction)) {
+            return;
+        }
+        let mut buf = SampleBuffer::default();
+        for (t, r) in self
+            .recent
+            .iter()
+            .filter(|(_, r)| matches(r, host, direction))
+        {
+            buf.seen += 1;
+            buf.records.push_back((*t, r.clone()));
+        }
+        self.watched.insert((host, direction), buf);
+    }
+
+    /// True when recent records (not yet watched) concern `host` in `direction`.
+    pub fn has_recent(&self, host: IpAddr, direction: Direction) -> bool {
+        self.recent.iter().any(|(_, r)| matches(r, host, direction))
     }
 
     /// Stops watching and returns what was collected.
@@ -357,6 +379,10 @@ impl Accounting {
         }
         let local_dst = local_dst && !ignored_src;
         let local_src = local_src && !ignored_dst;
+        if self.recent.len() >= RECENT_RECORDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.now_ms, record.clone()));
         if !self.watched.is_empty() {
             if local_dst {
                 self.add_sample(record.dst, Direction::Incoming, record.clone());
@@ -500,6 +526,14 @@ impl Accounting {
         all.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
         all.truncate(limit);
         all.into_iter().map(|(ip, h, _)| (ip, h)).collect()
+    }
+}
+
+/// True when `r` is traffic of `host` in `direction`.
+fn matches(r: &TrafficRecord, host: IpAddr, direction: Direction) -> bool {
+    match direction {
+        Direction::Incoming => r.dst == host,
+        Direction::Outgoing => r.src == host,
     }
 }
 

@@ -213,6 +213,11 @@ impl Detector {
                             });
                             if self.watched.contains_key(&key) {
                                 events.push(start);
+                            } else if acc.has_recent(*ip, dir) {
+                                // Flow records just seen: watching now seeds the samples.
+                                self.watched.insert(key, now_ms);
+                                events.push(DetectorEvent::Watch(*ip, dir));
+                                events.push(start);
                             } else {
                                 // A sudden flood: watch first, report one check later with
                                 // samples for the fingerprint.
