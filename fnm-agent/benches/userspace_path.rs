@@ -12,8 +12,8 @@ use fnm_agent::accounting::Accounting;
 use fnm_agent::capture::pcap_file::{replay, PcapReader};
 use fnm_agent::prefix::{Prefix, PrefixSet};
 use fnm_agent::traffic::{Source, TrafficRecord};
-use std::net::{IpAddr, Ipv4Addr};
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 const PACKETS: usize = 10_000;
