@@ -323,6 +323,7 @@ fn metric_sum(text: &str, metric: &str, filter: &str) -> u64 {
 
 /// The real `fnm-agent` binary with the pcap backend, inside its capture namespace.
 struct Fnm {
+    name: &'static str,
     child: Child,
     ns: String,
     metrics: SocketAddr,
@@ -330,7 +331,8 @@ struct Fnm {
 }
 
 impl Fnm {
-    fn start(pair: &BenchPair) -> Self {
+    /// Starts the agent; `immediate` is `[capture.pcap] immediate` (the default is `true`).
+    fn start(pair: &BenchPair, immediate: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let api: SocketAddr = "127.0.0.1:19310".parse().unwrap();
         let metrics: SocketAddr = "127.0.0.1:19309".parse().unwrap();
@@ -341,6 +343,7 @@ impl Fnm {
                 "state_dir = \"{state}\"\nnetworks = [\"10.77.0.0/24\"]\n\
                  [xdp]\nenabled = false\n\
                  [capture]\nbackend = \"pcap\"\ninterfaces = [\"{dev}\"]\n\
+                 [capture.pcap]\nimmediate = {immediate}\n\
                  [sflow]\nlisten = []\n[netflow]\nlisten = []\n\
                  [api]\nlisten = \"{api}\"\n[prometheus]\nlisten = \"{metrics}\"\n",
                 state = dir.path().join("state").display(),
@@ -362,6 +365,7 @@ impl Fnm {
             .spawn()
             .expect("start fnm-agent");
         let mut fnm = Self {
+            name: if immediate { "fnm" } else { "fnm-batch" },
             child,
             ns: pair.capture_ns.clone(),
             metrics,
@@ -389,7 +393,7 @@ impl Fnm {
 
 impl Tool for Fnm {
     fn name(&self) -> &'static str {
-        "fnm"
+        self.name
     }
     fn counted(&self) -> u64 {
         let text = http_get(&self.ns, self.metrics, "/metrics");
@@ -591,6 +595,7 @@ fn run_steps(tool: &dyn Tool, pair: &BenchPair) -> Vec<Step> {
             step.per_cpu_second()
         );
         steps.push(step);
+        assert!(step.sent > 0, "the sender wrote nothing");
         if step.lossless() {
             lossy_in_a_row = 0;
         } else {
@@ -625,9 +630,15 @@ fn pcap_live_bench() {
     let fnm_pair = BenchPair::new("f");
     let fast_pair = BenchPair::new("n");
 
-    let fnm = Fnm::start(&fnm_pair);
+    let fnm = Fnm::start(&fnm_pair, true);
     let fnm_steps = run_steps(&fnm, &fnm_pair);
     let fnm_log = fnm.log();
+    drop(fnm);
+
+    // The same agent with `[capture.pcap] immediate = false`: libpcap hands over blocks of
+    // packets instead of waking the reader for every frame (what fastnetmon does).
+    let fnm = Fnm::start(&fnm_pair, false);
+    let batch_steps = run_steps(&fnm, &fnm_pair);
     drop(fnm);
 
     let fastnetmon = FastNetMon::start(&fast_pair);
@@ -643,12 +654,18 @@ fn pcap_live_bench() {
         "fastnetmon counted nothing"
     );
 
-    println!("\nper-step comparison at the same offered rate (tool CPU = utime+stime over step and drain):");
+    compare("fnm", &fnm_steps, &fast_steps);
+    compare("fnm-batch", &batch_steps, &fast_steps);
+}
+
+/// Prints the per-step comparison and the summary of one fnm run against fastnetmon.
+fn compare(name: &str, fnm_steps: &[Step], fast_steps: &[Step]) {
+    println!("\n{name} against fastnetmon, per-step comparison at the same offered rate (tool CPU = utime+stime over step and drain):");
     println!(
         "{:>10} | {:>22} | {:>22} | {:>6}",
         "rate/s", "fnm pkts/cpu-s (loss)", "fastnetmon (loss)", "ratio"
     );
-    for (a, b) in fnm_steps.iter().zip(&fast_steps) {
+    for (a, b) in fnm_steps.iter().zip(fast_steps) {
         println!(
             "{:>10.0} | {:>13.0} ({:>5.2}%) | {:>13.0} ({:>5.2}%) | {:>5.1}x",
             a.target,
@@ -669,9 +686,9 @@ fn pcap_live_bench() {
         None => println!("  {name:>10}: no step with <1% loss"),
     }
     };
-    println!("\nsummary:");
-    let (f, n) = (best(&fnm_steps), best(&fast_steps));
-    show("fnm", f);
+    println!("\nsummary ({name}):");
+    let (f, n) = (best(fnm_steps), best(fast_steps));
+    show(name, f);
     show("fastnetmon", n);
     if let (Some(f), Some(n)) = (f, n) {
         println!(
