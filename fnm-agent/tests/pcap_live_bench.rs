@@ -547,14 +547,17 @@ impl Step {
     }
 }
 
-/// Waits until the tool's counter stops moving (it drained its capture buffer).
+/// Waits until the tool's counter has not moved for two reads in a row, 1.2 s apart (it
+/// drained its capture buffer, including partly filled libpcap blocks).
 fn settle(tool: &dyn Tool) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = tool.counted();
+    let mut unchanged = 0;
     loop {
         std::thread::sleep(Duration::from_millis(1200));
         let now = tool.counted();
-        if now == last || Instant::now() > deadline {
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        if unchanged >= 2 || Instant::now() > deadline {
             return now;
         }
         last = now;
