@@ -311,12 +311,7 @@ fn metric_sum(text: &str, metric: &str, filter: &str) -> u64 {
                 .is_some_and(|r| r.starts_with([' ', '{']))
         })
         .filter(|l| l.contains(filter))
-        .filter_map(|l| {
-            l.rsplit(|c| c == ' ' || c == '}')
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
+        .filter_map(|l| l.rsplit([' ', '}']).next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
 }
