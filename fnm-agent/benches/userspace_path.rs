@@ -1,10 +1,19 @@
 //! Packets/s through the userspace path on one core: an in-memory pcap is read with
-//! `pcap_file` and every frame parsed into a record (plain IPv4/IPv6 and tunnelled traffic).
+//! `pcap_file` and every frame parsed into a record (plain IPv4/IPv6 and tunnelled traffic),
+//! and, in the `parse_account` group, every record also goes through `Accounting::ingest`
+//! (per-host counters, 5-tuple flow table, totals) exactly as the live pcap backend does.
+//!
+//! ```text
+//! cargo bench -p fnm-agent --bench userspace_path
+//! ```
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fnm_agent::accounting::Accounting;
 use fnm_agent::capture::pcap_file::{replay, PcapReader};
-use fnm_agent::traffic::TrafficRecord;
+use fnm_agent::prefix::{Prefix, PrefixSet};
+use fnm_agent::traffic::{Source, TrafficRecord};
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 const PACKETS: usize = 10_000;
@@ -102,5 +111,33 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Accounting as the agent builds it by default: the victim's /16 is local; 10 000 sources
+/// (one 5-tuple each) hit one host, so every record credits a host and probes the flow table.
+fn accounting() -> Accounting {
+    let local = Prefix::new(IpAddr::V4(Ipv4Addr::new(10, 20, 0, 0)), 16).expect("valid prefix");
+    let networks: PrefixSet = [local].into_iter().collect();
+    Accounting::new(networks, 1 << 20, 1 << 20, 1000).with_rate_window(1000)
+}
+
+fn bench_parse_account(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse_account");
+    group.throughput(Throughput::Elements(PACKETS as u64));
+    for (name, tunnel) in [("vlan_ipv4_tcp", false), ("vlan_gre_ipv4_tcp", true)] {
+        let file = pcap(tunnel);
+        let mut acc = accounting();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut reader = PcapReader::from_bytes(black_box(&file)).expect("valid pcap");
+                let mut sink = |_ts: Duration, r: TrafficRecord| acc.ingest(&r, Source::Pcap);
+                let stats = replay(&mut reader, &mut sink).expect("replays");
+                assert_eq!(stats.records, PACKETS as u64);
+            })
+        });
+        let victim = IpAddr::V4(Ipv4Addr::new(10, 20, 0, 1));
+        assert!(acc.host(victim).is_some(), "the victim was accounted");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_parse_account);
 criterion_main!(benches);

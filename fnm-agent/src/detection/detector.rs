@@ -13,7 +13,7 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{hash_map::Entry, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -211,17 +211,17 @@ impl Detector {
                                 hostgroup: eff.hostgroup.clone(),
                                 report_only: eff.report_only,
                             });
-                            if self.watched.contains_key(&key) {
-                                events.push(start);
-                            } else if acc.has_recent(*ip, dir) {
-                                // Flow records just seen: watching now seeds the samples.
-                                self.watched.insert(key, now_ms);
-                                events.push(DetectorEvent::Watch(*ip, dir));
-                                events.push(start);
-                            } else {
-                                // A sudden flood: watch first, report one check later with
-                                // samples for the fingerprint.
-                                self.deferred.push(start);
+                            match self.watched.entry(key) {
+                                Entry::Occupied(_) => events.push(start),
+                                Entry::Vacant(v) if acc.has_recent(*ip, dir) => {
+                                    // Flow records just seen: watching now seeds the samples.
+                                    v.insert(now_ms);
+                                    events.push(DetectorEvent::Watch(*ip, dir));
+                                    events.push(start);
+                                }
+                                // A sudden flood on the XDP path: watch first, report one
+                                // check later with kernel samples for the fingerprint.
+                                Entry::Vacant(_) => self.deferred.push(start),
                             }
                         }
                     }

@@ -1,0 +1,698 @@
+//! Live userspace-capture benchmark (not a timed test; run it by hand, as root):
+//!
+//! ```text
+//! cargo test --release -p fnm-agent --test pcap_live_bench -- --ignored --nocapture --test-threads=1
+//! ```
+//!
+//! Two veth pairs, each between two network namespaces this test creates and always removes:
+//! one for the real `fnm-agent` binary (`[capture] backend = "pcap"`), one for the Debian
+//! `fastnetmon` 1.2.4 in its pcap mode (`pcap = on`, `mirror_afpacket = off`). The capture
+//! side has no address; a sender thread in the peer namespace writes prebuilt 60-byte
+//! Ethernet/IPv4/UDP frames (1 000 spoofed sources outside the networks, 250 victims inside
+//! 10.77.0.0/24) with `sendmmsg` on an `AF_PACKET` socket bound to its veth end, so no frame
+//! can leave the pair. The rate rises step by step; per step the test reads
+//!
+//! - what the kernel delivered: `rx_packets` of the capturing veth end,
+//! - what the tool counted: fnm's `fnm_traffic_packets_total{source="pcap"}` (summed) from
+//!   /metrics, fastnetmon's `fastnetmon_total_simple_packets_processed` from its Prometheus
+//!   endpoint,
+//! - the tool's CPU time: utime + stime of its process from `/proc/<pid>/stat`.
+//!
+//! A step is lossless when the tool counted at least 99 % of what the kernel delivered. The
+//! test prints every step, the highest lossless rate of each tool, packets per CPU-second and
+//! the fnm/fastnetmon ratios; it fails when a tool counts nothing at all.
+
+mod common;
+
+use common::require_root;
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Length of each rate step.
+const STEP: Duration = Duration::from_secs(3);
+/// First rate tried, frames per second.
+const FIRST_RATE: f64 = 25_000.0;
+/// Factor between consecutive steps.
+const RATE_FACTOR: f64 = 1.5;
+/// Largest fraction of delivered frames a tool may miss for a step to count as lossless.
+const MAX_LOSS: f64 = 0.01;
+/// Frames per `sendmmsg` call.
+const BATCH: usize = 64;
+const CAPTURE_MAC: [u8; 6] = [2, 0, 0, 0, 0x4d, 0x0a];
+const SENDER_MAC: [u8; 6] = [2, 0, 0, 0, 0x4d, 0x0b];
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A capture namespace and a sender namespace joined by a veth pair; removed on drop.
+struct BenchPair {
+    capture_ns: String,
+    sender_ns: String,
+    capture_if: String,
+    sender_if: String,
+}
+
+impl BenchPair {
+    fn new(tag: &str) -> Self {
+        let id = std::process::id() % 100_000;
+        let pair = Self {
+            capture_ns: format!("pcb{tag}{id}c"),
+            sender_ns: format!("pcb{tag}{id}s"),
+            capture_if: format!("pcb{tag}{id}c"),
+            sender_if: format!("pcb{tag}{id}s"),
+        };
+        for ns in [&pair.capture_ns, &pair.sender_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &pair.capture_if,
+            "netns",
+            &pair.capture_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.sender_if,
+            "netns",
+            &pair.sender_ns,
+        ]);
+        for (ns, dev, mac) in [
+            (&pair.capture_ns, &pair.capture_if, CAPTURE_MAC),
+            (&pair.sender_ns, &pair.sender_if, SENDER_MAC),
+        ] {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            sh(&["ip", "-n", ns, "link", "set", dev, "address", &mac]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+
+    /// Frames the kernel delivered to the capturing veth end so far.
+    fn delivered(&self) -> u64 {
+        let path = format!("/sys/class/net/{}/statistics/rx_packets", self.capture_if);
+        sh(&["ip", "netns", "exec", &self.capture_ns, "cat", &path])
+            .trim()
+            .parse()
+            .expect("rx_packets is a number")
+    }
+}
+
+impl Drop for BenchPair {
+    fn drop(&mut self) {
+        for ns in [&self.capture_ns, &self.sender_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread that joined network namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// GET `path` over plain HTTP/1.1 from inside `ns`; the body, or an empty string.
+fn http_get(ns: &str, addr: SocketAddr, path: &str) -> String {
+    let path = path.to_owned();
+    in_ns(ns, move || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    })
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// 60-byte Ethernet/IPv4/UDP frame `i`: source 10.200.x.y (outside the networks), victim
+/// 10.77.0.(1 + i % 250), 18 bytes of payload.
+fn frame(i: u32) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&CAPTURE_MAC);
+    f.extend_from_slice(&SENDER_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let src = [10, 200, ((i / 250) % 4) as u8, (i % 250) as u8];
+    let dst = [10, 77, 0, 1 + (i % 250) as u8];
+    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&(10_000 + (i % 5000) as u16).to_be_bytes());
+    f.extend_from_slice(&53u16.to_be_bytes());
+    f.extend_from_slice(&26u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0x5a; 18]);
+    f
+}
+
+/// Writes frames from namespace `ns` out of `dev` at `rate` frames/s for `duration`, with
+/// `sendmmsg` on an `AF_PACKET` socket that bypasses the qdisc; returns (frames sent,
+/// achieved rate).
+fn blast(ns: &str, dev: &str, rate: f64, duration: Duration) -> (u64, f64) {
+    let dev = dev.to_owned();
+    in_ns(ns, move || {
+        let frames: Vec<Vec<u8>> = (0..1000).map(frame).collect();
+        // SAFETY: plain socket calls with valid arguments; the fd is closed at the end.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            )
+        };
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        let name = std::ffi::CString::new(dev.clone()).expect("interface name");
+        // SAFETY: valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "no interface {dev}");
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: binding with a valid sockaddr_ll of the right length.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let one: i32 = 1;
+        // SAFETY: setting an int option. Failure only means the qdisc is not bypassed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const i32).cast(),
+                4,
+            )
+        };
+        let mut iovecs: Vec<libc::iovec> = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            })
+            .collect();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut next = 0usize;
+        // SAFETY: mmsghdr is plain old data.
+        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+        while start.elapsed() < duration {
+            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+            if sent >= due {
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            let want = ((due - sent) as usize).min(BATCH);
+            for header in headers.iter_mut().take(want) {
+                header.msg_hdr.msg_iov = &mut iovecs[next];
+                header.msg_hdr.msg_iovlen = 1;
+                next = (next + 1) % iovecs.len();
+            }
+            // SAFETY: the headers point at iovecs over frames that outlive the call.
+            let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), want as u32, 0) };
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+        (sent, sent as f64 / elapsed)
+    })
+}
+
+/// CPU seconds (user + system, all threads) used by process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
+/// A capture tool under test.
+trait Tool {
+    fn name(&self) -> &'static str;
+    /// Packets it has counted so far.
+    fn counted(&self) -> u64;
+    /// Its process id (for CPU time).
+    fn pid(&self) -> u32;
+}
+
+/// Sums the samples of every line of `metric` in Prometheus text whose labels contain `filter`.
+fn metric_sum(text: &str, metric: &str, filter: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit([' ', '}']).next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The real `fnm-agent` binary with the pcap backend, inside its capture namespace.
+struct Fnm {
+    name: &'static str,
+    child: Child,
+    ns: String,
+    metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Fnm {
+    /// Starts the agent; `immediate` is `[capture.pcap] immediate` (the default is `true`).
+    fn start(pair: &BenchPair, immediate: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api: SocketAddr = "127.0.0.1:19310".parse().unwrap();
+        let metrics: SocketAddr = "127.0.0.1:19309".parse().unwrap();
+        let config = dir.path().join("fnm-agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{state}\"\nnetworks = [\"10.77.0.0/24\"]\n\
+                 [xdp]\nenabled = false\n\
+                 [capture]\nbackend = \"pcap\"\ninterfaces = [\"{dev}\"]\n\
+                 [capture.pcap]\nimmediate = {immediate}\n\
+                 [sflow]\nlisten = []\n[netflow]\nlisten = []\n\
+                 [api]\nlisten = \"{api}\"\n[prometheus]\nlisten = \"{metrics}\"\n",
+                state = dir.path().join("state").display(),
+                dev = pair.capture_if,
+            ),
+        )
+        .unwrap();
+        let log = File::create(dir.path().join("agent.log")).unwrap();
+        // `ip netns exec` execs the agent, so the child's pid is the agent's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &pair.capture_ns])
+            .arg(env!("CARGO_BIN_EXE_fnm-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start fnm-agent");
+        let mut fnm = Self {
+            name: if immediate { "fnm" } else { "fnm-batch" },
+            child,
+            ns: pair.capture_ns.clone(),
+            metrics,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_get(&fnm.ns, metrics, "/metrics").contains("fnm_") {
+            if let Ok(Some(status)) = fnm.child.try_wait() {
+                panic!("fnm-agent exited ({status}):\n{}", fnm.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fnm-agent never served /metrics:\n{}",
+                fnm.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        fnm
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Tool for Fnm {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn counted(&self) -> u64 {
+        let text = http_get(&self.ns, self.metrics, "/metrics");
+        metric_sum(&text, "fnm_traffic_packets_total", "source=\"pcap\"")
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Fnm {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's `fastnetmon` 1.2.4 in pcap mode, inside its capture namespace.
+struct FastNetMon {
+    child: Child,
+    ns: String,
+    prometheus: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+const FASTNETMON: &str = "/usr/sbin/fastnetmon";
+
+impl FastNetMon {
+    fn start(pair: &BenchPair) -> Self {
+        assert!(
+            std::path::Path::new(FASTNETMON).is_file(),
+            "\n\n*** this benchmark needs the Debian package `fastnetmon` ***\n"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prometheus: SocketAddr = "127.0.0.1:19409".parse().unwrap();
+        std::fs::write(dir.path().join("networks"), "10.77.0.0/24\n").unwrap();
+        std::fs::write(dir.path().join("whitelist"), "").unwrap();
+        let config = dir.path().join("fastnetmon.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "logging_level = info\nnetworks_list_path = {d}/networks\nwhite_list_path = {d}/whitelist\n\
+                 enable_ban = off\nenable_ban_ipv6 = off\nprocess_incoming_traffic = on\nprocess_outgoing_traffic = on\n\
+                 mirror_afpacket = off\nmirror_afxdp = off\nmirror_netmap = off\npcap = on\ninterfaces = {dev}\n\
+                 pcap_buffer_size_mbytes = 16\nnetflow = off\nsflow = off\n\
+                 enable_api = off\nprometheus = on\nprometheus_host = {host}\nprometheus_port = {port}\n\
+                 pid_path = {d}/fastnetmon.pid\ndisable_usage_report = on\n\
+                 cli_stats_file_path = {d}/fastnetmon.dat\ncli_stats_ipv6_file_path = {d}/fastnetmon_ipv6.dat\n",
+                d = dir.path().display(),
+                dev = pair.capture_if,
+                host = prometheus.ip(),
+                port = prometheus.port(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &pair.capture_ns, FASTNETMON])
+            .arg("--configuration_file")
+            .arg(&config)
+            .arg("--log_file")
+            .arg(dir.path().join("fastnetmon.log"))
+            .arg("--disable_pid_logic")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start fastnetmon");
+        let mut tool = Self {
+            child,
+            ns: pair.capture_ns.clone(),
+            prometheus,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_get(&tool.ns, prometheus, "/metrics")
+            .contains("fastnetmon_total_simple_packets_processed")
+        {
+            if let Ok(Some(status)) = tool.child.try_wait() {
+                panic!("fastnetmon exited ({status}):\n{}", tool.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fastnetmon never served its Prometheus endpoint:\n{}",
+                tool.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tool
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("fastnetmon.log")).unwrap_or_default()
+    }
+}
+
+impl Tool for FastNetMon {
+    fn name(&self) -> &'static str {
+        "fastnetmon"
+    }
+    fn counted(&self) -> u64 {
+        let text = http_get(&self.ns, self.prometheus, "/metrics");
+        metric_sum(&text, "fastnetmon_total_simple_packets_processed", "")
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FastNetMon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One rate step of one tool.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    target: f64,
+    sent: u64,
+    delivered: u64,
+    counted: u64,
+    cpu: f64,
+}
+
+impl Step {
+    fn seconds(&self) -> f64 {
+        STEP.as_secs_f64()
+    }
+    fn loss(&self) -> f64 {
+        if self.delivered == 0 {
+            return 1.0;
+        }
+        self.delivered.saturating_sub(self.counted) as f64 / self.delivered as f64
+    }
+    fn lossless(&self) -> bool {
+        self.delivered > 0 && self.loss() < MAX_LOSS
+    }
+    /// Packets counted per CPU-second of the tool.
+    fn per_cpu_second(&self) -> f64 {
+        self.counted as f64 / self.cpu.max(0.01)
+    }
+}
+
+/// Waits until the tool's counter has not moved for two reads in a row, 1.2 s apart (it
+/// drained its capture buffer, including partly filled libpcap blocks).
+fn settle(tool: &dyn Tool) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = tool.counted();
+    let mut unchanged = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = tool.counted();
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        if unchanged >= 2 || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Raises the rate until two steps in a row lose more than 1 % or the sender saturates.
+fn run_steps(tool: &dyn Tool, pair: &BenchPair) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut rate = FIRST_RATE;
+    let mut lossy_in_a_row = 0;
+    let mut counted_before = settle(tool);
+    while lossy_in_a_row < 2 {
+        let delivered_before = pair.delivered();
+        let cpu_before = cpu_seconds(tool.pid());
+        let (sent, achieved) = blast(&pair.sender_ns, &pair.sender_if, rate, STEP);
+        let counted_after = settle(tool);
+        // CPU over the step and the drain: what it cost to count these frames.
+        let cpu = cpu_seconds(tool.pid()) - cpu_before;
+        let step = Step {
+            target: rate,
+            sent,
+            delivered: pair.delivered() - delivered_before,
+            counted: counted_after - counted_before,
+            cpu,
+        };
+        counted_before = counted_after;
+        println!(
+            "{:>10}: target {:>9.0}/s sent {:>9.0}/s delivered {:>9} counted {:>9} loss {:>6.2}% cpu {:>5.2}s ({:>4.0}% of a core) {:>10.0} pkts/cpu-s",
+            tool.name(),
+            rate,
+            achieved,
+            step.delivered,
+            step.counted,
+            step.loss() * 100.0,
+            step.cpu,
+            step.cpu / step.seconds() * 100.0,
+            step.per_cpu_second()
+        );
+        steps.push(step);
+        assert!(step.sent > 0, "the sender wrote nothing");
+        if step.lossless() {
+            lossy_in_a_row = 0;
+        } else {
+            lossy_in_a_row += 1;
+        }
+        if achieved < rate * 0.9 {
+            println!("  (sender saturated at {achieved:.0} frames/s)");
+            break;
+        }
+        rate *= RATE_FACTOR;
+    }
+    steps
+}
+
+/// The highest lossless step (by delivered rate).
+fn best(steps: &[Step]) -> Option<Step> {
+    steps
+        .iter()
+        .filter(|s| s.lossless())
+        .max_by(|a, b| a.delivered.cmp(&b.delivered))
+        .copied()
+}
+
+#[test]
+#[ignore = "benchmark: run as root with --release --ignored --nocapture --test-threads=1"]
+fn pcap_live_bench() {
+    require_root("the live capture benchmark");
+    assert!(
+        std::path::Path::new(FASTNETMON).is_file(),
+        "\n\n*** this benchmark needs the Debian package `fastnetmon` ***\n"
+    );
+    let fnm_pair = BenchPair::new("f");
+    let fast_pair = BenchPair::new("n");
+
+    let fnm = Fnm::start(&fnm_pair, true);
+    let fnm_steps = run_steps(&fnm, &fnm_pair);
+    let fnm_log = fnm.log();
+    drop(fnm);
+
+    // The same agent with `[capture.pcap] immediate = false`: libpcap hands over blocks of
+    // packets instead of waking the reader for every frame (what fastnetmon does).
+    let fnm = Fnm::start(&fnm_pair, false);
+    let batch_steps = run_steps(&fnm, &fnm_pair);
+    drop(fnm);
+
+    let fastnetmon = FastNetMon::start(&fast_pair);
+    let fast_steps = run_steps(&fastnetmon, &fast_pair);
+    drop(fastnetmon);
+
+    assert!(
+        fnm_steps.iter().any(|s| s.counted > 0),
+        "fnm counted nothing:\n{fnm_log}"
+    );
+    assert!(
+        fast_steps.iter().any(|s| s.counted > 0),
+        "fastnetmon counted nothing"
+    );
+
+    compare("fnm", &fnm_steps, &fast_steps);
+    compare("fnm-batch", &batch_steps, &fast_steps);
+}
+
+/// Prints the per-step comparison and the summary of one fnm run against fastnetmon.
+fn compare(name: &str, fnm_steps: &[Step], fast_steps: &[Step]) {
+    println!("\n{name} against fastnetmon, per-step comparison at the same offered rate (tool CPU = utime+stime over step and drain):");
+    println!(
+        "{:>10} | {:>22} | {:>22} | {:>6}",
+        "rate/s", "fnm pkts/cpu-s (loss)", "fastnetmon (loss)", "ratio"
+    );
+    for (a, b) in fnm_steps.iter().zip(fast_steps) {
+        println!(
+            "{:>10.0} | {:>13.0} ({:>5.2}%) | {:>13.0} ({:>5.2}%) | {:>5.1}x",
+            a.target,
+            a.per_cpu_second(),
+            a.loss() * 100.0,
+            b.per_cpu_second(),
+            b.loss() * 100.0,
+            a.per_cpu_second() / b.per_cpu_second()
+        );
+    }
+    let show = |name: &str, s: Option<Step>| {
+        match s {
+        Some(s) => println!(
+            "  {name:>10}: highest rate with <1% loss {:.0} pkts/s (delivered), {:.0} pkts per CPU-second there",
+            s.delivered as f64 / s.seconds(),
+            s.per_cpu_second()
+        ),
+        None => println!("  {name:>10}: no step with <1% loss"),
+    }
+    };
+    println!("\nsummary ({name}):");
+    let (f, n) = (best(fnm_steps), best(fast_steps));
+    show(name, f);
+    show("fastnetmon", n);
+    if let (Some(f), Some(n)) = (f, n) {
+        println!(
+            "  ratio fnm/fastnetmon: lossless rate {:.2}x, packets per CPU-second {:.2}x",
+            f.delivered as f64 / n.delivered as f64,
+            f.per_cpu_second() / n.per_cpu_second()
+        );
+    }
+}
