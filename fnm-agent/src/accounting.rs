@@ -183,11 +183,6 @@ impl HostDirection {
         }
         self.rates = Rates::from_window(&sum, window_seconds);
     }
-
-    /// Packets in the rate window (0 when idle).
-    pub fn window_packets(&self) -> u64 {
-        self.slots.iter().map(|s| s.packets).sum()
-    }
 }
 
 /// Bounded buffer of the most recent records of a host under watch (attack samples).

@@ -190,6 +190,25 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
             registry.register(name, help, c);
         }
     }
+    if let Some(stats) = agent.script_stats() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let calls = Family::<Labels, Counter>::default();
+        for (result, n) in [
+            ("succeeded", stats.succeeded.load(Relaxed)),
+            ("failed", stats.failed.load(Relaxed)),
+            ("timed_out", stats.timed_out.load(Relaxed)),
+            ("dropped", stats.dropped.load(Relaxed)),
+        ] {
+            calls
+                .get_or_create(&labels(&[("result", result)]))
+                .inc_by(n);
+        }
+        registry.register(
+            "fnm_script_calls",
+            "Notify script calls by result (dropped: the queue was full)",
+            calls,
+        );
+    }
     for source in extra {
         source.register(&mut registry);
     }

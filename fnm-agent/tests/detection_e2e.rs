@@ -258,6 +258,10 @@ fn flood_is_detected_scripted_dropped_surgically_and_unbanned() {
         !metrics.contains("fnm_xdp_dropped_packets_total{match=\"rule\"} 0"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("fnm_script_calls_total{result=\"succeeded\"} 1"),
+        "the ban call is counted: {metrics}"
+    );
 
     // Flood stops; after ban time (3 s) and the stop hysteresis (1 s), unban.
     stop.store(true, Ordering::SeqCst);

@@ -273,13 +273,6 @@ impl DataPlane {
         }
     }
 
-    /// Leaves every pinned link attached (the agent is going away uncleanly on purpose, e.g.
-    /// for an upgrade): the program keeps dropping until the next agent takes it over.
-    pub fn leave_pinned(&mut self) {
-        self.links
-            .retain(|(_, a)| matches!(a, Attachment::Managed(_)));
-    }
-
     /// Interfaces the program is attached to.
     pub fn attached(&self) -> impl Iterator<Item = &str> {
         self.links.iter().map(|(i, _)| i.as_str())
