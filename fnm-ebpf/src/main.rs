@@ -26,7 +26,7 @@ use fnm_common::{
     direction, local16, proto, setting, stat, table_flag, DropCounter, HostCounters, HostKey,
     HostKeyV4, LocalNetV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
-use parse::{parse, Packet, ParseError};
+use parse::{parse, Addr, Packet, ParseError};
 
 /// Default sizes; the agent overrides them from its config before loading.
 const HOSTS_DEFAULT: u32 = 65_536;
@@ -143,18 +143,13 @@ impl Local {
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped one.
-#[inline(always)]
-fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
-}
 
 /// Whether `addr` is local, and where its counters live.
 #[inline(always)]
-fn local(addr: &[u8; 16], v4: bool) -> Local {
+fn local(addr: Addr, v4: bool) -> Local {
     if v4 {
         // The /16 table answers without the trie unless a longer local prefix splits the /16.
-        let a = u32::from_be_bytes(v4_of(addr));
+        let a = addr.v4_addr();
         let block = (a >> 16) as usize;
         // SAFETY: plain read of a frozen global; volatile so the compiler cannot assume the
         // zeros it was compiled with. `block` < 65536 = the table's length.
@@ -162,7 +157,7 @@ fn local(addr: &[u8; 16], v4: bool) -> Local {
         match entry {
             local16::NONE => Local::No,
             local16::HASHED => Local::Hashed,
-            local16::ASK_TRIE => match FNM_LOCAL_V4.get(&Key::new(32, v4_of(addr))) {
+            local16::ASK_TRIE => match FNM_LOCAL_V4.get(&Key::new(32, a.to_be_bytes())) {
                 None => Local::No,
                 Some(net) if net.slot_base == local16::NO_SLOTS => Local::Hashed,
                 Some(net) => Local::Slot(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
@@ -172,7 +167,7 @@ fn local(addr: &[u8; 16], v4: bool) -> Local {
             ),
         }
     } else if FNM_LOCAL_V6
-        .get(&Key::new(128, *addr))
+        .get(&Key::new(128, addr.bytes()))
         .map(|v| *v != 0)
         .unwrap_or(false)
     {
@@ -183,22 +178,22 @@ fn local(addr: &[u8; 16], v4: bool) -> Local {
 }
 
 #[inline(always)]
-fn is_whitelisted(addr: &[u8; 16], v4: bool) -> bool {
+fn is_whitelisted(addr: Addr, v4: bool) -> bool {
     if v4 {
-        let key = Key::new(32, v4_of(addr));
+        let key = Key::new(32, addr.v4_addr().to_be_bytes());
         FNM_WHITELIST_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
     } else {
         FNM_WHITELIST_V6
-            .get(&Key::new(128, *addr))
+            .get(&Key::new(128, addr.bytes()))
             .map(|v| *v != 0)
             .unwrap_or(false)
     }
 }
 
 #[inline(always)]
-fn drop_entry(addr: &[u8; 16], v4: bool, source: bool) -> Option<u32> {
+fn drop_entry(addr: Addr, v4: bool, source: bool) -> Option<u32> {
     if v4 {
-        let key = Key::new(32, v4_of(addr));
+        let key = Key::new(32, addr.v4_addr().to_be_bytes());
         let table = if source {
             &FNM_DROP_SRC_V4
         } else {
@@ -206,7 +201,7 @@ fn drop_entry(addr: &[u8; 16], v4: bool, source: bool) -> Option<u32> {
         };
         table.get(&key).copied()
     } else {
-        let key = Key::new(128, *addr);
+        let key = Key::new(128, addr.bytes());
         let table = if source {
             &FNM_DROP_SRC_V6
         } else {
@@ -229,8 +224,8 @@ fn count_drop(slot: u32, bytes: u64) {
 }
 
 fn handle(p: &Packet, stats: &mut Stats) -> u32 {
-    let dst = local(&p.dst, p.v4);
-    let src = local(&p.src, p.v4);
+    let dst = local(p.dst, p.v4);
+    let src = local(p.src, p.v4);
     let (local_dst, local_src) = (dst.is_local(), src.is_local());
     let class = proto::class_of(p.protocol);
     let bytes = p.ip_len as u64;
@@ -249,32 +244,32 @@ fn handle(p: &Packet, stats: &mut Stats) -> u32 {
 
     if local_dst || local_src {
         let new_flow = note_flow(p);
-        account_side(dst, &p.dst, direction::INCOMING, p, class, new_flow, stats);
-        account_side(src, &p.src, direction::OUTGOING, p, class, new_flow, stats);
+        account_side(dst, p.dst, direction::INCOMING, p, class, new_flow, stats);
+        account_side(src, p.src, direction::OUTGOING, p, class, new_flow, stats);
         if flags & table_flag::SAMPLING != 0 {
             sample(p, local_dst, local_src, stats);
         }
     }
 
     if flags & table_flag::DROP_SRC != 0 {
-        if let Some(entry) = drop_entry(&p.src, p.v4, true) {
+        if let Some(entry) = drop_entry(p.src, p.v4, true) {
             if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_SRC_PACKETS, stats) {
                 return verdict;
             }
         }
     }
     if flags & table_flag::DROP_DST != 0 {
-        if let Some(entry) = drop_entry(&p.dst, p.v4, false) {
+        if let Some(entry) = drop_entry(p.dst, p.v4, false) {
             if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_DST_PACKETS, stats) {
                 return verdict;
             }
         }
     }
     if flags & table_flag::RULES != 0 {
-        if local_dst && match_rules(&host_key(&p.dst, direction::INCOMING), p, stats) {
+        if local_dst && match_rules(&host_key(p.dst, direction::INCOMING), p, stats) {
             return xdp_action::XDP_DROP;
         }
-        if local_src && match_rules(&host_key(&p.src, direction::OUTGOING), p, stats) {
+        if local_src && match_rules(&host_key(p.src, direction::OUTGOING), p, stats) {
             return xdp_action::XDP_DROP;
         }
     }
@@ -285,7 +280,7 @@ fn handle(p: &Packet, stats: &mut Stats) -> u32 {
 #[inline(always)]
 fn account_side(
     side: Local,
-    addr: &[u8; 16],
+    addr: Addr,
     dir: u8,
     p: &Packet,
     class: usize,
@@ -306,7 +301,7 @@ fn account_side(
 /// Drops the packet unless a whitelist entry protects it; `Some(XDP_DROP)` when dropped.
 #[inline(always)]
 fn drop_or_whitelist(p: &Packet, slot: u32, packets_stat: u32, stats: &mut Stats) -> Option<u32> {
-    if is_whitelisted(&p.src, p.v4) || is_whitelisted(&p.dst, p.v4) {
+    if is_whitelisted(p.src, p.v4) || is_whitelisted(p.dst, p.v4) {
         add(stats, stat::WHITELIST_PASSED, 1);
         return None;
     }
@@ -332,7 +327,7 @@ fn match_rules(key: &HostKey, p: &Packet, stats: &mut Stats) -> bool {
         // SAFETY: `i` is below MAX_RULES_PER_HOST.
         let rule = unsafe { &(*set).rules[i] };
         if rule_matches(rule, p) {
-            if is_whitelisted(&p.src, p.v4) {
+            if is_whitelisted(p.src, p.v4) {
                 add(stats, stat::WHITELIST_PASSED, 1);
                 return false;
             }
@@ -364,18 +359,18 @@ fn rule_matches(rule: &fnm_common::DropRule, p: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn host_key(addr: &[u8; 16], dir: u8) -> HostKey {
+fn host_key(addr: Addr, dir: u8) -> HostKey {
     HostKey {
-        addr: *addr,
+        addr: addr.bytes(),
         direction: dir,
         _pad: [0; 3],
     }
 }
 
 #[inline(always)]
-fn host_key_v4(addr: &[u8; 16], dir: u8) -> HostKeyV4 {
+fn host_key_v4(addr: Addr, dir: u8) -> HostKeyV4 {
     HostKeyV4 {
-        addr: v4_of(addr),
+        addr: addr.v4_addr().to_be_bytes(),
         direction: dir,
         _pad: [0; 3],
     }
@@ -388,16 +383,6 @@ fn mix(h: u64, word: u64) -> u64 {
     x ^ (x >> 32)
 }
 
-#[inline(always)]
-fn word(b: &[u8; 16], at: usize) -> u64 {
-    let mut w = 0u64;
-    let mut i = 0;
-    while i < 8 {
-        w = (w << 8) | b[at + i] as u64;
-        i += 1;
-    }
-    w
-}
 
 /// Seeded 64-bit hash of the packet's 5-tuple (never zero: zero marks an empty cache slot).
 #[inline(always)]
@@ -405,14 +390,14 @@ fn flow_hash(p: &Packet) -> u64 {
     // SAFETY: plain read of a frozen global (volatile: see `local`).
     let mut h = unsafe { core::ptr::read_volatile(&FNM_FLOW_SEED) };
     if p.v4 {
-        let s = u32::from_be_bytes(v4_of(&p.src)) as u64;
-        let d = u32::from_be_bytes(v4_of(&p.dst)) as u64;
+        let s = p.src.v4_addr() as u64;
+        let d = p.dst.v4_addr() as u64;
         h = mix(h, (s << 32) | d);
     } else {
-        h = mix(h, word(&p.src, 0));
-        h = mix(h, word(&p.src, 8));
-        h = mix(h, word(&p.dst, 0));
-        h = mix(h, word(&p.dst, 8));
+        h = mix(h, p.src.hi);
+        h = mix(h, p.src.lo);
+        h = mix(h, p.dst.hi);
+        h = mix(h, p.dst.lo);
     }
     let ports = ((p.src_port as u64) << 40) | ((p.dst_port as u64) << 24) | p.protocol as u64;
     h = mix(h, ports);
@@ -522,9 +507,9 @@ fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) -> bool
 #[inline(always)]
 fn sample(p: &Packet, local_dst: bool, local_src: bool, stats: &mut Stats) {
     let (addr, dir) = if local_dst {
-        (&p.dst, direction::INCOMING)
+        (p.dst, direction::INCOMING)
     } else if local_src {
-        (&p.src, direction::OUTGOING)
+        (p.src, direction::OUTGOING)
     } else {
         return;
     };
@@ -543,8 +528,8 @@ fn sample(p: &Packet, local_dst: bool, local_src: bool, stats: &mut Stats) {
     entry.write(PacketSample {
         // SAFETY: helper without preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        src: p.src,
-        dst: p.dst,
+        src: p.src.bytes(),
+        dst: p.dst.bytes(),
         src_port: p.src_port,
         dst_port: p.dst_port,
         ip_len: p.ip_len as u16,
