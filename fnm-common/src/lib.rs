@@ -42,6 +42,10 @@ pub mod map_names {
     /// Drop table matched on the source address, IPv4 (`LpmTrie<[u8; 4], u32>`: the entry's
     /// counter slot in `DROP_COUNTERS`).
     pub const DROP_SRC_V4: &str = "FNM_DROP_SRC_V4";
+    /// Which IPv4 /16 blocks hold an address of a drop entry (`Array<[u64; 1024]>`, entry
+    /// [`drop16::SRC`] for the source table, [`drop16::DST`] for the destination table): an
+    /// address whose block bit is clear needs no lookup in `DROP_SRC_V4`/`DROP_DST_V4`.
+    pub const DROP16_V4: &str = "FNM_DROP16_V4";
     /// Drop table matched on the source address, IPv6.
     pub const DROP_SRC_V6: &str = "FNM_DROP_SRC_V6";
     /// Drop table matched on the destination address, IPv4.
@@ -189,6 +193,16 @@ pub struct LocalNetV4 {
     pub slot_base: u32,
     /// Host bits of the network (`0xff` for a /24).
     pub host_mask: u32,
+}
+
+/// Entries of the `DROP16_V4` bitmaps (bit `b % 64` of word `b / 64` for /16 block `b`).
+pub mod drop16 {
+    /// Bitmap of the source drop table.
+    pub const SRC: u32 = 0;
+    /// Bitmap of the destination drop table.
+    pub const DST: u32 = 1;
+    /// `u64` words per bitmap (one bit per IPv4 /16).
+    pub const WORDS: usize = 1024;
 }
 
 /// Slots of the per-CPU flow cache (a power of two).

@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fnm_common::{
-    direction, local16, proto, setting, stat, table_flag, DropCounter, HostCounters, HostKey,
-    HostKeyV4, LocalNetV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    direction, drop16, local16, proto, setting, stat, table_flag, DropCounter, HostCounters,
+    HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
 use parse::{parse, Addr, Packet, ParseError};
 
@@ -56,7 +56,8 @@ static FNM_HOSTS_V4: PerCpuHashMap<HostKeyV4, HostCounters> =
 static FNM_HOSTS_D4: PerCpuArray<HostCounters> =
     PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT, 0);
 #[map]
-static FNM_TOUCHED_D4: PerCpuArray<u64> = PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT / 64, 0);
+static FNM_TOUCHED_D4: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT / 64, 0);
 #[map]
 static FNM_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 #[map]
@@ -69,6 +70,8 @@ static FNM_LOCAL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_
 static FNM_WHITELIST_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
 static FNM_WHITELIST_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_DROP16_V4: Array<[u64; drop16::WORDS]> = Array::with_max_entries(2, 0);
 #[map]
 static FNM_DROP_SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DROP_DEFAULT, 0);
 #[map]
@@ -143,7 +146,6 @@ impl Local {
     }
 }
 
-
 /// Whether `addr` is local, and where its counters live.
 #[inline(always)]
 fn local(addr: Addr, v4: bool) -> Local {
@@ -162,9 +164,7 @@ fn local(addr: Addr, v4: bool) -> Local {
                 Some(net) if net.slot_base == local16::NO_SLOTS => Local::Hashed,
                 Some(net) => Local::Slot(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
             },
-            base => Local::Slot(
-                (base - local16::DENSE).wrapping_add((a & 0xffff) << 1),
-            ),
+            base => Local::Slot((base - local16::DENSE).wrapping_add((a & 0xffff) << 1)),
         }
     } else if FNM_LOCAL_V6
         .get(&Key::new(128, addr.bytes()))
@@ -193,7 +193,14 @@ fn is_whitelisted(addr: Addr, v4: bool) -> bool {
 #[inline(always)]
 fn drop_entry(addr: Addr, v4: bool, source: bool) -> Option<u32> {
     if v4 {
-        let key = Key::new(32, addr.v4_addr().to_be_bytes());
+        let a = addr.v4_addr();
+        // Most sources share no /16 with any drop entry: one bit answers without the trie.
+        let bitmap = FNM_DROP16_V4.get(if source { drop16::SRC } else { drop16::DST })?;
+        let block = a >> 16;
+        if bitmap[(block >> 6) as usize] & (1u64 << (block & 63)) == 0 {
+            return None;
+        }
+        let key = Key::new(32, a.to_be_bytes());
         let table = if source {
             &FNM_DROP_SRC_V4
         } else {
@@ -289,7 +296,9 @@ fn account_side(
 ) {
     let counted = match side {
         Local::No => return,
-        Local::Slot(incoming) => account_dense(incoming.wrapping_add(dir as u32), p, class, new_flow),
+        Local::Slot(incoming) => {
+            account_dense(incoming.wrapping_add(dir as u32), p, class, new_flow)
+        }
         Local::Hashed if p.v4 => account_v4(&host_key_v4(addr, dir), p, class, new_flow),
         Local::Hashed => account(&host_key(addr, dir), p, class, new_flow),
     };
@@ -382,7 +391,6 @@ fn mix(h: u64, word: u64) -> u64 {
     let x = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     x ^ (x >> 32)
 }
-
 
 /// Seeded 64-bit hash of the packet's 5-tuple (never zero: zero marks an empty cache slot).
 #[inline(always)]

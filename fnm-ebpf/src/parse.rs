@@ -59,7 +59,12 @@ impl Addr {
     /// The sixteen bytes, network order.
     #[inline(always)]
     pub fn bytes(self) -> [u8; 16] {
-        let be = [(self.hi >> 32) as u32, self.hi as u32, (self.lo >> 32) as u32, self.lo as u32];
+        let be = [
+            (self.hi >> 32) as u32,
+            self.hi as u32,
+            (self.lo >> 32) as u32,
+            self.lo as u32,
+        ];
         // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
         // Four word stores instead of sixteen byte stores.
         unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(be.map(u32::to_be)) }

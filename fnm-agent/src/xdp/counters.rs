@@ -163,9 +163,7 @@ impl Poller {
                 seen.counters = sum;
             }
             if idle_bits != 0 {
-                maps.hosts
-                    .clear_touched(word, idle_bits)
-                    .map_err(&err)?;
+                maps.hosts.clear_touched(word, idle_bits).map_err(&err)?;
             }
         }
         Ok(active)

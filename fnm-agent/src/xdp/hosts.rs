@@ -73,12 +73,14 @@ impl HostMaps {
     pub(crate) fn clear_touched(&mut self, word: u32, bits: u64) -> Result<(), MapError> {
         let now = self.touched.get(&word, 0)?;
         let cleared: Vec<u64> = now.iter().map(|w| w & !bits).collect();
-        self.touched
-            .set(word, PerCpuValues::try_from(cleared)?, 0)
+        self.touched.set(word, PerCpuValues::try_from(cleared)?, 0)
     }
 
     /// The summed counters of one dense slot, with its host and direction.
-    pub(crate) fn dense_slot_sum(&self, slot: u32) -> Result<Option<(HostKey, HostCounters)>, MapError> {
+    pub(crate) fn dense_slot_sum(
+        &self,
+        slot: u32,
+    ) -> Result<Option<(HostKey, HostCounters)>, MapError> {
         let Some((addr, direction)) = self.layout.host_of(slot) else {
             return Ok(None);
         };

@@ -215,7 +215,12 @@ mod tests {
     #[test]
     fn every_dense_address_has_its_own_slots_and_maps_back() {
         let l = DenseLayout::new(
-            &nets(&["10.0.0.0/15", "10.1.2.0/24", "192.0.2.128/25", "10.9.0.0/16"]),
+            &nets(&[
+                "10.0.0.0/15",
+                "10.1.2.0/24",
+                "192.0.2.128/25",
+                "10.9.0.0/16",
+            ]),
             200_000,
         );
         let t = l.table();
@@ -265,6 +270,9 @@ mod tests {
         let l = DenseLayout::new(&nets(&["10.10.0.0/16"]), 0);
         assert_eq!(l.slots(), 0);
         assert_eq!(l.table()[block(10, 10)], local16::HASHED);
-        assert_eq!(l.trie_value(&"10.10.0.0/16".parse().unwrap()).slot_base, local16::NO_SLOTS);
+        assert_eq!(
+            l.trie_value(&"10.10.0.0/16".parse().unwrap()).slot_base,
+            local16::NO_SLOTS
+        );
     }
 }

@@ -6,7 +6,7 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
-use fnm_common::{map_names, setting, stat, DropCounter, HostKey, LocalNetV4, RuleSet};
+use fnm_common::{drop16, map_names, setting, stat, DropCounter, HostKey, LocalNetV4, RuleSet};
 use std::net::IpAddr;
 
 /// Every map of the program, owned and typed.
@@ -21,6 +21,8 @@ pub struct KernelMaps {
     pub whitelist_v4: LpmTrie<MapData, [u8; 4], u8>,
     /// Never-dropped prefixes.
     pub whitelist_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Per-/16 bitmaps of the IPv4 drop tables (source, destination).
+    pub drop16_v4: Array<MapData, [u64; drop16::WORDS]>,
     /// Drop on source, value = counter slot.
     pub drop_src_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// Drop on source, value = counter slot.
@@ -99,6 +101,7 @@ impl KernelMaps {
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
             whitelist_v4: take(ebpf, map_names::WHITELIST_V4)?,
             whitelist_v6: take(ebpf, map_names::WHITELIST_V6)?,
+            drop16_v4: take(ebpf, map_names::DROP16_V4)?,
             drop_src_v4: take(ebpf, map_names::DROP_SRC_V4)?,
             drop_src_v6: take(ebpf, map_names::DROP_SRC_V6)?,
             drop_dst_v4: take(ebpf, map_names::DROP_DST_V4)?,
