@@ -22,11 +22,7 @@ struct Net {
 
 impl Net {
     fn host_mask(&self) -> u32 {
-        if self.len == 0 {
-            u32::MAX
-        } else {
-            u32::MAX >> self.len
-        }
+        u32::MAX.checked_shr(self.len as u32).unwrap_or(0)
     }
 
     fn addresses(&self) -> u64 {
@@ -263,6 +259,17 @@ mod tests {
     fn the_default_route_makes_everything_local() {
         let t = DenseLayout::new(&nets(&["0.0.0.0/0"]), 65_536).table();
         assert!(t.iter().all(|b| *b == local16::HASHED));
+    }
+
+    #[test]
+    fn host_routes_get_one_slot_pair() {
+        let l = DenseLayout::new(&nets(&["192.0.2.7/32", "10.0.0.0/31"]), 16);
+        assert_eq!(l.slots(), 2 + 4);
+        assert_eq!(l.slot_of(Ipv4Addr::new(192, 0, 2, 7)), Some(0));
+        assert_eq!(l.slot_of(Ipv4Addr::new(10, 0, 0, 1)), Some(4));
+        assert_eq!(l.host_of(1), Some((Ipv4Addr::new(192, 0, 2, 7), 1)));
+        let v = l.trie_value(&"192.0.2.7/32".parse().unwrap());
+        assert_eq!((v.slot_base, v.host_mask), (0, 0));
     }
 
     #[test]
