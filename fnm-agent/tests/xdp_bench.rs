@@ -230,6 +230,7 @@ fn xdp_ns_per_packet() {
 
     // Agent side: one poll of the counters (the /16 has dense slots, so a poll reads its
     // touched bitmap, 2048 words, and the slots touched).
+    drop(cases);
     let mut dp = dp;
     let mut accounting = fnm_agent::accounting::Accounting::new(
         networks.iter().copied().collect(),

@@ -21,9 +21,10 @@ pub mod map_names {
     /// Dense per-CPU counters of the IPv4 hosts of the local networks that got preallocated
     /// slots (`PerCpuArray<HostCounters>`, see [`local16`] for the slot of an address).
     pub const HOSTS_DENSE_V4: &str = "FNM_HOSTS_D4";
-    /// Bit per slot of `HOSTS_DENSE_V4`, set by every packet counted there
-    /// (`PerCpuArray<u64>`, slot `s` is bit `s % 64` of entry `s / 64`): the agent reads only
-    /// the slots whose bit is set, and clears the bits of idle slots.
+    /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
+    /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
+    /// mapping): the agent reads only the slots whose byte is set, without a system call, and
+    /// clears the bytes of idle slots with a compare-and-swap.
     pub const DENSE_TOUCHED_V4: &str = "FNM_TOUCHED_D4";
     /// Frozen global (`.rodata`, `[u32; 65536]`, set at load): the IPv4 local networks by /16,
     /// see [`local16`]. Answers "is this address local, and where are its counters" without

@@ -14,7 +14,7 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{self, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
@@ -56,8 +56,8 @@ static FNM_HOSTS_V4: PerCpuHashMap<HostKeyV4, HostCounters> =
 static FNM_HOSTS_D4: PerCpuArray<HostCounters> =
     PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT, 0);
 #[map]
-static FNM_TOUCHED_D4: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT / 64, 0);
+static FNM_TOUCHED_D4: Array<u64> =
+    Array::with_max_entries(DENSE_SLOTS_DEFAULT / 8, bindings::BPF_F_MMAPABLE);
 #[map]
 static FNM_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 #[map]
@@ -460,9 +460,15 @@ fn account_dense(slot: u32, p: &Packet, class: usize, new_flow: bool) -> bool {
     };
     // SAFETY: per-CPU value, only this CPU writes it while the program runs.
     add_packet(unsafe { &mut *c }, p, class, new_flow);
-    if let Some(word) = FNM_TOUCHED_D4.get_ptr_mut(slot >> 6) {
-        // SAFETY: as above.
-        unsafe { *word |= 1u64 << (slot & 63) };
+    if let Some(word) = FNM_TOUCHED_D4.get_ptr_mut(slot >> 3) {
+        // SAFETY: byte `slot % 8` of an 8-byte map value. Shared by all CPUs: read first, so a
+        // busy slot's cache line is only read; every writer stores the same 1.
+        unsafe {
+            let byte = (word as *mut u8).add((slot & 7) as usize);
+            if core::ptr::read_volatile(byte) == 0 {
+                core::ptr::write_volatile(byte, 1);
+            }
+        }
     }
     true
 }

@@ -125,7 +125,7 @@ impl Poller {
         })
     }
 
-    /// Reads the dense slots whose touched bit is set; clears the bits of slots idle for
+    /// Reads the dense slots whose touched byte is set; clears the bytes of slots idle for
     /// `idle_ms` so they cost nothing until their next packet. Returns the active slots.
     fn poll_dense(
         &mut self,
@@ -136,35 +136,34 @@ impl Poller {
     ) -> Result<u64, XdpError> {
         let err = map_err(map_names::HOSTS_DENSE_V4);
         let mut active = 0;
-        for word in 0..maps.hosts.touched_words() {
-            let mut bits = maps.hosts.touched(word).map_err(&err)?;
-            let mut idle_bits = 0u64;
-            while bits != 0 {
-                let bit = bits.trailing_zeros();
-                bits &= bits - 1;
-                let slot = word * 64 + bit;
-                let Some((key, sum)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? else {
-                    continue;
-                };
-                let seen = self.dense.entry(slot).or_insert(Seen {
-                    counters: HostCounters::default(),
-                    changed_ms: now_ms,
-                });
-                let delta = delta(&seen.counters, &sum);
-                if delta.packets > 0 {
-                    accounting.add_host_counters(from16(key.addr), direction_of(&key), &delta);
-                    seen.changed_ms = now_ms;
-                    active += 1;
-                } else if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
-                    idle_bits |= 1 << bit;
-                } else {
-                    active += 1;
+        for slot in maps.hosts.touched_slots() {
+            let Some((key, mut sum)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? else {
+                continue;
+            };
+            let seen = self.dense.entry(slot).or_insert(Seen {
+                counters: HostCounters::default(),
+                changed_ms: now_ms,
+            });
+            let mut delta = delta(&seen.counters, &sum);
+            if delta.packets == 0
+                && now_ms.saturating_sub(seen.changed_ms) >= idle_ms
+                && maps.hosts.clear_touched(slot)
+            {
+                // Idle: no reads until its next packet. One more read catches a packet counted
+                // just before the clear.
+                if let Some((_, again)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? {
+                    delta = super::counters::delta(&seen.counters, &again);
+                    sum = again;
                 }
-                seen.counters = sum;
             }
-            if idle_bits != 0 {
-                maps.hosts.clear_touched(word, idle_bits).map_err(&err)?;
+            if delta.packets > 0 {
+                accounting.add_host_counters(from16(key.addr), direction_of(&key), &delta);
+                seen.changed_ms = now_ms;
+                active += 1;
+            } else if now_ms.saturating_sub(seen.changed_ms) < idle_ms {
+                active += 1;
             }
+            seen.counters = sum;
         }
         Ok(active)
     }

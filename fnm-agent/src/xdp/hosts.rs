@@ -5,14 +5,100 @@
 use super::local16::DenseLayout;
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use fnm_common::{v4_mapped, HostCounters, HostKey, HostKeyV4};
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicU64, AtomicU8, Ordering},
+};
+
+/// The `DENSE_TOUCHED_V4` map mapped into the agent: byte `s` is 1 when dense slot `s` got a
+/// packet since the agent last cleared it.
+pub(crate) struct TouchedBytes {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: MapData,
+    ptr: *mut u8,
+    len: usize,
+    mapped: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through atomics.
+unsafe impl Send for TouchedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for TouchedBytes {}
+
+impl TouchedBytes {
+    /// Maps `map` (an mmap-able array of `len / 8` u64 entries) shared with the kernel.
+    pub(crate) fn map(map: MapData, len: usize) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mapped = len.div_ceil(page).max(1) * page;
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array's fd, no larger than
+        // the array's pages; checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            _map: map,
+            ptr: ptr.cast(),
+            len,
+            mapped,
+        })
+    }
+
+    /// Slots whose byte is set (eight bytes read at a time).
+    pub(crate) fn slots(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for word in 0..self.len / 8 {
+            // SAFETY: in bounds of the mapping; 8-byte aligned (page-aligned base).
+            let w = unsafe { AtomicU64::from_ptr(self.ptr.add(word * 8).cast()) }
+                .load(Ordering::Acquire);
+            let mut w = w.to_le_bytes().map(|b| b != 0);
+            for (i, set) in w.iter_mut().enumerate() {
+                if *set {
+                    out.push((word * 8 + i) as u32);
+                }
+            }
+        }
+        out
+    }
+
+    /// Clears the byte of `slot` if it is still set; true when this call cleared it. A packet
+    /// counted after the clear sets it again.
+    pub(crate) fn clear(&self, slot: u32) -> bool {
+        let slot = slot as usize;
+        if slot >= self.len {
+            return false;
+        }
+        // SAFETY: in bounds of the mapping.
+        unsafe { AtomicU8::from_ptr(self.ptr.add(slot)) }
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl Drop for TouchedBytes {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.mapped) };
+    }
+}
 
 /// Every per-host counter table of the XDP program.
 pub struct HostMaps {
     /// Dense IPv4 slots.
     pub(crate) dense: PerCpuArray<MapData, HostCounters>,
-    /// Touched bit per dense slot, 64 slots per entry.
-    pub(crate) touched: PerCpuArray<MapData, u64>,
+    /// Touched byte per dense slot.
+    pub(crate) touched: TouchedBytes,
     /// Which address and direction each dense slot counts.
     pub(crate) layout: DenseLayout,
     /// IPv4 hosts.
@@ -57,23 +143,14 @@ impl HostMaps {
         }
     }
 
-    /// Entries of the touched bitmap (64 dense slots each).
-    pub(crate) fn touched_words(&self) -> u32 {
-        self.layout.slots().div_ceil(64)
+    /// Dense slots that got packets since their byte was last cleared.
+    pub(crate) fn touched_slots(&self) -> Vec<u32> {
+        self.touched.slots()
     }
 
-    /// The touched bits of 64 dense slots from `word * 64`, over all CPUs.
-    pub(crate) fn touched(&self, word: u32) -> Result<u64, MapError> {
-        Ok(self.touched.get(&word, 0)?.iter().fold(0, |a, b| a | b))
-    }
-
-    /// Clears `bits` of touched word `word` on every CPU. A bit the kernel sets between the
-    /// read and the write of this call is lost (its slot's counts stay in the slot and are read
-    /// at the slot's next packet).
-    pub(crate) fn clear_touched(&mut self, word: u32, bits: u64) -> Result<(), MapError> {
-        let now = self.touched.get(&word, 0)?;
-        let cleared: Vec<u64> = now.iter().map(|w| w & !bits).collect();
-        self.touched.set(word, PerCpuValues::try_from(cleared)?, 0)
+    /// Clears the touched byte of an idle slot; true when it was set.
+    pub(crate) fn clear_touched(&self, slot: u32) -> bool {
+        self.touched.clear(slot)
     }
 
     /// The summed counters of one dense slot, with its host and direction.
@@ -97,27 +174,20 @@ impl HostMaps {
     }
 
     /// Every host and direction with counters in the kernel: dense slots touched since their
-    /// last idle clear (one read per 64 slots), then the hash tables.
+    /// last idle clear, then the hash tables.
     pub fn keys(&self) -> impl Iterator<Item = Result<HostKey, MapError>> + '_ {
-        let mut dense = Vec::new();
-        for word in 0..self.touched_words() {
-            match self.touched(word) {
-                Ok(mut bits) => {
-                    while bits != 0 {
-                        let slot = word * 64 + bits.trailing_zeros();
-                        bits &= bits - 1;
-                        if let Some((addr, direction)) = self.layout.host_of(slot) {
-                            dense.push(Ok(HostKey {
-                                addr: v4_mapped(addr.octets()),
-                                direction,
-                                _pad: [0; 3],
-                            }));
-                        }
-                    }
-                }
-                Err(e) => dense.push(Err(e)),
-            }
-        }
+        let dense: Vec<Result<HostKey, MapError>> = self
+            .touched_slots()
+            .into_iter()
+            .filter_map(|slot| self.layout.host_of(slot))
+            .map(|(addr, direction)| {
+                Ok(HostKey {
+                    addr: v4_mapped(addr.octets()),
+                    direction,
+                    _pad: [0; 3],
+                })
+            })
+            .collect();
         dense
             .into_iter()
             .chain(self.v4.keys().map(|k| k.map(from_v4)))

@@ -1,6 +1,10 @@
 //! Typed handles on the XDP program's maps.
 
-use super::{hosts::HostMaps, local16::DenseLayout, XdpError};
+use super::{
+    hosts::{HostMaps, TouchedBytes},
+    local16::DenseLayout,
+    XdpError,
+};
 use crate::prefix::Prefix;
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -59,6 +63,19 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     })
 }
 
+/// Maps the touched bytes of the dense slots (`touched_len` bytes) into the agent.
+fn touched_bytes(ebpf: &mut Ebpf, touched_len: usize) -> Result<TouchedBytes, XdpError> {
+    let name = map_names::DENSE_TOUCHED_V4;
+    let err = |message: String| XdpError::Map { map: name, message };
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => {
+            TouchedBytes::map(data, touched_len).map_err(|e| err(format!("mmap: {e}")))
+        }
+        Some(_) => Err(err("not an array".into())),
+        None => Err(err("missing from the XDP object".into())),
+    }
+}
+
 /// A map error named after its map.
 pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
     move |e| XdpError::Map {
@@ -88,11 +105,15 @@ impl LpmKey {
 impl KernelMaps {
     /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
     /// object was loaded with.
-    pub fn take(ebpf: &mut Ebpf, layout: DenseLayout) -> Result<Self, XdpError> {
+    pub fn take(
+        ebpf: &mut Ebpf,
+        layout: DenseLayout,
+        touched_len: usize,
+    ) -> Result<Self, XdpError> {
         Ok(Self {
             hosts: HostMaps {
                 dense: take::<PerCpuArray<_, _>>(ebpf, map_names::HOSTS_DENSE_V4)?,
-                touched: take::<PerCpuArray<_, _>>(ebpf, map_names::DENSE_TOUCHED_V4)?,
+                touched: touched_bytes(ebpf, touched_len)?,
                 layout,
                 v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4)?,
                 v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS)?,

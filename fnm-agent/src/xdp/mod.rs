@@ -126,7 +126,7 @@ impl DataPlane {
             .override_global(map_names::LOCAL16_V4, &*table, true)
             .override_global(map_names::FLOW_SEED, &seed, true)
             .map_max_entries(map_names::HOSTS_DENSE_V4, dense_slots)
-            .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 64)
+            .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
             .map_max_entries(map_names::FLOWS, config.max_flows)
@@ -152,7 +152,7 @@ impl DataPlane {
                 .load()
                 .map_err(|e| XdpError::Load(verifier_error(&e)))?;
         }
-        let mut maps = KernelMaps::take(&mut ebpf, layout)?;
+        let mut maps = KernelMaps::take(&mut ebpf, layout, dense_slots as usize)?;
         maps.fill_prefixes(networks, whitelist)?;
         let tables = DropTables::new(counters_slots);
         Ok(Self {
