@@ -309,12 +309,12 @@ fn netflow5_interleaved() {
         .iter()
         .enumerate()
         .filter(|(i, a)| {
-            !a.starts_with('-')
-                && !(*i > 0
-                    && matches!(
-                        args[i - 1].as_str(),
-                        "--warm-up-time" | "--measurement-time"
-                    ))
+            let is_option_value = *i > 0
+                && matches!(
+                    args[i - 1].as_str(),
+                    "--warm-up-time" | "--measurement-time"
+                );
+            !a.starts_with('-') && !is_option_value
         })
         .map(|(_, a)| a)
         .collect();
