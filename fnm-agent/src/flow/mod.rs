@@ -98,7 +98,7 @@ impl NetflowDatagram<'_> {
 
     /// The decoded records (flow and options records) in datagram order. v9 and IPFIX lend
     /// their records; v5 records are read from the datagram into a new `Vec` (the collector
-    /// uses [`traffic_records`](Self::traffic_records) instead, which does not).
+    /// uses [`extend_traffic`](Self::extend_traffic) instead, which does not).
     pub fn records(&self) -> Cow<'_, [FlowRecord]> {
         match self {
             NetflowDatagram::V5(d) => Cow::Owned(d.flow_records().collect()),
