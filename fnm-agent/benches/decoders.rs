@@ -8,6 +8,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fnm_agent::flow::{decode_netflow_family, ipfix, netflow5, netflow9, sflow, TemplateCache};
+use fnm_agent::traffic::TrafficRecord;
 use netflow_parser::NetflowParser;
 
 const EXPORTER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
@@ -75,8 +76,7 @@ fn record_count(workload: &Workload) -> u64 {
         .map(|datagram| {
             decode_netflow_family(datagram, EXPORTER, &mut cache)
                 .expect("data decodes")
-                .records()
-                .len() as u64
+                .record_count() as u64
         })
         .sum()
 }
@@ -92,13 +92,22 @@ fn netflow_family(c: &mut Criterion) {
         for datagram in &workload.templates {
             decode_netflow_family(datagram, EXPORTER, &mut cache).expect("templates");
         }
+        // Reused across iterations, as the collector reuses its batch buffer.
+        let mut out: Vec<TrafficRecord> = Vec::with_capacity(64);
         group.bench_function(BenchmarkId::new("fnm", records), |b| {
             b.iter(|| {
                 let mut total = 0usize;
                 for datagram in &workload.data {
                     total += match workload.name {
                         "netflow5" => {
-                            netflow5::decode(black_box(datagram)).map(|d| d.records.len())
+                            // A v5 datagram decodes to a borrowed view; materialise every
+                            // record as the collector does (below), so read it all here too.
+                            netflow5::decode(black_box(datagram)).map(|d| {
+                                out.clear();
+                                out.extend(d.traffic_records(1));
+                                black_box(&out);
+                                out.len()
+                            })
                         }
                         "netflow9" => netflow9::decode(black_box(datagram), EXPORTER, &mut cache)
                             .map(|d| d.records.len()),
@@ -117,7 +126,10 @@ fn netflow_family(c: &mut Criterion) {
                     if let Ok(decoded) =
                         decode_netflow_family(black_box(datagram), EXPORTER, &mut cache)
                     {
-                        total += decoded.traffic_records(1).map(|t| t.packets).sum::<u64>();
+                        out.clear();
+                        decoded.extend_traffic(1, &mut out);
+                        black_box(&out);
+                        total += out.len() as u64;
                     }
                 }
                 black_box(total)
@@ -137,6 +149,62 @@ fn netflow_family(c: &mut Criterion) {
                 black_box(total)
             })
         });
+        if workload.name == "netflow5" {
+            // The generic wide record (every field, like the crate's `FlowSet`), into a reused
+            // buffer.
+            let mut flows = Vec::with_capacity(64);
+            group.bench_function(BenchmarkId::new("fnm/FlowRecord", records), |b| {
+                b.iter(|| {
+                    let mut total = 0usize;
+                    for datagram in &workload.data {
+                        if let Ok(decoded) = netflow5::decode(black_box(datagram)) {
+                            flows.clear();
+                            flows.extend(decoded.flow_records());
+                            black_box(&flows);
+                            total += flows.len();
+                        }
+                    }
+                    black_box(total)
+                })
+            });
+            // The crate's other public entry points, to compare against its fastest one: the
+            // allocation-free packet iterator of a reused parser, and the bare v5 parser
+            // (`V5::parse_direct`, input after the 2-byte version).
+            group.bench_function(
+                BenchmarkId::new("netflow_parser/iter_packets", records),
+                |b| {
+                    b.iter(|| {
+                        let mut total = 0usize;
+                        for datagram in &workload.data {
+                            for packet in parser.iter_packets(black_box(datagram)).flatten() {
+                                if let netflow_parser::NetflowPacket::V5(v5) = black_box(packet) {
+                                    total += v5.flowsets.len();
+                                }
+                            }
+                        }
+                        black_box(total)
+                    })
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new("netflow_parser/V5::parse_direct", records),
+                |b| {
+                    b.iter(|| {
+                        let mut total = 0usize;
+                        for datagram in &workload.data {
+                            if let Ok((_, v5)) =
+                                netflow_parser::static_versions::v5::V5::parse_direct(black_box(
+                                    &datagram[2..],
+                                ))
+                            {
+                                total += black_box(v5).flowsets.len();
+                            }
+                        }
+                        black_box(total)
+                    })
+                },
+            );
+        }
         group.finish();
     }
 }
@@ -170,5 +238,145 @@ fn sflow_decoder(c: &mut Criterion) {
     group.finish();
 }
 
+/// One NetFlow v5 contender: decodes both corpus datagrams and returns the records it read.
+type V5Contender = fn(&[Vec<u8>], &mut V5State) -> usize;
+
+/// Buffers and parser the contenders reuse across rounds.
+struct V5State {
+    traffic: Vec<TrafficRecord>,
+    parser: NetflowParser,
+}
+
+fn v5_fnm(data: &[Vec<u8>], state: &mut V5State) -> usize {
+    let mut total = 0;
+    for datagram in data {
+        if let Ok(decoded) = netflow5::decode(black_box(datagram)) {
+            state.traffic.clear();
+            state.traffic.extend(decoded.traffic_records(1));
+            black_box(&state.traffic);
+            total += state.traffic.len();
+        }
+    }
+    total
+}
+
+fn v5_parse_bytes(data: &[Vec<u8>], state: &mut V5State) -> usize {
+    let mut total = 0;
+    for datagram in data {
+        for packet in black_box(state.parser.parse_bytes(black_box(datagram))).packets {
+            if let netflow_parser::NetflowPacket::V5(v5) = packet {
+                total += v5.flowsets.len();
+            }
+        }
+    }
+    total
+}
+
+fn v5_iter_packets(data: &[Vec<u8>], state: &mut V5State) -> usize {
+    let mut total = 0;
+    for datagram in data {
+        for packet in state.parser.iter_packets(black_box(datagram)).flatten() {
+            if let netflow_parser::NetflowPacket::V5(v5) = black_box(packet) {
+                total += v5.flowsets.len();
+            }
+        }
+    }
+    total
+}
+
+fn v5_parse_direct(data: &[Vec<u8>], _state: &mut V5State) -> usize {
+    let mut total = 0;
+    for datagram in data {
+        let body = datagram.get(2..).unwrap_or_default();
+        if let Ok((_, v5)) = netflow_parser::static_versions::v5::V5::parse_direct(black_box(body))
+        {
+            total += black_box(v5).flowsets.len();
+        }
+    }
+    total
+}
+
+/// NetFlow v5 against every `netflow_parser` entry point, interleaved: many short rounds, each
+/// timing a batch of every contender back to back (rotating the order), so that load from other
+/// processes hits all of them alike; prints the median records/s of each and the median of the
+/// per-round ratios. Runs only under `cargo bench` and when the filter (if any) names v5.
+fn netflow5_interleaved() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let filters: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            let is_option_value = *i > 0
+                && matches!(
+                    args[i - 1].as_str(),
+                    "--warm-up-time" | "--measurement-time"
+                );
+            !a.starts_with('-') && !is_option_value
+        })
+        .map(|(_, a)| a)
+        .collect();
+    let wanted = |filter: &&String| {
+        ["netflow5", "v5", "interleaved"]
+            .iter()
+            .any(|name| filter.contains(name))
+    };
+    if !filters.is_empty() && !filters.iter().any(wanted) {
+        return;
+    }
+    let data = workloads()
+        .into_iter()
+        .find(|w| w.name == "netflow5")
+        .map(|w| w.data)
+        .unwrap_or_default();
+    let contenders: [(&str, V5Contender); 4] = [
+        ("fnm (decode + TrafficRecord into a reused Vec)", v5_fnm),
+        ("netflow_parser parse_bytes", v5_parse_bytes),
+        ("netflow_parser iter_packets", v5_iter_packets),
+        ("netflow_parser V5::parse_direct", v5_parse_direct),
+    ];
+    let mut state = V5State {
+        traffic: Vec::with_capacity(64),
+        parser: NetflowParser::default(),
+    };
+    const ROUNDS: usize = 1000;
+    const BATCH: usize = 500;
+    let mut ns_per_record = vec![Vec::with_capacity(ROUNDS); contenders.len()];
+    for round in 0..ROUNDS {
+        for k in 0..contenders.len() {
+            let index = (round + k) % contenders.len();
+            let run = contenders[index].1;
+            let start = std::time::Instant::now();
+            let mut records = 0;
+            for _ in 0..BATCH {
+                records += run(&data, &mut state);
+            }
+            let elapsed = start.elapsed().as_nanos() as f64;
+            ns_per_record[index].push(elapsed / records.max(1) as f64);
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.total_cmp(b));
+        values[values.len() / 2]
+    };
+    let fnm_rounds = ns_per_record[0].clone();
+    println!("decode/netflow5-interleaved ({ROUNDS} rounds of {BATCH} x 2 datagrams, 59 records):");
+    for (index, (name, _)) in contenders.iter().enumerate() {
+        let mut ratios: Vec<f64> = ns_per_record[index]
+            .iter()
+            .zip(&fnm_rounds)
+            .map(|(other, fnm)| other / fnm)
+            .collect();
+        let ratio = median(&mut ratios);
+        let ns = median(&mut ns_per_record[index]);
+        println!(
+            "  {name:<48} {:>7.1} M records/s  ({ns:.2} ns/record)  fnm ratio {ratio:.2}x",
+            1e3 / ns
+        );
+    }
+}
+
 criterion_group!(benches, netflow_family, sflow_decoder);
-criterion_main!(benches);
+criterion_main!(benches, netflow5_interleaved);

@@ -181,7 +181,7 @@ fn run_netflow(datagrams: &[Datagram]) -> NetflowRun {
                 run.templates_learned += learned;
                 run.per_datagram_records.push(decoded.records().len());
                 run.traffic.extend(decoded.traffic_records(1));
-                for record in decoded.records() {
+                for record in decoded.records().iter() {
                     run.events.push(Event {
                         record: record.clone(),
                         version: decoded.version(),

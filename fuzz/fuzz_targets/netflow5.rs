@@ -8,5 +8,8 @@ fuzz_target!(|data: &[u8]| {
         for record in decoded.traffic_records(0) {
             std::hint::black_box(record);
         }
+        for record in decoded.flow_records() {
+            std::hint::black_box(record);
+        }
     }
 });

@@ -651,7 +651,7 @@ fn handle_netflow(
     let mut changed = false;
     match &decoded {
         NetflowDatagram::V5(d) => {
-            stats.records += d.records.len() as u64;
+            stats.records += d.len() as u64;
             let key = StreamKey {
                 exporter,
                 protocol: 5,
@@ -682,7 +682,7 @@ fn handle_netflow(
             stats.sequence_lost += sequences.observe(key, d.header.sequence, data_records);
         }
     }
-    out.extend(decoded.traffic_records(policy.sampling_rate(exporter)));
+    decoded.extend_traffic(policy.sampling_rate(exporter), out);
     changed
 }
 

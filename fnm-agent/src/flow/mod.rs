@@ -46,6 +46,7 @@ pub mod sflow;
 pub mod socket;
 pub mod templates;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 pub use error::DecodeError;
@@ -56,18 +57,18 @@ pub use templates::TemplateCache;
 pub const MAX_FLOW_DURATION_MS: u64 = 3_600_000;
 
 /// A NetFlow-family datagram: the three protocols share one UDP socket and are told apart by
-/// the first 16-bit word (the version).
+/// the first 16-bit word (the version). A v5 datagram borrows the received bytes.
 #[derive(Debug, Clone)]
-pub enum NetflowDatagram {
-    /// NetFlow v5.
-    V5(netflow5::Netflow5Datagram),
+pub enum NetflowDatagram<'a> {
+    /// NetFlow v5 (a view of the datagram's bytes).
+    V5(netflow5::Netflow5Datagram<'a>),
     /// NetFlow v9.
     V9(netflow9::Netflow9Datagram),
     /// IPFIX (version 10).
     Ipfix(ipfix::IpfixDatagram),
 }
 
-impl NetflowDatagram {
+impl NetflowDatagram<'_> {
     /// The traffic records of the datagram, scaled by sampling; see the module docs.
     pub fn traffic_records(
         &self,
@@ -80,12 +81,38 @@ impl NetflowDatagram {
         }
     }
 
-    /// The decoded records (flow and options records) in datagram order.
-    pub fn records(&self) -> &[FlowRecord] {
+    /// Appends the datagram's traffic records to `out`, scaled by sampling (same records as
+    /// [`traffic_records`](Self::traffic_records), without the boxed iterator).
+    #[inline]
+    pub fn extend_traffic(
+        &self,
+        default_sampling_rate: u32,
+        out: &mut Vec<crate::traffic::TrafficRecord>,
+    ) {
         match self {
-            NetflowDatagram::V5(d) => &d.records,
-            NetflowDatagram::V9(d) => &d.records,
-            NetflowDatagram::Ipfix(d) => &d.records,
+            NetflowDatagram::V5(d) => out.extend(d.traffic_records(default_sampling_rate)),
+            NetflowDatagram::V9(d) => out.extend(d.traffic_records(default_sampling_rate)),
+            NetflowDatagram::Ipfix(d) => out.extend(d.traffic_records(default_sampling_rate)),
+        }
+    }
+
+    /// The decoded records (flow and options records) in datagram order. v9 and IPFIX lend
+    /// their records; v5 records are read from the datagram into a new `Vec` (the collector
+    /// uses [`extend_traffic`](Self::extend_traffic) instead, which does not).
+    pub fn records(&self) -> Cow<'_, [FlowRecord]> {
+        match self {
+            NetflowDatagram::V5(d) => Cow::Owned(d.flow_records().collect()),
+            NetflowDatagram::V9(d) => Cow::Borrowed(&d.records),
+            NetflowDatagram::Ipfix(d) => Cow::Borrowed(&d.records),
+        }
+    }
+
+    /// Number of decoded records (flow and options records), without materialising them.
+    pub fn record_count(&self) -> usize {
+        match self {
+            NetflowDatagram::V5(d) => d.len(),
+            NetflowDatagram::V9(d) => d.records.len(),
+            NetflowDatagram::Ipfix(d) => d.records.len(),
         }
     }
 
@@ -101,11 +128,11 @@ impl NetflowDatagram {
 
 /// Decodes a datagram received on the NetFlow socket as NetFlow v5, v9 or IPFIX according to
 /// its version field.
-pub fn decode_netflow_family(
-    datagram: &[u8],
+pub fn decode_netflow_family<'a>(
+    datagram: &'a [u8],
     exporter: IpAddr,
     cache: &mut TemplateCache,
-) -> Result<NetflowDatagram, DecodeError> {
+) -> Result<NetflowDatagram<'a>, DecodeError> {
     let reader = Reader::new(datagram);
     let version = reader.peek_u16(0)?;
     match version {
@@ -176,12 +203,6 @@ impl<'a> Reader<'a> {
         let mut out = [0u8; N];
         out.copy_from_slice(slice);
         Ok(out)
-    }
-
-    /// Reads one byte.
-    #[inline]
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>()?[0])
     }
 
     /// Reads a big-endian u16.
