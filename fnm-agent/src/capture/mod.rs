@@ -121,7 +121,14 @@ pub fn deliver(
         stats.unsupported_link += 1;
         return;
     };
-    let outcome = parse::parse_frame(link, frame);
+    // The common frames go straight to the sink (what `parse_frame` + `count` would do).
+    if let Some(record) = parse::parse_common(link, frame) {
+        stats.frames += 1;
+        stats.records += 1;
+        sink.packet(timestamp, record);
+        return;
+    }
+    let outcome = parse::parse_frame_full(link, frame);
     stats.count(&outcome);
     if let Ok(decoded) = outcome {
         sink.packet(timestamp, decoded.record);

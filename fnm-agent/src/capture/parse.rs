@@ -208,7 +208,8 @@ fn common_l4(record: &mut TrafficRecord, l4: &[u8]) -> Option<()> {
         return None;
     }
     parse_l4(record, l4).ok()?;
-    if record.protocol == PROTO_UDP && (record.src_port == L2TP_PORT || record.dst_port == L2TP_PORT)
+    if record.protocol == PROTO_UDP
+        && (record.src_port == L2TP_PORT || record.dst_port == L2TP_PORT)
     {
         return None;
     }
@@ -710,8 +711,18 @@ mod tests {
             p.extend([0x60, 0, 0, 0]);
             p.extend(s.total_len.to_be_bytes());
             p.extend([s.protocol, 63]);
-            p.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0u8; 11]).chain(&[1]));
-            p.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0u8; 11]).chain(&[2]));
+            p.extend(
+                [0x20, 0x01, 0x0d, 0xb8]
+                    .iter()
+                    .chain(&[0u8; 11])
+                    .chain(&[1]),
+            );
+            p.extend(
+                [0x20, 0x01, 0x0d, 0xb8]
+                    .iter()
+                    .chain(&[0u8; 11])
+                    .chain(&[2]),
+            );
         } else {
             p.extend([0x40 | s.ihl, 0]);
             p.extend(s.total_len.to_be_bytes());
@@ -721,7 +732,24 @@ mod tests {
         }
         p.extend(s.src_port.to_be_bytes());
         p.extend(s.dst_port.to_be_bytes());
-        p.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, s.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend([
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0x50,
+            s.tcp_flags,
+            0xff,
+            0xff,
+            0,
+            0,
+            0,
+            0,
+        ]);
         p.extend(&s.payload);
         p
     }
@@ -801,7 +829,10 @@ mod tests {
                     let frame = ethernet_frame(&s);
                     let record = parse_common(LinkType::Ethernet, &frame)
                         .unwrap_or_else(|| panic!("fast path refused {s:?}"));
-                    assert_eq!(Ok(plain(record.clone())), parse_frame_full(LinkType::Ethernet, &frame));
+                    assert_eq!(
+                        Ok(plain(record.clone())),
+                        parse_frame_full(LinkType::Ethernet, &frame)
+                    );
                     assert_eq!(record.bytes, if ipv6 { 100 } else { 60 });
                     assert_eq!(parse_common(LinkType::RawIp, &ip_packet(&s)), Some(record));
                 }
