@@ -164,56 +164,87 @@ fn common_ipv4(data: &[u8]) -> Option<TrafficRecord> {
     if h[0] != 0x45 || total_len < 20 || h[6] & 0x3f != 0 || h[7] != 0 {
         return None;
     }
-    let mut record = TrafficRecord {
-        ttl: h[8],
-        ..TrafficRecord::packet(
-            IpAddr::from([h[12], h[13], h[14], h[15]]),
-            IpAddr::from([h[16], h[17], h[18], h[19]]),
-            h[9],
-            u64::from(total_len),
-        )
-    };
-    common_l4(&mut record, &data[20..])?;
-    Some(record)
+    let protocol = h[9];
+    let (src_port, dst_port, tcp_flags) = common_l4(protocol, &data[20..])?;
+    Some(common_record(
+        IpAddr::from([h[12], h[13], h[14], h[15]]),
+        IpAddr::from([h[16], h[17], h[18], h[19]]),
+        protocol,
+        (src_port, dst_port, tcp_flags),
+        u64::from(total_len),
+        h[8],
+    ))
 }
 
 /// IPv6 whose next header is not an extension header the full parser skips.
 #[inline]
 fn common_ipv6(data: &[u8]) -> Option<TrafficRecord> {
     let h: &[u8; 40] = data.get(..40)?.try_into().ok()?;
-    let next = h[6];
-    if h[0] >> 4 != 6 || matches!(next, 0 | 43 | 44 | 51 | 60) {
+    let protocol = h[6];
+    if h[0] >> 4 != 6 || matches!(protocol, 0 | 43 | 44 | 51 | 60) {
         return None;
     }
+    let ports = common_l4(protocol, &data[40..])?;
     let src: [u8; 16] = h[8..24].try_into().ok()?;
     let dst: [u8; 16] = h[24..40].try_into().ok()?;
-    let mut record = TrafficRecord {
-        ttl: h[7],
-        ..TrafficRecord::packet(
-            IpAddr::from(src),
-            IpAddr::from(dst),
-            next,
-            u64::from(be16([h[4], h[5]])) + 40,
-        )
-    };
-    common_l4(&mut record, &data[40..])?;
-    Some(record)
+    Some(common_record(
+        IpAddr::from(src),
+        IpAddr::from(dst),
+        protocol,
+        ports,
+        u64::from(be16([h[4], h[5]])) + 40,
+        h[7],
+    ))
 }
 
-/// The full path's L4 step for an unfragmented packet at depth 0, or `None` when the header
-/// is truncated or the packet is a tunnel to decapsulate.
-#[inline]
-fn common_l4(record: &mut TrafficRecord, l4: &[u8]) -> Option<()> {
-    if matches!(record.protocol, PROTO_IPIP | PROTO_IPV6_IN_IP | PROTO_GRE) {
-        return None;
+/// The record of an unfragmented, untunnelled packet, built in one go (no partial writes).
+#[inline(always)]
+fn common_record(
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    (src_port, dst_port, tcp_flags): (u16, u16, u8),
+    bytes: u64,
+    ttl: u8,
+) -> TrafficRecord {
+    TrafficRecord {
+        src,
+        dst,
+        protocol,
+        src_port,
+        dst_port,
+        tcp_flags,
+        packets: 1,
+        bytes,
+        fragments: 0,
+        tcp_syn_packets: u64::from(protocol == PROTO_TCP && tcp_flags & 0x12 == 0x02),
+        ttl,
+        duration_ms: 0,
     }
-    parse_l4(record, l4).ok()?;
-    if record.protocol == PROTO_UDP
-        && (record.src_port == L2TP_PORT || record.dst_port == L2TP_PORT)
-    {
-        return None;
+}
+
+/// What [`parse_l4`] reads for an unfragmented packet at depth 0 (source port, destination
+/// port, TCP flags), or `None` when the header is truncated or the packet is a tunnel the
+/// full path decapsulates.
+#[inline(always)]
+fn common_l4(protocol: u8, l4: &[u8]) -> Option<(u16, u16, u8)> {
+    match protocol {
+        PROTO_TCP => {
+            let t: &[u8; 14] = l4.get(..14)?.try_into().ok()?;
+            Some((be16([t[0], t[1]]), be16([t[2], t[3]]), t[13]))
+        }
+        PROTO_UDP => {
+            let u: &[u8; 4] = l4.get(..4)?.try_into().ok()?;
+            let (src, dst) = (be16([u[0], u[1]]), be16([u[2], u[3]]));
+            (src != L2TP_PORT && dst != L2TP_PORT).then_some((src, dst, 0))
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let i: &[u8; 2] = l4.get(..2)?.try_into().ok()?;
+            Some((u16::from(i[0]), u16::from(i[1]), 0))
+        }
+        PROTO_IPIP | PROTO_IPV6_IN_IP | PROTO_GRE => None,
+        _ => Some((0, 0, 0)),
     }
-    Some(())
 }
 
 /// Parses one frame of the given link type with the general parser (every layer the module
