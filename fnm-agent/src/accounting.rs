@@ -18,14 +18,15 @@
 //! pps spike (FastNetMon credits the whole record to one second).
 
 use crate::{
-    prefix::PrefixSet,
+    prefix::{IndexedPrefixSet, PrefixSet},
     traffic::{Source, TrafficRecord},
 };
-use ahash::{AHashMap as HashMap, AHashSet as HashSet};
-use fnm_common::{proto, FlowKey, HostCounters};
+use ahash::AHashMap as HashMap;
+use fnm_common::{proto, HostCounters};
 use serde::{Deserialize, Serialize};
 use std::{
-    collections::{hash_map::Entry, BTreeMap, VecDeque},
+    collections::{HashSet, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
 };
 
@@ -207,52 +208,128 @@ pub struct Host {
     pub dirs: [HostDirection; 2],
 }
 
+/// Hasher for keys that already are uniformly distributed 64-bit hashes: passes them through.
+#[derive(Debug, Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by the flow table; fold anything else in rather than panic.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 /// Bounded two-generation set of 5-tuples: a tuple is new when neither generation holds it.
+///
+/// Tuples are kept as a 64-bit hash under a seed drawn at start (like the XDP flow table), so a
+/// probe compares 8 bytes and the seed keeps collisions from being crafted offline; an
+/// accidental collision (about table size / 2^64 per new flow) hides one new flow.
 #[derive(Debug)]
 struct FlowTable {
-    current: HashSet<FlowKey>,
-    previous: HashSet<FlowKey>,
+    current: HashSet<u64, BuildHasherDefault<PreHashed>>,
+    previous: HashSet<u64, BuildHasherDefault<PreHashed>>,
     generation_size: usize,
+    seed: ahash::RandomState,
 }
 
 impl FlowTable {
     fn new(capacity: usize) -> Self {
         Self {
-            current: HashSet::new(),
-            previous: HashSet::new(),
+            current: HashSet::default(),
+            previous: HashSet::default(),
             generation_size: (capacity / 2).max(1),
+            seed: ahash::RandomState::new(),
         }
     }
 
-    /// Records the tuple; true when it was not seen recently.
-    fn note(&mut self, key: FlowKey) -> bool {
-        if self.current.contains(&key) {
-            return false;
-        }
-        let seen = self.previous.remove(&key);
-        if self.current.len() >= self.generation_size {
+    /// Records the 5-tuple of `r`; true when it was not seen recently.
+    #[inline]
+    fn note(&mut self, r: &TrafficRecord) -> bool {
+        let key = self
+            .seed
+            .hash_one((r.src, r.dst, r.src_port, r.dst_port, r.protocol));
+        if self.current.len() >= self.generation_size && !self.current.contains(&key) {
             self.previous = std::mem::take(&mut self.current);
+            self.current.reserve(self.generation_size);
         }
-        self.current.insert(key);
-        !seen
+        self.current.insert(key) && !self.previous.contains(&key)
     }
 }
 
-/// Per-source, per-direction, per-protocol totals (packets, bytes).
-pub type Totals = BTreeMap<(Source, usize, usize), (u64, u64)>;
+/// Packets and bytes of one totals cell.
+#[derive(Debug, Clone, Copy, Default)]
+struct TotalCell {
+    packets: u64,
+    bytes: u64,
+    seen: bool,
+}
+
+/// Number of total directions: incoming, outgoing, other (no local side).
+const TOTAL_DIRECTIONS: usize = 3;
+
+/// Per-source, per-direction (incoming, outgoing, other), per-protocol-class totals of packets
+/// and bytes: a fixed table, so crediting a record is one indexed add.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    cells: [[[TotalCell; proto::COUNT]; TOTAL_DIRECTIONS]; Source::ALL.len()],
+}
+
+impl Totals {
+    #[inline]
+    fn cell(&mut self, source: Source, dir: usize, class: usize) -> &mut TotalCell {
+        &mut self.cells[source.index()][dir.min(TOTAL_DIRECTIONS - 1)][class.min(proto::COUNT - 1)]
+    }
+
+    /// (packets, bytes) of one cell, `None` when nothing was ever counted there.
+    pub fn get(&self, source: Source, dir: usize, class: usize) -> Option<(u64, u64)> {
+        let c = self
+            .cells
+            .get(source.index())?
+            .get(dir)?
+            .get(class)
+            .filter(|c| c.seen)?;
+        Some((c.packets, c.bytes))
+    }
+
+    /// Every cell that was ever counted: ((source, direction index, protocol class), (packets,
+    /// bytes)).
+    pub fn iter(&self) -> impl Iterator<Item = ((Source, usize, usize), (u64, u64))> + '_ {
+        Source::ALL.into_iter().flat_map(move |source| {
+            (0..TOTAL_DIRECTIONS).flat_map(move |dir| {
+                (0..proto::COUNT).filter_map(move |class| {
+                    self.get(source, dir, class)
+                        .map(|counts| ((source, dir, class), counts))
+                })
+            })
+        })
+    }
+}
+
+/// Index of a host in the host table.
+type HostSlot = u32;
 
 /// The accounting of every local host.
 #[derive(Debug)]
 pub struct Accounting {
-    networks: PrefixSet,
-    hosts: HashMap<IpAddr, Host>,
+    networks: IndexedPrefixSet,
+    /// Hosts in slots; `index` finds a host's slot.
+    hosts: Vec<(IpAddr, Host)>,
+    index: HashMap<IpAddr, HostSlot>,
     max_hosts: usize,
     flows: FlowTable,
     totals: Totals,
     last_tick_ms: Option<u64>,
     interval_ms: u64,
     slots: usize,
-    ignored_sources: PrefixSet,
+    ignored_sources: IndexedPrefixSet,
     watched: HashMap<(IpAddr, Direction), SampleBuffer>,
     recent: VecDeque<(u64, TrafficRecord)>,
     now_ms: u64,
@@ -266,15 +343,16 @@ impl Accounting {
     /// Accounting for `networks`, keeping at most `max_hosts` hosts and `max_flows` 5-tuples.
     pub fn new(networks: PrefixSet, max_hosts: usize, max_flows: usize, interval_ms: u64) -> Self {
         Self {
-            networks,
-            hosts: HashMap::new(),
+            networks: IndexedPrefixSet::new(networks),
+            hosts: Vec::new(),
+            index: HashMap::new(),
             max_hosts,
             flows: FlowTable::new(max_flows),
-            totals: Totals::new(),
+            totals: Totals::default(),
             last_tick_ms: None,
             interval_ms: interval_ms.max(1),
             slots: 1,
-            ignored_sources: PrefixSet::new(),
+            ignored_sources: IndexedPrefixSet::default(),
             watched: HashMap::new(),
             recent: VecDeque::new(),
             now_ms: 0,
@@ -291,7 +369,7 @@ impl Accounting {
 
     /// Remote sources whose traffic never counts toward a host (still in the totals).
     pub fn with_ignored_sources(mut self, sources: PrefixSet) -> Self {
-        self.ignored_sources = sources;
+        self.ignored_sources = IndexedPrefixSet::new(sources);
         self
     }
 
@@ -349,8 +427,22 @@ impl Accounting {
         self.networks.contains(addr)
     }
 
+    /// Adds a batch of packet or flow records from `source`. Consecutive records for the same
+    /// host (a flood) find it without a hash lookup.
+    pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
+        let mut cache = HostCache::default();
+        for record in records {
+            self.ingest_cached(record, source, &mut cache);
+        }
+    }
+
     /// Adds a packet or flow record from `source`.
     pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
+        self.ingest_cached(record, source, &mut HostCache::default());
+    }
+
+    #[inline]
+    fn ingest_cached(&mut self, record: &TrafficRecord, source: Source, cache: &mut HostCache) {
         let local_dst = self.networks.contains(record.dst);
         let local_src = self.networks.contains(record.src);
         let class = proto::class_of(record.protocol);
@@ -361,9 +453,10 @@ impl Accounting {
         } else {
             2
         };
-        let total = self.totals.entry((source, total_dir, class)).or_default();
-        total.0 = total.0.wrapping_add(record.packets);
-        total.1 = total.1.wrapping_add(record.bytes);
+        let total = self.totals.cell(source, total_dir, class);
+        total.packets = total.packets.wrapping_add(record.packets);
+        total.bytes = total.bytes.wrapping_add(record.bytes);
+        total.seen = true;
         if !local_dst && !local_src {
             return;
         }
@@ -386,14 +479,7 @@ impl Accounting {
                 self.add_sample(record.src, Direction::Outgoing, record.clone());
             }
         }
-        let new_flow = self.flows.note(FlowKey {
-            src: to16(record.src),
-            dst: to16(record.dst),
-            src_port: record.src_port,
-            dst_port: record.dst_port,
-            protocol: record.protocol,
-            _pad: [0; 3],
-        });
+        let new_flow = self.flows.note(record);
         let mut counters = HostCounters {
             packets: record.packets,
             bytes: record.bytes,
@@ -411,14 +497,48 @@ impl Accounting {
         } else {
             counters
         };
-        for (host, dir, yes) in [
-            (record.dst, Direction::Incoming, local_dst),
-            (record.src, Direction::Outgoing, local_src),
-        ] {
-            if yes {
-                self.credit_parts(host, dir, &counters, &in_window);
+        if local_dst {
+            if let Some(slot) = self.slot_cached(record.dst, &mut cache.incoming) {
+                self.credit_slot(slot, Direction::Incoming, &counters, &in_window);
             }
         }
+        if local_src {
+            if let Some(slot) = self.slot_cached(record.src, &mut cache.outgoing) {
+                self.credit_slot(slot, Direction::Outgoing, &counters, &in_window);
+            }
+        }
+    }
+
+    /// The slot of `host`, from `cache` when it holds that host, else looked up (and added).
+    #[inline]
+    fn slot_cached(
+        &mut self,
+        host: IpAddr,
+        cache: &mut Option<(IpAddr, HostSlot)>,
+    ) -> Option<HostSlot> {
+        if let Some((ip, slot)) = *cache {
+            if ip == host {
+                return Some(slot);
+            }
+        }
+        let slot = self.slot_of(host)?;
+        *cache = Some((host, slot));
+        Some(slot)
+    }
+
+    /// The slot of `host`, added when new and the table has room (else counted as full).
+    fn slot_of(&mut self, host: IpAddr) -> Option<HostSlot> {
+        if let Some(slot) = self.index.get(&host) {
+            return Some(*slot);
+        }
+        if self.hosts.len() >= self.max_hosts {
+            self.hosts_table_full += 1;
+            return None;
+        }
+        let slot = self.hosts.len() as HostSlot;
+        self.hosts.push((host, Host::default()));
+        self.index.insert(host, slot);
+        Some(slot)
     }
 
     /// Adds per-host counter deltas (from the XDP program) directly.
@@ -435,7 +555,12 @@ impl Accounting {
         packets: u64,
         bytes: u64,
     ) {
-        self.totals.insert((source, dir, class), (packets, bytes));
+        let cell = self.totals.cell(source, dir, class);
+        *cell = TotalCell {
+            packets,
+            bytes,
+            seen: true,
+        };
     }
 
     /// Per-source, per-direction, per-protocol totals.
@@ -444,27 +569,21 @@ impl Accounting {
     }
 
     fn credit(&mut self, host: IpAddr, dir: Direction, c: &HostCounters) {
-        self.credit_parts(host, dir, c, c);
+        if let Some(slot) = self.slot_of(host) {
+            self.credit_slot(slot, dir, c, c);
+        }
     }
 
-    /// Adds `total` to the cumulative counters and `window` to the rate window.
-    fn credit_parts(
+    /// Adds `total` to the cumulative counters and `window` to the rate window of a slot.
+    #[inline]
+    fn credit_slot(
         &mut self,
-        host: IpAddr,
+        slot: HostSlot,
         dir: Direction,
         total: &HostCounters,
         window: &HostCounters,
     ) {
-        let full = self.hosts.len() >= self.max_hosts;
-        let host = match self.hosts.entry(host) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if full => {
-                self.hosts_table_full += 1;
-                return;
-            }
-            Entry::Vacant(e) => e.insert(Host::default()),
-        };
-        let entry = &mut host.dirs[dir.index()];
+        let entry = &mut self.hosts[slot as usize].1.dirs[dir.index()];
         entry.total.accumulate(total);
         entry.window.accumulate(window);
     }
@@ -476,7 +595,7 @@ impl Accounting {
         self.now_ms = now_ms;
         let slots = self.slots;
         let seconds = self.window_seconds();
-        for host in self.hosts.values_mut() {
+        for (_, host) in self.hosts.iter_mut() {
             for d in host.dirs.iter_mut() {
                 if d.window.packets > 0 {
                     d.last_active_ms = now_ms;
@@ -484,21 +603,29 @@ impl Accounting {
                 d.close_slot(slots, seconds);
             }
         }
-        self.hosts.retain(|_, h| {
+        let before = self.hosts.len();
+        self.hosts.retain(|(_, h)| {
             h.dirs
                 .iter()
                 .any(|d| now_ms.saturating_sub(d.last_active_ms) < forget_after_ms)
         });
+        if self.hosts.len() != before {
+            self.index.clear();
+            for (slot, (ip, _)) in self.hosts.iter().enumerate() {
+                self.index.insert(*ip, slot as HostSlot);
+            }
+        }
     }
 
     /// One host, if known.
     pub fn host(&self, addr: IpAddr) -> Option<&Host> {
-        self.hosts.get(&addr)
+        let slot = *self.index.get(&addr)?;
+        self.hosts.get(slot as usize).map(|(_, h)| h)
     }
 
     /// All hosts.
     pub fn hosts(&self) -> impl Iterator<Item = (&IpAddr, &Host)> {
-        self.hosts.iter()
+        self.hosts.iter().map(|(ip, h)| (ip, h))
     }
 
     /// Number of hosts known.
@@ -522,6 +649,13 @@ impl Accounting {
         all.truncate(limit);
         all.into_iter().map(|(ip, h, _)| (ip, h)).collect()
     }
+}
+
+/// The last host found per direction while ingesting a batch.
+#[derive(Debug, Default)]
+struct HostCache {
+    incoming: Option<(IpAddr, HostSlot)>,
+    outgoing: Option<(IpAddr, HostSlot)>,
 }
 
 /// True when `r` is traffic of `host` in `direction`.
@@ -596,7 +730,7 @@ mod tests {
         assert_eq!(h.dirs[1].total.packets, 2);
         assert_eq!(h.dirs[1].total.proto_bytes[proto::UDP], 300);
         assert_eq!(a.host_count(), 1);
-        assert_eq!(a.totals()[&(Source::Pcap, 2, proto::UDP)], (5, 500));
+        assert_eq!(a.totals().get(Source::Pcap, 2, proto::UDP), Some((5, 500)));
     }
 
     #[test]
@@ -643,8 +777,8 @@ mod tests {
         );
         assert_eq!(a.ignored_records, 1);
         assert_eq!(
-            a.totals()[&(Source::Sflow, 0, proto::UDP)],
-            (1001, 1_000_100)
+            a.totals().get(Source::Sflow, 0, proto::UDP),
+            Some((1001, 1_000_100))
         );
     }
 

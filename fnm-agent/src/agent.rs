@@ -75,7 +75,10 @@ impl Agent {
         let networks: PrefixSet = config.networks.iter().copied().collect();
         let accounting = Accounting::new(
             networks,
-            (config.xdp.max_hosts as usize).saturating_mul(2).max(1024),
+            (config.xdp.max_hosts as usize)
+                .saturating_mul(2)
+                .saturating_add(config.xdp.dense_v4_addresses as usize)
+                .max(1024),
             config.xdp.max_flows as usize,
             config.poll_interval.as_millis() as u64,
         )

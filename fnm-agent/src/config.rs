@@ -121,6 +121,12 @@ pub struct XdpConfig {
     /// existing ones are never evicted). Default: `65536`.
     #[serde(default = "default_max_hosts")]
     pub max_hosts: u32,
+    /// IPv4 addresses of the local networks whose counters are preallocated in a per-CPU array
+    /// (no hash lookup per packet, never full). Networks get them in the order of `networks`
+    /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 208 bytes ×
+    /// addresses × CPUs, only for addresses of networks that fit. Default: `65536` (a /16).
+    #[serde(default = "default_dense_v4_addresses")]
+    pub dense_v4_addresses: u32,
     /// 5-tuples remembered to count new flows (LRU). Default: `262144`.
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,
@@ -152,6 +158,7 @@ impl Default for XdpConfig {
             interfaces: default_interfaces(),
             mode: XdpMode::Auto,
             max_hosts: default_max_hosts(),
+            dense_v4_addresses: default_dense_v4_addresses(),
             max_flows: default_max_flows(),
             max_drop_entries: default_max_drops(),
             max_prefixes: default_max_prefixes(),
@@ -223,6 +230,9 @@ fn default_interfaces() -> Vec<String> {
     vec!["eth0".into()]
 }
 fn default_max_hosts() -> u32 {
+    65_536
+}
+fn default_dense_v4_addresses() -> u32 {
     65_536
 }
 fn default_max_flows() -> u32 {

@@ -52,14 +52,14 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
     let top_hosts = agent.config.prometheus.top_hosts;
     let (hosts_known, host_rates) = {
         let acc = agent.accounting();
-        for ((source, dir, class), (p, b)) in acc.totals() {
+        for ((source, dir, class), (p, b)) in acc.totals().iter() {
             let l = labels(&[
-                ("direction", total_direction_label(*dir)),
-                ("protocol", protocol_label(*class)),
+                ("direction", total_direction_label(dir)),
+                ("protocol", protocol_label(class)),
                 ("source", source.as_str()),
             ]);
-            packets.get_or_create(&l).inc_by(*p);
-            bytes.get_or_create(&l).inc_by(*b);
+            packets.get_or_create(&l).inc_by(p);
+            bytes.get_or_create(&l).inc_by(b);
         }
         let banned: BTreeSet<IpAddr> = agent
             .bans()

@@ -273,6 +273,79 @@ impl FromIterator<Prefix> for PrefixSet {
     }
 }
 
+/// What the IPv4 /16 index of an [`IndexedPrefixSet`] knows about one /16 block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Block {
+    /// No prefix of the set touches the block.
+    Outside,
+    /// A prefix of /16 or shorter covers the whole block.
+    Inside,
+    /// Only prefixes longer than /16 touch the block: ask the set.
+    Ask,
+}
+
+/// A read-only [`PrefixSet`] with an index of the 65 536 IPv4 /16 blocks, so that `contains`
+/// answers an IPv4 address with one array read unless a prefix longer than /16 splits its
+/// block (the same layout as the XDP program's local-network table). IPv6 goes to the set.
+#[derive(Debug, Clone)]
+pub struct IndexedPrefixSet {
+    set: PrefixSet,
+    v4_blocks: Box<[Block]>,
+    has_v6: bool,
+}
+
+impl Default for IndexedPrefixSet {
+    fn default() -> Self {
+        Self::new(PrefixSet::new())
+    }
+}
+
+impl IndexedPrefixSet {
+    /// Indexes `set`.
+    pub fn new(set: PrefixSet) -> Self {
+        let mut v4_blocks = vec![Block::Outside; 1 << 16].into_boxed_slice();
+        let mut has_v6 = false;
+        for (prefix, ()) in set.iter() {
+            match prefix.addr() {
+                IpAddr::V4(a) => {
+                    let first = (u32::from(a) >> 16) as usize;
+                    if prefix.len() <= 16 {
+                        let count = 1usize << (16 - prefix.len());
+                        v4_blocks[first..first + count].fill(Block::Inside);
+                    } else if v4_blocks[first] == Block::Outside {
+                        v4_blocks[first] = Block::Ask;
+                    }
+                }
+                IpAddr::V6(_) => has_v6 = true,
+            }
+        }
+        Self {
+            set,
+            v4_blocks,
+            has_v6,
+        }
+    }
+
+    /// True when some prefix contains `addr`.
+    #[inline]
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => match self.v4_blocks[(u32::from(a) >> 16) as usize] {
+                Block::Outside => false,
+                Block::Inside => true,
+                Block::Ask => self.set.contains(addr),
+            },
+            IpAddr::V6(_) => self.has_v6 && self.set.contains(addr),
+        }
+    }
+
+    /// The indexed set.
+    pub fn set(&self) -> &PrefixSet {
+        &self.set
+    }
+}
+
 fn table_for<K, V>(tables: &mut Vec<(u8, HashMap<K, V>)>, len: u8) -> &mut HashMap<K, V> {
     let pos = match tables.iter().position(|(l, _)| *l <= len) {
         Some(i) if tables[i].0 == len => i,
@@ -336,5 +409,53 @@ mod tests {
         assert_eq!(m.remove(&p("10.1.0.0/16")), Some("narrow"));
         assert_eq!(hit(&m, "10.1.2.3"), Some("wide"));
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn indexed_set_agrees_with_the_set() {
+        let set: PrefixSet = [
+            "10.0.0.0/8",
+            "192.168.1.0/24",
+            "192.168.1.128/25",
+            "172.16.5.7/32",
+            "2001:db8::/32",
+            "100.64.0.0/16",
+        ]
+        .into_iter()
+        .map(p)
+        .collect();
+        let indexed = IndexedPrefixSet::new(set.clone());
+        let mut probes: Vec<IpAddr> = [
+            "10.255.255.255",
+            "11.0.0.0",
+            "9.255.255.255",
+            "192.168.1.5",
+            "192.168.1.200",
+            "192.168.2.1",
+            "192.168.0.255",
+            "172.16.5.7",
+            "172.16.5.8",
+            "100.64.255.1",
+            "100.65.0.0",
+            "2001:db8::1",
+            "2001:db9::1",
+            "::ffff:10.0.0.1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            probes.push(IpAddr::V4(Ipv4Addr::from(x)));
+        }
+        for a in probes {
+            assert_eq!(indexed.contains(a), set.contains(a), "{a}");
+        }
+        assert!(!IndexedPrefixSet::default().contains("10.0.0.1".parse().unwrap()));
+        let everything: PrefixSet = [p("0.0.0.0/0")].into_iter().collect();
+        assert!(IndexedPrefixSet::new(everything).contains("203.0.113.9".parse().unwrap()));
     }
 }

@@ -19,6 +19,20 @@ pub enum Source {
 }
 
 impl Source {
+    /// Every source, in [`Source::index`] order.
+    pub const ALL: [Source; 5] = [
+        Source::Xdp,
+        Source::Sflow,
+        Source::Netflow,
+        Source::Pcap,
+        Source::Replay,
+    ];
+
+    /// Position in [`Source::ALL`], for fixed-size tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label value used in metrics and JSON.
     pub fn as_str(&self) -> &'static str {
         match self {

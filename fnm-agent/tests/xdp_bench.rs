@@ -227,4 +227,29 @@ fn xdp_ns_per_packet() {
         );
     }
     assert!(count_v4.is_finite() && floor.is_finite());
+
+    // Agent side: one poll of the counters (the /16 has dense slots, so a poll reads its
+    // touched bitmap, 2048 words, and the slots touched).
+    drop(cases);
+    let mut dp = dp;
+    let mut accounting = fnm_agent::accounting::Accounting::new(
+        networks.iter().copied().collect(),
+        1 << 17,
+        1024,
+        1000,
+    );
+    let mut poll_ms = Vec::new();
+    for (i, hosts) in [1u32, 1, 1, 1000, 1000, 1000].into_iter().enumerate() {
+        for h in 0..hosts {
+            let dst = Ipv4Addr::from(u32::from(local) + h);
+            dp.test_run(&frame_v4(remote, dst)).expect("test run");
+        }
+        let t = std::time::Instant::now();
+        dp.poll(&mut accounting, 1000 * (i as u64 + 1), 600_000)
+            .expect("poll");
+        poll_ms.push((hosts, t.elapsed().as_secs_f64() * 1e3));
+    }
+    for (hosts, ms) in poll_ms {
+        println!("  agent poll, {hosts:>4} hosts with new packets: {ms:6.2} ms");
+    }
 }

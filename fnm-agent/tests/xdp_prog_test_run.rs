@@ -353,3 +353,113 @@ fn drop_tables_drop_count_and_respect_the_whitelist() {
     assert_eq!(dp.test_run(&frame).unwrap(), XDP_PASS);
     assert_eq!(dp.test_run(&v6).unwrap(), XDP_PASS);
 }
+
+fn plane_with(networks: &[&str], dense_v4_addresses: u32, max_hosts: u32) -> DataPlane {
+    require_root("BPF_PROG_TEST_RUN tests");
+    let cfg = XdpConfig {
+        max_hosts,
+        dense_v4_addresses,
+        max_flows: 1024,
+        max_drop_entries: 64,
+        max_prefixes: 64,
+        ..XdpConfig::default()
+    };
+    let networks: Vec<fnm_agent::prefix::Prefix> =
+        networks.iter().map(|s| s.parse().unwrap()).collect();
+    DataPlane::load(&cfg, &networks, &[]).expect("XDP program loads and passes the verifier")
+}
+
+fn udp_to(dst: Ipv4Addr, payload: usize) -> Vec<u8> {
+    eth(
+        ETH_IPV4,
+        &ipv4(REMOTE4, dst, 17, &[], 0, &udp(5353, 53, payload)),
+    )
+}
+
+#[test]
+fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
+    // The /16 gets dense slots from the /16 table, the /24 dense slots through the trie, the
+    // /12 does not fit in what is left and counts in the hash table.
+    let mut dp = plane_with(
+        &["10.10.0.0/16", "10.20.5.0/24", "172.16.0.0/12"],
+        65_536 + 256,
+        1024,
+    );
+    let hosts = [
+        Ipv4Addr::new(10, 10, 255, 254),
+        Ipv4Addr::new(10, 20, 5, 7),
+        Ipv4Addr::new(172, 20, 1, 1),
+    ];
+    let networks: fnm_agent::prefix::PrefixSet = ["10.10.0.0/16", "10.20.5.0/24", "172.16.0.0/12"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let mut accounting = fnm_agent::accounting::Accounting::new(networks, 1024, 1024, 1000);
+    for h in hosts {
+        assert_eq!(dp.test_run(&udp_to(h, 100)).unwrap(), XDP_PASS);
+    }
+    // 10.20.6.1 is in no local network although its /16 holds one.
+    assert_eq!(
+        dp.test_run(&udp_to(Ipv4Addr::new(10, 20, 6, 1), 100))
+            .unwrap(),
+        XDP_PASS
+    );
+    for h in hosts {
+        let c = host(&dp, h.into(), direction::INCOMING);
+        assert_eq!((c.packets, c.bytes, c.flows), (1, 128, 1), "{h}: {c:?}");
+        assert_eq!(c.proto_packets[proto::UDP], 1);
+    }
+    assert_eq!(dp.maps.hosts.keys().count(), 3);
+    assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), 0);
+
+    let in_agent = |a: &fnm_agent::accounting::Accounting, h: Ipv4Addr| {
+        a.host(h.into())
+            .map(|x| x.dirs[0].total.packets)
+            .unwrap_or(0)
+    };
+    let stats = dp.poll(&mut accounting, 1_000, 60_000).unwrap();
+    assert_eq!(stats.kernel_hosts, 3);
+    for h in hosts {
+        assert_eq!(in_agent(&accounting, h), 1, "{h}");
+    }
+    // A poll without traffic adds nothing; new packets add exactly once.
+    dp.poll(&mut accounting, 2_000, 60_000).unwrap();
+    for h in hosts {
+        dp.test_run(&udp_to(h, 100)).unwrap();
+    }
+    dp.poll(&mut accounting, 3_000, 60_000).unwrap();
+    for h in hosts {
+        assert_eq!(in_agent(&accounting, h), 2, "{h}");
+        let c = accounting.host(h.into()).unwrap().dirs[0].total;
+        assert_eq!((c.bytes, c.flows), (256, 1), "{h}");
+    }
+    // Idle hosts leave the kernel's view (dense slots: touched bit cleared, counters kept)...
+    dp.poll(&mut accounting, 100_000, 60_000).unwrap();
+    let stats = dp.poll(&mut accounting, 101_000, 60_000).unwrap();
+    assert_eq!(stats.kernel_hosts, 0);
+    assert_eq!(dp.maps.hosts.keys().count(), 0);
+    // ...and come back without their old counts being added again.
+    for h in hosts {
+        dp.test_run(&udp_to(h, 100)).unwrap();
+    }
+    dp.poll(&mut accounting, 102_000, 60_000).unwrap();
+    for h in hosts {
+        assert_eq!(in_agent(&accounting, h), 3, "{h}");
+    }
+}
+
+#[test]
+fn a_full_host_table_counts_new_hosts_and_never_evicts_old_ones() {
+    let dp = plane_with(&["10.10.0.0/16"], 0, 2);
+    let a = Ipv4Addr::new(10, 10, 0, 1);
+    let b = Ipv4Addr::new(10, 10, 0, 2);
+    let c = Ipv4Addr::new(10, 10, 0, 3);
+    for h in [a, b, c, a] {
+        dp.test_run(&udp_to(h, 10)).unwrap();
+    }
+    assert_eq!(host(&dp, a.into(), direction::INCOMING).packets, 2);
+    assert_eq!(host(&dp, b.into(), direction::INCOMING).packets, 1);
+    assert_eq!(host(&dp, c.into(), direction::INCOMING).packets, 0);
+    assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), 1);
+    assert_eq!(dp.maps.hosts.keys().count(), 2);
+}

@@ -13,15 +13,26 @@ pub mod map_names {
     /// an 8-byte key hashes and compares faster than the 20-byte [`HostKey`].
     pub const HOSTS_V4: &str = "FNM_HOSTS_V4";
     /// Bounded table of recently seen 5-tuples (`LruHashMap<u64, u8>`), keyed by a seeded
-    /// 64-bit hash of the 5-tuple ([`setting::FLOW_SEED_LO`]).
+    /// 64-bit hash of the 5-tuple (seed: [`FLOW_SEED`]).
     pub const FLOWS: &str = "FNM_FLOWS";
     /// Per-CPU cache in front of `FLOWS` (`PerCpuArray<u64>` of [`FLOW_CACHE_SLOTS`] 5-tuple
     /// hashes): a packet whose hash sits in its slot belongs to a known flow and skips `FLOWS`.
     pub const FLOW_CACHE: &str = "FNM_FLOW_CACHE";
-    /// IPv4 local networks by /16 (`Array<[u8; 65536]>`, one entry, see [`local16`]): answers
-    /// "is this address local" without the `LOCAL_V4` trie unless a longer prefix splits the /16.
+    /// Dense per-CPU counters of the IPv4 hosts of the local networks that got preallocated
+    /// slots (`PerCpuArray<HostCounters>`, see [`local16`] for the slot of an address).
+    pub const HOSTS_DENSE_V4: &str = "FNM_HOSTS_D4";
+    /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
+    /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
+    /// mapping): the agent reads only the slots whose byte is set, without a system call, and
+    /// clears the bytes of idle slots with a compare-and-swap.
+    pub const DENSE_TOUCHED_V4: &str = "FNM_TOUCHED_D4";
+    /// Frozen global (`.rodata`, `[u32; 65536]`, set at load): the IPv4 local networks by /16,
+    /// see [`local16`]. Answers "is this address local, and where are its counters" without
+    /// the `LOCAL_V4` trie unless a longer prefix splits the /16.
     pub const LOCAL16_V4: &str = "FNM_LOCAL16_V4";
-    /// Local networks, IPv4 (`LpmTrie<[u8; 4], u8>`).
+    /// Frozen global (`.rodata`, `u64`, set at load): the secret seed of the flow-table hash.
+    pub const FLOW_SEED: &str = "FNM_FLOW_SEED";
+    /// Local networks, IPv4 (`LpmTrie<[u8; 4], LocalNetV4>`).
     pub const LOCAL_V4: &str = "FNM_LOCAL_V4";
     /// Local networks, IPv6 (`LpmTrie<[u8; 16], u8>`).
     pub const LOCAL_V6: &str = "FNM_LOCAL_V6";
@@ -32,6 +43,10 @@ pub mod map_names {
     /// Drop table matched on the source address, IPv4 (`LpmTrie<[u8; 4], u32>`: the entry's
     /// counter slot in `DROP_COUNTERS`).
     pub const DROP_SRC_V4: &str = "FNM_DROP_SRC_V4";
+    /// Which IPv4 /16 blocks hold an address of a drop entry (`Array<[u64; 1024]>`, entry
+    /// [`drop16::SRC`] for the source table, [`drop16::DST`] for the destination table): an
+    /// address whose block bit is clear needs no lookup in `DROP_SRC_V4`/`DROP_DST_V4`.
+    pub const DROP16_V4: &str = "FNM_DROP16_V4";
     /// Drop table matched on the source address, IPv6.
     pub const DROP_SRC_V6: &str = "FNM_DROP_SRC_V6";
     /// Drop table matched on the destination address, IPv4.
@@ -42,7 +57,8 @@ pub mod map_names {
     pub const RULES: &str = "FNM_RULES";
     /// Per-entry drop counters (`PerCpuArray<DropCounter>`, indexed by slot).
     pub const DROP_COUNTERS: &str = "FNM_DROP_COUNTERS";
-    /// Global counters (`PerCpuArray<u64>`, indexed by [`crate::stat`]).
+    /// Global counters (`PerCpuArray<[u64; stat::COUNT]>`, one entry, indexed by
+    /// [`crate::stat`]): one lookup per packet reaches every counter.
     pub const STATS: &str = "FNM_STATS";
     /// Run-time settings written by the agent (`Array<u32>`, indexed by [`crate::setting`]).
     pub const SETTINGS: &str = "FNM_SETTINGS";
@@ -134,10 +150,6 @@ pub mod setting {
     /// Bit set of the tables that hold at least one entry ([`crate::table_flag`]); lets the
     /// program skip lookups in empty tables.
     pub const TABLE_FLAGS: u32 = 0;
-    /// Low 32 bits of the secret seed of the flow-table hash (set once by the agent at load).
-    pub const FLOW_SEED_LO: u32 = 1;
-    /// High 32 bits of the flow-table hash seed.
-    pub const FLOW_SEED_HI: u32 = 2;
     /// Number of settings.
     pub const COUNT: u32 = 4;
 }
@@ -154,16 +166,44 @@ pub mod table_flag {
     pub const SAMPLING: u32 = 1 << 3;
 }
 
-/// Values of the `LOCAL16_V4` table, one per IPv4 /16.
+/// Values of the `LOCAL16_V4` table, one `u32` per IPv4 /16, and the dense counter slots.
+///
+/// An address `a` with a dense slot base `b` (from its /16 entry or its `LOCAL_V4` entry) has
+/// its counters in slot `b + 2 * (a & host_mask)` of `HOSTS_DENSE_V4` for incoming traffic and
+/// the next slot for outgoing traffic (`host_mask` is `0xffff` for a /16 entry).
 pub mod local16 {
     /// No local network covers any address of the /16.
-    pub const NONE: u8 = 0;
-    /// Every address of the /16 is local.
-    pub const ALL: u8 = 1;
+    pub const NONE: u32 = 0;
     /// A local network longer than /16 lies in the /16: ask the `LOCAL_V4` trie.
-    pub const ASK_TRIE: u8 = 2;
+    pub const ASK_TRIE: u32 = 1;
+    /// Every address of the /16 is local; its counters live in the `HOSTS_V4` hash table.
+    pub const HASHED: u32 = 2;
+    /// Every address of the /16 is local with dense counters: the value is `DENSE + base`.
+    pub const DENSE: u32 = 3;
     /// Number of /16 blocks.
     pub const BLOCKS: usize = 65_536;
+    /// `LocalNetV4::slot_base` of a local network whose hosts use the hash table.
+    pub const NO_SLOTS: u32 = u32::MAX;
+}
+
+/// Value of the `LOCAL_V4` trie: where the counters of the network's hosts live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalNetV4 {
+    /// First dense slot of the network, or [`local16::NO_SLOTS`] (hosts use `HOSTS_V4`).
+    pub slot_base: u32,
+    /// Host bits of the network (`0xff` for a /24).
+    pub host_mask: u32,
+}
+
+/// Entries of the `DROP16_V4` bitmaps (bit `b % 64` of word `b / 64` for /16 block `b`).
+pub mod drop16 {
+    /// Bitmap of the source drop table.
+    pub const SRC: u32 = 0;
+    /// Bitmap of the destination drop table.
+    pub const DST: u32 = 1;
+    /// `u64` words per bitmap (one bit per IPv4 /16).
+    pub const WORDS: usize = 1024;
 }
 
 /// Slots of the per-CPU flow cache (a power of two).
@@ -338,6 +378,7 @@ mod pod {
     // have no implicit padding (every gap is an explicit `_pad` field).
     unsafe impl aya::Pod for super::HostKey {}
     unsafe impl aya::Pod for super::HostKeyV4 {}
+    unsafe impl aya::Pod for super::LocalNetV4 {}
     unsafe impl aya::Pod for super::HostCounters {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DropCounter {}

@@ -14,7 +14,7 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{self, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
@@ -23,10 +23,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fnm_common::{
-    direction, local16, proto, setting, stat, table_flag, DropCounter, HostCounters, HostKey,
-    HostKeyV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    direction, drop16, local16, proto, setting, stat, table_flag, DropCounter, HostCounters,
+    HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
-use parse::{parse, Packet, ParseError};
+use parse::{parse, Addr, Packet, ParseError};
 
 /// Default sizes; the agent overrides them from its config before loading.
 const HOSTS_DEFAULT: u32 = 65_536;
@@ -34,6 +34,17 @@ const FLOWS_DEFAULT: u32 = 262_144;
 const PREFIXES_DEFAULT: u32 = 16_384;
 const DROP_DEFAULT: u32 = 65_536;
 const RULES_DEFAULT: u32 = 4_096;
+const DENSE_SLOTS_DEFAULT: u32 = 131_072;
+
+/// Counter slots of every frame: the global counters, one entry.
+type Stats = [u64; stat::COUNT as usize];
+
+/// The IPv4 local networks by /16 ([`local16`]); written by the agent at load, then frozen.
+#[unsafe(no_mangle)]
+static FNM_LOCAL16_V4: [u32; local16::BLOCKS] = [0; local16::BLOCKS];
+/// Secret seed of the flow-table hash; written by the agent at load, then frozen.
+#[unsafe(no_mangle)]
+static FNM_FLOW_SEED: u64 = 0;
 
 #[map]
 static FNM_HOSTS: PerCpuHashMap<HostKey, HostCounters> =
@@ -42,19 +53,25 @@ static FNM_HOSTS: PerCpuHashMap<HostKey, HostCounters> =
 static FNM_HOSTS_V4: PerCpuHashMap<HostKeyV4, HostCounters> =
     PerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
+static FNM_HOSTS_D4: PerCpuArray<HostCounters> =
+    PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT, 0);
+#[map]
+static FNM_TOUCHED_D4: Array<u64> =
+    Array::with_max_entries(DENSE_SLOTS_DEFAULT / 8, bindings::BPF_F_MMAPABLE);
+#[map]
 static FNM_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 #[map]
 static FNM_FLOW_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 #[map]
-static FNM_LOCAL16_V4: Array<[u8; local16::BLOCKS]> = Array::with_max_entries(1, 0);
-#[map]
-static FNM_LOCAL_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+static FNM_LOCAL_V4: LpmTrie<[u8; 4], LocalNetV4> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
 static FNM_LOCAL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
 static FNM_WHITELIST_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
 static FNM_WHITELIST_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_DROP16_V4: Array<[u64; drop16::WORDS]> = Array::with_max_entries(2, 0);
 #[map]
 static FNM_DROP_SRC_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DROP_DEFAULT, 0);
 #[map]
@@ -72,7 +89,7 @@ static FNM_SAMPLED_HOSTS: HashMap<HostKey, u32> = HashMap::with_max_entries(1024
 #[map]
 static FNM_SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
-static FNM_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+static FNM_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static FNM_SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
 
@@ -85,73 +102,105 @@ pub fn fnm_pass(_ctx: XdpContext) -> u32 {
 /// Counts every frame per local host and drops banned traffic.
 #[xdp]
 pub fn fnm_xdp(ctx: XdpContext) -> u32 {
-    bump(stat::FRAMES, 1);
+    let Some(stats) = FNM_STATS.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+    let stats = unsafe { &mut *stats };
+    add(stats, stat::FRAMES, 1);
     match parse(&ctx) {
-        Ok(packet) => handle(&packet),
+        Ok(packet) => handle(&packet, stats),
         Err(ParseError::NotIp) => {
-            bump(stat::NON_IP, 1);
+            add(stats, stat::NON_IP, 1);
             xdp_action::XDP_PASS
         }
         Err(ParseError::Malformed) => {
-            bump(stat::MALFORMED, 1);
+            add(stats, stat::MALFORMED, 1);
             xdp_action::XDP_PASS
         }
     }
 }
 
 #[inline(always)]
-fn bump(index: u32, by: u64) {
-    if let Some(slot) = FNM_STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += by };
+fn add(stats: &mut Stats, index: u32, by: u64) {
+    if let Some(slot) = stats.get_mut(index as usize) {
+        *slot += by;
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped one.
-#[inline(always)]
-fn v4_of(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
+/// Where a packet's counters for one local address live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Local {
+    /// The address is not local.
+    No,
+    /// Local, counted in the hash table of its family.
+    Hashed,
+    /// Local IPv4 with dense counters: the incoming slot (outgoing is the next one).
+    Slot(u32),
 }
 
+impl Local {
+    #[inline(always)]
+    fn is_local(self) -> bool {
+        self != Local::No
+    }
+}
+
+/// Whether `addr` is local, and where its counters live.
 #[inline(always)]
-fn is_local(addr: &[u8; 16], v4: bool) -> bool {
+fn local(addr: Addr, v4: bool) -> Local {
     if v4 {
         // The /16 table answers without the trie unless a longer local prefix splits the /16.
-        let block = ((addr[12] as usize) << 8) | addr[13] as usize;
-        let answer = match FNM_LOCAL16_V4.get(0) {
-            Some(table) => table[block & (local16::BLOCKS - 1)],
-            None => local16::ASK_TRIE,
-        };
-        if answer != local16::ASK_TRIE {
-            return answer == local16::ALL;
+        let a = addr.v4_addr();
+        let block = (a >> 16) as usize;
+        // SAFETY: plain read of a frozen global; volatile so the compiler cannot assume the
+        // zeros it was compiled with. `block` < 65536 = the table's length.
+        let entry = unsafe { core::ptr::read_volatile(&FNM_LOCAL16_V4[block]) };
+        match entry {
+            local16::NONE => Local::No,
+            local16::HASHED => Local::Hashed,
+            local16::ASK_TRIE => match FNM_LOCAL_V4.get(&Key::new(32, a.to_be_bytes())) {
+                None => Local::No,
+                Some(net) if net.slot_base == local16::NO_SLOTS => Local::Hashed,
+                Some(net) => Local::Slot(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
+            },
+            base => Local::Slot((base - local16::DENSE).wrapping_add((a & 0xffff) << 1)),
         }
-        let key = Key::new(32, v4_of(addr));
-        FNM_LOCAL_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
+    } else if FNM_LOCAL_V6
+        .get(&Key::new(128, addr.bytes()))
+        .map(|v| *v != 0)
+        .unwrap_or(false)
+    {
+        Local::Hashed
     } else {
-        FNM_LOCAL_V6
-            .get(&Key::new(128, *addr))
-            .map(|v| *v != 0)
-            .unwrap_or(false)
+        Local::No
     }
 }
 
 #[inline(always)]
-fn is_whitelisted(addr: &[u8; 16], v4: bool) -> bool {
+fn is_whitelisted(addr: Addr, v4: bool) -> bool {
     if v4 {
-        let key = Key::new(32, v4_of(addr));
+        let key = Key::new(32, addr.v4_addr().to_be_bytes());
         FNM_WHITELIST_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
     } else {
         FNM_WHITELIST_V6
-            .get(&Key::new(128, *addr))
+            .get(&Key::new(128, addr.bytes()))
             .map(|v| *v != 0)
             .unwrap_or(false)
     }
 }
 
 #[inline(always)]
-fn drop_entry(addr: &[u8; 16], v4: bool, source: bool) -> Option<u32> {
+fn drop_entry(addr: Addr, v4: bool, source: bool) -> Option<u32> {
     if v4 {
-        let key = Key::new(32, v4_of(addr));
+        let a = addr.v4_addr();
+        // Most sources share no /16 with any drop entry: one bit answers without the trie.
+        let bitmap = FNM_DROP16_V4.get(if source { drop16::SRC } else { drop16::DST })?;
+        let block = a >> 16;
+        if bitmap[(block >> 6) as usize] & (1u64 << (block & 63)) == 0 {
+            return None;
+        }
+        let key = Key::new(32, a.to_be_bytes());
         let table = if source {
             &FNM_DROP_SRC_V4
         } else {
@@ -159,7 +208,7 @@ fn drop_entry(addr: &[u8; 16], v4: bool, source: bool) -> Option<u32> {
         };
         table.get(&key).copied()
     } else {
-        let key = Key::new(128, *addr);
+        let key = Key::new(128, addr.bytes());
         let table = if source {
             &FNM_DROP_SRC_V6
         } else {
@@ -181,9 +230,10 @@ fn count_drop(slot: u32, bytes: u64) {
     }
 }
 
-fn handle(p: &Packet) -> u32 {
-    let local_dst = is_local(&p.dst, p.v4);
-    let local_src = is_local(&p.src, p.v4);
+fn handle(p: &Packet, stats: &mut Stats) -> u32 {
+    let dst = local(p.dst, p.v4);
+    let src = local(p.src, p.v4);
+    let (local_dst, local_src) = (dst.is_local(), src.is_local());
     let class = proto::class_of(p.protocol);
     let bytes = p.ip_len as u64;
 
@@ -194,84 +244,85 @@ fn handle(p: &Packet) -> u32 {
     } else {
         direction::OTHER
     };
-    bump(stat::total_index(total_dir, class, false), 1);
-    bump(stat::total_index(total_dir, class, true), bytes);
+    add(stats, stat::total_index(total_dir, class, false), 1);
+    add(stats, stat::total_index(total_dir, class, true), bytes);
 
     let flags = FNM_SETTINGS.get(setting::TABLE_FLAGS).copied().unwrap_or(0);
 
     if local_dst || local_src {
         let new_flow = note_flow(p);
-        if p.v4 {
-            if local_dst {
-                account_v4(
-                    &host_key_v4(&p.dst, direction::INCOMING),
-                    p,
-                    class,
-                    new_flow,
-                );
-            }
-            if local_src {
-                account_v4(
-                    &host_key_v4(&p.src, direction::OUTGOING),
-                    p,
-                    class,
-                    new_flow,
-                );
-            }
-        } else {
-            if local_dst {
-                account(&host_key(&p.dst, direction::INCOMING), p, class, new_flow);
-            }
-            if local_src {
-                account(&host_key(&p.src, direction::OUTGOING), p, class, new_flow);
-            }
-        }
+        account_side(dst, p.dst, direction::INCOMING, p, class, new_flow, stats);
+        account_side(src, p.src, direction::OUTGOING, p, class, new_flow, stats);
         if flags & table_flag::SAMPLING != 0 {
-            sample(p, local_dst, local_src);
+            sample(p, local_dst, local_src, stats);
         }
     }
 
     if flags & table_flag::DROP_SRC != 0 {
-        if let Some(entry) = drop_entry(&p.src, p.v4, true) {
-            if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_SRC_PACKETS) {
+        if let Some(entry) = drop_entry(p.src, p.v4, true) {
+            if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_SRC_PACKETS, stats) {
                 return verdict;
             }
         }
     }
     if flags & table_flag::DROP_DST != 0 {
-        if let Some(entry) = drop_entry(&p.dst, p.v4, false) {
-            if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_DST_PACKETS) {
+        if let Some(entry) = drop_entry(p.dst, p.v4, false) {
+            if let Some(verdict) = drop_or_whitelist(p, entry, stat::DROP_DST_PACKETS, stats) {
                 return verdict;
             }
         }
     }
     if flags & table_flag::RULES != 0 {
-        if local_dst && match_rules(&host_key(&p.dst, direction::INCOMING), p) {
+        if local_dst && match_rules(&host_key(p.dst, direction::INCOMING), p, stats) {
             return xdp_action::XDP_DROP;
         }
-        if local_src && match_rules(&host_key(&p.src, direction::OUTGOING), p) {
+        if local_src && match_rules(&host_key(p.src, direction::OUTGOING), p, stats) {
             return xdp_action::XDP_DROP;
         }
     }
     xdp_action::XDP_PASS
 }
 
+/// Counts the packet for one side (`dir`) of it, wherever that host's counters live.
+#[inline(always)]
+fn account_side(
+    side: Local,
+    addr: Addr,
+    dir: u8,
+    p: &Packet,
+    class: usize,
+    new_flow: bool,
+    stats: &mut Stats,
+) {
+    let counted = match side {
+        Local::No => return,
+        Local::Slot(incoming) => {
+            account_dense(incoming.wrapping_add(dir as u32), p, class, new_flow)
+        }
+        Local::Hashed if p.v4 => account_v4(&host_key_v4(addr, dir), p, class, new_flow),
+        Local::Hashed => account(&host_key(addr, dir), p, class, new_flow),
+    };
+    if !counted {
+        add(stats, stat::HOST_TABLE_FULL, 1);
+    }
+}
+
 /// Drops the packet unless a whitelist entry protects it; `Some(XDP_DROP)` when dropped.
 #[inline(always)]
-fn drop_or_whitelist(p: &Packet, slot: u32, packets_stat: u32) -> Option<u32> {
-    if is_whitelisted(&p.src, p.v4) || is_whitelisted(&p.dst, p.v4) {
-        bump(stat::WHITELIST_PASSED, 1);
+fn drop_or_whitelist(p: &Packet, slot: u32, packets_stat: u32, stats: &mut Stats) -> Option<u32> {
+    if is_whitelisted(p.src, p.v4) || is_whitelisted(p.dst, p.v4) {
+        add(stats, stat::WHITELIST_PASSED, 1);
         return None;
     }
     count_drop(slot, p.ip_len as u64);
-    bump(packets_stat, 1);
-    bump(packets_stat + 1, p.ip_len as u64);
+    add(stats, packets_stat, 1);
+    add(stats, packets_stat + 1, p.ip_len as u64);
     Some(xdp_action::XDP_DROP)
 }
 
 /// Applies the fingerprint rules of one host; true when the packet must be dropped.
 #[inline(always)]
-fn match_rules(key: &HostKey, p: &Packet) -> bool {
+fn match_rules(key: &HostKey, p: &Packet, stats: &mut Stats) -> bool {
     let Some(set) = FNM_RULES.get_ptr(key) else {
         return false;
     };
@@ -285,13 +336,13 @@ fn match_rules(key: &HostKey, p: &Packet) -> bool {
         // SAFETY: `i` is below MAX_RULES_PER_HOST.
         let rule = unsafe { &(*set).rules[i] };
         if rule_matches(rule, p) {
-            if is_whitelisted(&p.src, p.v4) {
-                bump(stat::WHITELIST_PASSED, 1);
+            if is_whitelisted(p.src, p.v4) {
+                add(stats, stat::WHITELIST_PASSED, 1);
                 return false;
             }
             count_drop(rule.slot, p.ip_len as u64);
-            bump(stat::DROP_RULE_PACKETS, 1);
-            bump(stat::DROP_RULE_BYTES, p.ip_len as u64);
+            add(stats, stat::DROP_RULE_PACKETS, 1);
+            add(stats, stat::DROP_RULE_BYTES, p.ip_len as u64);
             return true;
         }
         i += 1;
@@ -317,18 +368,18 @@ fn rule_matches(rule: &fnm_common::DropRule, p: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn host_key(addr: &[u8; 16], dir: u8) -> HostKey {
+fn host_key(addr: Addr, dir: u8) -> HostKey {
     HostKey {
-        addr: *addr,
+        addr: addr.bytes(),
         direction: dir,
         _pad: [0; 3],
     }
 }
 
 #[inline(always)]
-fn host_key_v4(addr: &[u8; 16], dir: u8) -> HostKeyV4 {
+fn host_key_v4(addr: Addr, dir: u8) -> HostKeyV4 {
     HostKeyV4 {
-        addr: v4_of(addr),
+        addr: addr.v4_addr().to_be_bytes(),
         direction: dir,
         _pad: [0; 3],
     }
@@ -341,38 +392,20 @@ fn mix(h: u64, word: u64) -> u64 {
     x ^ (x >> 32)
 }
 
-#[inline(always)]
-fn word(b: &[u8; 16], at: usize) -> u64 {
-    let mut w = 0u64;
-    let mut i = 0;
-    while i < 8 {
-        w = (w << 8) | b[at + i] as u64;
-        i += 1;
-    }
-    w
-}
-
 /// Seeded 64-bit hash of the packet's 5-tuple (never zero: zero marks an empty cache slot).
 #[inline(always)]
 fn flow_hash(p: &Packet) -> u64 {
-    let lo = FNM_SETTINGS
-        .get(setting::FLOW_SEED_LO)
-        .copied()
-        .unwrap_or(0) as u64;
-    let hi = FNM_SETTINGS
-        .get(setting::FLOW_SEED_HI)
-        .copied()
-        .unwrap_or(0) as u64;
-    let mut h = (hi << 32) | lo;
+    // SAFETY: plain read of a frozen global (volatile: see `local`).
+    let mut h = unsafe { core::ptr::read_volatile(&FNM_FLOW_SEED) };
     if p.v4 {
-        let s = u32::from_be_bytes(v4_of(&p.src)) as u64;
-        let d = u32::from_be_bytes(v4_of(&p.dst)) as u64;
+        let s = p.src.v4_addr() as u64;
+        let d = p.dst.v4_addr() as u64;
         h = mix(h, (s << 32) | d);
     } else {
-        h = mix(h, word(&p.src, 0));
-        h = mix(h, word(&p.src, 8));
-        h = mix(h, word(&p.dst, 0));
-        h = mix(h, word(&p.dst, 8));
+        h = mix(h, p.src.hi);
+        h = mix(h, p.src.lo);
+        h = mix(h, p.dst.hi);
+        h = mix(h, p.dst.lo);
     }
     let ports = ((p.src_port as u64) << 40) | ((p.dst_port as u64) << 24) | p.protocol as u64;
     h = mix(h, ports);
@@ -418,55 +451,79 @@ fn add_packet(c: &mut HostCounters, p: &Packet, class: usize, new_flow: bool) {
     }
 }
 
+/// Counts the packet in a dense slot and marks the slot touched; false when the slot lies
+/// outside the table (the agent never hands out such slots).
 #[inline(always)]
-fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) {
+fn account_dense(slot: u32, p: &Packet, class: usize, new_flow: bool) -> bool {
+    let Some(c) = FNM_HOSTS_D4.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    add_packet(unsafe { &mut *c }, p, class, new_flow);
+    if let Some(word) = FNM_TOUCHED_D4.get_ptr_mut(slot >> 3) {
+        // SAFETY: byte `slot % 8` of an 8-byte map value. Shared by all CPUs: read first, so a
+        // busy slot's cache line is only read; every writer stores the same 1.
+        unsafe {
+            let byte = (word as *mut u8).add((slot & 7) as usize);
+            if core::ptr::read_volatile(byte) == 0 {
+                core::ptr::write_volatile(byte, 1);
+            }
+        }
+    }
+    true
+}
+
+/// Counts the packet in the IPv6 host table; false when a new host found it full.
+#[inline(always)]
+fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) -> bool {
     if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         add_packet(unsafe { &mut *c }, p, class, new_flow);
-        return;
+        return true;
     }
     let mut fresh = HostCounters::default();
     add_packet(&mut fresh, p, class, new_flow);
     // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile.
     if FNM_HOSTS.insert(key, &fresh, 1).is_ok() {
-        return;
+        return true;
     }
     if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
         // SAFETY: as above.
         add_packet(unsafe { &mut *c }, p, class, new_flow);
-    } else {
-        bump(stat::HOST_TABLE_FULL, 1);
+        return true;
     }
+    false
 }
 
+/// Counts the packet in the IPv4 host hash table; false when a new host found it full.
 #[inline(always)]
-fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) {
+fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) -> bool {
     if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         add_packet(unsafe { &mut *c }, p, class, new_flow);
-        return;
+        return true;
     }
     let mut fresh = HostCounters::default();
     add_packet(&mut fresh, p, class, new_flow);
     // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile.
     if FNM_HOSTS_V4.insert(key, &fresh, 1).is_ok() {
-        return;
+        return true;
     }
     if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
         // SAFETY: as above.
         add_packet(unsafe { &mut *c }, p, class, new_flow);
-    } else {
-        bump(stat::HOST_TABLE_FULL, 1);
+        return true;
     }
+    false
 }
 
 /// Sends the packet to the agent when its host is under attack (sampled 1 in N).
 #[inline(always)]
-fn sample(p: &Packet, local_dst: bool, local_src: bool) {
+fn sample(p: &Packet, local_dst: bool, local_src: bool, stats: &mut Stats) {
     let (addr, dir) = if local_dst {
-        (&p.dst, direction::INCOMING)
+        (p.dst, direction::INCOMING)
     } else if local_src {
-        (&p.src, direction::OUTGOING)
+        (p.src, direction::OUTGOING)
     } else {
         return;
     };
@@ -479,14 +536,14 @@ fn sample(p: &Packet, local_dst: bool, local_src: bool) {
         return;
     }
     let Some(mut entry) = FNM_SAMPLES.reserve::<PacketSample>(0) else {
-        bump(stat::SAMPLES_LOST, 1);
+        add(stats, stat::SAMPLES_LOST, 1);
         return;
     };
     entry.write(PacketSample {
         // SAFETY: helper without preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        src: p.src,
-        dst: p.dst,
+        src: p.src.bytes(),
+        dst: p.dst.bytes(),
         src_port: p.src_port,
         dst_port: p.dst_port,
         ip_len: p.ip_len as u16,

@@ -4,7 +4,6 @@
 //! instead of wider integers so no read assumes an alignment the frame does not have.
 
 use aya_ebpf::programs::XdpContext;
-use fnm_common::v4_mapped;
 
 const ETH_HDR: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -31,12 +30,67 @@ pub enum ParseError {
     Malformed,
 }
 
+/// An address as two big-endian 64-bit words (IPv4-mapped for IPv4): two registers instead of
+/// sixteen bytes, which LLVM would otherwise keep (and spill) one by one.
+#[derive(Clone, Copy)]
+pub struct Addr {
+    /// Bytes 0..8.
+    pub hi: u64,
+    /// Bytes 8..16.
+    pub lo: u64,
+}
+
+impl Addr {
+    /// The IPv4-mapped address of `a`.
+    #[inline(always)]
+    pub fn v4(a: u32) -> Self {
+        Addr {
+            hi: 0,
+            lo: 0xffff_0000_0000 | a as u64,
+        }
+    }
+
+    /// The IPv4 address of an IPv4-mapped one.
+    #[inline(always)]
+    pub fn v4_addr(self) -> u32 {
+        self.lo as u32
+    }
+
+    /// The sixteen bytes, network order.
+    #[inline(always)]
+    pub fn bytes(self) -> [u8; 16] {
+        let be = [
+            (self.hi >> 32) as u32,
+            self.hi as u32,
+            (self.lo >> 32) as u32,
+            self.lo as u32,
+        ];
+        // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
+        // Four word stores instead of sixteen byte stores.
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(be.map(u32::to_be)) }
+    }
+}
+
+#[inline(always)]
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes([
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+        b[at + 6],
+        b[at + 7],
+    ])
+}
+
 /// What the accounting needs from one IP packet.
 pub struct Packet {
     /// Source, IPv4-mapped for IPv4.
-    pub src: [u8; 16],
+    pub src: Addr,
     /// Destination, IPv4-mapped for IPv4.
-    pub dst: [u8; 16],
+    pub dst: Addr,
     /// IP bytes: IPv4 total length, IPv6 payload length + 40.
     pub ip_len: u32,
     /// Source port, or ICMP type.
@@ -140,8 +194,8 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
     let more_fragments = frag & 0x2000 != 0;
     let frag_offset = frag & 0x1fff;
     let mut p = Packet {
-        src: v4_mapped([h[12], h[13], h[14], h[15]]),
-        dst: v4_mapped([h[16], h[17], h[18], h[19]]),
+        src: Addr::v4(u32::from_be_bytes([h[12], h[13], h[14], h[15]])),
+        dst: Addr::v4(u32::from_be_bytes([h[16], h[17], h[18], h[19]])),
         ip_len: total_len,
         src_port: 0,
         dst_port: 0,
@@ -164,13 +218,15 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
     if h[0] >> 4 != 6 {
         return Err(ParseError::Malformed);
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
     let mut p = Packet {
-        src,
-        dst,
+        src: Addr {
+            hi: be64(&h, 8),
+            lo: be64(&h, 16),
+        },
+        dst: Addr {
+            hi: be64(&h, 24),
+            lo: be64(&h, 32),
+        },
         ip_len: be16([h[4], h[5]]) as u32 + 40,
         src_port: 0,
         dst_port: 0,

@@ -190,19 +190,13 @@ pub trait TrafficSink: Send + Sync + 'static {
 
 impl TrafficSink for Agent {
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]) {
-        let mut accounting = self.accounting();
-        for record in records {
-            accounting.ingest(record, source);
-        }
+        self.accounting().ingest_batch(records, source);
     }
 }
 
 impl TrafficSink for Mutex<Accounting> {
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]) {
-        let mut accounting = lock(self);
-        for record in records {
-            accounting.ingest(record, source);
-        }
+        lock(self).ingest_batch(records, source);
     }
 }
 

@@ -48,7 +48,10 @@ struct Seen {
 /// Remembers the last kernel value of every host to compute deltas.
 #[derive(Debug, Default)]
 pub(super) struct Poller {
+    /// Hosts of the hash tables (forgotten when removed from the kernel as idle).
     last: HashMap<HostKey, Seen>,
+    /// Dense slots ever touched (kept: a slot's counters are never reset).
+    dense: HashMap<u32, Seen>,
 }
 
 impl Poller {
@@ -59,8 +62,9 @@ impl Poller {
         now_ms: u64,
         idle_ms: u64,
     ) -> Result<XdpStats, XdpError> {
+        let active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
         let mut current: Vec<(HostKey, HostCounters)> = Vec::new();
-        for item in maps.hosts.iter() {
+        for item in maps.hosts.iter_hashed() {
             let (key, values) = match item {
                 Ok(kv) => kv,
                 // A key removed between get_next_key and lookup: skip it this round.
@@ -75,11 +79,7 @@ impl Poller {
         }
         let mut idle = Vec::new();
         for (key, sum) in &current {
-            let dir = if key.direction == direction::OUTGOING {
-                Direction::Outgoing
-            } else {
-                Direction::Incoming
-            };
+            let dir = direction_of(key);
             let seen = self.last.entry(*key).or_insert(Seen {
                 counters: HostCounters::default(),
                 changed_ms: now_ms,
@@ -121,8 +121,59 @@ impl Poller {
             whitelist_passed: maps.stat(stat::WHITELIST_PASSED),
             host_table_full: maps.stat(stat::HOST_TABLE_FULL),
             samples_lost: maps.stat(stat::SAMPLES_LOST),
-            kernel_hosts: current.len() as u64,
+            kernel_hosts: current.len() as u64 + active_dense,
         })
+    }
+
+    /// Reads the dense slots whose touched byte is set; clears the bytes of slots idle for
+    /// `idle_ms` so they cost nothing until their next packet. Returns the active slots.
+    fn poll_dense(
+        &mut self,
+        maps: &mut KernelMaps,
+        accounting: &mut Accounting,
+        now_ms: u64,
+        idle_ms: u64,
+    ) -> Result<u64, XdpError> {
+        let err = map_err(map_names::HOSTS_DENSE_V4);
+        let mut active = 0;
+        for slot in maps.hosts.touched_slots() {
+            let Some((key, mut sum)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? else {
+                continue;
+            };
+            let seen = self.dense.entry(slot).or_insert(Seen {
+                counters: HostCounters::default(),
+                changed_ms: now_ms,
+            });
+            let mut delta = delta(&seen.counters, &sum);
+            if delta.packets == 0
+                && now_ms.saturating_sub(seen.changed_ms) >= idle_ms
+                && maps.hosts.clear_touched(slot)
+            {
+                // Idle: no reads until its next packet. One more read catches a packet counted
+                // just before the clear.
+                if let Some((_, again)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? {
+                    delta = super::counters::delta(&seen.counters, &again);
+                    sum = again;
+                }
+            }
+            if delta.packets > 0 {
+                accounting.add_host_counters(from16(key.addr), direction_of(&key), &delta);
+                seen.changed_ms = now_ms;
+                active += 1;
+            } else if now_ms.saturating_sub(seen.changed_ms) < idle_ms {
+                active += 1;
+            }
+            seen.counters = sum;
+        }
+        Ok(active)
+    }
+}
+
+fn direction_of(key: &HostKey) -> Direction {
+    if key.direction == direction::OUTGOING {
+        Direction::Outgoing
+    } else {
+        Direction::Incoming
     }
 }
 

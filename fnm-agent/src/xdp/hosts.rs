@@ -1,11 +1,106 @@
-//! The per-host counter tables: IPv4 hosts in `HOSTS_V4` (8-byte key, cheaper in the kernel),
-//! IPv6 hosts in `HOSTS`, presented to the agent as one table keyed by [`HostKey`].
+//! The per-host counter tables: IPv4 hosts of networks with dense slots in `HOSTS_DENSE_V4`
+//! (a per-CPU array, see [`DenseLayout`]), other IPv4 hosts in `HOSTS_V4` (8-byte key), IPv6
+//! hosts in `HOSTS`, presented to the agent as one table keyed by [`HostKey`].
 
-use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
+use super::local16::DenseLayout;
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use fnm_common::{v4_mapped, HostCounters, HostKey, HostKeyV4};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicU64, AtomicU8, Ordering},
+};
 
-/// Both per-host counter tables of the XDP program.
+/// The `DENSE_TOUCHED_V4` map mapped into the agent: byte `s` is 1 when dense slot `s` got a
+/// packet since the agent last cleared it.
+pub(crate) struct TouchedBytes {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: MapData,
+    ptr: *mut u8,
+    len: usize,
+    mapped: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only accessed through atomics.
+unsafe impl Send for TouchedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for TouchedBytes {}
+
+impl TouchedBytes {
+    /// Maps `map` (an mmap-able array of `len / 8` u64 entries) shared with the kernel.
+    pub(crate) fn map(map: MapData, len: usize) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mapped = len.div_ceil(page).max(1) * page;
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array's fd, no larger than
+        // the array's pages; checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            _map: map,
+            ptr: ptr.cast(),
+            len,
+            mapped,
+        })
+    }
+
+    /// Slots whose byte is set (eight bytes read at a time).
+    pub(crate) fn slots(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for word in 0..self.len / 8 {
+            // SAFETY: in bounds of the mapping; 8-byte aligned (page-aligned base).
+            let w = unsafe { AtomicU64::from_ptr(self.ptr.add(word * 8).cast()) }
+                .load(Ordering::Acquire);
+            let mut w = w.to_le_bytes().map(|b| b != 0);
+            for (i, set) in w.iter_mut().enumerate() {
+                if *set {
+                    out.push((word * 8 + i) as u32);
+                }
+            }
+        }
+        out
+    }
+
+    /// Clears the byte of `slot` if it is still set; true when this call cleared it. A packet
+    /// counted after the clear sets it again.
+    pub(crate) fn clear(&self, slot: u32) -> bool {
+        let slot = slot as usize;
+        if slot >= self.len {
+            return false;
+        }
+        // SAFETY: in bounds of the mapping.
+        unsafe { AtomicU8::from_ptr(self.ptr.add(slot)) }
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl Drop for TouchedBytes {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.mapped) };
+    }
+}
+
+/// Every per-host counter table of the XDP program.
 pub struct HostMaps {
+    /// Dense IPv4 slots.
+    pub(crate) dense: PerCpuArray<MapData, HostCounters>,
+    /// Touched byte per dense slot.
+    pub(crate) touched: TouchedBytes,
+    /// Which address and direction each dense slot counts.
+    pub(crate) layout: DenseLayout,
     /// IPv4 hosts.
     pub(crate) v4: PerCpuHashMap<MapData, HostKeyV4, HostCounters>,
     /// IPv6 hosts.
@@ -31,21 +126,76 @@ fn from_v4(key: HostKeyV4) -> HostKey {
 }
 
 impl HostMaps {
+    /// The dense slot of a host and direction, if its network has dense slots.
+    fn dense_slot(&self, key: &HostKeyV4) -> Option<u32> {
+        let incoming = self.layout.slot_of(Ipv4Addr::from(key.addr))?;
+        Some(incoming + (key.direction & 1) as u32)
+    }
+
     /// The per-CPU counters of one host and direction.
     pub fn get(&self, key: &HostKey, flags: u64) -> Result<PerCpuValues<HostCounters>, MapError> {
         match as_v4(key) {
-            Some(k) => self.v4.get(&k, flags),
+            Some(k) => match self.dense_slot(&k) {
+                Some(slot) => self.dense.get(&slot, flags),
+                None => self.v4.get(&k, flags),
+            },
             None => self.v6.get(key, flags),
         }
     }
 
-    /// Every host and direction in the kernel tables.
-    pub fn keys(&self) -> impl Iterator<Item = Result<HostKey, MapError>> + '_ {
-        self.v4.keys().map(|k| k.map(from_v4)).chain(self.v6.keys())
+    /// Dense slots that got packets since their byte was last cleared.
+    pub(crate) fn touched_slots(&self) -> Vec<u32> {
+        self.touched.slots()
     }
 
-    /// Every host and direction with its per-CPU counters.
-    pub fn iter(
+    /// Clears the touched byte of an idle slot; true when it was set.
+    pub(crate) fn clear_touched(&self, slot: u32) -> bool {
+        self.touched.clear(slot)
+    }
+
+    /// The summed counters of one dense slot, with its host and direction.
+    pub(crate) fn dense_slot_sum(
+        &self,
+        slot: u32,
+    ) -> Result<Option<(HostKey, HostCounters)>, MapError> {
+        let Some((addr, direction)) = self.layout.host_of(slot) else {
+            return Ok(None);
+        };
+        let mut sum = HostCounters::default();
+        for v in self.dense.get(&slot, 0)?.iter() {
+            sum.accumulate(v);
+        }
+        let key = HostKey {
+            addr: v4_mapped(addr.octets()),
+            direction,
+            _pad: [0; 3],
+        };
+        Ok(Some((key, sum)))
+    }
+
+    /// Every host and direction with counters in the kernel: dense slots touched since their
+    /// last idle clear, then the hash tables.
+    pub fn keys(&self) -> impl Iterator<Item = Result<HostKey, MapError>> + '_ {
+        let dense: Vec<Result<HostKey, MapError>> = self
+            .touched_slots()
+            .into_iter()
+            .filter_map(|slot| self.layout.host_of(slot))
+            .map(|(addr, direction)| {
+                Ok(HostKey {
+                    addr: v4_mapped(addr.octets()),
+                    direction,
+                    _pad: [0; 3],
+                })
+            })
+            .collect();
+        dense
+            .into_iter()
+            .chain(self.v4.keys().map(|k| k.map(from_v4)))
+            .chain(self.v6.keys())
+    }
+
+    /// Every host and direction of the hash tables with its per-CPU counters.
+    pub fn iter_hashed(
         &self,
     ) -> impl Iterator<Item = Result<(HostKey, PerCpuValues<HostCounters>), MapError>> + '_ {
         self.v4
@@ -54,7 +204,7 @@ impl HostMaps {
             .chain(self.v6.iter())
     }
 
-    /// Removes one host and direction.
+    /// Removes one host and direction from the hash tables.
     pub fn remove(&mut self, key: &HostKey) -> Result<(), MapError> {
         match as_v4(key) {
             Some(k) => self.v4.remove(&k),

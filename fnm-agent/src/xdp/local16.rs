@@ -1,37 +1,161 @@
-//! The IPv4 /16 table in front of the local-networks trie: one byte per /16 says "no address
-//! here is local", "every address here is local", or "ask the trie" (a local prefix longer than
-//! /16 splits the block). The kernel then needs no trie lookup for most addresses.
+//! Where the kernel finds "is this IPv4 address local" and its counters: the /16 table in front
+//! of the local-networks trie, and the dense counter slots of the local networks.
+//!
+//! Networks are given dense slots in config order while they fit in `xdp.dense_v4_addresses`
+//! (two slots per address: incoming, then outgoing); the others count their hosts in the
+//! `HOSTS_V4` hash table. The /16 table holds, per /16, "nothing local", "ask the trie" (a local
+//! prefix longer than /16 splits the block), "local, hashed", or "local, dense from slot b". The
+//! trie's values carry the same slot base for the networks it answers for.
 
 use crate::prefix::Prefix;
-use fnm_common::local16;
-use std::net::IpAddr;
+use fnm_common::{local16, LocalNetV4};
+use std::net::{IpAddr, Ipv4Addr};
 
-/// The table for `networks` (IPv6 networks are ignored).
-pub fn table(networks: &[Prefix]) -> Box<[u8; local16::BLOCKS]> {
-    let mut t = Box::new([local16::NONE; local16::BLOCKS]);
-    let v4 = networks.iter().filter_map(|p| match p.addr() {
-        IpAddr::V4(a) => Some((u32::from(a), p.len())),
-        IpAddr::V6(_) => None,
-    });
-    // Shortest first: a block covered by a short prefix is ALL unless a longer prefix inside it
-    // turns it into ASK_TRIE, which nothing turns back.
-    let mut v4: Vec<(u32, u8)> = v4.collect();
-    v4.sort_by_key(|(_, len)| *len);
-    for (addr, len) in v4 {
-        let first = (addr >> 16) as usize;
-        if len <= 16 {
-            let count = 1usize << (16 - len);
-            let first = first & !(count - 1);
-            for b in &mut t[first..first + count] {
-                if *b == local16::NONE {
-                    *b = local16::ALL;
-                }
+/// One IPv4 local network and its dense slot base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    addr: u32,
+    len: u8,
+    /// First slot, `None` when the network's hosts use the hash table.
+    base: Option<u32>,
+}
+
+impl Net {
+    fn host_mask(&self) -> u32 {
+        u32::MAX.checked_shr(self.len as u32).unwrap_or(0)
+    }
+
+    fn addresses(&self) -> u64 {
+        1u64 << (32 - self.len as u32)
+    }
+
+    fn contains(&self, a: u32) -> bool {
+        a & !self.host_mask() == self.addr
+    }
+}
+
+/// The dense slot layout of the IPv4 local networks (the agent's copy of what the kernel uses).
+#[derive(Debug, Clone, Default)]
+pub struct DenseLayout {
+    nets: Vec<Net>,
+    slots: u32,
+}
+
+impl DenseLayout {
+    /// Gives dense slots to the IPv4 networks of `networks`, in order, while their addresses
+    /// fit in `max_addresses` (IPv6 networks are ignored).
+    pub fn new(networks: &[Prefix], max_addresses: u32) -> Self {
+        let mut nets: Vec<Net> = Vec::new();
+        let mut used: u64 = 0;
+        for p in networks {
+            let IpAddr::V4(a) = p.addr() else { continue };
+            let mut net = Net {
+                addr: u32::from(a),
+                len: p.len(),
+                base: None,
+            };
+            net.addr &= !net.host_mask();
+            if nets.iter().any(|n| n.addr == net.addr && n.len == net.len) {
+                continue;
             }
-        } else {
-            t[first] = local16::ASK_TRIE;
+            // Two slots per address must fit a u32 slot number.
+            if used + net.addresses() <= (max_addresses as u64).min(1 << 30) {
+                net.base = Some((used * 2) as u32);
+                used += net.addresses();
+            }
+            nets.push(net);
+        }
+        Self {
+            nets,
+            slots: (used * 2) as u32,
         }
     }
-    t
+
+    /// Dense slots handed out (two per address).
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The most specific local network holding `a` (what an LPM lookup answers).
+    fn net_of(&self, a: u32) -> Option<&Net> {
+        self.nets
+            .iter()
+            .filter(|n| n.contains(a))
+            .max_by_key(|n| n.len)
+    }
+
+    /// The incoming slot of a local IPv4 address (outgoing is the next one); `None` when the
+    /// address is not local or its network uses the hash table.
+    pub fn slot_of(&self, addr: Ipv4Addr) -> Option<u32> {
+        let a = u32::from(addr);
+        let net = self.net_of(a)?;
+        Some(net.base? + ((a & net.host_mask()) << 1))
+    }
+
+    /// The address and direction counted in `slot`.
+    pub fn host_of(&self, slot: u32) -> Option<(Ipv4Addr, u8)> {
+        self.nets.iter().find_map(|n| {
+            let base = n.base?;
+            let offset = slot.checked_sub(base)? as u64;
+            (offset < n.addresses() * 2).then(|| {
+                (
+                    Ipv4Addr::from(n.addr + (offset >> 1) as u32),
+                    (offset & 1) as u8,
+                )
+            })
+        })
+    }
+
+    /// The `LOCAL_V4` trie value of one of the networks.
+    pub fn trie_value(&self, prefix: &Prefix) -> LocalNetV4 {
+        let IpAddr::V4(a) = prefix.addr() else {
+            return LocalNetV4::default();
+        };
+        let addr = u32::from(a);
+        let net = self
+            .nets
+            .iter()
+            .find(|n| n.len == prefix.len() && n.contains(addr));
+        match net {
+            Some(n) => LocalNetV4 {
+                slot_base: n.base.unwrap_or(local16::NO_SLOTS),
+                host_mask: n.host_mask(),
+            },
+            None => LocalNetV4 {
+                slot_base: local16::NO_SLOTS,
+                host_mask: 0,
+            },
+        }
+    }
+
+    /// The /16 table (the `LOCAL16_V4` global).
+    pub fn table(&self) -> Box<[u32; local16::BLOCKS]> {
+        let mut t: Box<[u32; local16::BLOCKS]> = vec![local16::NONE; local16::BLOCKS]
+            .into_boxed_slice()
+            .try_into()
+            .expect("BLOCKS entries");
+        // Longest first: a block split by a prefix longer than /16 asks the trie, and a block
+        // covered by several short prefixes takes the most specific one, as the trie would.
+        let mut nets = self.nets.clone();
+        nets.sort_by_key(|n| std::cmp::Reverse(n.len));
+        for n in nets {
+            let first = (n.addr >> 16) as usize;
+            if n.len > 16 {
+                t[first] = local16::ASK_TRIE;
+                continue;
+            }
+            let count = 1usize << (16 - n.len);
+            for (i, b) in t[first..first + count].iter_mut().enumerate() {
+                if *b == local16::NONE {
+                    *b = match n.base {
+                        Some(base) => local16::DENSE + base + ((i as u32) << 17),
+                        None => local16::HASHED,
+                    };
+                }
+            }
+        }
+        t
+    }
 }
 
 #[cfg(test)]
@@ -42,40 +166,121 @@ mod tests {
         ((a as usize) << 8) | b as usize
     }
 
+    fn nets(list: &[&str]) -> Vec<Prefix> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// What the kernel computes for `a`: the /16 entry, then the trie for split blocks.
+    fn kernel_slot(l: &DenseLayout, t: &[u32; local16::BLOCKS], a: Ipv4Addr) -> Option<u32> {
+        let a = u32::from(a);
+        match t[(a >> 16) as usize] {
+            local16::NONE | local16::HASHED => None,
+            local16::ASK_TRIE => {
+                let n = l.net_of(a)?;
+                let v = l.trie_value(&Prefix::new(Ipv4Addr::from(n.addr).into(), n.len).unwrap());
+                (v.slot_base != local16::NO_SLOTS).then(|| v.slot_base + ((a & v.host_mask) << 1))
+            }
+            v => Some(v - local16::DENSE + ((a & 0xffff) << 1)),
+        }
+    }
+
     #[test]
     fn short_prefixes_fill_blocks_and_long_ones_ask_the_trie() {
-        let nets: Vec<Prefix> = [
-            "10.10.0.0/16",
-            "172.16.0.0/12",
-            "192.0.2.0/24",
-            "2001:db8::/32",
-        ]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-        let t = table(&nets);
-        assert_eq!(t[block(10, 10)], local16::ALL);
+        let l = DenseLayout::new(
+            &nets(&[
+                "10.10.0.0/16",
+                "172.16.0.0/12",
+                "192.0.2.0/24",
+                "2001:db8::/32",
+            ]),
+            65_536,
+        );
+        let t = l.table();
+        assert_eq!(t[block(10, 10)], local16::DENSE);
         assert_eq!(t[block(10, 11)], local16::NONE);
-        assert_eq!(t[block(172, 16)], local16::ALL);
-        assert_eq!(t[block(172, 31)], local16::ALL);
+        // The /12 does not fit after the /16: hashed.
+        assert_eq!(t[block(172, 16)], local16::HASHED);
+        assert_eq!(t[block(172, 31)], local16::HASHED);
         assert_eq!(t[block(172, 32)], local16::NONE);
         assert_eq!(t[block(192, 0)], local16::ASK_TRIE);
-        assert_eq!(t.iter().filter(|b| **b == local16::ALL).count(), 1 + 16);
+        assert_eq!(l.slots(), 2 * 65_536);
+        assert_eq!(l.slot_of(Ipv4Addr::new(10, 10, 1, 2)), Some(2 * 258));
+        assert_eq!(l.slot_of(Ipv4Addr::new(172, 16, 0, 1)), None);
+        assert_eq!(l.slot_of(Ipv4Addr::new(192, 0, 2, 1)), None);
+    }
+
+    #[test]
+    fn every_dense_address_has_its_own_slots_and_maps_back() {
+        let l = DenseLayout::new(
+            &nets(&[
+                "10.0.0.0/15",
+                "10.1.2.0/24",
+                "192.0.2.128/25",
+                "10.9.0.0/16",
+            ]),
+            190_000,
+        );
+        let t = l.table();
+        let mut seen = std::collections::HashSet::new();
+        let addrs = [
+            Ipv4Addr::new(10, 0, 0, 0),
+            Ipv4Addr::new(10, 0, 255, 255),
+            Ipv4Addr::new(10, 1, 0, 7),
+            Ipv4Addr::new(10, 1, 2, 7),
+            Ipv4Addr::new(10, 1, 3, 7),
+            Ipv4Addr::new(192, 0, 2, 129),
+            Ipv4Addr::new(192, 0, 2, 255),
+        ];
+        for a in addrs {
+            let slot = l.slot_of(a).unwrap_or_else(|| panic!("{a} dense"));
+            assert_eq!(kernel_slot(&l, &t, a), Some(slot), "{a}");
+            assert!(slot + 1 < l.slots());
+            assert!(seen.insert(slot), "{a} shares a slot");
+            assert_eq!(l.host_of(slot), Some((a, 0)));
+            assert_eq!(l.host_of(slot + 1), Some((a, 1)));
+        }
+        // The /16 did not fit (131072 + 256 + 128 addresses used): hashed, not local elsewhere.
+        assert_eq!(l.slot_of(Ipv4Addr::new(10, 9, 0, 1)), None);
+        assert_eq!(t[block(10, 9)], local16::HASHED);
+        assert_eq!(kernel_slot(&l, &t, Ipv4Addr::new(192, 0, 2, 1)), None);
+        assert_eq!(l.slot_of(Ipv4Addr::new(192, 0, 2, 1)), None);
+        assert_eq!(l.host_of(l.slots()), None);
     }
 
     #[test]
     fn a_long_prefix_inside_a_short_one_asks_the_trie_whatever_the_order() {
-        for nets in [["10.0.0.0/8", "10.1.2.0/24"], ["10.1.2.0/24", "10.0.0.0/8"]] {
-            let nets: Vec<Prefix> = nets.iter().map(|s| s.parse().unwrap()).collect();
-            let t = table(&nets);
+        for list in [["10.0.0.0/8", "10.1.2.0/24"], ["10.1.2.0/24", "10.0.0.0/8"]] {
+            let t = DenseLayout::new(&nets(&list), 0).table();
             assert_eq!(t[block(10, 1)], local16::ASK_TRIE);
-            assert_eq!(t[block(10, 2)], local16::ALL);
+            assert_eq!(t[block(10, 2)], local16::HASHED);
         }
     }
 
     #[test]
     fn the_default_route_makes_everything_local() {
-        let t = table(&["0.0.0.0/0".parse().unwrap()]);
-        assert!(t.iter().all(|b| *b == local16::ALL));
+        let t = DenseLayout::new(&nets(&["0.0.0.0/0"]), 65_536).table();
+        assert!(t.iter().all(|b| *b == local16::HASHED));
+    }
+
+    #[test]
+    fn host_routes_get_one_slot_pair() {
+        let l = DenseLayout::new(&nets(&["192.0.2.7/32", "10.0.0.0/31"]), 16);
+        assert_eq!(l.slots(), 2 + 4);
+        assert_eq!(l.slot_of(Ipv4Addr::new(192, 0, 2, 7)), Some(0));
+        assert_eq!(l.slot_of(Ipv4Addr::new(10, 0, 0, 1)), Some(4));
+        assert_eq!(l.host_of(1), Some((Ipv4Addr::new(192, 0, 2, 7), 1)));
+        let v = l.trie_value(&"192.0.2.7/32".parse().unwrap());
+        assert_eq!((v.slot_base, v.host_mask), (0, 0));
+    }
+
+    #[test]
+    fn nothing_dense_when_the_budget_is_zero() {
+        let l = DenseLayout::new(&nets(&["10.10.0.0/16"]), 0);
+        assert_eq!(l.slots(), 0);
+        assert_eq!(l.table()[block(10, 10)], local16::HASHED);
+        assert_eq!(
+            l.trie_value(&"10.10.0.0/16".parse().unwrap()).slot_base,
+            local16::NO_SLOTS
+        );
     }
 }

@@ -1,28 +1,32 @@
 //! Typed handles on the XDP program's maps.
 
-use super::{hosts::HostMaps, XdpError};
+use super::{
+    hosts::{HostMaps, TouchedBytes},
+    local16::DenseLayout,
+    XdpError,
+};
 use crate::prefix::Prefix;
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
-use fnm_common::{local16, map_names, setting, DropCounter, HostKey, RuleSet};
+use fnm_common::{drop16, map_names, setting, stat, DropCounter, HostKey, LocalNetV4, RuleSet};
 use std::net::IpAddr;
 
 /// Every map of the program, owned and typed.
 pub struct KernelMaps {
-    /// Per-host counters (IPv4 and IPv6 tables behind one interface).
+    /// Per-host counters (dense IPv4 slots, IPv4 and IPv6 hash tables behind one interface).
     pub hosts: HostMaps,
-    /// Local networks by IPv4 /16, in front of `local_v4`.
-    pub local16_v4: Array<MapData, [u8; local16::BLOCKS]>,
-    /// Local networks.
-    pub local_v4: LpmTrie<MapData, [u8; 4], u8>,
+    /// Local networks, with the dense slot base of each.
+    pub local_v4: LpmTrie<MapData, [u8; 4], LocalNetV4>,
     /// Local networks.
     pub local_v6: LpmTrie<MapData, [u8; 16], u8>,
     /// Never-dropped prefixes.
     pub whitelist_v4: LpmTrie<MapData, [u8; 4], u8>,
     /// Never-dropped prefixes.
     pub whitelist_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Per-/16 bitmaps of the IPv4 drop tables (source, destination).
+    pub drop16_v4: Array<MapData, [u64; drop16::WORDS]>,
     /// Drop on source, value = counter slot.
     pub drop_src_v4: LpmTrie<MapData, [u8; 4], u32>,
     /// Drop on source, value = counter slot.
@@ -39,8 +43,8 @@ pub struct KernelMaps {
     pub sampled_hosts: HashMap<MapData, HostKey, u32>,
     /// Packet samples.
     pub samples: Option<RingBuf<MapData>>,
-    /// Global counters.
-    pub stats: PerCpuArray<MapData, u64>,
+    /// Global counters (one entry).
+    pub stats: PerCpuArray<MapData, [u64; stat::COUNT as usize]>,
     /// Run-time settings.
     pub settings: Array<MapData, u32>,
 }
@@ -57,6 +61,19 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
         map: name,
         message: e.to_string(),
     })
+}
+
+/// Maps the touched bytes of the dense slots (`touched_len` bytes) into the agent.
+fn touched_bytes(ebpf: &mut Ebpf, touched_len: usize) -> Result<TouchedBytes, XdpError> {
+    let name = map_names::DENSE_TOUCHED_V4;
+    let err = |message: String| XdpError::Map { map: name, message };
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => {
+            TouchedBytes::map(data, touched_len).map_err(|e| err(format!("mmap: {e}")))
+        }
+        Some(_) => Err(err("not an array".into())),
+        None => Err(err("missing from the XDP object".into())),
+    }
 }
 
 /// A map error named after its map.
@@ -86,18 +103,26 @@ impl LpmKey {
 }
 
 impl KernelMaps {
-    /// Takes every map out of a freshly loaded object.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, XdpError> {
+    /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
+    /// object was loaded with.
+    pub fn take(
+        ebpf: &mut Ebpf,
+        layout: DenseLayout,
+        touched_len: usize,
+    ) -> Result<Self, XdpError> {
         Ok(Self {
             hosts: HostMaps {
+                dense: take::<PerCpuArray<_, _>>(ebpf, map_names::HOSTS_DENSE_V4)?,
+                touched: touched_bytes(ebpf, touched_len)?,
+                layout,
                 v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4)?,
                 v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS)?,
             },
-            local16_v4: take(ebpf, map_names::LOCAL16_V4)?,
             local_v4: take(ebpf, map_names::LOCAL_V4)?,
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
             whitelist_v4: take(ebpf, map_names::WHITELIST_V4)?,
             whitelist_v6: take(ebpf, map_names::WHITELIST_V6)?,
+            drop16_v4: take(ebpf, map_names::DROP16_V4)?,
             drop_src_v4: take(ebpf, map_names::DROP_SRC_V4)?,
             drop_src_v6: take(ebpf, map_names::DROP_SRC_V6)?,
             drop_dst_v4: take(ebpf, map_names::DROP_DST_V4)?,
@@ -111,20 +136,18 @@ impl KernelMaps {
         })
     }
 
-    /// Writes the local networks (tries and /16 table) and the whitelist.
+    /// Writes the local-network tries (the /16 table is a global set at load) and the
+    /// whitelist.
     pub fn fill_prefixes(
         &mut self,
         networks: &[Prefix],
         whitelist: &[Prefix],
     ) -> Result<(), XdpError> {
-        self.local16_v4
-            .set(0, super::local16::table(networks), 0)
-            .map_err(map_err(map_names::LOCAL16_V4))?;
         for p in networks {
             match LpmKey::of(p) {
                 LpmKey::V4(k) => self
                     .local_v4
-                    .insert(&k, 1, 0)
+                    .insert(&k, self.hosts.layout.trie_value(p), 0)
                     .map_err(map_err(map_names::LOCAL_V4))?,
                 LpmKey::V6(k) => self
                     .local_v6
@@ -154,23 +177,15 @@ impl KernelMaps {
             .map_err(map_err(map_names::SETTINGS))
     }
 
-    /// Sets the secret seed of the kernel's flow-table hash (so nobody can craft colliding
-    /// 5-tuples offline).
-    pub fn set_flow_seed(&mut self, seed: u64) -> Result<(), XdpError> {
-        self.settings
-            .set(setting::FLOW_SEED_LO, seed as u32, 0)
-            .and_then(|_| {
-                self.settings
-                    .set(setting::FLOW_SEED_HI, (seed >> 32) as u32, 0)
-            })
-            .map_err(map_err(map_names::SETTINGS))
-    }
-
     /// Sum over CPUs of one global counter.
     pub fn stat(&self, index: u32) -> u64 {
         self.stats
-            .get(&index, 0)
-            .map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+            .get(&0, 0)
+            .map(|v| {
+                v.iter().fold(0u64, |a, b| {
+                    a.wrapping_add(b.get(index as usize).copied().unwrap_or(0))
+                })
+            })
             .unwrap_or(0)
     }
 

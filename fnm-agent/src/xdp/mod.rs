@@ -117,7 +117,16 @@ impl DataPlane {
         let counters_slots = config.max_drop_entries.saturating_mul(2).saturating_add(
             config.max_drop_entries.min(4096) * fnm_common::MAX_RULES_PER_HOST as u32,
         );
+        let layout = local16::DenseLayout::new(networks, config.dense_v4_addresses);
+        // At least one touched word (64 slots) so the maps exist without dense networks.
+        let dense_slots = layout.slots().div_ceil(64).max(1) * 64;
+        let table = layout.table();
+        let seed = random_seed();
         let mut ebpf = EbpfLoader::new()
+            .override_global(map_names::LOCAL16_V4, &*table, true)
+            .override_global(map_names::FLOW_SEED, &seed, true)
+            .map_max_entries(map_names::HOSTS_DENSE_V4, dense_slots)
+            .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
             .map_max_entries(map_names::FLOWS, config.max_flows)
@@ -143,9 +152,8 @@ impl DataPlane {
                 .load()
                 .map_err(|e| XdpError::Load(verifier_error(&e)))?;
         }
-        let mut maps = KernelMaps::take(&mut ebpf)?;
+        let mut maps = KernelMaps::take(&mut ebpf, layout, dense_slots as usize)?;
         maps.fill_prefixes(networks, whitelist)?;
-        maps.set_flow_seed(random_seed())?;
         let tables = DropTables::new(counters_slots);
         Ok(Self {
             ebpf,

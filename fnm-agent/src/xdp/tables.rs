@@ -6,7 +6,7 @@ pub use crate::bans::{DropMatch, RuleSpec};
 use crate::{accounting::Direction, prefix::Prefix};
 use aya::maps::PerCpuValues;
 use fnm_common::{
-    map_names, table_flag, DropCounter, DropRule, HostKey, RuleSet, MAX_RULES_PER_HOST,
+    drop16, map_names, table_flag, DropCounter, DropRule, HostKey, RuleSet, MAX_RULES_PER_HOST,
 };
 use std::{
     collections::{BTreeMap, HashMap},
@@ -232,7 +232,19 @@ impl DropTables {
         self.entries.is_empty()
     }
 
+    /// Rewrites the per-/16 bitmaps of the IPv4 drop tables from the entries.
+    fn sync_drop16(&self, maps: &mut KernelMaps) -> Result<(), XdpError> {
+        for (m, index) in [(DropMatch::Src, drop16::SRC), (DropMatch::Dst, drop16::DST)] {
+            let prefixes = self.entries.keys().filter(|(_, e)| *e == m).map(|(p, _)| p);
+            maps.drop16_v4
+                .set(index, drop16_bitmap(prefixes), 0)
+                .map_err(map_err(map_names::DROP16_V4))?;
+        }
+        Ok(())
+    }
+
     fn sync_flags(&self, maps: &mut KernelMaps) -> Result<(), XdpError> {
+        self.sync_drop16(maps)?;
         let mut flags = 0;
         if self.entries.keys().any(|(_, m)| *m == DropMatch::Src) {
             flags |= table_flag::DROP_SRC;
@@ -248,5 +260,46 @@ impl DropTables {
             flags |= table_flag::SAMPLING;
         }
         maps.set_table_flags(flags)
+    }
+}
+
+/// One bit per IPv4 /16 holding an address of one of `prefixes` (IPv6 ones are ignored).
+fn drop16_bitmap<'a>(prefixes: impl Iterator<Item = &'a Prefix>) -> [u64; drop16::WORDS] {
+    let mut bits = [0u64; drop16::WORDS];
+    for p in prefixes {
+        let IpAddr::V4(a) = p.addr() else { continue };
+        let first = (u32::from(a) >> 16) as usize;
+        let count = 1usize << 16u32.saturating_sub(p.len() as u32);
+        let first = first & !(count - 1);
+        for block in first..first + count {
+            bits[block / 64] |= 1 << (block % 64);
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bit(bits: &[u64; drop16::WORDS], a: u8, b: u8) -> bool {
+        let block = ((a as usize) << 8) | b as usize;
+        bits[block / 64] & (1 << (block % 64)) != 0
+    }
+
+    #[test]
+    fn drop16_bits_cover_exactly_the_blocks_of_the_prefixes() {
+        let prefixes: Vec<Prefix> = ["203.0.113.0/24", "10.0.0.0/15", "2001:db8::/32"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let bits = drop16_bitmap(prefixes.iter());
+        assert!(bit(&bits, 203, 0));
+        assert!(!bit(&bits, 203, 1));
+        assert!(bit(&bits, 10, 0) && bit(&bits, 10, 1));
+        assert!(!bit(&bits, 10, 2));
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 3);
+        let all = drop16_bitmap(["0.0.0.0/0".parse::<Prefix>().unwrap()].iter());
+        assert!(all.iter().all(|w| *w == u64::MAX));
     }
 }

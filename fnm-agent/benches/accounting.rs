@@ -1,0 +1,111 @@
+//! Cost of `Accounting::ingest_batch` per record, on records already parsed, for the traffic
+//! shapes a DDoS agent meets: a flood of known 5-tuples to one host, a spoofed flood where every
+//! record is a new 5-tuple, and traffic spread over every host of a /16.
+//!
+//! ```text
+//! cargo bench -p fnm-agent --bench accounting
+//! ```
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use fnm_agent::accounting::Accounting;
+use fnm_agent::prefix::{Prefix, PrefixSet};
+use fnm_agent::traffic::{Source, TrafficRecord};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Records per batch handed to the accounting (about one libpcap block).
+const BATCH: usize = 1024;
+
+fn accounting(max_flows: usize) -> Accounting {
+    let local = Prefix::new(IpAddr::V4(Ipv4Addr::new(10, 20, 0, 0)), 16).expect("valid prefix");
+    let networks: PrefixSet = [local].into_iter().collect();
+    Accounting::new(networks, 1 << 20, max_flows, 250).with_rate_window(1000)
+}
+
+fn udp(src: u32, dst: u32, sport: u16) -> TrafficRecord {
+    TrafficRecord {
+        src_port: sport,
+        dst_port: 53,
+        ..TrafficRecord::packet(
+            IpAddr::V4(Ipv4Addr::from(src)),
+            IpAddr::V4(Ipv4Addr::from(dst)),
+            17,
+            100,
+        )
+    }
+}
+
+/// 10 000 known 5-tuples to one victim, in batches.
+fn known_flows() -> Vec<TrafficRecord> {
+    let victim = u32::from(Ipv4Addr::new(10, 20, 0, 1));
+    (0..10_240u32)
+        .map(|i| udp(0xC633_0000 + (i % 10_000), victim, 1024))
+        .collect()
+}
+
+/// A spoofed flood: a fresh source address and port in every record.
+fn spoofed_flood(round: u32) -> Vec<TrafficRecord> {
+    let victim = u32::from(Ipv4Addr::new(10, 20, 0, 1));
+    (0..BATCH as u32)
+        .map(|i| {
+            let n = round.wrapping_mul(BATCH as u32).wrapping_add(i);
+            udp(
+                0x2000_0000 ^ n.wrapping_mul(2_654_435_761),
+                victim,
+                n as u16,
+            )
+        })
+        .collect()
+}
+
+/// Every host of the local /16 receives, one known 5-tuple each.
+fn many_hosts() -> Vec<TrafficRecord> {
+    let base = u32::from(Ipv4Addr::new(10, 20, 0, 0));
+    (0..65_536u32)
+        .map(|i| udp(0xC633_0001, base + i, 4000))
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("accounting");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    let records = known_flows();
+    let mut acc = accounting(1 << 20);
+    let mut next = 0usize;
+    group.bench_function("known_flows_one_victim", |b| {
+        b.iter(|| {
+            let start = next % (records.len() / BATCH) * BATCH;
+            next += 1;
+            acc.ingest_batch(black_box(&records[start..start + BATCH]), Source::Pcap);
+        })
+    });
+
+    // New 5-tuples every time: the flow table rotates its generations as it would under a
+    // long spoofed flood.
+    let floods: Vec<Vec<TrafficRecord>> = (0..512).map(spoofed_flood).collect();
+    let mut acc = accounting(1 << 16);
+    let mut round = 0usize;
+    group.bench_function("spoofed_flood_new_flows", |b| {
+        b.iter(|| {
+            let batch = &floods[round % floods.len()];
+            round += 1;
+            acc.ingest_batch(black_box(batch), Source::Pcap);
+        })
+    });
+
+    let records = many_hosts();
+    let mut acc = accounting(1 << 20);
+    let mut next = 0usize;
+    group.bench_function("every_host_of_a_slash16", |b| {
+        b.iter(|| {
+            let start = next % (records.len() / BATCH) * BATCH;
+            next += 1;
+            acc.ingest_batch(black_box(&records[start..start + BATCH]), Source::Pcap);
+        })
+    });
+    assert_eq!(acc.host_count(), 65_536);
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
