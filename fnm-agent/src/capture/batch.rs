@@ -72,9 +72,7 @@ impl<F: FnMut(&[TrafficRecord])> PacketSink for RecordBatcher<F> {
 /// Adds a batch of captured records to `accounting`, under the one lock the caller holds.
 #[inline]
 pub fn ingest_records(accounting: &mut Accounting, records: &[TrafficRecord], source: Source) {
-    for record in records {
-        accounting.ingest(record, source);
-    }
+    accounting.ingest_batch(records, source);
 }
 
 #[cfg(test)]
