@@ -340,14 +340,23 @@ async fn run_async(config: Config) -> Result<()> {
         );
         let (a, stop) = (agent.clone(), capture_stop.clone());
         Some(std::thread::spawn(move || {
-            // One uncontended lock per packet: the poll loop holds it only briefly.
-            let mut sink = |_ts: std::time::Duration, record: fnm_agent::traffic::TrafficRecord| {
-                a.accounting()
-                    .ingest(&record, fnm_agent::traffic::Source::Pcap);
-            };
+            use fnm_agent::capture::{batch, PacketSink as _};
+            // Records are buffered per capture batch (flushed by the backend after every read,
+            // at least every 100 ms) and added under one lock of the accounting per batch.
+            let mut sink = batch::RecordBatcher::new(
+                batch::DEFAULT_BATCH_CAPACITY,
+                |records: &[fnm_agent::traffic::TrafficRecord]| {
+                    batch::ingest_records(
+                        &mut a.accounting(),
+                        records,
+                        fnm_agent::traffic::Source::Pcap,
+                    )
+                },
+            );
             if let Err(e) = backend.run(&mut sink, &stop) {
                 tracing::error!("capture stopped: {e}");
             }
+            sink.flush();
         }))
     } else {
         None

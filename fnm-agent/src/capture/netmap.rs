@@ -353,6 +353,7 @@ impl CaptureBackend for NetmapBackend {
                     });
                 }
                 port.drain(now, sink, &mut stats);
+                sink.flush();
             }
         }
         Ok(CaptureStats {

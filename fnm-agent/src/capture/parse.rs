@@ -111,8 +111,145 @@ pub struct Decoded {
     pub outer_counted: bool,
 }
 
-/// Parses one frame of the given link type.
+/// Parses one frame of the given link type: the common cases by [`parse_common`], everything
+/// else (and every error) by [`parse_frame_full`]; the outcome is always that of
+/// [`parse_frame_full`].
+#[inline]
 pub fn parse_frame(link: LinkType, frame: &[u8]) -> Result<Decoded, Skip> {
+    match parse_common(link, frame) {
+        Some(record) => Ok(plain(record)),
+        None => parse_frame_full(link, frame),
+    }
+}
+
+/// The fast path for the frames mirror ports mostly carry: Ethernet (or raw IP) with at most
+/// two VLAN tags, then IPv4 without options and not a fragment, or IPv6 without extension
+/// headers, then any payload that is not a tunnel [`parse_frame_full`] would decapsulate
+/// (IP-in-IP, IPv6-in-IP, GRE, L2TP on UDP port 1701). Returns exactly the record
+/// [`parse_frame_full`] returns for such a frame, and `None` for every other frame
+/// (including every frame the full parser would skip), which then takes the full path.
+#[inline]
+pub fn parse_common(link: LinkType, frame: &[u8]) -> Option<TrafficRecord> {
+    match link {
+        LinkType::Ethernet => {
+            let mut ethertype = be16(frame.get(12..14)?.try_into().ok()?);
+            let mut off = 14;
+            for _ in 0..2 {
+                if !is_vlan(ethertype) {
+                    break;
+                }
+                ethertype = be16(frame.get(off + 2..off + 4)?.try_into().ok()?);
+                off += 4;
+            }
+            match ethertype {
+                0x0800 => common_ipv4(&frame[off..]),
+                0x86DD => common_ipv6(&frame[off..]),
+                _ => None,
+            }
+        }
+        LinkType::RawIp => match frame.first()? >> 4 {
+            4 => common_ipv4(frame),
+            6 => common_ipv6(frame),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// IPv4 with IHL 5, not a fragment (MF clear, offset 0).
+#[inline]
+fn common_ipv4(data: &[u8]) -> Option<TrafficRecord> {
+    let h: &[u8; 20] = data.get(..20)?.try_into().ok()?;
+    let total_len = be16([h[2], h[3]]);
+    if h[0] != 0x45 || total_len < 20 || h[6] & 0x3f != 0 || h[7] != 0 {
+        return None;
+    }
+    let protocol = h[9];
+    let (src_port, dst_port, tcp_flags) = common_l4(protocol, &data[20..])?;
+    Some(common_record(
+        IpAddr::from([h[12], h[13], h[14], h[15]]),
+        IpAddr::from([h[16], h[17], h[18], h[19]]),
+        protocol,
+        (src_port, dst_port, tcp_flags),
+        u64::from(total_len),
+        h[8],
+    ))
+}
+
+/// IPv6 whose next header is not an extension header the full parser skips.
+#[inline]
+fn common_ipv6(data: &[u8]) -> Option<TrafficRecord> {
+    let h: &[u8; 40] = data.get(..40)?.try_into().ok()?;
+    let protocol = h[6];
+    if h[0] >> 4 != 6 || matches!(protocol, 0 | 43 | 44 | 51 | 60) {
+        return None;
+    }
+    let ports = common_l4(protocol, &data[40..])?;
+    let src: [u8; 16] = h[8..24].try_into().ok()?;
+    let dst: [u8; 16] = h[24..40].try_into().ok()?;
+    Some(common_record(
+        IpAddr::from(src),
+        IpAddr::from(dst),
+        protocol,
+        ports,
+        u64::from(be16([h[4], h[5]])) + 40,
+        h[7],
+    ))
+}
+
+/// The record of an unfragmented, untunnelled packet, built in one go (no partial writes).
+#[inline(always)]
+fn common_record(
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    (src_port, dst_port, tcp_flags): (u16, u16, u8),
+    bytes: u64,
+    ttl: u8,
+) -> TrafficRecord {
+    TrafficRecord {
+        src,
+        dst,
+        protocol,
+        src_port,
+        dst_port,
+        tcp_flags,
+        packets: 1,
+        bytes,
+        fragments: 0,
+        tcp_syn_packets: u64::from(protocol == PROTO_TCP && tcp_flags & 0x12 == 0x02),
+        ttl,
+        duration_ms: 0,
+    }
+}
+
+/// What [`parse_l4`] reads for an unfragmented packet at depth 0 (source port, destination
+/// port, TCP flags), or `None` when the header is truncated or the packet is a tunnel the
+/// full path decapsulates.
+#[inline(always)]
+fn common_l4(protocol: u8, l4: &[u8]) -> Option<(u16, u16, u8)> {
+    match protocol {
+        PROTO_TCP => {
+            let t: &[u8; 14] = l4.get(..14)?.try_into().ok()?;
+            Some((be16([t[0], t[1]]), be16([t[2], t[3]]), t[13]))
+        }
+        PROTO_UDP => {
+            let u: &[u8; 4] = l4.get(..4)?.try_into().ok()?;
+            let (src, dst) = (be16([u[0], u[1]]), be16([u[2], u[3]]));
+            (src != L2TP_PORT && dst != L2TP_PORT).then_some((src, dst, 0))
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let i: &[u8; 2] = l4.get(..2)?.try_into().ok()?;
+            Some((u16::from(i[0]), u16::from(i[1]), 0))
+        }
+        PROTO_IPIP | PROTO_IPV6_IN_IP | PROTO_GRE => None,
+        _ => Some((0, 0, 0)),
+    }
+}
+
+/// Parses one frame of the given link type with the general parser (every layer the module
+/// documentation lists); [`parse_frame`] gives the same outcome, faster for common frames.
+pub fn parse_frame_full(link: LinkType, frame: &[u8]) -> Result<Decoded, Skip> {
     match link {
         LinkType::Ethernet => ethernet(frame, 0),
         LinkType::RawIp => raw_ip(frame, 0),
@@ -293,6 +430,7 @@ fn plain(record: TrafficRecord) -> Decoded {
 }
 
 /// Reads ports, ICMP type/code and TCP flags; a truncated header is malformed (as in XDP).
+#[inline]
 fn parse_l4(record: &mut TrafficRecord, l4: &[u8]) -> Result<(), Skip> {
     match record.protocol {
         PROTO_TCP => {
@@ -496,5 +634,266 @@ impl ParseStats {
         self.unsupported_link += other.unsupported_link;
         self.decapsulated += other.decapsulated;
         self.outer_counted += other.outer_counted;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LINKS: [LinkType; 5] = [
+        LinkType::Ethernet,
+        LinkType::RawIp,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::Loopback,
+    ];
+
+    /// The property the fast path must keep: the same outcome as the full parser, and when it
+    /// answers, a plain (not decapsulated) record.
+    fn assert_same(link: LinkType, frame: &[u8]) {
+        let full = parse_frame_full(link, frame);
+        assert_eq!(parse_frame(link, frame), full, "{link:?} {frame:02x?}");
+        if let Some(record) = parse_common(link, frame) {
+            assert_eq!(full, Ok(plain(record)), "{link:?} {frame:02x?}");
+        }
+    }
+
+    /// Layers of a crafted frame, chosen to hit both paths and every bail-out of the fast one.
+    #[derive(Debug, Clone)]
+    struct Spec {
+        vlan_tags: usize,
+        vlan_type: u16,
+        ipv6: bool,
+        ihl: u8,
+        frag_byte6: u8,
+        frag_byte7: u8,
+        total_len: u16,
+        protocol: u8,
+        src_port: u16,
+        dst_port: u16,
+        tcp_flags: u8,
+        payload: Vec<u8>,
+        cut: usize,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            (
+                0usize..4,
+                prop::sample::select(vec![ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_OLD]),
+                any::<bool>(),
+                prop::sample::select(vec![5u8, 5, 5, 4, 6, 15]),
+                prop::sample::select(vec![0u8, 0, 0x40, 0x20, 0x01, 0x80]),
+                prop::sample::select(vec![0u8, 0, 0, 1]),
+            ),
+            (
+                prop::sample::select(vec![0u16, 19, 20, 60, 1500, 65535]),
+                prop::sample::select(vec![
+                    PROTO_TCP,
+                    PROTO_UDP,
+                    PROTO_ICMP,
+                    PROTO_ICMPV6,
+                    PROTO_IPIP,
+                    PROTO_IPV6_IN_IP,
+                    PROTO_GRE,
+                    0,
+                    43,
+                    44,
+                    50,
+                    51,
+                    59,
+                    60,
+                ]),
+                prop::sample::select(vec![53u16, 1701, 40000]),
+                prop::sample::select(vec![80u16, 1701, 0]),
+                any::<u8>(),
+                prop::collection::vec(any::<u8>(), 0..64),
+                0usize..160,
+            ),
+        )
+            .prop_map(
+                |(
+                    (vlan_tags, vlan_type, ipv6, ihl, frag_byte6, frag_byte7),
+                    (total_len, protocol, src_port, dst_port, tcp_flags, payload, cut),
+                )| Spec {
+                    vlan_tags,
+                    vlan_type,
+                    ipv6,
+                    ihl,
+                    frag_byte6,
+                    frag_byte7,
+                    total_len,
+                    protocol,
+                    src_port,
+                    dst_port,
+                    tcp_flags,
+                    payload,
+                    cut,
+                },
+            )
+    }
+
+    /// The IP packet of `s` (header, L4 header, payload), not cut.
+    fn ip_packet(s: &Spec) -> Vec<u8> {
+        let mut p = Vec::new();
+        if s.ipv6 {
+            p.extend([0x60, 0, 0, 0]);
+            p.extend(s.total_len.to_be_bytes());
+            p.extend([s.protocol, 63]);
+            p.extend(
+                [0x20, 0x01, 0x0d, 0xb8]
+                    .iter()
+                    .chain(&[0u8; 11])
+                    .chain(&[1]),
+            );
+            p.extend(
+                [0x20, 0x01, 0x0d, 0xb8]
+                    .iter()
+                    .chain(&[0u8; 11])
+                    .chain(&[2]),
+            );
+        } else {
+            p.extend([0x40 | s.ihl, 0]);
+            p.extend(s.total_len.to_be_bytes());
+            p.extend([0, 7, s.frag_byte6, s.frag_byte7, 64, s.protocol, 0, 0]);
+            p.extend([192, 0, 2, 1, 198, 51, 100, 2]);
+            p.extend(std::iter::repeat_n(0u8, usize::from(s.ihl.max(5) - 5) * 4));
+        }
+        p.extend(s.src_port.to_be_bytes());
+        p.extend(s.dst_port.to_be_bytes());
+        p.extend([
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0x50,
+            s.tcp_flags,
+            0xff,
+            0xff,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        p.extend(&s.payload);
+        p
+    }
+
+    fn ethernet_frame(s: &Spec) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+        for _ in 0..s.vlan_tags {
+            f.extend(s.vlan_type.to_be_bytes());
+            f.extend([0, 10]);
+        }
+        f.extend(if s.ipv6 { [0x86, 0xdd] } else { [0x08, 0x00] });
+        f.extend(ip_packet(s));
+        f
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn fast_and_full_paths_agree_on_crafted_frames(s in spec()) {
+            let eth = ethernet_frame(&s);
+            let ip = ip_packet(&s);
+            assert_same(LinkType::Ethernet, &eth);
+            assert_same(LinkType::RawIp, &ip);
+            assert_same(LinkType::Ethernet, &eth[..s.cut.min(eth.len())]);
+            assert_same(LinkType::RawIp, &ip[..s.cut.min(ip.len())]);
+        }
+
+        #[test]
+        fn fast_and_full_paths_agree_on_mutated_frames(
+            s in spec(),
+            flips in prop::collection::vec((0usize..80, any::<u8>()), 1..4),
+        ) {
+            let mut eth = ethernet_frame(&s);
+            for (at, value) in flips {
+                if let Some(b) = eth.get_mut(at) {
+                    *b = value;
+                }
+            }
+            assert_same(LinkType::Ethernet, &eth);
+        }
+
+        #[test]
+        fn fast_and_full_paths_agree_on_random_bytes(
+            frame in prop::collection::vec(any::<u8>(), 0..128),
+        ) {
+            for link in LINKS {
+                assert_same(link, &frame);
+            }
+        }
+    }
+
+    fn plain_spec(vlan_tags: usize, ipv6: bool, protocol: u8) -> Spec {
+        Spec {
+            vlan_tags,
+            vlan_type: ETH_P_8021Q,
+            ipv6,
+            ihl: 5,
+            frag_byte6: 0x40,
+            frag_byte7: 0,
+            total_len: 60,
+            protocol,
+            src_port: 40000,
+            dst_port: 80,
+            tcp_flags: 0x02,
+            payload: vec![0; 20],
+            cut: 0,
+        }
+    }
+
+    #[test]
+    fn common_frames_take_the_fast_path() {
+        for vlan_tags in 0..=2 {
+            for ipv6 in [false, true] {
+                for protocol in [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, 50] {
+                    let s = plain_spec(vlan_tags, ipv6, protocol);
+                    let frame = ethernet_frame(&s);
+                    let record = parse_common(LinkType::Ethernet, &frame)
+                        .unwrap_or_else(|| panic!("fast path refused {s:?}"));
+                    assert_eq!(
+                        Ok(plain(record.clone())),
+                        parse_frame_full(LinkType::Ethernet, &frame)
+                    );
+                    assert_eq!(record.bytes, if ipv6 { 100 } else { 60 });
+                    assert_eq!(parse_common(LinkType::RawIp, &ip_packet(&s)), Some(record));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tunnels_options_fragments_and_deep_tags_take_the_full_path() {
+        let refused = |s: Spec| {
+            let frame = ethernet_frame(&s);
+            assert_eq!(parse_common(LinkType::Ethernet, &frame), None, "{s:?}");
+            assert!(parse_frame(LinkType::Ethernet, &frame).is_ok(), "{s:?}");
+        };
+        refused(plain_spec(3, false, PROTO_TCP));
+        refused(plain_spec(0, false, PROTO_GRE));
+        refused(plain_spec(0, false, PROTO_IPIP));
+        refused(plain_spec(0, true, PROTO_IPV6_IN_IP));
+        refused(plain_spec(0, true, 44));
+        refused(Spec {
+            dst_port: 1701,
+            ..plain_spec(0, false, PROTO_UDP)
+        });
+        refused(Spec {
+            ihl: 6,
+            ..plain_spec(0, false, PROTO_TCP)
+        });
+        refused(Spec {
+            frag_byte6: 0x20,
+            ..plain_spec(0, false, PROTO_UDP)
+        });
     }
 }

@@ -435,8 +435,8 @@ fn eof_is_corrupt(e: std::io::Error) -> PcapFileError {
     }
 }
 
-/// Parses every packet of `reader` into `sink`, timestamps taken from the file; returns the
-/// frame counters.
+/// Parses every packet of `reader` into `sink`, timestamps taken from the file, flushes the
+/// sink at the end; returns the frame counters.
 pub fn replay<R: Read>(
     reader: &mut PcapReader<R>,
     sink: &mut dyn PacketSink,
@@ -451,6 +451,7 @@ pub fn replay<R: Read>(
             &mut stats,
         );
     }
+    sink.flush();
     Ok(stats)
 }
 

@@ -230,6 +230,7 @@ impl CaptureBackend for PfringBackend {
                     let frame = unsafe { std::slice::from_raw_parts(buffer, caplen) };
                     deliver(link, timestamp, frame, sink, &mut stats);
                 }
+                sink.flush();
             }
             if idle {
                 if single {
