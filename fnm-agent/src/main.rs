@@ -343,8 +343,10 @@ async fn run_async(config: Config) -> Result<()> {
             use fnm_agent::capture::{batch, PacketSink as _};
             // Records are buffered per capture batch (flushed by the backend after every read,
             // at least every 100 ms) and added under one lock of the accounting per batch.
+            // Packets of one 5-tuple within a batch are coalesced; a batch stays open for
+            // AGENT_MIN_FLUSH_INTERVAL, so records are at most ~150 ms late.
             let mut sink = batch::RecordBatcher::new(
-                batch::DEFAULT_BATCH_CAPACITY,
+                batch::AGENT_BATCH_CAPACITY,
                 |records: &[fnm_agent::traffic::TrafficRecord]| {
                     batch::ingest_records(
                         &mut a.accounting(),
@@ -352,11 +354,12 @@ async fn run_async(config: Config) -> Result<()> {
                         fnm_agent::traffic::Source::Pcap,
                     )
                 },
-            );
+            )
+            .with_min_flush_interval(batch::AGENT_MIN_FLUSH_INTERVAL);
             if let Err(e) = backend.run(&mut sink, &stop) {
                 tracing::error!("capture stopped: {e}");
             }
-            sink.flush();
+            sink.flush_now();
         }))
     } else {
         None

@@ -106,6 +106,9 @@ fn socket_inode(_socket: &UdpSocket) -> u64 {
 #[cfg(target_os = "linux")]
 pub fn socket_drops(inodes: &[u64]) -> Vec<(u64, u64)> {
     let mut found = Vec::new();
+    if inodes.is_empty() {
+        return found;
+    }
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         if let Ok(text) = std::fs::read_to_string(table) {
             found.extend(parse_proc_udp_drops(&text, inodes));
