@@ -344,7 +344,7 @@ async fn run_async(config: Config) -> Result<()> {
             // Records are buffered per capture batch (flushed by the backend after every read,
             // at least every 100 ms) and added under one lock of the accounting per batch.
             // Packets of one 5-tuple within a batch are coalesced; a batch stays open for
-            // AGENT_MIN_FLUSH_INTERVAL, so records are at most ~150 ms late.
+            // AGENT_MIN_FLUSH_INTERVAL, so records are at most ~200 ms late.
             let mut sink = batch::RecordBatcher::new(
                 batch::AGENT_BATCH_CAPACITY,
                 |records: &[fnm_agent::traffic::TrafficRecord]| {

@@ -31,10 +31,10 @@ pub const AGENT_BATCH_CAPACITY: usize = 8192;
 /// How long the agent's capture thread keeps a batch open (the backend's flush calls in
 /// between are ignored): records reach the accounting at most this much plus
 /// [`super::FLUSH_INTERVAL_MS`] after capture.
-pub const AGENT_MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+pub const AGENT_MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Entries of the coalescing table (a power of two).
-const COALESCE_SLOTS: usize = 1 << 13;
+const COALESCE_SLOTS: usize = 1 << 12;
 
 /// Collects records and passes them to `consume` in batches (see the module doc).
 pub struct RecordBatcher<F: FnMut(&[TrafficRecord])> {
