@@ -201,10 +201,8 @@ mod tests {
     #[test]
     fn packets_of_one_tuple_coalesce_and_counts_stay_exact() {
         let mut seen: Vec<TrafficRecord> = Vec::new();
-        let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| {
-            seen.extend_from_slice(rs)
-        })
-        .with_min_flush_interval(Duration::from_secs(3600));
+        let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| seen.extend_from_slice(rs))
+            .with_min_flush_interval(Duration::from_secs(3600));
         let syn = TrafficRecord {
             tcp_syn_packets: 1,
             tcp_flags: 0x02,
