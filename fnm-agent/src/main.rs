@@ -340,7 +340,7 @@ async fn run_async(config: Config) -> Result<()> {
         );
         let (a, stop) = (agent.clone(), capture_stop.clone());
         Some(std::thread::spawn(move || {
-            use fnm_agent::capture::{batch, PacketSink as _};
+            use fnm_agent::capture::batch;
             // Records are buffered per capture batch (flushed by the backend after every read,
             // at least every 100 ms) and added under one lock of the accounting per batch.
             // Packets of one 5-tuple within a batch are coalesced; a batch stays open for
