@@ -18,7 +18,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fnm_agent::accounting::Accounting;
-use fnm_agent::capture::batch::{ingest_records, RecordBatcher, DEFAULT_BATCH_CAPACITY};
+use fnm_agent::capture::batch::{RecordBatcher, DEFAULT_BATCH_CAPACITY};
 use fnm_agent::capture::parse::{parse_frame, parse_frame_full, Decoded, LinkType, Skip};
 use fnm_agent::capture::pcap_file::{replay, PcapReader};
 use fnm_agent::capture::PacketSink;
@@ -193,11 +193,10 @@ fn bench_parse_account(c: &mut Criterion) {
                     let mut reader = PcapReader::from_bytes(black_box(&file)).expect("valid pcap");
                     let mut sink =
                         RecordBatcher::new(DEFAULT_BATCH_CAPACITY, |rs: &[TrafficRecord]| {
-                            ingest_records(
-                                &mut shared.lock().expect("not poisoned"),
-                                rs,
-                                Source::Pcap,
-                            )
+                            shared
+                                .lock()
+                                .expect("not poisoned")
+                                .ingest_batch(rs, Source::Pcap)
                         });
                     let stats = replay(&mut reader, &mut sink).expect("replays");
                     sink.flush();

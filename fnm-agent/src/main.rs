@@ -348,11 +348,8 @@ async fn run_async(config: Config) -> Result<()> {
             let mut sink = batch::RecordBatcher::new(
                 batch::AGENT_BATCH_CAPACITY,
                 |records: &[fnm_agent::traffic::TrafficRecord]| {
-                    batch::ingest_records(
-                        &mut a.accounting(),
-                        records,
-                        fnm_agent::traffic::Source::Pcap,
-                    )
+                    a.accounting()
+                        .ingest_batch(records, fnm_agent::traffic::Source::Pcap)
                 },
             )
             .with_min_flush_interval(batch::AGENT_MIN_FLUSH_INTERVAL);

@@ -339,11 +339,6 @@ impl IndexedPrefixSet {
             IpAddr::V6(_) => self.has_v6 && self.set.contains(addr),
         }
     }
-
-    /// The indexed set.
-    pub fn set(&self) -> &PrefixSet {
-        &self.set
-    }
 }
 
 fn table_for<K, V>(tables: &mut Vec<(u8, HashMap<K, V>)>, len: u8) -> &mut HashMap<K, V> {

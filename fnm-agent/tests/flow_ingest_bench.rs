@@ -12,6 +12,8 @@
 //! of the receiving socket in `/proc/net/udp` stays put). The highest lossless rate of each is
 //! printed with the ratio.
 
+mod common;
+
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
@@ -123,38 +125,7 @@ fn sflow_datagram(seed: u32) -> Vec<u8> {
 fn blast(target: SocketAddr, datagrams: &[Vec<u8>], rate: f64, duration: Duration) -> (u64, f64) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.connect(target).unwrap();
-    const BATCH: usize = 32;
-    let mut iovecs: Vec<libc::iovec> = datagrams
-        .iter()
-        .map(|d| libc::iovec {
-            iov_base: d.as_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        })
-        .collect();
-    let start = Instant::now();
-    let mut sent: u64 = 0;
-    let mut next = 0usize;
-    while start.elapsed() < duration {
-        let due = (start.elapsed().as_secs_f64() * rate) as u64;
-        if sent >= due {
-            std::thread::sleep(Duration::from_micros(100));
-            continue;
-        }
-        let want = ((due - sent) as usize).min(BATCH);
-        // SAFETY: mmsghdr is plain old data.
-        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; want];
-        for header in headers.iter_mut() {
-            header.msg_hdr.msg_iov = &mut iovecs[next];
-            header.msg_hdr.msg_iovlen = 1;
-            next = (next + 1) % iovecs.len();
-        }
-        // SAFETY: the headers point at iovecs over datagrams that outlive the call.
-        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), want as u32, 0) };
-        if n > 0 {
-            sent += n as u64;
-        }
-    }
-    (sent, sent as f64 / start.elapsed().as_secs_f64())
+    common::sender::send_paced(socket.as_raw_fd(), datagrams, rate, duration, 32)
 }
 
 /// Kernel drops of the UDP socket bound to 127.0.0.1:`port` (from /proc/net/udp).

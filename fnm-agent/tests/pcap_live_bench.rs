@@ -163,17 +163,6 @@ fn http_get(ns: &str, addr: SocketAddr, path: &str) -> String {
     })
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// 60-byte Ethernet/IPv4/UDP frame `i`: source 10.200.x.y (outside the networks), victim
 /// 10.77.0.(1 + i % 250), 18 bytes of payload.
 fn frame(i: u32) -> Vec<u8> {
@@ -186,7 +175,7 @@ fn frame(i: u32) -> Vec<u8> {
     let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
     ip.extend_from_slice(&src);
     ip.extend_from_slice(&dst);
-    let sum = checksum(&ip);
+    let sum = common::frames::checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&(10_000 + (i % 5000) as u16).to_be_bytes());
@@ -242,40 +231,10 @@ fn blast(ns: &str, dev: &str, rate: f64, duration: Duration) -> (u64, f64) {
                 4,
             )
         };
-        let mut iovecs: Vec<libc::iovec> = frames
-            .iter()
-            .map(|f| libc::iovec {
-                iov_base: f.as_ptr() as *mut libc::c_void,
-                iov_len: f.len(),
-            })
-            .collect();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        let mut next = 0usize;
-        // SAFETY: mmsghdr is plain old data.
-        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-        while start.elapsed() < duration {
-            let due = (start.elapsed().as_secs_f64() * rate) as u64;
-            if sent >= due {
-                std::thread::sleep(Duration::from_micros(50));
-                continue;
-            }
-            let want = ((due - sent) as usize).min(BATCH);
-            for header in headers.iter_mut().take(want) {
-                header.msg_hdr.msg_iov = &mut iovecs[next];
-                header.msg_hdr.msg_iovlen = 1;
-                next = (next + 1) % iovecs.len();
-            }
-            // SAFETY: the headers point at iovecs over frames that outlive the call.
-            let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), want as u32, 0) };
-            if n > 0 {
-                sent += n as u64;
-            }
-        }
-        let elapsed = start.elapsed().as_secs_f64();
+        let result = common::sender::send_paced(fd, &frames, rate, duration, BATCH);
         // SAFETY: closing our own fd.
         unsafe { libc::close(fd) };
-        (sent, sent as f64 / elapsed)
+        result
     })
 }
 

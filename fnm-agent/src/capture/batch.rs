@@ -17,8 +17,7 @@
 //! records per batch whatever its packet rate.
 
 use super::PacketSink;
-use crate::accounting::Accounting;
-use crate::traffic::{Source, TrafficRecord};
+use crate::traffic::TrafficRecord;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -158,15 +157,11 @@ fn tuple_slot(r: &TrafficRecord) -> usize {
     (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - COALESCE_SLOTS.trailing_zeros())) as usize
 }
 
-/// Adds a batch of captured records to `accounting`, under the one lock the caller holds.
-#[inline]
-pub fn ingest_records(accounting: &mut Accounting, records: &[TrafficRecord], source: Source) {
-    accounting.ingest_batch(records, source);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::Accounting;
+    use crate::traffic::Source;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn record(i: u8) -> TrafficRecord {
@@ -285,11 +280,11 @@ mod tests {
     }
 
     #[test]
-    fn ingest_records_counts_every_record() {
+    fn a_flushed_batch_counts_every_record() {
         let local: crate::prefix::Prefix = "198.51.100.0/24".parse().expect("prefix");
         let mut acc = Accounting::new([local].into_iter().collect(), 1000, 1000, 1000);
         let records: Vec<_> = (1..=5).map(record).collect();
-        ingest_records(&mut acc, &records, Source::Pcap);
+        acc.ingest_batch(&records, Source::Pcap);
         let victim = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
         let host = acc.host(victim).expect("host counted");
         let view = crate::views::HostView::new(victim, host);

@@ -154,7 +154,7 @@ pub fn udp_frame(
     ip[9] = 17; // UDP
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
-    let sum = ipv4_checksum(&ip);
+    let sum = super::frames::checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&src_port.to_be_bytes());
@@ -163,17 +163,6 @@ pub fn udp_frame(
     f.extend_from_slice(&0u16.to_be_bytes()); // no UDP checksum (allowed over IPv4)
     f.extend(std::iter::repeat_n(0x42u8, payload_len));
     f
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// One sFlow v5 flow sample (format 1) holding one raw packet header record (format 1).

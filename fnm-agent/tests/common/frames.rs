@@ -118,3 +118,15 @@ pub const ETH_IPV6: u16 = 0x86DD;
 pub const ETH_8021Q: u16 = 0x8100;
 pub const ETH_8021AD: u16 = 0x88A8;
 pub const ETH_MPLS: u16 = 0x8847;
+
+/// The Internet checksum (RFC 1071) of `data`; an odd last byte is padded with zero.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

@@ -15,6 +15,7 @@ pub fn require_root(what: &str) {
 pub mod agent;
 pub mod flood;
 pub mod netns;
+pub mod sender;
 
 /// The per-CPU counters of one host and direction in the XDP program's map, summed.
 #[cfg(target_os = "linux")]

@@ -231,7 +231,7 @@ pub fn send_icmp_echo(to: std::net::Ipv4Addr, count: u16, payload: usize) {
             let mut pkt = vec![8u8, 0, 0, 0, 0x12, 0x34];
             pkt.extend_from_slice(&seq.to_be_bytes());
             pkt.extend(std::iter::repeat_n(0x61u8, payload));
-            let sum = checksum(&pkt);
+            let sum = super::frames::checksum(&pkt);
             pkt[2..4].copy_from_slice(&sum.to_be_bytes());
             let n = libc::sendto(
                 fd,
@@ -245,16 +245,4 @@ pub fn send_icmp_echo(to: std::net::Ipv4Addr, count: u16, payload: usize) {
         }
         libc::close(fd);
     }
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += word as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
