@@ -346,21 +346,41 @@ impl Agent {
         }
     }
 
-    /// Polls every `poll_interval` until `shutdown` resolves.
-    pub async fn run_poll_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut interval = tokio::time::interval(self.config.poll_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => {
-                    let agent = self.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || agent.poll_once()).await {
-                        tracing::error!("poll task failed: {e}");
+    /// Starts the poll thread: [`Agent::poll_once`] every `poll_interval` (a late poll delays
+    /// the next ones rather than bunching them), until `stop`'s sender is dropped or sends.
+    ///
+    /// A plain thread rather than a tokio task handing each poll to the blocking pool: an idle
+    /// agent then wakes once per poll, with no thread hand-off.
+    pub fn spawn_poll_thread(
+        self: Arc<Self>,
+        stop: std::sync::mpsc::Receiver<()>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("fnm-poll".into())
+            .spawn(move || {
+                use std::sync::mpsc::RecvTimeoutError;
+                let interval = self.config.poll_interval;
+                let mut next = std::time::Instant::now() + interval;
+                loop {
+                    let wait = next.saturating_duration_since(std::time::Instant::now());
+                    match stop.recv_timeout(wait) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    let agent = &self;
+                    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        agent.poll_once()
+                    }));
+                    if polled.is_err() {
+                        tracing::error!("poll failed (panicked); polling goes on");
+                    }
+                    next += interval;
+                    let now = std::time::Instant::now();
+                    if next < now {
+                        next = now + interval;
                     }
                 }
-                _ = shutdown.changed() => break,
-            }
-        }
+            })
     }
 
     /// Moves XDP packet samples of watched hosts into the accounting.

@@ -395,12 +395,17 @@ async fn run_async(config: Config) -> Result<()> {
         metrics_listener,
         shutdown(stop_rx.clone()),
     ));
-    let poll = tokio::spawn(agent.clone().run_poll_loop(stop_rx.clone()));
+    let (poll_stop, poll_stop_rx) = std::sync::mpsc::channel::<()>();
+    let poll = agent
+        .clone()
+        .spawn_poll_thread(poll_stop_rx)
+        .context("starting the poll thread")?;
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = poll.await;
+    drop(poll_stop);
+    let _ = tokio::task::spawn_blocking(move || poll.join()).await;
     let _ = api.await;
     let _ = metrics.await;
     capture_stop.stop();

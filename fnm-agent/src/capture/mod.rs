@@ -42,6 +42,13 @@ pub trait PacketSink {
     /// when [`PacketSink::wants_timestamps`] is false and the backend skipped it).
     fn packet(&mut self, timestamp: Duration, record: TrafficRecord);
 
+    /// One plain IPv4 packet from the parser's fast path, not yet turned into a record.
+    /// Default: [`PacketSink::packet`] with its record (a sink may coalesce without it).
+    #[inline]
+    fn ipv4_packet(&mut self, timestamp: Duration, packet: &parse::Ipv4Packet) {
+        self.packet(timestamp, packet.to_record());
+    }
+
     /// End of a batch: hand on whatever is buffered. Default: nothing (unbuffered sink).
     fn flush(&mut self) {}
 
@@ -122,10 +129,13 @@ pub fn deliver(
         return;
     };
     // The common frames go straight to the sink (what `parse_frame` + `count` would do).
-    if let Some(record) = parse::parse_common(link, frame) {
+    if let Some(common) = parse::parse_common_packet(link, frame) {
         stats.frames += 1;
         stats.records += 1;
-        sink.packet(timestamp, record);
+        match common {
+            parse::Common::Ipv4(packet) => sink.ipv4_packet(timestamp, &packet),
+            parse::Common::Ipv6(record) => sink.packet(timestamp, record),
+        }
         return;
     }
     let outcome = parse::parse_frame_full(link, frame);
