@@ -480,33 +480,45 @@ impl Accounting {
             }
         }
         let new_flow = self.flows.note(record);
-        let mut counters = HostCounters {
+        let delta = RecordDelta {
             packets: record.packets,
             bytes: record.bytes,
             flows: new_flow as u64,
             tcp_syn_packets: record.tcp_syn_packets,
             fragments: record.fragments,
-            ..Default::default()
+            class,
         };
-        counters.proto_packets[class] = record.packets;
-        counters.proto_bytes[class] = record.bytes;
-
         let window_ms = self.slots as u64 * self.interval_ms;
         let in_window = if record.duration_ms > window_ms {
-            scale(&counters, window_ms, record.duration_ms)
+            delta.scaled(window_ms, record.duration_ms)
         } else {
-            counters
+            delta
         };
         if local_dst {
             if let Some(slot) = self.slot_cached(record.dst, &mut cache.incoming) {
-                self.credit_slot(slot, Direction::Incoming, &counters, &in_window);
+                self.credit_delta(slot, Direction::Incoming, &delta, &in_window);
             }
         }
         if local_src {
             if let Some(slot) = self.slot_cached(record.src, &mut cache.outgoing) {
-                self.credit_slot(slot, Direction::Outgoing, &counters, &in_window);
+                self.credit_delta(slot, Direction::Outgoing, &delta, &in_window);
             }
         }
+    }
+
+    /// Adds a record's `total` to the cumulative counters and `window` to the rate window of a
+    /// slot, field by field (no [`HostCounters`] built for one protocol class).
+    #[inline]
+    fn credit_delta(
+        &mut self,
+        slot: HostSlot,
+        dir: Direction,
+        total: &RecordDelta,
+        window: &RecordDelta,
+    ) {
+        let entry = &mut self.hosts[slot as usize].1.dirs[dir.index()];
+        total.add_to(&mut entry.total);
+        window.add_to(&mut entry.window);
     }
 
     /// The slot of `host`, from `cache` when it holds that host, else looked up (and added).
@@ -666,22 +678,48 @@ fn matches(r: &TrafficRecord, host: IpAddr, direction: Direction) -> bool {
     }
 }
 
-/// `c` × `num` / `den`, field by field (rounded down; new flows kept).
-fn scale(c: &HostCounters, num: u64, den: u64) -> HostCounters {
-    let f = |v: u64| ((v as u128 * num as u128) / den.max(1) as u128) as u64;
-    let mut out = HostCounters {
-        packets: f(c.packets),
-        bytes: f(c.bytes),
-        flows: c.flows,
-        tcp_syn_packets: f(c.tcp_syn_packets),
-        fragments: f(c.fragments),
-        ..Default::default()
-    };
-    for k in 0..proto::COUNT {
-        out.proto_packets[k] = f(c.proto_packets[k]);
-        out.proto_bytes[k] = f(c.proto_bytes[k]);
+/// What one record adds to a host's counters: one protocol class, so a handful of fields.
+#[derive(Debug, Clone, Copy)]
+struct RecordDelta {
+    packets: u64,
+    bytes: u64,
+    flows: u64,
+    tcp_syn_packets: u64,
+    fragments: u64,
+    /// Protocol class ([`proto`]) of `packets` and `bytes`.
+    class: usize,
+}
+
+impl RecordDelta {
+    /// × `num` / `den`, field by field (rounded down; new flows kept): the part of a record
+    /// that spans longer than the rate window falling inside it.
+    fn scaled(&self, num: u64, den: u64) -> Self {
+        let f = |v: u64| ((v as u128 * num as u128) / den.max(1) as u128) as u64;
+        Self {
+            packets: f(self.packets),
+            bytes: f(self.bytes),
+            flows: self.flows,
+            tcp_syn_packets: f(self.tcp_syn_packets),
+            fragments: f(self.fragments),
+            class: self.class,
+        }
     }
-    out
+
+    /// Adds the delta into `c` (wrapping, as [`HostCounters::accumulate`] does).
+    #[inline]
+    fn add_to(&self, c: &mut HostCounters) {
+        c.packets = c.packets.wrapping_add(self.packets);
+        c.bytes = c.bytes.wrapping_add(self.bytes);
+        c.flows = c.flows.wrapping_add(self.flows);
+        c.tcp_syn_packets = c.tcp_syn_packets.wrapping_add(self.tcp_syn_packets);
+        c.fragments = c.fragments.wrapping_add(self.fragments);
+        if let Some(p) = c.proto_packets.get_mut(self.class) {
+            *p = p.wrapping_add(self.packets);
+        }
+        if let Some(b) = c.proto_bytes.get_mut(self.class) {
+            *b = b.wrapping_add(self.bytes);
+        }
+    }
 }
 
 /// The 16-byte form of an address (IPv4-mapped for IPv4), as the kernel keys use.
