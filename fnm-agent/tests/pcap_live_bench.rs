@@ -22,7 +22,10 @@
 //!
 //! `FNM_BENCH_TOOLS` (comma-separated, default `fnm,fnm-immediate,fastnetmon`) picks which
 //! tools run, e.g. `FNM_BENCH_TOOLS=fnm` while profiling the agent; the comparisons print
-//! when both sides ran.
+//! when both sides ran. `FNM_BENCH_FIRST_RATE` (frames/s, default 25 000) and
+//! `FNM_BENCH_MAX_STEPS` (default: until loss or the sender's limit) and
+//! `FNM_BENCH_RATE_FACTOR` (default 1.5) narrow the steps, e.g. to repeat one rate for an A/B
+//! comparison.
 //!
 //! A step is lossless when the tool counted at least 99 % of what the kernel delivered. The
 //! test prints every step, the highest lossless rate of each tool, packets per CPU-second and
@@ -595,11 +598,14 @@ fn settle(tool: &dyn Tool) -> u64 {
 /// Raises the rate until two steps in a row lose more than 1 % or the sender saturates.
 fn run_steps(tool: &dyn Tool, pair: &BenchPair) -> Vec<Step> {
     let mut steps = Vec::new();
-    let mut rate = FIRST_RATE;
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+    let mut rate = env("FNM_BENCH_FIRST_RATE").unwrap_or(FIRST_RATE);
+    let max_steps = env("FNM_BENCH_MAX_STEPS").map_or(usize::MAX, |n| n as usize);
+    let factor = env("FNM_BENCH_RATE_FACTOR").unwrap_or(RATE_FACTOR);
     let mut lossy_in_a_row = 0;
     let meter = CpuMeter::new(tool);
     let mut counted_before = settle(tool);
-    while lossy_in_a_row < 2 {
+    while lossy_in_a_row < 2 && steps.len() < max_steps {
         let delivered_before = pair.delivered();
         let cpu_before = meter.seconds();
         let (sent, achieved) = blast(&pair.sender_ns, &pair.sender_if, rate, STEP);
@@ -637,7 +643,7 @@ fn run_steps(tool: &dyn Tool, pair: &BenchPair) -> Vec<Step> {
             println!("  (sender saturated at {achieved:.0} frames/s)");
             break;
         }
-        rate *= RATE_FACTOR;
+        rate *= factor;
     }
     steps
 }

@@ -272,7 +272,7 @@ impl<F: FnMut(&[TrafficRecord])> PacketSink for RecordBatcher<F> {
 
     #[inline]
     fn ipv4_packet(&mut self, _timestamp: Duration, p: &Ipv4Packet) {
-        self.staged.push(*p);
+        self.staged.push(p.copy_by_fields());
         if self.staged.len() >= STAGE {
             self.coalesce_staged();
             if self.records.len() >= self.capacity {
@@ -317,16 +317,7 @@ fn v4_ports(p: &Ipv4Packet) -> u32 {
 /// Asks the CPU to start loading `value`'s cache line (a hint; no effect on results).
 #[inline(always)]
 fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and reads nothing the program sees; SSE is part of
-    // the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (value as *const T).cast(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    super::prefetch_line((value as *const T).cast());
 }
 
 /// Prefetches both cache lines of a set.

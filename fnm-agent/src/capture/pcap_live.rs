@@ -13,7 +13,7 @@
 
 use super::parse::{LinkType, ParseStats};
 use super::{
-    deliver, CaptureBackend, CaptureConfig, CaptureError, CaptureStats, PacketSink, StopFlag,
+    deliver, prefetch_line, CaptureBackend, CaptureConfig, CaptureError, CaptureStats, PacketSink, StopFlag,
 };
 use pcap::{Active, Capture};
 use std::os::unix::io::AsRawFd;
@@ -26,6 +26,11 @@ pub const POLL_INTERVAL_MS: i32 = 100;
 pub const BATCH: usize = 2048;
 
 const NAME: &str = "pcap";
+
+/// Bytes from the end of a packet's captured data to the start of the next packet's data in a
+/// libpcap TPACKET_V3 block on Linux (its kernel header, address and alignment), as measured
+/// with libpcap 1.10; used only to prefetch.
+const NEXT_FRAME_GAP: usize = 92;
 
 struct Handle {
     interface: String,
@@ -132,7 +137,17 @@ fn read_batch(
             } else {
                 Duration::ZERO
             };
-            deliver(link, timestamp, packet.data, sink, stats)
+            deliver(link, timestamp, packet.data, sink, stats);
+            // Linux hands libpcap a block of packets, each right after the previous one's
+            // captured bytes and the next one's kernel header: start loading the lines of the
+            // next packet's Ethernet and IP headers while libpcap gets to it (a hint only; a
+            // wrong guess costs nothing but the hint).
+            let next = packet
+                .data
+                .as_ptr()
+                .wrapping_add(packet.data.len() + NEXT_FRAME_GAP);
+            prefetch_line(next.wrapping_add(12));
+            prefetch_line(next.wrapping_add(48));
         })
         .map_err(|e| CaptureError::Read {
             backend: NAME,
