@@ -163,6 +163,8 @@ pub struct HostDirection {
     slots: Vec<HostCounters>,
     /// Next slot of the ring to overwrite.
     next_slot: usize,
+    /// Sum of `slots`, kept as slots enter and leave the ring.
+    slots_sum: HostCounters,
     /// Time of the last window with traffic, in ms.
     pub last_active_ms: u64,
 }
@@ -174,15 +176,38 @@ impl HostDirection {
         if self.slots.len() != slots {
             self.slots = vec![HostCounters::default(); slots];
             self.next_slot = 0;
+            self.slots_sum = HostCounters::default();
+        }
+        let idle = HostCounters::default();
+        if self.window == idle && self.slots_sum == idle {
+            // Nothing in the slot nor in the window (so nothing in the ring either): the rates
+            // are zero, and closing the slot would change nothing else.
+            self.slot_rates = Rates::default();
+            self.rates = Rates::default();
+            return;
         }
         self.slot_rates = Rates::from_window(&self.window, window_seconds / slots as f64);
-        self.slots[self.next_slot] = std::mem::take(&mut self.window);
+        let closed = std::mem::take(&mut self.window);
+        let leaving = std::mem::replace(&mut self.slots[self.next_slot], closed);
+        self.slots_sum.accumulate(&closed);
+        deduct(&mut self.slots_sum, &leaving);
         self.next_slot = (self.next_slot + 1) % slots;
-        let mut sum = HostCounters::default();
-        for s in &self.slots {
-            sum.accumulate(s);
-        }
-        self.rates = Rates::from_window(&sum, window_seconds);
+        self.rates = Rates::from_window(&self.slots_sum, window_seconds);
+    }
+}
+
+/// Takes `c` out of `sum` again (wrapping, the inverse of [`HostCounters::accumulate`]).
+fn deduct(sum: &mut HostCounters, c: &HostCounters) {
+    sum.packets = sum.packets.wrapping_sub(c.packets);
+    sum.bytes = sum.bytes.wrapping_sub(c.bytes);
+    sum.flows = sum.flows.wrapping_sub(c.flows);
+    sum.tcp_syn_packets = sum.tcp_syn_packets.wrapping_sub(c.tcp_syn_packets);
+    sum.fragments = sum.fragments.wrapping_sub(c.fragments);
+    for (s, v) in sum.proto_packets.iter_mut().zip(&c.proto_packets) {
+        *s = s.wrapping_sub(*v);
+    }
+    for (s, v) in sum.proto_bytes.iter_mut().zip(&c.proto_bytes) {
+        *s = s.wrapping_sub(*v);
     }
 }
 
@@ -769,6 +794,37 @@ mod tests {
         assert_eq!(h.dirs[1].total.proto_bytes[proto::UDP], 300);
         assert_eq!(a.host_count(), 1);
         assert_eq!(a.totals().get(Source::Pcap, 2, proto::UDP), Some((5, 500)));
+    }
+
+    #[test]
+    fn running_window_sum_matches_the_slots_through_idle_and_busy_ticks() {
+        let mut a = acc().with_rate_window(4000);
+        assert_eq!(a.window_seconds(), 4.0);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for t in 0..400u64 {
+            // Bursts separated by idle stretches longer than the window.
+            if (t / 30) % 2 == 0 {
+                for _ in 0..=(x % 5) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let src = format!("198.51.100.{}", x % 7);
+                    a.ingest(
+                        &rec(&src, "10.0.0.1", 1 + x % 3, 40 + x % 900),
+                        Source::Pcap,
+                    );
+                }
+            }
+            a.tick(t * 250, 3_600_000);
+            let seconds = a.window_seconds();
+            let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
+            let mut sum = HostCounters::default();
+            for slot in &d.slots {
+                sum.accumulate(slot);
+            }
+            assert_eq!(d.slots_sum, sum, "tick {t}");
+            assert_eq!(d.rates, Rates::from_window(&sum, seconds), "tick {t}");
+        }
     }
 
     #[test]

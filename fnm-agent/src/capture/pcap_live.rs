@@ -13,7 +13,8 @@
 
 use super::parse::{LinkType, ParseStats};
 use super::{
-    deliver, prefetch_line, CaptureBackend, CaptureConfig, CaptureError, CaptureStats, PacketSink, StopFlag,
+    deliver, prefetch_line, CaptureBackend, CaptureConfig, CaptureError, CaptureStats, PacketSink,
+    StopFlag,
 };
 use pcap::{Active, Capture};
 use std::os::unix::io::AsRawFd;
