@@ -10,7 +10,10 @@
 //! side has no address; a sender thread in the peer namespace writes prebuilt 60-byte
 //! Ethernet/IPv4/UDP frames (1 000 spoofed sources outside the networks, 250 victims inside
 //! 10.77.0.0/24) with `sendmmsg` on an `AF_PACKET` socket bound to its veth end, so no frame
-//! can leave the pair. The rate rises step by step; per step the test reads
+//! can leave the pair. Both tools run at the same time, each on its own pair; the rate rises
+//! step by step, and at each rate each tool gets its own step in turn (the order alternates
+//! from rate to rate), so drift of the machine during the run falls on both alike. The
+//! `immediate = true` variant of fnm runs alone afterwards. Per step the test reads
 //!
 //! - what the kernel delivered: `rx_packets` of the capturing veth end,
 //! - what the tool counted: fnm's `fnm_traffic_packets_total{source="pcap"}` (summed) from
@@ -595,31 +598,52 @@ fn settle(tool: &dyn Tool) -> u64 {
     }
 }
 
-/// Raises the rate until two steps in a row lose more than 1 % or the sender saturates.
-fn run_steps(tool: &dyn Tool, pair: &BenchPair) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
-    let mut rate = env("FNM_BENCH_FIRST_RATE").unwrap_or(FIRST_RATE);
-    let max_steps = env("FNM_BENCH_MAX_STEPS").map_or(usize::MAX, |n| n as usize);
-    let factor = env("FNM_BENCH_RATE_FACTOR").unwrap_or(RATE_FACTOR);
-    let mut lossy_in_a_row = 0;
-    let meter = CpuMeter::new(tool);
-    let mut counted_before = settle(tool);
-    while lossy_in_a_row < 2 && steps.len() < max_steps {
+/// One tool's side of a run: its veth pair, CPU meter and steps so far.
+struct Runner<'a> {
+    tool: &'a dyn Tool,
+    pair: &'a BenchPair,
+    meter: CpuMeter,
+    counted_before: u64,
+    lossy_in_a_row: u32,
+    steps: Vec<Step>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(tool: &'a dyn Tool, pair: &'a BenchPair) -> Self {
+        let meter = CpuMeter::new(tool);
+        let counted_before = settle(tool);
+        Self {
+            tool,
+            pair,
+            meter,
+            counted_before,
+            lossy_in_a_row: 0,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Still raising the rate: fewer than two lossy steps in a row.
+    fn going(&self) -> bool {
+        self.lossy_in_a_row < 2
+    }
+
+    /// One step at `rate`; returns the rate the sender achieved.
+    fn step(&mut self, rate: f64) -> f64 {
+        let (tool, pair) = (self.tool, self.pair);
         let delivered_before = pair.delivered();
-        let cpu_before = meter.seconds();
+        let cpu_before = self.meter.seconds();
         let (sent, achieved) = blast(&pair.sender_ns, &pair.sender_if, rate, STEP);
         let counted_after = settle(tool);
         // CPU over the step and the drain: what it cost to count these frames.
-        let cpu = meter.seconds() - cpu_before;
+        let cpu = self.meter.seconds() - cpu_before;
         let step = Step {
             target: rate,
             sent,
             delivered: pair.delivered() - delivered_before,
-            counted: counted_after - counted_before,
+            counted: counted_after - self.counted_before,
             cpu,
         };
-        counted_before = counted_after;
+        self.counted_before = counted_after;
         println!(
             "{:>10}: target {:>9.0}/s sent {:>9.0}/s delivered {:>9} counted {:>9} loss {:>6.2}% cpu {:>6.3}s ({:>4.0}% of a core) {:>10.0} pkts/cpu-s",
             tool.name(),
@@ -632,20 +656,54 @@ fn run_steps(tool: &dyn Tool, pair: &BenchPair) -> Vec<Step> {
             step.cpu / step.seconds() * 100.0,
             step.per_cpu_second()
         );
-        steps.push(step);
+        self.steps.push(step);
         assert!(step.sent > 0, "the sender wrote nothing");
         if step.lossless() {
-            lossy_in_a_row = 0;
+            self.lossy_in_a_row = 0;
         } else {
-            lossy_in_a_row += 1;
+            self.lossy_in_a_row += 1;
         }
-        if achieved < rate * 0.9 {
+        achieved
+    }
+}
+
+/// Raises the rate step by step until every tool lost more than 1 % in two steps in a row or
+/// the sender saturates. At each rate every tool still going gets its own step, one after the
+/// other, in an order that alternates from rate to rate, so that a slow drift of the machine
+/// (other tenants, caches, frequency) falls on all tools alike. Returns each tool's steps.
+fn run_interleaved(tools: &[(&dyn Tool, &BenchPair)]) -> Vec<Vec<Step>> {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+    let mut rate = env("FNM_BENCH_FIRST_RATE").unwrap_or(FIRST_RATE);
+    let max_steps = env("FNM_BENCH_MAX_STEPS").map_or(usize::MAX, |n| n as usize);
+    let factor = env("FNM_BENCH_RATE_FACTOR").unwrap_or(RATE_FACTOR);
+    let mut runners: Vec<Runner> = tools
+        .iter()
+        .map(|&(tool, pair)| Runner::new(tool, pair))
+        .collect();
+    for round in 0..max_steps {
+        let mut order: Vec<usize> = (0..runners.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut saturated = None;
+        for i in order {
+            if runners[i].going() {
+                let achieved = runners[i].step(rate);
+                if achieved < rate * 0.9 {
+                    saturated = Some(achieved);
+                }
+            }
+        }
+        if let Some(achieved) = saturated {
             println!("  (sender saturated at {achieved:.0} frames/s)");
+            break;
+        }
+        if !runners.iter().any(Runner::going) {
             break;
         }
         rate *= factor;
     }
-    steps
+    runners.into_iter().map(|r| r.steps).collect()
 }
 
 /// The highest lossless step (by delivered rate).
@@ -668,37 +726,54 @@ fn pcap_live_bench() {
     let fast_pair = BenchPair::new("n");
 
     // The agent with its default knobs (`[capture.pcap] immediate = false`: libpcap hands
-    // over blocks of packets, as for fastnetmon).
-    let mut fnm_steps = Vec::new();
-    if wanted("fnm") {
-        let fnm = Fnm::start(&fnm_pair, None);
+    // over blocks of packets, as for fastnetmon) and fastnetmon, both running, measured in
+    // interleaved steps.
+    let fnm = wanted("fnm").then(|| Fnm::start(&fnm_pair, None));
+    let fastnetmon = wanted("fastnetmon").then(|| FastNetMon::start(&fast_pair));
+    let mut tools: Vec<(&dyn Tool, &BenchPair)> = Vec::new();
+    if let Some(fnm) = &fnm {
         println!("fnm-agent pid {}", fnm.pid());
-        fnm_steps = run_steps(&fnm, &fnm_pair);
-        let fnm_log = fnm.log();
-        drop(fnm);
-        assert!(
-            fnm_steps.iter().any(|s| s.counted > 0),
-            "fnm counted nothing:\n{fnm_log}"
-        );
+        tools.push((fnm, &fnm_pair));
     }
+    if let Some(fastnetmon) = &fastnetmon {
+        tools.push((fastnetmon, &fast_pair));
+    }
+    let mut results = run_interleaved(&tools).into_iter();
+    let fnm_steps = match &fnm {
+        Some(fnm) => {
+            let steps = results.next().unwrap_or_default();
+            assert!(
+                steps.iter().any(|s| s.counted > 0),
+                "fnm counted nothing:\n{}",
+                fnm.log()
+            );
+            steps
+        }
+        None => Vec::new(),
+    };
+    let fast_steps = match &fastnetmon {
+        Some(_) => {
+            let steps = results.next().unwrap_or_default();
+            assert!(
+                steps.iter().any(|s| s.counted > 0),
+                "fastnetmon counted nothing"
+            );
+            steps
+        }
+        None => Vec::new(),
+    };
+    drop(fnm);
+    drop(fastnetmon);
 
-    // The same agent with `[capture.pcap] immediate = true`: woken for every frame.
+    // The same agent with `[capture.pcap] immediate = true`: woken for every frame (alone,
+    // after the others; compared with fastnetmon's steps above).
     let mut immediate_steps = Vec::new();
     if wanted("fnm-immediate") {
         let fnm = Fnm::start(&fnm_pair, Some(true));
-        immediate_steps = run_steps(&fnm, &fnm_pair);
+        immediate_steps = run_interleaved(&[(&fnm, &fnm_pair)])
+            .pop()
+            .unwrap_or_default();
         drop(fnm);
-    }
-
-    let mut fast_steps = Vec::new();
-    if wanted("fastnetmon") {
-        let fastnetmon = FastNetMon::start(&fast_pair);
-        fast_steps = run_steps(&fastnetmon, &fast_pair);
-        drop(fastnetmon);
-        assert!(
-            fast_steps.iter().any(|s| s.counted > 0),
-            "fastnetmon counted nothing"
-        );
     }
 
     if fast_steps.is_empty() {
