@@ -9,18 +9,21 @@
 //!
 //! Packets of the same 5-tuple inside one batch are coalesced into one record (packets, bytes,
 //! fragments and SYN packets summed, TCP flags OR-ed, the first TTL kept), and the accounting
-//! then works per distinct 5-tuple of the batch instead of per packet. Plain IPv4 packets (the
-//! parser's fast path, [`PacketSink::ipv4_packet`]) coalesce in a four-way set-associative
-//! table of compact 32-byte entries, key and counters side by side, a set on two cache lines:
-//! per packet one hash, one set and no record; when a set is full, its entry with the fewest
-//! packets leaves the table as a record early. The packets are staged [`STAGE`] at a time and the table lines they need are
-//! prefetched a few packets ahead, so the cache misses on the table (its lines do not stay
-//! cached while packet data streams through) overlap instead of stalling one after another.
-//! Other records coalesce through a direct-mapped index into the pending records. Every counter the accounting keeps comes
-//! out the same; a collision in the table only means less coalescing. With
-//! [`RecordBatcher::with_min_flush_interval`] the agent keeps a batch open for a few tens of
-//! milliseconds, so a flood of a few thousand 5-tuples costs the accounting a few thousand
-//! records per batch whatever its packet rate.
+//! then works per distinct 5-tuple of the batch instead of per packet.
+//!
+//! Plain IPv4 packets (the parser's fast path, [`PacketSink::ipv4_packet`]) coalesce in a
+//! four-way set-associative table of compact 32-byte entries, key and counters side by side, a
+//! set on two cache lines: per packet one hash, one set and no record; when a set is full, its
+//! entry with the fewest packets leaves the table as a record early. The packets are staged
+//! [`STAGE`] at a time and the sets they need are prefetched a few packets ahead, so the cache
+//! misses on the table (its lines do not stay cached while packet data streams through)
+//! overlap instead of stalling one after another. Other records coalesce through a
+//! direct-mapped index into the pending records.
+//!
+//! Every counter the accounting keeps comes out the same; a collision in either table only
+//! means less coalescing. With [`RecordBatcher::with_min_flush_interval`] the agent keeps a
+//! batch open for 100 ms, so a flood of a few thousand 5-tuples costs the accounting a few
+//! thousand records per batch whatever its packet rate.
 
 use super::parse::Ipv4Packet;
 use super::PacketSink;
