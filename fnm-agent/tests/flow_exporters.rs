@@ -351,7 +351,19 @@ fn pmacct_sflow_matches_the_pcap() {
         .expect("run pmacctd");
     let log = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "pmacctd failed: {log}");
+    // At the end of a savefile pmacctd's core and its sfprobe plugin race to shut down; when
+    // the plugin goes first the core logs "connection lost" and exits non-zero although every
+    // sample was sent (seen under load in CI). What was exported decides, below.
+    let clean_end =
+        log.contains("Shutting down on user request") || log.contains("no more plugins active");
+    assert!(
+        output.status.success() || clean_end,
+        "pmacctd failed ({}): {log}",
+        output.status
+    );
+    if !output.status.success() {
+        eprintln!("note: pmacctd exited with {}:\n{log}", output.status);
+    }
     harness.assert_accounts(&expected(true), "pmacctd sfprobe");
     let metrics = harness.collectors.metrics();
     let counts = metrics.protocol_total("sflow");
