@@ -99,6 +99,12 @@ impl TrafficRecord {
 
     /// True when the flags say TCP SYN without ACK.
     pub fn is_syn(&self) -> bool {
-        self.protocol == 6 && self.tcp_flags & 0x12 == 0x02
+        is_tcp_syn(self.protocol, self.tcp_flags)
     }
+}
+
+/// True for a TCP packet (protocol 6) whose flags have SYN set and ACK clear.
+#[inline]
+pub fn is_tcp_syn(protocol: u8, tcp_flags: u8) -> bool {
+    protocol == 6 && tcp_flags & 0x12 == 0x02
 }

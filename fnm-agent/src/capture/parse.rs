@@ -202,26 +202,20 @@ impl Ipv4Packet {
     /// True for a TCP SYN without ACK.
     #[inline]
     pub fn is_tcp_syn(&self) -> bool {
-        self.protocol == PROTO_TCP && self.tcp_flags & 0x12 == 0x02
+        crate::traffic::is_tcp_syn(self.protocol, self.tcp_flags)
     }
 
     /// The packet's record, exactly as [`parse_frame_full`] builds it.
     #[inline]
     pub fn to_record(&self) -> TrafficRecord {
-        TrafficRecord {
-            src: IpAddr::from(std::net::Ipv4Addr::from(self.src)),
-            dst: IpAddr::from(std::net::Ipv4Addr::from(self.dst)),
-            protocol: self.protocol,
-            src_port: self.src_port,
-            dst_port: self.dst_port,
-            tcp_flags: self.tcp_flags,
-            packets: 1,
-            bytes: u64::from(self.ip_len),
-            fragments: 0,
-            tcp_syn_packets: u64::from(self.is_tcp_syn()),
-            ttl: self.ttl,
-            duration_ms: 0,
-        }
+        common_record(
+            IpAddr::from(std::net::Ipv4Addr::from(self.src)),
+            IpAddr::from(std::net::Ipv4Addr::from(self.dst)),
+            self.protocol,
+            (self.src_port, self.dst_port, self.tcp_flags),
+            u64::from(self.ip_len),
+            self.ttl,
+        )
     }
 }
 
@@ -317,7 +311,7 @@ fn common_record(
         packets: 1,
         bytes,
         fragments: 0,
-        tcp_syn_packets: u64::from(protocol == PROTO_TCP && tcp_flags & 0x12 == 0x02),
+        tcp_syn_packets: u64::from(crate::traffic::is_tcp_syn(protocol, tcp_flags)),
         ttl,
         duration_ms: 0,
     }
