@@ -275,7 +275,7 @@ impl<F: FnMut(&[TrafficRecord])> PacketSink for RecordBatcher<F> {
 
     #[inline]
     fn ipv4_packet(&mut self, _timestamp: Duration, p: &Ipv4Packet) {
-        self.staged.push(p.copy_by_fields());
+        self.staged.push(*p);
         if self.staged.len() >= STAGE {
             self.coalesce_staged();
             if self.records.len() >= self.capacity {

@@ -177,28 +177,6 @@ pub struct Ipv4Packet {
 }
 
 impl Ipv4Packet {
-    /// A copy read field by field, each with a load as wide as the field.
-    ///
-    /// A packet just built by the parser was stored field by field; copying it with wider
-    /// loads (what a plain copy compiles to) would wait for those stores to drain (a
-    /// store-forwarding stall on every packet).
-    #[inline(always)]
-    pub fn copy_by_fields(&self) -> Self {
-        // SAFETY: each pointer is to a field of `self`, valid and aligned for its type.
-        unsafe {
-            Self {
-                src: std::ptr::read_volatile(&self.src),
-                dst: std::ptr::read_volatile(&self.dst),
-                src_port: std::ptr::read_volatile(&self.src_port),
-                dst_port: std::ptr::read_volatile(&self.dst_port),
-                ip_len: std::ptr::read_volatile(&self.ip_len),
-                protocol: std::ptr::read_volatile(&self.protocol),
-                tcp_flags: std::ptr::read_volatile(&self.tcp_flags),
-                ttl: std::ptr::read_volatile(&self.ttl),
-            }
-        }
-    }
-
     /// True for a TCP SYN without ACK.
     #[inline]
     pub fn is_tcp_syn(&self) -> bool {
