@@ -7,6 +7,7 @@ use crate::{
         script::{ScriptCall, ScriptRunner},
     },
     bans::{unix_now, Ban, BanOrigin, BanStore, BanStoreError, DropMatch},
+    capture::flush_gate::FlushGate,
     config::Config,
     detection::{
         attack::{self, Attack},
@@ -62,7 +63,12 @@ pub struct Agent {
     script: Option<ScriptRunner>,
     bgp: Option<Arc<BgpAnnouncer>>,
     runtime: Option<tokio::runtime::Handle>,
+    /// Asks the capture thread (when one runs) for its buffered records before each tick.
+    capture_flush: Arc<FlushGate>,
 }
+
+/// Longest a poll waits for the capture thread to hand over its records before it ticks.
+const CAPTURE_FLUSH_TIMEOUT: Duration = Duration::from_millis(50);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock must not take the whole agent down with it.
@@ -147,7 +153,14 @@ impl Agent {
             script,
             bgp,
             runtime,
+            capture_flush: Arc::new(FlushGate::new()?),
         }))
+    }
+
+    /// The gate through which each poll asks the capture thread for its buffered records
+    /// (see [`crate::capture::flush_gate`]); the capture thread's sink holds a clone.
+    pub fn capture_flush_gate(&self) -> Arc<FlushGate> {
+        self.capture_flush.clone()
     }
 
     /// Milliseconds since the agent started (the accounting clock).
@@ -317,6 +330,8 @@ impl Agent {
 
     /// One poll: read the data plane, close the accounting window, expire bans.
     pub fn poll_once(&self) {
+        // The packets captured in the closing slot belong in it: take them over first.
+        self.capture_flush.request(CAPTURE_FLUSH_TIMEOUT);
         let now_ms = self.now_ms();
         #[cfg(target_os = "linux")]
         {

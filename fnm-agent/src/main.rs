@@ -341,10 +341,12 @@ async fn run_async(config: Config) -> Result<()> {
         let (a, stop) = (agent.clone(), capture_stop.clone());
         Some(std::thread::spawn(move || {
             use fnm_agent::capture::batch;
-            // Records are buffered per capture batch (flushed by the backend after every read,
-            // at least every 100 ms) and added under one lock of the accounting per batch.
-            // Packets of one 5-tuple within a batch are coalesced; a batch stays open for
-            // AGENT_MIN_FLUSH_INTERVAL, so records are at most ~200 ms late.
+            // Packets are coalesced per 5-tuple into records, which are added under one lock
+            // of the accounting per batch. A batch stays open until the poll thread asks for
+            // it just before each tick (so a slot's packets count in that slot), or at most
+            // twice the poll interval (AGENT_MIN_FLUSH_INTERVAL at least) when nobody asks.
+            let gate = a.capture_flush_gate();
+            let hold = (a.config.poll_interval * 2).max(batch::AGENT_MIN_FLUSH_INTERVAL);
             let mut sink = batch::RecordBatcher::new(
                 batch::AGENT_BATCH_CAPACITY,
                 |records: &[fnm_agent::traffic::TrafficRecord]| {
@@ -352,10 +354,12 @@ async fn run_async(config: Config) -> Result<()> {
                         .ingest_batch(records, fnm_agent::traffic::Source::Pcap)
                 },
             )
-            .with_min_flush_interval(batch::AGENT_MIN_FLUSH_INTERVAL);
+            .with_min_flush_interval(hold)
+            .with_flush_gate(gate.clone());
             if let Err(e) = backend.run(&mut sink, &stop) {
                 tracing::error!("capture stopped: {e}");
             }
+            gate.detach();
             sink.flush_now();
         }))
     } else {

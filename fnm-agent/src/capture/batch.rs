@@ -25,10 +25,12 @@
 //! batch open for 100 ms, so a flood of a few thousand 5-tuples costs the accounting a few
 //! thousand records per batch whatever its packet rate.
 
+use super::flush_gate::FlushGate;
 use super::parse::Ipv4Packet;
 use super::PacketSink;
 use crate::traffic::TrafficRecord;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Distinct records buffered before the batcher flushes by itself.
@@ -134,6 +136,8 @@ pub struct RecordBatcher<F: FnMut(&[TrafficRecord])> {
     batches: u64,
     min_interval: Duration,
     last_flush: Instant,
+    /// Requests to hand over the records now (the agent's poll thread, before each tick).
+    gate: Option<Arc<FlushGate>>,
 }
 
 impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
@@ -151,6 +155,7 @@ impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
             batches: 0,
             min_interval: Duration::ZERO,
             last_flush: Instant::now(),
+            gate: None,
         }
     }
 
@@ -158,6 +163,13 @@ impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
     /// (use [`RecordBatcher::flush_now`] to force one).
     pub fn with_min_flush_interval(mut self, interval: Duration) -> Self {
         self.min_interval = interval;
+        self
+    }
+
+    /// Also flushes at [`PacketSink::flush`] whenever `gate` has a request pending (whatever
+    /// the minimum interval), and confirms it; offers the gate's descriptor to the backend.
+    pub fn with_flush_gate(mut self, gate: Arc<FlushGate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -285,8 +297,23 @@ impl<F: FnMut(&[TrafficRecord])> PacketSink for RecordBatcher<F> {
     }
 
     fn flush(&mut self) {
-        if self.last_flush.elapsed() >= self.min_interval {
+        if let Some(request) = self.gate.as_ref().and_then(|gate| gate.pending()) {
             self.flush_now();
+            if let Some(gate) = &self.gate {
+                gate.complete(request);
+            }
+        } else if self.last_flush.elapsed() >= self.min_interval {
+            self.flush_now();
+        }
+    }
+
+    fn wake_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        self.gate.as_ref().map(|gate| gate.fd())
+    }
+
+    fn woken(&mut self) {
+        if let Some(gate) = &self.gate {
+            gate.drain();
         }
     }
 

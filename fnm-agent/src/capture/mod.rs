@@ -11,6 +11,7 @@
 //! time). Offline capture files are read by [`pcap_file`] without libpcap.
 
 pub mod batch;
+pub mod flush_gate;
 pub mod parse;
 pub mod pcap_file;
 
@@ -51,6 +52,16 @@ pub trait PacketSink {
 
     /// End of a batch: hand on whatever is buffered. Default: nothing (unbuffered sink).
     fn flush(&mut self) {}
+
+    /// A descriptor the backend polls beside its capture handles, if the sink has one: when
+    /// it polls readable, somebody wants the sink's records now, and the backend calls
+    /// [`PacketSink::woken`] and then [`PacketSink::flush`]. Default: none.
+    fn wake_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// The descriptor from [`PacketSink::wake_fd`] polled readable. Default: nothing.
+    fn woken(&mut self) {}
 
     /// Whether [`PacketSink::packet`] uses its timestamp; a backend may skip converting
     /// capture timestamps when it does not. Default: `true`.

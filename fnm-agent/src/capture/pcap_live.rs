@@ -33,6 +33,10 @@ const NAME: &str = "pcap";
 /// with libpcap 1.10; used only to prefetch.
 const NEXT_FRAME_GAP: usize = 92;
 
+/// Bytes from the start of a packet's TPACKET_V3 kernel header (which libpcap reads first:
+/// status, lengths, VLAN fields) to its captured data, as for [`NEXT_FRAME_GAP`].
+const NEXT_HEADER_BEFORE_DATA: usize = 86;
+
 struct Handle {
     interface: String,
     capture: Capture<Active>,
@@ -147,6 +151,8 @@ fn read_batch(
                 .data
                 .as_ptr()
                 .wrapping_add(packet.data.len() + NEXT_FRAME_GAP);
+            prefetch_line(next.wrapping_sub(NEXT_HEADER_BEFORE_DATA));
+            prefetch_line(next.wrapping_sub(NEXT_HEADER_BEFORE_DATA - 40));
             prefetch_line(next.wrapping_add(12));
             prefetch_line(next.wrapping_add(48));
         })
@@ -177,6 +183,16 @@ impl CaptureBackend for PcapBackend {
                 revents: 0,
             })
             .collect();
+        // A sink that can be asked for its records (the agent's, before each accounting tick)
+        // is polled too, after the handles.
+        let wake = sink.wake_fd();
+        if let Some(fd) = wake {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         while !stop.is_stopped() {
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the whole call.
             let ready = unsafe {
@@ -210,6 +226,9 @@ impl CaptureBackend for PcapBackend {
                         break;
                     }
                 }
+            }
+            if wake.is_some() && fds.last().is_some_and(|fd| fd.revents != 0) {
+                sink.woken();
             }
             // Records a buffering sink still holds reach its consumer even when no packet came.
             sink.flush();
