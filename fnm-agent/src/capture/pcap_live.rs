@@ -9,7 +9,11 @@
 //! With `immediate = false` (the default) the kernel hands packets over in blocks, retired
 //! when full or after the libpcap buffer timeout, which is [`POLL_INTERVAL_MS`]: a packet
 //! reaches the sink at most about 100 ms after it was captured, and the reader wakes once per
-//! block instead of once per packet.
+//! block instead of once per packet. On Linux, when blocks come faster than
+//! [`MIN_WAKE_INTERVAL`], the reader also waits out the rest of that interval before it polls
+//! again (so it takes a few blocks per wake-up), unless a read found the kernel buffer a
+//! quarter full; a sink's wake descriptor ([`PacketSink::wake_fd`]) is polled beside the
+//! handles and ends such a wait at once.
 
 use super::parse::{LinkType, ParseStats};
 use super::{
@@ -18,7 +22,7 @@ use super::{
 };
 use pcap::{Active, Capture};
 use std::os::unix::io::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest wait for packets before the stop flag is checked again.
 pub const POLL_INTERVAL_MS: i32 = 100;
@@ -43,9 +47,31 @@ struct Handle {
     link: LinkType,
 }
 
+/// Shortest time between two reads of the handles in block mode (Linux, `immediate = false`):
+/// each wake-up of the capture thread costs about as much as the packets of a whole libpcap
+/// block, and the kernel buffer holds many blocks, so at high rates the thread collects a few
+/// blocks per wake-up instead of one. Packets wait at most this much longer; a request for the
+/// sink's records (its wake descriptor) still wakes the thread at once.
+pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(40);
+
+/// Fraction of the kernel buffer one wake-up may find filled before pacing is skipped (the
+/// next poll follows at once), so a burst cannot overflow the buffer while the thread waits.
+const PACING_MAX_FILL: usize = 4;
+
+/// Size of the blocks libpcap 1.10 asks the kernel for (TPACKET_V3: its largest snap length
+/// rounded to pages), for estimating how often blocks are handed over.
+const BLOCK_BYTES: usize = 256 * 1024;
+
+/// Kernel bytes per captured packet beyond its captured data in a TPACKET_V3 block (header,
+/// address, alignment), for estimating how full the buffer was.
+const BLOCK_OVERHEAD_PER_PACKET: usize = 92;
+
 /// The libpcap backend.
 pub struct PcapBackend {
     handles: Vec<Handle>,
+    /// Wait out [`MIN_WAKE_INTERVAL`] between reads unless the buffer filled past
+    /// `1 / PACING_MAX_FILL` (block mode on Linux only).
+    pacing: Option<usize>,
 }
 
 impl PcapBackend {
@@ -56,7 +82,9 @@ impl PcapBackend {
             .iter()
             .map(|interface| open_interface(config, interface))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { handles })
+        let pacing = (cfg!(target_os = "linux") && !config.pcap.immediate)
+            .then_some(config.pcap.buffer_size as usize / PACING_MAX_FILL);
+        Ok(Self { handles, pacing })
     }
 
     /// The link types of the opened interfaces, in configuration order.
@@ -132,6 +160,7 @@ fn read_batch(
     with_timestamps: bool,
     sink: &mut dyn PacketSink,
     stats: &mut ParseStats,
+    buffered: &mut usize,
 ) -> Result<usize, CaptureError> {
     let link = Some(handle.link);
     handle
@@ -143,6 +172,7 @@ fn read_batch(
                 Duration::ZERO
             };
             deliver(link, timestamp, packet.data, sink, stats);
+            *buffered += packet.data.len() + BLOCK_OVERHEAD_PER_PACKET;
             // Linux hands libpcap a block of packets, each right after the previous one's
             // captured bytes and the next one's kernel header: start loading the lines of the
             // next packet's Ethernet and IP headers while libpcap gets to it (a hint only; a
@@ -160,6 +190,22 @@ fn read_batch(
             backend: NAME,
             message: format!("{}: {e}", handle.interface),
         })
+}
+
+/// Sleeps for `duration`, or less when `wake` (the sink's wake descriptor) turns readable;
+/// its readiness is left for the next poll to see.
+fn wait_for(wake: Option<&mut libc::pollfd>, duration: Duration) {
+    if duration.is_zero() {
+        return;
+    }
+    match wake {
+        Some(fd) => {
+            let ms = libc::c_int::try_from(duration.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd for the whole call.
+            unsafe { libc::poll(fd, 1, ms) };
+        }
+        None => std::thread::sleep(duration),
+    }
 }
 
 impl CaptureBackend for PcapBackend {
@@ -193,7 +239,13 @@ impl CaptureBackend for PcapBackend {
                 revents: 0,
             });
         }
+        let mut last_read = Instant::now();
+        let mut paced = false;
         while !stop.is_stopped() {
+            if paced {
+                let rest = MIN_WAKE_INTERVAL.saturating_sub(last_read.elapsed());
+                wait_for(wake.and(fds.last_mut()), rest);
+            }
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the whole call.
             let ready = unsafe {
                 libc::poll(
@@ -215,12 +267,22 @@ impl CaptureBackend for PcapBackend {
             // to hand over, so an idle handle is not read (one system call less per wake-up).
             // Elsewhere every handle is read after each wake-up: poll on BPF devices is
             // unreliable on some systems, and a non-blocking read of an idle handle is cheap.
+            let since_last_read = last_read.elapsed();
+            last_read = Instant::now();
+            let mut buffered = 0usize;
             for (handle, fd) in self.handles.iter_mut().zip(&fds) {
                 if cfg!(target_os = "linux") && fd.revents == 0 {
                     continue;
                 }
                 loop {
-                    let read = read_batch(handle, Some(BATCH), with_timestamps, sink, &mut stats)?;
+                    let read = read_batch(
+                        handle,
+                        Some(BATCH),
+                        with_timestamps,
+                        sink,
+                        &mut stats,
+                        &mut buffered,
+                    )?;
                     sink.flush();
                     if read < BATCH || stop.is_stopped() {
                         break;
@@ -232,11 +294,18 @@ impl CaptureBackend for PcapBackend {
             }
             // Records a buffering sink still holds reach its consumer even when no packet came.
             sink.flush();
+            // Pace when blocks come faster than MIN_WAKE_INTERVAL (at the rate of this read)
+            // and the buffer is far from full; at lower rates the block timeout paces anyway.
+            paced = self.pacing.is_some_and(|limit| {
+                buffered < limit
+                    && buffered as u128 * MIN_WAKE_INTERVAL.as_micros()
+                        > BLOCK_BYTES as u128 * since_last_read.as_micros()
+            });
         }
         // Packets still buffered by the kernel when stopping are read before returning.
         let mut dropped = 0u64;
         for handle in &mut self.handles {
-            let _ = read_batch(handle, None, with_timestamps, sink, &mut stats);
+            let _ = read_batch(handle, None, with_timestamps, sink, &mut stats, &mut 0);
             if let Ok(s) = handle.capture.stats() {
                 dropped += u64::from(s.dropped) + u64::from(s.if_dropped);
             }
