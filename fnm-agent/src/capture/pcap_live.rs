@@ -9,11 +9,10 @@
 //! With `immediate = false` (the default) the kernel hands packets over in blocks, retired
 //! when full or after the libpcap buffer timeout, which is [`POLL_INTERVAL_MS`]: a packet
 //! reaches the sink at most about 100 ms after it was captured, and the reader wakes once per
-//! block instead of once per packet. On Linux, when blocks come faster than
-//! [`MIN_WAKE_INTERVAL`], the reader also waits out the rest of that interval before it polls
-//! again (so it takes a few blocks per wake-up), unless a read found the kernel buffer a
-//! quarter full; a sink's wake descriptor ([`PacketSink::wake_fd`]) is polled beside the
-//! handles and ends such a wait at once.
+//! block instead of once per packet. On Linux the reader also paces itself: after a read it
+//! waits until the kernel buffer would be a quarter full at that read's rate, at most
+//! [`MAX_PACED_WAIT`], and then takes every block at once. A sink's wake descriptor
+//! ([`PacketSink::wake_fd`]) is polled beside the handles and ends such a wait at once.
 
 use super::parse::{LinkType, ParseStats};
 use super::{
@@ -47,19 +46,25 @@ struct Handle {
     link: LinkType,
 }
 
-/// Shortest time between two reads of the handles in block mode (Linux, `immediate = false`):
-/// each wake-up of the capture thread costs about as much as the packets of a whole libpcap
-/// block, and the kernel buffer holds many blocks, so at high rates the thread collects a few
-/// blocks per wake-up instead of one. Packets wait at most this much longer; a request for the
-/// sink's records (its wake descriptor) still wakes the thread at once.
-pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(40);
+/// Longest time the reader waits between two reads of the handles in block mode (Linux,
+/// `immediate = false`, a kernel buffer of at least [`PACING_MIN_BLOCKS`] blocks): each wake-up
+/// of the capture thread costs far more than a packet (the system calls, and the sink's tables
+/// fetched back into the cache), so after each read the thread waits until the kernel buffer
+/// would be a quarter full at the rate of that read, at most this long, and then takes all the
+/// blocks at once. A request for the sink's records (its wake descriptor: the agent asks before
+/// each accounting tick) ends the wait at once, so records still count in their poll slot.
+pub const MAX_PACED_WAIT: Duration = Duration::from_millis(250);
+
+/// Smallest kernel buffer, in libpcap blocks, for which reads are paced: a block retired by
+/// the timeout holds a whole block of the buffer however few packets it carries.
+const PACING_MIN_BLOCKS: usize = 16;
 
 /// Fraction of the kernel buffer one wake-up may find filled before pacing is skipped (the
 /// next poll follows at once), so a burst cannot overflow the buffer while the thread waits.
 const PACING_MAX_FILL: usize = 4;
 
 /// Size of the blocks libpcap 1.10 asks the kernel for (TPACKET_V3: its largest snap length
-/// rounded to pages), for estimating how often blocks are handed over.
+/// rounded to pages).
 const BLOCK_BYTES: usize = 256 * 1024;
 
 /// Kernel bytes per captured packet beyond its captured data in a TPACKET_V3 block (header,
@@ -69,8 +74,8 @@ const BLOCK_OVERHEAD_PER_PACKET: usize = 92;
 /// The libpcap backend.
 pub struct PcapBackend {
     handles: Vec<Handle>,
-    /// Wait out [`MIN_WAKE_INTERVAL`] between reads unless the buffer filled past
-    /// `1 / PACING_MAX_FILL` (block mode on Linux only).
+    /// Bytes of the kernel buffer a paced wait may let fill (a quarter of it), when reads are
+    /// paced (see [`MAX_PACED_WAIT`]).
     pacing: Option<usize>,
 }
 
@@ -82,8 +87,11 @@ impl PcapBackend {
             .iter()
             .map(|interface| open_interface(config, interface))
             .collect::<Result<Vec<_>, _>>()?;
-        let pacing = (cfg!(target_os = "linux") && !config.pcap.immediate)
-            .then_some(config.pcap.buffer_size as usize / PACING_MAX_FILL);
+        let buffer = config.pcap.buffer_size as usize;
+        let pacing = (cfg!(target_os = "linux")
+            && !config.pcap.immediate
+            && buffer >= PACING_MIN_BLOCKS * BLOCK_BYTES)
+            .then_some(buffer / PACING_MAX_FILL);
         Ok(Self { handles, pacing })
     }
 
@@ -240,11 +248,13 @@ impl CaptureBackend for PcapBackend {
             });
         }
         let mut last_read = Instant::now();
-        let mut paced = false;
+        let mut paced_wait: Option<Duration> = None;
         while !stop.is_stopped() {
-            if paced {
-                let rest = MIN_WAKE_INTERVAL.saturating_sub(last_read.elapsed());
-                wait_for(wake.and(fds.last_mut()), rest);
+            if let Some(wait) = paced_wait {
+                wait_for(
+                    wake.and(fds.last_mut()),
+                    wait.saturating_sub(last_read.elapsed()),
+                );
             }
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the whole call.
             let ready = unsafe {
@@ -294,12 +304,14 @@ impl CaptureBackend for PcapBackend {
             }
             // Records a buffering sink still holds reach its consumer even when no packet came.
             sink.flush();
-            // Pace when blocks come faster than MIN_WAKE_INTERVAL (at the rate of this read)
-            // and the buffer is far from full; at lower rates the block timeout paces anyway.
-            paced = self.pacing.is_some_and(|limit| {
-                buffered < limit
-                    && buffered as u128 * MIN_WAKE_INTERVAL.as_micros()
-                        > BLOCK_BYTES as u128 * since_last_read.as_micros()
+            // The next read waits until the buffer would be a quarter full at this read's
+            // rate (at most MAX_PACED_WAIT); an empty or a large read polls again at once.
+            paced_wait = self.pacing.and_then(|limit| {
+                (buffered > 0 && buffered < limit).then(|| {
+                    since_last_read
+                        .mul_f64(limit as f64 / buffered as f64)
+                        .min(MAX_PACED_WAIT)
+                })
             });
         }
         // Packets still buffered by the kernel when stopping are read before returning.
