@@ -21,9 +21,11 @@
 //! direct-mapped index into the pending records.
 //!
 //! Every counter the accounting keeps comes out the same; a collision in either table only
-//! means less coalescing. With [`RecordBatcher::with_min_flush_interval`] the agent keeps a
-//! batch open for 100 ms, so a flood of a few thousand 5-tuples costs the accounting a few
-//! thousand records per batch whatever its packet rate.
+//! means less coalescing. The agent keeps a batch open until its poll thread asks for it just
+//! before each accounting tick ([`RecordBatcher::with_flush_gate`], see
+//! [`super::flush_gate`]), with [`RecordBatcher::with_min_flush_interval`] as the fallback, so
+//! a flood of a few thousand 5-tuples costs the accounting a few thousand records per poll slot
+//! whatever its packet rate.
 
 use super::flush_gate::FlushGate;
 use super::parse::Ipv4Packet;
@@ -39,9 +41,9 @@ pub const DEFAULT_BATCH_CAPACITY: usize = 1024;
 /// Distinct records the agent's capture thread buffers before flushing by itself.
 pub const AGENT_BATCH_CAPACITY: usize = 8192;
 
-/// How long the agent's capture thread keeps a batch open (the backend's flush calls in
-/// between are ignored): records reach the accounting at most this much plus
-/// [`super::FLUSH_INTERVAL_MS`] after capture.
+/// Shortest time the agent's capture thread keeps a batch open when nobody asks for it (the
+/// backend's flush calls in between are ignored); the agent holds it for twice the poll
+/// interval, at least this long, since its poll thread asks before every tick.
 pub const AGENT_MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Entries of the coalescing table of other records (a power of two).
@@ -419,6 +421,35 @@ mod tests {
         assert!(!sink.wants_timestamps());
         drop(sink);
         assert_eq!(seen, vec![vec![28, 29, 30], vec![31, 32, 33], vec![34]]);
+    }
+
+    #[test]
+    fn a_flush_request_hands_over_a_batch_the_interval_keeps_open() {
+        let gate = Arc::new(FlushGate::new().expect("pipe"));
+        let mut seen = 0usize;
+        let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| seen += rs.len())
+            .with_min_flush_interval(Duration::from_secs(3600))
+            .with_flush_gate(gate.clone());
+        assert!(
+            sink.wake_fd().is_some(),
+            "the backend gets the gate's descriptor"
+        );
+        sink.packet(Duration::ZERO, record(1));
+        sink.flush(); // inside the minimum interval and nothing asked: kept open
+        assert_eq!(sink.pending(), 1);
+        assert!(
+            !gate.request(Duration::from_millis(10)),
+            "nobody served it yet"
+        );
+        sink.woken();
+        sink.flush();
+        assert_eq!(sink.pending(), 0);
+        assert_eq!(gate.pending(), None, "the request is confirmed");
+        sink.packet(Duration::ZERO, record(2));
+        sink.flush(); // no new request: kept open again
+        assert_eq!(sink.pending(), 1);
+        drop(sink);
+        assert_eq!(seen, 1);
     }
 
     #[test]

@@ -339,9 +339,10 @@ pub struct PcapOptions {
     pub buffer_size: u32,
     /// Deliver every packet as it arrives (one wake-up of the capture thread per packet)
     /// instead of in kernel-buffered blocks. Default: `false`: blocks are handed over when full
-    /// or after the libpcap buffer timeout of 100 ms, at a fraction of the CPU per packet; the
-    /// agent then coalesces each 5-tuple over a 100 ms batch, so a packet reaches the
-    /// accounting at most about 200 ms after capture.
+    /// or after the libpcap buffer timeout of 100 ms, at a fraction of the CPU per packet, and
+    /// read a few at a time (see [`pcap_live::MAX_PACED_WAIT`]); the agent coalesces each
+    /// 5-tuple until just before the next accounting tick, so a packet counts in the poll slot
+    /// in which the kernel handed it over (at most about 100 ms after capture).
     #[serde(default)]
     pub immediate: bool,
 }
