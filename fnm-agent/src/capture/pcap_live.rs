@@ -47,7 +47,7 @@ struct Handle {
 }
 
 /// Longest time the reader waits between two reads of the handles in block mode (Linux,
-/// `immediate = false`, a kernel buffer of at least [`PACING_MIN_BLOCKS`] blocks): each wake-up
+/// `immediate = false`, a kernel buffer of at least 16 libpcap blocks): each wake-up
 /// of the capture thread costs far more than a packet (the system calls, and the sink's tables
 /// fetched back into the cache), so after each read the thread waits until the kernel buffer
 /// would be a quarter full at the rate of that read, at most this long, and then takes all the
