@@ -413,6 +413,7 @@ async fn run_async(config: Config) -> Result<()> {
     let _ = api.await;
     let _ = metrics.await;
     capture_stop.stop();
+    agent.capture_flush_gate().wake();
     if let Some(t) = capture {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }

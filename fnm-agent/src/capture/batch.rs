@@ -307,6 +307,9 @@ impl<F: FnMut(&[TrafficRecord])> PacketSink for RecordBatcher<F> {
         } else if self.last_flush.elapsed() >= self.min_interval {
             self.flush_now();
         }
+        if let Some(gate) = &self.gate {
+            gate.set_holding(self.pending() > 0);
+        }
     }
 
     fn wake_fd(&mut self) -> Option<std::os::fd::RawFd> {
@@ -434,6 +437,11 @@ mod tests {
             sink.wake_fd().is_some(),
             "the backend gets the gate's descriptor"
         );
+        assert!(
+            gate.request(Duration::from_secs(5)),
+            "nothing held: no wait"
+        );
+        sink.flush(); // serves that request (nothing to hand over)
         sink.packet(Duration::ZERO, record(1));
         sink.flush(); // inside the minimum interval and nothing asked: kept open
         assert_eq!(sink.pending(), 1);

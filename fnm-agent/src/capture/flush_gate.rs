@@ -30,6 +30,9 @@ pub struct FlushGate {
     served: Condvar,
     /// Set once a capture loop polls [`FlushGate::fd`]: only then is a request waited for.
     attached: AtomicBool,
+    /// Whether the capture thread holds records (as of its last flush point): a request to a
+    /// thread that holds none returns at once, so an idle capture thread is not woken.
+    holding: AtomicBool,
     /// Read end (polled by the capture thread) and write end of a non-blocking pipe.
     read: OwnedFd,
     write: OwnedFd,
@@ -53,6 +56,7 @@ impl FlushGate {
             completed: Mutex::new(0),
             served: Condvar::new(),
             attached: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
             read,
             write,
         })
@@ -78,10 +82,10 @@ impl FlushGate {
         if !self.attached.load(Ordering::Acquire) {
             return false;
         }
-        let byte = 1u8;
-        // SAFETY: writes one byte from a valid buffer to our own pipe. A full pipe (EAGAIN)
-        // already holds a wake-up, which is all a byte means.
-        unsafe { libc::write(self.write.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+        if !self.holding.load(Ordering::Acquire) {
+            return true;
+        }
+        self.wake();
         let deadline = Instant::now() + timeout;
         let mut completed = self.completed.lock().unwrap_or_else(|e| e.into_inner());
         while *completed < wanted {
@@ -96,6 +100,20 @@ impl FlushGate {
                 .0;
         }
         true
+    }
+
+    /// Wakes the capture thread's poll without asking for anything (e.g. to see a stop flag).
+    pub fn wake(&self) {
+        let byte = 1u8;
+        // SAFETY: writes one byte from a valid buffer to our own pipe. A full pipe (EAGAIN)
+        // already holds a wake-up, which is all a byte means.
+        unsafe { libc::write(self.write.as_raw_fd(), (&byte as *const u8).cast(), 1) };
+    }
+
+    /// Tells requesters whether the capture thread holds records now (it calls this at every
+    /// flush point).
+    pub fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Release);
     }
 
     /// The latest request not yet served, if any (the capture thread asks this, cheaply, at
@@ -162,6 +180,7 @@ mod tests {
     fn a_request_waits_for_the_capture_thread_to_serve_it() {
         let gate = Arc::new(FlushGate::new().expect("pipe"));
         let fd = gate.fd();
+        gate.set_holding(true);
         let server = {
             let gate = gate.clone();
             std::thread::spawn(move || {
@@ -184,9 +203,30 @@ mod tests {
     }
 
     #[test]
+    fn a_request_to_a_thread_holding_nothing_returns_at_once() {
+        let gate = FlushGate::new().expect("pipe");
+        let fd = gate.fd();
+        let started = Instant::now();
+        assert!(gate.request(Duration::from_secs(5)), "nothing to wait for");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        assert_eq!(
+            unsafe { libc::poll(&mut pfd, 1, 0) },
+            0,
+            "the poller was not woken"
+        );
+    }
+
+    #[test]
     fn an_unserved_request_times_out() {
         let gate = FlushGate::new().expect("pipe");
         let _ = gate.fd();
+        gate.set_holding(true);
         assert!(!gate.request(Duration::from_millis(20)));
         assert_eq!(gate.pending(), Some(1));
         gate.complete(1);

@@ -54,8 +54,9 @@ pub trait PacketSink {
     fn flush(&mut self) {}
 
     /// A descriptor the backend polls beside its capture handles, if the sink has one: when
-    /// it polls readable, somebody wants the sink's records now, and the backend calls
-    /// [`PacketSink::woken`] and then [`PacketSink::flush`]. Default: none.
+    /// it polls readable, somebody wants the sink's records now (or raised the stop flag), and
+    /// the backend calls [`PacketSink::woken`] and then [`PacketSink::flush`]. A backend polling
+    /// it may check its stop flag less often (whoever stops it wakes it). Default: none.
     fn wake_fd(&mut self) -> Option<std::os::fd::RawFd> {
         None
     }
@@ -86,7 +87,8 @@ pub trait CaptureBackend: Send {
     /// The backend's name, as written in `capture.backend`.
     fn name(&self) -> &'static str;
 
-    /// Delivers packets to `sink` until `stop` is raised (checked at least every 100 ms) or a
+    /// Delivers packets to `sink` until `stop` is raised (checked at least every 100 ms, or
+    /// every second and on a wake-up when it polls the sink's [`PacketSink::wake_fd`]) or a
     /// fatal error occurs; returns the frame counters.
     fn run(
         &mut self,

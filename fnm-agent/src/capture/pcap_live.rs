@@ -4,7 +4,9 @@
 //! configured snap length, immediate or buffered delivery, optional BPF filter). One thread
 //! polls all of them and reads them in batches of up to [`BATCH`] packets, calling
 //! [`PacketSink::flush`] after each batch, so `run` wakes at least every [`POLL_INTERVAL_MS`]
-//! to notice a stop request even when the interfaces are silent.
+//! to notice a stop request even when the interfaces are silent (every
+//! [`WAKEABLE_POLL_INTERVAL_MS`] when the sink has a wake descriptor, through which the stopper
+//! wakes it).
 //!
 //! With `immediate = false` (the default) the kernel hands packets over in blocks, retired
 //! when full or after the libpcap buffer timeout, which is [`POLL_INTERVAL_MS`]: a packet
@@ -25,6 +27,11 @@ use std::time::{Duration, Instant};
 
 /// Longest wait for packets before the stop flag is checked again.
 pub const POLL_INTERVAL_MS: i32 = 100;
+
+/// Longest wait for packets when the sink has a wake descriptor: whoever raises the stop flag
+/// (or wants the records) then wakes the thread through it, so an idle capture thread need not
+/// wake ten times a second.
+pub const WAKEABLE_POLL_INTERVAL_MS: i32 = 1000;
 /// Packets read from one handle per call before the others get a turn (and the sink is
 /// flushed): about one libpcap block of small packets.
 pub const BATCH: usize = 2048;
@@ -247,6 +254,11 @@ impl CaptureBackend for PcapBackend {
                 revents: 0,
             });
         }
+        let poll_timeout = if wake.is_some() {
+            WAKEABLE_POLL_INTERVAL_MS
+        } else {
+            POLL_INTERVAL_MS
+        };
         let mut last_read = Instant::now();
         let mut paced_wait: Option<Duration> = None;
         while !stop.is_stopped() {
@@ -257,13 +269,8 @@ impl CaptureBackend for PcapBackend {
                 );
             }
             // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the whole call.
-            let ready = unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    POLL_INTERVAL_MS,
-                )
-            };
+            let ready =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, poll_timeout) };
             if ready < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() != std::io::ErrorKind::Interrupted {
