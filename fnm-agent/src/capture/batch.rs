@@ -441,7 +441,7 @@ mod tests {
             gate.request(Duration::from_secs(5)),
             "nothing held: no wait"
         );
-        sink.flush(); // serves that request (nothing to hand over)
+        sink.flush(); // nothing was asked: nothing to serve
         sink.packet(Duration::ZERO, record(1));
         sink.flush(); // inside the minimum interval and nothing asked: kept open
         assert_eq!(sink.pending(), 1);

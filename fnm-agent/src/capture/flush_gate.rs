@@ -75,15 +75,17 @@ impl FlushGate {
     }
 
     /// Asks the capture thread to hand over its records and waits until it has, at most
-    /// `timeout`; true when it confirmed in time. Returns at once (false) while no capture
-    /// loop polls the gate.
+    /// `timeout`; true when it confirmed in time. Returns at once: true (and asks nothing) when
+    /// the polling capture thread holds no records, false while no capture loop polls the gate
+    /// (the request is then served at the capture thread's next flush point).
     pub fn request(&self, timeout: Duration) -> bool {
-        let wanted = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        if !self.attached.load(Ordering::Acquire) {
-            return false;
-        }
-        if !self.holding.load(Ordering::Acquire) {
+        let attached = self.attached.load(Ordering::Acquire);
+        if attached && !self.holding.load(Ordering::Acquire) {
             return true;
+        }
+        let wanted = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        if !attached {
+            return false;
         }
         self.wake();
         let deadline = Instant::now() + timeout;
@@ -209,6 +211,7 @@ mod tests {
         let started = Instant::now();
         assert!(gate.request(Duration::from_secs(5)), "nothing to wait for");
         assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(gate.pending(), None, "nothing asked of the capture thread");
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
