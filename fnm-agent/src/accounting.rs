@@ -82,6 +82,74 @@ pub fn protocol_label(class: usize) -> &'static str {
     ["tcp", "udp", "icmp", "other"][class.min(3)]
 }
 
+/// A rate that thresholds can be set on; its serde name is the config key (`pps`, `udp_pps`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKind {
+    /// Packets per second.
+    Pps,
+    /// IP bytes per second.
+    BytesPerSecond,
+    /// New flows per second.
+    FlowsPerSecond,
+    /// TCP packets per second.
+    TcpPps,
+    /// TCP bytes per second.
+    TcpBytesPerSecond,
+    /// UDP packets per second.
+    UdpPps,
+    /// UDP bytes per second.
+    UdpBytesPerSecond,
+    /// ICMP packets per second.
+    IcmpPps,
+    /// ICMP bytes per second.
+    IcmpBytesPerSecond,
+    /// TCP SYN (without ACK) packets per second.
+    TcpSynPps,
+    /// Fragments per second.
+    FragmentsPps,
+}
+
+impl RateKind {
+    /// Every rate, in config order.
+    pub const ALL: [RateKind; 11] = [
+        RateKind::Pps,
+        RateKind::BytesPerSecond,
+        RateKind::FlowsPerSecond,
+        RateKind::TcpPps,
+        RateKind::TcpBytesPerSecond,
+        RateKind::UdpPps,
+        RateKind::UdpBytesPerSecond,
+        RateKind::IcmpPps,
+        RateKind::IcmpBytesPerSecond,
+        RateKind::TcpSynPps,
+        RateKind::FragmentsPps,
+    ];
+
+    /// The config and API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKind::Pps => "pps",
+            RateKind::BytesPerSecond => "bytes_per_second",
+            RateKind::FlowsPerSecond => "flows_per_second",
+            RateKind::TcpPps => "tcp_pps",
+            RateKind::TcpBytesPerSecond => "tcp_bytes_per_second",
+            RateKind::UdpPps => "udp_pps",
+            RateKind::UdpBytesPerSecond => "udp_bytes_per_second",
+            RateKind::IcmpPps => "icmp_pps",
+            RateKind::IcmpBytesPerSecond => "icmp_bytes_per_second",
+            RateKind::TcpSynPps => "tcp_syn_pps",
+            RateKind::FragmentsPps => "fragments_pps",
+        }
+    }
+}
+
+impl std::fmt::Display for RateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Per-second rates of one host and direction over the last window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
@@ -129,6 +197,23 @@ impl Rates {
         }
     }
 
+    /// The value of one rate.
+    pub fn get(&self, kind: RateKind) -> f64 {
+        match kind {
+            RateKind::Pps => self.pps,
+            RateKind::BytesPerSecond => self.bytes_per_second,
+            RateKind::FlowsPerSecond => self.flows_per_second,
+            RateKind::TcpPps => self.tcp_pps,
+            RateKind::TcpBytesPerSecond => self.tcp_bytes_per_second,
+            RateKind::UdpPps => self.udp_pps,
+            RateKind::UdpBytesPerSecond => self.udp_bytes_per_second,
+            RateKind::IcmpPps => self.icmp_pps,
+            RateKind::IcmpBytesPerSecond => self.icmp_bytes_per_second,
+            RateKind::TcpSynPps => self.tcp_syn_pps,
+            RateKind::FragmentsPps => self.fragments_pps,
+        }
+    }
+
     /// Element-wise maximum.
     pub fn max(&self, o: &Rates) -> Rates {
         Rates {
@@ -170,9 +255,9 @@ pub struct HostDirection {
 }
 
 impl HostDirection {
-    /// Closes the current slot and recomputes the sliding rates over `slots` slots covering
-    /// `window_seconds`.
-    fn close_slot(&mut self, slots: usize, window_seconds: f64) {
+    /// Closes the current slot, which lasted `slot_seconds`, and recomputes the sliding rates
+    /// over `slots` slots that lasted `window_seconds` together.
+    fn close_slot(&mut self, slots: usize, slot_seconds: f64, window_seconds: f64) {
         if self.slots.len() != slots {
             self.slots = vec![HostCounters::default(); slots];
             self.next_slot = 0;
@@ -186,7 +271,7 @@ impl HostDirection {
             self.rates = Rates::default();
             return;
         }
-        self.slot_rates = Rates::from_window(&self.window, window_seconds / slots as f64);
+        self.slot_rates = Rates::from_window(&self.window, slot_seconds);
         let closed = std::mem::take(&mut self.window);
         let leaving = std::mem::replace(&mut self.slots[self.next_slot], closed);
         self.slots_sum.accumulate(&closed);
@@ -338,6 +423,24 @@ impl Totals {
     }
 }
 
+/// Where per-host counter deltas and source totals go: the accounting itself, or a batch
+/// handed to the engine (the XDP poller reads the kernel without touching engine state).
+pub trait CounterSink {
+    /// Adds a counter delta of one local host and direction.
+    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters);
+    /// Sets a source's absolute totals of one direction and protocol class.
+    fn set_total(&mut self, source: Source, dir: usize, class: usize, packets: u64, bytes: u64);
+}
+
+impl CounterSink for Accounting {
+    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters) {
+        Accounting::add_host_counters(self, host, direction, delta)
+    }
+    fn set_total(&mut self, source: Source, dir: usize, class: usize, packets: u64, bytes: u64) {
+        Accounting::set_total(self, source, dir, class, packets, bytes)
+    }
+}
+
 /// Index of a host in the host table.
 type HostSlot = u32;
 
@@ -354,6 +457,9 @@ pub struct Accounting {
     last_tick_ms: Option<u64>,
     interval_ms: u64,
     slots: usize,
+    /// Measured lengths of the last `slots` slots (ms), newest last: rates divide by the time
+    /// that really passed, so a late tick (a slow poll) never inflates them.
+    slot_lengths_ms: VecDeque<u64>,
     ignored_sources: IndexedPrefixSet,
     watched: HashMap<(IpAddr, Direction), SampleBuffer>,
     recent: VecDeque<(u64, TrafficRecord)>,
@@ -377,6 +483,7 @@ impl Accounting {
             last_tick_ms: None,
             interval_ms: interval_ms.max(1),
             slots: 1,
+            slot_lengths_ms: VecDeque::new(),
             ignored_sources: IndexedPrefixSet::default(),
             watched: HashMap::new(),
             recent: VecDeque::new(),
@@ -398,9 +505,17 @@ impl Accounting {
         self
     }
 
-    /// The rate window in seconds.
+    /// The nominal rate window in seconds (whole poll intervals).
     pub fn window_seconds(&self) -> f64 {
         (self.slots as u64 * self.interval_ms) as f64 / 1000.0
+    }
+
+    /// The time the last `slots` slots really lasted, in seconds; slots not measured yet (just
+    /// after start) count at the nominal interval, so early rates are never overstated.
+    pub fn measured_window_seconds(&self) -> f64 {
+        let missing = self.slots.saturating_sub(self.slot_lengths_ms.len()) as u64;
+        let ms: u64 = self.slot_lengths_ms.iter().sum::<u64>() + missing * self.interval_ms;
+        ms as f64 / 1000.0
     }
 
     /// Starts keeping samples of the records of `host` in `direction`.
@@ -418,6 +533,11 @@ impl Accounting {
             buf.records.push_back((*t, r.clone()));
         }
         self.watched.insert((host, direction), buf);
+    }
+
+    /// The hosts being watched (sampled), with their direction.
+    pub fn watched_hosts(&self) -> impl Iterator<Item = (IpAddr, Direction)> + '_ {
+        self.watched.keys().copied()
     }
 
     /// True when recent records (not yet watched) concern `host` in `direction`.
@@ -628,16 +748,25 @@ impl Accounting {
     /// Closes the current window at `now_ms` (any monotonic or capture clock in ms): computes
     /// rates, credits the next slices of spread records, forgets hosts idle for `forget_after_ms`.
     pub fn tick(&mut self, now_ms: u64, forget_after_ms: u64) {
+        let slot_ms = self
+            .last_tick_ms
+            .map_or(self.interval_ms, |last| now_ms.saturating_sub(last))
+            .max(1);
         self.last_tick_ms = Some(now_ms);
         self.now_ms = now_ms;
+        self.slot_lengths_ms.push_back(slot_ms);
+        while self.slot_lengths_ms.len() > self.slots {
+            self.slot_lengths_ms.pop_front();
+        }
         let slots = self.slots;
-        let seconds = self.window_seconds();
+        let slot_seconds = slot_ms as f64 / 1000.0;
+        let seconds = self.measured_window_seconds();
         for (_, host) in self.hosts.iter_mut() {
             for d in host.dirs.iter_mut() {
                 if d.window.packets > 0 {
                     d.last_active_ms = now_ms;
                 }
-                d.close_slot(slots, seconds);
+                d.close_slot(slots, slot_seconds, seconds);
             }
         }
         let before = self.hosts.len();
@@ -816,7 +945,7 @@ mod tests {
                 }
             }
             a.tick(t * 250, 3_600_000);
-            let seconds = a.window_seconds();
+            let seconds = a.measured_window_seconds();
             let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
             let mut sum = HostCounters::default();
             for slot in &d.slots {
@@ -824,6 +953,35 @@ mod tests {
             }
             assert_eq!(d.slots_sum, sum, "tick {t}");
             assert_eq!(d.rates, Rates::from_window(&sum, seconds), "tick {t}");
+        }
+    }
+
+    #[test]
+    fn a_late_tick_does_not_inflate_the_rate() {
+        // 3000 pps steady, 250 ms slots; one poll comes 250 ms late and finds twice the
+        // packets. Divided by the nominal slot it would read 6000 pps.
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 100, 1000, 250).with_rate_window(1000);
+        let mut now = 0;
+        for slot in 0..12u64 {
+            let late = slot == 8;
+            let ms = if late { 500 } else { 250 };
+            a.ingest(&rec("192.0.2.1", "10.0.0.1", 3 * ms, 100), Source::Pcap);
+            now += ms;
+            a.tick(now, u64::MAX);
+            let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
+            if slot >= 3 {
+                assert!(
+                    (d.rates.pps - 3000.0).abs() < 1.0,
+                    "slot {slot}: {}",
+                    d.rates.pps
+                );
+                assert!(
+                    (d.slot_rates.pps - 3000.0).abs() < 1.0,
+                    "slot {slot}: {}",
+                    d.slot_rates.pps
+                );
+            }
         }
     }
 

@@ -1,13 +1,19 @@
-//! The HTTP JSON API (`api.listen`): hosts, bans, status.
+//! The HTTP JSON API (`api.listen`): hosts, bans, attacks, mitigations, status.
 //!
 //! Every error is a JSON object `{"error": "..."}` with a 4xx/5xx status; no request can make
-//! the agent panic.
+//! the agent panic. Reads come from the engine's and the mitigator's published snapshots (or,
+//! for one host or a top-N, a question the engine answers between ticks); bans and unbans are
+//! requests to the mitigator, answered with their real outcome.
 
 use crate::{
-    accounting::{Direction, HostDirection},
-    agent::{Agent, AgentError},
-    bans::{BanOrigin, DropMatch},
+    accounting::Direction,
+    bans::DropMatch,
+    config::Config,
+    detection::{attack::Attack, thresholds::ThresholdTable},
+    engine::{core::HostSort, input::InputStats, EngineClient, EngineCommand},
+    mitigator::{store::Mitigation, MitigatorError, MitigatorHandle, MitigatorView},
     prefix::Prefix,
+    traffic::Source,
     views::HostView,
 };
 use axum::{
@@ -20,10 +26,30 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 
 /// Largest `limit` a host listing returns.
 pub const MAX_LIMIT: usize = 10_000;
+/// Longest wait for the engine to answer a question.
+pub const ENGINE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The engine's snapshot and command queue.
+    pub engine: EngineClient,
+    /// The mitigator.
+    pub mitigator: MitigatorHandle,
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// The sources' hand-over counters.
+    pub inputs: Arc<InputStats>,
+}
 
 /// An API error: status and message.
 pub struct ApiError(StatusCode, String);
@@ -34,12 +60,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
+impl From<MitigatorError> for ApiError {
+    fn from(e: MitigatorError) -> Self {
         let status = match e {
-            AgentError::Conflict(_) => StatusCode::CONFLICT,
-            AgentError::NotFound(_) => StatusCode::NOT_FOUND,
-            AgentError::DataPlane(_) | AgentError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            MitigatorError::Conflict(_) => StatusCode::CONFLICT,
+            MitigatorError::NotFound(_) => StatusCode::NOT_FOUND,
+            MitigatorError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            MitigatorError::Gone => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -49,8 +76,15 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// The API's routes over the shared agent.
-pub fn router(agent: Arc<Agent>) -> Router {
+fn engine_busy() -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the engine did not answer in time; try again".into(),
+    )
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/hosts", get(list_hosts))
         .route("/api/v1/hosts/{ip}", get(get_host))
@@ -62,34 +96,37 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/v1/mitigations", get(list_mitigations))
         .route("/api/v1/thresholds/{ip}", get(get_thresholds))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
-        .with_state(agent)
+        .with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
-    agent: Arc<Agent>,
+    state: ApiState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(agent))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-/// Sort keys of the host listing.
-fn sort_key(name: &str) -> Option<fn(&HostDirection) -> f64> {
-    Some(match name {
-        "pps" => |d| d.rates.pps,
-        "bps" | "bytes_per_second" => |d| d.rates.bytes_per_second,
-        "flows" | "flows_per_second" => |d| d.rates.flows_per_second,
-        "packets" => |d| d.total.packets as f64,
-        "bytes" => |d| d.total.bytes as f64,
-        _ => return None,
-    })
+/// Asks the engine and waits for its answer.
+async fn ask<T>(
+    engine: &EngineClient,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> EngineCommand,
+) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if !engine.command(make(tx)) {
+        return Err(engine_busy());
+    }
+    tokio::time::timeout(ENGINE_ANSWER_TIMEOUT, rx)
+        .await
+        .map_err(|_| engine_busy())?
+        .map_err(|_| engine_busy())
 }
 
 async fn list_hosts(
-    State(agent): State<Arc<Agent>>,
+    State(st): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Vec<HostView>>, ApiError> {
     for k in q.keys() {
@@ -106,7 +143,7 @@ async fn list_hosts(
         .map_err(bad_request)?
         .unwrap_or(Direction::Incoming);
     let sort = q.get("sort").map(String::as_str).unwrap_or("pps");
-    let key = sort_key(sort).ok_or_else(|| {
+    let sort = HostSort::parse(sort).ok_or_else(|| {
         bad_request(format!(
             "sort must be pps, bps, flows_per_second, packets or bytes, not {sort:?}"
         ))
@@ -118,26 +155,25 @@ async fn list_hosts(
             .min(MAX_LIMIT),
         None => 100,
     };
-    let acc = agent.accounting();
-    Ok(Json(
-        acc.top(direction, limit, key)
-            .into_iter()
-            .map(|(ip, h)| HostView::new(ip, h))
-            .collect(),
-    ))
+    let hosts = ask(&st.engine, |reply| EngineCommand::TopHosts {
+        direction,
+        sort,
+        limit,
+        reply,
+    })
+    .await?;
+    Ok(Json(hosts))
 }
 
 async fn get_host(
-    State(agent): State<Arc<Agent>>,
+    State(st): State<ApiState>,
     Path(ip): Path<String>,
 ) -> Result<Json<HostView>, ApiError> {
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| bad_request(format!("{ip:?} is not an IP address")))?;
-    let acc = agent.accounting();
-    match acc.host(ip) {
-        Some(h) => Ok(Json(HostView::new(ip, h))),
-        None if acc.is_local(ip) => Ok(Json(HostView::new(ip, &Default::default()))),
+    match ask(&st.engine, |reply| EngineCommand::Host(ip, reply)).await? {
+        Some(h) => Ok(Json(h)),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("{ip} is not inside the configured networks"),
@@ -145,19 +181,8 @@ async fn get_host(
     }
 }
 
-fn ban_json(agent: &Agent, ban: &crate::bans::Ban) -> serde_json::Value {
-    let (packets, bytes) = agent
-        .ban_counter(ban.prefix, ban.match_on)
-        .unwrap_or((0, 0));
-    let mut v = serde_json::to_value(ban).unwrap_or_default();
-    v["dropped_packets"] = packets.into();
-    v["dropped_bytes"] = bytes.into();
-    v
-}
-
-async fn list_bans(State(agent): State<Arc<Agent>>) -> Json<Vec<serde_json::Value>> {
-    let bans: Vec<_> = agent.bans().list().cloned().collect();
-    Json(bans.iter().map(|b| ban_json(&agent, b)).collect())
+async fn list_bans(State(st): State<ApiState>) -> Json<Vec<crate::mitigator::BanView>> {
+    Json(st.mitigator.view().bans.clone())
 }
 
 #[derive(Deserialize)]
@@ -172,7 +197,7 @@ struct BanRequest {
     reason: Option<String>,
 }
 
-async fn add_ban(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response, ApiError> {
+async fn add_ban(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
     let req: BanRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid ban request: {e}")))?;
     let prefix: Prefix = req
@@ -186,23 +211,17 @@ async fn add_ban(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Respons
             humantime::parse_duration(&d).map_err(|e| bad_request(format!("duration {d:?}: {e}")))
         })
         .transpose()?;
-    let agent2 = agent.clone();
-    let ban = tokio::task::spawn_blocking(move || {
-        agent2.ban(
-            prefix,
-            match_on,
-            duration,
-            BanOrigin::Manual,
-            req.reason.unwrap_or_default(),
-        )
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok((StatusCode::CREATED, Json(ban_json(&agent, &ban))).into_response())
+    let (ban, actions) = st
+        .mitigator
+        .ban(prefix, match_on, duration, req.reason.unwrap_or_default())
+        .await?;
+    let mut body = serde_json::to_value(&ban).unwrap_or_default();
+    body["actions"] = serde_json::to_value(&actions).unwrap_or_default();
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn delete_ban(
-    State(agent): State<Arc<Agent>>,
+    State(st): State<ApiState>,
     Path(prefix): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -215,52 +234,98 @@ async fn delete_ban(
         .ok_or_else(|| bad_request("query parameter match=src|dst is required"))?
         .parse()
         .map_err(bad_request)?;
-    let ban = tokio::task::spawn_blocking(move || agent.unban(prefix, match_on))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let ban = st.mitigator.unban(prefix, match_on).await?;
     Ok(Json(serde_json::to_value(ban).unwrap_or_default()))
 }
 
-async fn status(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
-    let hosts = agent.accounting().host_count();
-    let bans = agent.bans().len();
+async fn status(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    let snap = st.engine.snapshot();
+    let view = st.mitigator.view();
+    let sources: serde_json::Map<String, serde_json::Value> = Source::ALL
+        .iter()
+        .filter(|s| **s != Source::Replay)
+        .map(|s| {
+            let c = st.inputs.of(*s);
+            (
+                s.as_str().to_owned(),
+                json!({
+                    "batches": c.batches.load(Relaxed),
+                    "records": c.records.load(Relaxed),
+                    "dropped_batches": c.dropped_batches.load(Relaxed),
+                    "dropped_records": c.dropped_records.load(Relaxed),
+                }),
+            )
+        })
+        .collect();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": agent.now_ms() / 1000,
-        "hosts": hosts,
-        "bans": bans,
-        "xdp": agent.xdp_status(),
+        "uptime_seconds": snap.uptime_ms / 1000,
+        "hosts": snap.hosts_known,
+        "hosts_table_full": snap.hosts_table_full,
+        "bans": view.bans.len(),
+        "mitigations": view.active.len(),
+        "attacks_ongoing": snap.ongoing.len(),
+        "xdp": snap.xdp,
+        "sources": sources,
+        "engine": {
+            "ticks": snap.ticks,
+            "overruns": st.engine.stats.overruns.load(Relaxed),
+            "decisions_dropped": st.engine.stats.decisions_dropped.load(Relaxed),
+        },
     }))
 }
 
-async fn list_attacks(
-    State(agent): State<Arc<Agent>>,
-) -> Json<Vec<crate::detection::attack::Attack>> {
-    Json(agent.attacks())
+/// An attack as shown: the live peak while it goes on, and its actions' outcomes.
+fn shown(a: &Attack, snap: &crate::engine::snapshot::Snapshot, view: &MitigatorView) -> Attack {
+    let mut a = a.clone();
+    if a.ended_unix_ms.is_none() {
+        if let Some(p) = snap.live_peak(&a.id) {
+            a.peak_rates = a.peak_rates.max(&p);
+        }
+    }
+    if let Some(states) = view.actions_of(&a.id) {
+        a.actions = states.to_vec();
+    }
+    a
+}
+
+async fn list_attacks(State(st): State<ApiState>) -> Json<Vec<Attack>> {
+    let (snap, view) = (st.engine.snapshot(), st.mitigator.view());
+    Json(
+        snap.attacks
+            .iter()
+            .map(|a| shown(a, &snap, &view))
+            .collect(),
+    )
 }
 
 async fn get_attack(
-    State(agent): State<Arc<Agent>>,
+    State(st): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<crate::detection::attack::Attack>, ApiError> {
-    agent
-        .attack(&id)
-        .map(Json)
+) -> Result<Json<Attack>, ApiError> {
+    let (snap, view) = (st.engine.snapshot(), st.mitigator.view());
+    snap.attacks
+        .iter()
+        .find(|a| a.id == id)
+        .map(|a| Json(shown(a, &snap, &view)))
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no attack {id:?}")))
 }
 
-async fn list_mitigations(
-    State(agent): State<Arc<Agent>>,
-) -> Json<Vec<crate::mitigation::Mitigation>> {
-    Json(agent.mitigations())
+async fn list_mitigations(State(st): State<ApiState>) -> Json<Vec<Mitigation>> {
+    let mut active = st.mitigator.view().active.clone();
+    for m in &mut active {
+        m.attack = None;
+    }
+    Json(active)
 }
 
 async fn get_thresholds(
-    State(agent): State<Arc<Agent>>,
+    State(st): State<ApiState>,
     Path(ip): Path<String>,
 ) -> Result<Json<crate::detection::thresholds::Effective>, ApiError> {
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| bad_request(format!("{ip:?} is not an IP address")))?;
-    Ok(Json(agent.thresholds(ip)))
+    let table = ThresholdTable::new(&st.config.detection, &st.config.hostgroup);
+    Ok(Json(table.lookup(ip)))
 }

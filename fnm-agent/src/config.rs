@@ -88,6 +88,9 @@ pub struct Config {
     /// NetFlow v5 / v9 / IPFIX collector. Default: listens on `0.0.0.0:2055`.
     #[serde(default)]
     pub netflow: crate::flow::collector::NetflowConfig,
+    /// The `webhook` action.
+    #[serde(default)]
+    pub webhook: crate::actions::webhook::WebhookConfig,
 }
 
 /// How the XDP program is attached.
@@ -300,6 +303,10 @@ impl Config {
         crate::detection::config::validate(&self.detection, &self.hostgroup, &self.ban)?;
         self.capture.validate().map_err(|e| e.to_string())?;
         self.bgp.validate()?;
+        self.webhook.validate()?;
+        if self.uses_action(crate::actions::Action::Webhook) && self.webhook.url.is_none() {
+            return Err("the webhook action is used but webhook.url is not set".into());
+        }
         if self.networks.is_empty() {
             return Err("networks: at least one local network is needed".into());
         }
@@ -319,6 +326,16 @@ impl Config {
         self.sflow.validate("sflow")?;
         self.netflow.validate("netflow")?;
         Ok(())
+    }
+
+    /// True when any attack, hostgroup or manual ban uses `action`.
+    pub fn uses_action(&self, action: crate::actions::Action) -> bool {
+        self.ban.actions.contains(&action)
+            || self.ban.manual_actions.contains(&action)
+            || self
+                .hostgroup
+                .iter()
+                .any(|g| g.actions.as_ref().is_some_and(|a| a.contains(&action)))
     }
 
     /// True when the XDP data plane runs: `xdp.enabled` and `capture.backend = "xdp"`.

@@ -3,18 +3,20 @@
 
 pub mod accounting;
 pub mod actions;
-pub mod agent;
 pub mod api;
 pub mod bans;
 pub mod capture;
 pub mod client;
 pub mod config;
+pub mod dataplane;
 pub mod detection;
+pub mod engine;
 pub mod flow;
 pub mod metrics;
-pub mod mitigation;
+pub mod mitigator;
 pub mod prefix;
 pub mod replay;
+pub mod sources;
 pub mod traffic;
 pub mod views;
 #[cfg(target_os = "linux")]

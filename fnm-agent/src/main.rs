@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use fnm_agent::{agent::Agent, client, config::Config};
+use fnm_agent::{client, config::Config};
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 #[derive(Parser)]
@@ -325,102 +325,155 @@ fn run(config_path: PathBuf) -> Result<()> {
 }
 
 async fn run_async(config: Config) -> Result<()> {
-    let agent = Agent::new(config)?;
-    if agent.config.xdp_active() {
-        let a = agent.clone();
-        tokio::task::spawn_blocking(move || a.start_dataplane()).await??;
-    }
-    let capture_stop = fnm_agent::capture::StopFlag::new();
-    let capture = if agent.config.capture.backend != fnm_agent::capture::BackendKind::Xdp {
-        let mut backend = fnm_agent::capture::open(&agent.config.capture)?;
-        tracing::info!(
-            "capturing with {} on {:?}",
-            backend.name(),
-            agent.config.capture.interfaces
-        );
-        let (a, stop) = (agent.clone(), capture_stop.clone());
-        Some(std::thread::spawn(move || {
-            use fnm_agent::capture::batch;
-            // Packets are coalesced per 5-tuple into records, which are added under one lock
-            // of the accounting per batch. A batch stays open until the poll thread asks for
-            // it just before each tick (so a slot's packets count in that slot), or at most
-            // twice the poll interval (AGENT_MIN_FLUSH_INTERVAL at least) when nobody asks.
-            let gate = a.capture_flush_gate();
-            let hold = (a.config.poll_interval * 2).max(batch::AGENT_MIN_FLUSH_INTERVAL);
-            let mut sink = batch::RecordBatcher::new(
-                batch::AGENT_BATCH_CAPACITY,
-                |records: &[fnm_agent::traffic::TrafficRecord]| {
-                    a.accounting()
-                        .ingest_batch(records, fnm_agent::traffic::Source::Pcap)
-                },
-            )
-            .with_min_flush_interval(hold)
-            .with_flush_gate(gate.clone());
-            if let Err(e) = backend.run(&mut sink, &stop) {
-                tracing::error!("capture stopped: {e}");
-            }
-            gate.detach();
-            sink.flush_now();
-        }))
-    } else {
-        None
+    use fnm_agent::{
+        bans::BanStore,
+        dataplane::DataPlaneHandle,
+        engine::{book::AttackBook, core::EngineCore, input, EngineHandle, EngineParts},
+        mitigator::{self, bans::BanManager, store::MitigationStore},
     };
+    let config = Arc::new(config);
+    let state = &config.state_dir;
+    // State first: a file that cannot be read stops start-up with its name, before anything
+    // is attached.
+    let bans = BanStore::open(&state.join("bans.json"))
+        .context("reading the ban list (move it aside to start without it)")?;
+    let store = MitigationStore::open(&state.join("mitigations.json"))?;
+    let book = AttackBook::open(state.join("attacks.json"));
+
+    let dataplane = if config.xdp_active() {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || load_dataplane(&c)).await??
+    } else {
+        DataPlaneHandle::absent()
+    };
+    let bans = BanManager::new(bans, dataplane.clone());
+    // Saved bans go into the kernel before the program is attached (below), so a link taken
+    // over from a previous agent never passes what that agent dropped.
+    for (ban, e) in bans.reinstate() {
+        tracing::error!(
+            "reinstating the drop of {} ({}): {e}",
+            ban.prefix,
+            ban.match_on.as_str()
+        );
+    }
+    let (mitigator, decisions) = mitigator::spawn(&config, bans, store).await?;
+
+    let (engine_input, input_rx) = input::EngineInput::channel(input::INPUT_CAPACITY);
+    let inputs = engine_input.stats();
+    let sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
+    drop(engine_input);
+    let mut engine = EngineHandle::spawn(EngineParts {
+        core: EngineCore::new(&config, book),
+        input: input_rx,
+        flushers: sources.flushers,
+        decisions,
+        interval: config.poll_interval,
+    })
+    .context("starting the engine thread")?;
+    #[cfg(target_os = "linux")]
+    if dataplane.is_present() {
+        let (c, dp) = (config.clone(), dataplane.clone());
+        tokio::task::spawn_blocking(move || attach_dataplane(&c, &dp)).await??;
+    }
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
-
-    let api_listener = tokio::net::TcpListener::bind(agent.config.api.listen)
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .with_context(|| format!("api.listen {}", agent.config.api.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(agent.config.prometheus.listen)
+        .with_context(|| format!("api.listen {}", config.api.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.prometheus.listen)
         .await
-        .with_context(|| format!("prometheus.listen {}", agent.config.prometheus.listen))?;
+        .with_context(|| format!("prometheus.listen {}", config.prometheus.listen))?;
     tracing::info!(
         "API on http://{}, metrics on http://{}/metrics",
-        agent.config.api.listen,
-        agent.config.prometheus.listen
+        config.api.listen,
+        config.prometheus.listen
     );
     let api = tokio::spawn(fnm_agent::api::serve(
-        agent.clone(),
+        fnm_agent::api::ApiState {
+            engine: engine.client(),
+            mitigator: mitigator.clone(),
+            config: config.clone(),
+            inputs: inputs.clone(),
+        },
         api_listener,
         shutdown(stop_rx.clone()),
     ));
-    let collectors = fnm_agent::flow::collector::FlowCollectors::start(
-        &agent.config.sflow,
-        &agent.config.netflow,
-        Some(&agent.config.state_dir),
-        agent.clone(),
-    )?;
-    let collector_metrics: Arc<dyn fnm_agent::metrics::MetricsSource> = collectors.metrics();
     let metrics = tokio::spawn(fnm_agent::metrics::serve(
-        agent.clone(),
-        vec![collector_metrics],
+        fnm_agent::metrics::MetricsState {
+            engine: engine.client(),
+            mitigator,
+            inputs,
+            extra: Arc::new(sources.metrics),
+        },
         metrics_listener,
         shutdown(stop_rx.clone()),
     ));
-    let (poll_stop, poll_stop_rx) = std::sync::mpsc::channel::<()>();
-    let poll = agent
-        .clone()
-        .spawn_poll_thread(poll_stop_rx)
-        .context("starting the poll thread")?;
+    let running = sources.running;
 
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    drop(poll_stop);
-    let _ = tokio::task::spawn_blocking(move || poll.join()).await;
     let _ = api.await;
     let _ = metrics.await;
-    capture_stop.stop();
-    agent.capture_flush_gate().wake();
-    if let Some(t) = capture {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    tokio::task::spawn_blocking(move || {
+        fnm_agent::sources::Sources {
+            running,
+            flushers: Vec::new(),
+            metrics: Vec::new(),
+        }
+        .stop();
+        engine.stop();
+    })
+    .await?;
+    #[cfg(target_os = "linux")]
+    if let Some(mut dp) = dataplane.lock() {
+        dp.detach_all();
     }
-    tokio::task::spawn_blocking(move || collectors.stop()).await?;
-    let a: Arc<Agent> = agent.clone();
-    tokio::task::spawn_blocking(move || a.stop_dataplane()).await?;
     tracing::info!("detached; bye");
+    Ok(())
+}
+
+/// Loads the XDP program (not attached yet).
+#[cfg(target_os = "linux")]
+fn load_dataplane(config: &Config) -> Result<fnm_agent::dataplane::DataPlaneHandle> {
+    let dp = fnm_agent::xdp::DataPlane::load(&config.xdp, &config.networks, &config.whitelist)
+        .context("loading the XDP program (are you root?)")?;
+    Ok(fnm_agent::dataplane::DataPlaneHandle::new(dp))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn load_dataplane(_config: &Config) -> Result<fnm_agent::dataplane::DataPlaneHandle> {
+    anyhow::bail!("the XDP data plane needs Linux; set xdp.enabled = false and use [capture]")
+}
+
+/// Attaches the loaded program to every configured interface. Attaching comes last: a link
+/// pinned by a previous agent is taken over only once this program holds every ban and rule,
+/// so nothing passes in between.
+#[cfg(target_os = "linux")]
+fn attach_dataplane(config: &Config, dp: &fnm_agent::dataplane::DataPlaneHandle) -> Result<()> {
+    let Some(mut dp) = dp.lock() else {
+        return Ok(());
+    };
+    let pin_dir = if config.xdp.pin_links {
+        fnm_agent::xdp::ensure_bpffs(&config.xdp.pin_path)
+            .context("mounting bpffs for pinned links")?;
+        std::fs::create_dir_all(&config.xdp.pin_path)
+            .with_context(|| format!("creating {}", config.xdp.pin_path.display()))?;
+        Some(config.xdp.pin_path.as_path())
+    } else {
+        None
+    };
+    for interface in &config.xdp.interfaces {
+        let mode = dp.attach(interface, config.xdp.mode, pin_dir)?;
+        if mode == "pinned" {
+            tracing::info!("XDP on {interface}: took over the pinned link (no gap)");
+        } else {
+            tracing::info!("XDP attached to {interface} in {mode} mode");
+        }
+    }
     Ok(())
 }
 

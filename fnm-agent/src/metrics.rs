@@ -1,12 +1,15 @@
 //! Prometheus exporter (`prometheus.listen`, path `/metrics`), with the `prometheus-client` crate.
 //!
-//! Metrics are gathered from the agent's state at scrape time. Per-host series exist only for
-//! the top `prometheus.top_hosts` hosts per direction and for banned hosts, never one series per
+//! Metrics are rendered at scrape time from the engine's and the mitigator's published
+//! snapshots (no lock on either). Per-host series exist only for the top
+//! `prometheus.top_hosts` hosts per direction and for hosts under attack, never one series per
 //! address seen.
 
 use crate::{
     accounting::{protocol_label, total_direction_label, Direction},
-    agent::Agent,
+    engine::{input::InputStats, EngineClient},
+    mitigator::MitigatorHandle,
+    traffic::Source,
 };
 use axum::{http::header, response::IntoResponse, routing::get, Router};
 use prometheus_client::{
@@ -15,9 +18,12 @@ use prometheus_client::{
     registry::Registry,
 };
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::{atomic::AtomicU64, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
 };
 
 type Labels = Vec<(String, String)>;
@@ -36,9 +42,24 @@ pub trait MetricsSource: Send + Sync {
     fn register(&self, registry: &mut Registry);
 }
 
+/// What `/metrics` renders from.
+#[derive(Clone)]
+pub struct MetricsState {
+    /// The engine.
+    pub engine: EngineClient,
+    /// The mitigator.
+    pub mitigator: MitigatorHandle,
+    /// The sources' hand-over counters.
+    pub inputs: Arc<InputStats>,
+    /// Families of the sources.
+    pub extra: Arc<Vec<Arc<dyn MetricsSource>>>,
+}
+
 /// Renders the text exposition of every metric.
-pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
+pub fn render(st: &MetricsState) -> String {
     let mut registry = Registry::default();
+    let snap = st.engine.snapshot();
+    let view = st.mitigator.view();
 
     // A gauge rather than an OpenMetrics info metric, so classic text parsers (promtool) read it.
     let build = Family::<Labels, Gauge>::default();
@@ -49,41 +70,42 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
 
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
-    let top_hosts = agent.config.prometheus.top_hosts;
-    let (hosts_known, host_rates) = {
-        let acc = agent.accounting();
-        for ((source, dir, class), (p, b)) in acc.totals().iter() {
-            let l = labels(&[
-                ("direction", total_direction_label(dir)),
-                ("protocol", protocol_label(class)),
-                ("source", source.as_str()),
-            ]);
-            packets.get_or_create(&l).inc_by(p);
-            bytes.get_or_create(&l).inc_by(b);
+    for t in &snap.totals {
+        let l = labels(&[
+            ("direction", total_direction_label(t.direction)),
+            ("protocol", protocol_label(t.class)),
+            ("source", t.source.as_str()),
+        ]);
+        packets.get_or_create(&l).inc_by(t.packets);
+        bytes.get_or_create(&l).inc_by(t.bytes);
+    }
+    let mut host_rates: BTreeMap<(IpAddr, Direction), crate::accounting::Rates> = BTreeMap::new();
+    for (dir, hosts) in Direction::ALL.iter().zip(&snap.top_by_pps) {
+        for h in hosts {
+            let d = if *dir == Direction::Incoming {
+                &h.incoming
+            } else {
+                &h.outgoing
+            };
+            host_rates.insert(
+                (h.ip, *dir),
+                crate::accounting::Rates {
+                    pps: d.pps,
+                    bytes_per_second: d.bytes_per_second,
+                    flows_per_second: d.flows_per_second,
+                    ..Default::default()
+                },
+            );
         }
-        let banned: BTreeSet<IpAddr> = agent
-            .bans()
-            .list()
-            .filter(|b| b.prefix.len() == if b.prefix.is_ipv4() { 32 } else { 128 })
-            .map(|b| b.prefix.addr())
-            .collect();
-        let mut chosen: BTreeSet<(IpAddr, Direction)> = BTreeSet::new();
-        for dir in Direction::ALL {
-            for (ip, _) in acc.top(dir, top_hosts, |d| d.rates.pps) {
-                chosen.insert((ip, dir));
-            }
-            for ip in &banned {
-                if acc.host(*ip).is_some() {
-                    chosen.insert((*ip, dir));
-                }
-            }
-        }
-        let rates: Vec<_> = chosen
-            .into_iter()
-            .filter_map(|(ip, dir)| acc.host(ip).map(|h| (ip, dir, h.dirs[dir.index()].rates)))
-            .collect();
-        (acc.host_count(), rates)
-    };
+    }
+    for o in &snap.ongoing {
+        host_rates.insert((o.host, o.direction), o.current);
+    }
+    let hosts_known = snap.hosts_known;
+    let host_rates: Vec<_> = host_rates
+        .into_iter()
+        .map(|((ip, dir), r)| (ip, dir, r))
+        .collect();
     registry.register(
         "fnm_traffic_packets",
         "Packets seen, by direction, protocol and source",
@@ -106,17 +128,17 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
     }
     registry.register(
         "fnm_host_packets_per_second",
-        "Packets/s of the top hosts and banned hosts",
+        "Packets/s of the top hosts and hosts under attack",
         pps,
     );
     registry.register(
         "fnm_host_bytes_per_second",
-        "IP bytes/s of the top hosts and banned hosts",
+        "IP bytes/s of the top hosts and hosts under attack",
         bps,
     );
     registry.register(
         "fnm_host_flows_per_second",
-        "New flows/s of the top hosts and banned hosts",
+        "New flows/s of the top hosts and hosts under attack",
         fps,
     );
 
@@ -129,12 +151,12 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
     );
 
     let bans_gauge = Gauge::<i64>::default();
-    bans_gauge.set(agent.bans().len() as i64);
+    bans_gauge.set(view.bans.len() as i64);
     registry.register("fnm_bans_active", "Bans in force", bans_gauge);
 
     let dropped = Family::<Labels, Counter>::default();
     let dropped_bytes = Family::<Labels, Counter>::default();
-    let xdp = agent.xdp_status();
+    let xdp = snap.xdp.and_then(|x| serde_json::to_value(x).ok());
     for m in ["src", "dst", "rule"] {
         let l = labels(&[("match", m)]);
         let get = |k: &str| {
@@ -190,8 +212,7 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
             registry.register(name, help, c);
         }
     }
-    if let Some(stats) = agent.script_stats() {
-        use std::sync::atomic::Ordering::Relaxed;
+    if let Some(stats) = &st.mitigator.script_stats {
         let calls = Family::<Labels, Counter>::default();
         for (result, n) in [
             ("succeeded", stats.succeeded.load(Relaxed)),
@@ -209,7 +230,61 @@ pub fn render(agent: &Agent, extra: &[Arc<dyn MetricsSource>]) -> String {
             calls,
         );
     }
-    for source in extra {
+    let mitigations = Gauge::<i64>::default();
+    mitigations.set(view.active.len() as i64);
+    registry.register(
+        "fnm_mitigations_active",
+        "Mitigations in force (attacks and manual bans)",
+        mitigations,
+    );
+    let ongoing = Gauge::<i64>::default();
+    ongoing.set(snap.ongoing.len() as i64);
+    registry.register("fnm_attacks_active", "Attacks in progress", ongoing);
+    registry.register(
+        "fnm_actions",
+        "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed)",
+        st.mitigator.stats.actions.clone(),
+    );
+    let handed = Family::<Labels, Counter>::default();
+    let dropped_records = Family::<Labels, Counter>::default();
+    for s in Source::ALL.iter().filter(|s| **s != Source::Replay) {
+        let c = st.inputs.of(*s);
+        let l = labels(&[("source", s.as_str())]);
+        handed.get_or_create(&l).inc_by(c.records.load(Relaxed));
+        dropped_records
+            .get_or_create(&l)
+            .inc_by(c.dropped_records.load(Relaxed));
+    }
+    registry.register(
+        "fnm_source_records",
+        "Records (or XDP host deltas) a source handed to the engine",
+        handed,
+    );
+    registry.register(
+        "fnm_source_dropped_records",
+        "Records a source dropped because the engine's input was full",
+        dropped_records,
+    );
+    registry.register(
+        "fnm_poll_duration_seconds",
+        "Time from a poll's flush request to its published snapshot",
+        st.engine.stats.poll_duration.clone(),
+    );
+    let overruns = Counter::<u64>::default();
+    overruns.inc_by(st.engine.stats.overruns.load(Relaxed));
+    registry.register(
+        "fnm_poll_overruns",
+        "Polls that took longer than poll_interval",
+        overruns,
+    );
+    let table_full = Counter::<u64>::default();
+    table_full.inc_by(snap.hosts_table_full);
+    registry.register(
+        "fnm_hosts_table_full",
+        "Records not counted per host because the userspace host table was full",
+        table_full,
+    );
+    for source in st.extra.iter() {
         source.register(&mut registry);
     }
 
@@ -249,19 +324,16 @@ pub fn to_classic_text(openmetrics: &str) -> String {
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.
 pub async fn serve(
-    agent: Arc<Agent>,
-    extra: Vec<Arc<dyn MetricsSource>>,
+    state: MetricsState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let extra = Arc::new(extra);
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let agent = agent.clone();
-            let extra = extra.clone();
+            let state = state.clone();
             async move {
-                let body = tokio::task::spawn_blocking(move || render(&agent, &extra))
+                let body = tokio::task::spawn_blocking(move || render(&state))
                     .await
                     .unwrap_or_default();
                 (

@@ -1,16 +1,14 @@
 //! `fnm-agent replay FILE.pcap`: runs a capture file through the same parser, accounting and
 //! detection as live traffic, with the file's timestamps driving the clock, and reports the
-//! per-host summary and the attacks found. Nothing is banned.
+//! per-host summary and the attacks found. Nothing is banned. It runs the agent's engine
+//! ([`EngineCore`]) itself, so a replay detects exactly what the live agent would.
 
 use crate::{
-    accounting::{Accounting, Direction},
+    accounting::Accounting,
     capture::{pcap_file, PacketSink},
     config::Config,
-    detection::{
-        attack::Attack,
-        detector::{Detector, DetectorEvent},
-        thresholds::ThresholdTable,
-    },
+    detection::attack::Attack,
+    engine::{book::AttackBook, core::EngineCore},
     traffic::{Source, TrafficRecord},
     views::HostView,
 };
@@ -51,68 +49,27 @@ pub struct FrameCounts {
 }
 
 struct ReplaySink {
-    acc: Accounting,
-    detector: Detector,
+    engine: EngineCore,
     interval_ms: u64,
     next_tick_ms: Option<u64>,
-    attacks: Vec<Attack>,
-    max_sources: usize,
 }
 
 impl ReplaySink {
     fn tick_until(&mut self, t_ms: u64) {
         let mut next = *self.next_tick_ms.get_or_insert(t_ms + self.interval_ms);
         while t_ms >= next {
-            self.acc.tick(next, u64::MAX);
-            let events = self.detector.check(&self.acc, next);
-            self.handle(events, next);
+            // The pcap clock is both the engine's clock and the attack records' time.
+            self.engine.tick(next, next);
             next += self.interval_ms;
         }
         self.next_tick_ms = Some(next);
-    }
-
-    fn handle(&mut self, events: Vec<DetectorEvent>, now_ms: u64) {
-        for e in events {
-            match e {
-                DetectorEvent::Watch(h, d) => self.acc.watch(h, d),
-                DetectorEvent::Unwatch(h, d) => {
-                    self.acc.unwatch(h, d);
-                }
-                DetectorEvent::Started(o) => {
-                    let id = format!(
-                        "replay-{}-{}-{}",
-                        self.attacks.len() + 1,
-                        o.host,
-                        o.direction.as_str()
-                    );
-                    let samples = self.acc.samples(o.host, o.direction);
-                    let (attack, _) = Attack::open(id, now_ms, o, samples, self.max_sources);
-                    self.attacks.push(attack);
-                }
-                DetectorEvent::Stopped { host, direction } => self.end(host, direction, now_ms),
-            }
-        }
-    }
-
-    fn end(&mut self, host: IpAddr, direction: Direction, now_ms: u64) {
-        let peak = self.detector.peak(host, direction);
-        for a in self
-            .attacks
-            .iter_mut()
-            .filter(|a| a.host == host && a.direction == direction && a.ended_unix_ms.is_none())
-        {
-            a.ended_unix_ms = Some(now_ms);
-            if let Some(p) = peak {
-                a.peak_rates = a.peak_rates.max(&p);
-            }
-        }
     }
 }
 
 impl PacketSink for ReplaySink {
     fn packet(&mut self, timestamp: Duration, record: TrafficRecord) {
         self.tick_until(timestamp.as_millis() as u64);
-        self.acc.ingest(&record, Source::Replay);
+        self.engine.ingest_record(&record, Source::Replay);
     }
 }
 
@@ -144,39 +101,29 @@ pub fn replay(path: &Path, config: &Config) -> Result<ReplayReport, ReplayError>
     )
     .with_rate_window(config.rate_window.as_millis() as u64)
     .with_ignored_sources(config.detection.whitelist_sources.iter().copied().collect());
-    let detector = Detector::new(
-        ThresholdTable::new(&config.detection, &config.hostgroup),
-        config.whitelist.iter().copied().collect(),
-        config.ban.stop_ratio,
-        config.ban.stop_after.as_millis() as u64,
-    );
+    let engine = EngineCore::with_accounting(config, acc, AttackBook::in_memory())
+        .with_forget_after(u64::MAX);
     let mut sink = ReplaySink {
-        acc,
-        detector,
+        engine,
         interval_ms,
         next_tick_ms: None,
-        attacks: Vec::new(),
-        max_sources: config.ban.max_source_drops,
     };
     let mut reader = pcap_file::PcapReader::open(path).map_err(file_err)?;
     let stats = pcap_file::replay(&mut reader, &mut sink).map_err(file_err)?;
     // Close the last window so rates and open attacks reflect the end of the file.
     if let Some(next) = sink.next_tick_ms {
-        sink.acc.tick(next, u64::MAX);
-        let events = sink.detector.check(&sink.acc, next);
-        sink.handle(events, next);
+        sink.engine.tick(next, next);
     }
-    for a in sink
-        .attacks
-        .iter_mut()
-        .filter(|a| a.ended_unix_ms.is_none())
-    {
-        if let Some(p) = sink.detector.peak(a.host, a.direction) {
+    let engine = &sink.engine;
+    let snap = engine.snapshot(0);
+    let mut attacks: Vec<Attack> = engine.book().shared().iter().rev().cloned().collect();
+    for a in attacks.iter_mut().filter(|a| a.ended_unix_ms.is_none()) {
+        if let Some(p) = snap.live_peak(&a.id) {
             a.peak_rates = a.peak_rates.max(&p);
         }
     }
     let mut hosts = BTreeMap::new();
-    for (ip, h) in sink.acc.hosts() {
+    for (ip, h) in engine.accounting().hosts() {
         let v = HostView::new(*ip, h);
         hosts.insert(
             *ip,
@@ -188,7 +135,7 @@ pub fn replay(path: &Path, config: &Config) -> Result<ReplayReport, ReplayError>
     }
     Ok(ReplayReport {
         hosts,
-        attacks: sink.attacks,
+        attacks,
         frames: FrameCounts {
             total: stats.frames,
             ip: stats.records,

@@ -250,7 +250,7 @@ fn flood_is_detected_scripted_dropped_surgically_and_unbanned() {
     );
     let mitigations = agent.get("/api/v1/mitigations").unwrap();
     assert_eq!(
-        mitigations[0]["rules"][0]["src_port"], 53,
+        mitigations[0]["actions"][0]["applied"]["rules"][0]["src_port"], 53,
         "{mitigations:#}"
     );
     let metrics = agent.metrics_text();

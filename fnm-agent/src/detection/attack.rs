@@ -114,8 +114,9 @@ pub struct Attack {
     pub samples: Vec<Sample>,
     /// The attack's shape.
     pub fingerprint: Fingerprint,
-    /// Actions taken.
-    pub actions: Vec<String>,
+    /// Actions taken and their outcomes (filled from the mitigator when shown).
+    #[serde(default)]
+    pub actions: Vec<crate::mitigator::store::ActionState>,
     /// Detect and report only.
     pub report_only: bool,
 }
@@ -387,7 +388,6 @@ pub fn text_report(a: &Attack) -> String {
     if let Some((p, share)) = a.fingerprint.destination_port {
         let _ = writeln!(s, "Dominant destination port: {p} ({:.0}%)", share * 100.0);
     }
-    let _ = writeln!(s, "Actions: {}", a.actions.join(", "));
     let _ = writeln!(s, "\nTop flows:");
     for f in &a.top_flows {
         let _ = writeln!(

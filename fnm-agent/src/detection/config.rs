@@ -1,6 +1,6 @@
 //! `[detection]`, `[[hostgroup]]` and `[ban]`: thresholds, hostgroups and what a ban does.
 
-use crate::{config::humantime_serde_compat, prefix::Prefix};
+use crate::{accounting::RateKind, config::humantime_serde_compat, prefix::Prefix};
 use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, time::Duration};
 
@@ -64,24 +64,29 @@ impl Thresholds {
         }
     }
 
-    /// Every set threshold as (rate name, limit).
-    pub fn set(&self) -> Vec<(&'static str, f64)> {
-        [
-            ("pps", self.pps),
-            ("bytes_per_second", self.bytes_per_second),
-            ("flows_per_second", self.flows_per_second),
-            ("tcp_pps", self.tcp_pps),
-            ("tcp_bytes_per_second", self.tcp_bytes_per_second),
-            ("udp_pps", self.udp_pps),
-            ("udp_bytes_per_second", self.udp_bytes_per_second),
-            ("icmp_pps", self.icmp_pps),
-            ("icmp_bytes_per_second", self.icmp_bytes_per_second),
-            ("tcp_syn_pps", self.tcp_syn_pps),
-            ("fragments_pps", self.fragments_pps),
-        ]
-        .into_iter()
-        .filter_map(|(n, v)| v.map(|v| (n, v)))
-        .collect()
+    /// The threshold of one rate, if set.
+    pub fn get(&self, kind: RateKind) -> Option<f64> {
+        match kind {
+            RateKind::Pps => self.pps,
+            RateKind::BytesPerSecond => self.bytes_per_second,
+            RateKind::FlowsPerSecond => self.flows_per_second,
+            RateKind::TcpPps => self.tcp_pps,
+            RateKind::TcpBytesPerSecond => self.tcp_bytes_per_second,
+            RateKind::UdpPps => self.udp_pps,
+            RateKind::UdpBytesPerSecond => self.udp_bytes_per_second,
+            RateKind::IcmpPps => self.icmp_pps,
+            RateKind::IcmpBytesPerSecond => self.icmp_bytes_per_second,
+            RateKind::TcpSynPps => self.tcp_syn_pps,
+            RateKind::FragmentsPps => self.fragments_pps,
+        }
+    }
+
+    /// Every set threshold as (rate, limit), in config order.
+    pub fn set(&self) -> Vec<(RateKind, f64)> {
+        RateKind::ALL
+            .into_iter()
+            .filter_map(|k| self.get(k).map(|v| (k, v)))
+            .collect()
     }
 
     fn validate(&self, key: &str) -> Result<(), String> {
@@ -134,7 +139,7 @@ pub struct HostgroupConfig {
 }
 
 /// What a ban does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// XDP rule dropping the attack's fingerprint towards the victim.
@@ -149,6 +154,23 @@ pub enum Action {
     BgpBlackhole,
     /// BGP flowspec rule for the fingerprint.
     BgpFlowspec,
+    /// POST the attack to `[webhook] url`.
+    Webhook,
+}
+
+impl Action {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::XdpRule => "xdp_rule",
+            Action::XdpSource => "xdp_source",
+            Action::XdpBlackhole => "xdp_blackhole",
+            Action::Script => "script",
+            Action::BgpBlackhole => "bgp_blackhole",
+            Action::BgpFlowspec => "bgp_flowspec",
+            Action::Webhook => "webhook",
+        }
+    }
 }
 
 /// Format of the report a ban writes to the script's stdin.
@@ -173,6 +195,11 @@ pub struct BanConfig {
     /// `bgp_blackhole` | `bgp_flowspec`. Default: `["xdp_rule"]`.
     #[serde(default = "default_actions")]
     pub actions: Vec<Action>,
+    /// What a manual ban (API, CLI) does, to the banned prefix on its side: `xdp_blackhole`
+    /// (the XDP drop entry) | `script` (called as `SCRIPT <ip> other 0 ban`, as FastNetMon
+    /// does) | `bgp_blackhole` | `webhook`. Default: `["xdp_blackhole"]`.
+    #[serde(default = "default_manual_actions")]
+    pub manual_actions: Vec<Action>,
     /// Keep a ban past `time` while its attack goes on; unban only once it has stopped.
     /// Default: `true`.
     #[serde(default = "yes")]
@@ -208,6 +235,13 @@ pub struct BanConfig {
     pub sample_one_in: u32,
 }
 
+impl BanConfig {
+    /// How long a mitigation lasts (`None`: until lifted by hand).
+    pub fn time_limit(&self) -> Option<Duration> {
+        Some(self.time)
+    }
+}
+
 impl Default for BanConfig {
     fn default() -> Self {
         toml::from_str("").expect("empty [ban] is valid")
@@ -222,6 +256,9 @@ fn default_ban_time() -> Duration {
 }
 fn default_actions() -> Vec<Action> {
     vec![Action::XdpRule]
+}
+fn default_manual_actions() -> Vec<Action> {
+    vec![Action::XdpBlackhole]
 }
 fn default_stop_ratio() -> f64 {
     0.7
@@ -272,6 +309,16 @@ pub fn validate(
                 .as_ref()
                 .is_some_and(|a| a.contains(&Action::Script))
         });
+    for a in &ban.manual_actions {
+        if matches!(a, Action::XdpRule | Action::XdpSource | Action::BgpFlowspec) {
+            return Err(format!(
+                "ban.manual_actions: {} needs an attack's fingerprint or sources; a manual ban \
+                 has only a prefix (use xdp_blackhole, script, bgp_blackhole or webhook)",
+                a.as_str()
+            ));
+        }
+    }
+    let uses_script = uses_script || ban.manual_actions.contains(&Action::Script);
     if uses_script && ban.script.is_none() {
         return Err("ban.actions has \"script\" but ban.script is not set".into());
     }

@@ -6,9 +6,9 @@
 //! a threshold are watched (their records or XDP packets sampled) so that the attack record has
 //! samples the moment it opens.
 
-use super::thresholds::{rate, ThresholdTable};
+use super::thresholds::ThresholdTable;
 use crate::{
-    accounting::{Accounting, Direction, Rates},
+    accounting::{Accounting, Direction, RateKind, Rates},
     prefix::PrefixSet,
 };
 use serde::{Deserialize, Serialize};
@@ -25,8 +25,8 @@ const UNWATCH_AFTER_MS: u64 = 10_000;
 /// The threshold an attack crossed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Crossing {
-    /// Rate name (`pps`, `udp_pps`, ...).
-    pub rate: String,
+    /// The rate (`pps`, `udp_pps`, ... in JSON).
+    pub rate: RateKind,
     /// Its value when it crossed.
     pub value: f64,
     /// The threshold.
@@ -161,14 +161,14 @@ impl Detector {
                 let mut worst: Option<(f64, Crossing)> = None;
                 let mut max_share = 0.0f64;
                 for (name, limit) in &thresholds {
-                    let value = rate(&d.rates, name);
+                    let value = d.rates.get(*name);
                     let share = value / limit;
                     max_share = max_share.max(share);
                     if value >= *limit && worst.as_ref().is_none_or(|(s, _)| share > *s) {
                         worst = Some((
                             share,
                             Crossing {
-                                rate: name.to_string(),
+                                rate: *name,
                                 value,
                                 threshold: *limit,
                             },
@@ -262,7 +262,7 @@ impl Detector {
                     eff.of(key.1)
                         .set()
                         .iter()
-                        .any(|(n, l)| rate(&h.dirs[key.1.index()].rates, n) / l >= WATCH_RATIO)
+                        .any(|(n, l)| h.dirs[key.1.index()].rates.get(*n) / l >= WATCH_RATIO)
                 })
                 .unwrap_or(false);
             if still_hot {
@@ -321,7 +321,11 @@ mod tests {
         }
         let (at, crossing) = started_at.expect("detected");
         assert!(at <= 500, "detected after {at} ms");
-        assert_eq!(crossing.rate, "udp_pps", "the larger overshoot is reported");
+        assert_eq!(
+            crossing.rate,
+            RateKind::UdpPps,
+            "the larger overshoot is reported"
+        );
         assert!(
             det.peak("10.0.0.1".parse().unwrap(), Direction::Incoming)
                 .unwrap()

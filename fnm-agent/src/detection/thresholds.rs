@@ -2,7 +2,7 @@
 
 use super::config::{Action, DetectionConfig, HostgroupConfig, Thresholds};
 use crate::{
-    accounting::{Direction, Rates},
+    accounting::Direction,
     prefix::{Prefix, PrefixMap},
 };
 use serde::Serialize;
@@ -92,24 +92,6 @@ impl ThresholdTable {
                 report_only: false,
             },
         }
-    }
-}
-
-/// The value of a named rate.
-pub fn rate(r: &Rates, name: &str) -> f64 {
-    match name {
-        "pps" => r.pps,
-        "bytes_per_second" => r.bytes_per_second,
-        "flows_per_second" => r.flows_per_second,
-        "tcp_pps" => r.tcp_pps,
-        "tcp_bytes_per_second" => r.tcp_bytes_per_second,
-        "udp_pps" => r.udp_pps,
-        "udp_bytes_per_second" => r.udp_bytes_per_second,
-        "icmp_pps" => r.icmp_pps,
-        "icmp_bytes_per_second" => r.icmp_bytes_per_second,
-        "tcp_syn_pps" => r.tcp_syn_pps,
-        "fragments_pps" => r.fragments_pps,
-        _ => 0.0,
     }
 }
 

@@ -31,7 +31,6 @@ use super::socket::{self, BatchReceiver};
 use super::{decode_netflow_family, sflow, DecodeError, NetflowDatagram, TemplateCache};
 use crate::{
     accounting::Accounting,
-    agent::Agent,
     prefix::{Prefix, PrefixSet},
     traffic::{Source, TrafficRecord},
 };
@@ -186,12 +185,6 @@ impl<const PORT: u16> CollectorConfig<PORT> {
 pub trait TrafficSink: Send + Sync + 'static {
     /// Accounts a batch of records from `source`.
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]);
-}
-
-impl TrafficSink for Agent {
-    fn ingest_batch(&self, source: Source, records: &[TrafficRecord]) {
-        self.accounting().ingest_batch(records, source);
-    }
 }
 
 impl TrafficSink for Mutex<Accounting> {

@@ -2,42 +2,13 @@
 
 use super::{maps::map_err, KernelMaps, XdpError};
 use crate::{
-    accounting::{from16, Accounting, Direction},
+    accounting::{from16, CounterSink, Direction},
     traffic::Source,
 };
 use fnm_common::{direction, map_names, proto, stat, HostCounters, HostKey};
 use std::collections::HashMap;
 
-/// Global counters of the XDP program, summed over CPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct XdpStats {
-    /// Frames seen.
-    pub frames: u64,
-    /// Frames that were not IP.
-    pub non_ip: u64,
-    /// Truncated or malformed frames.
-    pub malformed: u64,
-    /// Packets dropped by source entries.
-    pub dropped_src_packets: u64,
-    /// Bytes dropped by source entries.
-    pub dropped_src_bytes: u64,
-    /// Packets dropped by destination entries.
-    pub dropped_dst_packets: u64,
-    /// Bytes dropped by destination entries.
-    pub dropped_dst_bytes: u64,
-    /// Packets dropped by fingerprint rules.
-    pub dropped_rule_packets: u64,
-    /// Bytes dropped by fingerprint rules.
-    pub dropped_rule_bytes: u64,
-    /// Packets a drop entry matched but the whitelist let through.
-    pub whitelist_passed: u64,
-    /// New hosts that found the kernel host table full.
-    pub host_table_full: u64,
-    /// Packet samples lost to a full ring buffer.
-    pub samples_lost: u64,
-    /// Hosts currently in the kernel table.
-    pub kernel_hosts: u64,
-}
+pub use crate::engine::snapshot::XdpStatus as XdpStats;
 
 #[derive(Debug, Clone)]
 struct Seen {
@@ -58,7 +29,7 @@ impl Poller {
     pub(super) fn poll(
         &mut self,
         maps: &mut KernelMaps,
-        accounting: &mut Accounting,
+        accounting: &mut impl CounterSink,
         now_ms: u64,
         idle_ms: u64,
     ) -> Result<XdpStats, XdpError> {
@@ -130,7 +101,7 @@ impl Poller {
     fn poll_dense(
         &mut self,
         maps: &mut KernelMaps,
-        accounting: &mut Accounting,
+        accounting: &mut impl CounterSink,
         now_ms: u64,
         idle_ms: u64,
     ) -> Result<u64, XdpError> {

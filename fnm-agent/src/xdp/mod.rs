@@ -290,7 +290,7 @@ impl DataPlane {
     /// kernel table (their totals stay in the accounting).
     pub fn poll(
         &mut self,
-        accounting: &mut crate::accounting::Accounting,
+        accounting: &mut impl crate::accounting::CounterSink,
         now_ms: u64,
         idle_ms: u64,
     ) -> Result<XdpStats, XdpError> {

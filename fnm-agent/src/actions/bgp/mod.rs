@@ -5,12 +5,14 @@
 //! [`BgpAnnouncer::from_config`] picks the backend named by [`BgpConfig::backend`]; both backends
 //! bound every call by [`BgpConfig::timeout`], so a dead daemon fails a ban instead of blocking it.
 
+pub mod action;
 mod config;
 pub mod exabgp;
 mod flowspec;
 pub mod gobgp;
 pub mod gobgp_api;
 
+pub use action::{actions, flowspec_for};
 pub use config::{BgpBackend, BgpConfig, Community, CommunityError};
 pub use exabgp::ExabgpAnnouncer;
 pub use flowspec::{

@@ -1,0 +1,134 @@
+//! The XDP data plane as the agent's threads share it.
+//!
+//! Two parties touch the loaded program's maps: the XDP poller (a source: reads the counter
+//! maps, drains samples, mirrors the engine's watched hosts into the sampling map) and the
+//! mitigator (writes drop entries and fingerprint rules, reads their counters). They share it
+//! behind one mutex, the agent's only lock on the data path: it is a leaf (nothing else is
+//! locked while it is held, and it never guards engine state), held for single map operations
+//! by the mitigator and for one poll by the poller. Off Linux, or with XDP disabled, the
+//! handle is empty and every call says so.
+
+use crate::{
+    accounting::Direction,
+    bans::{DropMatch, RuleSpec},
+    prefix::Prefix,
+};
+use std::net::IpAddr;
+#[cfg(target_os = "linux")]
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why a data-plane operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DataPlaneError {
+    /// The agent runs without XDP.
+    #[error("no XDP data plane (xdp.enabled = false, or not Linux)")]
+    Absent,
+    /// The kernel refused (table full, map error).
+    #[error("{0}")]
+    Kernel(String),
+}
+
+/// A shared handle on the loaded XDP program (or on nothing).
+#[derive(Clone, Default)]
+pub struct DataPlaneHandle {
+    #[cfg(target_os = "linux")]
+    inner: Option<Arc<Mutex<crate::xdp::DataPlane>>>,
+}
+
+impl std::fmt::Debug for DataPlaneHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_present() {
+            "DataPlaneHandle(xdp)"
+        } else {
+            "DataPlaneHandle(none)"
+        })
+    }
+}
+
+impl DataPlaneHandle {
+    /// A handle on nothing.
+    pub fn absent() -> Self {
+        Self::default()
+    }
+
+    /// A handle on a loaded program.
+    #[cfg(target_os = "linux")]
+    pub fn new(dp: crate::xdp::DataPlane) -> Self {
+        Self {
+            inner: Some(Arc::new(Mutex::new(dp))),
+        }
+    }
+
+    /// True when a program is loaded.
+    pub fn is_present(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.inner.is_some();
+        #[cfg(not(target_os = "linux"))]
+        false
+    }
+
+    /// Locks the program (a leaf lock: see the module doc).
+    #[cfg(target_os = "linux")]
+    pub fn lock(&self) -> Option<MutexGuard<'_, crate::xdp::DataPlane>> {
+        self.inner
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Adds a drop entry.
+    pub fn add_drop(&self, _prefix: Prefix, _m: DropMatch) -> Result<(), DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            let dp = &mut *dp;
+            return dp
+                .tables
+                .add(&mut dp.maps, _prefix, _m)
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Err(DataPlaneError::Absent)
+    }
+
+    /// Removes a drop entry.
+    pub fn remove_drop(&self, _prefix: Prefix, _m: DropMatch) -> Result<(), DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            let dp = &mut *dp;
+            return dp
+                .tables
+                .remove(&mut dp.maps, _prefix, _m)
+                .map(|_| ())
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Err(DataPlaneError::Absent)
+    }
+
+    /// Sets (or, with no rules, clears) the fingerprint rules of a host.
+    pub fn set_rules(
+        &self,
+        _host: IpAddr,
+        _direction: Direction,
+        _rules: &[RuleSpec],
+    ) -> Result<(), DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            let dp = &mut *dp;
+            return dp
+                .tables
+                .set_rules(&mut dp.maps, _host, _direction, _rules)
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Err(DataPlaneError::Absent)
+    }
+
+    /// What a drop entry dropped so far (packets, bytes).
+    pub fn drop_counter(&self, _prefix: Prefix, _m: DropMatch) -> Option<(u64, u64)> {
+        #[cfg(target_os = "linux")]
+        if let Some(dp) = self.lock() {
+            return dp
+                .tables
+                .counter(&dp.maps, _prefix, _m)
+                .map(|c| (c.packets, c.bytes));
+        }
+        None
+    }
+}

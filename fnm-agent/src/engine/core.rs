@@ -1,0 +1,427 @@
+//! The engine's state and its step functions: ingest a batch, tick, answer a query. Plain
+//! synchronous code with no lock and no thread, so the live agent (on its engine thread),
+//! `replay` (driven by pcap timestamps) and unit tests run exactly the same detection.
+
+use super::{
+    book::AttackBook,
+    decision::Decision,
+    input::{Batch, XdpBatch},
+    snapshot::{OngoingAttack, Snapshot, TotalRow, XdpStatus},
+};
+use crate::{
+    accounting::{Accounting, Direction, HostDirection},
+    config::Config,
+    detection::{
+        attack::Attack,
+        config::Action,
+        detector::{Detector, DetectorEvent, Opening},
+        thresholds::ThresholdTable,
+    },
+    traffic::{Source, TrafficRecord},
+    views::HostView,
+};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
+
+/// Hosts forgotten by the accounting after this long without traffic.
+pub const FORGET_HOSTS_AFTER_MS: u64 = 3_600_000;
+
+/// What a host listing is sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostSort {
+    /// Packets per second.
+    Pps,
+    /// IP bytes per second.
+    BytesPerSecond,
+    /// New flows per second.
+    FlowsPerSecond,
+    /// Packets since start.
+    Packets,
+    /// IP bytes since start.
+    Bytes,
+}
+
+impl HostSort {
+    /// Parses the API's `sort` parameter (`bps` is bytes per second, an old alias).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pps" => HostSort::Pps,
+            "bps" | "bytes_per_second" => HostSort::BytesPerSecond,
+            "flows" | "flows_per_second" => HostSort::FlowsPerSecond,
+            "packets" => HostSort::Packets,
+            "bytes" => HostSort::Bytes,
+            _ => return None,
+        })
+    }
+
+    /// The key of one host direction.
+    pub fn key(self, d: &HostDirection) -> f64 {
+        match self {
+            HostSort::Pps => d.rates.pps,
+            HostSort::BytesPerSecond => d.rates.bytes_per_second,
+            HostSort::FlowsPerSecond => d.rates.flows_per_second,
+            HostSort::Packets => d.total.packets as f64,
+            HostSort::Bytes => d.total.bytes as f64,
+        }
+    }
+}
+
+/// Accounting, detection and the attack book, owned by whoever drives them.
+pub struct EngineCore {
+    acc: Accounting,
+    detector: Detector,
+    book: AttackBook,
+    ban_actions: Vec<Action>,
+    max_source_drops: usize,
+    top_hosts: usize,
+    xdp: Option<XdpStatus>,
+    ticks: u64,
+    last_tick_ms: u64,
+    forget_after_ms: u64,
+}
+
+impl EngineCore {
+    /// An engine for `config`, recording attacks in `book`.
+    pub fn new(config: &Config, book: AttackBook) -> Self {
+        let acc = Accounting::new(
+            config.networks.iter().copied().collect(),
+            (config.xdp.max_hosts as usize)
+                .saturating_mul(2)
+                .saturating_add(config.xdp.dense_v4_addresses as usize)
+                .max(1024),
+            config.xdp.max_flows as usize,
+            config.poll_interval.as_millis() as u64,
+        )
+        .with_rate_window(config.rate_window.as_millis() as u64)
+        .with_ignored_sources(config.detection.whitelist_sources.iter().copied().collect());
+        Self::with_accounting(config, acc, book)
+    }
+
+    /// An engine over a given accounting (replay sizes its own).
+    pub fn with_accounting(config: &Config, acc: Accounting, book: AttackBook) -> Self {
+        let detector = Detector::new(
+            ThresholdTable::new(&config.detection, &config.hostgroup),
+            config.whitelist.iter().copied().collect(),
+            config.ban.stop_ratio,
+            config.ban.stop_after.as_millis() as u64,
+        );
+        Self {
+            acc,
+            detector,
+            book,
+            ban_actions: config.ban.actions.clone(),
+            max_source_drops: config.ban.max_source_drops,
+            top_hosts: config.prometheus.top_hosts,
+            xdp: None,
+            ticks: 0,
+            last_tick_ms: 0,
+            forget_after_ms: FORGET_HOSTS_AFTER_MS,
+        }
+    }
+
+    /// Forgets hosts idle this long (default [`FORGET_HOSTS_AFTER_MS`]; replay: never).
+    pub fn with_forget_after(mut self, ms: u64) -> Self {
+        self.forget_after_ms = ms;
+        self
+    }
+
+    /// Accounts one batch.
+    pub fn ingest(&mut self, batch: Batch) {
+        match batch {
+            Batch::Records { source, records } => self.acc.ingest_batch(&records, source),
+            Batch::Xdp(b) => self.ingest_xdp(*b),
+        }
+    }
+
+    /// Accounts one record (replay).
+    pub fn ingest_record(&mut self, record: &TrafficRecord, source: Source) {
+        self.acc.ingest(record, source);
+    }
+
+    fn ingest_xdp(&mut self, b: XdpBatch) {
+        for (host, dir, delta) in &b.deltas {
+            self.acc.add_host_counters(*host, *dir, delta);
+        }
+        for (dir, class, packets, bytes) in b.totals {
+            self.acc.set_total(Source::Xdp, dir, class, packets, bytes);
+        }
+        for (host, dir, record) in b.samples {
+            self.acc.add_sample(host, dir, record);
+        }
+        if b.stats.is_some() {
+            self.xdp = b.stats;
+        }
+    }
+
+    /// Closes the poll slot at `now_ms` (the engine's monotonic clock), checks thresholds and
+    /// returns what the mitigator must act on. `unix_ms` stamps the attack records.
+    pub fn tick(&mut self, now_ms: u64, unix_ms: u64) -> Vec<Decision> {
+        self.ticks += 1;
+        self.last_tick_ms = now_ms;
+        self.acc.tick(now_ms, self.forget_after_ms);
+        let events = self.detector.check(&self.acc, now_ms);
+        let mut decisions = Vec::new();
+        for event in events {
+            match event {
+                DetectorEvent::Watch(host, dir) => self.acc.watch(host, dir),
+                DetectorEvent::Unwatch(host, dir) => {
+                    self.acc.unwatch(host, dir);
+                }
+                DetectorEvent::Started(opening) => {
+                    decisions.push(self.open_attack(opening, unix_ms));
+                }
+                DetectorEvent::Stopped { host, direction } => {
+                    let peak = self.detector.peak(host, direction);
+                    for attack_id in self.book.end(host, direction, unix_ms, peak) {
+                        tracing::info!(
+                            "attack {attack_id} on {host} ({}) stopped",
+                            direction.as_str()
+                        );
+                        decisions.push(Decision::AttackEnded {
+                            attack_id,
+                            host,
+                            direction,
+                        });
+                    }
+                }
+            }
+        }
+        decisions
+    }
+
+    fn open_attack(&mut self, opening: Opening, unix_ms: u64) -> Decision {
+        let (host, direction) = (opening.host, opening.direction);
+        let id = self.book.new_id(unix_ms);
+        tracing::warn!(
+            "attack {id} on {host} ({}): {} {:.0} > {:.0}",
+            direction.as_str(),
+            opening.crossing.rate,
+            opening.crossing.value,
+            opening.crossing.threshold
+        );
+        let report_only = opening.report_only;
+        let (attack, records) = Attack::open(
+            id,
+            unix_ms,
+            opening,
+            self.acc.samples(host, direction),
+            self.max_source_drops,
+        );
+        let actions = if report_only {
+            Vec::new()
+        } else {
+            self.detector
+                .table()
+                .lookup(host)
+                .actions
+                .unwrap_or_else(|| self.ban_actions.clone())
+        };
+        let remotes: BTreeSet<IpAddr> = records
+            .iter()
+            .map(|r| match direction {
+                Direction::Incoming => r.src,
+                Direction::Outgoing => r.dst,
+            })
+            .collect();
+        self.book.insert(attack.clone());
+        Decision::AttackStarted {
+            attack: Box::new(attack),
+            remotes: remotes.into_iter().collect(),
+            actions,
+        }
+    }
+
+    /// The accounting (read-only).
+    pub fn accounting(&self) -> &Accounting {
+        &self.acc
+    }
+
+    /// The attack book.
+    pub fn book(&self) -> &AttackBook {
+        &self.book
+    }
+
+    /// The detector.
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    /// One local host's view; `None` when the address is not inside `networks`.
+    pub fn host(&self, ip: IpAddr) -> Option<HostView> {
+        match self.acc.host(ip) {
+            Some(h) => Some(HostView::new(ip, h)),
+            None if self.acc.is_local(ip) => Some(HostView::new(ip, &Default::default())),
+            None => None,
+        }
+    }
+
+    /// The `limit` busiest hosts in `direction` by `sort`.
+    pub fn top_hosts(&self, direction: Direction, sort: HostSort, limit: usize) -> Vec<HostView> {
+        self.acc
+            .top(direction, limit, |d| sort.key(d))
+            .into_iter()
+            .map(|(ip, h)| HostView::new(ip, h))
+            .collect()
+    }
+
+    /// An immutable picture of the state for the views, taken after a tick.
+    pub fn snapshot(&self, uptime_ms: u64) -> Snapshot {
+        let totals = self
+            .acc
+            .totals()
+            .iter()
+            .map(|((source, dir, class), (packets, bytes))| TotalRow {
+                source,
+                direction: dir,
+                class,
+                packets,
+                bytes,
+            })
+            .collect();
+        let top = Direction::ALL.map(|d| self.top_hosts(d, HostSort::Pps, self.top_hosts));
+        let ongoing = self
+            .book
+            .ongoing()
+            .map(|a| OngoingAttack {
+                id: a.id.clone(),
+                host: a.host,
+                direction: a.direction,
+                peak: self
+                    .detector
+                    .peak(a.host, a.direction)
+                    .map_or(a.peak_rates, |p| p.max(&a.peak_rates)),
+                current: self
+                    .acc
+                    .host(a.host)
+                    .map(|h| h.dirs[a.direction.index()].rates)
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Snapshot {
+            uptime_ms,
+            ticks: self.ticks,
+            hosts_known: self.acc.host_count(),
+            hosts_table_full: self.acc.hosts_table_full,
+            ignored_records: self.acc.ignored_records,
+            totals,
+            top_by_pps: top,
+            xdp: self.xdp,
+            ongoing,
+            attacks: self.book.shared(),
+            watched: Arc::new(self.acc.watched_hosts().collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{accounting::RateKind, engine::input::EngineInput};
+
+    fn config(extra: &str) -> Config {
+        toml::from_str(&format!(
+            "networks = [\"10.0.0.0/8\"]\npoll_interval = \"250ms\"\n{extra}\n\
+             [detection.incoming]\npps = 1000\n[ban]\nstop_after = \"1s\"\n"
+        ))
+        .unwrap()
+    }
+
+    fn flood(packets: u64) -> Batch {
+        Batch::Records {
+            source: Source::Sflow,
+            records: vec![TrafficRecord {
+                packets,
+                bytes: packets * 100,
+                ..TrafficRecord::packet(
+                    "192.0.2.1".parse().unwrap(),
+                    "10.0.0.1".parse().unwrap(),
+                    17,
+                    0,
+                )
+            }],
+        }
+    }
+
+    #[test]
+    fn a_flood_opens_one_attack_with_the_configured_actions_and_ends_it() {
+        let mut core = EngineCore::new(&config(""), AttackBook::in_memory());
+        let mut started = Vec::new();
+        let mut ended = Vec::new();
+        for t in 1..=40u64 {
+            if t <= 8 {
+                core.ingest(flood(625)); // 2500 pps
+            }
+            for d in core.tick(t * 250, 1_700_000_000_000 + t * 250) {
+                match d {
+                    Decision::AttackStarted {
+                        attack, actions, ..
+                    } => started.push((attack, actions)),
+                    Decision::AttackEnded { attack_id, .. } => ended.push(attack_id),
+                }
+            }
+        }
+        assert_eq!(started.len(), 1, "one attack");
+        let (attack, actions) = &started[0];
+        assert_eq!(attack.threshold.rate, RateKind::Pps);
+        assert_eq!(actions, &vec![Action::XdpRule]);
+        assert_eq!(ended, vec![attack.id.clone()], "ended with the same id");
+        assert!(core.book().ongoing().next().is_none());
+        let snap = core.snapshot(10_000);
+        assert_eq!(snap.attacks.len(), 1);
+        assert!(snap.attacks[0].ended_unix_ms.is_some());
+    }
+
+    #[test]
+    fn a_report_only_hostgroup_opens_an_attack_with_no_actions() {
+        let cfg = config(
+            "[[hostgroup]]\nname = \"lab\"\nnetworks = [\"10.0.0.0/24\"]\nreport_only = true\n",
+        );
+        let mut core = EngineCore::new(&cfg, AttackBook::in_memory());
+        let mut actions = None;
+        for t in 1..=6u64 {
+            core.ingest(flood(625));
+            for d in core.tick(t * 250, t * 250) {
+                if let Decision::AttackStarted { actions: a, .. } = d {
+                    actions = Some(a);
+                }
+            }
+        }
+        assert_eq!(actions, Some(Vec::new()));
+    }
+
+    #[test]
+    fn the_engine_thread_ingests_ticks_and_publishes() {
+        let cfg = config("");
+        let (input, rx) = EngineInput::channel(16);
+        let (dec_tx, mut dec_rx) = tokio::sync::mpsc::channel(16);
+        let mut engine = crate::engine::EngineHandle::spawn(crate::engine::EngineParts {
+            core: EngineCore::new(&cfg, AttackBook::in_memory()),
+            input: rx,
+            flushers: Vec::new(),
+            decisions: dec_tx,
+            interval: std::time::Duration::from_millis(50),
+        })
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let decision = loop {
+            input.send(Source::Sflow, flood(500)); // 10 000 pps at 50 ms slots
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if let Ok(d) = dec_rx.try_recv() {
+                break d;
+            }
+            assert!(std::time::Instant::now() < deadline, "no decision");
+        };
+        assert!(matches!(decision, Decision::AttackStarted { .. }));
+        let snap = engine.client().snapshot();
+        assert!(snap.ticks > 0);
+        assert_eq!(snap.ongoing.len(), 1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(engine.client().command(crate::engine::EngineCommand::Host(
+            "10.0.0.1".parse().unwrap(),
+            tx
+        )));
+        let host = rx.blocking_recv().unwrap().unwrap();
+        assert!(host.incoming.packets > 0);
+        engine.stop();
+    }
+}

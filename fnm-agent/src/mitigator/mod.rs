@@ -1,0 +1,915 @@
+//! The mitigator: runs the configured actions for each attack the engine reports and for each
+//! manual ban, records every action's real outcome, retries what a peer refused, lifts what
+//! expired, and reinstates what was in force after a restart.
+//!
+//! It is one Tokio task that owns the ban list, the mitigation store and the actions, and
+//! takes messages in order: the engine's [`Decision`]s and the API's [`MitigatorRequest`]s.
+//! Nothing else writes the drop tables or announces routes, so no two parties can disagree
+//! about what is in force. Views read the [`MitigatorView`] it publishes after each change.
+//!
+//! An action that fails because a peer did not answer (a BGP daemon down, a web hook
+//! unreachable) is marked `retrying` and tried again after 1 s, 2 s, 4 s ... up to
+//! [`MAX_RETRY_DELAY`], so a route appears once the daemon is back without anyone acting.
+//! Other failures (no XDP, kernel refused) are `failed` for good. Every outcome is counted in
+//! `fnm_actions_total{action,result}`.
+
+pub mod bans;
+pub mod store;
+
+use self::{
+    bans::BanManager,
+    store::{ActionResult, ActionState, Mitigation, MitigationStore},
+};
+use crate::{
+    accounting::Direction,
+    actions::{Action, ActionEnv, ActionError, Applied, MitigationAction, Target},
+    bans::{unix_now, Ban, BanOrigin, DropMatch},
+    config::Config,
+    engine::{decision::Decision, unix_ms},
+    prefix::Prefix,
+};
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use serde::Serialize;
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use tokio::sync::{mpsc, oneshot};
+
+/// Longest wait between two retries of a failed action.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How often the mitigator checks expiries and retries and refreshes its view.
+pub const MITIGATOR_TICK: Duration = Duration::from_millis(250);
+/// Decisions queued for the mitigator before the engine counts them as dropped.
+pub const DECISION_QUEUE: usize = 1024;
+
+/// A ban with what its drop entry dropped so far.
+#[derive(Debug, Clone, Serialize)]
+pub struct BanView {
+    /// The ban.
+    #[serde(flatten)]
+    pub ban: Ban,
+    /// Packets dropped by its XDP entry.
+    pub dropped_packets: u64,
+    /// IP bytes dropped by its XDP entry.
+    pub dropped_bytes: u64,
+}
+
+/// What the mitigator has in force, as the views see it.
+#[derive(Debug, Clone, Default)]
+pub struct MitigatorView {
+    /// Drop entries in force (manual bans and detection drops).
+    pub bans: Vec<BanView>,
+    /// Active mitigations.
+    pub active: Vec<Mitigation>,
+    /// Recently lifted mitigations.
+    pub recent: Arc<Vec<Mitigation>>,
+}
+
+impl MitigatorView {
+    /// The action outcomes of a mitigation (active or recently lifted) by id.
+    pub fn actions_of(&self, id: &str) -> Option<&[ActionState]> {
+        self.active
+            .iter()
+            .chain(self.recent.iter())
+            .find(|m| m.id == id)
+            .map(|m| m.actions.as_slice())
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MitigatorError {
+    /// It contradicts the configuration (e.g. banning a whitelisted prefix).
+    #[error("{0}")]
+    Conflict(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Nothing could be put in place or taken back; the error says why.
+    #[error("{0}")]
+    Failed(String),
+    /// The mitigator is not running.
+    #[error("the mitigator is not running")]
+    Gone,
+}
+
+/// What the API asks of the mitigator.
+#[derive(Debug)]
+pub enum MitigatorRequest {
+    /// Ban a prefix on one side with `[ban] manual_actions`.
+    Ban {
+        /// The prefix.
+        prefix: Prefix,
+        /// Its side.
+        match_on: DropMatch,
+        /// How long (`None`: until unbanned).
+        duration: Option<Duration>,
+        /// The operator's note.
+        reason: String,
+        /// The answer: the ban and its action outcomes.
+        reply: oneshot::Sender<Result<(BanView, Vec<ActionState>), MitigatorError>>,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The prefix.
+        prefix: Prefix,
+        /// Its side.
+        match_on: DropMatch,
+        /// The answer: the ban lifted.
+        reply: oneshot::Sender<Result<Ban, MitigatorError>>,
+    },
+}
+
+/// Counters of the mitigator, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct MitigatorStats {
+    /// `fnm_actions_total{action,result}`.
+    pub actions: Family<Vec<(String, String)>, Counter>,
+}
+
+impl MitigatorStats {
+    fn count(&self, action: Action, result: &str) {
+        self.actions
+            .get_or_create(&vec![
+                ("action".into(), action.as_str().into()),
+                ("result".into(), result.into()),
+            ])
+            .inc();
+    }
+}
+
+/// The running mitigator as the rest of the agent holds it.
+#[derive(Clone)]
+pub struct MitigatorHandle {
+    requests: mpsc::Sender<MitigatorRequest>,
+    /// What is in force.
+    pub view: Arc<ArcSwap<MitigatorView>>,
+    /// Counters.
+    pub stats: Arc<MitigatorStats>,
+    /// Counters of the notify script, when one is configured.
+    pub script_stats: Option<Arc<crate::actions::script::ScriptStats>>,
+}
+
+impl MitigatorHandle {
+    /// Sends a request and waits for its answer.
+    pub async fn ban(
+        &self,
+        prefix: Prefix,
+        match_on: DropMatch,
+        duration: Option<Duration>,
+        reason: String,
+    ) -> Result<(BanView, Vec<ActionState>), MitigatorError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(MitigatorRequest::Ban {
+                prefix,
+                match_on,
+                duration,
+                reason,
+                reply,
+            })
+            .await
+            .map_err(|_| MitigatorError::Gone)?;
+        rx.await.map_err(|_| MitigatorError::Gone)?
+    }
+
+    /// Lifts a ban and waits for the answer.
+    pub async fn unban(&self, prefix: Prefix, match_on: DropMatch) -> Result<Ban, MitigatorError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(MitigatorRequest::Unban {
+                prefix,
+                match_on,
+                reply,
+            })
+            .await
+            .map_err(|_| MitigatorError::Gone)?;
+        rx.await.map_err(|_| MitigatorError::Gone)?
+    }
+
+    /// What is in force now.
+    pub fn view(&self) -> Arc<MitigatorView> {
+        self.view.load_full()
+    }
+}
+
+struct Mitigator {
+    actions: BTreeMap<Action, Box<dyn MitigationAction>>,
+    bans: BanManager,
+    store: MitigationStore,
+    ban_time: Option<Duration>,
+    unban_only_when_stopped: bool,
+    manual_actions: Vec<Action>,
+    whitelist: Vec<Prefix>,
+    view: Arc<ArcSwap<MitigatorView>>,
+    stats: Arc<MitigatorStats>,
+    dirty: bool,
+}
+
+/// Starts the mitigator on the current Tokio runtime with the actions of `config`, the ban
+/// list and mitigations in `bans` / `store`, enforcing through `bans`' data plane. Returns once
+/// the rules and routes of the saved mitigations are reinstated (the ban list's drop entries
+/// are the caller's: [`BanManager::reinstate`]), with the handle and the sender the engine's
+/// decisions go to.
+pub async fn spawn(
+    config: &Config,
+    bans: BanManager,
+    store: MitigationStore,
+) -> anyhow::Result<(MitigatorHandle, mpsc::Sender<Decision>)> {
+    let crate::actions::Registry {
+        actions,
+        script_stats,
+    } = crate::actions::registry(config)?;
+    let (req_tx, req_rx) = mpsc::channel(64);
+    let (dec_tx, dec_rx) = mpsc::channel(DECISION_QUEUE);
+    let view = Arc::new(ArcSwap::from_pointee(MitigatorView::default()));
+    let stats = Arc::new(MitigatorStats::default());
+    let mut m = Mitigator {
+        actions,
+        bans,
+        store,
+        ban_time: config.ban.time_limit(),
+        unban_only_when_stopped: config.ban.unban_only_when_stopped,
+        manual_actions: config.ban.manual_actions.clone(),
+        whitelist: config.whitelist.clone(),
+        view: view.clone(),
+        stats: stats.clone(),
+        dirty: true,
+    };
+    m.reinstate().await;
+    tokio::spawn(async move {
+        m.run(dec_rx, req_rx).await;
+    });
+    Ok((
+        MitigatorHandle {
+            requests: req_tx,
+            view,
+            stats,
+            script_stats,
+        },
+        dec_tx,
+    ))
+}
+
+fn retry_delay(attempts: u32) -> Duration {
+    let secs = 1u64 << attempts.saturating_sub(1).min(6);
+    Duration::from_secs(secs).min(MAX_RETRY_DELAY)
+}
+
+impl Mitigator {
+    async fn run(
+        &mut self,
+        mut decisions: mpsc::Receiver<Decision>,
+        mut requests: mpsc::Receiver<MitigatorRequest>,
+    ) {
+        let mut tick = tokio::time::interval(MITIGATOR_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refreshes = 0u32;
+        loop {
+            tokio::select! {
+                d = decisions.recv() => match d {
+                    Some(d) => self.decide(d).await,
+                    None => break,
+                },
+                r = requests.recv() => match r {
+                    Some(r) => self.request(r).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.expire().await;
+                    self.retry().await;
+                    refreshes += 1;
+                    // Drop counters change without the mitigator acting: refresh them each second.
+                    if refreshes.is_multiple_of(4) {
+                        self.dirty = true;
+                    }
+                }
+            }
+            if self.dirty {
+                self.publish();
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let dp = self.bans.dataplane().clone();
+        let bans = self
+            .bans
+            .list()
+            .map(|b| {
+                let (p, by) = dp.drop_counter(b.prefix, b.match_on).unwrap_or((0, 0));
+                BanView {
+                    ban: b.clone(),
+                    dropped_packets: p,
+                    dropped_bytes: by,
+                }
+            })
+            .collect();
+        let recent: Vec<Mitigation> = self.store.recent().rev().cloned().collect();
+        self.view.store(Arc::new(MitigatorView {
+            bans,
+            active: self.store.active().to_vec(),
+            recent: Arc::new(recent),
+        }));
+        self.dirty = false;
+    }
+
+    /// Puts back what the saved state says is in force.
+    async fn reinstate(&mut self) {
+        let mut reinstated = 0;
+        for mi in 0..self.store.active().len() {
+            for ai in 0..self.store.active()[mi].actions.len() {
+                let state = self.store.active()[mi].actions[ai].clone();
+                let (Some(applied), ActionResult::Ok) = (&state.applied, state.result) else {
+                    continue;
+                };
+                let Some(action) = self.actions.get(&state.action) else {
+                    continue;
+                };
+                let mut env = ActionEnv {
+                    bans: &mut self.bans,
+                    expires: None,
+                    reason: "",
+                };
+                if let Err(e) = action.reinstate(&mut env, applied).await {
+                    tracing::error!(
+                        "mitigation {}: reinstating {}: {e}",
+                        self.store.active()[mi].id,
+                        state.action.as_str()
+                    );
+                    let s = &mut self.store.active_mut()[mi].actions[ai];
+                    s.result = if e.retryable() {
+                        ActionResult::Retrying
+                    } else {
+                        ActionResult::Failed
+                    };
+                    s.error = Some(e.to_string());
+                    s.next_retry_unix_ms = Some(unix_ms());
+                } else {
+                    reinstated += 1;
+                }
+            }
+        }
+        if reinstated > 0 {
+            tracing::info!(
+                "reinstated {reinstated} actions of {} active mitigations",
+                self.store.active().len()
+            );
+        }
+        self.store.save();
+        self.dirty = true;
+    }
+
+    async fn decide(&mut self, d: Decision) {
+        match d {
+            Decision::AttackStarted {
+                attack,
+                remotes,
+                actions,
+            } => {
+                if actions.is_empty() {
+                    return;
+                }
+                let now = unix_now();
+                let target = Target::Attack {
+                    attack: &attack,
+                    remotes: &remotes,
+                };
+                let (prefix, match_on) = target.prefix_and_side();
+                let expires = self.ban_time.map(|t| now + t.as_secs().max(1));
+                let states = self.apply_all(&actions, &target, None, &attack.id).await;
+                self.store.insert(Mitigation {
+                    id: attack.id.clone(),
+                    origin: BanOrigin::Detection,
+                    host: attack.host,
+                    direction: Some(attack.direction),
+                    prefix,
+                    match_on,
+                    started: now,
+                    expires,
+                    pps: attack.initial_rates.pps as u64,
+                    reason: String::new(),
+                    attack_ongoing: true,
+                    actions: states,
+                    lifted: None,
+                    attack: Some(attack),
+                });
+                self.dirty = true;
+            }
+            Decision::AttackEnded { attack_id, .. } => {
+                if let Some(m) = self
+                    .store
+                    .active_mut()
+                    .iter_mut()
+                    .find(|m| m.id == attack_id)
+                {
+                    m.attack_ongoing = false;
+                    self.store.save();
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Applies `actions` in order to `target`; returns each one's outcome.
+    async fn apply_all(
+        &mut self,
+        actions: &[Action],
+        target: &Target<'_>,
+        expires: Option<u64>,
+        reason: &str,
+    ) -> Vec<ActionState> {
+        let mut states = Vec::with_capacity(actions.len());
+        for action in actions {
+            let mut state = ActionState {
+                action: *action,
+                result: ActionResult::Failed,
+                applied: None,
+                error: None,
+                attempts: 0,
+                next_retry_unix_ms: None,
+            };
+            self.attempt(&mut state, target, expires, reason).await;
+            states.push(state);
+        }
+        states
+    }
+
+    async fn attempt(
+        &mut self,
+        state: &mut ActionState,
+        target: &Target<'_>,
+        expires: Option<u64>,
+        reason: &str,
+    ) {
+        state.attempts += 1;
+        let Some(action) = self.actions.get(&state.action) else {
+            state.result = ActionResult::Failed;
+            state.error = Some(format!(
+                "{} is not configured (see its section in the config)",
+                state.action.as_str()
+            ));
+            self.stats.count(state.action, "failed");
+            return;
+        };
+        let mut env = ActionEnv {
+            bans: &mut self.bans,
+            expires,
+            reason,
+        };
+        match action.apply(&mut env, target).await {
+            Ok(applied) => {
+                if let Applied::Nothing { reason } = &applied {
+                    tracing::info!("{}: nothing to do: {reason}", state.action.as_str());
+                }
+                state.result = ActionResult::Ok;
+                state.applied = Some(applied);
+                state.error = None;
+                state.next_retry_unix_ms = None;
+                self.stats.count(state.action, "ok");
+            }
+            Err(e) => {
+                tracing::error!("{} for {reason}: {e}", state.action.as_str());
+                state.error = Some(e.to_string());
+                let exhausted = action
+                    .max_attempts()
+                    .is_some_and(|max| state.attempts >= max);
+                if e.retryable() && !exhausted {
+                    state.result = ActionResult::Retrying;
+                    state.next_retry_unix_ms =
+                        Some(unix_ms() + retry_delay(state.attempts).as_millis() as u64);
+                } else {
+                    state.result = ActionResult::Failed;
+                    state.next_retry_unix_ms = None;
+                }
+                self.stats.count(state.action, "failed");
+            }
+        }
+    }
+
+    async fn request(&mut self, r: MitigatorRequest) {
+        match r {
+            MitigatorRequest::Ban {
+                prefix,
+                match_on,
+                duration,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.manual_ban(prefix, match_on, duration, reason).await);
+            }
+            MitigatorRequest::Unban {
+                prefix,
+                match_on,
+                reply,
+            } => {
+                let _ = reply.send(self.manual_unban(prefix, match_on).await);
+            }
+        }
+        self.dirty = true;
+    }
+
+    async fn manual_ban(
+        &mut self,
+        prefix: Prefix,
+        match_on: DropMatch,
+        duration: Option<Duration>,
+        reason: String,
+    ) -> Result<(BanView, Vec<ActionState>), MitigatorError> {
+        if let Some(w) = self.whitelist_covering(prefix) {
+            return Err(MitigatorError::Conflict(format!(
+                "{prefix} is inside whitelisted {w} and is never banned"
+            )));
+        }
+        let now = unix_now();
+        let expires = duration.map(|d| now + d.as_secs().max(1));
+        // Banning again renews: the old manual mitigation is lifted first.
+        if let Some(old) = self.manual_of(prefix, match_on) {
+            self.lift(&old).await.map_err(|e| {
+                MitigatorError::Failed(format!("renewing the ban of {prefix}: {e}"))
+            })?;
+        }
+        let id = format!("manual-{}", uuid::Uuid::now_v7());
+        let target = Target::Prefix { prefix, match_on };
+        let actions = self.manual_actions.clone();
+        let label = if reason.is_empty() {
+            id.clone()
+        } else {
+            reason.clone()
+        };
+        let states = self.apply_all(&actions, &target, expires, &label).await;
+        if !states.is_empty() && states.iter().all(|s| s.result == ActionResult::Failed) {
+            let why: Vec<String> = states
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}: {}",
+                        s.action.as_str(),
+                        s.error.as_deref().unwrap_or("failed")
+                    )
+                })
+                .collect();
+            return Err(MitigatorError::Failed(format!(
+                "nothing was banned: {}",
+                why.join("; ")
+            )));
+        }
+        let m = Mitigation {
+            id,
+            origin: BanOrigin::Manual,
+            host: prefix.addr(),
+            direction: None,
+            prefix,
+            match_on,
+            started: now,
+            expires,
+            pps: 0,
+            reason: reason.clone(),
+            attack_ongoing: false,
+            actions: states.clone(),
+            lifted: None,
+            attack: None,
+        };
+        self.store.insert(m);
+        tracing::info!("banned {prefix} ({}) by hand", match_on.as_str());
+        let ban = self.bans.get(prefix, match_on).cloned().unwrap_or(Ban {
+            prefix,
+            match_on,
+            created: now,
+            expires,
+            origin: BanOrigin::Manual,
+            reason,
+        });
+        let (p, b) = self
+            .bans
+            .dataplane()
+            .drop_counter(prefix, match_on)
+            .unwrap_or((0, 0));
+        Ok((
+            BanView {
+                ban,
+                dropped_packets: p,
+                dropped_bytes: b,
+            },
+            states,
+        ))
+    }
+
+    fn whitelist_covering(&self, prefix: Prefix) -> Option<Prefix> {
+        self.whitelist.iter().find(|w| w.covers(&prefix)).copied()
+    }
+
+    fn manual_of(&self, prefix: Prefix, match_on: DropMatch) -> Option<Mitigation> {
+        self.store
+            .active()
+            .iter()
+            .find(|m| m.origin == BanOrigin::Manual && m.prefix == prefix && m.match_on == match_on)
+            .cloned()
+    }
+
+    async fn manual_unban(
+        &mut self,
+        prefix: Prefix,
+        match_on: DropMatch,
+    ) -> Result<Ban, MitigatorError> {
+        let listed = self.bans.get(prefix, match_on).cloned();
+        if let Some(m) = self.manual_of(prefix, match_on) {
+            self.lift(&m)
+                .await
+                .map_err(|e| MitigatorError::Failed(e.to_string()))?;
+            tracing::info!("unbanned {prefix} ({})", match_on.as_str());
+            return Ok(listed.unwrap_or(Ban {
+                prefix,
+                match_on,
+                created: m.started,
+                expires: m.expires,
+                origin: BanOrigin::Manual,
+                reason: m.reason,
+            }));
+        }
+        match self.bans.remove(prefix, match_on) {
+            Ok(Some(ban)) => {
+                tracing::info!("unbanned {prefix} ({})", match_on.as_str());
+                Ok(ban)
+            }
+            Ok(None) => Err(MitigatorError::NotFound(format!(
+                "no ban for {prefix} on {}",
+                match_on.as_str()
+            ))),
+            Err(e) => Err(MitigatorError::Failed(e.to_string())),
+        }
+    }
+
+    /// Lifts every applied action of `m` and retires it. On the first failure the mitigation
+    /// stays active (what was lifted is marked so) and the error is returned.
+    async fn lift(&mut self, m: &Mitigation) -> Result<(), ActionError> {
+        let Some(mi) = self.store.active().iter().position(|x| x.id == m.id) else {
+            return Ok(());
+        };
+        let reason = m.id.clone();
+        for ai in 0..self.store.active()[mi].actions.len() {
+            let state = self.store.active()[mi].actions[ai].clone();
+            let (Some(applied), ActionResult::Ok) = (&state.applied, state.result) else {
+                continue;
+            };
+            if self.still_needed(&m.id, applied) {
+                continue;
+            }
+            let Some(action) = self.actions.get(&state.action) else {
+                continue;
+            };
+            let mut env = ActionEnv {
+                bans: &mut self.bans,
+                expires: None,
+                reason: &reason,
+            };
+            match action.lift(&mut env, applied).await {
+                Ok(()) => {
+                    self.store.active_mut()[mi].actions[ai].result = ActionResult::Lifted;
+                    self.stats.count(state.action, "lifted");
+                }
+                Err(e) => {
+                    self.stats.count(state.action, "lift_failed");
+                    self.store.save();
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!("lifted mitigation {} of {}", m.id, m.prefix);
+        self.store.retire(&m.id, unix_now());
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// True when another active mitigation holds the same thing in place (the same host's
+    /// rules, drop entry or route): lifting it now would undo that one too.
+    fn still_needed(&self, id: &str, applied: &Applied) -> bool {
+        let same = |other: &Applied| match (applied, other) {
+            (
+                Applied::XdpRules {
+                    host, direction, ..
+                },
+                Applied::XdpRules {
+                    host: h,
+                    direction: d,
+                    ..
+                },
+            ) => host == h && direction == d,
+            (Applied::XdpDrops { entries }, Applied::XdpDrops { entries: e }) => {
+                entries.iter().any(|x| e.contains(x))
+            }
+            (Applied::BgpBlackhole { prefix }, Applied::BgpBlackhole { prefix: p }) => prefix == p,
+            (Applied::BgpFlowspec { rule }, Applied::BgpFlowspec { rule: r }) => rule == r,
+            _ => false,
+        };
+        self.store.active().iter().filter(|m| m.id != id).any(|m| {
+            m.actions
+                .iter()
+                .any(|s| s.result == ActionResult::Ok && s.applied.as_ref().is_some_and(&same))
+        })
+    }
+
+    /// Lifts mitigations whose time has come (and whose attack stopped, when configured), and
+    /// drop entries that expired without a mitigation.
+    async fn expire(&mut self) {
+        let now = unix_now();
+        let due: Vec<Mitigation> = self
+            .store
+            .active()
+            .iter()
+            .filter(|m| m.expires.is_some_and(|e| e <= now))
+            .filter(|m| !(self.unban_only_when_stopped && m.attack_ongoing))
+            .cloned()
+            .collect();
+        for m in due {
+            if let Err(e) = self.lift(&m).await {
+                tracing::error!("lifting mitigation {}: {e}; trying again", m.id);
+            }
+        }
+        let owned = |b: &Ban, ms: &[Mitigation]| {
+            ms.iter().any(|m| {
+                m.actions.iter().any(|s| {
+                    matches!(&s.applied, Some(Applied::XdpDrops { entries })
+                        if entries.contains(&(b.prefix, b.match_on)))
+                        && s.result == ActionResult::Ok
+                })
+            })
+        };
+        for ban in self.bans.expired(now) {
+            if owned(&ban, self.store.active()) {
+                continue;
+            }
+            match self.bans.remove(ban.prefix, ban.match_on) {
+                Ok(_) => {
+                    tracing::info!("ban {} ({}) expired", ban.prefix, ban.match_on.as_str());
+                    self.dirty = true;
+                }
+                Err(e) => tracing::warn!("expiring ban {}: {e}", ban.prefix),
+            }
+        }
+    }
+
+    /// Tries again the actions whose retry is due.
+    async fn retry(&mut self) {
+        let now = unix_ms();
+        let mut due = Vec::new();
+        for (mi, m) in self.store.active().iter().enumerate() {
+            for (ai, s) in m.actions.iter().enumerate() {
+                if s.result == ActionResult::Retrying
+                    && s.next_retry_unix_ms.is_some_and(|t| t <= now)
+                {
+                    due.push((mi, ai));
+                }
+            }
+        }
+        for (mi, ai) in due {
+            let m = self.store.active()[mi].clone();
+            let mut state = m.actions[ai].clone();
+            let remotes: Vec<IpAddr> = Vec::new();
+            let target = match &m.attack {
+                Some(attack) => Target::Attack {
+                    attack,
+                    remotes: &remotes,
+                },
+                None => Target::Prefix {
+                    prefix: m.prefix,
+                    match_on: m.match_on,
+                },
+            };
+            let reason = if m.reason.is_empty() {
+                m.id.clone()
+            } else {
+                m.reason.clone()
+            };
+            self.attempt(&mut state, &target, m.expires, &reason).await;
+            if state.result == ActionResult::Ok {
+                tracing::info!(
+                    "mitigation {}: {} applied after {} attempts",
+                    m.id,
+                    state.action.as_str(),
+                    state.attempts
+                );
+            }
+            self.store.active_mut()[mi].actions[ai] = state;
+            self.dirty = true;
+        }
+        if self.dirty {
+            self.store.save();
+        }
+    }
+}
+
+/// The direction argument of a manual ban's script call, as FastNetMon passes it.
+pub const MANUAL_DIRECTION: &str = "other";
+
+/// Direction label for logs.
+pub fn direction_label(d: Option<Direction>) -> &'static str {
+    d.map_or(MANUAL_DIRECTION, Direction::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bans::BanStore, dataplane::DataPlaneHandle};
+    use std::sync::Mutex;
+
+    async fn start(extra: &str) -> (MitigatorHandle, mpsc::Sender<Decision>) {
+        let config: Config = toml::from_str(&format!(
+            "networks = [\"10.0.0.0/8\"]\nwhitelist = [\"192.0.2.0/24\"]\n{extra}"
+        ))
+        .unwrap();
+        let bans = BanManager::new(BanStore::in_memory(), DataPlaneHandle::absent());
+        spawn(&config, bans, MitigationStore::in_memory())
+            .await
+            .unwrap()
+    }
+
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn manual_ban_and_unban_go_through_the_manual_actions() {
+        let (m, _decisions) = start("").await;
+        let p: Prefix = "198.51.100.7/32".parse().unwrap();
+        let (ban, actions) = m.ban(p, DropMatch::Src, None, "test".into()).await.unwrap();
+        assert_eq!(ban.ban.prefix, p);
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, Action::XdpBlackhole);
+        assert_eq!(actions[0].result, ActionResult::Ok);
+        wait_for("ban listed", || m.view().bans.len() == 1).await;
+        assert_eq!(m.view().active.len(), 1);
+        m.unban(p, DropMatch::Src).await.unwrap();
+        wait_for("ban gone", || m.view().bans.is_empty()).await;
+        assert!(m.view().active.is_empty());
+        assert!(matches!(
+            m.unban(p, DropMatch::Src).await,
+            Err(MitigatorError::NotFound(_))
+        ));
+        assert!(matches!(
+            m.ban(
+                "192.0.2.9/32".parse().unwrap(),
+                DropMatch::Src,
+                None,
+                String::new()
+            )
+            .await,
+            Err(MitigatorError::Conflict(_))
+        ));
+    }
+
+    /// A web hook server that records what it was sent.
+    async fn hook_server(listener: tokio::net::TcpListener) -> Arc<Mutex<Vec<serde_json::Value>>> {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let g = g.clone();
+                async move {
+                    g.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap_or_default());
+                    "ok"
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        got
+    }
+
+    #[tokio::test]
+    async fn a_failed_peer_is_retried_until_it_answers() {
+        // A port nobody listens on yet.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (m, _decisions) = start(&format!(
+            "[ban]\nmanual_actions = [\"webhook\"]\n[webhook]\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+             timeout = \"1s\"\nretries = 10\n"
+        ))
+        .await;
+        let p: Prefix = "198.51.100.8/32".parse().unwrap();
+        let (_, actions) = m.ban(p, DropMatch::Dst, None, String::new()).await.unwrap();
+        assert_eq!(actions[0].result, ActionResult::Retrying, "{actions:?}");
+        assert!(actions[0].error.is_some());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let got = hook_server(listener).await;
+        wait_for("the retry to reach the server", || {
+            m.view().active[0].actions[0].result == ActionResult::Ok
+        })
+        .await;
+        assert_eq!(got.lock().unwrap()[0]["event"], "ban");
+        assert!(m.view().active[0].actions[0].attempts >= 2);
+        m.unban(p, DropMatch::Dst).await.unwrap();
+        wait_for("the unban post", || got.lock().unwrap().len() == 2).await;
+        assert_eq!(got.lock().unwrap()[1]["event"], "unban");
+    }
+}
