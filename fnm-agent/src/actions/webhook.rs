@@ -17,7 +17,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// Where to POST (`http://` or `https://`). Default: none (the action is not available).
+    /// Where to POST (`http://`, or `https://` on Linux builds). Default: none (the action is
+    /// not available).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Longest wait for an answer. Default: `5s`.
