@@ -543,6 +543,11 @@ fn agent_binary_collects_exports_metrics_and_keeps_templates_across_restarts() {
         (),
     );
     expected.insert("fnm_flow_templates{exporter=\"127.0.0.1\"} 1", ());
+    // Traffic totals come from the engine's snapshot, published at its next tick.
+    expected.insert(
+        "fnm_traffic_packets_total{direction=\"incoming\",protocol=\"udp\",source=\"netflow\"} 4",
+        (),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut text = agent.metrics_text();
     while !expected.keys().all(|line| text.contains(line)) && Instant::now() < deadline {
