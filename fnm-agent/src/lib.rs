@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mitigation;
 pub mod prefix;
 pub mod replay;
+pub mod state;
 pub mod traffic;
 pub mod views;
 #[cfg(target_os = "linux")]

@@ -443,6 +443,57 @@ fn v9_and_ipfix_templates_with_one_id_from_one_exporter_do_not_collide() {
 }
 
 #[test]
+fn a_corrupt_or_old_template_file_is_set_aside_and_the_collector_starts() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("flow-templates.json");
+    let accounting = accounting();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let set_aside = |dir: &Path| -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("flow-templates.json.corrupt-")
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    // A torn file, then a version-1 file (keys without the protocol).
+    let version_1 = br#"{"version":1,"templates":[{"key":{"exporter":"127.0.0.1","domain":42,"template_id":300},"options":false,"scope_fields":0,"fields":[{"id":2,"length":4,"enterprise":0}]}],"sampling":[]}"#;
+    for (round, content) in [&b"{\"version\":2,\"templ"[..], version_1]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(&file, content).unwrap();
+        let collectors = start(&accounting, Some(state.path()), local_netflow());
+        assert_eq!(collectors.templates_known(), 0);
+        let kept = set_aside(state.path());
+        assert_eq!(kept.len(), round + 1, "{kept:?}");
+        assert!(kept.iter().any(|p| std::fs::read(p).unwrap() == *content));
+        assert!(
+            !file.exists(),
+            "the bad file is moved, not left to be overwritten"
+        );
+        // The collector works and saves a good file again.
+        sender
+            .send_to(&netflow9_template(1), collectors.netflow_addrs()[0])
+            .unwrap();
+        wait_for("the template", || collectors.templates_known() == 1);
+        collectors.stop();
+        assert_eq!(
+            fnm_agent::flow::TemplateCache::load(&file).unwrap().len(),
+            1
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+}
+
+#[test]
 fn sequence_gaps_and_strangers_are_counted() {
     let accounting = accounting();
     let mut netflow = local_netflow();

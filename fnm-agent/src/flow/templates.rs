@@ -29,6 +29,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::store::{OnBadFile, StateFile, StoreError};
+
 use super::record::{FlowRecord, RecordKind};
 use super::{be_uint, DecodeError};
 
@@ -633,26 +635,10 @@ impl Default for TemplateCache {
     }
 }
 
-/// Why a template state file could not be saved or loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TemplateStateError {
-    /// Reading or writing the file failed.
-    #[error("template state file {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not a template state file of a known format.
-    #[error("template state file {path} is corrupt: {detail}")]
-    Corrupt {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        detail: TemplateFormatError,
-    },
-}
+/// Why a template state file could not be saved or loaded: the state store's error, which
+/// names the file (a format problem is [`StoreError::Corrupt`] with a [`TemplateFormatError`]
+/// inside).
+pub type TemplateStateError = StoreError;
 
 /// Why the content of a template state file was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -685,7 +671,7 @@ struct StateVersion {
 /// On-disk form of the cache.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StateFile {
+struct StoredCache {
     version: u32,
     templates: Vec<StoredTemplate>,
     sampling: Vec<StoredRate>,
@@ -846,12 +832,8 @@ impl TemplateCache {
             .unwrap_or(0)
     }
 
-    /// Writes the cache to `path` (via a temporary file renamed into place).
-    pub fn save(&self, path: &Path) -> Result<(), TemplateStateError> {
-        let io_error = |source| TemplateStateError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+    /// The cache as the JSON of a state file (format [`STATE_FORMAT_VERSION`]).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut templates: Vec<StoredTemplate> = self
             .templates
             .iter()
@@ -889,44 +871,26 @@ impl TemplateCache {
                 stored.sampler_id,
             )
         });
-        let state = StateFile {
+        serde_json::to_vec(&StoredCache {
             version: STATE_FORMAT_VERSION,
             templates,
             sampling,
-        };
-        let json = serde_json::to_vec(&state).map_err(|error| TemplateStateError::Corrupt {
-            path: path.display().to_string(),
-            detail: error.into(),
-        })?;
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = std::path::PathBuf::from(temporary);
-        std::fs::write(&temporary, json).map_err(io_error)?;
-        std::fs::rename(&temporary, path).map_err(io_error)
+        })
     }
 
-    /// Reads a cache written by [`save`](Self::save), with the default limits. Templates that
-    /// no longer validate are dropped; a file that is not valid state is an error.
-    pub fn load(path: &Path) -> Result<Self, TemplateStateError> {
-        let bytes = std::fs::read(path).map_err(|source| TemplateStateError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let corrupt = |detail: TemplateFormatError| TemplateStateError::Corrupt {
-            path: path.display().to_string(),
-            detail,
-        };
+    /// A cache (default limits) from the JSON of a state file. Templates that no longer
+    /// validate are dropped; content that is not state of format [`STATE_FORMAT_VERSION`] is
+    /// an error.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, TemplateFormatError> {
         // The version is read first, so that an older file is reported as such rather than as
         // a missing field.
-        let version: StateVersion =
-            serde_json::from_slice(&bytes).map_err(|error| corrupt(error.into()))?;
+        let version: StateVersion = serde_json::from_slice(bytes)?;
         if version.version != STATE_FORMAT_VERSION {
-            return Err(corrupt(TemplateFormatError::UnsupportedVersion {
+            return Err(TemplateFormatError::UnsupportedVersion {
                 found: version.version,
-            }));
+            });
         }
-        let state: StateFile =
-            serde_json::from_slice(&bytes).map_err(|error| corrupt(error.into()))?;
+        let state: StoredCache = serde_json::from_slice(bytes)?;
         let mut cache = Self::default();
         for stored in state.templates {
             if let Ok(template) = Template::new(stored.fields, stored.scope_fields, stored.options)
@@ -946,6 +910,31 @@ impl TemplateCache {
             }
         }
         Ok(cache)
+    }
+
+    /// Writes the cache to `path` durably ([`StateFile::save`]: temporary file, fsync,
+    /// rename, fsync of the directory).
+    pub fn save(&self, path: &Path) -> Result<(), TemplateStateError> {
+        let file = StateFile::new(path);
+        let json = self.to_json().map_err(|error| StoreError::Encode {
+            path: path.to_owned(),
+            source: error.into(),
+        })?;
+        file.save(&json)
+    }
+
+    /// Reads a cache written by [`save`](Self::save), with the default limits. A missing,
+    /// unreadable or corrupt file (or one of another format version) is an error naming it;
+    /// the file is left in place (the collector sets it aside instead, see
+    /// [`StateFile::load`]).
+    pub fn load(path: &Path) -> Result<Self, TemplateStateError> {
+        match StateFile::new(path).load(OnBadFile::Fail, Self::from_json)? {
+            crate::state::store::Loaded::Found(cache) => Ok(cache),
+            _ => Err(StoreError::Read {
+                path: path.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+        }
     }
 
     /// Decodes one data set through its template, appending the records to `out`. Unknown
@@ -1219,13 +1208,13 @@ mod tests {
         )
         .expect("write");
         let error = TemplateCache::load(&path).expect_err("version 1 is not loaded");
+        let StoreError::Corrupt { source, .. } = &error else {
+            panic!("{error:?}");
+        };
         assert!(
             matches!(
-                &error,
-                TemplateStateError::Corrupt {
-                    detail: TemplateFormatError::UnsupportedVersion { found: 1 },
-                    ..
-                }
+                source.downcast_ref(),
+                Some(TemplateFormatError::UnsupportedVersion { found: 1 })
             ),
             "{error:?}"
         );
