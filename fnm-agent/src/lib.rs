@@ -17,6 +17,7 @@ pub mod mitigator;
 pub mod prefix;
 pub mod replay;
 pub mod sources;
+pub mod state;
 pub mod traffic;
 pub mod views;
 #[cfg(target_os = "linux")]

@@ -229,6 +229,22 @@ pub fn render(st: &MetricsState) -> String {
             "Notify script calls by result (dropped: the queue was full)",
             calls,
         );
+        for (name, help, n) in [
+            (
+                "fnm_script_leftovers_killed",
+                "Script calls whose leftover processes were killed at the timeout",
+                stats.leftovers_killed.load(Relaxed),
+            ),
+            (
+                "fnm_script_output_truncated",
+                "Script calls whose stdout or stderr was longer than the 64 KiB kept",
+                stats.output_truncated.load(Relaxed),
+            ),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(n);
+            registry.register(name, help, c);
+        }
     }
     let mitigations = Gauge::<i64>::default();
     mitigations.set(view.active.len() as i64);

@@ -92,6 +92,42 @@ fn netflow9_data(sequence: u32, records: &[(Ipv4Addr, Ipv4Addr, u32, u32)]) -> V
     d
 }
 
+/// An IPFIX message from observation domain 42 (the v9 source id above) with template 300 in
+/// another layout than the v9 one (src, dst, packets as 8 bytes, bytes as 1 byte: 17 bytes, as
+/// long as a v9 record) and/or data records through it.
+fn ipfix_300(template: bool, records: &[(Ipv4Addr, Ipv4Addr, u64, u8)]) -> Vec<u8> {
+    let mut sets = Vec::new();
+    if template {
+        let fields: [(u16, u16); 4] = [(8, 4), (12, 4), (2, 8), (1, 1)];
+        sets.extend_from_slice(&2u16.to_be_bytes());
+        sets.extend_from_slice(&(4 + 4 + 4 * fields.len() as u16).to_be_bytes());
+        sets.extend_from_slice(&300u16.to_be_bytes());
+        sets.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+        for (id, len) in fields {
+            sets.extend_from_slice(&id.to_be_bytes());
+            sets.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    if !records.is_empty() {
+        sets.extend_from_slice(&300u16.to_be_bytes());
+        sets.extend_from_slice(&(4 + 17 * records.len() as u16).to_be_bytes());
+        for (src, dst, packets, bytes) in records {
+            sets.extend_from_slice(&src.octets());
+            sets.extend_from_slice(&dst.octets());
+            sets.extend_from_slice(&packets.to_be_bytes());
+            sets.push(*bytes);
+        }
+    }
+    let mut m = Vec::new();
+    m.extend_from_slice(&10u16.to_be_bytes());
+    m.extend_from_slice(&(16 + sets.len() as u16).to_be_bytes());
+    m.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    m.extend_from_slice(&0u32.to_be_bytes()); // sequence
+    m.extend_from_slice(&42u32.to_be_bytes()); // observation domain
+    m.extend(sets);
+    m
+}
+
 fn accounting() -> Arc<Mutex<Accounting>> {
     let networks = ["10.10.0.0/16"]
         .iter()
@@ -334,6 +370,127 @@ fn templates_learned_before_a_restart_decode_data_after_it() {
         metrics.protocol_total("netflow9").unknown_template_sets == 1
     });
     assert_eq!(incoming(&fresh_accounting, LOCAL_HOST), (0, 0));
+}
+
+#[test]
+fn v9_and_ipfix_templates_with_one_id_from_one_exporter_do_not_collide() {
+    let state = tempfile::tempdir().unwrap();
+    let accounting = accounting();
+    let collectors = start(&accounting, Some(state.path()), local_netflow());
+    let addr = collectors.netflow_addrs()[0];
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // One exporter (one address and port, source id = observation domain = 42) announces
+    // template 300 in NetFlow v9 and then, with another layout, in IPFIX.
+    sender.send_to(&netflow9_template(1), addr).unwrap();
+    sender.send_to(&ipfix_300(true, &[]), addr).unwrap();
+    let metrics = collectors.metrics();
+    wait_for("both templates", || {
+        metrics.protocol_total("netflow9").templates_learned == 1
+            && metrics.protocol_total("ipfix").templates_learned == 1
+    });
+
+    // v9 data must go through the v9 template. Through the IPFIX one, the protocol, packets
+    // and bytes fields read as one 8-byte packet counter: 4.3e17 packets, a false attack.
+    sender
+        .send_to(
+            &netflow9_data(2, &[(REMOTE_HOST, LOCAL_HOST, 7, 700)]),
+            addr,
+        )
+        .unwrap();
+    wait_for("the v9 record", || {
+        metrics.protocol_total("netflow9").records == 1
+    });
+    assert_eq!(
+        incoming(&accounting, LOCAL_HOST),
+        (7, 700),
+        "v9 data decoded through the IPFIX template"
+    );
+    assert_eq!(collectors.templates_known(), 2, "one template per protocol");
+
+    // IPFIX data goes through the IPFIX template.
+    sender
+        .send_to(
+            &ipfix_300(false, &[(REMOTE_HOST, LOCAL_HOST, 5, 250)]),
+            addr,
+        )
+        .unwrap();
+    wait_for("the IPFIX record", || {
+        incoming(&accounting, LOCAL_HOST) != (7, 700)
+    });
+    assert_eq!(incoming(&accounting, LOCAL_HOST), (12, 950));
+    collectors.stop();
+
+    // Both survive a restart, still apart.
+    let restarted = start(&accounting, Some(state.path()), local_netflow());
+    assert_eq!(restarted.templates_known(), 2);
+    let addr = restarted.netflow_addrs()[0];
+    sender
+        .send_to(
+            &netflow9_data(3, &[(REMOTE_HOST, LOCAL_HOST, 1, 100)]),
+            addr,
+        )
+        .unwrap();
+    sender
+        .send_to(&ipfix_300(false, &[(REMOTE_HOST, LOCAL_HOST, 2, 20)]), addr)
+        .unwrap();
+    wait_for("both records after the restart", || {
+        incoming(&accounting, LOCAL_HOST) != (12, 950)
+            && restarted.metrics().protocol_total("ipfix").records == 1
+            && restarted.metrics().protocol_total("netflow9").records == 1
+    });
+    assert_eq!(incoming(&accounting, LOCAL_HOST), (15, 1070));
+    restarted.stop();
+}
+
+#[test]
+fn a_corrupt_or_old_template_file_is_set_aside_and_the_collector_starts() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("flow-templates.json");
+    let accounting = accounting();
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let set_aside = |dir: &Path| -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("flow-templates.json.corrupt-")
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    // A torn file, then a version-1 file (keys without the protocol).
+    let version_1 = br#"{"version":1,"templates":[{"key":{"exporter":"127.0.0.1","domain":42,"template_id":300},"options":false,"scope_fields":0,"fields":[{"id":2,"length":4,"enterprise":0}]}],"sampling":[]}"#;
+    for (round, content) in [&b"{\"version\":2,\"templ"[..], version_1]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(&file, content).unwrap();
+        let collectors = start(&accounting, Some(state.path()), local_netflow());
+        assert_eq!(collectors.templates_known(), 0);
+        let kept = set_aside(state.path());
+        assert_eq!(kept.len(), round + 1, "{kept:?}");
+        assert!(kept.iter().any(|p| std::fs::read(p).unwrap() == *content));
+        assert!(
+            !file.exists(),
+            "the bad file is moved, not left to be overwritten"
+        );
+        // The collector works and saves a good file again.
+        sender
+            .send_to(&netflow9_template(1), collectors.netflow_addrs()[0])
+            .unwrap();
+        wait_for("the template", || collectors.templates_known() == 1);
+        collectors.stop();
+        assert_eq!(
+            fnm_agent::flow::TemplateCache::load(&file).unwrap().len(),
+            1
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
 }
 
 #[test]

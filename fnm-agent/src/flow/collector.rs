@@ -10,7 +10,8 @@
 //!
 //! NetFlow v9 and IPFIX templates live in one [`TemplateCache`] shared by the NetFlow workers;
 //! it is loaded from `<state_dir>/flow-templates.json` at start, saved every
-//! [`TEMPLATE_SAVE_INTERVAL`] when it changed, and saved on stop.
+//! [`TEMPLATE_SAVE_INTERVAL`] when it changed, and saved on stop, through the durable
+//! [`StateFile`] store (a file that cannot be loaded is set aside, see `load_templates`).
 
 use std::{
     collections::HashMap,
@@ -32,6 +33,7 @@ use super::{decode_netflow_family, sflow, DecodeError, NetflowDatagram, Template
 use crate::{
     accounting::Accounting,
     prefix::{Prefix, PrefixSet},
+    state::store::{Loaded, OnBadFile, StateFile},
     traffic::{Source, TrafficRecord},
 };
 
@@ -264,8 +266,9 @@ pub struct FlowCollectors {
 
 impl FlowCollectors {
     /// Binds every listen address and starts the workers. Templates are loaded from (and
-    /// saved to) `<state_dir>/flow-templates.json` when `state_dir` is given; a missing or
-    /// corrupt file starts an empty cache (corruption is logged).
+    /// saved to) `<state_dir>/flow-templates.json` when `state_dir` is given; a missing file
+    /// starts an empty cache, and so does one that cannot be used, after it is set aside as
+    /// `flow-templates.json.corrupt-<unix time>` and the reason logged.
     pub fn start(
         sflow: &SflowConfig,
         netflow: &NetflowConfig,
@@ -449,21 +452,31 @@ impl Drop for FlowCollectors {
     }
 }
 
+/// Loads the template cache of the state directory. Templates are soft state (exporters
+/// resend them), so a file that cannot be used does not stop the agent: it is set aside as
+/// `<name>.corrupt-<unix time>` for inspection, the reason is logged, and the cache starts
+/// empty. The file is never just overwritten by the next save.
 fn load_templates(path: Option<&Path>) -> TemplateCache {
     let Some(path) = path else {
         return TemplateCache::default();
     };
-    if !path.exists() {
-        return TemplateCache::default();
-    }
-    match TemplateCache::load(path) {
-        Ok(cache) => {
+    match StateFile::new(path).load(OnBadFile::SetAside, TemplateCache::from_json) {
+        Ok(Loaded::Missing) => TemplateCache::default(),
+        Ok(Loaded::Found(cache)) => {
             tracing::info!(
                 "restored {} flow templates from {}",
                 cache.len(),
                 path.display()
             );
             cache
+        }
+        Ok(Loaded::SetAside { to, error }) => {
+            tracing::error!(
+                "{error}; set aside as {}; starting with no flow templates (exporters resend \
+                 them; until then their data sets count as unknown_template_sets)",
+                to.display()
+            );
+            TemplateCache::default()
         }
         Err(error) => {
             tracing::error!("{error}; starting with no flow templates");

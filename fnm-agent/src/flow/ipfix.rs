@@ -1,7 +1,8 @@
 //! IPFIX (RFC 7011): a 16-byte message header followed by sets (templates 2, options
 //! templates 3, data 256+).
 //!
-//! Templates are stored per (exporter, observation domain, template id). Enterprise-specific
+//! Templates are stored per (exporter, IPFIX, observation domain, template id): apart from the
+//! NetFlow v9 templates of the same exporter, whose ids are another space. Enterprise-specific
 //! fields (enterprise bit set, 4-byte PEN follows) and unknown elements are skipped by their
 //! length; variable-length fields (length 65535 in the template) use the 1-byte or 3-byte
 //! length prefix. A template record with field count 0 withdraws its template (template id 2 /
@@ -16,7 +17,9 @@ use std::net::IpAddr;
 use crate::traffic::TrafficRecord;
 
 use super::record::FlowRecord;
-use super::templates::{Template, TemplateCache, TemplateField, TemplateKey, TemplateStats};
+use super::templates::{
+    ExportProtocol, Template, TemplateCache, TemplateField, TemplateKey, TemplateStats,
+};
 use super::{DecodeError, Reader};
 
 /// Header length in bytes.
@@ -125,6 +128,7 @@ pub fn decode(
             template_id => {
                 let key = TemplateKey {
                     exporter,
+                    protocol: ExportProtocol::Ipfix,
                     domain,
                     template_id,
                 };
@@ -184,12 +188,14 @@ fn read_templates(
         if field_count == 0 {
             // Withdrawal (RFC 7011 8.1): the set id itself withdraws all of its kind.
             if template_id == TEMPLATE_SET || template_id == OPTIONS_TEMPLATE_SET {
-                stats.templates_withdrawn += cache.withdraw_all(exporter, domain, options) as u32;
+                stats.templates_withdrawn +=
+                    cache.withdraw_all(exporter, ExportProtocol::Ipfix, domain, options) as u32;
                 continue;
             }
             if template_id >= 256 {
                 let key = TemplateKey {
                     exporter,
+                    protocol: ExportProtocol::Ipfix,
                     domain,
                     template_id,
                 };
@@ -226,6 +232,7 @@ fn read_templates(
             Ok(template) => {
                 let key = TemplateKey {
                     exporter,
+                    protocol: ExportProtocol::Ipfix,
                     domain,
                     template_id,
                 };

@@ -1,7 +1,8 @@
 //! NetFlow v9 (RFC 3954): a 20-byte header followed by flowsets (templates, options templates,
 //! data).
 //!
-//! Templates are stored in the [`TemplateCache`] per (exporter, source id, template id); data
+//! Templates are stored in the [`TemplateCache`] per (exporter, NetFlow v9, source id, template
+//! id), apart from the exporter's IPFIX templates with the same ids; data
 //! flowsets whose template is unknown are counted in [`TemplateStats::sets_without_template`].
 //! Options scope fields (System, Interface, ...) are kept under
 //! [`V9_SCOPE_ENTERPRISE`] so they are skipped when decoding. Sampling rates in options data
@@ -15,7 +16,8 @@ use crate::traffic::TrafficRecord;
 
 use super::record::FlowRecord;
 use super::templates::{
-    Template, TemplateCache, TemplateField, TemplateKey, TemplateStats, V9_SCOPE_ENTERPRISE,
+    ExportProtocol, Template, TemplateCache, TemplateField, TemplateKey, TemplateStats,
+    V9_SCOPE_ENTERPRISE,
 };
 use super::{DecodeError, Reader};
 
@@ -108,6 +110,7 @@ pub fn decode(
             template_id => {
                 let key = TemplateKey {
                     exporter,
+                    protocol: ExportProtocol::NetflowV9,
                     domain: header.source_id,
                     template_id,
                 };
@@ -178,6 +181,7 @@ fn read_templates(
             Ok(template) => {
                 let key = TemplateKey {
                     exporter,
+                    protocol: ExportProtocol::NetflowV9,
                     domain: source_id,
                     template_id,
                 };
@@ -231,6 +235,7 @@ fn read_options_templates(
             Ok(template) => {
                 let key = TemplateKey {
                     exporter,
+                    protocol: ExportProtocol::NetflowV9,
                     domain: source_id,
                     template_id,
                 };

@@ -1,11 +1,26 @@
 //! Template cache shared by NetFlow v9 and IPFIX, and decoding of data records through a
 //! template.
 //!
-//! Templates are keyed by (exporter address, source id / observation domain, template id). The
-//! cache is bounded ([`TemplateCache::with_limits`]); when full, an arbitrary template is
-//! evicted and counted. Sampling rates learned from options data are kept per (exporter,
-//! domain, sampler id). The whole cache can be saved to a file and loaded back after a restart
-//! (JSON; templates are re-validated on load, a corrupt file is an error, never a panic).
+//! Templates are keyed by (exporter address, protocol, source id / observation domain,
+//! template id). The protocol is part of the key because NetFlow v9 and IPFIX template ids
+//! live in separate spaces: an exporter that sends both (a router exporting v9 to one
+//! collector and IPFIX to another, or during a migration) may announce template 300 in each
+//! with different layouts, and decoding v9 data through the IPFIX template reads other bytes
+//! as the packet counter (10^12 packets and a false attack). The cache is bounded
+//! ([`TemplateCache::with_limits`]); when full, an arbitrary template is evicted and counted.
+//! Sampling rates learned from options data are kept per (exporter, protocol, domain, sampler
+//! id), for the same reason. The whole cache can be saved to a file and loaded back after a
+//! restart (JSON; templates are re-validated on load, a corrupt file is an error, never a
+//! panic).
+//!
+//! # State file versions
+//!
+//! Format 2 (current) stores the protocol in every key. Format 1 (before the protocol was part
+//! of the key) is not loaded: its keys cannot say whether a template came from v9 or IPFIX, and
+//! guessing would bring back the collision after the restart. Loading it fails with
+//! [`TemplateFormatError::UnsupportedVersion`] (the collector sets the file aside and starts
+//! empty); exporters resend their templates periodically (NetFlow v9 and IPFIX over UDP must),
+//! so decoding resumes after one template refresh interval.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,6 +28,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::state::store::{OnBadFile, StateFile, StoreError};
 
 use super::record::{FlowRecord, RecordKind};
 use super::{be_uint, DecodeError};
@@ -31,15 +48,30 @@ pub const V9_SCOPE_ENTERPRISE: u32 = u32::MAX;
 /// Sampler id under which the last rate learned for an exporter/domain is also stored, used
 /// for records that name no sampler or an unknown one.
 const ANY_SAMPLER: u64 = u64::MAX;
-/// Format version of the state file.
-const STATE_FORMAT_VERSION: u32 = 1;
+/// Format version of the state file (2: the protocol is part of every key).
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
-/// Identifies one template: who sent it, in which source id / observation domain, which id.
+/// The template-based export protocol a template or sampling rate was learned from. NetFlow v9
+/// and IPFIX template ids are separate spaces, even from one exporter and domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ExportProtocol {
+    /// NetFlow v9 (RFC 3954).
+    #[serde(rename = "netflow9")]
+    NetflowV9,
+    /// IPFIX (RFC 7011, version 10).
+    #[serde(rename = "ipfix")]
+    Ipfix,
+}
+
+/// Identifies one template: who sent it, over which protocol, in which source id /
+/// observation domain, which id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateKey {
     /// Exporter address (UDP source address).
     pub exporter: IpAddr,
+    /// NetFlow v9 or IPFIX: their template ids do not share one space.
+    pub protocol: ExportProtocol,
     /// NetFlow v9 source id or IPFIX observation domain id.
     pub domain: u32,
     /// Template id (256..=65535).
@@ -581,6 +613,7 @@ pub struct TemplateStats {
 #[serde(deny_unknown_fields)]
 struct SamplerKey {
     exporter: IpAddr,
+    protocol: ExportProtocol,
     domain: u32,
     sampler_id: u64,
 }
@@ -602,31 +635,43 @@ impl Default for TemplateCache {
     }
 }
 
-/// Why a template state file could not be saved or loaded.
+/// Why a template state file could not be saved or loaded: the state store's error, which
+/// names the file (a format problem is [`StoreError::Corrupt`] with a [`TemplateFormatError`]
+/// inside).
+pub type TemplateStateError = StoreError;
+
+/// Why the content of a template state file was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub enum TemplateStateError {
-    /// Reading or writing the file failed.
-    #[error("template state file {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
+pub enum TemplateFormatError {
+    /// Not JSON of the expected shape.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// A format version this agent does not load.
+    #[error(
+        "format version {found}, this agent loads version {STATE_FORMAT_VERSION} only{}",
+        if *found == 1 {
+            " (version 1 keys templates without the protocol, so NetFlow v9 and IPFIX \
+             templates with one id cannot be told apart; exporters resend their templates)"
+        } else {
+            ""
+        }
+    )]
+    UnsupportedVersion {
+        /// The version in the file.
+        found: u32,
     },
-    /// The file is not a template state file of a known format.
-    #[error("template state file {path} is corrupt: {detail}")]
-    Corrupt {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        detail: String,
-    },
+}
+
+/// Only the version of a state file, read before the rest.
+#[derive(Deserialize)]
+struct StateVersion {
+    version: u32,
 }
 
 /// On-disk form of the cache.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StateFile {
+struct StoredCache {
     version: u32,
     templates: Vec<StoredTemplate>,
     sampling: Vec<StoredRate>,
@@ -647,6 +692,7 @@ struct StoredTemplate {
 #[serde(deny_unknown_fields)]
 struct StoredRate {
     exporter: IpAddr,
+    protocol: ExportProtocol,
     domain: u32,
     sampler_id: u64,
     rate: u32,
@@ -709,24 +755,42 @@ impl TemplateCache {
         self.templates.remove(key).is_some()
     }
 
-    /// Removes every template of an exporter's domain whose kind matches (`options`); returns
-    /// how many were removed (IPFIX "withdraw all").
-    pub fn withdraw_all(&mut self, exporter: IpAddr, domain: u32, options: bool) -> usize {
+    /// Removes every template of an exporter's domain, over `protocol`, whose kind matches
+    /// (`options`); returns how many were removed (IPFIX "withdraw all").
+    pub fn withdraw_all(
+        &mut self,
+        exporter: IpAddr,
+        protocol: ExportProtocol,
+        domain: u32,
+        options: bool,
+    ) -> usize {
         let before = self.templates.len();
         self.templates.retain(|key, template| {
-            !(key.exporter == exporter && key.domain == domain && template.options == options)
+            !(key.exporter == exporter
+                && key.protocol == protocol
+                && key.domain == domain
+                && template.options == options)
         });
         before - self.templates.len()
     }
 
-    /// Records the sampling rate an exporter announced for a sampler (0 = no sampler id).
-    pub fn learn_sampling(&mut self, exporter: IpAddr, domain: u32, sampler_id: u64, rate: u32) {
+    /// Records the sampling rate an exporter announced over `protocol` for a sampler of a
+    /// domain (sampler id 0 = none named).
+    pub fn learn_sampling(
+        &mut self,
+        exporter: IpAddr,
+        protocol: ExportProtocol,
+        domain: u32,
+        sampler_id: u64,
+        rate: u32,
+    ) {
         if rate == 0 {
             return;
         }
         for sampler_id in [sampler_id, ANY_SAMPLER] {
             let key = SamplerKey {
                 exporter,
+                protocol,
                 domain,
                 sampler_id,
             };
@@ -739,14 +803,21 @@ impl TemplateCache {
         }
     }
 
-    /// The sampling rate learned for a sampler of an exporter's domain, falling back to the
-    /// last rate learned for that domain; 0 when none is known.
-    pub fn sampling_rate(&self, exporter: IpAddr, domain: u32, sampler_id: u64) -> u32 {
+    /// The sampling rate learned over `protocol` for a sampler of an exporter's domain,
+    /// falling back to the last rate learned for that domain; 0 when none is known.
+    pub fn sampling_rate(
+        &self,
+        exporter: IpAddr,
+        protocol: ExportProtocol,
+        domain: u32,
+        sampler_id: u64,
+    ) -> u32 {
         if self.sampling.is_empty() {
             return 0;
         }
         let exact = SamplerKey {
             exporter,
+            protocol,
             domain,
             sampler_id,
         };
@@ -761,12 +832,8 @@ impl TemplateCache {
             .unwrap_or(0)
     }
 
-    /// Writes the cache to `path` (via a temporary file renamed into place).
-    pub fn save(&self, path: &Path) -> Result<(), TemplateStateError> {
-        let io_error = |source| TemplateStateError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+    /// The cache as the JSON of a state file (format [`STATE_FORMAT_VERSION`]).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut templates: Vec<StoredTemplate> = self
             .templates
             .iter()
@@ -780,6 +847,7 @@ impl TemplateCache {
         templates.sort_by_key(|stored| {
             (
                 stored.key.exporter,
+                stored.key.protocol,
                 stored.key.domain,
                 stored.key.template_id,
             )
@@ -789,44 +857,40 @@ impl TemplateCache {
             .iter()
             .map(|(key, rate)| StoredRate {
                 exporter: key.exporter,
+                protocol: key.protocol,
                 domain: key.domain,
                 sampler_id: key.sampler_id,
                 rate: *rate,
             })
             .collect();
-        sampling.sort_by_key(|stored| (stored.exporter, stored.domain, stored.sampler_id));
-        let state = StateFile {
+        sampling.sort_by_key(|stored| {
+            (
+                stored.exporter,
+                stored.protocol,
+                stored.domain,
+                stored.sampler_id,
+            )
+        });
+        serde_json::to_vec(&StoredCache {
             version: STATE_FORMAT_VERSION,
             templates,
             sampling,
-        };
-        let json = serde_json::to_vec(&state).map_err(|error| TemplateStateError::Corrupt {
-            path: path.display().to_string(),
-            detail: error.to_string(),
-        })?;
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = std::path::PathBuf::from(temporary);
-        std::fs::write(&temporary, json).map_err(io_error)?;
-        std::fs::rename(&temporary, path).map_err(io_error)
+        })
     }
 
-    /// Reads a cache written by [`save`](Self::save), with the default limits. Templates that
-    /// no longer validate are dropped; a file that is not valid state is an error.
-    pub fn load(path: &Path) -> Result<Self, TemplateStateError> {
-        let bytes = std::fs::read(path).map_err(|source| TemplateStateError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let corrupt = |detail: String| TemplateStateError::Corrupt {
-            path: path.display().to_string(),
-            detail,
-        };
-        let state: StateFile =
-            serde_json::from_slice(&bytes).map_err(|error| corrupt(error.to_string()))?;
-        if state.version != STATE_FORMAT_VERSION {
-            return Err(corrupt(format!("unknown format version {}", state.version)));
+    /// A cache (default limits) from the JSON of a state file. Templates that no longer
+    /// validate are dropped; content that is not state of format [`STATE_FORMAT_VERSION`] is
+    /// an error.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, TemplateFormatError> {
+        // The version is read first, so that an older file is reported as such rather than as
+        // a missing field.
+        let version: StateVersion = serde_json::from_slice(bytes)?;
+        if version.version != STATE_FORMAT_VERSION {
+            return Err(TemplateFormatError::UnsupportedVersion {
+                found: version.version,
+            });
         }
+        let state: StoredCache = serde_json::from_slice(bytes)?;
         let mut cache = Self::default();
         for stored in state.templates {
             if let Ok(template) = Template::new(stored.fields, stored.scope_fields, stored.options)
@@ -837,6 +901,7 @@ impl TemplateCache {
         for stored in state.sampling {
             let key = SamplerKey {
                 exporter: stored.exporter,
+                protocol: stored.protocol,
                 domain: stored.domain,
                 sampler_id: stored.sampler_id,
             };
@@ -845,6 +910,31 @@ impl TemplateCache {
             }
         }
         Ok(cache)
+    }
+
+    /// Writes the cache to `path` durably ([`StateFile::save`]: temporary file, fsync,
+    /// rename, fsync of the directory).
+    pub fn save(&self, path: &Path) -> Result<(), TemplateStateError> {
+        let file = StateFile::new(path);
+        let json = self.to_json().map_err(|error| StoreError::Encode {
+            path: path.to_owned(),
+            source: error.into(),
+        })?;
+        file.save(&json)
+    }
+
+    /// Reads a cache written by [`save`](Self::save), with the default limits. A missing,
+    /// unreadable or corrupt file (or one of another format version) is an error naming it;
+    /// the file is left in place (the collector sets it aside instead, see
+    /// [`StateFile::load`]).
+    pub fn load(path: &Path) -> Result<Self, TemplateStateError> {
+        match StateFile::new(path).load(OnBadFile::Fail, Self::from_json)? {
+            crate::state::store::Loaded::Found(cache) => Ok(cache),
+            _ => Err(StoreError::Read {
+                path: path.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+        }
     }
 
     /// Decodes one data set through its template, appending the records to `out`. Unknown
@@ -883,7 +973,13 @@ impl TemplateCache {
             if template.options {
                 stats.options_records += 1;
                 if let Some(rate) = rate {
-                    self.learn_sampling(key.exporter, key.domain, record.sampler_id, rate);
+                    self.learn_sampling(
+                        key.exporter,
+                        key.protocol,
+                        key.domain,
+                        record.sampler_id,
+                        rate,
+                    );
                     stats.sampling_rates_learned += 1;
                     memo = None;
                 }
@@ -893,8 +989,12 @@ impl TemplateCache {
                     record.sampling_rate = match memo {
                         Some((sampler, rate)) if sampler == record.sampler_id => rate,
                         _ => {
-                            let rate =
-                                self.sampling_rate(key.exporter, key.domain, record.sampler_id);
+                            let rate = self.sampling_rate(
+                                key.exporter,
+                                key.protocol,
+                                key.domain,
+                                record.sampler_id,
+                            );
                             memo = Some((record.sampler_id, rate));
                             rate
                         }
@@ -914,6 +1014,7 @@ mod tests {
     fn key(id: u16) -> TemplateKey {
         TemplateKey {
             exporter: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            protocol: ExportProtocol::Ipfix,
             domain: 7,
             template_id: id,
         }
@@ -942,6 +1043,91 @@ mod tests {
         .expect("valid")
     }
 
+    /// NetFlow v9 datagram from source id 42: template 300 (src v4, dst v4, protocol 1 byte,
+    /// packets 4, bytes 4) and/or one data record (src, dst, protocol, packets, bytes).
+    fn v9_datagram(template: bool, data: Option<(u32, u32)>) -> Vec<u8> {
+        let mut d = vec![0, 9, 0, 1];
+        d.extend_from_slice(&[0; 12]);
+        d.extend_from_slice(&42u32.to_be_bytes());
+        if template {
+            d.extend_from_slice(&[0, 0, 0, 28, 1, 44, 0, 5]);
+            for (id, len) in [(8u16, 4u16), (12, 4), (4, 1), (2, 4), (1, 4)] {
+                d.extend_from_slice(&id.to_be_bytes());
+                d.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if let Some((packets, bytes)) = data {
+            d.extend_from_slice(&[1, 44, 0, 24, 198, 51, 100, 7, 10, 10, 1, 1, 6]);
+            d.extend_from_slice(&packets.to_be_bytes());
+            d.extend_from_slice(&bytes.to_be_bytes());
+            d.extend_from_slice(&[0, 0, 0]);
+        }
+        d
+    }
+
+    /// IPFIX message from observation domain 42: template 300 with another layout (src v4,
+    /// dst v4, packets 8 bytes, bytes 1 byte: 17 bytes, the length of a v9 record above) and/or
+    /// one data record through it.
+    fn ipfix_message(template: bool, data: Option<(u64, u8)>) -> Vec<u8> {
+        let mut sets = Vec::new();
+        if template {
+            sets.extend_from_slice(&[0, 2, 0, 24, 1, 44, 0, 4]);
+            for (id, len) in [(8u16, 4u16), (12, 4), (2, 8), (1, 1)] {
+                sets.extend_from_slice(&id.to_be_bytes());
+                sets.extend_from_slice(&len.to_be_bytes());
+            }
+        }
+        if let Some((packets, bytes)) = data {
+            sets.extend_from_slice(&[1, 44, 0, 21, 198, 51, 100, 7, 10, 10, 1, 1]);
+            sets.extend_from_slice(&packets.to_be_bytes());
+            sets.push(bytes);
+        }
+        let mut m = vec![0, 10];
+        m.extend_from_slice(&((16 + sets.len()) as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 100, 0, 0, 0, 1]);
+        m.extend_from_slice(&42u32.to_be_bytes());
+        m.extend(sets);
+        m
+    }
+
+    #[test]
+    fn v9_and_ipfix_templates_with_one_id_do_not_collide() {
+        let exporter = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let mut cache = TemplateCache::default();
+        let v9 = |cache: &mut TemplateCache, d: &[u8]| {
+            super::super::netflow9::decode(d, exporter, cache).expect("v9 decodes")
+        };
+        let ipfix = |cache: &mut TemplateCache, d: &[u8]| {
+            super::super::ipfix::decode(d, exporter, cache).expect("ipfix decodes")
+        };
+        // One exporter announces template 300 in v9 and, with another layout, in IPFIX.
+        v9(&mut cache, &v9_datagram(true, None));
+        ipfix(&mut cache, &ipfix_message(true, None));
+
+        // v9 data is decoded with the v9 template, not the IPFIX one (which reads the
+        // protocol, packets and bytes fields as an 8-byte packet count: 4.3e17 packets).
+        let decoded = v9(&mut cache, &v9_datagram(false, Some((7, 700))));
+        assert_eq!(decoded.stats.sets_without_template, 0);
+        let flow = &decoded.records[0];
+        assert_eq!((flow.packets, flow.bytes, flow.protocol), (7, 700, 6));
+        assert_eq!(cache.len(), 2, "two templates, one per protocol");
+
+        // And IPFIX data with the IPFIX template, in either order of arrival.
+        v9(&mut cache, &v9_datagram(true, None));
+        let decoded = ipfix(&mut cache, &ipfix_message(false, Some((9, 90))));
+        let flow = &decoded.records[0];
+        assert_eq!((flow.packets, flow.bytes, flow.protocol), (9, 90, 0));
+
+        // An IPFIX "withdraw all" leaves the v9 templates of the same domain alone.
+        let mut withdraw = ipfix_message(false, None);
+        withdraw.extend_from_slice(&[0, 2, 0, 8, 0, 2, 0, 0]);
+        withdraw[3] += 8;
+        let decoded = ipfix(&mut cache, &withdraw);
+        assert_eq!(decoded.stats.templates_withdrawn, 1);
+        let decoded = v9(&mut cache, &v9_datagram(false, Some((7, 700))));
+        assert_eq!(decoded.records[0].packets, 7);
+    }
+
     #[test]
     fn rejects_empty_and_zero_length_templates() {
         assert!(Template::new(vec![], 0, false).is_err());
@@ -965,13 +1151,27 @@ mod tests {
         let path = dir.path().join("templates.json");
         let mut cache = TemplateCache::default();
         cache.insert(key(300), simple_template());
-        cache.learn_sampling(key(300).exporter, 7, 3, 512);
+        let v9 = TemplateKey {
+            protocol: ExportProtocol::NetflowV9,
+            ..key(300)
+        };
+        let other = Template::new(vec![field(1, 8)], 0, false).expect("valid");
+        cache.insert(v9, other.clone());
+        let (exporter, ipfix) = (key(300).exporter, ExportProtocol::Ipfix);
+        cache.learn_sampling(exporter, ipfix, 7, 3, 512);
+        cache.learn_sampling(exporter, ExportProtocol::NetflowV9, 7, 3, 64);
         cache.save(&path).expect("save");
         let loaded = TemplateCache::load(&path).expect("load");
+        assert_eq!(loaded.len(), 2);
         assert_eq!(loaded.get(&key(300)), Some(&simple_template()));
-        assert_eq!(loaded.sampling_rate(key(300).exporter, 7, 3), 512);
-        assert_eq!(loaded.sampling_rate(key(300).exporter, 7, 9), 512);
-        assert_eq!(loaded.sampling_rate(key(300).exporter, 8, 3), 0);
+        assert_eq!(loaded.get(&v9), Some(&other));
+        assert_eq!(loaded.sampling_rate(exporter, ipfix, 7, 3), 512);
+        assert_eq!(loaded.sampling_rate(exporter, ipfix, 7, 9), 512);
+        assert_eq!(loaded.sampling_rate(exporter, ipfix, 8, 3), 0);
+        assert_eq!(
+            loaded.sampling_rate(exporter, ExportProtocol::NetflowV9, 7, 3),
+            64
+        );
     }
 
     #[test]
@@ -982,7 +1182,7 @@ mod tests {
             &b""[..],
             b"{",
             b"\xff\xfe",
-            b"{\"version\":2,\"templates\":[],\"sampling\":[]}",
+            b"{\"version\":3,\"templates\":[],\"sampling\":[]}",
             b"[1,2,3]",
         ] {
             std::fs::write(&path, content).expect("write");
@@ -992,10 +1192,35 @@ mod tests {
         // Structurally valid but semantically bad templates are dropped, not loaded.
         std::fs::write(
             &path,
-            br#"{"version":1,"templates":[{"key":{"exporter":"192.0.2.1","domain":1,"template_id":256},"options":false,"scope_fields":0,"fields":[]}],"sampling":[]}"#,
+            br#"{"version":2,"templates":[{"key":{"exporter":"192.0.2.1","protocol":"ipfix","domain":1,"template_id":256},"options":false,"scope_fields":0,"fields":[]}],"sampling":[]}"#,
         )
         .expect("write");
         assert!(TemplateCache::load(&path).expect("loads").is_empty());
+    }
+
+    #[test]
+    fn a_version_1_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flow-templates.json");
+        std::fs::write(
+            &path,
+            br#"{"version":1,"templates":[{"key":{"exporter":"192.0.2.1","domain":1,"template_id":256},"options":false,"scope_fields":0,"fields":[{"id":2,"length":4,"enterprise":0}]}],"sampling":[{"exporter":"192.0.2.1","domain":1,"sampler_id":0,"rate":10}]}"#,
+        )
+        .expect("write");
+        let error = TemplateCache::load(&path).expect_err("version 1 is not loaded");
+        let StoreError::Corrupt { source, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(
+            matches!(
+                source.downcast_ref(),
+                Some(TemplateFormatError::UnsupportedVersion { found: 1 })
+            ),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("flow-templates.json"), "{message}");
+        assert!(message.contains("without the protocol"), "{message}");
     }
 
     #[test]

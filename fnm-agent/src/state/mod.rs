@@ -1,0 +1,8 @@
+//! State the agent keeps across restarts, and how it is written and read back.
+//!
+//! [`store`] is the one way to write a state file: atomically and durably, with a load side
+//! that never turns a bad file into a silent empty start.
+
+pub mod store;
+
+pub use store::{Loaded, OnBadFile, StateFile, StoreError};
