@@ -116,6 +116,11 @@ impl Detector {
         self.ongoing.get(&(host, direction)).map(|o| o.peak)
     }
 
+    /// Hosts with an attack in progress (in either direction).
+    pub fn ongoing_hosts(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ongoing.keys().map(|(ip, _)| *ip)
+    }
+
     /// True while an attack on (host, direction) is ongoing.
     pub fn is_ongoing(&self, host: IpAddr, direction: Direction) -> bool {
         self.ongoing.contains_key(&(host, direction))

@@ -1,16 +1,20 @@
 //! What sources hand the engine: batches over one bounded channel, with what each source
 //! could not hand over counted per source.
 //!
-//! A source never waits for the engine: when the channel is full (the engine is behind), the
-//! batch is dropped and its records are counted in that source's `dropped_batches` /
-//! `dropped_records`, which `/metrics` and `/api/v1/status` show. With the default capacity
-//! ([`INPUT_CAPACITY`] batches) that takes a stall of seconds: a collector worker hands over
-//! one batch per receive burst, the capture thread one per poll slot, the XDP poller one per
-//! poll.
+//! A source never waits for the engine: when the channel is full (the engine is behind), or
+//! the source already has [`MAX_QUEUED_RECORDS`] records waiting, the batch is dropped and its
+//! records are counted in that source's `dropped_batches` / `dropped_records`, which `/metrics`
+//! and `/api/v1/status` show. With the default capacity ([`INPUT_CAPACITY`] batches) that takes
+//! a stall of seconds: a collector worker hands over one batch per receive burst, the capture
+//! thread one per poll slot, the XDP poller one per poll.
+//!
+//! The record bound is per source, so a flood of flow datagrams the engine cannot keep up with
+//! never crowds out the XDP poll, and it bounds both the queue's memory and the delay a backlog
+//! adds to detection.
 
 use crate::{
     accounting::{CounterSink, Direction},
-    traffic::{Source, TrafficRecord},
+    traffic::{ExporterSpan, Source, TrafficRecord},
 };
 use fnm_common::HostCounters;
 use std::{
@@ -24,6 +28,12 @@ use std::{
 /// Batches the engine's input channel holds before sources start dropping.
 pub const INPUT_CAPACITY: usize = 4096;
 
+/// Records (or XDP host deltas) one source may have waiting for the engine. About 90 bytes a
+/// record: at most ~23 MiB per source, and at the engine's few million records a second, at
+/// most about a tenth of a second of backlog. A batch is always taken when nothing of its
+/// source waits, so an XDP poll of more hosts than this still goes through.
+pub const MAX_QUEUED_RECORDS: u64 = 262_144;
+
 /// One hand-over from a source.
 #[derive(Debug)]
 pub enum Batch {
@@ -33,6 +43,9 @@ pub enum Batch {
         source: Source,
         /// The records.
         records: Vec<TrafficRecord>,
+        /// Which flow exporter sent which records (empty: not from flow exporters); the hosts
+        /// they bring in count against that exporter's budget.
+        exporters: Vec<ExporterSpan>,
     },
     /// One poll of the XDP program's kernel counters.
     Xdp(Box<XdpBatch>),
@@ -72,6 +85,8 @@ pub struct InputCounters {
     pub dropped_batches: AtomicU64,
     /// Records in those batches.
     pub dropped_records: AtomicU64,
+    /// Records handed over and not yet taken by the engine.
+    pub queued_records: AtomicU64,
 }
 
 /// Per-source hand-over counters, indexed by [`Source::index`].
@@ -87,16 +102,47 @@ impl InputStats {
     }
 }
 
+/// A batch in the engine's channel, with what it holds of its source's queue bound.
+#[derive(Debug)]
+pub struct Queued {
+    /// The batch.
+    pub batch: Batch,
+    /// Gives the batch's records back to its source's bound when dropped (once ingested).
+    pub release: Release,
+}
+
+/// Takes a batch's records off its source's queued count when dropped.
+#[derive(Debug, Default)]
+pub struct Release(Option<(Arc<InputStats>, Source, u64)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Some((stats, source, records)) = self.0.take() {
+            stats.of(source).queued_records.fetch_sub(records, Relaxed);
+        }
+    }
+}
+
+impl From<Batch> for Queued {
+    /// A batch outside any bound (tests, replay).
+    fn from(batch: Batch) -> Self {
+        Self {
+            batch,
+            release: Release::default(),
+        }
+    }
+}
+
 /// The sending side of the engine's input, cloned into every source.
 #[derive(Debug, Clone)]
 pub struct EngineInput {
-    tx: crossbeam_channel::Sender<Batch>,
+    tx: crossbeam_channel::Sender<Queued>,
     stats: Arc<InputStats>,
 }
 
 impl EngineInput {
     /// A channel of `capacity` batches; the engine keeps the receiver.
-    pub fn channel(capacity: usize) -> (Self, crossbeam_channel::Receiver<Batch>) {
+    pub fn channel(capacity: usize) -> (Self, crossbeam_channel::Receiver<Queued>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         (
             Self {
@@ -108,29 +154,45 @@ impl EngineInput {
     }
 
     /// Hands `batch` over without waiting; returns false (and counts it) when the engine is
-    /// behind or gone.
+    /// behind or gone, or `source` already has [`MAX_QUEUED_RECORDS`] records waiting.
     pub fn send(&self, source: Source, batch: Batch) -> bool {
         let records = match &batch {
             Batch::Records { records, .. } => records.len() as u64,
             Batch::Xdp(b) => b.deltas.len() as u64,
         };
         let c = self.stats.of(source);
-        match self.tx.try_send(batch) {
-            Ok(()) => {
+        let waiting = c.queued_records.load(Relaxed);
+        let fits = waiting == 0 || waiting.saturating_add(records) <= MAX_QUEUED_RECORDS;
+        if fits {
+            c.queued_records.fetch_add(records, Relaxed);
+            let queued = Queued {
+                batch,
+                release: Release(Some((self.stats.clone(), source, records))),
+            };
+            if self.tx.try_send(queued).is_ok() {
                 c.batches.fetch_add(1, Relaxed);
                 c.records.fetch_add(records, Relaxed);
-                true
+                return true;
             }
-            Err(_) => {
-                c.dropped_batches.fetch_add(1, Relaxed);
-                c.dropped_records.fetch_add(records, Relaxed);
-                false
-            }
+            // The refused batch came back and was dropped: its release already ran.
         }
+        c.dropped_batches.fetch_add(1, Relaxed);
+        c.dropped_records.fetch_add(records, Relaxed);
+        false
     }
 
     /// Hands over a batch of records (copied; the caller keeps its buffer).
     pub fn send_records(&self, source: Source, records: &[TrafficRecord]) -> bool {
+        self.send_exported(source, records, &[])
+    }
+
+    /// Hands over a batch of flow records with the exporters that sent them (copied).
+    pub fn send_exported(
+        &self,
+        source: Source,
+        records: &[TrafficRecord],
+        exporters: &[ExporterSpan],
+    ) -> bool {
         if records.is_empty() {
             return true;
         }
@@ -139,6 +201,7 @@ impl EngineInput {
             Batch::Records {
                 source,
                 records: records.to_vec(),
+                exporters: exporters.to_vec(),
             },
         )
     }
@@ -152,6 +215,10 @@ impl EngineInput {
 impl crate::flow::collector::TrafficSink for EngineInput {
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]) {
         self.send_records(source, records);
+    }
+
+    fn ingest_exported(&self, source: Source, records: &[TrafficRecord], spans: &[ExporterSpan]) {
+        self.send_exported(source, records, spans);
     }
 }
 
@@ -176,5 +243,41 @@ mod tests {
         assert_eq!(s.of(Source::Netflow).dropped_records.load(Relaxed), 3);
         assert_eq!(s.of(Source::Sflow).dropped_records.load(Relaxed), 0);
         assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_source_with_too_many_records_waiting_drops_and_the_others_do_not() {
+        let (input, rx) = EngineInput::channel(64);
+        let r = TrafficRecord::packet(
+            "192.0.2.1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            17,
+            100,
+        );
+        let big = vec![r.clone(); MAX_QUEUED_RECORDS as usize / 2];
+        // Nothing waiting: taken even when larger than the bound.
+        assert!(input.send_records(
+            Source::Netflow,
+            &vec![r.clone(); MAX_QUEUED_RECORDS as usize + 1]
+        ));
+        assert!(!input.send_records(Source::Netflow, &big));
+        assert!(
+            input.send_records(Source::Sflow, &big),
+            "another source's bound"
+        );
+        let s = input.stats();
+        assert_eq!(
+            s.of(Source::Netflow).dropped_records.load(Relaxed),
+            big.len() as u64
+        );
+        // Once the engine took (and dropped) the first batch, the source may send again.
+        let first = rx.try_recv().unwrap();
+        drop(first);
+        assert_eq!(s.of(Source::Netflow).queued_records.load(Relaxed), 0);
+        assert!(input.send_records(Source::Netflow, &big));
+        assert_eq!(
+            s.of(Source::Sflow).queued_records.load(Relaxed),
+            big.len() as u64
+        );
     }
 }

@@ -25,7 +25,7 @@ pub mod snapshot;
 use self::{
     core::{EngineCore, HostSort},
     decision::Decision,
-    input::Batch,
+    input::Queued,
     snapshot::SharedSnapshot,
 };
 use crate::{accounting::Direction, views::HostView};
@@ -112,7 +112,7 @@ pub struct EngineParts {
     /// The state it owns.
     pub core: EngineCore,
     /// Receiving side of the sources' channel.
-    pub input: crossbeam_channel::Receiver<Batch>,
+    pub input: crossbeam_channel::Receiver<Queued>,
     /// Sources to flush before each tick.
     pub flushers: Vec<Flusher>,
     /// Where decisions go.
@@ -259,7 +259,7 @@ fn run(
         let input_rx = if input_open { &input } else { &never };
         crossbeam_channel::select! {
             recv(input_rx) -> batch => match batch {
-                Ok(b) => core.ingest(b),
+                Ok(q) => ingest(&mut core, q),
                 Err(_) => input_open = false,
             },
             recv(commands) -> c => match c {
@@ -274,7 +274,7 @@ fn run(
 
 fn tick(
     core: &mut EngineCore,
-    input: &crossbeam_channel::Receiver<Batch>,
+    input: &crossbeam_channel::Receiver<Queued>,
     flushers: &[Flusher],
     decisions: &tokio::sync::mpsc::Sender<Decision>,
     snapshot: &SharedSnapshot,
@@ -295,7 +295,7 @@ fn tick(
     // What is queued now belongs to the closing slot; later batches wait for the next one.
     for _ in 0..input.len() {
         match input.try_recv() {
-            Ok(b) => core.ingest(b),
+            Ok(q) => ingest(core, q),
             Err(_) => break,
         }
     }
@@ -311,6 +311,13 @@ fn tick(
     for f in flushers {
         f.source.ticked(&published);
     }
+}
+
+/// Accounts a queued batch, then gives its records back to its source's queue bound.
+fn ingest(core: &mut EngineCore, q: Queued) {
+    let Queued { batch, release } = q;
+    core.ingest(batch);
+    drop(release);
 }
 
 fn answer(core: &EngineCore, c: EngineCommand) {
