@@ -588,7 +588,7 @@ impl HostTable {
             idle_since.truncate(cap);
         }
         // Popped from the end: longest idle last.
-        idle_since.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        idle_since.sort_unstable_by_key(|(since, _)| std::cmp::Reverse(*since));
         idle.extend(idle_since.into_iter().map(|(_, t)| t));
         self.idle = idle;
     }
