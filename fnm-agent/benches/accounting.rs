@@ -145,7 +145,7 @@ fn bench(c: &mut Criterion) {
             let start = next % (records.len() / BATCH) * BATCH;
             next += 1;
             acc.ingest_batch(black_box(&records[start..start + BATCH]), Source::Pcap);
-            if next % 64 == 0 {
+            if next.is_multiple_of(64) {
                 now += 250;
                 acc.tick(now, u64::MAX);
             }

@@ -305,8 +305,13 @@ struct Scenario {
     rss_bound: u64,
 }
 
+/// One scenario at a time: two agents and two spoofed streams at once on two cores would
+/// measure the machine, not the agent.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(sc: Scenario) {
     require_root("the table exhaustion end-to-end test");
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let pair = NetnsPair::new(sc.net);
     let config = format!(
         "networks = [\"10.0.0.0/8\"]\n[xdp]\nenabled = false\n\
@@ -436,6 +441,24 @@ fn run(sc: Scenario) {
         })
         .collect();
     let full = metric(&after, "fnm_hosts_table_full_total{source=\"netflow\"}");
+    let ticks = |t: &str| {
+        (
+            metric(t, "fnm_poll_duration_seconds_sum"),
+            metric(t, "fnm_poll_duration_seconds_count"),
+        )
+    };
+    let ((s0, n0), (s1, n1)) = (ticks(&before), ticks(&after));
+    println!(
+        "engine during the flood: {:.0} ticks of {:.0} ms on average, {:.0} overruns; records \
+         the netflow source dropped (engine behind): {:.0}",
+        n1 - n0,
+        1000.0 * (s1 - s0) / (n1 - n0).max(1.0),
+        metric(&after, "fnm_poll_overruns_total") - metric(&before, "fnm_poll_overruns_total"),
+        metric(
+            &after,
+            "fnm_source_dropped_records_total{source=\"netflow\"}"
+        ),
+    );
     println!(
         "hosts {} of {}; evicted: {}; refused (table full): {full}; peak RSS {:.1} MiB (bound {:.0} MiB)",
         metric(&after, "fnm_hosts"),

@@ -17,9 +17,11 @@
 //!   collector), `max_hosts_per_source` for XDP and for capture. Memory is therefore bounded by
 //!   `max_hosts` times the per-host cost (see `docs/security.md` for the measured bytes/host).
 //! * **A flood cannot starve real hosts.** A new host always gets a chance: when its origin is
-//!   at its budget it takes the place of one of that origin's *own* hosts (a spoofed exporter
-//!   churns among its own fakes and never touches another exporter's or XDP's hosts); when the
-//!   whole table is full it takes the place of the least busy host anywhere, in this order:
+//!   at its budget it takes the place of one of that origin's *own* hosts (its oldest
+//!   unproven host in probation, else the least busy of a sample of its hosts), so a spoofed
+//!   exporter churns among its own fakes and never touches another exporter's or XDP's hosts;
+//!   when the whole table is full it takes the place of the least busy host anywhere, in this
+//!   order:
 //!   1. **idle** hosts (no packet in the rate window), longest idle first (the order is worked
 //!      out at each tick while the table is more than 7/8 full);
 //!   2. hosts still **in probation**: recently admitted hosts, oldest first, that have not shown
@@ -41,6 +43,18 @@
 //!
 //! Slots are stable while a host is in the table (freed slots are reused), so probation and
 //! idle queues hold (slot, generation) tickets and a stale ticket costs one comparison.
+//!
+//! # Numbers (2-core machine shared with other builds)
+//!
+//! * A host costs 1,567 bytes of RSS seen one way and 1,999 bytes seen both ways
+//!   (`tests/host_memory.rs`): a direction that never had traffic allocates no rate window.
+//! * A full table admits about 1.9 M new hosts/s, each evicting another
+//!   (`new_hosts_full_table` in `benches/accounting.rs`); hosts already present cost what they
+//!   did before the table was bounded.
+//! * End to end (`tests/table_exhaustion_e2e.rs`, debug build): a spoofed NetFlow stream of
+//!   0.8-0.9 M records/s naming 1 M destinations, from one exporter address or from 16 together
+//!   four times the table, and a victim flooded from another exporter is detected 0.34-0.37 s
+//!   after its flood starts, with the agent's peak RSS at 62 and 94 MiB.
 
 use super::Host;
 use crate::traffic::Source;

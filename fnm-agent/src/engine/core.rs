@@ -448,7 +448,14 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no decision");
         };
         assert!(matches!(decision, Decision::AttackStarted { .. }));
-        let snap = engine.client().snapshot();
+        // The decision goes out just before the tick's snapshot is published.
+        let snap = loop {
+            let snap = engine.client().snapshot();
+            if !snap.ongoing.is_empty() || std::time::Instant::now() > deadline {
+                break snap;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert!(snap.ticks > 0);
         assert_eq!(snap.ongoing.len(), 1);
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -23,24 +23,36 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     },
+    time::Instant,
 };
 
 /// Batches the engine's input channel holds before sources start dropping.
 pub const INPUT_CAPACITY: usize = 4096;
 
-/// Records (or XDP host deltas) one source may have waiting for the engine. About 90 bytes a
-/// record: at most ~6 MiB per source, and at most about a quarter of a second of backlog even
-/// while a flood of new hosts makes the engine churn its host table (~250 000 records/s on
-/// this 2-core machine). A batch is always taken when nothing of its source waits, so an XDP
-/// poll of more hosts than this still goes through.
-pub const MAX_QUEUED_RECORDS: u64 = 65_536;
+/// Records (or XDP host deltas) one source may have waiting for the engine: about 90 bytes a
+/// record, so at most ~23 MiB per source. It absorbs the bursts that arrive while the engine
+/// ticks (tens of milliseconds at millions of records a second); the delay a backlog adds is
+/// kept short by [`BEHIND_BATCH_RECORDS`] instead. A batch is always taken when nothing of its
+/// source waits, so an XDP poll of more hosts than this still goes through.
+pub const MAX_QUEUED_RECORDS: u64 = 262_144;
 
-/// Records of one exporter a batch keeps while its source has more than half of
-/// [`MAX_QUEUED_RECORDS`] waiting: when the engine falls behind, an exporter that floods the
-/// collector is cut down to this share of every batch, while an exporter sending a datagram
-/// or two per batch (30 NetFlow v5 records each) passes whole. The rest is dropped and counted
-/// as the source's dropped records.
-pub const FAIR_SHARE_RECORDS: usize = 64;
+/// The engine is behind on a source when the last batch it took from it had waited longer
+/// than this (and more is waiting), or when [`BEHIND_RECORDS`] are waiting.
+pub const BEHIND_MS: u64 = 100;
+
+/// Records waiting that mean the engine is behind on a source, whatever their wait: an eighth
+/// of [`MAX_QUEUED_RECORDS`], a few milliseconds of work for the engine at full speed but a
+/// fraction of a second while it churns its host table.
+pub const BEHIND_RECORDS: u64 = MAX_QUEUED_RECORDS / 8;
+
+/// Records a flow batch keeps while the engine is behind on its source ([`BEHIND_MS`]), halved
+/// for every further 100 ms of lag down to a sixteenth: the batch's exporters share them
+/// max-min fairly, so an exporter sending a datagram or two per batch (30 NetFlow v5 records
+/// each) keeps all or most of them while the ones flooding the collector are cut down to
+/// what is left. The rest is dropped and counted as the source's dropped records. Without it,
+/// a spoofed stream the engine could not keep up with held the victim's records seconds
+/// behind it in the queue.
+pub const BEHIND_BATCH_RECORDS: usize = 256;
 
 /// One hand-over from a source.
 #[derive(Debug)]
@@ -95,6 +107,8 @@ pub struct InputCounters {
     pub dropped_records: AtomicU64,
     /// Records handed over and not yet taken by the engine.
     pub queued_records: AtomicU64,
+    /// How long the last batch the engine took had waited, in microseconds.
+    pub lag_us: AtomicU64,
 }
 
 /// Per-source hand-over counters, indexed by [`Source::index`].
@@ -110,6 +124,40 @@ impl InputStats {
     }
 }
 
+/// How many of its records each exporter of a batch may keep when the batch keeps at most
+/// `budget` records: max-min fair (an exporter with fewer records than the level keeps all of
+/// them, the others share the rest equally). Records past the last span are not counted.
+fn fair_shares(
+    len: usize,
+    spans: &[ExporterSpan],
+    budget: usize,
+) -> Vec<(std::net::IpAddr, usize)> {
+    let mut counts: Vec<(std::net::IpAddr, usize)> = Vec::new();
+    let mut start = 0;
+    for span in spans {
+        let end = span.end.clamp(start, len);
+        match counts.iter_mut().find(|(e, _)| *e == span.exporter) {
+            Some((_, n)) => *n += end - start,
+            None => counts.push((span.exporter, end - start)),
+        }
+        start = end;
+    }
+    let mut sorted: Vec<usize> = counts.iter().map(|(_, n)| *n).collect();
+    sorted.sort_unstable();
+    let mut remaining = budget;
+    let mut level = usize::MAX;
+    for (i, n) in sorted.iter().enumerate() {
+        let sharing = sorted.len() - i;
+        if n * sharing <= remaining {
+            remaining -= n;
+        } else {
+            level = remaining / sharing;
+            break;
+        }
+    }
+    counts.into_iter().map(|(e, n)| (e, n.min(level))).collect()
+}
+
 /// A batch in the engine's channel, with what it holds of its source's queue bound.
 #[derive(Debug)]
 pub struct Queued {
@@ -119,14 +167,17 @@ pub struct Queued {
     pub release: Release,
 }
 
-/// Takes a batch's records off its source's queued count when dropped.
+/// Takes a batch's records off its source's queued count when dropped, and notes how long
+/// the batch waited.
 #[derive(Debug, Default)]
-pub struct Release(Option<(Arc<InputStats>, Source, u64)>);
+pub struct Release(Option<(Arc<InputStats>, Source, u64, Instant)>);
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if let Some((stats, source, records)) = self.0.take() {
-            stats.of(source).queued_records.fetch_sub(records, Relaxed);
+        if let Some((stats, source, records, since)) = self.0.take() {
+            let c = stats.of(source);
+            c.queued_records.fetch_sub(records, Relaxed);
+            c.lag_us.store(since.elapsed().as_micros() as u64, Relaxed);
         }
     }
 }
@@ -175,7 +226,7 @@ impl EngineInput {
             c.queued_records.fetch_add(records, Relaxed);
             let queued = Queued {
                 batch,
-                release: Release(Some((self.stats.clone(), source, records))),
+                release: Release(Some((self.stats.clone(), source, records, Instant::now()))),
             };
             if self.tx.try_send(queued).is_ok() {
                 c.batches.fetch_add(1, Relaxed);
@@ -205,7 +256,10 @@ impl EngineInput {
             return true;
         }
         let c = self.stats.of(source);
-        if exporters.is_empty() || c.queued_records.load(Relaxed) <= MAX_QUEUED_RECORDS / 2 {
+        let lag_ms = c.lag_us.load(Relaxed) / 1000;
+        let waiting = c.queued_records.load(Relaxed);
+        let behind = (lag_ms > BEHIND_MS && waiting > 0) || waiting > BEHIND_RECORDS;
+        if exporters.is_empty() || !behind {
             return self.send(
                 source,
                 Batch::Records {
@@ -215,18 +269,24 @@ impl EngineInput {
                 },
             );
         }
-        // Behind: every exporter keeps at most its fair share of this batch.
-        let mut kept = Vec::with_capacity(records.len().min(exporters.len() * FAIR_SHARE_RECORDS));
+        // Behind: the exporters share what the batch may keep, max-min fairly.
+        let halvings = (lag_ms.saturating_sub(BEHIND_MS) / BEHIND_MS).min(4);
+        let allowance = fair_shares(records.len(), exporters, BEHIND_BATCH_RECORDS >> halvings);
+        let mut left: Vec<(std::net::IpAddr, usize)> = allowance;
+        let mut kept = Vec::with_capacity(BEHIND_BATCH_RECORDS);
         let mut spans = Vec::with_capacity(exporters.len());
         let mut start = 0;
         for span in exporters {
             let end = span.end.clamp(start, records.len());
-            let take = (end - start).min(FAIR_SHARE_RECORDS);
-            kept.extend_from_slice(&records[start..start + take]);
-            spans.push(ExporterSpan {
-                end: kept.len(),
-                exporter: span.exporter,
-            });
+            if let Some((_, allowed)) = left.iter_mut().find(|(e, _)| *e == span.exporter) {
+                let take = (end - start).min(*allowed);
+                *allowed -= take;
+                kept.extend_from_slice(&records[start..start + take]);
+                spans.push(ExporterSpan {
+                    end: kept.len(),
+                    exporter: span.exporter,
+                });
+            }
             start = end;
         }
         let trimmed = (records.len() - kept.len()) as u64;
@@ -346,26 +406,47 @@ mod tests {
         ];
         // Not behind: the batch goes whole.
         assert!(input.send_exported(Source::Netflow, &records, &spans));
-        // Behind (over half the bound waiting): the flooder is cut to its share, the real
-        // exporter's records all pass.
-        let backlog = vec![r(3); MAX_QUEUED_RECORDS as usize / 2];
-        assert!(input.send_records(Source::Netflow, &backlog));
+        // Behind (the engine took a batch that had waited longer than BEHIND_MS, and more
+        // waits): the flooder is cut to its share, the real exporter's records all pass.
+        std::thread::sleep(std::time::Duration::from_millis(BEHIND_MS + 20));
+        drop(rx.try_recv().unwrap());
+        assert!(input.send_records(Source::Netflow, &[r(3)]));
         assert!(input.send_exported(Source::Netflow, &records, &spans));
         let s = input.stats();
+        // 256 records to share: the real exporter keeps its 30, the flooder the other 226.
         assert_eq!(
             s.of(Source::Netflow).dropped_records.load(Relaxed),
-            (1000 - FAIR_SHARE_RECORDS) as u64
+            (1030 - BEHIND_BATCH_RECORDS) as u64
         );
         let batches: Vec<Queued> = rx.try_iter().collect();
         let Batch::Records {
             records, exporters, ..
-        } = &batches[2].batch
+        } = &batches[1].batch
         else {
             panic!("records");
         };
-        assert_eq!(records.len(), FAIR_SHARE_RECORDS + 30);
+        assert_eq!(records.len(), BEHIND_BATCH_RECORDS);
         assert_eq!(records.iter().filter(|x| x.dst == r(2).dst).count(), 30);
-        assert_eq!(exporters[0].end, FAIR_SHARE_RECORDS);
-        assert_eq!(exporters[1].end, FAIR_SHARE_RECORDS + 30);
+        assert_eq!(exporters[0].end, BEHIND_BATCH_RECORDS - 30);
+        assert_eq!(exporters[1].end, BEHIND_BATCH_RECORDS);
+    }
+
+    #[test]
+    fn fair_shares_are_max_min() {
+        let ip = |n: u8| std::net::IpAddr::from([192, 0, 2, n]);
+        let span = |end, n| ExporterSpan {
+            end,
+            exporter: ip(n),
+        };
+        // 30 records of exporter 1, then 200 of 2, 100 of 3, and 50 more of 2.
+        let spans = [span(30, 1), span(230, 2), span(330, 3), span(380, 2)];
+        let shares = fair_shares(380, &spans, 256);
+        assert_eq!(shares, vec![(ip(1), 30), (ip(2), 126), (ip(3), 100)]);
+        let shares = fair_shares(380, &spans, 30);
+        assert_eq!(shares, vec![(ip(1), 10), (ip(2), 10), (ip(3), 10)]);
+        assert_eq!(
+            fair_shares(380, &spans, 1000),
+            vec![(ip(1), 30), (ip(2), 250), (ip(3), 100)]
+        );
     }
 }
