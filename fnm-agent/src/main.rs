@@ -467,11 +467,11 @@ fn attach_dataplane(config: &Config, dp: &fnm_agent::dataplane::DataPlaneHandle)
         None
     };
     for interface in &config.xdp.interfaces {
-        let mode = dp.attach(interface, config.xdp.mode, pin_dir)?;
-        if mode == "pinned" {
-            tracing::info!("XDP on {interface}: took over the pinned link (no gap)");
-        } else {
-            tracing::info!("XDP attached to {interface} in {mode} mode");
+        match dp.attach(interface, config.xdp.mode, pin_dir)? {
+            fnm_agent::xdp::AttachMode::TakenOver => {
+                tracing::info!("XDP on {interface}: took over the pinned link (no gap)")
+            }
+            mode => tracing::info!("XDP attached to {interface} in {} mode", mode.as_str()),
         }
     }
     Ok(())

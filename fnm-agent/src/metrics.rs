@@ -156,17 +156,15 @@ pub fn render(st: &MetricsState) -> String {
 
     let dropped = Family::<Labels, Counter>::default();
     let dropped_bytes = Family::<Labels, Counter>::default();
-    let xdp = snap.xdp.and_then(|x| serde_json::to_value(x).ok());
-    for m in ["src", "dst", "rule"] {
+    let x = snap.xdp.unwrap_or_default();
+    for (m, p, b) in [
+        ("src", x.dropped_src_packets, x.dropped_src_bytes),
+        ("dst", x.dropped_dst_packets, x.dropped_dst_bytes),
+        ("rule", x.dropped_rule_packets, x.dropped_rule_bytes),
+    ] {
         let l = labels(&[("match", m)]);
-        let get = |k: &str| {
-            xdp.as_ref()
-                .and_then(|s| s.get(format!("dropped_{m}_{k}")))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
-        };
-        dropped.get_or_create(&l).inc_by(get("packets"));
-        dropped_bytes.get_or_create(&l).inc_by(get("bytes"));
+        dropped.get_or_create(&l).inc_by(p);
+        dropped_bytes.get_or_create(&l).inc_by(b);
     }
     registry.register(
         "fnm_xdp_dropped_packets",
@@ -178,37 +176,37 @@ pub fn render(st: &MetricsState) -> String {
         "IP bytes dropped in XDP, by what matched",
         dropped_bytes,
     );
-    if let Some(s) = &xdp {
-        for (key, name, help) in [
-            ("frames", "fnm_xdp_frames", "Frames seen by the XDP program"),
+    if let Some(s) = &snap.xdp {
+        for (value, name, help) in [
+            (s.frames, "fnm_xdp_frames", "Frames seen by the XDP program"),
             (
-                "non_ip",
+                s.non_ip,
                 "fnm_xdp_non_ip_frames",
                 "Frames that were not IPv4/IPv6",
             ),
             (
-                "malformed",
+                s.malformed,
                 "fnm_xdp_malformed_frames",
                 "Truncated or malformed frames",
             ),
             (
-                "whitelist_passed",
+                s.whitelist_passed,
                 "fnm_xdp_whitelist_passed_packets",
                 "Packets a drop entry matched but the whitelist let through",
             ),
             (
-                "host_table_full",
+                s.host_table_full,
                 "fnm_xdp_host_table_full",
                 "New hosts not counted because the kernel host table was full",
             ),
             (
-                "samples_lost",
+                s.samples_lost,
                 "fnm_xdp_samples_lost",
                 "Packet samples lost to a full ring buffer",
             ),
         ] {
             let c = Counter::<u64>::default();
-            c.inc_by(s.get(key).and_then(|v| v.as_u64()).unwrap_or(0));
+            c.inc_by(value);
             registry.register(name, help, c);
         }
     }

@@ -22,7 +22,7 @@ use self::{
 };
 use crate::{
     accounting::Direction,
-    actions::{Action, ActionEnv, ActionError, Applied, MitigationAction, Target},
+    actions::{Action, ActionEnv, ActionError, Applied, LateOutcome, MitigationAction, Target},
     bans::{unix_now, Ban, BanOrigin, DropMatch},
     config::Config,
     engine::{decision::Decision, unix_ms},
@@ -203,6 +203,8 @@ struct Mitigator {
     view: Arc<ArcSwap<MitigatorView>>,
     stats: Arc<MitigatorStats>,
     dirty: bool,
+    /// Where actions that finish later (the script) report a failure.
+    late_tx: mpsc::UnboundedSender<LateOutcome>,
 }
 
 /// Starts the mitigator on the current Tokio runtime with the actions of `config`, the ban
@@ -223,6 +225,7 @@ pub async fn spawn(
     let (dec_tx, dec_rx) = mpsc::channel(DECISION_QUEUE);
     let view = Arc::new(ArcSwap::from_pointee(MitigatorView::default()));
     let stats = Arc::new(MitigatorStats::default());
+    let (late_tx, late_rx) = mpsc::unbounded_channel();
     let mut m = Mitigator {
         actions,
         bans,
@@ -234,10 +237,11 @@ pub async fn spawn(
         view: view.clone(),
         stats: stats.clone(),
         dirty: true,
+        late_tx,
     };
     m.reinstate().await;
     tokio::spawn(async move {
-        m.run(dec_rx, req_rx).await;
+        m.run(dec_rx, req_rx, late_rx).await;
     });
     Ok((
         MitigatorHandle {
@@ -260,6 +264,7 @@ impl Mitigator {
         &mut self,
         mut decisions: mpsc::Receiver<Decision>,
         mut requests: mpsc::Receiver<MitigatorRequest>,
+        mut late: mpsc::UnboundedReceiver<LateOutcome>,
     ) {
         let mut tick = tokio::time::interval(MITIGATOR_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -274,6 +279,7 @@ impl Mitigator {
                     Some(r) => self.request(r).await,
                     None => break,
                 },
+                Some(o) = late.recv() => self.late_failure(o),
                 _ = tick.tick() => {
                     self.expire().await;
                     self.retry().await;
@@ -325,10 +331,13 @@ impl Mitigator {
                 let Some(action) = self.actions.get(&state.action) else {
                     continue;
                 };
+                let id = self.store.active()[mi].id.clone();
                 let mut env = ActionEnv {
                     bans: &mut self.bans,
                     expires: None,
                     reason: "",
+                    mitigation: &id,
+                    late: &self.late_tx,
                 };
                 if let Err(e) = action.reinstate(&mut env, applied).await {
                     tracing::error!(
@@ -359,6 +368,29 @@ impl Mitigator {
         self.dirty = true;
     }
 
+    /// An action that reported success when started failed later: record it.
+    fn late_failure(&mut self, o: LateOutcome) {
+        self.stats.count(o.action, "failed");
+        let Some(m) = self
+            .store
+            .active_mut()
+            .iter_mut()
+            .find(|m| m.id == o.mitigation)
+        else {
+            return;
+        };
+        if let Some(s) = m
+            .actions
+            .iter_mut()
+            .find(|s| s.action == o.action && s.result == ActionResult::Ok)
+        {
+            s.result = ActionResult::Failed;
+            s.error = Some(o.error);
+        }
+        self.store.save();
+        self.dirty = true;
+    }
+
     async fn decide(&mut self, d: Decision) {
         match d {
             Decision::AttackStarted {
@@ -376,7 +408,9 @@ impl Mitigator {
                 };
                 let (prefix, match_on) = target.prefix_and_side();
                 let expires = self.ban_time.map(|t| now + t.as_secs().max(1));
-                let states = self.apply_all(&actions, &target, None, &attack.id).await;
+                let states = self
+                    .apply_all(&actions, &target, None, &attack.id, &attack.id)
+                    .await;
                 self.store.insert(Mitigation {
                     id: attack.id.clone(),
                     origin: BanOrigin::Detection,
@@ -417,6 +451,7 @@ impl Mitigator {
         target: &Target<'_>,
         expires: Option<u64>,
         reason: &str,
+        id: &str,
     ) -> Vec<ActionState> {
         let mut states = Vec::with_capacity(actions.len());
         for action in actions {
@@ -428,7 +463,7 @@ impl Mitigator {
                 attempts: 0,
                 next_retry_unix_ms: None,
             };
-            self.attempt(&mut state, target, expires, reason).await;
+            self.attempt(&mut state, target, expires, reason, id).await;
             states.push(state);
         }
         states
@@ -440,6 +475,7 @@ impl Mitigator {
         target: &Target<'_>,
         expires: Option<u64>,
         reason: &str,
+        id: &str,
     ) {
         state.attempts += 1;
         let Some(action) = self.actions.get(&state.action) else {
@@ -455,6 +491,8 @@ impl Mitigator {
             bans: &mut self.bans,
             expires,
             reason,
+            mitigation: id,
+            late: &self.late_tx,
         };
         match action.apply(&mut env, target).await {
             Ok(applied) => {
@@ -536,7 +574,9 @@ impl Mitigator {
         } else {
             reason.clone()
         };
-        let states = self.apply_all(&actions, &target, expires, &label).await;
+        let states = self
+            .apply_all(&actions, &target, expires, &label, &id)
+            .await;
         if !states.is_empty() && states.iter().all(|s| s.result == ActionResult::Failed) {
             let why: Vec<String> = states
                 .iter()
@@ -661,6 +701,8 @@ impl Mitigator {
                 bans: &mut self.bans,
                 expires: None,
                 reason: &reason,
+                mitigation: &m.id,
+                late: &self.late_tx,
             };
             match action.lift(&mut env, applied).await {
                 Ok(()) => {
@@ -780,7 +822,8 @@ impl Mitigator {
             } else {
                 m.reason.clone()
             };
-            self.attempt(&mut state, &target, m.expires, &reason).await;
+            self.attempt(&mut state, &target, m.expires, &reason, &m.id)
+                .await;
             if state.result == ActionResult::Ok {
                 tracing::info!(
                     "mitigation {}: {} applied after {} attempts",
@@ -911,5 +954,28 @@ mod tests {
         m.unban(p, DropMatch::Dst).await.unwrap();
         wait_for("the unban post", || got.lock().unwrap().len() == 2).await;
         assert_eq!(got.lock().unwrap()[1]["event"], "unban");
+    }
+
+    #[tokio::test]
+    async fn a_script_that_fails_later_is_recorded_as_failed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fail.sh");
+        std::fs::write(&script, "#!/bin/sh\necho boom >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (m, _decisions) = start(&format!(
+            "[ban]\nmanual_actions = [\"script\"]\nscript = \"{}\"\n",
+            script.display()
+        ))
+        .await;
+        let p: Prefix = "198.51.100.9/32".parse().unwrap();
+        let (_, actions) = m.ban(p, DropMatch::Src, None, String::new()).await.unwrap();
+        assert_eq!(actions[0].result, ActionResult::Ok, "queued");
+        wait_for("the script's failure to be recorded", || {
+            m.view().active[0].actions[0].result == ActionResult::Failed
+        })
+        .await;
+        let error = m.view().active[0].actions[0].error.clone().unwrap();
+        assert!(error.contains("boom"), "{error}");
     }
 }
