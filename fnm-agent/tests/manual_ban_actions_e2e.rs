@@ -20,6 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The tests pick free ports and start daemons on them later; run one at a time so that one
+/// test's "nothing listens here" port is never taken by the other's gobgpd in between.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Agent {
     child: Child,
     api: SocketAddr,
@@ -112,6 +120,7 @@ fn wait_file_has(path: &Path, needle: &str) {
 
 #[test]
 fn manual_ban_announces_the_blackhole_and_calls_the_script() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut receiver = Receiver::start(dir.path());
     let api_port = free_port();
@@ -169,6 +178,7 @@ fn manual_ban_announces_the_blackhole_and_calls_the_script() {
 
 #[test]
 fn an_announcement_refused_while_gobgpd_is_down_is_retried_until_it_appears() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let api_port = free_port();
     let (path, _script_log) = script(dir.path());
