@@ -37,7 +37,6 @@ fn pcap_detection_matrix() {
     // The capture handle is open once the API answers; give the first poll a moment.
     std::thread::sleep(Duration::from_millis(300));
     let (reports, expected) = run_frames(&pair.peer, &pair.veth_peer, &plan);
-    agent.settle();
     let (lines, failures) = plan.verdicts(&agent, &reports, &expected);
     conclude(
         "pcap detection matrix",

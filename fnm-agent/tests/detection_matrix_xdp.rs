@@ -46,7 +46,6 @@ fn xdp_detection_matrix() {
     );
     let agent = AgentProcess::start(&pair.agent, &config);
     let (reports, expected) = run_frames(&pair.peer, &pair.veth_peer, &plan);
-    agent.settle();
     let (lines, failures) = plan.verdicts(&agent, &reports, &expected);
     conclude("XDP detection matrix", &lines, &failures, started.elapsed());
 }

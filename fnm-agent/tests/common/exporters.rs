@@ -397,7 +397,7 @@ impl NetflowSink {
 
 /// A v9 flowset / IPFIX set: id, length, body padded to 4 bytes.
 fn set(id: u16, mut body: Vec<u8>) -> Vec<u8> {
-    while (body.len() + 4) % 4 != 0 {
+    while !body.len().is_multiple_of(4) {
         body.push(0);
     }
     let mut s = Vec::with_capacity(4 + body.len());

@@ -38,7 +38,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// A threshold kind (a rate of `[detection.incoming]` / `[detection.outgoing]`).
@@ -328,6 +328,8 @@ pub const UNDER_PHASE: Duration = Duration::from_secs(4);
 /// late poll's traffic to one slot of nominal length, which overstates every rate of that
 /// window, so steady traffic at 0.8 x T beside a burst of opening attacks is seen above T.
 pub const FLOOD_PHASE: Duration = Duration::from_millis(2500);
+/// Longest wait after the traffic for every flood's attack to be listed.
+pub const FLOOD_WAIT: Duration = Duration::from_secs(20);
 
 impl Plan {
     /// Lays `cases` out on hosts of `10.<net>.16.0/20` and `fd<net>:1::/48`; thresholds are
@@ -422,6 +424,42 @@ impl Plan {
         out
     }
 
+    /// The attack list once every flood host has an attack (or [`FLOOD_WAIT`] has passed),
+    /// and two more polls.
+    ///
+    /// Waiting matters: opening dozens of attacks at once holds today's poll thread up for
+    /// seconds (each opening rewrites the whole attack history; about 2.8 s for 104 attacks
+    /// in a debug build), and the last floods are only checked once it is free again.
+    fn wait_for_floods(&self, agent: &AgentProcess) -> Vec<Value> {
+        let start = Instant::now();
+        let floods: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.role == Role::Flood)
+            .map(|h| h.ip.to_string())
+            .collect();
+        loop {
+            let attacks = agent.get("/api/v1/attacks").expect("GET /api/v1/attacks");
+            let attacks = attacks.as_array().expect("attack list").clone();
+            let open = floods
+                .iter()
+                .filter(|ip| attacks.iter().any(|a| a["host"].as_str() == Some(ip)))
+                .count();
+            if open == floods.len() || start.elapsed() > FLOOD_WAIT {
+                println!(
+                    "{open} of {} flood attacks open {:.1?} after the traffic",
+                    floods.len(),
+                    start.elapsed()
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent.settle();
+        let attacks = agent.get("/api/v1/attacks").expect("GET /api/v1/attacks");
+        attacks.as_array().expect("attack list").clone()
+    }
+
     /// Checks every host against the agent's API after the traffic; returns one line per
     /// host and the failures.
     pub fn verdicts(
@@ -430,8 +468,7 @@ impl Plan {
         reports: &[StreamReport],
         expected: &HashMap<usize, Expect>,
     ) -> (Vec<String>, Vec<String>) {
-        let attacks = agent.get("/api/v1/attacks").expect("GET /api/v1/attacks");
-        let attacks = attacks.as_array().expect("attack list").clone();
+        let attacks = self.wait_for_floods(agent);
         let views = agent
             .get("/api/v1/hosts?direction=incoming&limit=10000")
             .expect("GET /api/v1/hosts");

@@ -194,7 +194,7 @@ pub fn packet(spec: &StreamSpec, i: u64) -> Pkt {
         L4::Esp => (50, 0, 0),
     };
     let fragment = match l4 {
-        L4::UdpFragment if j % 2 == 0 => Fragment::First,
+        L4::UdpFragment if j.is_multiple_of(2) => Fragment::First,
         L4::UdpFragment => Fragment::Middle,
         _ => Fragment::No,
     };
