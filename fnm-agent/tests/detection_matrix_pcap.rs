@@ -29,7 +29,7 @@ fn pcap_detection_matrix() {
     let plan = Plan::new(net, &cases, UNIT, 1);
     let config = format!(
         "{}[capture]\nbackend = \"pcap\"\ninterfaces = [\"{}\"]\n[ban]\nactions = []\n{}",
-        plan.networks_toml(),
+        plan.top_level_toml(),
         pair.veth_agent,
         plan.hostgroups_toml()
     );

@@ -40,7 +40,7 @@ fn xdp_detection_matrix() {
     let config = format!(
         "{}[xdp]\ninterfaces = [\"{}\"]\nmode = \"skb\"\npin_links = false\n\
          [ban]\nactions = []\n{}",
-        plan.networks_toml(),
+        plan.top_level_toml(),
         pair.veth_agent,
         plan.hostgroups_toml()
     );

@@ -432,8 +432,8 @@ pub struct StreamReport {
 /// The scheduler's tick.
 const TICK: Duration = Duration::from_millis(1);
 /// Longest backlog a stream catches up on after the scheduler was held up; anything older is
-/// skipped, so a stall never turns into a burst that pushes a paced rate above its target.
-pub const MAX_LAG: Duration = Duration::from_millis(40);
+/// skipped, so no stretch of time sees more than its rate × (length + `MAX_LAG`) packets.
+pub const MAX_LAG: Duration = Duration::from_millis(100);
 
 /// Runs every stream at its rate from its `from` to its `until`, feeding `sinks`; returns
 /// per-stream reports and the merged per-host expectations of all sinks.
