@@ -5,27 +5,33 @@
 //! of the engine behind it.
 //!
 //! Every case gets two local hosts, each in a `[[hostgroup]]` of its own (a /32 or /128) that
-//! sets only the case's rate kind, at threshold `T` in both directions:
+//! sets only the case's rate kind, at threshold `T`, in both directions:
 //!
-//! - the *flood* host receives (or, outgoing, sends) traffic that feeds that kind at 2.5 × T:
-//!   exactly one attack must open, in the case's direction, whose crossing (`threshold.rate`)
-//!   is the kind and whose limit is `T`;
-//! - the *under* host gets the same traffic at 0.8 × T for the whole run, plus *decoy*
-//!   traffic at 2 × T that feeds every other counter it can without feeding the kind (for
-//!   `udp_pps`: TCP, ICMP and ESP; for `tcp_syn_pps`: bare ACKs on new flows; for
-//!   `fragments_pps`: whole datagrams; for `flows_per_second`: many packets on few flows). No
-//!   attack may open. The decoy is what makes the case fail when the kind's rate is computed
-//!   from the wrong counter, and the flood's shape keeps every other counter of its own unit
-//!   below `T` (the `pps` and `bytes_per_second` floods mix four protocols on single flows), so
-//!   a kind read from a smaller counter never crosses.
+//! - the *under* host gets traffic that feeds the kind at 0.8 × T for 5 s (the 2 s rate
+//!   window fills, then 3 s steady), beside *decoy* traffic at 2 × T that feeds other counters
+//!   without feeding the kind (for `udp_pps`: TCP, ICMP and ESP on new flows; for
+//!   `tcp_syn_pps`: bare ACKs on new flows; for `fragments_pps`: whole datagrams; for
+//!   `flows_per_second`: many packets on four flows). No attack may open, in either direction;
+//! - then the *flood* host gets the same traffic at 2.5 × T for 2.5 s: exactly one attack must
+//!   open, in the case's direction, whose crossing (`threshold.rate`) is the kind and whose
+//!   limit is `T`.
 //!
-//! Rates are counted in generated packets per second: a kind's flood sends 2.5 × `unit`
-//! packets per second of its shape (1000-byte packets for byte kinds, so `T` is `unit` ×
-//! 1000 bytes/s), times the source's `weight` (an sFlow sample stands for `weight` packets).
+//! A kind computed from any other single counter fails at least one of its cases: either that
+//! counter is below `T` in the flood (the `pps` and `bytes_per_second` floods mix UDP, TCP
+//! ACKs, ICMP and ESP on single flows, so no protocol class reaches 0.63 × T; the single-class
+//! floods carry nothing of the other classes), or the decoy lifts it to at least 1.47 × T on
+//! the under host. Counters of the other unit (bytes for a packet rate, packets for a byte
+//! rate) are off by a factor of 64 or more. Demonstrated by reading `fragments_pps` from the
+//! packet counter, then from the SYN counter, and `tcp_syn_pps` from the TCP packet counter:
+//! exactly the cases of that kind fail, on every source.
 //!
-//! For every host, the counter of its case's kind from `GET /api/v1/hosts` must equal what
-//! was sent (scaled by `weight`), so an "under" verdict is never vacuous, and the scheduler
-//! must have kept the paced rate (the under host really ran at 0.8 × T).
+//! Rates are in generated packets per second: the flood sends 2.5 × `unit` packets per second
+//! of its shape (1000-byte packets for byte kinds, so `T` is `unit` × 1000 bytes/s), and each
+//! generated packet stands for `weight` packets (an sFlow sample's sampling rate).
+//!
+//! For every host, the counter of its case's kind from `GET /api/v1/hosts` must equal what was
+//! sent (× `weight`), so an "under" verdict is never vacuous, and the scheduler must have kept
+//! its pace (the under host really ran at 0.8 × T).
 #![allow(dead_code)]
 
 use super::{
@@ -318,22 +324,22 @@ pub struct Plan {
     net: u8,
 }
 
-/// The agents' rate window. Today's accounting divides a window's counts by its nominal
-/// length, so a poll that comes late (the poll thread or the capture thread held up on a
-/// loaded machine) overstates the rates of that window: with the default 1 s window and the
-/// tests' 200 ms polls, one poll a slot late lifts a steady 0.8 x T to exactly T, which was
-/// seen on an overloaded box. Over 2 s, the under hosts stay below T with up to two slots of
-/// lateness.
+/// The agents' rate window (the default is 1 s). Today's accounting divides a window's
+/// counts by its nominal length, so a poll that comes late (the poll or capture thread held up
+/// on a loaded machine) overstates that window's rates: over 1 s with the tests' 200 ms polls,
+/// one poll a slot late lifts a steady 0.8 × T to exactly T, which was seen on an overloaded
+/// box. Over 2 s, a window can hold 2.5 s of traffic before 0.8 × T reaches T: polls 0.4 s
+/// late, or 0.3 s late plus a [`MAX_LAG`](super::pktgen::MAX_LAG) catch-up of the sender.
 pub const RATE_WINDOW: Duration = Duration::from_secs(2);
 /// The under hosts' traffic runs first, alone: the rate window fills, then three seconds at
 /// a steady rate.
 pub const UNDER_PHASE: Duration = Duration::from_secs(5);
-/// Then the floods, long enough to be detected within a few polls even on a loaded machine.
+/// Then the floods, long enough to be detected within a few polls on a loaded machine.
 ///
 /// The phases are apart because opening dozens of attacks at once holds the agent's poll
-/// thread up (it writes the attack history once per attack); today's accounting credits a
-/// late poll's traffic to one slot of nominal length, which overstates every rate of that
-/// window, so steady traffic at 0.8 x T beside a burst of opening attacks is seen above T.
+/// thread up (each opening rewrites the attack history), and the late poll that follows
+/// overstates every rate of its window (see [`RATE_WINDOW`]): steady traffic at 0.8 × T next
+/// to 44 opening attacks was seen at 1.26 × T.
 pub const FLOOD_PHASE: Duration = Duration::from_millis(2500);
 /// Longest wait after the traffic for every flood's attack to be listed.
 pub const FLOOD_WAIT: Duration = Duration::from_secs(30);
