@@ -156,16 +156,19 @@ pub fn remote(like: IpAddr, block: u32, j: u64) -> IpAddr {
                 base + block * BLOCK_SIZE + (j % u64::from(BLOCK_SIZE)) as u32,
             ))
         }
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(
-            0x2001,
-            0xdb8,
-            0xff,
-            block as u16,
-            0,
-            0,
-            (j >> 16) as u16,
-            (j & 0xffff) as u16 + 1,
-        )),
+        IpAddr::V6(_) => {
+            let n = j + 1;
+            IpAddr::V6(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0xff,
+                block as u16,
+                (n >> 48) as u16,
+                (n >> 32) as u16,
+                (n >> 16) as u16,
+                n as u16,
+            ))
+        }
     }
 }
 
