@@ -13,8 +13,11 @@ pub fn require_root(what: &str) {
     );
 }
 pub mod agent;
+pub mod exporters;
 pub mod flood;
+pub mod matrix;
 pub mod netns;
+pub mod pktgen;
 pub mod sender;
 
 /// The per-CPU counters of one host and direction in the XDP program's map, summed.
