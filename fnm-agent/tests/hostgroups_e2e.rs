@@ -347,7 +347,8 @@ fn hostgroups_most_specific_prefix_thresholds_actions_and_report_only() {
         let got_actions: Vec<&str> = mitigation
             .iter()
             .flat_map(|m| m["actions"].as_array().into_iter().flatten())
-            .filter_map(Value::as_str)
+            .filter(|a| a["result"] == "ok")
+            .filter_map(|a| a["action"].as_str())
             .collect();
         if got_actions != want_actions || mitigation.len() > 1 {
             problems.push(format!(
@@ -357,7 +358,7 @@ fn hostgroups_most_specific_prefix_thresholds_actions_and_report_only() {
         if h.role == Role::NarrowFlood || h.role == Role::NarrowSyn {
             let rules = mitigation
                 .first()
-                .and_then(|m| m["rules"].as_array())
+                .and_then(|m| m["actions"][0]["applied"]["rules"].as_array())
                 .map_or(0, Vec::len);
             if rules == 0 {
                 problems.push(format!("no XDP rule in {mitigation:?}"));
