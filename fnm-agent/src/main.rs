@@ -338,7 +338,7 @@ async fn run_async(config: Config) -> Result<()> {
     let bans = BanStore::open(&state.join("bans.json"))
         .context("reading the ban list (move it aside to start without it)")?;
     let store = MitigationStore::open(&state.join("mitigations.json"))?;
-    let book = AttackBook::open(state.join("attacks.json"));
+    let book = AttackBook::open(state.join("attacks.json"))?;
 
     let dataplane = if config.xdp_active() {
         let c = config.clone();

@@ -172,11 +172,32 @@ pub struct Attack {
     pub samples: Vec<Sample>,
     /// The attack's shape.
     pub fingerprint: Fingerprint,
-    /// Actions taken and their outcomes (filled from the mitigator when shown).
-    #[serde(default)]
+    /// Actions taken and their outcomes (filled from the mitigator when shown). Records
+    /// saved by earlier versions listed plain strings here; they read as none.
+    #[serde(default, deserialize_with = "outcomes_or_legacy")]
     pub actions: Vec<crate::mitigator::store::ActionState>,
     /// Detect and report only.
     pub report_only: bool,
+}
+
+/// Reads `actions`: outcome records, or the strings earlier versions wrote (dropped).
+fn outcomes_or_legacy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::mitigator::store::ActionState>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Outcome(crate::mitigator::store::ActionState),
+        Legacy(#[allow(dead_code)] String),
+    }
+    let entries: Vec<Entry> = Vec::deserialize(d)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Outcome(s) => Some(s),
+            Entry::Legacy(_) => None,
+        })
+        .collect())
 }
 
 impl Attack {

@@ -186,6 +186,7 @@ impl EngineCore {
                 }
             }
         }
+        self.book.persist();
         decisions
     }
 
@@ -237,8 +238,8 @@ impl EngineCore {
     }
 
     /// The attack book.
-    pub fn book(&self) -> &AttackBook {
-        &self.book
+    pub fn book(&mut self) -> &mut AttackBook {
+        &mut self.book
     }
 
     /// The detector.
@@ -265,7 +266,7 @@ impl EngineCore {
     }
 
     /// An immutable picture of the state for the views, taken after a tick.
-    pub fn snapshot(&self, uptime_ms: u64) -> Snapshot {
+    pub fn snapshot(&mut self, uptime_ms: u64) -> Snapshot {
         let totals = self
             .acc
             .totals()
