@@ -5,6 +5,10 @@
 //!   its `xdp_rule`; the agent is SIGKILLed and restarted while A's mitigation is active; a new
 //!   flood opens attack B with a new UUID v7 id and its own record (A's is unchanged), B's rule
 //!   is applied and drops the flood, and it keeps dropping after A's mitigation expires.
+//! * **A restart in the middle of an attack**: killed while A goes on, the restarted agent
+//!   carries on with A (no second record or mitigation for the same flood); killed again and
+//!   the flood stopping meanwhile, A ends after the restart and its mitigation is lifted
+//!   instead of staying ongoing, and in force, for ever.
 //! * **An announcement while gobgpd is down** (defect 3, attack path): the attack record and
 //!   `/api/v1/mitigations` show `bgp_blackhole` as `retrying` with its error; once a gobgpd
 //!   speaker and a receiver start, the /32 reaches the receiver's RIB with no operator action,
@@ -280,6 +284,89 @@ fn a_new_attack_after_a_restart_gets_its_own_id_record_and_actions() {
         "A's record is kept"
     );
     eprintln!("restart test took {:?}", started.elapsed());
+}
+
+#[test]
+fn an_attack_cut_short_by_a_kill_is_resumed_after_the_restart_and_ends() {
+    require_root("XDP end-to-end tests");
+    let started = Instant::now();
+    let pair = NetnsPair::new(114);
+    let cfg = xdp_config(
+        &pair,
+        "[detection.incoming]\nudp_pps = 2000\n\
+         [ban]\ntime = \"6s\"\nstop_after = \"1s\"\nactions = [\"xdp_rule\"]",
+    );
+    let agent = AgentProcess::start(&pair.agent, &cfg);
+    let to = SocketAddrV4::new(v4(pair.agent_v4), PORT);
+    let victim = UdpCounter::start(&pair.agent, to.into());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = udp_flood(&pair.peer, to, 10_000.0, stop.clone());
+    let a = wait_until(
+        "attack A's mitigation",
+        Duration::from_secs(10),
+        || agent.log(),
+        || {
+            let m = agent.get("/api/v1/mitigations")?;
+            match m.as_array().and_then(|l| l.first()) {
+                Some(x) if x["actions"][0]["result"] == "ok" => {
+                    Ok(x["id"].as_str().unwrap().to_owned())
+                }
+                _ => Err(format!("{m:#}")),
+            }
+        },
+    );
+
+    // Killed in the middle of the attack; the flood goes on through the restart. It is still
+    // attack A: no second record, no second mitigation, and A's rule drops it.
+    let agent = AgentProcess::start_with_state(&pair.agent, &cfg, agent.kill());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let attacks = agent.get("/api/v1/attacks").unwrap();
+        assert_eq!(attacks.as_array().unwrap().len(), 1, "{attacks:#}");
+        assert!(attacks[0]["ended_unix_ms"].is_null(), "{attacks:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = agent.get("/api/v1/mitigations").unwrap();
+    assert_eq!(m.as_array().unwrap().len(), 1, "{m:#}");
+    assert_eq!(m[0]["id"], a.as_str(), "{m:#}");
+    assert_flood_dropped(&victim, "A's rule after the restart");
+
+    // Killed again; the flood stops while no agent runs. After the restart A ends (nothing
+    // comes any more) and its mitigation is lifted once the ban time passed.
+    let dir = agent.kill();
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    let agent = AgentProcess::start_with_state(&pair.agent, &cfg, dir);
+    wait_until(
+        "A to end and its mitigation to be lifted",
+        Duration::from_secs(15),
+        || agent.log(),
+        || {
+            let r = agent.get(&format!("/api/v1/attacks/{a}"))?;
+            let m = agent.get("/api/v1/mitigations")?;
+            if r["ended_unix_ms"].is_u64() && m == json!([]) {
+                Ok(())
+            } else {
+                Err(format!("{r:#}\n{m:#}"))
+            }
+        },
+    );
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    assert_eq!(attacks.as_array().unwrap().len(), 1, "{attacks:#}");
+    let status = agent.get("/api/v1/status").unwrap();
+    assert_eq!(status["attacks_ongoing"], 0, "{status:#}");
+    // The rule is gone: the same UDP passes again.
+    let before = victim.settled();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = udp_flood(&pair.peer, to, 200.0, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let sent = flood.join().unwrap().packets;
+    assert_eq!(
+        victim.wait_for(before + sent, Duration::from_secs(5)) - before,
+        sent
+    );
+    eprintln!("kill-mid-attack test took {:?}", started.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------------
