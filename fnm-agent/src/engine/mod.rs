@@ -225,6 +225,8 @@ fn run(
         interval,
     } = parts;
     let started = Instant::now();
+    // The views see the saved attacks from the start, not an empty list until the first tick.
+    snapshot.store(Arc::new(core.snapshot(0)));
     let mut next = started + interval;
     let never = crossbeam_channel::never();
     let mut input_open = true;

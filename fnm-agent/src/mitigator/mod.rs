@@ -524,6 +524,8 @@ impl Mitigator {
         }
     }
 
+    /// Answers an API request. The view is published before the answer goes out, so a client
+    /// that got its answer reads the change (`GET /api/v1/bans` lists the ban just made).
     async fn request(&mut self, r: MitigatorRequest) {
         match r {
             MitigatorRequest::Ban {
@@ -533,17 +535,20 @@ impl Mitigator {
                 reason,
                 reply,
             } => {
-                let _ = reply.send(self.manual_ban(prefix, match_on, duration, reason).await);
+                let result = self.manual_ban(prefix, match_on, duration, reason).await;
+                self.publish();
+                let _ = reply.send(result);
             }
             MitigatorRequest::Unban {
                 prefix,
                 match_on,
                 reply,
             } => {
-                let _ = reply.send(self.manual_unban(prefix, match_on).await);
+                let result = self.manual_unban(prefix, match_on).await;
+                self.publish();
+                let _ = reply.send(result);
             }
         }
-        self.dirty = true;
     }
 
     async fn manual_ban(
@@ -902,6 +907,20 @@ mod tests {
             .await,
             Err(MitigatorError::Conflict(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answered_ban_or_unban_is_already_in_the_view() {
+        let (m, _decisions) = start("").await;
+        let p: Prefix = "198.51.100.7/32".parse().unwrap();
+        for _ in 0..200 {
+            m.ban(p, DropMatch::Src, None, String::new()).await.unwrap();
+            assert_eq!(m.view().bans.len(), 1, "listed once banned");
+            assert_eq!(m.view().active.len(), 1);
+            m.unban(p, DropMatch::Src).await.unwrap();
+            assert!(m.view().bans.is_empty(), "gone once unbanned");
+            assert!(m.view().active.is_empty());
+        }
     }
 
     /// A web hook server that records what it was sent.
