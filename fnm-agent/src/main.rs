@@ -482,11 +482,9 @@ async fn run_async(config: Config) -> Result<()> {
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
-    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
+    let api_listener = fnm_agent::http::bind(config.api.listen)
         .with_context(|| format!("api.listen {}", config.api.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(config.prometheus.listen)
-        .await
+    let metrics_listener = fnm_agent::http::bind(config.prometheus.listen)
         .with_context(|| format!("prometheus.listen {}", config.prometheus.listen))?;
     tracing::info!(
         "API on http://{}, metrics on http://{}/metrics",

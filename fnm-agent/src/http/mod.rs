@@ -3,10 +3,14 @@
 //! Each listener runs its own accept loop around hyper's HTTP/1 connection:
 //!
 //! - **Connection limits.** At most `max_connections` connections are open at once, and at
-//!   most `max_connections_per_ip` from one client address (an IPv6 client's /64). A connection
-//!   beyond either is accepted, answered `503` with a JSON body if the socket takes it at once,
-//!   and closed: it never holds a file descriptor or memory, and the agent's descriptors (state
-//!   files, sockets of the collectors, the other listener) cannot be exhausted through it.
+//!   most `max_connections_per_ip` from one client address (an IPv6 client's /64), so the
+//!   agent's descriptors (state files, collector sockets, the other listener) cannot be
+//!   exhausted through a listener. When every slot is taken, a new connection evicts the
+//!   connection that has been idle longest (one waiting for a request, not one being
+//!   answered): idle and slow connections cannot keep a client that sends its request at once
+//!   out. Only when every connection is busy with a request, or the client's address is at
+//!   its own limit, is the new one refused: answered `503` with a JSON body if the socket takes
+//!   it at once, and closed.
 //! - **Accept errors never stop the listener.** When `accept` fails for lack of descriptors or
 //!   memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) the loop backs off (10 ms doubling to 1 s),
 //!   counts it, warns at most every 10 s, and accepts again.
@@ -18,6 +22,10 @@
 //!   reading its answer).
 //! - **Bodies** larger than `max_body_bytes` are answered 413 (from `Content-Length` before
 //!   reading, or once the limit is read).
+//! - **Memory goes back.** Once a burst of connections is over (the open count fell to a
+//!   quarter of its peak of at least 64), the allocator is asked to return its free pages to
+//!   the system (glibc `malloc_trim`), so a flood does not leave the agent's resident size
+//!   raised.
 //! - **Every error is JSON** `{"error": "..."}`, also those of the layers and extractors (only
 //!   hyper's own answers to requests that are not HTTP at all are not).
 //! - **Authentication** (see [`auth`]): a bearer token, compared in constant time.
@@ -80,6 +88,8 @@ pub struct HttpStats {
     pub rejected_max: AtomicU64,
     /// Connections closed at once: `max_connections_per_ip` reached.
     pub rejected_per_ip: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted: AtomicU64,
     /// `accept` failures (no descriptors, no memory), each followed by a back-off.
     pub accept_errors: AtomicU64,
     /// Connections closed by the header-read timeout.
@@ -101,6 +111,24 @@ pub struct ServerOptions {
     pub auth: auth::Auth,
     /// Its counters.
     pub stats: Arc<HttpStats>,
+}
+
+/// Pending connections the kernel queues for a listener (`listen` backlog; capped by
+/// `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listener with a [`LISTEN_BACKLOG`] queue, so a burst of connections does not make
+/// the kernel drop a client's SYN while the accept loop catches up.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Wraps `router` in the request-level defences: body limit, request timeout, authentication,
@@ -180,17 +208,30 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let mut backoff = Duration::ZERO;
     let mut warned: Option<(Instant, u64)> = None;
+    let mut trim = tokio::time::interval(TRIM_CHECK);
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peak = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => r,
+            _ = trim.tick() => {
+                let open = stats.open.load(Relaxed);
+                if peak >= TRIM_AFTER_PEAK && open <= peak / 4 {
+                    tracing::debug!("{name}: {open} connections open after a peak of {peak}; returning free memory");
+                    tokio::task::spawn_blocking(release_free_memory);
+                    peak = 0;
+                }
+                continue;
+            }
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
-                match table.admit(peer.ip()) {
+                match ConnTable::admit(&table, peer.ip()) {
                     Ok(slot) => {
                         stats.accepted.fetch_add(1, Relaxed);
+                        peak = peak.max(stats.open.load(Relaxed));
                         tokio::spawn(connection(
                             stream,
                             peer,
@@ -237,6 +278,20 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often the accept loop looks whether a burst of connections is over.
+const TRIM_CHECK: Duration = Duration::from_secs(5);
+/// Open connections a burst must have reached before its end returns memory.
+const TRIM_AFTER_PEAK: u64 = 64;
+
+/// Returns the allocator's free pages to the system (glibc); elsewhere nothing.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heaps; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Errors that concern one connection only (it went away before it was accepted).
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
@@ -274,7 +329,8 @@ async fn connection(
     stats: Arc<HttpStats>,
 ) {
     let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
+    let activity = slot.activity.clone();
+    let evict = slot.evict.clone();
     let io = TokioIo::new(Tracked {
         inner: stream,
         activity: activity.clone(),
@@ -318,6 +374,10 @@ async fn connection(
                     break;
                 }
             }
+            _ = evict.notified() => {
+                tracing::debug!("connection from {peer}: evicted for a new one");
+                break;
+            }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
@@ -327,29 +387,36 @@ async fn connection(
     drop(slot);
 }
 
+/// The instant connection activity is measured from (milliseconds since it, so that the
+/// table can compare connections).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// When a connection last moved a byte, and how many of its requests are being handled.
 struct Activity {
-    start: Instant,
     last_ms: AtomicU64,
     handling: AtomicUsize,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self {
-            start: Instant::now(),
+        let a = Self {
             last_ms: AtomicU64::new(0),
             handling: AtomicUsize::new(0),
-        }
+        };
+        a.touch();
+        a
     }
 
     fn touch(&self) {
         self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+            .store(epoch().elapsed().as_millis() as u64, Relaxed);
     }
 
     fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Relaxed))
+        epoch() + Duration::from_millis(self.last_ms.load(Relaxed))
     }
 
     fn handling(self: &Arc<Self>) -> Handling {
@@ -461,8 +528,24 @@ impl Limit {
 struct ConnTable {
     max: usize,
     max_per_ip: usize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    inner: Mutex<TableInner>,
     stats: Arc<HttpStats>,
+}
+
+#[derive(Default)]
+struct TableInner {
+    per_ip: HashMap<IpAddr, usize>,
+    conns: HashMap<u64, Entry>,
+    /// Connections told to close that have not closed yet.
+    evicting: usize,
+    next_id: u64,
+}
+
+/// What the table knows of one open connection.
+struct Entry {
+    activity: Arc<Activity>,
+    evict: Arc<tokio::sync::Notify>,
+    evicting: bool,
 }
 
 impl ConnTable {
@@ -470,29 +553,63 @@ impl ConnTable {
         Self {
             max: limits.max_connections,
             max_per_ip: limits.max_connections_per_ip,
-            per_ip: Mutex::new(HashMap::new()),
+            inner: Mutex::new(TableInner::default()),
             stats,
         }
     }
 
-    /// A slot for a connection from `ip`, or the limit that refuses it.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Limit> {
+    /// A slot for a connection from `ip` (evicting the longest idle connection when the table
+    /// is full), or the limit that refuses it.
+    fn admit(table: &Arc<Self>, ip: IpAddr) -> Result<Slot, Limit> {
         let key = client_key(ip);
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.stats.open.load(Relaxed) as usize >= self.max {
-            self.stats.rejected_max.fetch_add(1, Relaxed);
-            return Err(Limit::Total);
-        }
-        let n = per_ip.entry(key).or_insert(0);
-        if *n >= self.max_per_ip {
-            self.stats.rejected_per_ip.fetch_add(1, Relaxed);
+        let mut inner = table.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.per_ip.get(&key).copied().unwrap_or(0) >= table.max_per_ip {
+            table.stats.rejected_per_ip.fetch_add(1, Relaxed);
             return Err(Limit::PerIp);
         }
-        *n += 1;
-        self.stats.open.fetch_add(1, Relaxed);
+        if inner.conns.len() - inner.evicting >= table.max {
+            // Evictions not yet done still hold descriptors: never more than a quarter over.
+            let room = inner.conns.len() < table.max + table.max.div_ceil(4);
+            let victim = inner
+                .conns
+                .iter()
+                .filter(|(_, e)| !e.evicting && e.activity.handling.load(Relaxed) == 0)
+                .min_by_key(|(_, e)| e.activity.last_ms.load(Relaxed))
+                .map(|(id, _)| *id);
+            match victim {
+                Some(id) if room => {
+                    let e = inner.conns.get_mut(&id).expect("victim is in the table");
+                    e.evicting = true;
+                    e.evict.notify_one();
+                    inner.evicting += 1;
+                    table.stats.evicted.fetch_add(1, Relaxed);
+                }
+                _ => {
+                    table.stats.rejected_max.fetch_add(1, Relaxed);
+                    return Err(Limit::Total);
+                }
+            }
+        }
+        *inner.per_ip.entry(key).or_insert(0) += 1;
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let activity = Arc::new(Activity::new());
+        let evict = Arc::new(tokio::sync::Notify::new());
+        inner.conns.insert(
+            id,
+            Entry {
+                activity: activity.clone(),
+                evict: evict.clone(),
+                evicting: false,
+            },
+        );
+        table.stats.open.store(inner.conns.len() as u64, Relaxed);
         Ok(Slot {
-            table: self.clone(),
+            table: table.clone(),
             key,
+            id,
+            activity,
+            evict,
         })
     }
 }
@@ -501,18 +618,29 @@ impl ConnTable {
 struct Slot {
     table: Arc<ConnTable>,
     key: IpAddr,
+    id: u64,
+    activity: Arc<Activity>,
+    evict: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut per_ip = self.table.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.key) {
+        let mut inner = self.table.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = inner.per_ip.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.key);
+                inner.per_ip.remove(&self.key);
             }
         }
-        self.table.stats.open.fetch_sub(1, Relaxed);
+        if let Some(e) = inner.conns.remove(&self.id) {
+            if e.evicting {
+                inner.evicting -= 1;
+            }
+        }
+        self.table
+            .stats
+            .open
+            .store(inner.conns.len() as u64, Relaxed);
     }
 }
 
@@ -547,6 +675,7 @@ pub fn register_metrics(registry: &mut Registry, listeners: &[(&str, &HttpStats)
     let rejected = Family::<Labels, Counter>::default();
     let accept_errors = Family::<Labels, Counter>::default();
     let timed_out = Family::<Labels, Counter>::default();
+    let evicted = Family::<Labels, Counter>::default();
     let unauthorized = Family::<Labels, Counter>::default();
     for (name, s) in listeners {
         let l = label(&[("listener", name)]);
@@ -558,6 +687,7 @@ pub fn register_metrics(registry: &mut Registry, listeners: &[(&str, &HttpStats)
         unauthorized
             .get_or_create(&l)
             .inc_by(s.unauthorized.load(Relaxed));
+        evicted.get_or_create(&l).inc_by(s.evicted.load(Relaxed));
         for (reason, n) in [
             ("max_connections", &s.rejected_max),
             ("max_connections_per_ip", &s.rejected_per_ip),
@@ -586,6 +716,11 @@ pub fn register_metrics(registry: &mut Registry, listeners: &[(&str, &HttpStats)
         "fnm_http_connections_rejected",
         "HTTP connections closed at once because a connection limit was reached",
         rejected,
+    );
+    registry.register(
+        "fnm_http_connections_evicted",
+        "Idle HTTP connections closed to make room for a new one when the limit was reached",
+        evicted,
     );
     registry.register(
         "fnm_http_accept_errors",
@@ -635,15 +770,30 @@ mod tests {
         let t = Arc::new(ConnTable::new(&limits, stats.clone()));
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let s1 = t.admit(a).unwrap();
-        let _s2 = t.admit(a).unwrap();
-        assert_eq!(t.admit(a).err(), Some(Limit::PerIp));
-        let _s3 = t.admit(b).unwrap();
-        assert_eq!(t.admit(b).err(), Some(Limit::Total));
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        let s1 = ConnTable::admit(&t, a).unwrap();
+        let s2 = ConnTable::admit(&t, a).unwrap();
+        assert_eq!(ConnTable::admit(&t, a).err(), Some(Limit::PerIp));
+        let s3 = ConnTable::admit(&t, b).unwrap();
+        // Full: every connection is busy with a request, so the next one is refused.
+        let busy: Vec<Handling> = [&s1, &s2, &s3]
+            .iter()
+            .map(|s| s.activity.handling())
+            .collect();
+        assert_eq!(ConnTable::admit(&t, c).err(), Some(Limit::Total));
         drop(s1);
         assert_eq!(stats.open.load(Relaxed), 2);
-        let _s4 = t.admit(a).unwrap();
+        let s4 = ConnTable::admit(&t, a).unwrap();
         assert_eq!(stats.rejected_per_ip.load(Relaxed), 1);
         assert_eq!(stats.rejected_max.load(Relaxed), 1);
+        // Full again, but s2 is idle now: it is evicted (told to close) for the newcomer.
+        drop(busy);
+        s3.activity.handling.fetch_add(1, Relaxed);
+        s4.activity.handling.fetch_add(1, Relaxed);
+        let _s5 = ConnTable::admit(&t, c).unwrap();
+        assert_eq!(stats.evicted.load(Relaxed), 1);
+        assert!(t.inner.lock().unwrap().conns[&s2.id].evicting);
+        drop(s2);
+        assert_eq!(t.inner.lock().unwrap().evicting, 0);
     }
 }
