@@ -28,6 +28,13 @@ use std::{
 
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 
+/// The tests of this file run one at a time: they measure latencies and timeouts, and two
+/// floods at once would measure each other.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -322,6 +329,7 @@ fn host_address() -> Option<String> {
 
 #[test]
 fn unsafe_bans_are_refused_and_force_needs_the_config() {
+    let _serial = serial();
     let agent = Agent::start("whitelist = [\"203.0.113.0/24\"]", &[]);
     let refused = |body: Value| {
         let (status, answer) = agent
@@ -494,6 +502,7 @@ fn stop(mut child: Child) {
 
 #[test]
 fn a_listener_beyond_loopback_needs_a_token() {
+    let _serial = serial();
     // Refused before anything is bound: exit code 1 and the keys to set.
     let dir = tempfile::tempdir().unwrap();
     let api: SocketAddr = format!("0.0.0.0:{}", free_port()).parse().unwrap();
@@ -554,6 +563,7 @@ fn a_listener_beyond_loopback_needs_a_token() {
 
 #[test]
 fn mutating_calls_need_the_token_and_the_cli_reads_it() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("api.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -670,6 +680,7 @@ fn mutating_calls_need_the_token_and_the_cli_reads_it() {
 
 #[test]
 fn slow_and_stalled_clients_are_cut_off() {
+    let _serial = serial();
     let agent = Agent::start(
         "",
         &[
@@ -1008,6 +1019,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[test]
 fn twenty_thousand_idle_connections_leave_metrics_and_bans_working() {
+    let _serial = serial();
     let agent = Agent::start_limited("", &[], Some(4096));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid())).unwrap();
     assert!(
@@ -1126,6 +1138,7 @@ impl Agent {
 
 #[test]
 fn the_listener_survives_running_out_of_descriptors() {
+    let _serial = serial();
     // Misconfigured on purpose: more connections allowed than descriptors.
     let agent = Agent::start_limited(
         "",
@@ -1184,6 +1197,7 @@ fn the_listener_survives_running_out_of_descriptors() {
 
 #[test]
 fn automatic_bans_beyond_the_cap_are_reported_not_applied() {
+    let _serial = serial();
     let port = common::flood::free_udp_port();
     let sflow = format!("listen = [\"127.0.0.1:{port}\"]");
     let agent = Agent::start(
