@@ -11,7 +11,12 @@ use crate::{
     mitigator::MitigatorHandle,
     traffic::Source,
 };
-use axum::{http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -53,6 +58,8 @@ pub struct MetricsState {
     pub inputs: Arc<InputStats>,
     /// Families of the sources.
     pub extra: Arc<Vec<Arc<dyn MetricsSource>>>,
+    /// The HTTP listeners' counters, by listener name (`api`, `metrics`).
+    pub http: Arc<Vec<(&'static str, Arc<crate::http::HttpStats>)>>,
 }
 
 /// Renders the text exposition of every metric.
@@ -256,9 +263,24 @@ pub fn render(st: &MetricsState) -> String {
     registry.register("fnm_attacks_active", "Attacks in progress", ongoing);
     registry.register(
         "fnm_actions",
-        "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed)",
+        "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed, \
+         not_applied)",
         st.mitigator.stats.actions.clone(),
     );
+    registry.register(
+        "fnm_auto_bans_not_applied",
+        "Detected attacks whose actions were not applied because a cap was reached \
+         (max_active: ban.max_active_auto_bans, per_minute: ban.max_auto_bans_per_minute)",
+        st.mitigator.stats.auto_bans_not_applied.clone(),
+    );
+    registry.register(
+        "fnm_manual_bans_refused",
+        "Manual bans refused by a safety check, by check",
+        st.mitigator.stats.manual_bans_refused.clone(),
+    );
+    let http: Vec<(&str, &crate::http::HttpStats)> =
+        st.http.iter().map(|(n, s)| (*n, s.as_ref())).collect();
+    crate::http::register_metrics(&mut registry, &http);
     let handed = Family::<Labels, Counter>::default();
     let dropped_records = Family::<Labels, Counter>::default();
     for s in Source::ALL.iter().filter(|s| **s != Source::Replay) {
@@ -336,10 +358,12 @@ pub fn to_classic_text(openmetrics: &str) -> String {
     out
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics` on `listener` until `shutdown` resolves, with the limits, timeouts and
+/// authentication of `options`.
 pub async fn serve(
     state: MetricsState,
     listener: tokio::net::TcpListener,
+    options: crate::http::ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().route(
@@ -361,7 +385,12 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = app.fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no such endpoint (try /metrics)" })),
+        )
+    });
+    let app = crate::http::harden(app, &options);
+    crate::http::serve(listener, app, options, shutdown).await
 }

@@ -104,6 +104,8 @@ impl AttackBook {
             writer: None,
         };
         book.refresh();
+        // What was just loaded is what the file holds.
+        book.unsaved = false;
         book
     }
 
@@ -179,12 +181,31 @@ impl AttackBook {
         }
     }
 
+    /// Hands the latest version to the writer, waiting for it if it is busy (at shutdown).
+    fn flush(&mut self) {
+        self.refresh();
+        if !self.unsaved {
+            return;
+        }
+        if let Some(tx) = self.writer.as_ref().and_then(|w| w.tx.as_ref()) {
+            let _ = tx.send(self.shared.clone());
+        }
+        self.unsaved = false;
+    }
+
     fn refresh(&mut self) {
         if self.changed {
             self.shared = Arc::new(self.history.list().cloned().collect());
             self.changed = false;
             self.unsaved = true;
         }
+    }
+}
+
+impl Drop for AttackBook {
+    fn drop(&mut self) {
+        // The last version reaches the disk before the writer (dropped next) ends.
+        self.flush();
     }
 }
 

@@ -398,7 +398,7 @@ mod tests {
             decisions
         };
         // The first agent opens an attack and dies during it.
-        let mut core = EngineCore::new(&config(""), AttackBook::open(path.clone()));
+        let mut core = EngineCore::new(&config(""), AttackBook::open(path.clone()).unwrap());
         let first = run(&mut core, 1..=8, 625);
         let Some(Decision::AttackStarted { attack, .. }) = first
             .iter()
@@ -409,7 +409,7 @@ mod tests {
         let id = attack.id.clone();
         drop(core);
         // The next one sees the same flood: the same attack, no second one...
-        let mut core = EngineCore::new(&config(""), AttackBook::open(path.clone()));
+        let mut core = EngineCore::new(&config(""), AttackBook::open(path.clone()).unwrap());
         assert_eq!(core.snapshot(0).ongoing.len(), 1);
         let during = run(&mut core, 1..=8, 625);
         assert!(during.is_empty(), "{during:?}");

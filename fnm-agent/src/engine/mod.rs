@@ -302,14 +302,16 @@ fn tick(
         }
     }
     let now_ms = started.elapsed().as_millis() as u64;
-    for d in core.tick(now_ms, unix_ms()) {
+    let made = core.tick(now_ms, unix_ms());
+    // Published before the decisions go out: whoever hears of an attack finds it in the views.
+    let published = Arc::new(core.snapshot(now_ms));
+    snapshot.store(published.clone());
+    for d in made {
         if decisions.try_send(d).is_err() {
             stats.decisions_dropped.fetch_add(1, Relaxed);
             tracing::error!("the mitigator is not taking decisions (queue full or gone)");
         }
     }
-    let published = Arc::new(core.snapshot(now_ms));
-    snapshot.store(published.clone());
     for f in flushers {
         f.source.ticked(&published);
     }

@@ -31,6 +31,8 @@ pub enum ActionResult {
     Failed,
     /// Applied, then taken back.
     Lifted,
+    /// Never tried: the caps on automatic mitigations held it back (the error says which).
+    NotApplied,
 }
 
 /// One action of a mitigation and its real outcome.
@@ -193,6 +195,17 @@ impl MitigationStore {
         self.recent.push_back(m.clone());
         self.save();
         Some(m)
+    }
+
+    /// Records a mitigation none of whose actions was applied (the caps on automatic
+    /// mitigations held it back) among the recent ones, so its attack record shows why, and
+    /// saves.
+    pub fn record_not_applied(&mut self, m: Mitigation) {
+        if self.recent.len() >= RECENT_LIFTED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(m);
+        self.save();
     }
 
     /// Writes the file (temp + rename); failures are logged.
