@@ -691,3 +691,30 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:9210".parse().unwrap()),
+            "127.0.0.1:9210".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:9210".parse().unwrap()),
+            "[::1]:9210".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("192.0.2.1:9210".parse().unwrap()),
+            "192.0.2.1:9210".parse().unwrap()
+        );
+    }
+}
