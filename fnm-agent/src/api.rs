@@ -73,7 +73,6 @@ impl IntoResponse for ApiError {
 impl From<MitigatorError> for ApiError {
     fn from(e: MitigatorError) -> Self {
         let (status, code) = match &e {
-            MitigatorError::Conflict(_) => (StatusCode::CONFLICT, None),
             MitigatorError::Refused(r) => (StatusCode::CONFLICT, Some(r.code())),
             MitigatorError::Invalid(_) => (StatusCode::BAD_REQUEST, None),
             MitigatorError::NotFound(_) => (StatusCode::NOT_FOUND, None),

@@ -358,7 +358,9 @@ fn check_exposure(
         return Ok(());
     }
     Err(format!(
-        "{section}.listen {listen} is reachable beyond this host and {section}.token_file is not          set: {who}. Set {section}.token_file (see docs/security.md), listen on 127.0.0.1, or          set {section}.insecure = true to accept that"
+        "{section}.listen {listen} is reachable beyond this host and {section}.token_file is not \
+         set: {who}. Set {section}.token_file (see docs/security.md), listen on 127.0.0.1, or \
+         set {section}.insecure = true to accept that"
     ))
 }
 

@@ -575,13 +575,17 @@ fn http_servers(config: &Config) -> Result<HttpServers> {
     let metrics_exposed = !config.prometheus.listen.ip().is_loopback();
     if api_exposed && api_token.is_none() {
         tracing::warn!(
-            "!!! INSECURE: api.listen {} is reachable beyond this host and has NO TOKEN              (api.insecure = true): anyone who reaches it can ban, unban and read every host's              traffic. Set api.token_file. !!!",
+            "!!! INSECURE: api.listen {} is reachable beyond this host and has NO TOKEN \
+             (api.insecure = true): anyone who reaches it can ban, unban and read every host's \
+             traffic. Set api.token_file. !!!",
             config.api.listen
         );
     }
     if metrics_exposed && metrics_token.is_none() {
         tracing::warn!(
-            "!!! INSECURE: prometheus.listen {} is reachable beyond this host and has NO TOKEN              (prometheus.insecure = true): anyone who reaches it can read which hosts are              attacked. Set prometheus.token_file. !!!",
+            "!!! INSECURE: prometheus.listen {} is reachable beyond this host and has NO TOKEN \
+             (prometheus.insecure = true): anyone who reaches it can read which hosts are \
+             attacked. Set prometheus.token_file. !!!",
             config.prometheus.listen
         );
     }
@@ -628,7 +632,9 @@ fn check_descriptors(config: &Config) {
         let current = lim.rlim_cur as u64;
         if current < needed {
             tracing::warn!(
-                "the file descriptor limit is {} but api.max_connections and                  prometheus.max_connections with the agent's own files need about {needed}:                  raise LimitNOFILE or lower the connection limits",
+                "the file descriptor limit is {} but api.max_connections and \
+                 prometheus.max_connections with the agent's own files need about {needed}: \
+                 raise LimitNOFILE or lower the connection limits",
                 current
             );
         }
@@ -690,4 +696,31 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:9210".parse().unwrap()),
+            "127.0.0.1:9210".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:9210".parse().unwrap()),
+            "[::1]:9210".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("192.0.2.1:9210".parse().unwrap()),
+            "192.0.2.1:9210".parse().unwrap()
+        );
+    }
 }

@@ -88,9 +88,6 @@ pub const MAX_BAN_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Why a request was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MitigatorError {
-    /// It contradicts the configuration.
-    #[error("{0}")]
-    Conflict(String),
     /// A safety check refused the ban (see [`policy`]).
     #[error(transparent)]
     Refused(#[from] BanRefusal),
