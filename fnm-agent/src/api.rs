@@ -1,9 +1,11 @@
 //! The HTTP JSON API (`api.listen`): hosts, bans, attacks, mitigations, status.
 //!
-//! Every error is a JSON object `{"error": "..."}` with a 4xx/5xx status; no request can make
-//! the agent panic. Reads come from the engine's and the mitigator's published snapshots (or,
-//! for one host or a top-N, a question the engine answers between ticks); bans and unbans are
-//! requests to the mitigator, answered with their real outcome.
+//! Every error is a JSON object `{"error": "..."}` with a 4xx/5xx status (a refused ban adds
+//! `"code"`, the check that refused it); no request can make the agent panic. Reads come from
+//! the engine's and the mitigator's published snapshots (or, for one host or a top-N, a
+//! question the engine answers between ticks); bans and unbans are requests to the mitigator,
+//! answered with their real outcome. Connection limits, timeouts, body limit and the bearer
+//! token are the [`crate::http`] server's.
 
 use crate::{
     accounting::Direction,
@@ -11,14 +13,18 @@ use crate::{
     config::Config,
     detection::{attack::Attack, thresholds::ThresholdTable},
     engine::{core::HostSort, input::InputStats, EngineClient, EngineCommand},
-    mitigator::{store::Mitigation, MitigatorError, MitigatorHandle, MitigatorView},
+    http::ServerOptions,
+    mitigator::{
+        policy::MAX_REASON_BYTES, store::Mitigation, ManualBan, MitigatorError, MitigatorHandle,
+        MitigatorView, MAX_BAN_DURATION,
+    },
     prefix::Prefix,
     traffic::Source,
     views::HostView,
 };
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
@@ -28,7 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
@@ -51,35 +57,45 @@ pub struct ApiState {
     pub inputs: Arc<InputStats>,
 }
 
-/// An API error: status and message.
-pub struct ApiError(StatusCode, String);
+/// An API error: status, message, and for a refused ban the check that refused it.
+pub struct ApiError(StatusCode, String, Option<&'static str>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let body = match self.2 {
+            Some(code) => json!({ "error": self.1, "code": code }),
+            None => json!({ "error": self.1 }),
+        };
+        (self.0, Json(body)).into_response()
     }
 }
 
 impl From<MitigatorError> for ApiError {
     fn from(e: MitigatorError) -> Self {
-        let status = match e {
-            MitigatorError::Conflict(_) => StatusCode::CONFLICT,
-            MitigatorError::NotFound(_) => StatusCode::NOT_FOUND,
-            MitigatorError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            MitigatorError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        let (status, code) = match &e {
+            MitigatorError::Refused(r) => (StatusCode::CONFLICT, Some(r.code())),
+            MitigatorError::Invalid(_) => (StatusCode::BAD_REQUEST, None),
+            MitigatorError::NotFound(_) => (StatusCode::NOT_FOUND, None),
+            MitigatorError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
+            MitigatorError::Gone => (StatusCode::SERVICE_UNAVAILABLE, None),
         };
-        ApiError(status, e.to_string())
+        ApiError(status, e.to_string(), code)
     }
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+    ApiError(StatusCode::BAD_REQUEST, msg.into(), None)
+}
+
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into(), None)
 }
 
 fn engine_busy() -> ApiError {
     ApiError(
         StatusCode::SERVICE_UNAVAILABLE,
         "the engine did not answer in time; try again".into(),
+        None,
     )
 }
 
@@ -95,19 +111,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/attacks/{id}", get(get_attack))
         .route("/api/v1/mitigations", get(list_mitigations))
         .route("/api/v1/thresholds/{ip}", get(get_thresholds))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .fallback(|| async { not_found("no such endpoint") })
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, with the limits, timeouts and
+/// authentication of `options`.
 pub async fn serve(
     state: ApiState,
     listener: tokio::net::TcpListener,
+    options: ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = crate::http::harden(router(state), &options);
+    crate::http::serve(listener, app, options, shutdown).await
 }
 
 /// Asks the engine and waits for its answer.
@@ -174,10 +191,9 @@ async fn get_host(
         .map_err(|_| bad_request(format!("{ip:?} is not an IP address")))?;
     match ask(&st.engine, |reply| EngineCommand::Host(ip, reply)).await? {
         Some(h) => Ok(Json(h)),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("{ip} is not inside the configured networks"),
-        )),
+        None => Err(not_found(format!(
+            "{ip} is not inside the configured networks"
+        ))),
     }
 }
 
@@ -195,11 +211,24 @@ struct BanRequest {
     duration: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    force: bool,
 }
 
-async fn add_ban(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+async fn add_ban(
+    State(st): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: BanRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid ban request: {e}")))?;
+    let reason = req.reason.unwrap_or_default();
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(bad_request(format!(
+            "reason is {} bytes long; at most {MAX_REASON_BYTES} are allowed",
+            reason.len()
+        )));
+    }
     let prefix: Prefix = req
         .prefix
         .parse()
@@ -211,9 +240,21 @@ async fn add_ban(State(st): State<ApiState>, body: Bytes) -> Result<Response, Ap
             humantime::parse_duration(&d).map_err(|e| bad_request(format!("duration {d:?}: {e}")))
         })
         .transpose()?;
+    if duration.is_some_and(|d| d > MAX_BAN_DURATION) {
+        return Err(bad_request(
+            "duration is longer than ten years; leave it out to ban until unbanned",
+        ));
+    }
     let (ban, actions) = st
         .mitigator
-        .ban(prefix, match_on, duration, req.reason.unwrap_or_default())
+        .ban(ManualBan {
+            prefix,
+            match_on,
+            duration,
+            reason,
+            force: req.force,
+            requester: Some(peer.ip()),
+        })
         .await?;
     let mut body = serde_json::to_value(&ban).unwrap_or_default();
     body["actions"] = serde_json::to_value(&actions).unwrap_or_default();
@@ -317,7 +358,7 @@ async fn get_attack(
         .iter()
         .find(|a| a.id == id)
         .map(|a| Json(shown(a, &snap, &view)))
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no attack {id:?}")))
+        .ok_or_else(|| not_found(format!("no attack {id}")))
 }
 
 async fn list_mitigations(State(st): State<ApiState>) -> Json<Vec<Mitigation>> {

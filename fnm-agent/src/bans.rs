@@ -161,19 +161,32 @@ impl BanStore {
         Self::default()
     }
 
-    /// Adds or replaces a ban and saves.
+    /// Adds or replaces a ban and saves. When saving fails the list is left as it was (the
+    /// list in memory is always the one on disk) and the error returned.
     pub fn insert(&mut self, ban: Ban) -> Result<(), BanStoreError> {
-        self.bans.insert((ban.prefix, ban.match_on), ban);
-        self.save()
+        let key = (ban.prefix, ban.match_on);
+        let previous = self.bans.insert(key, ban);
+        if let Err(e) = self.save() {
+            match previous {
+                Some(old) => self.bans.insert(key, old),
+                None => self.bans.remove(&key),
+            };
+            return Err(e);
+        }
+        Ok(())
     }
 
-    /// Removes a ban and saves; returns it.
+    /// Removes a ban and saves; returns it. When saving fails the ban stays (as on disk) and
+    /// the error is returned.
     pub fn remove(&mut self, prefix: Prefix, m: DropMatch) -> Result<Option<Ban>, BanStoreError> {
-        let ban = self.bans.remove(&(prefix, m));
-        if ban.is_some() {
-            self.save()?;
+        let Some(ban) = self.bans.remove(&(prefix, m)) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.save() {
+            self.bans.insert((prefix, m), ban);
+            return Err(e);
         }
-        Ok(ban)
+        Ok(Some(ban))
     }
 
     /// One ban.
@@ -219,8 +232,12 @@ impl BanStore {
         let list: Vec<&Ban> = self.bans.values().collect();
         let json = serde_json::to_vec_pretty(&list).expect("bans serialise");
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        let written = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            // A partial temporary file only takes space from the next attempt.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(io)
     }
 }
 
@@ -258,6 +275,24 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.expired(199).len(), 0);
         assert_eq!(s.expired(200).len(), 1);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_the_list_as_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let path = state.join("bans.json");
+        let mut s = BanStore::open(&path).unwrap();
+        s.insert(ban("198.51.100.7/32", None)).unwrap();
+        // The state directory becomes unwritable: a file where the directory was.
+        std::fs::remove_dir_all(&state).unwrap();
+        std::fs::write(&state, b"not a directory").unwrap();
+        let p7 = "198.51.100.7/32".parse().unwrap();
+        assert!(s.insert(ban("198.51.100.8/32", None)).is_err());
+        assert!(s.insert(ban("198.51.100.7/32", Some(5))).is_err());
+        assert!(s.remove(p7, DropMatch::Src).is_err());
+        let listed: Vec<_> = s.list().cloned().collect();
+        assert_eq!(listed, vec![ban("198.51.100.7/32", None)], "unchanged");
     }
 
     #[test]

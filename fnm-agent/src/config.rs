@@ -252,13 +252,47 @@ pub struct ApiConfig {
     /// Listen address. Default: `127.0.0.1:9210`.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// A file holding the API's bearer token (one line, at least 16 characters). With a token,
+    /// every call that changes something (`POST`, `DELETE`) needs `Authorization: Bearer
+    /// <token>`, and every call does when `listen` is not a loopback address. The CLI reads the
+    /// same file. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Allow a `listen` address beyond loopback without `token_file`: anyone who reaches it can
+    /// ban and unban. Without this the agent refuses to start that way. Default: `false`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Connections open at once; one more is answered 503 and closed at once. Default: `256`.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 client: its /64).
+    /// Default: `32`.
+    #[serde(default = "default_api_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Longest time a client may take to send a request's headers, counted from the
+    /// connection's start or from the previous answer: a slow (slowloris) or idle keep-alive
+    /// connection is closed then. Default: `10s`.
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub header_read_timeout: Duration,
+    /// Longest time a request may take from its headers to its answer, reading the body
+    /// included; answered 408 then. Default: `30s`.
+    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// A connection that moves no byte either way for this long while none of its requests is
+    /// being handled (a client that stopped reading its answer) is closed. Default: `60s`.
+    #[serde(default = "default_http_idle_timeout", with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Largest request body; a larger one is answered 413. Default: `65536`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            listen: default_api_listen(),
-        }
+        toml::from_str("").expect("empty [api] is valid")
     }
 }
 
@@ -273,15 +307,134 @@ pub struct PrometheusConfig {
     /// plus banned hosts. Default: `20`.
     #[serde(default = "default_top_hosts")]
     pub top_hosts: usize,
+    /// A file holding a bearer token that `/metrics` then requires (Prometheus:
+    /// `authorization: {credentials_file: ...}` in the scrape config). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Allow a `listen` address beyond loopback without `token_file` (the metrics name the
+    /// hosts under attack). Without this the agent refuses to start that way. Default: `false`.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Connections open at once; one more is answered 503 and closed at once. Default: `32`.
+    #[serde(default = "default_metrics_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 client: its /64).
+    /// Default: `8`.
+    #[serde(default = "default_metrics_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Longest time a client may take to send a request's headers, counted from the
+    /// connection's start or from the previous answer: a slow (slowloris) or idle keep-alive
+    /// connection is closed then. Default: `10s`.
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub header_read_timeout: Duration,
+    /// Longest time a request may take from its headers to its answer, reading the body
+    /// included; answered 408 then. Default: `30s`.
+    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// A connection that moves no byte either way for this long while none of its requests is
+    /// being handled (a client that stopped reading its answer) is closed. Default: `60s`.
+    #[serde(default = "default_http_idle_timeout", with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
-        Self {
-            listen: default_prometheus_listen(),
-            top_hosts: default_top_hosts(),
+        toml::from_str("").expect("empty [prometheus] is valid")
+    }
+}
+
+/// Connection limits and timeouts of one HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: its /64).
+    pub max_connections_per_ip: usize,
+    /// Longest wait for a request's headers.
+    pub header_read_timeout: Duration,
+    /// Longest time from a request's headers to its answer.
+    pub request_timeout: Duration,
+    /// Longest time without a byte either way while no request is handled.
+    pub idle_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// Largest request body `/metrics` accepts (it takes none).
+pub const METRICS_MAX_BODY_BYTES: usize = 4096;
+
+impl ApiConfig {
+    /// The listener's limits.
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            max_body_bytes: self.max_body_bytes,
         }
     }
+}
+
+impl PrometheusConfig {
+    /// The listener's limits.
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            max_body_bytes: METRICS_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl HttpLimits {
+    fn validate(&self, section: &str) -> Result<(), String> {
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err(format!(
+                "{section}.max_connections and {section}.max_connections_per_ip must be above 0"
+            ));
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
+                return Err(format!("{section}.{key} must be between 100ms and 1h"));
+            }
+        }
+        if !(1024..=16 << 20).contains(&self.max_body_bytes) {
+            return Err(format!(
+                "{section}.max_body_bytes must be between 1024 and 16777216"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a listener beyond loopback that has no token, unless `insecure` allows it.
+fn check_exposure(
+    section: &str,
+    listen: SocketAddr,
+    token: &Option<PathBuf>,
+    insecure: bool,
+    who: &str,
+) -> Result<(), String> {
+    if listen.ip().is_loopback() || token.is_some() || insecure {
+        return Ok(());
+    }
+    Err(format!(
+        "{section}.listen {listen} is reachable beyond this host and {section}.token_file is not \
+         set: {who}. Set {section}.token_file (see docs/security.md), listen on 127.0.0.1, or \
+         set {section}.insecure = true to accept that"
+    ))
 }
 
 fn yes() -> bool {
@@ -343,6 +496,30 @@ fn default_prometheus_listen() -> SocketAddr {
 }
 fn default_top_hosts() -> usize {
     20
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_body_bytes() -> usize {
+    65_536
+}
+fn default_api_max_connections() -> usize {
+    256
+}
+fn default_api_max_connections_per_ip() -> usize {
+    32
+}
+fn default_metrics_max_connections() -> usize {
+    32
+}
+fn default_metrics_max_connections_per_ip() -> usize {
+    8
 }
 
 impl Default for Config {
@@ -408,6 +585,22 @@ impl Config {
         self.accounting.validate()?;
         self.sflow.validate("sflow")?;
         self.netflow.validate("netflow")?;
+        self.api.limits().validate("api")?;
+        self.prometheus.limits().validate("prometheus")?;
+        check_exposure(
+            "api",
+            self.api.listen,
+            &self.api.token_file,
+            self.api.insecure,
+            "anyone who can reach it could ban, unban and read every host's traffic",
+        )?;
+        check_exposure(
+            "prometheus",
+            self.prometheus.listen,
+            &self.prometheus.token_file,
+            self.prometheus.insecure,
+            "anyone who can reach it could read which hosts are under attack and load the agent",
+        )?;
         Ok(())
     }
 
@@ -478,6 +671,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_needs_a_token_or_insecure() {
+        let err = Config::parse("[api]\nlisten = \"0.0.0.0:9210\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.token_file"), "{err}");
+        assert!(err.contains("api.insecure"), "{err}");
+        for ok in [
+            "[api]\nlisten = \"0.0.0.0:9210\"\ntoken_file = \"/etc/fnm/api.token\"\n",
+            "[api]\nlisten = \"0.0.0.0:9210\"\ninsecure = true\n",
+            "[api]\nlisten = \"[::1]:9210\"\n",
+        ] {
+            Config::parse(ok, Path::new("x.toml")).unwrap();
+        }
+        let err = Config::parse(
+            "[prometheus]\nlisten = \"192.0.2.1:9209\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("prometheus.token_file"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_are_checked() {
+        for (bad, key) in [
+            ("[api]\nmax_connections = 0\n", "api.max_connections"),
+            (
+                "[prometheus]\nheader_read_timeout = \"0s\"\n",
+                "prometheus.header_read_timeout",
+            ),
+            ("[api]\nmax_body_bytes = 10\n", "api.max_body_bytes"),
+            ("[ban]\nmin_source_prefix_v4 = 33\n", "min_source_prefix_v4"),
+            ("[ban]\nmax_active_auto_bans = 0\n", "max_active_auto_bans"),
+        ] {
+            let err = Config::parse(bad, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

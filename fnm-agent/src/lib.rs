@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod detection;
 pub mod engine;
 pub mod flow;
+pub mod http;
 pub mod metrics;
 pub mod mitigator;
 pub mod prefix;

@@ -85,6 +85,13 @@ enum Command {
         /// How long, e.g. 30m (default: until unbanned).
         #[arg(long)]
         duration: Option<String>,
+        /// A note kept with the ban (at most 1024 bytes).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Skip the safety checks (shortest prefix, own networks, whitelist supernets, this
+        /// host's addresses); refused unless the agent has ban.allow_force = true.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -102,9 +109,89 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ApiArgs {
-    /// API address of the running agent.
-    #[arg(long, default_value = "127.0.0.1:9210", env = "FNM_API")]
-    api: SocketAddr,
+    /// API address of the running agent [default: api.listen of the config, else
+    /// 127.0.0.1:9210].
+    #[arg(long, env = "FNM_API")]
+    api: Option<SocketAddr>,
+    /// File holding the API's bearer token [default: api.token_file of the config].
+    #[arg(long, env = "FNM_API_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The agent's configuration, read for api.listen and api.token_file [default:
+    /// /etc/fnm/fnm-agent.toml when it exists].
+    #[arg(long, short, env = "FNM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Where the CLI's default configuration is looked for.
+const DEFAULT_CONFIG: &str = "/etc/fnm/fnm-agent.toml";
+
+/// A running agent's API as the CLI reaches it.
+struct Api {
+    addr: SocketAddr,
+    token: Option<fnm_agent::http::auth::Token>,
+}
+
+impl ApiArgs {
+    /// The address and token to use: flags and environment first, then the configuration.
+    fn resolve(&self) -> Result<Api> {
+        let config = match &self.config {
+            Some(path) => Some(Config::load(path)?),
+            None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+                match Config::load(std::path::Path::new(DEFAULT_CONFIG)) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("note: not using {DEFAULT_CONFIG}: {e}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let addr = self.api.unwrap_or_else(|| {
+            config.as_ref().map_or_else(
+                || SocketAddr::from(([127, 0, 0, 1], 9210)),
+                |c| reachable(c.api.listen),
+            )
+        });
+        let token_file = self
+            .token_file
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.api.token_file.clone()));
+        let token = token_file
+            .map(|p| fnm_agent::http::auth::Token::load(&p))
+            .transpose()?;
+        Ok(Api { addr, token })
+    }
+}
+
+impl Api {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, client::ClientError> {
+        client::request_with_token(
+            self.addr,
+            self.token.as_ref().map(|t| t.expose()),
+            method,
+            path,
+            body,
+        )
+    }
+}
+
+/// The address to connect to for a listen address: a wildcard means this host's loopback.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, listen.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    }
 }
 
 fn main() -> Result<()> {
@@ -112,7 +199,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run { config } => run(config),
         Command::CheckConfig { path } => {
-            Config::load(&path)?;
+            let config = Config::load(&path)?;
+            load_token(&config.api.token_file, "api")?;
+            load_token(&config.prometheus.token_file, "prometheus")?;
             println!("{}: OK", path.display());
             Ok(())
         }
@@ -127,7 +216,7 @@ fn main() -> Result<()> {
             api,
         } => {
             let path = format!("/api/v1/hosts?direction={direction}&sort={sort}&limit={top}");
-            let hosts = client::request(api.api, "GET", &path, None)?;
+            let hosts = api.resolve()?.request("GET", &path, None)?;
             print_hosts(&hosts, &direction);
             Ok(())
         }
@@ -169,7 +258,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Attacks { api } => {
-            let attacks = client::request(api.api, "GET", "/api/v1/attacks", None)?;
+            let attacks = api.resolve()?.request("GET", "/api/v1/attacks", None)?;
             for a in attacks.as_array().into_iter().flatten() {
                 println!(
                     "{}  {} {}  {}  peak {:.0} pps  {}  {}",
@@ -189,7 +278,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bans { api } => {
-            let bans = client::request(api.api, "GET", "/api/v1/bans", None)?;
+            let bans = api.resolve()?.request("GET", "/api/v1/bans", None)?;
             print_bans(&bans);
             Ok(())
         }
@@ -197,13 +286,23 @@ fn main() -> Result<()> {
             prefix,
             match_on,
             duration,
+            reason,
+            force,
             api,
         } => {
             let mut body = serde_json::json!({"prefix": normalise(&prefix), "match": match_on});
             if let Some(d) = duration {
                 body["duration"] = d.into();
             }
-            let ban = client::request(api.api, "POST", "/api/v1/bans", Some(&body))?;
+            if let Some(r) = reason {
+                body["reason"] = r.into();
+            }
+            if force {
+                body["force"] = true.into();
+            }
+            let ban = api
+                .resolve()?
+                .request("POST", "/api/v1/bans", Some(&body))?;
             println!(
                 "banned {} ({})",
                 ban["prefix"].as_str().unwrap_or("?"),
@@ -220,7 +319,7 @@ fn main() -> Result<()> {
                 "/api/v1/bans/{}?match={match_on}",
                 client::encode_segment(&normalise(&prefix))
             );
-            client::request(api.api, "DELETE", &path, None)?;
+            api.resolve()?.request("DELETE", &path, None)?;
             println!("unbanned {} ({match_on})", normalise(&prefix));
             Ok(())
         }
@@ -332,13 +431,16 @@ async fn run_async(config: Config) -> Result<()> {
         mitigator::{self, bans::BanManager, store::MitigationStore},
     };
     let config = Arc::new(config);
+    // Tokens and exposure first: nothing starts with a listener it should not have.
+    let servers = http_servers(&config)?;
+    check_descriptors(&config);
     let state = &config.state_dir;
     // State first: a file that cannot be read stops start-up with its name, before anything
     // is attached.
     let bans = BanStore::open(&state.join("bans.json"))
         .context("reading the ban list (move it aside to start without it)")?;
     let store = MitigationStore::open(&state.join("mitigations.json"))?;
-    let book = AttackBook::open(state.join("attacks.json"));
+    let book = AttackBook::open(state.join("attacks.json"))?;
 
     let dataplane = if config.xdp_active() {
         let c = config.clone();
@@ -380,11 +482,9 @@ async fn run_async(config: Config) -> Result<()> {
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
-    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
+    let api_listener = fnm_agent::http::bind(config.api.listen)
         .with_context(|| format!("api.listen {}", config.api.listen))?;
-    let metrics_listener = tokio::net::TcpListener::bind(config.prometheus.listen)
-        .await
+    let metrics_listener = fnm_agent::http::bind(config.prometheus.listen)
         .with_context(|| format!("prometheus.listen {}", config.prometheus.listen))?;
     tracing::info!(
         "API on http://{}, metrics on http://{}/metrics",
@@ -399,6 +499,7 @@ async fn run_async(config: Config) -> Result<()> {
             inputs: inputs.clone(),
         },
         api_listener,
+        servers.api.clone(),
         shutdown(stop_rx.clone()),
     ));
     let metrics = tokio::spawn(fnm_agent::metrics::serve(
@@ -407,8 +508,13 @@ async fn run_async(config: Config) -> Result<()> {
             mitigator,
             inputs,
             extra: Arc::new(sources.metrics),
+            http: Arc::new(vec![
+                ("api", servers.api.stats.clone()),
+                ("metrics", servers.metrics.stats.clone()),
+            ]),
         },
         metrics_listener,
+        servers.metrics.clone(),
         shutdown(stop_rx.clone()),
     ));
     let running = sources.running;
@@ -434,6 +540,107 @@ async fn run_async(config: Config) -> Result<()> {
     }
     tracing::info!("detached; bye");
     Ok(())
+}
+
+/// Reads a listener's token file, warning when others may read it.
+fn load_token(
+    path: &Option<PathBuf>,
+    section: &str,
+) -> Result<Option<fnm_agent::http::auth::Token>> {
+    let Some(path) = path else { return Ok(None) };
+    let token = fnm_agent::http::auth::Token::load(path)
+        .with_context(|| format!("{section}.token_file"))?;
+    if fnm_agent::http::auth::readable_by_others(path) {
+        tracing::warn!(
+            "{section}.token_file {} can be read by other users; chmod 600 it",
+            path.display()
+        );
+    }
+    Ok(Some(token))
+}
+
+/// The two HTTP listeners' options.
+struct HttpServers {
+    api: fnm_agent::http::ServerOptions,
+    metrics: fnm_agent::http::ServerOptions,
+}
+
+/// Loads the tokens and decides who may call what; warns loudly about a listener reachable
+/// beyond loopback without a token (the configuration allowed it with `insecure = true`).
+fn http_servers(config: &Config) -> Result<HttpServers> {
+    use fnm_agent::http::{auth::Auth, HttpStats, ServerOptions};
+    let api_token = load_token(&config.api.token_file, "api")?;
+    let metrics_token = load_token(&config.prometheus.token_file, "prometheus")?;
+    let api_exposed = !config.api.listen.ip().is_loopback();
+    let metrics_exposed = !config.prometheus.listen.ip().is_loopback();
+    if api_exposed && api_token.is_none() {
+        tracing::warn!(
+            "!!! INSECURE: api.listen {} is reachable beyond this host and has NO TOKEN \
+             (api.insecure = true): anyone who reaches it can ban, unban and read every host's \
+             traffic. Set api.token_file. !!!",
+            config.api.listen
+        );
+    }
+    if metrics_exposed && metrics_token.is_none() {
+        tracing::warn!(
+            "!!! INSECURE: prometheus.listen {} is reachable beyond this host and has NO TOKEN \
+             (prometheus.insecure = true): anyone who reaches it can read which hosts are \
+             attacked. Set prometheus.token_file. !!!",
+            config.prometheus.listen
+        );
+    }
+    let (api_stats, metrics_stats) = (
+        Arc::new(HttpStats::default()),
+        Arc::new(HttpStats::default()),
+    );
+    Ok(HttpServers {
+        api: ServerOptions {
+            name: "api",
+            limits: config.api.limits(),
+            auth: Auth::new(api_token, api_exposed, api_stats.clone()),
+            stats: api_stats,
+        },
+        metrics: ServerOptions {
+            name: "metrics",
+            limits: config.prometheus.limits(),
+            auth: Auth::new(metrics_token, true, metrics_stats.clone()),
+            stats: metrics_stats,
+        },
+    })
+}
+
+/// File descriptors the agent uses besides its HTTP connections (collectors, BPF maps, state
+/// files, scripts, BGP sessions), for the start-up check.
+const OTHER_DESCRIPTORS: u64 = 256;
+
+/// Warns when the descriptor limit cannot hold both listeners' connections and the rest.
+fn check_descriptors(config: &Config) {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return;
+        }
+        let needed = (config.api.max_connections + config.prometheus.max_connections) as u64
+            + OTHER_DESCRIPTORS;
+        // rlim_t is u64 on Linux and macOS but i64 on FreeBSD.
+        #[allow(clippy::unnecessary_cast)]
+        let current = lim.rlim_cur as u64;
+        if current < needed {
+            tracing::warn!(
+                "the file descriptor limit is {} but api.max_connections and \
+                 prometheus.max_connections with the agent's own files need about {needed}: \
+                 raise LimitNOFILE or lower the connection limits",
+                current
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = config;
 }
 
 /// Loads the XDP program (not attached yet).
@@ -467,11 +674,11 @@ fn attach_dataplane(config: &Config, dp: &fnm_agent::dataplane::DataPlaneHandle)
         None
     };
     for interface in &config.xdp.interfaces {
-        let mode = dp.attach(interface, config.xdp.mode, pin_dir)?;
-        if mode == "pinned" {
-            tracing::info!("XDP on {interface}: took over the pinned link (no gap)");
-        } else {
-            tracing::info!("XDP attached to {interface} in {mode} mode");
+        match dp.attach(interface, config.xdp.mode, pin_dir)? {
+            fnm_agent::xdp::AttachMode::TakenOver => {
+                tracing::info!("XDP on {interface}: took over the pinned link (no gap)")
+            }
+            mode => tracing::info!("XDP attached to {interface} in {} mode", mode.as_str()),
         }
     }
     Ok(())
@@ -489,4 +696,31 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:9210".parse().unwrap()),
+            "127.0.0.1:9210".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:9210".parse().unwrap()),
+            "[::1]:9210".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("192.0.2.1:9210".parse().unwrap()),
+            "192.0.2.1:9210".parse().unwrap()
+        );
+    }
 }

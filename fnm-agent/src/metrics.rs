@@ -11,7 +11,12 @@ use crate::{
     mitigator::MitigatorHandle,
     traffic::Source,
 };
-use axum::{http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -53,6 +58,8 @@ pub struct MetricsState {
     pub inputs: Arc<InputStats>,
     /// Families of the sources.
     pub extra: Arc<Vec<Arc<dyn MetricsSource>>>,
+    /// The HTTP listeners' counters, by listener name (`api`, `metrics`).
+    pub http: Arc<Vec<(&'static str, Arc<crate::http::HttpStats>)>>,
 }
 
 /// Renders the text exposition of every metric.
@@ -156,17 +163,15 @@ pub fn render(st: &MetricsState) -> String {
 
     let dropped = Family::<Labels, Counter>::default();
     let dropped_bytes = Family::<Labels, Counter>::default();
-    let xdp = snap.xdp.and_then(|x| serde_json::to_value(x).ok());
-    for m in ["src", "dst", "rule"] {
+    let x = snap.xdp.unwrap_or_default();
+    for (m, p, b) in [
+        ("src", x.dropped_src_packets, x.dropped_src_bytes),
+        ("dst", x.dropped_dst_packets, x.dropped_dst_bytes),
+        ("rule", x.dropped_rule_packets, x.dropped_rule_bytes),
+    ] {
         let l = labels(&[("match", m)]);
-        let get = |k: &str| {
-            xdp.as_ref()
-                .and_then(|s| s.get(format!("dropped_{m}_{k}")))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
-        };
-        dropped.get_or_create(&l).inc_by(get("packets"));
-        dropped_bytes.get_or_create(&l).inc_by(get("bytes"));
+        dropped.get_or_create(&l).inc_by(p);
+        dropped_bytes.get_or_create(&l).inc_by(b);
     }
     registry.register(
         "fnm_xdp_dropped_packets",
@@ -178,37 +183,37 @@ pub fn render(st: &MetricsState) -> String {
         "IP bytes dropped in XDP, by what matched",
         dropped_bytes,
     );
-    if let Some(s) = &xdp {
-        for (key, name, help) in [
-            ("frames", "fnm_xdp_frames", "Frames seen by the XDP program"),
+    if let Some(s) = &snap.xdp {
+        for (value, name, help) in [
+            (s.frames, "fnm_xdp_frames", "Frames seen by the XDP program"),
             (
-                "non_ip",
+                s.non_ip,
                 "fnm_xdp_non_ip_frames",
                 "Frames that were not IPv4/IPv6",
             ),
             (
-                "malformed",
+                s.malformed,
                 "fnm_xdp_malformed_frames",
                 "Truncated or malformed frames",
             ),
             (
-                "whitelist_passed",
+                s.whitelist_passed,
                 "fnm_xdp_whitelist_passed_packets",
                 "Packets a drop entry matched but the whitelist let through",
             ),
             (
-                "host_table_full",
+                s.host_table_full,
                 "fnm_xdp_host_table_full",
                 "New hosts not counted because the kernel host table was full",
             ),
             (
-                "samples_lost",
+                s.samples_lost,
                 "fnm_xdp_samples_lost",
                 "Packet samples lost to a full ring buffer",
             ),
         ] {
             let c = Counter::<u64>::default();
-            c.inc_by(s.get(key).and_then(|v| v.as_u64()).unwrap_or(0));
+            c.inc_by(value);
             registry.register(name, help, c);
         }
     }
@@ -258,9 +263,24 @@ pub fn render(st: &MetricsState) -> String {
     registry.register("fnm_attacks_active", "Attacks in progress", ongoing);
     registry.register(
         "fnm_actions",
-        "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed)",
+        "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed, \
+         not_applied)",
         st.mitigator.stats.actions.clone(),
     );
+    registry.register(
+        "fnm_auto_bans_not_applied",
+        "Detected attacks whose actions were not applied because a cap was reached \
+         (max_active: ban.max_active_auto_bans, per_minute: ban.max_auto_bans_per_minute)",
+        st.mitigator.stats.auto_bans_not_applied.clone(),
+    );
+    registry.register(
+        "fnm_manual_bans_refused",
+        "Manual bans refused by a safety check, by check",
+        st.mitigator.stats.manual_bans_refused.clone(),
+    );
+    let http: Vec<(&str, &crate::http::HttpStats)> =
+        st.http.iter().map(|(n, s)| (*n, s.as_ref())).collect();
+    crate::http::register_metrics(&mut registry, &http);
     let handed = Family::<Labels, Counter>::default();
     let dropped_records = Family::<Labels, Counter>::default();
     for s in Source::ALL.iter().filter(|s| **s != Source::Replay) {
@@ -363,10 +383,12 @@ pub fn to_classic_text(openmetrics: &str) -> String {
     out
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` resolves.
+/// Serves `/metrics` on `listener` until `shutdown` resolves, with the limits, timeouts and
+/// authentication of `options`.
 pub async fn serve(
     state: MetricsState,
     listener: tokio::net::TcpListener,
+    options: crate::http::ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().route(
@@ -388,7 +410,12 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = app.fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no such endpoint (try /metrics)" })),
+        )
+    });
+    let app = crate::http::harden(app, &options);
+    crate::http::serve(listener, app, options, shutdown).await
 }

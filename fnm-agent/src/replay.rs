@@ -114,7 +114,7 @@ pub fn replay(path: &Path, config: &Config) -> Result<ReplayReport, ReplayError>
     if let Some(next) = sink.next_tick_ms {
         sink.engine.tick(next, next);
     }
-    let engine = &sink.engine;
+    let engine = &mut sink.engine;
     let snap = engine.snapshot(0);
     let mut attacks: Vec<Attack> = engine.book().shared().iter().rev().cloned().collect();
     for a in attacks.iter_mut().filter(|a| a.ended_unix_ms.is_none()) {

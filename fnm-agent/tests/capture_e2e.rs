@@ -54,6 +54,23 @@ fn pcap_backend_counts_exactly_like_xdp() {
         ),
         "{metrics}"
     );
+    // The capture thread's live counters (published at each flush request): at least the 22
+    // frames sent (the agent's replies are captured too), none malformed.
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert!(
+        counter("fnm_capture_frames_total").is_some_and(|n| n >= 22),
+        "{metrics}"
+    );
+    assert_eq!(
+        counter("fnm_capture_malformed_frames_total"),
+        Some(0),
+        "{metrics}"
+    );
 }
 
 /// Writes a classic pcap (microsecond timestamps, Ethernet).

@@ -20,6 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The tests pick free ports and start daemons on them later; run one at a time so that one
+/// test's "nothing listens here" port is never taken by the other's gobgpd in between.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Agent {
     child: Child,
     api: SocketAddr,
@@ -112,6 +120,7 @@ fn wait_file_has(path: &Path, needle: &str) {
 
 #[test]
 fn manual_ban_announces_the_blackhole_and_calls_the_script() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut receiver = Receiver::start(dir.path());
     let api_port = free_port();
@@ -125,7 +134,7 @@ fn manual_ban_announces_the_blackhole_and_calls_the_script() {
         agent.api,
         "POST",
         "/api/v1/bans",
-        Some(&json!({"prefix": "198.51.100.7/32", "match": "dst", "reason": "test"})),
+        Some(&json!({"prefix": "10.99.0.7/32", "match": "dst", "reason": "test"})),
     )
     .unwrap_or_else(|e| panic!("ban: {e}\n{}", agent.log()));
     let results: Vec<_> = ban["actions"]
@@ -143,24 +152,24 @@ fn manual_ban_announces_the_blackhole_and_calls_the_script() {
         ],
         "{ban:#}"
     );
-    let line = receiver.wait_route("ipv4", "198.51.100.7/32");
+    let line = receiver.wait_route("ipv4", "10.99.0.7/32");
     assert!(
         line.contains("blackhole") || line.contains("65535:666"),
         "{line}"
     );
-    wait_file_has(&script_log, "198.51.100.7 other 0 ban\n");
+    wait_file_has(&script_log, "10.99.0.7 other 0 ban\n");
     let m = request(agent.api, "GET", "/api/v1/mitigations", None).unwrap();
     assert_eq!(m[0]["origin"], "manual", "{m:#}");
 
     request(
         agent.api,
         "DELETE",
-        "/api/v1/bans/198.51.100.7%2F32?match=dst",
+        "/api/v1/bans/10.99.0.7%2F32?match=dst",
         None,
     )
     .unwrap_or_else(|e| panic!("unban: {e}\n{}", agent.log()));
-    receiver.wait_gone("ipv4", "198.51.100.7/32");
-    wait_file_has(&script_log, "198.51.100.7 other 0 unban\n");
+    receiver.wait_gone("ipv4", "10.99.0.7/32");
+    wait_file_has(&script_log, "10.99.0.7 other 0 unban\n");
     let m = request(agent.api, "GET", "/api/v1/mitigations", None).unwrap();
     assert_eq!(m, json!([]));
     let metrics = std::fs::read_to_string(&agent.log).unwrap_or_default();
@@ -169,6 +178,7 @@ fn manual_ban_announces_the_blackhole_and_calls_the_script() {
 
 #[test]
 fn an_announcement_refused_while_gobgpd_is_down_is_retried_until_it_appears() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let api_port = free_port();
     let (path, _script_log) = script(dir.path());
@@ -178,7 +188,7 @@ fn an_announcement_refused_while_gobgpd_is_down_is_retried_until_it_appears() {
         agent.api,
         "POST",
         "/api/v1/bans",
-        Some(&json!({"prefix": "198.51.100.9/32", "match": "dst"})),
+        Some(&json!({"prefix": "10.99.0.9/32", "match": "dst"})),
     )
     .unwrap_or_else(|e| panic!("ban: {e}\n{}", agent.log()));
     let bgp = &ban["actions"][1];
@@ -196,7 +206,7 @@ fn an_announcement_refused_while_gobgpd_is_down_is_retried_until_it_appears() {
     let _speaker = bgp_support::start_gobgp_speaker(dir.path(), receiver.bgp_port, api_port);
     let speaker_log = dir.path().join("speaker.log");
     receiver.wait_established(|| std::fs::read_to_string(&speaker_log).unwrap_or_default());
-    receiver.wait_route("ipv4", "198.51.100.9/32");
+    receiver.wait_route("ipv4", "10.99.0.9/32");
     let m = request(agent.api, "GET", "/api/v1/mitigations", None).unwrap();
     assert_eq!(m[0]["actions"][1]["result"], "ok", "{m:#}");
     assert!(

@@ -880,8 +880,19 @@ impl Accounting {
             .iter()
             .map(|(ip, h)| (*ip, h, key(&h.dirs[direction.index()])))
             .collect();
-        all.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
-        all.truncate(limit);
+        let order = |a: &(IpAddr, &Host, f64), b: &(IpAddr, &Host, f64)| {
+            b.2.total_cmp(&a.2).then(a.0.cmp(&b.0))
+        };
+        // The engine asks for a small top-N of many hosts after every tick: select it in
+        // linear time, then sort only those.
+        if limit == 0 {
+            return Vec::new();
+        }
+        if all.len() > limit {
+            all.select_nth_unstable_by(limit - 1, order);
+            all.truncate(limit);
+        }
+        all.sort_by(order);
         all.into_iter().map(|(ip, h, _)| (ip, h)).collect()
     }
 }
@@ -1022,6 +1033,27 @@ mod tests {
             }
             assert_eq!(d.slots_sum, sum, "tick {t}");
             assert_eq!(d.rates, Rates::from_window(&sum, seconds), "tick {t}");
+        }
+    }
+
+    #[test]
+    fn top_selects_the_same_hosts_as_a_full_sort() {
+        let mut a = acc();
+        for i in 0..200u64 {
+            // Many ties: 13 distinct packet counts.
+            let dst = format!("10.0.{}.{}", i / 250, i % 250 + 1);
+            a.ingest(&rec("192.0.2.1", &dst, 1 + (i * 7) % 13, 100), Source::Pcap);
+        }
+        let key = |d: &HostDirection| d.total.packets as f64;
+        let full = a.top(Direction::Incoming, usize::MAX, key);
+        for limit in [0, 1, 5, 17, 199, 200, 500] {
+            let top: Vec<IpAddr> = a
+                .top(Direction::Incoming, limit, key)
+                .iter()
+                .map(|(ip, _)| *ip)
+                .collect();
+            let want: Vec<IpAddr> = full.iter().take(limit).map(|(ip, _)| *ip).collect();
+            assert_eq!(top, want, "limit {limit}");
         }
     }
 

@@ -144,6 +144,22 @@ pub struct ActionEnv<'a> {
     pub expires: Option<u64>,
     /// Recorded with drop entries: the attack id or the operator's reason.
     pub reason: &'a str,
+    /// The mitigation's id.
+    pub mitigation: &'a str,
+    /// Where an action that finishes after `apply` returned (the script) reports a failure.
+    pub late: &'a tokio::sync::mpsc::UnboundedSender<LateOutcome>,
+}
+
+/// A failure reported after `apply` had returned success (the script exited non-zero or timed
+/// out); the mitigator marks the action `failed`.
+#[derive(Debug, Clone)]
+pub struct LateOutcome {
+    /// The mitigation.
+    pub mitigation: String,
+    /// The action.
+    pub action: Action,
+    /// What went wrong.
+    pub error: String,
 }
 
 /// One mitigation action.

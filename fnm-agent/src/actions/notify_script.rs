@@ -5,7 +5,7 @@
 
 use super::{
     script::{ScriptCall, ScriptRunner, ScriptStats},
-    Action, ActionEnv, ActionError, Applied, MitigationAction, Target,
+    Action, ActionEnv, ActionError, Applied, LateOutcome, MitigationAction, Target,
 };
 use crate::{
     config::Config,
@@ -53,7 +53,7 @@ impl MitigationAction for NotifyScript {
 
     async fn apply(
         &self,
-        _env: &mut ActionEnv<'_>,
+        env: &mut ActionEnv<'_>,
         target: &Target<'_>,
     ) -> Result<Applied, ActionError> {
         let (ip, direction, pps, stdin) = match target {
@@ -73,13 +73,29 @@ impl MitigationAction for NotifyScript {
                 String::new(),
             ),
         };
-        self.submit(ScriptCall {
-            ip,
-            direction,
-            pps,
-            action: "ban",
-            stdin,
-        })?;
+        let outcome = self
+            .runner
+            .submit_watched(ScriptCall {
+                ip,
+                direction,
+                pps,
+                action: "ban",
+                stdin,
+            })
+            .ok_or_else(|| {
+                ActionError::Unavailable("the notify script's queue is full; call dropped".into())
+            })?;
+        // The call runs for up to script_timeout: its outcome is reported when it ends.
+        let (late, mitigation) = (env.late.clone(), env.mitigation.to_owned());
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = outcome.await {
+                let _ = late.send(LateOutcome {
+                    mitigation,
+                    action: Action::Script,
+                    error,
+                });
+            }
+        });
         Ok(Applied::Script {
             ip,
             direction: direction.to_owned(),

@@ -94,27 +94,33 @@ pub struct ScriptStats {
 /// Queue and workers of the notify script.
 #[derive(Clone)]
 pub struct ScriptRunner {
-    tx: mpsc::Sender<ScriptCall>,
+    tx: mpsc::Sender<(ScriptCall, Option<Reply>)>,
     /// Counters.
     pub stats: Arc<ScriptStats>,
 }
 
+/// Where the outcome of a watched call goes: `Ok` when it exited 0, else what went wrong.
+type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 impl ScriptRunner {
     /// Starts the runner on the current tokio runtime.
     pub fn start(path: PathBuf, timeout: Duration, parallel: usize, queue: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<ScriptCall>(queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<(ScriptCall, Option<Reply>)>(queue.max(1));
         let stats = Arc::new(ScriptStats::default());
         let permits = Arc::new(Semaphore::new(parallel.max(1)));
         let st = stats.clone();
         tokio::spawn(async move {
-            while let Some(call) = rx.recv().await {
+            while let Some((call, reply)) = rx.recv().await {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
                 let (path, st) = (path.clone(), st.clone());
                 tokio::spawn(async move {
-                    run_one(&path, &call, timeout, &st).await;
+                    let result = run_one(&path, &call, timeout, &st).await;
                     drop(permit);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
                 });
             }
         });
@@ -123,7 +129,21 @@ impl ScriptRunner {
 
     /// Queues a call; false (and counted) when the queue is full.
     pub fn submit(&self, call: ScriptCall) -> bool {
-        match self.tx.try_send(call) {
+        self.queue(call, None)
+    }
+
+    /// Queues a call and returns where its outcome will arrive; `None` (and counted) when the
+    /// queue is full.
+    pub fn submit_watched(
+        &self,
+        call: ScriptCall,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue(call, Some(tx)).then_some(rx)
+    }
+
+    fn queue(&self, call: ScriptCall, reply: Option<Reply>) -> bool {
+        match self.tx.try_send((call, reply)) {
             Ok(()) => true,
             Err(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -233,7 +253,12 @@ enum Outcome {
     WaitFailed(std::io::Error),
 }
 
-async fn run_one(path: &PathBuf, call: &ScriptCall, timeout: Duration, stats: &ScriptStats) {
+async fn run_one(
+    path: &PathBuf,
+    call: &ScriptCall,
+    timeout: Duration,
+    stats: &ScriptStats,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut cmd = tokio::process::Command::new(path);
     cmd.arg(call.ip.to_string())
@@ -250,14 +275,14 @@ async fn run_one(path: &PathBuf, call: &ScriptCall, timeout: Duration, stats: &S
         Err(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!("notify script {}: cannot start: {e}", path.display());
-            return;
+            return Err(format!("cannot start {}: {e}", path.display()));
         }
     };
     // The script leads its own group: the group id is its pid (known until it is reaped).
     let Some(pgid) = child.id().and_then(|pid| i32::try_from(pid).ok()) else {
         stats.failed.fetch_add(1, Ordering::Relaxed);
         tracing::error!("notify script {}: no process id", path.display());
-        return;
+        return Err("no process id".into());
     };
     let mut guard = GroupGuard { pgid, armed: true };
 
@@ -372,6 +397,7 @@ async fn run_one(path: &PathBuf, call: &ScriptCall, timeout: Duration, stats: &S
                 stdout.describe(),
                 stderr.describe()
             );
+            Ok(())
         }
         Outcome::Exited(status) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +408,7 @@ async fn run_one(path: &PathBuf, call: &ScriptCall, timeout: Duration, stats: &S
                 call.action,
                 stderr.describe()
             );
+            Err(format!("exited with {status}: {}", stderr.describe()))
         }
         Outcome::WaitFailed(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -389,6 +416,7 @@ async fn run_one(path: &PathBuf, call: &ScriptCall, timeout: Duration, stats: &S
                 "notify script {}: waiting for it: {e}; process group {pgid} killed",
                 path.display()
             );
+            Err(format!("waiting for it: {e}"))
         }
         Outcome::TimedOut => {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
@@ -400,6 +428,7 @@ async fn run_one(path: &PathBuf, call: &ScriptCall, timeout: Duration, stats: &S
                 call.action,
                 stderr.describe()
             );
+            Err(format!("timed out after {} s", timeout.as_secs_f64()))
         }
     }
 }

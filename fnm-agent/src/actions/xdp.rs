@@ -9,7 +9,7 @@ use crate::{
     bans::{BanOrigin, DropMatch, RuleSpec},
     config::Config,
     dataplane::DataPlaneError,
-    detection::attack::Fingerprint,
+    detection::attack::{AttackType, Fingerprint},
     prefix::{Prefix, PrefixSet},
 };
 use std::sync::Arc;
@@ -233,14 +233,14 @@ pub fn rules_for(fp: &Fingerprint) -> Vec<RuleSpec> {
         protocol,
         ..Default::default()
     };
-    match fp.attack_type.as_str() {
-        "fragment_flood" => vec![RuleSpec {
+    match fp.attack_type {
+        AttackType::FragmentFlood => vec![RuleSpec {
             protocol: fp.protocol,
             fragments: true,
             ..Default::default()
         }],
         // SYN without ACK: established connections (and their handshakes' SYN-ACKs) pass.
-        "syn_flood" => vec![RuleSpec {
+        AttackType::SynFlood => vec![RuleSpec {
             protocol: 6,
             tcp_flags_mask: 0x12,
             tcp_flags_value: 0x02,
@@ -248,14 +248,14 @@ pub fn rules_for(fp: &Fingerprint) -> Vec<RuleSpec> {
             ..Default::default()
         }],
         // Bare ACKs (no SYN/FIN/RST/PSH) towards the flooded port when one dominates.
-        "ack_flood" => vec![RuleSpec {
+        AttackType::AckFlood => vec![RuleSpec {
             protocol: 6,
             tcp_flags_mask: 0x1f,
             tcp_flags_value: 0x10,
             dst_port: fp.destination_port.map(|(p, _)| p).unwrap_or(0),
             ..Default::default()
         }],
-        "icmp_flood" => vec![rule(fp.protocol)],
+        AttackType::IcmpFlood => vec![rule(fp.protocol)],
         _ if fp.protocol == 17 => match (fp.source_port, fp.destination_port) {
             (Some((sport, _)), _) => vec![RuleSpec {
                 protocol: 17,
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn amplification_drops_only_the_reflected_service() {
         let fp = Fingerprint {
-            attack_type: "dns_amplification".into(),
+            attack_type: AttackType::DnsAmplification,
             protocol: 17,
             source_port: Some((53, 0.99)),
             ..Default::default()
@@ -295,7 +295,7 @@ mod tests {
             }]
         );
         let syn = Fingerprint {
-            attack_type: "syn_flood".into(),
+            attack_type: AttackType::SynFlood,
             protocol: 6,
             ..Default::default()
         };

@@ -140,6 +140,8 @@ pub struct RecordBatcher<F: FnMut(&[TrafficRecord])> {
     last_flush: Instant,
     /// Requests to hand over the records now (the agent's poll thread, before each tick).
     gate: Option<Arc<FlushGate>>,
+    /// Where the backend's counters are published.
+    health: Option<Arc<super::CaptureHealth>>,
 }
 
 impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
@@ -158,6 +160,7 @@ impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
             min_interval: Duration::ZERO,
             last_flush: Instant::now(),
             gate: None,
+            health: None,
         }
     }
 
@@ -165,6 +168,12 @@ impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
     /// (use [`RecordBatcher::flush_now`] to force one).
     pub fn with_min_flush_interval(mut self, interval: Duration) -> Self {
         self.min_interval = interval;
+        self
+    }
+
+    /// Publishes the backend's counters ([`super::PacketSink::progress`]) to `health`.
+    pub fn with_health(mut self, health: Arc<super::CaptureHealth>) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -324,6 +333,12 @@ impl<F: FnMut(&[TrafficRecord])> PacketSink for RecordBatcher<F> {
 
     fn wants_timestamps(&self) -> bool {
         false
+    }
+
+    fn progress(&mut self, stats: &super::CaptureStats) {
+        if let Some(health) = &self.health {
+            health.record(stats);
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use crate::traffic::TrafficRecord;
 use parse::{LinkType, ParseStats};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +68,34 @@ pub trait PacketSink {
     /// capture timestamps when it does not. Default: `true`.
     fn wants_timestamps(&self) -> bool {
         true
+    }
+
+    /// The run's counters so far (cumulative). Backends call it when they serve a flush
+    /// request (once per accounting tick) and at the end. Default: nothing.
+    fn progress(&mut self, _stats: &CaptureStats) {}
+}
+
+/// Live counters of a capture run, shared with the metrics: what [`PacketSink::progress`]
+/// last reported.
+#[derive(Debug, Default)]
+pub struct CaptureHealth {
+    /// Frames seen.
+    pub frames: AtomicU64,
+    /// Frames that were not IP.
+    pub not_ip: AtomicU64,
+    /// Frames with truncated or inconsistent headers.
+    pub malformed: AtomicU64,
+    /// Packets the kernel or driver dropped before the backend read them (when known).
+    pub kernel_dropped: AtomicU64,
+}
+
+impl CaptureHealth {
+    /// Stores a run's counters.
+    pub fn record(&self, s: &CaptureStats) {
+        self.frames.store(s.parse.frames, Ordering::Relaxed);
+        self.not_ip.store(s.parse.not_ip, Ordering::Relaxed);
+        self.malformed.store(s.parse.malformed, Ordering::Relaxed);
+        self.kernel_dropped.store(s.dropped, Ordering::Relaxed);
     }
 }
 

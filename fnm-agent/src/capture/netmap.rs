@@ -356,10 +356,12 @@ impl CaptureBackend for NetmapBackend {
                 sink.flush();
             }
         }
-        Ok(CaptureStats {
+        let stats = CaptureStats {
             parse: stats,
             dropped: 0,
-        })
+        };
+        sink.progress(&stats);
+        Ok(stats)
     }
 }
 

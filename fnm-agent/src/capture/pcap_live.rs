@@ -223,6 +223,17 @@ fn wait_for(wake: Option<&mut libc::pollfd>, duration: Duration) {
     }
 }
 
+impl PcapBackend {
+    /// Packets the kernel dropped on every handle so far (libpcap keeps the sums).
+    fn kernel_dropped(&mut self) -> u64 {
+        self.handles
+            .iter_mut()
+            .filter_map(|h| h.capture.stats().ok())
+            .map(|s| u64::from(s.dropped) + u64::from(s.if_dropped))
+            .sum()
+    }
+}
+
 impl CaptureBackend for PcapBackend {
     fn name(&self) -> &'static str {
         NAME
@@ -308,6 +319,10 @@ impl CaptureBackend for PcapBackend {
             }
             if wake.is_some() && fds.last().is_some_and(|fd| fd.revents != 0) {
                 sink.woken();
+                sink.progress(&CaptureStats {
+                    parse: stats,
+                    dropped: self.kernel_dropped(),
+                });
             }
             // Records a buffering sink still holds reach its consumer even when no packet came.
             sink.flush();
@@ -330,10 +345,12 @@ impl CaptureBackend for PcapBackend {
             }
         }
         sink.flush();
-        Ok(CaptureStats {
+        let stats = CaptureStats {
             parse: stats,
             dropped,
-        })
+        };
+        sink.progress(&stats);
+        Ok(stats)
     }
 }
 

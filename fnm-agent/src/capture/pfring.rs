@@ -241,10 +241,12 @@ impl CaptureBackend for PfringBackend {
                 }
             }
         }
-        Ok(CaptureStats {
+        let stats = CaptureStats {
             parse: stats,
             dropped: 0,
-        })
+        };
+        sink.progress(&stats);
+        Ok(stats)
     }
 }
 

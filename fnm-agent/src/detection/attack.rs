@@ -57,6 +57,67 @@ pub struct Sample {
     pub packets: u64,
 }
 
+/// What kind of attack a fingerprint shows; the serde name is the label in JSON, logs and the
+/// script report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackType {
+    /// UDP from port 53.
+    DnsAmplification,
+    /// UDP from port 123.
+    NtpAmplification,
+    /// UDP from port 1900.
+    SsdpAmplification,
+    /// UDP from port 11211.
+    MemcachedAmplification,
+    /// UDP from port 389.
+    CldapAmplification,
+    /// UDP from port 19.
+    ChargenAmplification,
+    /// UDP from port 161.
+    SnmpAmplification,
+    /// Mostly TCP SYN without ACK.
+    SynFlood,
+    /// Mostly bare TCP ACKs.
+    AckFlood,
+    /// Mostly ICMP / ICMPv6.
+    IcmpFlood,
+    /// Mostly IP fragments.
+    FragmentFlood,
+    /// Mostly UDP, no known reflected service.
+    UdpFlood,
+    /// Nothing dominant.
+    #[default]
+    Unknown,
+}
+
+impl AttackType {
+    /// The label (`dns_amplification`, `syn_flood`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttackType::DnsAmplification => "dns_amplification",
+            AttackType::NtpAmplification => "ntp_amplification",
+            AttackType::SsdpAmplification => "ssdp_amplification",
+            AttackType::MemcachedAmplification => "memcached_amplification",
+            AttackType::CldapAmplification => "cldap_amplification",
+            AttackType::ChargenAmplification => "chargen_amplification",
+            AttackType::SnmpAmplification => "snmp_amplification",
+            AttackType::SynFlood => "syn_flood",
+            AttackType::AckFlood => "ack_flood",
+            AttackType::IcmpFlood => "icmp_flood",
+            AttackType::FragmentFlood => "fragment_flood",
+            AttackType::UdpFlood => "udp_flood",
+            AttackType::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for AttackType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The shape of an attack.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
@@ -80,11 +141,8 @@ pub struct Fingerprint {
     pub distinct_sources: usize,
     /// Share of packets from the top `max_source_drops` sources (1.0: few real sources).
     pub top_sources_share: f64,
-    /// `dns_amplification`, `ntp_amplification`, `ssdp_amplification`,
-    /// `memcached_amplification`, `cldap_amplification`, `chargen_amplification`,
-    /// `snmp_amplification`, `syn_flood`, `ack_flood`, `icmp_flood`, `fragment_flood`,
-    /// `udp_flood`, `unknown`.
-    pub attack_type: String,
+    /// The kind of attack.
+    pub attack_type: AttackType,
 }
 
 /// An attack: one host, one direction, from detection to its end.
@@ -114,11 +172,32 @@ pub struct Attack {
     pub samples: Vec<Sample>,
     /// The attack's shape.
     pub fingerprint: Fingerprint,
-    /// Actions taken and their outcomes (filled from the mitigator when shown).
-    #[serde(default)]
+    /// Actions taken and their outcomes (filled from the mitigator when shown). Records
+    /// saved by earlier versions listed plain strings here; they read as none.
+    #[serde(default, deserialize_with = "outcomes_or_legacy")]
     pub actions: Vec<crate::mitigator::store::ActionState>,
     /// Detect and report only.
     pub report_only: bool,
+}
+
+/// Reads `actions`: outcome records, or the strings earlier versions wrote (dropped).
+fn outcomes_or_legacy<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::mitigator::store::ActionState>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Outcome(crate::mitigator::store::ActionState),
+        Legacy(#[allow(dead_code)] String),
+    }
+    let entries: Vec<Entry> = Vec::deserialize(d)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Outcome(s) => Some(s),
+            Entry::Legacy(_) => None,
+        })
+        .collect())
 }
 
 impl Attack {
@@ -153,18 +232,18 @@ impl Attack {
     }
 }
 
-fn service_label(protocol: u8, src_port: u16) -> Option<&'static str> {
+fn service_label(protocol: u8, src_port: u16) -> Option<AttackType> {
     if protocol != 17 {
         return None;
     }
     Some(match src_port {
-        53 => "dns_amplification",
-        123 => "ntp_amplification",
-        1900 => "ssdp_amplification",
-        11211 => "memcached_amplification",
-        389 => "cldap_amplification",
-        19 => "chargen_amplification",
-        161 => "snmp_amplification",
+        53 => AttackType::DnsAmplification,
+        123 => AttackType::NtpAmplification,
+        1900 => AttackType::SsdpAmplification,
+        11211 => AttackType::MemcachedAmplification,
+        389 => AttackType::CldapAmplification,
+        19 => AttackType::ChargenAmplification,
+        161 => AttackType::SnmpAmplification,
         _ => return None,
     })
 }
@@ -223,19 +302,19 @@ pub fn fingerprint(samples: &[TrafficRecord], rates: &Rates, max_sources: usize)
     let syn_share = syn as f64 / total as f64;
     let fragment_share = frag as f64 / total as f64;
     let attack_type = if fragment_share >= 0.5 {
-        "fragment_flood"
+        AttackType::FragmentFlood
     } else if protocol == 6 && syn_share >= 0.5 {
-        "syn_flood"
+        AttackType::SynFlood
     } else if protocol == 6 && flags & 0x10 != 0 && flags & 0x02 == 0 {
-        "ack_flood"
+        AttackType::AckFlood
     } else if protocol == 1 || protocol == 58 {
-        "icmp_flood"
+        AttackType::IcmpFlood
     } else if let Some(label) = source_port.and_then(|(p, _)| service_label(protocol, p)) {
         label
     } else if protocol == 17 {
-        "udp_flood"
+        AttackType::UdpFlood
     } else {
-        "unknown"
+        AttackType::Unknown
     };
     Fingerprint {
         dominant_protocol: protocol_name(protocol).into(),
@@ -248,7 +327,7 @@ pub fn fingerprint(samples: &[TrafficRecord], rates: &Rates, max_sources: usize)
         fragment_share,
         distinct_sources: by_src.len(),
         top_sources_share: top_sources as f64 / total as f64,
-        attack_type: attack_type.into(),
+        attack_type,
     }
 }
 
@@ -270,22 +349,22 @@ fn fingerprint_from_rates(r: &Rates) -> Fingerprint {
     let syn_share = r.tcp_syn_pps / pps;
     let fragment_share = r.fragments_pps / pps;
     let attack_type = if fragment_share >= 0.5 {
-        "fragment_flood"
+        AttackType::FragmentFlood
     } else if syn_share >= 0.5 {
-        "syn_flood"
+        AttackType::SynFlood
     } else if protocol == 1 {
-        "icmp_flood"
+        AttackType::IcmpFlood
     } else if protocol == 17 {
-        "udp_flood"
+        AttackType::UdpFlood
     } else {
-        "unknown"
+        AttackType::Unknown
     };
     Fingerprint {
         dominant_protocol: name.into(),
         protocol,
         syn_share,
         fragment_share,
-        attack_type: attack_type.into(),
+        attack_type,
         ..Default::default()
     }
 }
@@ -430,23 +509,26 @@ mod tests {
     fn labels_amplification_and_floods() {
         let dns: Vec<_> = (0..10).map(|_| rec(53, 17, 0)).collect();
         let f = fingerprint(&dns, &Rates::default(), 32);
-        assert_eq!(f.attack_type, "dns_amplification");
+        assert_eq!(f.attack_type, AttackType::DnsAmplification);
         assert_eq!(f.source_port.unwrap().0, 53);
         let syn: Vec<_> = (0..10).map(|i| rec(1000 + i, 6, 0x02)).collect();
         assert_eq!(
             fingerprint(&syn, &Rates::default(), 32).attack_type,
-            "syn_flood"
+            AttackType::SynFlood
         );
         let ack: Vec<_> = (0..10).map(|i| rec(1000 + i, 6, 0x10)).collect();
         assert_eq!(
             fingerprint(&ack, &Rates::default(), 32).attack_type,
-            "ack_flood"
+            AttackType::AckFlood
         );
         let rates = Rates {
             pps: 100.0,
             udp_pps: 100.0,
             ..Default::default()
         };
-        assert_eq!(fingerprint(&[], &rates, 32).attack_type, "udp_flood");
+        assert_eq!(
+            fingerprint(&[], &rates, 32).attack_type,
+            AttackType::UdpFlood
+        );
     }
 }

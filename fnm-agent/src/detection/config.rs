@@ -233,6 +233,28 @@ pub struct BanConfig {
     /// XDP samples 1 in N packets of a host under attack. Default: `16`.
     #[serde(default = "default_sample_one_in")]
     pub sample_one_in: u32,
+    /// Shortest IPv4 prefix a manual source ban may cover (`/8`: never `0.0.0.0/0` or a
+    /// `/4`). Default: `8`.
+    #[serde(default = "default_min_source_prefix_v4")]
+    pub min_source_prefix_v4: u8,
+    /// Shortest IPv6 prefix a manual source ban may cover. Default: `32`.
+    #[serde(default = "default_min_source_prefix_v6")]
+    pub min_source_prefix_v6: u8,
+    /// Let a manual ban with `"force": true` (`fnm-agent ban --force`) skip the safety checks
+    /// (shortest prefix, destination inside `networks`, covering a whitelisted prefix, this
+    /// host's own addresses or the caller's). A prefix inside the whitelist is never banned.
+    /// Default: `false`.
+    #[serde(default)]
+    pub allow_force: bool,
+    /// Most mitigations of detected attacks in force at once; the actions of one more attack
+    /// are not applied (its record says so, `fnm_auto_bans_not_applied_total` counts it).
+    /// Default: `1000`.
+    #[serde(default = "default_max_active_auto_bans")]
+    pub max_active_auto_bans: usize,
+    /// Most mitigations of detected attacks started in any 60 s; as above beyond it.
+    /// Default: `100`.
+    #[serde(default = "default_max_auto_bans_per_minute")]
+    pub max_auto_bans_per_minute: usize,
 }
 
 impl BanConfig {
@@ -281,6 +303,18 @@ fn default_max_sources() -> usize {
 fn default_sample_one_in() -> u32 {
     16
 }
+fn default_min_source_prefix_v4() -> u8 {
+    8
+}
+fn default_min_source_prefix_v6() -> u8 {
+    32
+}
+fn default_max_active_auto_bans() -> usize {
+    1000
+}
+fn default_max_auto_bans_per_minute() -> usize {
+    100
+}
 
 /// Checks the detection-related sections.
 pub fn validate(
@@ -327,6 +361,19 @@ pub fn validate(
     }
     if ban.script_parallel == 0 || ban.script_queue == 0 {
         return Err("ban.script_parallel and ban.script_queue must be above 0".into());
+    }
+    if ban.min_source_prefix_v4 > 32 || ban.min_source_prefix_v6 > 128 {
+        return Err(
+            "ban.min_source_prefix_v4 must be at most 32 and ban.min_source_prefix_v6 at most 128"
+                .into(),
+        );
+    }
+    if ban.max_active_auto_bans == 0 || ban.max_auto_bans_per_minute == 0 {
+        return Err(
+            "ban.max_active_auto_bans and ban.max_auto_bans_per_minute must be above 0 (use \
+             report_only on a hostgroup to detect without acting)"
+                .into(),
+        );
     }
     if ban.sample_one_in == 0 {
         return Err("ban.sample_one_in must be above 0".into());

@@ -121,6 +121,19 @@ impl Detector {
         self.ongoing.keys().map(|(ip, _)| *ip)
     }
 
+    /// Carries on with an attack opened before a restart: (host, direction) is under attack
+    /// with `peak` so far, and ends like any other once its rates stay under the stop ratio
+    /// for `stop_after`, instead of opening a second attack for the same flood.
+    pub fn resume(&mut self, host: IpAddr, direction: Direction, peak: Rates) {
+        self.ongoing
+            .entry((host, direction))
+            .and_modify(|o| o.peak = o.peak.max(&peak))
+            .or_insert(Ongoing {
+                peak,
+                below_since_ms: None,
+            });
+    }
+
     /// True while an attack on (host, direction) is ongoing.
     pub fn is_ongoing(&self, host: IpAddr, direction: Direction) -> bool {
         self.ongoing.contains_key(&(host, direction))
@@ -143,6 +156,10 @@ impl Detector {
             })
             .collect();
         if self.table.is_empty() {
+            // Without thresholds nothing is an attack (one resumed after a restart ends).
+            for (host, direction) in std::mem::take(&mut self.ongoing).into_keys() {
+                events.push(DetectorEvent::Stopped { host, direction });
+            }
             return events;
         }
         let mut seen: HashSet<(IpAddr, Direction)> = HashSet::new();
@@ -236,19 +253,27 @@ impl Detector {
                 }
             }
         }
-        // Hosts that vanished from the accounting (forgotten) end their attacks too.
-        let gone: Vec<_> = self
+        // Hosts not checked above (forgotten by the accounting, without traffic since a
+        // restart, whitelisted since) are below the stop ratio: their attacks end after
+        // `stop_after` like the others.
+        let absent: Vec<_> = self
             .ongoing
             .keys()
-            .filter(|k| !seen.contains(k) && acc.host(k.0).is_none())
+            .filter(|k| !seen.contains(k))
             .copied()
             .collect();
-        for key in gone {
-            self.ongoing.remove(&key);
-            events.push(DetectorEvent::Stopped {
-                host: key.0,
-                direction: key.1,
-            });
+        for key in absent {
+            let Some(o) = self.ongoing.get_mut(&key) else {
+                continue;
+            };
+            let since = *o.below_since_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= self.stop_after_ms {
+                self.ongoing.remove(&key);
+                events.push(DetectorEvent::Stopped {
+                    host: key.0,
+                    direction: key.1,
+                });
+            }
         }
         let stale: Vec<_> = self
             .watched
@@ -349,6 +374,41 @@ mod tests {
             }
         }
         assert!(stopped.is_some());
+    }
+
+    #[test]
+    fn a_resumed_attack_goes_on_with_its_flood_and_ends_without_it() {
+        let (mut acc, mut det) = setup();
+        let host: IpAddr = "10.0.0.1".parse().unwrap();
+        det.resume(host, Direction::Incoming, Rates::default());
+        // The flood goes on: no second start.
+        for t in 1..=8u64 {
+            flood(&mut acc, "10.0.0.1", 625);
+            acc.tick(t * 250, u64::MAX);
+            assert_eq!(
+                det.check(&acc, t * 250)
+                    .iter()
+                    .filter(|e| matches!(e, DetectorEvent::Started(_)))
+                    .count(),
+                0
+            );
+        }
+        assert!(det.peak(host, Direction::Incoming).unwrap().pps >= 2500.0);
+        // A host that never shows up again ends its attack after `stop_after`, not at once.
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        det.resume(other, Direction::Incoming, Rates::default());
+        let stopped = |events: &[DetectorEvent]| {
+            events
+                .iter()
+                .any(|e| matches!(e, DetectorEvent::Stopped { host, .. } if *host == other))
+        };
+        acc.tick(9 * 250, u64::MAX);
+        assert!(!stopped(&det.check(&acc, 9 * 250)));
+        acc.tick(12 * 250, u64::MAX);
+        assert!(!stopped(&det.check(&acc, 12 * 250)));
+        acc.tick(13 * 250, u64::MAX);
+        assert!(stopped(&det.check(&acc, 13 * 250)));
+        assert!(det.is_ongoing(host, Direction::Incoming));
     }
 
     #[test]

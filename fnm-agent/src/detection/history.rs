@@ -1,7 +1,8 @@
-//! Bounded attack history, kept on disk (`<state_dir>/attacks.json`) across restarts.
+//! The bounded list of attacks the attack book keeps (oldest dropped first). Persistence is the
+//! book's ([`crate::engine::book`]).
 
 use super::attack::Attack;
-use std::{collections::VecDeque, path::PathBuf};
+use std::collections::VecDeque;
 
 /// Attacks kept (oldest dropped first).
 pub const MAX_ATTACKS: usize = 1000;
@@ -10,30 +11,18 @@ pub const MAX_ATTACKS: usize = 1000;
 #[derive(Debug, Default)]
 pub struct AttackHistory {
     attacks: VecDeque<Attack>,
-    path: Option<PathBuf>,
 }
 
 impl AttackHistory {
-    /// Opens the history at `path`; an unreadable file is reported and set aside.
-    pub fn open(path: PathBuf) -> Self {
-        let attacks = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<VecDeque<Attack>>(&bytes) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!("{}: not an attack history ({e}); set aside", path.display());
-                    let _ = std::fs::rename(&path, path.with_extension("json.corrupt"));
-                    VecDeque::new()
-                }
-            },
-            Err(_) => VecDeque::new(),
-        };
-        Self {
-            attacks,
-            path: Some(path),
+    /// A history holding `attacks` (oldest first; only the newest [`MAX_ATTACKS`] are kept).
+    pub fn from_attacks(mut attacks: VecDeque<Attack>) -> Self {
+        while attacks.len() > MAX_ATTACKS {
+            attacks.pop_front();
         }
+        Self { attacks }
     }
 
-    /// Adds or replaces (by id) an attack and saves.
+    /// Adds or replaces (by id) an attack.
     pub fn upsert(&mut self, attack: Attack) {
         if let Some(a) = self.attacks.iter_mut().find(|a| a.id == attack.id) {
             *a = attack;
@@ -43,7 +32,6 @@ impl AttackHistory {
             }
             self.attacks.push_back(attack);
         }
-        self.save();
     }
 
     /// One attack by id.
@@ -51,7 +39,7 @@ impl AttackHistory {
         self.attacks.iter().find(|a| a.id == id)
     }
 
-    /// Mutable attack by id (call [`AttackHistory::save`] after changing it).
+    /// Mutable attack by id.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Attack> {
         self.attacks.iter_mut().find(|a| a.id == id)
     }
@@ -59,21 +47,5 @@ impl AttackHistory {
     /// All attacks, newest first.
     pub fn list(&self) -> impl Iterator<Item = &Attack> {
         self.attacks.iter().rev()
-    }
-
-    /// Writes the history (atomically); failures are logged.
-    pub fn save(&self) {
-        let Some(path) = &self.path else { return };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = path.with_extension("json.tmp");
-        let result = serde_json::to_vec(&self.attacks)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            tracing::warn!("saving attack history to {}: {e}", path.display());
-        }
     }
 }

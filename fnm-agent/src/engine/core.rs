@@ -100,14 +100,25 @@ impl EngineCore {
         Self::with_accounting(config, acc, book)
     }
 
-    /// An engine over a given accounting (replay sizes its own).
+    /// An engine over a given accounting (replay sizes its own). Attacks the book holds as
+    /// ongoing (the agent stopped or died during them) are carried on: they end when their
+    /// traffic stays low for `stop_after`, and the same flood does not open a second attack.
     pub fn with_accounting(config: &Config, acc: Accounting, book: AttackBook) -> Self {
-        let detector = Detector::new(
+        let mut detector = Detector::new(
             ThresholdTable::new(&config.detection, &config.hostgroup),
             config.whitelist.iter().copied().collect(),
             config.ban.stop_ratio,
             config.ban.stop_after.as_millis() as u64,
         );
+        for a in book.ongoing() {
+            tracing::info!(
+                "attack {} on {} ({}) was ongoing before the restart; carrying on with it",
+                a.id,
+                a.host,
+                a.direction.as_str()
+            );
+            detector.resume(a.host, a.direction, a.peak_rates);
+        }
         Self {
             acc,
             detector,
@@ -209,6 +220,7 @@ impl EngineCore {
             }
         }
         self.protect();
+        self.book.persist();
         decisions
     }
 
@@ -271,8 +283,8 @@ impl EngineCore {
     }
 
     /// The attack book.
-    pub fn book(&self) -> &AttackBook {
-        &self.book
+    pub fn book(&mut self) -> &mut AttackBook {
+        &mut self.book
     }
 
     /// The detector.
@@ -299,7 +311,7 @@ impl EngineCore {
     }
 
     /// An immutable picture of the state for the views, taken after a tick.
-    pub fn snapshot(&self, uptime_ms: u64) -> Snapshot {
+    pub fn snapshot(&mut self, uptime_ms: u64) -> Snapshot {
         let totals = self
             .acc
             .totals()
@@ -405,6 +417,45 @@ mod tests {
         let snap = core.snapshot(10_000);
         assert_eq!(snap.attacks.len(), 1);
         assert!(snap.attacks[0].ended_unix_ms.is_some());
+    }
+
+    #[test]
+    fn an_attack_ongoing_in_a_reopened_book_is_carried_on_not_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attacks.json");
+        let run = |core: &mut EngineCore, ticks: std::ops::RangeInclusive<u64>, packets| {
+            let mut decisions = Vec::new();
+            for t in ticks {
+                if packets > 0 {
+                    core.ingest(flood(packets));
+                }
+                decisions.extend(core.tick(t * 250, 1_700_000_000_000 + t * 250));
+            }
+            decisions
+        };
+        // The first agent opens an attack and dies during it.
+        let mut core = EngineCore::new(&config(""), AttackBook::open(path.clone()).unwrap());
+        let first = run(&mut core, 1..=8, 625);
+        let Some(Decision::AttackStarted { attack, .. }) = first
+            .iter()
+            .find(|d| matches!(d, Decision::AttackStarted { .. }))
+        else {
+            panic!("no attack: {first:?}");
+        };
+        let id = attack.id.clone();
+        drop(core);
+        // The next one sees the same flood: the same attack, no second one...
+        let mut core = EngineCore::new(&config(""), AttackBook::open(path.clone()).unwrap());
+        assert_eq!(core.snapshot(0).ongoing.len(), 1);
+        let during = run(&mut core, 1..=8, 625);
+        assert!(during.is_empty(), "{during:?}");
+        // ...which ends once the flood stops.
+        let after = run(&mut core, 9..=20, 0);
+        assert!(
+            matches!(&after[..], [Decision::AttackEnded { attack_id, .. }] if *attack_id == id),
+            "{after:?}"
+        );
+        assert_eq!(core.snapshot(0).attacks.len(), 1);
     }
 
     #[test]

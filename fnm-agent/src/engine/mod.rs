@@ -225,6 +225,8 @@ fn run(
         interval,
     } = parts;
     let started = Instant::now();
+    // The views see the saved attacks from the start, not an empty list until the first tick.
+    snapshot.store(Arc::new(core.snapshot(0)));
     let mut next = started + interval;
     let never = crossbeam_channel::never();
     let mut input_open = true;
@@ -326,14 +328,16 @@ fn tick(
             Err(_) => break,
         }
     }
-    for d in core.tick(now_ms, unix_ms()) {
+    let made = core.tick(now_ms, unix_ms());
+    // Published before the decisions go out: whoever hears of an attack finds it in the views.
+    let published = Arc::new(core.snapshot(now_ms));
+    snapshot.store(published.clone());
+    for d in made {
         if decisions.try_send(d).is_err() {
             stats.decisions_dropped.fetch_add(1, Relaxed);
             tracing::error!("the mitigator is not taking decisions (queue full or gone)");
         }
     }
-    let published = Arc::new(core.snapshot(now_ms));
-    snapshot.store(published.clone());
     for f in flushers {
         f.source.ticked(&published);
     }

@@ -14,15 +14,17 @@
 //! `fnm_actions_total{action,result}`.
 
 pub mod bans;
+pub mod policy;
 pub mod store;
 
 use self::{
     bans::BanManager,
+    policy::{BanCheck, BanPolicy, BanRefusal, MAX_REASON_BYTES},
     store::{ActionResult, ActionState, Mitigation, MitigationStore},
 };
 use crate::{
     accounting::Direction,
-    actions::{Action, ActionEnv, ActionError, Applied, MitigationAction, Target},
+    actions::{Action, ActionEnv, ActionError, Applied, LateOutcome, MitigationAction, Target},
     bans::{unix_now, Ban, BanOrigin, DropMatch},
     config::Config,
     engine::{decision::Decision, unix_ms},
@@ -31,7 +33,12 @@ use crate::{
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use serde::Serialize;
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Longest wait between two retries of a failed action.
@@ -75,12 +82,18 @@ impl MitigatorView {
     }
 }
 
+/// Longest manual ban: ten years.
+pub const MAX_BAN_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// Why a request was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MitigatorError {
-    /// It contradicts the configuration (e.g. banning a whitelisted prefix).
+    /// A safety check refused the ban (see [`policy`]).
+    #[error(transparent)]
+    Refused(#[from] BanRefusal),
+    /// The request itself is malformed (reason too long, duration too long).
     #[error("{0}")]
-    Conflict(String),
+    Invalid(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -92,19 +105,44 @@ pub enum MitigatorError {
     Gone,
 }
 
+/// A manual ban as asked for.
+#[derive(Debug, Clone)]
+pub struct ManualBan {
+    /// The prefix.
+    pub prefix: Prefix,
+    /// Its side.
+    pub match_on: DropMatch,
+    /// How long (`None`: until unbanned); at most [`MAX_BAN_DURATION`].
+    pub duration: Option<Duration>,
+    /// The operator's note, at most [`MAX_REASON_BYTES`] bytes.
+    pub reason: String,
+    /// Skip the safety checks, if `ban.allow_force` allows it.
+    pub force: bool,
+    /// Where the request came from (a ban covering it is refused).
+    pub requester: Option<IpAddr>,
+}
+
+impl ManualBan {
+    /// A ban of `prefix` on `match_on` until unbanned, no reason, not forced.
+    pub fn new(prefix: Prefix, match_on: DropMatch) -> Self {
+        Self {
+            prefix,
+            match_on,
+            duration: None,
+            reason: String::new(),
+            force: false,
+            requester: None,
+        }
+    }
+}
+
 /// What the API asks of the mitigator.
 #[derive(Debug)]
 pub enum MitigatorRequest {
     /// Ban a prefix on one side with `[ban] manual_actions`.
     Ban {
-        /// The prefix.
-        prefix: Prefix,
-        /// Its side.
-        match_on: DropMatch,
-        /// How long (`None`: until unbanned).
-        duration: Option<Duration>,
-        /// The operator's note.
-        reason: String,
+        /// The ban.
+        ban: ManualBan,
         /// The answer: the ban and its action outcomes.
         reply: oneshot::Sender<Result<(BanView, Vec<ActionState>), MitigatorError>>,
     },
@@ -124,6 +162,10 @@ pub enum MitigatorRequest {
 pub struct MitigatorStats {
     /// `fnm_actions_total{action,result}`.
     pub actions: Family<Vec<(String, String)>, Counter>,
+    /// `fnm_auto_bans_not_applied_total{reason}`: attacks whose actions the caps held back.
+    pub auto_bans_not_applied: Family<Vec<(String, String)>, Counter>,
+    /// `fnm_manual_bans_refused_total{check}`: manual bans a safety check refused.
+    pub manual_bans_refused: Family<Vec<(String, String)>, Counter>,
 }
 
 impl MitigatorStats {
@@ -150,23 +192,11 @@ pub struct MitigatorHandle {
 }
 
 impl MitigatorHandle {
-    /// Sends a request and waits for its answer.
-    pub async fn ban(
-        &self,
-        prefix: Prefix,
-        match_on: DropMatch,
-        duration: Option<Duration>,
-        reason: String,
-    ) -> Result<(BanView, Vec<ActionState>), MitigatorError> {
+    /// Sends a ban and waits for its answer.
+    pub async fn ban(&self, ban: ManualBan) -> Result<(BanView, Vec<ActionState>), MitigatorError> {
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(MitigatorRequest::Ban {
-                prefix,
-                match_on,
-                duration,
-                reason,
-                reply,
-            })
+            .send(MitigatorRequest::Ban { ban, reply })
             .await
             .map_err(|_| MitigatorError::Gone)?;
         rx.await.map_err(|_| MitigatorError::Gone)?
@@ -199,10 +229,16 @@ struct Mitigator {
     ban_time: Option<Duration>,
     unban_only_when_stopped: bool,
     manual_actions: Vec<Action>,
-    whitelist: Vec<Prefix>,
+    policy: BanPolicy,
+    max_active_auto: usize,
+    max_auto_per_minute: usize,
+    /// When the automatic mitigations of the last minute were applied.
+    auto_started: VecDeque<Instant>,
     view: Arc<ArcSwap<MitigatorView>>,
     stats: Arc<MitigatorStats>,
     dirty: bool,
+    /// Where actions that finish later (the script) report a failure.
+    late_tx: mpsc::UnboundedSender<LateOutcome>,
 }
 
 /// Starts the mitigator on the current Tokio runtime with the actions of `config`, the ban
@@ -215,6 +251,16 @@ pub async fn spawn(
     bans: BanManager,
     store: MitigationStore,
 ) -> anyhow::Result<(MitigatorHandle, mpsc::Sender<Decision>)> {
+    spawn_with_policy(config, bans, store, BanPolicy::from_config(config)).await
+}
+
+/// [`spawn`] with another ban policy (tests: the host's addresses given).
+pub async fn spawn_with_policy(
+    config: &Config,
+    bans: BanManager,
+    store: MitigationStore,
+    policy: BanPolicy,
+) -> anyhow::Result<(MitigatorHandle, mpsc::Sender<Decision>)> {
     let crate::actions::Registry {
         actions,
         script_stats,
@@ -223,6 +269,7 @@ pub async fn spawn(
     let (dec_tx, dec_rx) = mpsc::channel(DECISION_QUEUE);
     let view = Arc::new(ArcSwap::from_pointee(MitigatorView::default()));
     let stats = Arc::new(MitigatorStats::default());
+    let (late_tx, late_rx) = mpsc::unbounded_channel();
     let mut m = Mitigator {
         actions,
         bans,
@@ -230,14 +277,18 @@ pub async fn spawn(
         ban_time: config.ban.time_limit(),
         unban_only_when_stopped: config.ban.unban_only_when_stopped,
         manual_actions: config.ban.manual_actions.clone(),
-        whitelist: config.whitelist.clone(),
+        policy,
+        max_active_auto: config.ban.max_active_auto_bans,
+        max_auto_per_minute: config.ban.max_auto_bans_per_minute,
+        auto_started: VecDeque::new(),
         view: view.clone(),
         stats: stats.clone(),
         dirty: true,
+        late_tx,
     };
     m.reinstate().await;
     tokio::spawn(async move {
-        m.run(dec_rx, req_rx).await;
+        m.run(dec_rx, req_rx, late_rx).await;
     });
     Ok((
         MitigatorHandle {
@@ -260,6 +311,7 @@ impl Mitigator {
         &mut self,
         mut decisions: mpsc::Receiver<Decision>,
         mut requests: mpsc::Receiver<MitigatorRequest>,
+        mut late: mpsc::UnboundedReceiver<LateOutcome>,
     ) {
         let mut tick = tokio::time::interval(MITIGATOR_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -274,6 +326,7 @@ impl Mitigator {
                     Some(r) => self.request(r).await,
                     None => break,
                 },
+                Some(o) = late.recv() => self.late_failure(o),
                 _ = tick.tick() => {
                     self.expire().await;
                     self.retry().await;
@@ -325,10 +378,13 @@ impl Mitigator {
                 let Some(action) = self.actions.get(&state.action) else {
                     continue;
                 };
+                let id = self.store.active()[mi].id.clone();
                 let mut env = ActionEnv {
                     bans: &mut self.bans,
                     expires: None,
                     reason: "",
+                    mitigation: &id,
+                    late: &self.late_tx,
                 };
                 if let Err(e) = action.reinstate(&mut env, applied).await {
                     tracing::error!(
@@ -359,6 +415,29 @@ impl Mitigator {
         self.dirty = true;
     }
 
+    /// An action that reported success when started failed later: record it.
+    fn late_failure(&mut self, o: LateOutcome) {
+        self.stats.count(o.action, "failed");
+        let Some(m) = self
+            .store
+            .active_mut()
+            .iter_mut()
+            .find(|m| m.id == o.mitigation)
+        else {
+            return;
+        };
+        if let Some(s) = m
+            .actions
+            .iter_mut()
+            .find(|s| s.action == o.action && s.result == ActionResult::Ok)
+        {
+            s.result = ActionResult::Failed;
+            s.error = Some(o.error);
+        }
+        self.store.save();
+        self.dirty = true;
+    }
+
     async fn decide(&mut self, d: Decision) {
         match d {
             Decision::AttackStarted {
@@ -376,7 +455,54 @@ impl Mitigator {
                 };
                 let (prefix, match_on) = target.prefix_and_side();
                 let expires = self.ban_time.map(|t| now + t.as_secs().max(1));
-                let states = self.apply_all(&actions, &target, None, &attack.id).await;
+                if let Some((label, why)) = self.auto_cap() {
+                    tracing::warn!(
+                        "attack {} on {} ({}): actions not applied: {why}",
+                        attack.id,
+                        attack.host,
+                        attack.direction.as_str()
+                    );
+                    self.stats
+                        .auto_bans_not_applied
+                        .get_or_create(&vec![("reason".into(), label.into())])
+                        .inc();
+                    let states = actions
+                        .iter()
+                        .map(|a| {
+                            self.stats.count(*a, "not_applied");
+                            ActionState {
+                                action: *a,
+                                result: ActionResult::NotApplied,
+                                applied: None,
+                                error: Some(why.clone()),
+                                attempts: 0,
+                                next_retry_unix_ms: None,
+                            }
+                        })
+                        .collect();
+                    self.store.record_not_applied(Mitigation {
+                        id: attack.id.clone(),
+                        origin: BanOrigin::Detection,
+                        host: attack.host,
+                        direction: Some(attack.direction),
+                        prefix,
+                        match_on,
+                        started: now,
+                        expires,
+                        pps: attack.initial_rates.pps as u64,
+                        reason: String::new(),
+                        attack_ongoing: true,
+                        actions: states,
+                        lifted: None,
+                        attack: None,
+                    });
+                    self.dirty = true;
+                    return;
+                }
+                self.auto_started.push_back(Instant::now());
+                let states = self
+                    .apply_all(&actions, &target, None, &attack.id, &attack.id)
+                    .await;
                 self.store.insert(Mitigation {
                     id: attack.id.clone(),
                     origin: BanOrigin::Detection,
@@ -410,6 +536,49 @@ impl Mitigator {
         }
     }
 
+    /// When the caps on automatic mitigations hold the next one back: the metric label and the
+    /// reason shown in the attack record.
+    fn auto_cap(&mut self) -> Option<(&'static str, String)> {
+        let active = self
+            .store
+            .active()
+            .iter()
+            .filter(|m| m.origin == BanOrigin::Detection)
+            .filter(|m| {
+                m.actions
+                    .iter()
+                    .any(|s| matches!(s.result, ActionResult::Ok | ActionResult::Retrying))
+            })
+            .count();
+        if active >= self.max_active_auto {
+            return Some((
+                "max_active",
+                format!(
+                    "not applied: {active} automatic mitigations are in force, the most \
+                     ban.max_active_auto_bans allows"
+                ),
+            ));
+        }
+        let minute_ago = Instant::now().checked_sub(Duration::from_secs(60));
+        while let (Some(first), Some(cut)) = (self.auto_started.front(), minute_ago) {
+            if *first > cut {
+                break;
+            }
+            self.auto_started.pop_front();
+        }
+        if self.auto_started.len() >= self.max_auto_per_minute {
+            return Some((
+                "per_minute",
+                format!(
+                    "not applied: {} automatic mitigations started in the last minute, the most \
+                     ban.max_auto_bans_per_minute allows",
+                    self.auto_started.len()
+                ),
+            ));
+        }
+        None
+    }
+
     /// Applies `actions` in order to `target`; returns each one's outcome.
     async fn apply_all(
         &mut self,
@@ -417,6 +586,7 @@ impl Mitigator {
         target: &Target<'_>,
         expires: Option<u64>,
         reason: &str,
+        id: &str,
     ) -> Vec<ActionState> {
         let mut states = Vec::with_capacity(actions.len());
         for action in actions {
@@ -428,7 +598,7 @@ impl Mitigator {
                 attempts: 0,
                 next_retry_unix_ms: None,
             };
-            self.attempt(&mut state, target, expires, reason).await;
+            self.attempt(&mut state, target, expires, reason, id).await;
             states.push(state);
         }
         states
@@ -440,6 +610,7 @@ impl Mitigator {
         target: &Target<'_>,
         expires: Option<u64>,
         reason: &str,
+        id: &str,
     ) {
         state.attempts += 1;
         let Some(action) = self.actions.get(&state.action) else {
@@ -455,6 +626,8 @@ impl Mitigator {
             bans: &mut self.bans,
             expires,
             reason,
+            mitigation: id,
+            late: &self.late_tx,
         };
         match action.apply(&mut env, target).await {
             Ok(applied) => {
@@ -486,42 +659,91 @@ impl Mitigator {
         }
     }
 
+    /// Answers an API request. The view is published before the answer goes out, so a client
+    /// that got its answer reads the change (`GET /api/v1/bans` lists the ban just made).
     async fn request(&mut self, r: MitigatorRequest) {
         match r {
-            MitigatorRequest::Ban {
-                prefix,
-                match_on,
-                duration,
-                reason,
-                reply,
-            } => {
-                let _ = reply.send(self.manual_ban(prefix, match_on, duration, reason).await);
+            MitigatorRequest::Ban { ban, reply } => {
+                let result = self.manual_ban(ban).await;
+                self.publish();
+                let _ = reply.send(result);
             }
             MitigatorRequest::Unban {
                 prefix,
                 match_on,
                 reply,
             } => {
-                let _ = reply.send(self.manual_unban(prefix, match_on).await);
+                let result = self.manual_unban(prefix, match_on).await;
+                self.publish();
+                let _ = reply.send(result);
             }
         }
-        self.dirty = true;
+    }
+
+    /// Checks a manual ban: its reason and duration, then the safety policy.
+    fn check_manual(&self, ban: &ManualBan) -> Result<(), MitigatorError> {
+        if ban.reason.len() > MAX_REASON_BYTES {
+            return Err(MitigatorError::Invalid(format!(
+                "reason is {} bytes long; at most {MAX_REASON_BYTES} are allowed",
+                ban.reason.len()
+            )));
+        }
+        if ban.reason.chars().any(char::is_control) {
+            return Err(MitigatorError::Invalid(
+                "reason must not contain control characters (line breaks, escapes)".into(),
+            ));
+        }
+        if ban.duration.is_some_and(|d| d > MAX_BAN_DURATION) {
+            return Err(MitigatorError::Invalid(
+                "duration is longer than ten years; leave it out to ban until unbanned".into(),
+            ));
+        }
+        let check = BanCheck {
+            prefix: ban.prefix,
+            match_on: ban.match_on,
+            force: ban.force,
+            requester: ban.requester,
+        };
+        match self.policy.check(&check) {
+            Ok(skipped) => {
+                for r in skipped {
+                    tracing::warn!(
+                        "forced ban of {} ({}) skips a safety check: {r}",
+                        ban.prefix,
+                        ban.match_on.as_str()
+                    );
+                }
+                Ok(())
+            }
+            Err(r) => {
+                tracing::warn!(
+                    "refused the ban of {} ({}): {r}",
+                    ban.prefix,
+                    ban.match_on.as_str()
+                );
+                self.stats
+                    .manual_bans_refused
+                    .get_or_create(&vec![("check".into(), r.code().into())])
+                    .inc();
+                Err(r.into())
+            }
+        }
     }
 
     async fn manual_ban(
         &mut self,
-        prefix: Prefix,
-        match_on: DropMatch,
-        duration: Option<Duration>,
-        reason: String,
+        ban: ManualBan,
     ) -> Result<(BanView, Vec<ActionState>), MitigatorError> {
-        if let Some(w) = self.whitelist_covering(prefix) {
-            return Err(MitigatorError::Conflict(format!(
-                "{prefix} is inside whitelisted {w} and is never banned"
-            )));
-        }
+        self.check_manual(&ban)?;
+        let ManualBan {
+            prefix,
+            match_on,
+            duration,
+            reason,
+            ..
+        } = ban;
         let now = unix_now();
-        let expires = duration.map(|d| now + d.as_secs().max(1));
+        let expires = duration.map(|d| now.saturating_add(d.as_secs().max(1)));
         // Banning again renews: the old manual mitigation is lifted first.
         if let Some(old) = self.manual_of(prefix, match_on) {
             self.lift(&old).await.map_err(|e| {
@@ -536,7 +758,9 @@ impl Mitigator {
         } else {
             reason.clone()
         };
-        let states = self.apply_all(&actions, &target, expires, &label).await;
+        let states = self
+            .apply_all(&actions, &target, expires, &label, &id)
+            .await;
         if !states.is_empty() && states.iter().all(|s| s.result == ActionResult::Failed) {
             let why: Vec<String> = states
                 .iter()
@@ -592,10 +816,6 @@ impl Mitigator {
             },
             states,
         ))
-    }
-
-    fn whitelist_covering(&self, prefix: Prefix) -> Option<Prefix> {
-        self.whitelist.iter().find(|w| w.covers(&prefix)).copied()
     }
 
     fn manual_of(&self, prefix: Prefix, match_on: DropMatch) -> Option<Mitigation> {
@@ -661,6 +881,8 @@ impl Mitigator {
                 bans: &mut self.bans,
                 expires: None,
                 reason: &reason,
+                mitigation: &m.id,
+                late: &self.late_tx,
             };
             match action.lift(&mut env, applied).await {
                 Ok(()) => {
@@ -780,7 +1002,8 @@ impl Mitigator {
             } else {
                 m.reason.clone()
             };
-            self.attempt(&mut state, &target, m.expires, &reason).await;
+            self.attempt(&mut state, &target, m.expires, &reason, &m.id)
+                .await;
             if state.result == ActionResult::Ok {
                 tracing::info!(
                     "mitigation {}: {} applied after {} attempts",
@@ -809,7 +1032,7 @@ pub fn direction_label(d: Option<Direction>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{bans::BanStore, dataplane::DataPlaneHandle};
+    use crate::{bans::BanStore, dataplane::DataPlaneHandle, detection::attack::Attack};
     use std::sync::Mutex;
 
     async fn start(extra: &str) -> (MitigatorHandle, mpsc::Sender<Decision>) {
@@ -818,9 +1041,50 @@ mod tests {
         ))
         .unwrap();
         let bans = BanManager::new(BanStore::in_memory(), DataPlaneHandle::absent());
-        spawn(&config, bans, MitigationStore::in_memory())
+        // This host's addresses: 10.0.0.1 only, whatever the machine running the test has.
+        let policy = BanPolicy::with_addresses(
+            &config,
+            Arc::new(|| {
+                Ok(vec![policy::OwnAddress {
+                    prefix: "10.0.0.1/32".parse().unwrap(),
+                    what: "an address of eth0".into(),
+                }])
+            }),
+        );
+        spawn_with_policy(&config, bans, MitigationStore::in_memory(), policy)
             .await
             .unwrap()
+    }
+
+    fn manual(prefix: &str, match_on: DropMatch) -> ManualBan {
+        ManualBan::new(prefix.parse().unwrap(), match_on)
+    }
+
+    fn attack(host: &str) -> Box<Attack> {
+        use crate::detection::detector::{Crossing, Opening};
+        let rates = crate::accounting::Rates {
+            pps: 50_000.0,
+            ..Default::default()
+        };
+        let (a, _) = Attack::open(
+            format!("attack-{host}"),
+            unix_ms(),
+            Opening {
+                host: host.parse().unwrap(),
+                direction: Direction::Incoming,
+                crossing: Crossing {
+                    rate: crate::accounting::RateKind::Pps,
+                    value: 50_000.0,
+                    threshold: 10_000.0,
+                },
+                rates,
+                hostgroup: None,
+                report_only: false,
+            },
+            None,
+            32,
+        );
+        Box::new(a)
     }
 
     async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -835,7 +1099,13 @@ mod tests {
     async fn manual_ban_and_unban_go_through_the_manual_actions() {
         let (m, _decisions) = start("").await;
         let p: Prefix = "198.51.100.7/32".parse().unwrap();
-        let (ban, actions) = m.ban(p, DropMatch::Src, None, "test".into()).await.unwrap();
+        let (ban, actions) = m
+            .ban(ManualBan {
+                reason: "test".into(),
+                ..ManualBan::new(p, DropMatch::Src)
+            })
+            .await
+            .unwrap();
         assert_eq!(ban.ban.prefix, p);
         assert_eq!(actions.len(), 1);
         assert_eq!(actions[0].action, Action::XdpBlackhole);
@@ -850,15 +1120,160 @@ mod tests {
             Err(MitigatorError::NotFound(_))
         ));
         assert!(matches!(
-            m.ban(
-                "192.0.2.9/32".parse().unwrap(),
-                DropMatch::Src,
-                None,
-                String::new()
-            )
-            .await,
-            Err(MitigatorError::Conflict(_))
+            m.ban(manual("192.0.2.9/32", DropMatch::Src)).await,
+            Err(MitigatorError::Refused(BanRefusal::InsideWhitelist { .. }))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answered_ban_or_unban_is_already_in_the_view() {
+        let (m, _decisions) = start("").await;
+        let p: Prefix = "198.51.100.7/32".parse().unwrap();
+        for _ in 0..200 {
+            m.ban(manual("198.51.100.7/32", DropMatch::Src))
+                .await
+                .unwrap();
+            assert_eq!(m.view().bans.len(), 1, "listed once banned");
+            assert_eq!(m.view().active.len(), 1);
+            m.unban(p, DropMatch::Src).await.unwrap();
+            assert!(m.view().bans.is_empty(), "gone once unbanned");
+            assert!(m.view().active.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn unsafe_manual_bans_are_refused_before_any_action() {
+        let (m, _decisions) = start("").await;
+        let refused = |r: Result<(BanView, Vec<ActionState>), MitigatorError>| match r {
+            Err(MitigatorError::Refused(r)) => r.code(),
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(m.ban(manual("0.0.0.0/0", DropMatch::Src)).await),
+            "prefix_too_short"
+        );
+        assert_eq!(
+            refused(m.ban(manual("192.0.0.0/16", DropMatch::Src)).await),
+            "covers_whitelist"
+        );
+        assert_eq!(
+            refused(m.ban(manual("10.0.0.0/24", DropMatch::Dst)).await),
+            "own_address"
+        );
+        assert_eq!(
+            refused(m.ban(manual("203.0.113.9/32", DropMatch::Dst)).await),
+            "outside_networks"
+        );
+        assert_eq!(
+            refused(
+                m.ban(ManualBan {
+                    requester: Some("198.51.100.9".parse().unwrap()),
+                    ..manual("198.51.100.0/24", DropMatch::Src)
+                })
+                .await
+            ),
+            "requester_address"
+        );
+        assert_eq!(
+            refused(
+                m.ban(ManualBan {
+                    force: true,
+                    ..manual("0.0.0.0/0", DropMatch::Src)
+                })
+                .await
+            ),
+            "force_not_allowed"
+        );
+        assert!(matches!(
+            m.ban(ManualBan {
+                reason: "x".repeat(MAX_REASON_BYTES + 1),
+                ..manual("198.51.100.7/32", DropMatch::Src)
+            })
+            .await,
+            Err(MitigatorError::Invalid(_))
+        ));
+        assert!(matches!(
+            m.ban(ManualBan {
+                duration: Some(Duration::from_secs(u64::MAX)),
+                ..manual("198.51.100.7/32", DropMatch::Src)
+            })
+            .await,
+            Err(MitigatorError::Invalid(_))
+        ));
+        tokio::time::sleep(MITIGATOR_TICK * 2).await;
+        assert!(m.view().bans.is_empty());
+        assert!(m.view().active.is_empty());
+        let (m, _decisions) = start("[ban]\nallow_force = true\n").await;
+        let (b, _) = m
+            .ban(ManualBan {
+                force: true,
+                ..manual("0.0.0.0/0", DropMatch::Src)
+            })
+            .await
+            .unwrap();
+        assert_eq!(b.ban.prefix.to_string(), "0.0.0.0/0");
+    }
+
+    #[tokio::test]
+    async fn automatic_mitigations_beyond_the_cap_are_recorded_not_applied() {
+        let (m, decisions) =
+            start("[ban]\nactions = [\"xdp_blackhole\"]\nmax_active_auto_bans = 2\n").await;
+        for host in ["10.1.0.1", "10.1.0.2", "10.1.0.3"] {
+            decisions
+                .send(Decision::AttackStarted {
+                    attack: attack(host),
+                    remotes: Vec::new(),
+                    actions: vec![Action::XdpBlackhole],
+                })
+                .await
+                .unwrap();
+        }
+        wait_for("three mitigations recorded", || {
+            let v = m.view();
+            v.active.len() + v.recent.len() == 3
+        })
+        .await;
+        let v = m.view();
+        assert_eq!(v.active.len(), 2);
+        assert_eq!(v.bans.len(), 2);
+        let third = v.actions_of("attack-10.1.0.3").expect("third recorded");
+        assert_eq!(third[0].result, ActionResult::NotApplied);
+        let why = third[0].error.as_deref().unwrap_or_default();
+        assert!(why.contains("max_active_auto_bans"), "{why}");
+        let capped = m
+            .stats
+            .auto_bans_not_applied
+            .get_or_create(&vec![("reason".into(), "max_active".into())])
+            .get();
+        assert_eq!(capped, 1);
+    }
+
+    #[tokio::test]
+    async fn automatic_mitigations_per_minute_are_capped() {
+        let (m, decisions) =
+            start("[ban]\nactions = [\"xdp_blackhole\"]\nmax_auto_bans_per_minute = 1\n").await;
+        for host in ["10.2.0.1", "10.2.0.2"] {
+            decisions
+                .send(Decision::AttackStarted {
+                    attack: attack(host),
+                    remotes: Vec::new(),
+                    actions: vec![Action::XdpBlackhole],
+                })
+                .await
+                .unwrap();
+        }
+        wait_for("two mitigations recorded", || {
+            let v = m.view();
+            v.active.len() + v.recent.len() == 2
+        })
+        .await;
+        let second = m.view().actions_of("attack-10.2.0.2").unwrap().to_vec();
+        assert_eq!(second[0].result, ActionResult::NotApplied);
+        assert!(second[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("max_auto_bans_per_minute"));
     }
 
     /// A web hook server that records what it was sent.
@@ -894,8 +1309,8 @@ mod tests {
              timeout = \"1s\"\nretries = 10\n"
         ))
         .await;
-        let p: Prefix = "198.51.100.8/32".parse().unwrap();
-        let (_, actions) = m.ban(p, DropMatch::Dst, None, String::new()).await.unwrap();
+        let p: Prefix = "10.9.9.8/32".parse().unwrap();
+        let (_, actions) = m.ban(ManualBan::new(p, DropMatch::Dst)).await.unwrap();
         assert_eq!(actions[0].result, ActionResult::Retrying, "{actions:?}");
         assert!(actions[0].error.is_some());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -911,5 +1326,30 @@ mod tests {
         m.unban(p, DropMatch::Dst).await.unwrap();
         wait_for("the unban post", || got.lock().unwrap().len() == 2).await;
         assert_eq!(got.lock().unwrap()[1]["event"], "unban");
+    }
+
+    #[tokio::test]
+    async fn a_script_that_fails_later_is_recorded_as_failed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fail.sh");
+        std::fs::write(&script, "#!/bin/sh\necho boom >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (m, _decisions) = start(&format!(
+            "[ban]\nmanual_actions = [\"script\"]\nscript = \"{}\"\n",
+            script.display()
+        ))
+        .await;
+        let (_, actions) = m
+            .ban(manual("198.51.100.9/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert_eq!(actions[0].result, ActionResult::Ok, "queued");
+        wait_for("the script's failure to be recorded", || {
+            m.view().active[0].actions[0].result == ActionResult::Failed
+        })
+        .await;
+        let error = m.view().active[0].actions[0].error.clone().unwrap();
+        assert!(error.contains("boom"), "{error}");
     }
 }

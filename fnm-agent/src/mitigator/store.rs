@@ -31,6 +31,8 @@ pub enum ActionResult {
     Failed,
     /// Applied, then taken back.
     Lifted,
+    /// Never tried: the caps on automatic mitigations held it back (the error says which).
+    NotApplied,
 }
 
 /// One action of a mitigation and its real outcome.
@@ -128,8 +130,23 @@ impl MitigationStore {
             message,
         };
         let file = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice::<File>(&bytes)
-                .map_err(|e| err(format!("not a mitigation list ({e})")))?,
+            Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
+                Ok(f) => f,
+                Err(e) => match serde_json::from_slice::<Vec<LegacyMitigation>>(&bytes) {
+                    Ok(old) => {
+                        tracing::info!(
+                            "{}: converted {} mitigations from the previous format",
+                            path.display(),
+                            old.len()
+                        );
+                        File {
+                            active: old.into_iter().map(LegacyMitigation::convert).collect(),
+                            recent: VecDeque::new(),
+                        }
+                    }
+                    Err(_) => return Err(err(format!("not a mitigation list ({e})"))),
+                },
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
             Err(e) => return Err(err(e.to_string())),
         };
@@ -180,6 +197,17 @@ impl MitigationStore {
         Some(m)
     }
 
+    /// Records a mitigation none of whose actions was applied (the caps on automatic
+    /// mitigations held it back) among the recent ones, so its attack record shows why, and
+    /// saves.
+    pub fn record_not_applied(&mut self, m: Mitigation) {
+        if self.recent.len() >= RECENT_LIFTED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(m);
+        self.save();
+    }
+
     /// Writes the file (temp + rename); failures are logged.
     pub fn save(&self) {
         let Some(path) = &self.path else { return };
@@ -205,4 +233,137 @@ impl MitigationStore {
 struct FileRef<'a> {
     active: &'a [Mitigation],
     recent: &'a VecDeque<Mitigation>,
+}
+
+/// A mitigation as fnm saved it before the mitigator kept per-action outcomes: what was put in
+/// place, without outcomes (everything listed was applied).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyMitigation {
+    attack_id: String,
+    host: IpAddr,
+    direction: Direction,
+    started: u64,
+    expires: u64,
+    pps: u64,
+    actions: Vec<Action>,
+    rules: Vec<crate::bans::RuleSpec>,
+    bans: Vec<(Prefix, DropMatch)>,
+    flowspec: Option<crate::actions::bgp::FlowspecRule>,
+    blackhole: Option<Prefix>,
+}
+
+impl LegacyMitigation {
+    fn convert(self) -> Mitigation {
+        let host_prefix = Prefix::host(self.host);
+        let host_side = match self.direction {
+            Direction::Incoming => DropMatch::Dst,
+            Direction::Outgoing => DropMatch::Src,
+        };
+        let ok = |action: Action, applied: Applied| ActionState {
+            action,
+            result: ActionResult::Ok,
+            applied: Some(applied),
+            error: None,
+            attempts: 1,
+            next_retry_unix_ms: None,
+        };
+        let mut actions = Vec::new();
+        if !self.rules.is_empty() {
+            actions.push(ok(
+                Action::XdpRule,
+                Applied::XdpRules {
+                    host: self.host,
+                    direction: self.direction,
+                    rules: self.rules,
+                },
+            ));
+        }
+        let (whole, sources): (Vec<_>, Vec<_>) = self
+            .bans
+            .into_iter()
+            .partition(|(p, m)| *p == host_prefix && *m == host_side);
+        if !whole.is_empty() {
+            actions.push(ok(
+                Action::XdpBlackhole,
+                Applied::XdpDrops { entries: whole },
+            ));
+        }
+        if !sources.is_empty() {
+            actions.push(ok(
+                Action::XdpSource,
+                Applied::XdpDrops { entries: sources },
+            ));
+        }
+        if self.actions.contains(&Action::Script) {
+            actions.push(ok(
+                Action::Script,
+                Applied::Script {
+                    ip: self.host,
+                    direction: self.direction.as_str().to_owned(),
+                    pps: self.pps,
+                },
+            ));
+        }
+        if let Some(prefix) = self.blackhole {
+            actions.push(ok(Action::BgpBlackhole, Applied::BgpBlackhole { prefix }));
+        }
+        if let Some(rule) = self.flowspec {
+            actions.push(ok(Action::BgpFlowspec, Applied::BgpFlowspec { rule }));
+        }
+        Mitigation {
+            id: self.attack_id,
+            origin: BanOrigin::Detection,
+            host: self.host,
+            direction: Some(self.direction),
+            prefix: host_prefix,
+            match_on: host_side,
+            started: self.started,
+            expires: Some(self.expires),
+            pps: self.pps,
+            reason: String::new(),
+            attack_ongoing: false,
+            actions,
+            lifted: None,
+            attack: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_format_is_converted_with_what_it_had_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mitigations.json");
+        std::fs::write(
+            &path,
+            r#"[{"attack_id":"1700000000000-10.0.0.1-incoming","host":"10.0.0.1",
+                "direction":"incoming","started":1700000000,"expires":1700001800,"pps":5000,
+                "actions":["xdp_rule","script","bgp_blackhole"],
+                "rules":[{"protocol":17,"src_port":53}],
+                "bans":[],"flowspec":null,"blackhole":"10.0.0.1/32"}]"#,
+        )
+        .unwrap();
+        let store = MitigationStore::open(&path).unwrap();
+        let m = &store.active()[0];
+        assert_eq!(m.id, "1700000000000-10.0.0.1-incoming");
+        let kinds: Vec<Action> = m.actions.iter().map(|a| a.action).collect();
+        assert_eq!(
+            kinds,
+            vec![Action::XdpRule, Action::Script, Action::BgpBlackhole]
+        );
+        assert!(m.actions.iter().all(|a| a.result == ActionResult::Ok));
+    }
+
+    #[test]
+    fn garbage_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mitigations.json");
+        std::fs::write(&path, "{not json").unwrap();
+        let e = MitigationStore::open(&path).unwrap_err();
+        assert!(e.to_string().contains("mitigations.json"), "{e}");
+    }
 }

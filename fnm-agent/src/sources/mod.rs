@@ -82,6 +82,7 @@ pub fn from_config(
             source: capture.flush_handle() as Arc<dyn Flush>,
             timeout: capture::CAPTURE_FLUSH_TIMEOUT,
         });
+        sources.metrics.push(capture.metrics());
         sources.running.push(Box::new(capture));
     }
     let collectors = flow::FlowSource::start(config, input.clone())?;

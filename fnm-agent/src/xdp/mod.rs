@@ -71,6 +71,28 @@ pub enum XdpError {
     Full(&'static str),
 }
 
+/// How the program ended up attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode.
+    Native,
+    /// Generic (skb) mode.
+    Skb,
+    /// A link pinned by a previous agent, taken over (its mode unchanged).
+    TakenOver,
+}
+
+impl AttachMode {
+    /// `native`, `skb` or `taken over`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+            AttachMode::TakenOver => "taken over",
+        }
+    }
+}
+
 /// How the agent holds an attachment.
 enum Attachment {
     /// Managed by the program object (detached when it is dropped).
@@ -173,7 +195,7 @@ impl DataPlane {
         interface: &str,
         mode: XdpMode,
         pin_dir: Option<&Path>,
-    ) -> Result<&'static str, XdpError> {
+    ) -> Result<AttachMode, XdpError> {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM)
@@ -195,7 +217,7 @@ impl DataPlane {
                         interface.to_owned(),
                         Attachment::TakenOver(id, path.clone()),
                     ));
-                    return Ok("pinned");
+                    return Ok(AttachMode::TakenOver);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -214,13 +236,16 @@ impl DataPlane {
             })
         };
         let (link, used) = match mode {
-            XdpMode::Native => (try_mode(program, AyaMode::Driver, "native")?, "native"),
-            XdpMode::Skb => (try_mode(program, AyaMode::Skb, "skb")?, "skb"),
+            XdpMode::Native => (
+                try_mode(program, AyaMode::Driver, "native")?,
+                AttachMode::Native,
+            ),
+            XdpMode::Skb => (try_mode(program, AyaMode::Skb, "skb")?, AttachMode::Skb),
             XdpMode::Auto => match try_mode(program, AyaMode::Driver, "native") {
-                Ok(link) => (link, "native"),
+                Ok(link) => (link, AttachMode::Native),
                 Err(e) => {
                     tracing::warn!("{e}; falling back to generic (skb) mode");
-                    (try_mode(program, AyaMode::Skb, "skb")?, "skb")
+                    (try_mode(program, AyaMode::Skb, "skb")?, AttachMode::Skb)
                 }
             },
         };
@@ -236,7 +261,7 @@ impl DataPlane {
                     Err(e) => {
                         return Err(XdpError::Attach {
                             interface: interface.to_owned(),
-                            mode: used,
+                            mode: used.as_str(),
                             message: format!("pinning the link at {}: {e}", path.display()),
                         })
                     }

@@ -4,7 +4,7 @@
 use super::{maps::map_err, maps::LpmKey, KernelMaps, XdpError};
 pub use crate::bans::{DropMatch, RuleSpec};
 use crate::{accounting::Direction, prefix::Prefix};
-use aya::maps::PerCpuValues;
+use aya::maps::{MapError, PerCpuValues};
 use fnm_common::{
     drop16, map_names, table_flag, DropCounter, DropRule, HostKey, RuleSet, MAX_RULES_PER_HOST,
 };
@@ -51,7 +51,8 @@ impl DropTables {
         Ok(slot)
     }
 
-    /// Installs a drop entry (idempotent).
+    /// Installs a drop entry (idempotent). On failure nothing changed: no entry, no slot
+    /// taken, flags as before.
     pub fn add(
         &mut self,
         maps: &mut KernelMaps,
@@ -62,63 +63,60 @@ impl DropTables {
             return Ok(());
         }
         let slot = self.take_slot(maps)?;
-        let result = match (LpmKey::of(&prefix), m) {
-            (LpmKey::V4(k), DropMatch::Src) => maps
-                .drop_src_v4
-                .insert(&k, slot, 0)
-                .map_err(map_err(map_names::DROP_SRC_V4)),
-            (LpmKey::V6(k), DropMatch::Src) => maps
-                .drop_src_v6
-                .insert(&k, slot, 0)
-                .map_err(map_err(map_names::DROP_SRC_V6)),
-            (LpmKey::V4(k), DropMatch::Dst) => maps
-                .drop_dst_v4
-                .insert(&k, slot, 0)
-                .map_err(map_err(map_names::DROP_DST_V4)),
-            (LpmKey::V6(k), DropMatch::Dst) => maps
-                .drop_dst_v6
-                .insert(&k, slot, 0)
-                .map_err(map_err(map_names::DROP_DST_V6)),
+        let key = LpmKey::of(&prefix);
+        let result = match (&key, m) {
+            (LpmKey::V4(k), DropMatch::Src) => maps.drop_src_v4.insert(k, slot, 0),
+            (LpmKey::V6(k), DropMatch::Src) => maps.drop_src_v6.insert(k, slot, 0),
+            (LpmKey::V4(k), DropMatch::Dst) => maps.drop_dst_v4.insert(k, slot, 0),
+            (LpmKey::V6(k), DropMatch::Dst) => maps.drop_dst_v6.insert(k, slot, 0),
         };
         if let Err(e) = result {
             self.free_slots.push(slot);
-            return Err(e);
+            return Err(map_err(table_name(&key, m))(e));
         }
         self.entries.insert((prefix, m), slot);
-        self.sync_flags(maps)
+        // The program only looks an address up when the flags and the /16 bitmap say so: an
+        // entry they do not announce drops nothing, so it is taken out again.
+        if let Err(e) = self.sync_flags(maps) {
+            let _ = remove_key(maps, &key, m);
+            self.entries.remove(&(prefix, m));
+            self.free_slots.push(slot);
+            let _ = self.sync_flags(maps);
+            return Err(e);
+        }
+        Ok(())
     }
 
-    /// Removes a drop entry; false when there was none.
+    /// Removes a drop entry; false when there was none. The kernel goes first: if it refuses,
+    /// the entry stays known with its slot and flags, since it still drops, and the error is
+    /// returned. An entry the kernel no longer has (deleted by someone else) counts as
+    /// removed: nothing matches it any more, which is what removing it asks for.
     pub fn remove(
         &mut self,
         maps: &mut KernelMaps,
         prefix: Prefix,
         m: DropMatch,
     ) -> Result<bool, XdpError> {
-        let Some(slot) = self.entries.remove(&(prefix, m)) else {
+        let Some(&slot) = self.entries.get(&(prefix, m)) else {
             return Ok(false);
         };
-        let result = match (LpmKey::of(&prefix), m) {
-            (LpmKey::V4(k), DropMatch::Src) => maps
-                .drop_src_v4
-                .remove(&k)
-                .map_err(map_err(map_names::DROP_SRC_V4)),
-            (LpmKey::V6(k), DropMatch::Src) => maps
-                .drop_src_v6
-                .remove(&k)
-                .map_err(map_err(map_names::DROP_SRC_V6)),
-            (LpmKey::V4(k), DropMatch::Dst) => maps
-                .drop_dst_v4
-                .remove(&k)
-                .map_err(map_err(map_names::DROP_DST_V4)),
-            (LpmKey::V6(k), DropMatch::Dst) => maps
-                .drop_dst_v6
-                .remove(&k)
-                .map_err(map_err(map_names::DROP_DST_V6)),
-        };
+        let key = LpmKey::of(&prefix);
+        match remove_key(maps, &key, m) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => tracing::warn!(
+                "drop entry {prefix} ({}) was not in the kernel any more (deleted behind the \
+                 agent's back?); forgetting it",
+                m.as_str()
+            ),
+            Err(e) => return Err(map_err(table_name(&key, m))(e)),
+        }
+        self.entries.remove(&(prefix, m));
         self.free_slots.push(slot);
-        self.sync_flags(maps)?;
-        result.map(|_| true)
+        // With the entry gone a stale flag or bitmap bit costs a lookup that misses, no more.
+        if let Err(e) = self.sync_flags(maps) {
+            tracing::warn!("updating the drop table flags after removing {prefix}: {e}");
+        }
+        Ok(true)
     }
 
     /// What an entry dropped so far.
@@ -260,6 +258,34 @@ impl DropTables {
             flags |= table_flag::SAMPLING;
         }
         maps.set_table_flags(flags)
+    }
+}
+
+/// The drop table of a key's family and side.
+fn table_name(key: &LpmKey, m: DropMatch) -> &'static str {
+    match (key, m) {
+        (LpmKey::V4(_), DropMatch::Src) => map_names::DROP_SRC_V4,
+        (LpmKey::V6(_), DropMatch::Src) => map_names::DROP_SRC_V6,
+        (LpmKey::V4(_), DropMatch::Dst) => map_names::DROP_DST_V4,
+        (LpmKey::V6(_), DropMatch::Dst) => map_names::DROP_DST_V6,
+    }
+}
+
+fn remove_key(maps: &mut KernelMaps, key: &LpmKey, m: DropMatch) -> Result<(), MapError> {
+    match (key, m) {
+        (LpmKey::V4(k), DropMatch::Src) => maps.drop_src_v4.remove(k),
+        (LpmKey::V6(k), DropMatch::Src) => maps.drop_src_v6.remove(k),
+        (LpmKey::V4(k), DropMatch::Dst) => maps.drop_dst_v4.remove(k),
+        (LpmKey::V6(k), DropMatch::Dst) => maps.drop_dst_v6.remove(k),
+    }
+}
+
+/// True when the kernel answered that the key is not in the map.
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

@@ -18,8 +18,10 @@ pub struct AgentProcess {
     pub api: SocketAddr,
     /// Its metrics address (inside `ns`).
     pub metrics: SocketAddr,
-    /// Its state directory.
+    /// The directory of its config file and log (and, unless placed elsewhere, its state).
     pub state_dir: tempfile::TempDir,
+    /// Its `state_dir` (bans.json, mitigations.json, attacks.json).
+    pub state_path: PathBuf,
     /// Its config file.
     pub config_path: PathBuf,
     log_path: PathBuf,
@@ -40,12 +42,24 @@ impl AgentProcess {
 
     /// Starts the agent with an existing state directory (restart tests).
     pub fn start_with_state(ns: &str, config_body: &str, state_dir: tempfile::TempDir) -> Self {
+        let state_path = state_dir.path().join("state");
+        Self::start_with_state_at(ns, config_body, state_dir, &state_path)
+    }
+
+    /// Starts the agent with its config and log in `dir` and its `state_dir` at `state_path`
+    /// (a small file system the test fills, say).
+    pub fn start_with_state_at(
+        ns: &str,
+        config_body: &str,
+        state_dir: tempfile::TempDir,
+        state_path: &std::path::Path,
+    ) -> Self {
         let api: SocketAddr = "127.0.0.1:19210".parse().unwrap();
         let metrics: SocketAddr = "127.0.0.1:19209".parse().unwrap();
         let config_path = state_dir.path().join("fnm-agent.toml");
         let config = format!(
             "state_dir = \"{}\"\npoll_interval = \"200ms\"\n{config_body}\n[api]\nlisten = \"{api}\"\n[prometheus]\nlisten = \"{metrics}\"\n",
-            state_dir.path().join("state").display()
+            state_path.display()
         );
         std::fs::write(&config_path, config).unwrap();
         let log_path = state_dir.path().join("agent.log");
@@ -64,6 +78,7 @@ impl AgentProcess {
             api,
             metrics,
             state_dir,
+            state_path: state_path.to_owned(),
             config_path,
             log_path,
         };

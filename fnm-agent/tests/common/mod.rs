@@ -13,9 +13,15 @@ pub fn require_root(what: &str) {
     );
 }
 pub mod agent;
+pub mod bpftool;
+pub mod exporters;
 pub mod flood;
+pub mod matrix;
 pub mod netns;
+pub mod pktgen;
 pub mod sender;
+pub mod tmpfs;
+pub mod udp_counter;
 
 /// The per-CPU counters of one host and direction in the XDP program's map, summed.
 #[cfg(target_os = "linux")]
