@@ -3,6 +3,7 @@
 //! documented in `docs/security.md` and the default config.
 //!
 //! Its own test binary, so nothing else runs in the process while it measures.
+#![cfg(target_os = "linux")]
 
 use fnm_agent::{
     accounting::{Accounting, Direction, HostLimits},

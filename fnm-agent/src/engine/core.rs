@@ -391,6 +391,58 @@ mod tests {
     }
 
     #[test]
+    fn a_host_under_attack_or_watched_stays_in_a_full_table_and_goes_after() {
+        let cfg = config(
+            "[accounting]\nmax_hosts = 8\nmax_hosts_per_exporter = 8\nmax_hosts_per_source = 8\n",
+        );
+        let mut core = EngineCore::new(&cfg, AttackBook::in_memory());
+        let victim: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut next = 0u32;
+        let (mut protected_slots, mut ended) = (0, false);
+        for t in 1..=60u64 {
+            if t <= 8 {
+                core.ingest(flood(625)); // 2500 pps for 2 s
+            }
+            // 20 new one-packet hosts per slot: the 8-host table churns all along.
+            let records = (0..20)
+                .map(|_| {
+                    next += 1;
+                    TrafficRecord::packet(
+                        "192.0.2.9".parse().unwrap(),
+                        IpAddr::V4((0x0a01_0000 + next).into()),
+                        17,
+                        60,
+                    )
+                })
+                .collect();
+            core.ingest(Batch::Records {
+                source: Source::Sflow,
+                exporters: Vec::new(),
+                records,
+            });
+            for d in core.tick(t * 250, t * 250) {
+                ended |= matches!(d, Decision::AttackEnded { .. });
+            }
+            let ongoing = core.detector().is_ongoing(victim, Direction::Incoming);
+            let watched = core.accounting().watched_hosts().any(|(h, _)| h == victim);
+            if ongoing || watched {
+                protected_slots += 1;
+                assert!(core.accounting().host(victim).is_some(), "slot {t}");
+            }
+        }
+        assert!(ended, "the attack ended");
+        assert!(
+            protected_slots > 12,
+            "protected well after its flood: {protected_slots}"
+        );
+        assert!(
+            core.accounting().host(victim).is_none(),
+            "evicted once no longer attacked nor watched"
+        );
+        assert!(core.accounting().host_count() <= 8);
+    }
+
+    #[test]
     fn a_flood_opens_one_attack_with_the_configured_actions_and_ends_it() {
         let mut core = EngineCore::new(&config(""), AttackBook::in_memory());
         let mut started = Vec::new();
