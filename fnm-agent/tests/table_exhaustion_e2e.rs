@@ -485,6 +485,15 @@ fn run(sc: Scenario) {
     );
     assert_eq!(attack["threshold"]["rate"], "pps", "{attack:#}");
     assert!(host["incoming"]["packets"].as_u64().unwrap() > 0);
+    for series in [
+        "# TYPE fnm_hosts_evicted_total counter",
+        "fnm_hosts_evicted_total{reason=\"budget\"}",
+        "# TYPE fnm_hosts_table_full_total counter",
+        "fnm_hosts_table_full_total{source=\"netflow\"}",
+        "fnm_hosts_capacity ",
+    ] {
+        assert!(after.contains(series), "{series} missing from:\n{after}");
+    }
     assert!(metric(&after, "fnm_hosts") <= f64::from(sc.max_hosts));
     assert!(
         evicted(&after) > evicted(&before),
