@@ -4,13 +4,16 @@
 //! is what the capture thread hands over every 100 ms under the live benchmark's traffic
 //! (1 000 coalesced 5-tuples to 250 hosts) with caches cold, as 100 ms of packet data leaves
 //! them: only the ingest is timed, after 8 MiB of other memory was written.
+//! `new_hosts_full_table` is the table under a spoofed flood of new addresses: every record
+//! names a host not in the full table (16 384 hosts, 65 536 addresses cycled), so each one
+//! evicts another (probation, then the idle queue).
 //!
 //! ```text
 //! cargo bench -p fnm-agent --bench accounting
 //! ```
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use fnm_agent::accounting::Accounting;
+use fnm_agent::accounting::{Accounting, HostLimits};
 use fnm_agent::prefix::{Prefix, PrefixSet};
 use fnm_agent::traffic::{Source, TrafficRecord};
 use std::net::{IpAddr, Ipv4Addr};
@@ -131,6 +134,24 @@ fn bench(c: &mut Criterion) {
     });
     // (0 when a filter skipped that benchmark)
     assert!(matches!(acc.host_count(), 0 | 65_536));
+
+    // A spoofed flood of new hosts against a full table.
+    let records = many_hosts();
+    let mut acc = accounting(1 << 20).with_limits(HostLimits::unbudgeted(16_384));
+    let mut next = 0usize;
+    let mut now = 0u64;
+    group.bench_function("new_hosts_full_table", |b| {
+        b.iter(|| {
+            let start = next % (records.len() / BATCH) * BATCH;
+            next += 1;
+            acc.ingest_batch(black_box(&records[start..start + BATCH]), Source::Pcap);
+            if next.is_multiple_of(64) {
+                now += 250;
+                acc.tick(now, u64::MAX);
+            }
+        })
+    });
+    assert!(acc.host_count() <= 16_384);
 
     let records = capture_batch();
     let mut acc = accounting(1 << 20);

@@ -302,7 +302,16 @@ async fn status(State(st): State<ApiState>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": snap.uptime_ms / 1000,
         "hosts": snap.hosts_known,
-        "hosts_table_full": snap.hosts_table_full,
+        "hosts_capacity": snap.hosts_capacity,
+        "hosts_table_full": Source::ALL
+            .iter()
+            .filter(|s| **s != Source::Replay)
+            .map(|s| (s.as_str().to_owned(), json!(snap.table.full[s.index()])))
+            .collect::<serde_json::Map<_, _>>(),
+        "hosts_evicted": crate::accounting::EvictReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), json!(snap.table.evicted[r.index()])))
+            .collect::<serde_json::Map<_, _>>(),
         "bans": view.bans.len(),
         "mitigations": view.active.len(),
         "attacks_ongoing": snap.ongoing.len(),

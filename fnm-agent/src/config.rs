@@ -61,6 +61,9 @@ pub struct Config {
     /// XDP data plane.
     #[serde(default)]
     pub xdp: XdpConfig,
+    /// The userspace host table: its size and the budgets of sources and flow exporters.
+    #[serde(default)]
+    pub accounting: AccountingConfig,
     /// HTTP JSON API.
     #[serde(default)]
     pub api: ApiConfig,
@@ -169,6 +172,76 @@ impl Default for XdpConfig {
             pin_links: true,
             pin_path: default_pin_path(),
         }
+    }
+}
+
+/// `[accounting]`: the userspace host table every source feeds.
+///
+/// It is bounded, and a flood of new addresses cannot fill it for good: each flow exporter and
+/// each other source may bring in at most its budget of hosts (beyond it, its own least busy
+/// hosts make room), and when the whole table is full, idle, then unproven, then the least busy
+/// hosts make room; watched, attacked and mitigated hosts never do. See `docs/security.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// Most local hosts tracked (each with both directions). Memory: about 1.6 kB per host
+    /// seen one way and 2.0 kB per host seen both ways (measured by `tests/host_memory.rs`), so
+    /// at most about 410 MB (every host one way, as in a spoofed flood) to 525 MB at the
+    /// default. Default: `262144`.
+    #[serde(default = "default_accounting_max_hosts")]
+    pub max_hosts: u32,
+    /// Most hosts one flow exporter (a UDP source address of the sFlow or NetFlow collector)
+    /// may bring into the table. Default: `65536`.
+    #[serde(default = "default_max_hosts_per_exporter")]
+    pub max_hosts_per_exporter: u32,
+    /// Most hosts the XDP data plane, and the capture backend, may bring into the table (each).
+    /// The default is what the XDP program's default tables can report (2 × 65536 hashed
+    /// host-directions and a /16 of dense addresses), leaving a quarter of the table to flows.
+    /// Default: `196608`.
+    #[serde(default = "default_max_hosts_per_source")]
+    pub max_hosts_per_source: u32,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        Self {
+            max_hosts: default_accounting_max_hosts(),
+            max_hosts_per_exporter: default_max_hosts_per_exporter(),
+            max_hosts_per_source: default_max_hosts_per_source(),
+        }
+    }
+}
+
+impl AccountingConfig {
+    /// The limits of the accounting's host table.
+    pub fn limits(&self) -> crate::accounting::HostLimits {
+        crate::accounting::HostLimits {
+            max_hosts: self.max_hosts as usize,
+            per_exporter: self.max_hosts_per_exporter as usize,
+            per_source: self.max_hosts_per_source as usize,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("accounting.max_hosts", self.max_hosts),
+            (
+                "accounting.max_hosts_per_exporter",
+                self.max_hosts_per_exporter,
+            ),
+            ("accounting.max_hosts_per_source", self.max_hosts_per_source),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be above 0"));
+            }
+            if value > self.max_hosts {
+                return Err(format!(
+                    "{key} ({value}) is above accounting.max_hosts ({})",
+                    self.max_hosts
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -391,6 +464,15 @@ fn default_max_hosts() -> u32 {
 fn default_dense_v4_addresses() -> u32 {
     65_536
 }
+fn default_accounting_max_hosts() -> u32 {
+    262_144
+}
+fn default_max_hosts_per_exporter() -> u32 {
+    65_536
+}
+fn default_max_hosts_per_source() -> u32 {
+    196_608
+}
 fn default_max_flows() -> u32 {
     262_144
 }
@@ -500,6 +582,7 @@ impl Config {
                 return Err(format!("{key} must be above 0"));
             }
         }
+        self.accounting.validate()?;
         self.sflow.validate("sflow")?;
         self.netflow.validate("netflow")?;
         self.api.limits().validate("api")?;

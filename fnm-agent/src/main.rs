@@ -465,7 +465,7 @@ async fn run_async(config: Config) -> Result<()> {
     let sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
     drop(engine_input);
     let mut engine = EngineHandle::spawn(EngineParts {
-        core: EngineCore::new(&config, book),
+        core: EngineCore::new(&config, book).with_mitigations(mitigator.view.clone()),
         input: input_rx,
         flushers: sources.flushers,
         decisions,

@@ -6,7 +6,7 @@
 //! address seen.
 
 use crate::{
-    accounting::{protocol_label, total_direction_label, Direction},
+    accounting::{protocol_label, total_direction_label, Direction, EvictReason},
     engine::{input::InputStats, EngineClient},
     mitigator::MitigatorHandle,
     traffic::Source,
@@ -313,12 +313,37 @@ pub fn render(st: &MetricsState) -> String {
         "Polls that took longer than poll_interval",
         overruns,
     );
-    let table_full = Counter::<u64>::default();
-    table_full.inc_by(snap.hosts_table_full);
+    let capacity = Gauge::<i64>::default();
+    capacity.set(snap.hosts_capacity as i64);
+    registry.register(
+        "fnm_hosts_capacity",
+        "Most local hosts the agent keeps (accounting.max_hosts)",
+        capacity,
+    );
+    let table_full = Family::<Labels, Counter>::default();
+    for s in Source::ALL.iter().filter(|s| **s != Source::Replay) {
+        table_full
+            .get_or_create(&labels(&[("source", s.as_str())]))
+            .inc_by(snap.table.full[s.index()]);
+    }
     registry.register(
         "fnm_hosts_table_full",
-        "Records not counted per host because the userspace host table was full",
+        "New hosts not counted because neither their origin's budget nor the host table had a \
+         host they could replace (all busier or protected), by source",
         table_full,
+    );
+    let evicted = Family::<Labels, Counter>::default();
+    for reason in EvictReason::ALL {
+        evicted
+            .get_or_create(&labels(&[("reason", reason.as_str())]))
+            .inc_by(snap.table.evicted[reason.index()]);
+    }
+    registry.register(
+        "fnm_hosts_evicted",
+        "Hosts removed from the host table, by reason: idle, low_rate (made room for a new \
+         host), budget (made room for a new host of the same exporter or source), expired \
+         (an hour without traffic)",
+        evicted,
     );
     for source in st.extra.iter() {
         source.register(&mut registry);

@@ -45,6 +45,17 @@ impl Source {
     }
 }
 
+/// Records `..end` of a batch (from where the previous span ended) came from `exporter`, the
+/// UDP source address of a flow exporter: the accounting charges the hosts they bring in to
+/// that exporter's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExporterSpan {
+    /// One past the last record of the span.
+    pub end: usize,
+    /// The exporter.
+    pub exporter: IpAddr,
+}
+
 /// One observation: a single packet (`packets == 1`) from a capture, or a flow record / sample
 /// already scaled by its sampling rate.
 #[derive(Debug, Clone, PartialEq, Eq)]

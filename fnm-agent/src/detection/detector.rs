@@ -116,6 +116,11 @@ impl Detector {
         self.ongoing.get(&(host, direction)).map(|o| o.peak)
     }
 
+    /// Hosts with an attack in progress (in either direction).
+    pub fn ongoing_hosts(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ongoing.keys().map(|(ip, _)| *ip)
+    }
+
     /// Carries on with an attack opened before a restart: (host, direction) is under attack
     /// with `peak` so far, and ends like any other once its rates stay under the stop ratio
     /// for `stop_after`, instead of opening a second attack for the same flood.

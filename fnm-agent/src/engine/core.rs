@@ -17,9 +17,11 @@ use crate::{
         detector::{Detector, DetectorEvent, Opening},
         thresholds::ThresholdTable,
     },
+    mitigator::MitigatorView,
     traffic::{Source, TrafficRecord},
     views::HostView,
 };
+use arc_swap::ArcSwap;
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 /// Hosts forgotten by the accounting after this long without traffic.
@@ -78,20 +80,21 @@ pub struct EngineCore {
     ticks: u64,
     last_tick_ms: u64,
     forget_after_ms: u64,
+    /// The mitigator's published state: its mitigated hosts are never evicted.
+    mitigations: Option<Arc<ArcSwap<MitigatorView>>>,
 }
 
 impl EngineCore {
     /// An engine for `config`, recording attacks in `book`.
     pub fn new(config: &Config, book: AttackBook) -> Self {
+        let limits = config.accounting.limits();
         let acc = Accounting::new(
             config.networks.iter().copied().collect(),
-            (config.xdp.max_hosts as usize)
-                .saturating_mul(2)
-                .saturating_add(config.xdp.dense_v4_addresses as usize)
-                .max(1024),
+            limits.max_hosts,
             config.xdp.max_flows as usize,
             config.poll_interval.as_millis() as u64,
         )
+        .with_limits(limits)
         .with_rate_window(config.rate_window.as_millis() as u64)
         .with_ignored_sources(config.detection.whitelist_sources.iter().copied().collect());
         Self::with_accounting(config, acc, book)
@@ -127,7 +130,16 @@ impl EngineCore {
             ticks: 0,
             last_tick_ms: 0,
             forget_after_ms: FORGET_HOSTS_AFTER_MS,
+            mitigations: None,
         }
+    }
+
+    /// Reads the mitigator's published state after each tick: the hosts of its active
+    /// mitigations are kept in the accounting (never evicted), like watched and attacked
+    /// hosts. A read of a snapshot; nothing is asked of the mitigator.
+    pub fn with_mitigations(mut self, view: Arc<ArcSwap<MitigatorView>>) -> Self {
+        self.mitigations = Some(view);
+        self
     }
 
     /// Forgets hosts idle this long (default [`FORGET_HOSTS_AFTER_MS`]; replay: never).
@@ -139,7 +151,17 @@ impl EngineCore {
     /// Accounts one batch.
     pub fn ingest(&mut self, batch: Batch) {
         match batch {
-            Batch::Records { source, records } => self.acc.ingest_batch(&records, source),
+            Batch::Records {
+                source,
+                records,
+                exporters,
+            } => {
+                if exporters.is_empty() {
+                    self.acc.ingest_batch(&records, source)
+                } else {
+                    self.acc.ingest_exported(&records, source, &exporters)
+                }
+            }
             Batch::Xdp(b) => self.ingest_xdp(*b),
         }
     }
@@ -197,8 +219,20 @@ impl EngineCore {
                 }
             }
         }
+        self.protect();
         self.book.persist();
         decisions
+    }
+
+    /// Tells the accounting which hosts must never be evicted: under attack, mitigated (and,
+    /// on its own, watched).
+    fn protect(&mut self) {
+        let mut hosts: Vec<IpAddr> = self.book.ongoing().map(|a| a.host).collect();
+        hosts.extend(self.detector.ongoing_hosts());
+        if let Some(view) = &self.mitigations {
+            hosts.extend(view.load().active.iter().map(|m| m.host));
+        }
+        self.acc.set_protected(hosts);
     }
 
     fn open_attack(&mut self, opening: Opening, unix_ms: u64) -> Decision {
@@ -313,7 +347,8 @@ impl EngineCore {
             uptime_ms,
             ticks: self.ticks,
             hosts_known: self.acc.host_count(),
-            hosts_table_full: self.acc.hosts_table_full,
+            hosts_capacity: self.acc.limits().max_hosts,
+            table: self.acc.table_stats(),
             ignored_records: self.acc.ignored_records,
             totals,
             top_by_pps: top,
@@ -341,6 +376,7 @@ mod tests {
     fn flood(packets: u64) -> Batch {
         Batch::Records {
             source: Source::Sflow,
+            exporters: Vec::new(),
             records: vec![TrafficRecord {
                 packets,
                 bytes: packets * 100,
@@ -463,7 +499,14 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no decision");
         };
         assert!(matches!(decision, Decision::AttackStarted { .. }));
-        let snap = engine.client().snapshot();
+        // The decision goes out just before the tick's snapshot is published.
+        let snap = loop {
+            let snap = engine.client().snapshot();
+            if !snap.ongoing.is_empty() || std::time::Instant::now() > deadline {
+                break snap;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert!(snap.ticks > 0);
         assert_eq!(snap.ongoing.len(), 1);
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -3,7 +3,7 @@
 //! never waiting for the engine) and read it as long as they like.
 
 use crate::{
-    accounting::{Direction, Rates},
+    accounting::{Direction, Rates, TableStats},
     detection::attack::Attack,
     traffic::Source,
     views::HostView,
@@ -82,8 +82,10 @@ pub struct Snapshot {
     pub ticks: u64,
     /// Local hosts known to the accounting.
     pub hosts_known: usize,
-    /// Records whose host could not be added because the table was full.
-    pub hosts_table_full: u64,
+    /// Most hosts the accounting keeps.
+    pub hosts_capacity: usize,
+    /// Evictions and refused newcomers of the accounting's host table.
+    pub table: TableStats,
     /// Records from whitelisted sources (counted in totals only).
     pub ignored_records: u64,
     /// Traffic totals.

@@ -34,7 +34,7 @@ use crate::{
     accounting::Accounting,
     prefix::{Prefix, PrefixSet},
     state::store::{Loaded, OnBadFile, StateFile},
-    traffic::{Source, TrafficRecord},
+    traffic::{ExporterSpan, Source, TrafficRecord},
 };
 
 /// How often a changed template cache is written to the state directory.
@@ -74,6 +74,9 @@ pub struct CollectorConfig<const PORT: u16> {
     pub workers: usize,
     /// When not empty, only exporters inside these prefixes are accepted; datagrams from
     /// others are counted in `fnm_flow_datagrams_dropped_total{reason="not_allowed"}`.
+    /// Flow datagrams are UDP: without a list, anyone who reaches the port can feed the
+    /// accounting (each exporter address only up to `accounting.max_hosts_per_exporter`
+    /// hosts), so the agent warns at start when a listening collector has none.
     /// Default: `[]` (every exporter).
     #[serde(default)]
     pub allowed_exporters: Vec<Prefix>,
@@ -187,11 +190,23 @@ impl<const PORT: u16> CollectorConfig<PORT> {
 pub trait TrafficSink: Send + Sync + 'static {
     /// Accounts a batch of records from `source`.
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]);
+
+    /// Accounts a batch of records from `source` with the exporters that sent them (`spans`,
+    /// in order), so the hosts they bring in count against each exporter's budget. Default:
+    /// [`TrafficSink::ingest_batch`], ignoring the exporters.
+    fn ingest_exported(&self, source: Source, records: &[TrafficRecord], spans: &[ExporterSpan]) {
+        let _ = spans;
+        self.ingest_batch(source, records);
+    }
 }
 
 impl TrafficSink for Mutex<Accounting> {
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]) {
         lock(self).ingest_batch(records, source);
+    }
+
+    fn ingest_exported(&self, source: Source, records: &[TrafficRecord], spans: &[ExporterSpan]) {
+        lock(self).ingest_exported(records, source, spans);
     }
 }
 
@@ -358,6 +373,15 @@ impl FlowCollectors {
     ) -> Result<Vec<SocketAddr>, CollectorError> {
         let workers = config.effective_workers();
         let policy = Arc::new(ExporterPolicy::new(config));
+        if !config.listen.is_empty() && config.allowed_exporters.is_empty() {
+            tracing::warn!(
+                "{0}: no allowed_exporters: datagrams from any address are accounted (flow \
+                 datagrams are UDP and easily spoofed; each exporter address can bring in at \
+                 most accounting.max_hosts_per_exporter hosts). Set {0}.allowed_exporters to \
+                 your exporters' addresses",
+                kind.label()
+            );
+        }
         let mut bound_addrs = Vec::new();
         for address in &config.listen {
             let mut address_to_bind = *address;
@@ -404,6 +428,7 @@ impl FlowCollectors {
                     sequences: SequenceTracker::default(),
                     counts: BatchCounts::default(),
                     records: Vec::with_capacity(RECEIVE_BATCH * 30),
+                    spans: Vec::with_capacity(RECEIVE_BATCH),
                 };
                 let stop = self.stop.clone();
                 let thread = std::thread::Builder::new()
@@ -530,6 +555,19 @@ struct Worker {
     sequences: SequenceTracker,
     counts: BatchCounts,
     records: Vec<TrafficRecord>,
+    /// Which exporter sent which of `records`.
+    spans: Vec<ExporterSpan>,
+}
+
+/// Notes that `records` up to its current end came from `exporter` (extending the last span
+/// when it is the same exporter's).
+fn mark_exporter(spans: &mut Vec<ExporterSpan>, records: &[TrafficRecord], exporter: IpAddr) {
+    let end = records.len();
+    match spans.last_mut() {
+        Some(last) if last.end == end => {}
+        Some(last) if last.exporter == exporter => last.end = end,
+        _ => spans.push(ExporterSpan { end, exporter }),
+    }
 }
 
 impl Worker {
@@ -564,6 +602,7 @@ impl Worker {
                         &mut self.counts,
                         &mut self.records,
                     );
+                    mark_exporter(&mut self.spans, &self.records, from.ip());
                 }
             }
             Kind::Netflow => {
@@ -581,6 +620,7 @@ impl Worker {
                         &mut self.counts,
                         &mut self.records,
                     );
+                    mark_exporter(&mut self.spans, &self.records, from.ip());
                 }
                 drop(cache);
                 if changed {
@@ -589,9 +629,11 @@ impl Worker {
             }
         }
         if !self.records.is_empty() {
-            self.sink.ingest_batch(self.kind.source(), &self.records);
+            self.sink
+                .ingest_exported(self.kind.source(), &self.records, &self.spans);
             self.records.clear();
         }
+        self.spans.clear();
         self.metrics.merge(&mut self.counts);
     }
 }

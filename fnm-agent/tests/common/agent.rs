@@ -106,6 +106,11 @@ impl AgentProcess {
         }
     }
 
+    /// The agent's process id (`ip netns exec` runs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

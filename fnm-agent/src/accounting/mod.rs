@@ -16,10 +16,18 @@
 //! window (window / duration, at most all of it) goes to the rate window: a 60-second record of
 //! 60 000 packets shows as 1 000 pps at once — its true average rate — rather than as a 60 000
 //! pps spike (FastNetMon credits the whole record to one second).
+//!
+//! Hosts live in a bounded table ([`table`]) that a flood of new addresses cannot fill for
+//! good: each flow exporter and each other source has a budget, and under pressure idle, then
+//! unproven, then the least busy hosts make room, never watched, attacked or mitigated ones.
+
+mod table;
+
+pub use table::{EvictReason, HostLimits, Origin, TableStats, QUALIFY_PACKETS};
 
 use crate::{
     prefix::{IndexedPrefixSet, PrefixSet},
-    traffic::{Source, TrafficRecord},
+    traffic::{ExporterSpan, Source, TrafficRecord},
 };
 use ahash::AHashMap as HashMap;
 use fnm_common::{proto, HostCounters};
@@ -29,6 +37,7 @@ use std::{
     hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
 };
+use table::HostTable;
 
 /// Traffic direction relative to the local networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -258,18 +267,20 @@ impl HostDirection {
     /// Closes the current slot, which lasted `slot_seconds`, and recomputes the sliding rates
     /// over `slots` slots that lasted `window_seconds` together.
     fn close_slot(&mut self, slots: usize, slot_seconds: f64, window_seconds: f64) {
-        if self.slots.len() != slots {
-            self.slots = vec![HostCounters::default(); slots];
-            self.next_slot = 0;
-            self.slots_sum = HostCounters::default();
-        }
         let idle = HostCounters::default();
         if self.window == idle && self.slots_sum == idle {
             // Nothing in the slot nor in the window (so nothing in the ring either): the rates
-            // are zero, and closing the slot would change nothing else.
+            // are zero, and closing the slot would change nothing else. A direction that never
+            // had traffic never allocates its ring (a spoofed host is seen one way only).
             self.slot_rates = Rates::default();
             self.rates = Rates::default();
             return;
+        }
+        if self.slots.len() != slots {
+            self.slots.clear();
+            self.slots.resize(slots, HostCounters::default());
+            self.next_slot = 0;
+            self.slots_sum = HostCounters::default();
         }
         self.slot_rates = Rates::from_window(&self.window, slot_seconds);
         let closed = std::mem::take(&mut self.window);
@@ -278,6 +289,16 @@ impl HostDirection {
         deduct(&mut self.slots_sum, &leaving);
         self.next_slot = (self.next_slot + 1) % slots;
         self.rates = Rates::from_window(&self.slots_sum, window_seconds);
+    }
+
+    /// Back to a direction never seen, keeping the ring's allocation for the next host.
+    fn reset(&mut self) {
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.clear();
+        *self = Self {
+            slots,
+            ..Self::default()
+        };
     }
 }
 
@@ -316,6 +337,13 @@ pub const RECENT_RECORDS: usize = 4_096;
 pub struct Host {
     /// Indexed by [`Direction::index`].
     pub dirs: [HostDirection; 2],
+}
+
+impl Host {
+    /// Back to a host never seen (a reused table slot).
+    fn reset(&mut self) {
+        self.dirs.iter_mut().for_each(HostDirection::reset);
+    }
 }
 
 /// Hasher for keys that already are uniformly distributed 64-bit hashes: passes them through.
@@ -448,10 +476,8 @@ type HostSlot = u32;
 #[derive(Debug)]
 pub struct Accounting {
     networks: IndexedPrefixSet,
-    /// Hosts in slots; `index` finds a host's slot.
-    hosts: Vec<(IpAddr, Host)>,
-    index: HashMap<IpAddr, HostSlot>,
-    max_hosts: usize,
+    /// The hosts, bounded (see [`table`]).
+    table: HostTable,
     flows: FlowTable,
     totals: Totals,
     last_tick_ms: Option<u64>,
@@ -464,20 +490,17 @@ pub struct Accounting {
     watched: HashMap<(IpAddr, Direction), SampleBuffer>,
     recent: VecDeque<(u64, TrafficRecord)>,
     now_ms: u64,
-    /// Records whose host could not be added because the table was full.
-    pub hosts_table_full: u64,
     /// Records whose remote side is a whitelisted source (not counted per host).
     pub ignored_records: u64,
 }
 
 impl Accounting {
-    /// Accounting for `networks`, keeping at most `max_hosts` hosts and `max_flows` 5-tuples.
+    /// Accounting for `networks`, keeping at most `max_hosts` hosts (no budget per source:
+    /// see [`Accounting::with_limits`]) and `max_flows` 5-tuples.
     pub fn new(networks: PrefixSet, max_hosts: usize, max_flows: usize, interval_ms: u64) -> Self {
         Self {
             networks: IndexedPrefixSet::new(networks),
-            hosts: Vec::new(),
-            index: HashMap::new(),
-            max_hosts,
+            table: HostTable::new(HostLimits::unbudgeted(max_hosts)),
             flows: FlowTable::new(max_flows),
             totals: Totals::default(),
             last_tick_ms: None,
@@ -488,9 +511,33 @@ impl Accounting {
             watched: HashMap::new(),
             recent: VecDeque::new(),
             now_ms: 0,
-            hosts_table_full: 0,
             ignored_records: 0,
         }
+    }
+
+    /// Bounds the host table with `limits` (a table, per-exporter and per-source budgets).
+    /// Call before anything is accounted (the table starts empty).
+    pub fn with_limits(mut self, limits: HostLimits) -> Self {
+        self.table = HostTable::new(limits);
+        self
+    }
+
+    /// The host table's limits.
+    pub fn limits(&self) -> HostLimits {
+        self.table.limits()
+    }
+
+    /// Evictions and refusals of the host table so far.
+    pub fn table_stats(&self) -> TableStats {
+        self.table.stats()
+    }
+
+    /// Sets the hosts that are never evicted, besides the watched ones (which always are):
+    /// the engine passes hosts under attack and mitigated hosts after each tick.
+    pub fn set_protected(&mut self, hosts: impl IntoIterator<Item = IpAddr>) {
+        let mut set: ahash::AHashSet<IpAddr> = hosts.into_iter().collect();
+        set.extend(self.watched.keys().map(|(ip, _)| *ip));
+        self.table.set_protected(set);
     }
 
     /// Measures rates over `window_ms` (rounded to whole poll intervals, at least one).
@@ -523,6 +570,7 @@ impl Accounting {
         if self.watched.contains_key(&(host, direction)) {
             return;
         }
+        self.table.protect(host);
         let mut buf = SampleBuffer::default();
         for (t, r) in self
             .recent
@@ -572,22 +620,58 @@ impl Accounting {
         self.networks.contains(addr)
     }
 
-    /// Adds a batch of packet or flow records from `source`. Consecutive records for the same
-    /// host (a flood) find it without a hash lookup.
+    /// Adds a batch of packet or flow records from `source` (new hosts count against the
+    /// source's budget). Consecutive records for the same host (a flood) find it without a
+    /// hash lookup.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
         let mut cache = HostCache::default();
         for record in records {
-            self.ingest_cached(record, source, &mut cache);
+            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
+        }
+    }
+
+    /// Adds a batch of flow records from `source` whose exporters are given by `spans` (in
+    /// order; records past the last span count as the source's): new hosts count against
+    /// their exporter's budget.
+    pub fn ingest_exported(
+        &mut self,
+        records: &[TrafficRecord],
+        source: Source,
+        spans: &[ExporterSpan],
+    ) {
+        let mut cache = HostCache::default();
+        let mut start = 0;
+        for span in spans {
+            let end = span.end.min(records.len());
+            let origin = Origin::Exporter(source, span.exporter);
+            for record in records.get(start..end).unwrap_or_default() {
+                self.ingest_cached(record, source, origin, &mut cache);
+            }
+            start = start.max(end);
+        }
+        for record in records.get(start..).unwrap_or_default() {
+            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
         }
     }
 
     /// Adds a packet or flow record from `source`.
     pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
-        self.ingest_cached(record, source, &mut HostCache::default());
+        self.ingest_cached(
+            record,
+            source,
+            Origin::Source(source),
+            &mut HostCache::default(),
+        );
     }
 
     #[inline]
-    fn ingest_cached(&mut self, record: &TrafficRecord, source: Source, cache: &mut HostCache) {
+    fn ingest_cached(
+        &mut self,
+        record: &TrafficRecord,
+        source: Source,
+        origin: Origin,
+        cache: &mut HostCache,
+    ) {
         let local_dst = self.networks.contains(record.dst);
         let local_src = self.networks.contains(record.src);
         let class = proto::class_of(record.protocol);
@@ -640,12 +724,14 @@ impl Accounting {
             delta
         };
         if local_dst {
-            if let Some(slot) = self.slot_cached(record.dst, &mut cache.incoming) {
+            let slot = self.slot_cached(record.dst, origin, delta.packets, &mut cache.incoming);
+            if let Some(slot) = slot {
                 self.credit_delta(slot, Direction::Incoming, &delta, &in_window);
             }
         }
         if local_src {
-            if let Some(slot) = self.slot_cached(record.src, &mut cache.outgoing) {
+            let slot = self.slot_cached(record.src, origin, delta.packets, &mut cache.outgoing);
+            if let Some(slot) = slot {
                 self.credit_delta(slot, Direction::Outgoing, &delta, &in_window);
             }
         }
@@ -661,46 +747,40 @@ impl Accounting {
         total: &RecordDelta,
         window: &RecordDelta,
     ) {
-        let entry = &mut self.hosts[slot as usize].1.dirs[dir.index()];
+        let entry = &mut self.table.host_mut(slot).dirs[dir.index()];
         total.add_to(&mut entry.total);
         window.add_to(&mut entry.window);
     }
 
-    /// The slot of `host`, from `cache` when it holds that host, else looked up (and added).
+    /// The slot of `host`, from `cache` when it still holds that host (an admission earlier in
+    /// the batch may have evicted it), else looked up or admitted for `origin`.
     #[inline]
     fn slot_cached(
         &mut self,
         host: IpAddr,
+        origin: Origin,
+        packets: u64,
         cache: &mut Option<(IpAddr, HostSlot)>,
     ) -> Option<HostSlot> {
         if let Some((ip, slot)) = *cache {
-            if ip == host {
+            if ip == host && self.table.holds(slot, host) {
                 return Some(slot);
             }
         }
-        let slot = self.slot_of(host)?;
+        let slot = self.table.slot_or_admit(host, origin, packets)?;
         *cache = Some((host, slot));
         Some(slot)
     }
 
-    /// The slot of `host`, added when new and the table has room (else counted as full).
-    fn slot_of(&mut self, host: IpAddr) -> Option<HostSlot> {
-        if let Some(slot) = self.index.get(&host) {
-            return Some(*slot);
-        }
-        if self.hosts.len() >= self.max_hosts {
-            self.hosts_table_full += 1;
-            return None;
-        }
-        let slot = self.hosts.len() as HostSlot;
-        self.hosts.push((host, Host::default()));
-        self.index.insert(host, slot);
-        Some(slot)
-    }
-
-    /// Adds per-host counter deltas (from the XDP program) directly.
+    /// Adds per-host counter deltas (from the XDP program) directly; new hosts count against
+    /// XDP's budget.
     pub fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters) {
-        self.credit(host, direction, delta);
+        if let Some(slot) =
+            self.table
+                .slot_or_admit(host, Origin::Source(Source::Xdp), delta.packets)
+        {
+            self.credit_slot(slot, direction, delta, delta);
+        }
     }
 
     /// Sets the absolute totals of a source (the XDP program counts its own).
@@ -725,12 +805,6 @@ impl Accounting {
         &self.totals
     }
 
-    fn credit(&mut self, host: IpAddr, dir: Direction, c: &HostCounters) {
-        if let Some(slot) = self.slot_of(host) {
-            self.credit_slot(slot, dir, c, c);
-        }
-    }
-
     /// Adds `total` to the cumulative counters and `window` to the rate window of a slot.
     #[inline]
     fn credit_slot(
@@ -740,13 +814,14 @@ impl Accounting {
         total: &HostCounters,
         window: &HostCounters,
     ) {
-        let entry = &mut self.hosts[slot as usize].1.dirs[dir.index()];
+        let entry = &mut self.table.host_mut(slot).dirs[dir.index()];
         entry.total.accumulate(total);
         entry.window.accumulate(window);
     }
 
     /// Closes the current window at `now_ms` (any monotonic or capture clock in ms): computes
-    /// rates, credits the next slices of spread records, forgets hosts idle for `forget_after_ms`.
+    /// rates, forgets unprotected hosts idle for `forget_after_ms`, and plans the next
+    /// evictions when the table is nearly full.
     pub fn tick(&mut self, now_ms: u64, forget_after_ms: u64) {
         let slot_ms = self
             .last_tick_ms
@@ -761,42 +836,36 @@ impl Accounting {
         let slots = self.slots;
         let slot_seconds = slot_ms as f64 / 1000.0;
         let seconds = self.measured_window_seconds();
-        for (_, host) in self.hosts.iter_mut() {
-            for d in host.dirs.iter_mut() {
-                if d.window.packets > 0 {
-                    d.last_active_ms = now_ms;
+        self.table.sweep(
+            |host| {
+                for d in host.dirs.iter_mut() {
+                    if d.window.packets > 0 {
+                        d.last_active_ms = now_ms;
+                    }
+                    d.close_slot(slots, slot_seconds, seconds);
                 }
-                d.close_slot(slots, slot_seconds, seconds);
-            }
-        }
-        let before = self.hosts.len();
-        self.hosts.retain(|(_, h)| {
-            h.dirs
-                .iter()
-                .any(|d| now_ms.saturating_sub(d.last_active_ms) < forget_after_ms)
-        });
-        if self.hosts.len() != before {
-            self.index.clear();
-            for (slot, (ip, _)) in self.hosts.iter().enumerate() {
-                self.index.insert(*ip, slot as HostSlot);
-            }
-        }
+            },
+            |h| {
+                h.dirs
+                    .iter()
+                    .all(|d| now_ms.saturating_sub(d.last_active_ms) >= forget_after_ms)
+            },
+        );
     }
 
     /// One host, if known.
     pub fn host(&self, addr: IpAddr) -> Option<&Host> {
-        let slot = *self.index.get(&addr)?;
-        self.hosts.get(slot as usize).map(|(_, h)| h)
+        self.table.host(addr)
     }
 
     /// All hosts.
     pub fn hosts(&self) -> impl Iterator<Item = (&IpAddr, &Host)> {
-        self.hosts.iter().map(|(ip, h)| (ip, h))
+        self.table.iter()
     }
 
     /// Number of hosts known.
     pub fn host_count(&self) -> usize {
-        self.hosts.len()
+        self.table.len()
     }
 
     /// The `limit` hosts with the highest `key` in `direction`.
@@ -807,7 +876,7 @@ impl Accounting {
         key: F,
     ) -> Vec<(IpAddr, &Host)> {
         let mut all: Vec<(IpAddr, &Host, f64)> = self
-            .hosts
+            .table
             .iter()
             .map(|(ip, h)| (*ip, h, key(&h.dirs[direction.index()])))
             .collect();
@@ -1106,7 +1175,12 @@ mod tests {
             );
         }
         assert_eq!(a.host_count(), 2);
-        assert_eq!(a.hosts_table_full, 3);
+        // One-packet hosts take each other's place (probation): the last two are kept.
+        assert!(a.host("10.0.0.3".parse().unwrap()).is_some());
+        assert!(a.host("10.0.0.4".parse().unwrap()).is_some());
+        let stats = a.table_stats();
+        assert_eq!(stats.evicted[EvictReason::LowRate.index()], 3);
+        assert_eq!(stats.full[Source::Pcap.index()], 0);
     }
 
     #[test]
