@@ -108,7 +108,15 @@ fn a_flood_is_posted_to_the_webhook_and_so_is_its_unban() {
         .unwrap_or_else(|_| panic!("no unban posted; agent log:\n{}", agent.log()));
     assert_eq!(unban["event"], "unban", "{unban:#}");
     assert_eq!(unban["id"], id.as_str(), "{unban:#}");
-    let attack = agent.get(&format!("/api/v1/attacks/{id}")).unwrap();
+    // The post goes out during the lift; the record says `lifted` once the lift is done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let attack = loop {
+        let a = agent.get(&format!("/api/v1/attacks/{id}")).unwrap();
+        if a["actions"][0]["result"] == "lifted" || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(attack["actions"][0]["result"], "lifted", "{attack:#}");
     let metrics = agent.metrics_text();
     assert!(

@@ -40,12 +40,20 @@ pub fn require_binary(name: &str, package: &str) -> PathBuf {
     panic!("`{name}` not found: this test needs the Debian package `{package}` (apt-get install {package})");
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range
+/// (32768 and up): a port from that range may still be held by a connection in TIME_WAIT from
+/// an earlier test, which daemons that bind without SO_REUSEADDR (BIRD) then cannot take.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind an ephemeral port on 127.0.0.1")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() * 131) % 12_000;
+    for _ in 0..12_000 {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free TCP port between 20000 and 32000 on 127.0.0.1")
 }
 
 /// A daemon started in its own process group; dropping it kills the group and reaps the child.
