@@ -184,9 +184,9 @@ impl Default for XdpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingConfig {
-    /// Most local hosts tracked (each with both directions). Memory: about 1.2 kB per host
-    /// seen one way and 1.7 kB per host seen both ways (measured by `tests/host_memory.rs`), so
-    /// at most about 320 MB (every host one way, as in a spoofed flood) to 440 MB at the
+    /// Most local hosts tracked (each with both directions). Memory: about 1.6 kB per host
+    /// seen one way and 2.0 kB per host seen both ways (measured by `tests/host_memory.rs`), so
+    /// at most about 410 MB (every host one way, as in a spoofed flood) to 525 MB at the
     /// default. Default: `262144`.
     #[serde(default = "default_accounting_max_hosts")]
     pub max_hosts: u32,

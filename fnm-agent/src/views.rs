@@ -46,7 +46,6 @@ pub struct DirectionView {
 impl From<&HostDirection> for DirectionView {
     fn from(d: &HostDirection) -> Self {
         let t = &d.total;
-        let rates = d.rates();
         let p = |k: usize| ProtocolView {
             packets: t.proto_packets[k],
             bytes: t.proto_bytes[k],
@@ -61,9 +60,9 @@ impl From<&HostDirection> for DirectionView {
             other: p(proto::OTHER),
             tcp_syn_packets: t.tcp_syn_packets,
             fragments: t.fragments,
-            pps: rates.pps,
-            bytes_per_second: rates.bytes_per_second,
-            flows_per_second: rates.flows_per_second,
+            pps: d.rates.pps,
+            bytes_per_second: d.rates.bytes_per_second,
+            flows_per_second: d.rates.flows_per_second,
         }
     }
 }

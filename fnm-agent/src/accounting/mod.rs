@@ -246,10 +246,11 @@ impl Rates {
 pub struct HostDirection {
     /// Cumulative counters since the agent started (or the state was restored).
     pub total: HostCounters,
-    /// How long the slots of the rate window lasted together at the last close, in ms.
-    window_ms: u32,
-    /// How long the last closed slot lasted, in ms.
-    slot_ms: u32,
+    /// Rates over the last rate window (sliding, updated every poll).
+    pub rates: Rates,
+    /// Rates over the last poll slot alone: noisier, but the true rate of a flood younger
+    /// than the window (reported as its initial and peak rates).
+    pub slot_rates: Rates,
     /// Counters of the poll slot being measured.
     window: HostCounters,
     /// The last closed slots (a ring), which make up the rate window.
@@ -263,31 +264,16 @@ pub struct HostDirection {
 }
 
 impl HostDirection {
-    /// Rates over the last rate window (sliding, updated every poll). Worked out from the
-    /// window's counters when asked rather than stored: 176 bytes less per host direction.
-    pub fn rates(&self) -> Rates {
-        Rates::from_window(&self.slots_sum, f64::from(self.window_ms) / 1000.0)
-    }
-
-    /// Rates over the last poll slot alone: noisier, but the true rate of a flood younger
-    /// than the window (reported as its initial and peak rates).
-    pub fn slot_rates(&self) -> Rates {
-        let n = self.slots.len();
-        if n == 0 {
-            return Rates::default();
-        }
-        let last = &self.slots[(self.next_slot + n - 1) % n];
-        Rates::from_window(last, f64::from(self.slot_ms) / 1000.0)
-    }
-
-    /// Closes the current slot, which lasted `slot_ms`, into the ring of `slots` slots that
-    /// lasted `window_ms` together.
-    fn close_slot(&mut self, slots: usize, slot_ms: u32, window_ms: u32) {
+    /// Closes the current slot, which lasted `slot_seconds`, and recomputes the sliding rates
+    /// over `slots` slots that lasted `window_seconds` together.
+    fn close_slot(&mut self, slots: usize, slot_seconds: f64, window_seconds: f64) {
         let idle = HostCounters::default();
         if self.window == idle && self.slots_sum == idle {
             // Nothing in the slot nor in the window (so nothing in the ring either): the rates
             // are zero, and closing the slot would change nothing else. A direction that never
             // had traffic never allocates its ring (a spoofed host is seen one way only).
+            self.slot_rates = Rates::default();
+            self.rates = Rates::default();
             return;
         }
         if self.slots.len() != slots {
@@ -296,13 +282,13 @@ impl HostDirection {
             self.next_slot = 0;
             self.slots_sum = HostCounters::default();
         }
-        self.slot_ms = slot_ms;
-        self.window_ms = window_ms;
+        self.slot_rates = Rates::from_window(&self.window, slot_seconds);
         let closed = std::mem::take(&mut self.window);
         let leaving = std::mem::replace(&mut self.slots[self.next_slot], closed);
         self.slots_sum.accumulate(&closed);
         deduct(&mut self.slots_sum, &leaving);
         self.next_slot = (self.next_slot + 1) % slots;
+        self.rates = Rates::from_window(&self.slots_sum, window_seconds);
     }
 
     /// Back to a direction never seen, keeping the ring's allocation for the next host.
@@ -574,12 +560,9 @@ impl Accounting {
     /// The time the last `slots` slots really lasted, in seconds; slots not measured yet (just
     /// after start) count at the nominal interval, so early rates are never overstated.
     pub fn measured_window_seconds(&self) -> f64 {
-        self.measured_window_ms() as f64 / 1000.0
-    }
-
-    fn measured_window_ms(&self) -> u64 {
         let missing = self.slots.saturating_sub(self.slot_lengths_ms.len()) as u64;
-        self.slot_lengths_ms.iter().sum::<u64>() + missing * self.interval_ms
+        let ms: u64 = self.slot_lengths_ms.iter().sum::<u64>() + missing * self.interval_ms;
+        ms as f64 / 1000.0
     }
 
     /// Starts keeping samples of the records of `host` in `direction`.
@@ -851,15 +834,15 @@ impl Accounting {
             self.slot_lengths_ms.pop_front();
         }
         let slots = self.slots;
-        let slot_ms = u32::try_from(slot_ms).unwrap_or(u32::MAX);
-        let window_ms = u32::try_from(self.measured_window_ms()).unwrap_or(u32::MAX);
+        let slot_seconds = slot_ms as f64 / 1000.0;
+        let seconds = self.measured_window_seconds();
         self.table.sweep(
             |host| {
                 for d in host.dirs.iter_mut() {
                     if d.window.packets > 0 {
                         d.last_active_ms = now_ms;
                     }
-                    d.close_slot(slots, slot_ms, window_ms);
+                    d.close_slot(slots, slot_seconds, seconds);
                 }
             },
             |h| {
@@ -1049,7 +1032,7 @@ mod tests {
                 sum.accumulate(slot);
             }
             assert_eq!(d.slots_sum, sum, "tick {t}");
-            assert_eq!(d.rates(), Rates::from_window(&sum, seconds), "tick {t}");
+            assert_eq!(d.rates, Rates::from_window(&sum, seconds), "tick {t}");
         }
     }
 
@@ -1090,14 +1073,14 @@ mod tests {
             let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
             if slot >= 3 {
                 assert!(
-                    (d.rates().pps - 3000.0).abs() < 1.0,
+                    (d.rates.pps - 3000.0).abs() < 1.0,
                     "slot {slot}: {}",
-                    d.rates().pps
+                    d.rates.pps
                 );
                 assert!(
-                    (d.slot_rates().pps - 3000.0).abs() < 1.0,
+                    (d.slot_rates.pps - 3000.0).abs() < 1.0,
                     "slot {slot}: {}",
-                    d.slot_rates().pps
+                    d.slot_rates.pps
                 );
             }
         }
@@ -1111,7 +1094,7 @@ mod tests {
             a.ingest(&rec("192.0.2.1", "10.0.0.1", 1, 100), Source::Pcap);
         }
         a.tick(250, u64::MAX);
-        let rates = |a: &Accounting| a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0].rates();
+        let rates = |a: &Accounting| a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0].rates;
         assert_eq!(rates(&a).pps, 10.0);
         assert_eq!(rates(&a).bytes_per_second, 1000.0);
         assert_eq!(rates(&a).flows_per_second, 1.0);
@@ -1174,11 +1157,11 @@ mod tests {
         a.ingest(&r, Source::Netflow);
         a.tick(1000, u64::MAX);
         let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
-        assert_eq!(d.rates().pps, 100.0, "the record's average rate, at once");
+        assert_eq!(d.rates.pps, 100.0, "the record's average rate, at once");
         assert_eq!(d.total.packets, 1000, "all of it in the totals");
         a.tick(2000, u64::MAX);
         let d = &a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0];
-        assert_eq!(d.rates().pps, 0.0);
+        assert_eq!(d.rates.pps, 0.0);
     }
 
     #[test]

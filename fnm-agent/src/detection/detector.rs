@@ -148,7 +148,7 @@ impl Detector {
                 DetectorEvent::Started(mut o) => {
                     if let Some(h) = acc.host(o.host) {
                         let d = &h.dirs[o.direction.index()];
-                        o.rates = d.rates().max(&d.slot_rates()).max(&o.rates);
+                        o.rates = d.rates.max(&d.slot_rates).max(&o.rates);
                     }
                     DetectorEvent::Started(o)
                 }
@@ -170,9 +170,8 @@ impl Detector {
             let mut effective = None;
             for dir in Direction::ALL {
                 let d = &host.dirs[dir.index()];
-                let rates = d.rates();
                 let key = (*ip, dir);
-                if rates.pps == 0.0
+                if d.rates.pps == 0.0
                     && !self.ongoing.contains_key(&key)
                     && !self.watched.contains_key(&key)
                 {
@@ -184,7 +183,7 @@ impl Detector {
                 let mut worst: Option<(f64, Crossing)> = None;
                 let mut max_share = 0.0f64;
                 for (name, limit) in &thresholds {
-                    let value = rates.get(*name);
+                    let value = d.rates.get(*name);
                     let share = value / limit;
                     max_share = max_share.max(share);
                     if value >= *limit && worst.as_ref().is_none_or(|(s, _)| share > *s) {
@@ -200,7 +199,7 @@ impl Detector {
                 }
                 // Reported rates: the window's, or the last slot's when higher (a flood
                 // younger than the window shows its true rate there).
-                let reported = rates.max(&d.slot_rates());
+                let reported = d.rates.max(&d.slot_rates);
                 match self.ongoing.get_mut(&key) {
                     Some(o) => {
                         o.peak = o.peak.max(&reported);
@@ -293,7 +292,7 @@ impl Detector {
                     eff.of(key.1)
                         .set()
                         .iter()
-                        .any(|(n, l)| h.dirs[key.1.index()].rates().get(*n) / l >= WATCH_RATIO)
+                        .any(|(n, l)| h.dirs[key.1.index()].rates.get(*n) / l >= WATCH_RATIO)
                 })
                 .unwrap_or(false);
             if still_hot {

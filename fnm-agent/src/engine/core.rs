@@ -59,9 +59,9 @@ impl HostSort {
     /// The key of one host direction.
     pub fn key(self, d: &HostDirection) -> f64 {
         match self {
-            HostSort::Pps => d.rates().pps,
-            HostSort::BytesPerSecond => d.rates().bytes_per_second,
-            HostSort::FlowsPerSecond => d.rates().flows_per_second,
+            HostSort::Pps => d.rates.pps,
+            HostSort::BytesPerSecond => d.rates.bytes_per_second,
+            HostSort::FlowsPerSecond => d.rates.flows_per_second,
             HostSort::Packets => d.total.packets as f64,
             HostSort::Bytes => d.total.bytes as f64,
         }
@@ -339,7 +339,7 @@ impl EngineCore {
                 current: self
                     .acc
                     .host(a.host)
-                    .map(|h| h.dirs[a.direction.index()].rates())
+                    .map(|h| h.dirs[a.direction.index()].rates)
                     .unwrap_or_default(),
             })
             .collect();
