@@ -47,6 +47,12 @@ impl Action {
         }
     }
 
+    /// True when the action drops or diverts everything to or from the host, not only the
+    /// attack (never automatic for the agent's own addresses).
+    pub fn blackholes_the_host(self) -> bool {
+        matches!(self, Action::XdpBlackhole | Action::BgpBlackhole)
+    }
+
     /// True when the action needs an attack's fingerprint or sources, so a manual ban (a
     /// prefix only) cannot run it.
     pub fn needs_attack(self) -> bool {
