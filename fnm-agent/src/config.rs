@@ -119,9 +119,9 @@ pub struct XdpConfig {
     /// `auto` | `native` | `skb`. Default: `auto`.
     #[serde(default)]
     pub mode: XdpMode,
-    /// Local hosts counted per direction and per address family (one kernel hash table for
-    /// IPv4, one for IPv6; new hosts beyond it are counted in `fnm_xdp_host_table_full_total`,
-    /// existing ones are never evicted). Default: `65536`.
+    /// Local hosts counted per direction and per address family (one kernel LRU hash table for
+    /// IPv4, one for IPv6: when full, the least recently touched hosts make room, so spoofed
+    /// destinations cannot lock a real victim out). Default: `65536`.
     #[serde(default = "default_max_hosts")]
     pub max_hosts: u32,
     /// IPv4 addresses of the local networks whose counters are preallocated in a per-CPU array
