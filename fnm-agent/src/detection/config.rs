@@ -154,8 +154,10 @@ pub enum ReportFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BanConfig {
-    /// How long a ban lasts. Default: `30m`.
-    #[serde(default = "default_ban_time", with = "humantime_serde_compat")]
+    /// How long an automatic mitigation lasts; `"never"` (or `"0"`, as FastNetMon's
+    /// `ban_time = 0`) for no automatic unban (lift it by hand or through the API).
+    /// Default: `30m`.
+    #[serde(default = "default_ban_time", with = "ban_time_serde")]
     pub time: Duration,
     /// What a ban does: a list of [`Action`]s by their config names (`xdp_rule`,
     /// `xdp_source`, `xdp_blackhole`, `script`, `bgp_blackhole`, ...). Default: `["xdp_rule"]`.
@@ -226,7 +228,7 @@ pub struct BanConfig {
 impl BanConfig {
     /// How long a mitigation lasts (`None`: until lifted by hand).
     pub fn time_limit(&self) -> Option<Duration> {
-        Some(self.time)
+        (!self.time.is_zero()).then_some(self.time)
     }
 }
 
@@ -239,6 +241,28 @@ impl Default for BanConfig {
 fn yes() -> bool {
     true
 }
+/// `[ban] time`: a humantime duration, or `"never"` (kept as zero: no automatic unban).
+mod ban_time_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.is_zero() {
+            s.serialize_str("never")
+        } else {
+            s.serialize_str(&humantime::format_duration(*d).to_string())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "never" {
+            return Ok(Duration::ZERO);
+        }
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 fn default_ban_time() -> Duration {
     Duration::from_secs(1800)
 }
@@ -351,4 +375,22 @@ pub fn validate(
         return Err("ban.sample_one_in must be above 0".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_time_never_or_zero_means_no_automatic_unban() {
+        for text in ["time = \"never\"", "time = \"0\"", "time = \"0s\""] {
+            let ban: BanConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(ban.time_limit(), None, "{text}");
+            let back = toml::to_string(&ban).unwrap();
+            assert!(back.contains("time = \"never\""), "{back}");
+        }
+        let ban: BanConfig = toml::from_str("time = \"90s\"").unwrap();
+        assert_eq!(ban.time_limit(), Some(Duration::from_secs(90)));
+        assert!(toml::from_str::<BanConfig>("time = \"sometimes\"").is_err());
+    }
 }
