@@ -75,6 +75,22 @@ impl DataPlaneHandle {
             .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
+    /// Replaces the XDP whitelist `old` by `new` (a reload); nothing to do without XDP.
+    pub fn replace_whitelist(
+        &self,
+        _old: &[Prefix],
+        _new: &[Prefix],
+    ) -> Result<(), DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            return dp
+                .maps
+                .replace_whitelist(_old, _new)
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Ok(())
+    }
+
     /// Adds a drop entry.
     pub fn add_drop(&self, _prefix: Prefix, _m: DropMatch) -> Result<(), DataPlaneError> {
         #[cfg(target_os = "linux")]
