@@ -90,8 +90,12 @@ pub fn attach(
             error: e.to_string(),
         })?;
     if let Some(o) = &owners {
+        // Without its record a later agent would take the link from this one: give it up.
         if let Err(e) = o.claim(interface) {
-            tracing::warn!("XDP on {interface}: {e}");
+            if let Some(mut d) = dp.lock() {
+                d.detach(interface);
+            }
+            return Err(e.into());
         }
     }
     Ok(mode)

@@ -367,8 +367,10 @@ fn detach(interfaces: &[String], config: Option<PathBuf>) -> Result<()> {
     for (interface, result) in results {
         match result {
             Ok(fnm_agent::attach::Detached::Removed) => println!(
-                "{interface}: detached (removed {}/link-{interface})",
-                pin_path.display()
+                "{interface}: detached (removed {})",
+                pin_path
+                    .join(fnm_agent::ownership::pin_name(&interface))
+                    .display()
             ),
             Ok(fnm_agent::attach::Detached::NothingPinned) => {
                 println!("{interface}: nothing pinned under {}", pin_path.display())

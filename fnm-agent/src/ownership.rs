@@ -8,9 +8,9 @@
 //! - [`StateLock`]: an advisory lock (`flock`) on `<state_dir>/fnm-agent.lock`, held for the
 //!   agent's life; the file names the holder (pid and process start time).
 //! - [`LinkOwners`]: beside each pinned link `<pin_path>/link-<iface>`, an owner record naming
-//!   the agent that holds it. bpffs holds only BPF objects and directories, so the record is an
-//!   empty directory named `link-<iface>.owner-<pid>-<start>`; it goes away with the pins (a
-//!   reboot, `fnm-agent detach`). A pinned link is taken over only when its owner is dead: the
+//!   the agent that holds it. bpffs holds only BPF objects and directories, and no name with a
+//!   dot, so the record is an empty directory named `link-<iface>-owner-<pid>-<start>`; it
+//!   goes away with the pins (a reboot, `fnm-agent detach`). A pinned link is taken over only when its owner is dead: the
 //!   pid no longer runs, or runs a process started at another time (a recycled pid).
 
 use std::{
@@ -18,6 +18,21 @@ use std::{
     io::{Read as _, Seek as _, Write as _},
     path::{Path, PathBuf},
 };
+
+/// Between an interface's pin name and its owner: `link-<iface>-owner-<pid>-<start>`.
+const OWNER_INFIX: &str = "-owner-";
+
+/// The name of an interface's pinned link: `link-<iface>`, with `%` and `.` written `%25` and
+/// `%2e` (bpffs refuses names with a dot, and VLAN interfaces such as `eth0.100` have one).
+pub fn pin_name(interface: &str) -> String {
+    format!("link-{}", interface.replace('%', "%25").replace('.', "%2e"))
+}
+
+/// The interface of a pinned link's name ([`pin_name`]'s inverse).
+fn interface_of(pin: &str) -> Option<String> {
+    let encoded = pin.strip_prefix("link-")?;
+    Some(encoded.replace("%2e", ".").replace("%25", "%"))
+}
 
 /// File name of the state directory's lock.
 pub const LOCK_FILE: &str = "fnm-agent.lock";
@@ -199,11 +214,11 @@ impl LinkOwners {
 
     /// Where the link of `interface` is pinned.
     pub fn pin(&self, interface: &str) -> PathBuf {
-        self.dir.join(format!("link-{interface}"))
+        self.dir.join(pin_name(interface))
     }
 
     fn record_prefix(interface: &str) -> String {
-        format!("link-{interface}.owner-")
+        format!("{}{OWNER_INFIX}", pin_name(interface))
     }
 
     /// Every recorded owner of `interface`'s link (normally one).
@@ -284,8 +299,10 @@ impl LinkOwners {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let iface = name.strip_prefix("link-")?;
-                (!iface.contains(".owner-")).then(|| iface.to_owned())
+                if name.contains(OWNER_INFIX) {
+                    return None;
+                }
+                interface_of(&name)
             })
             .collect();
         out.sort();
@@ -308,6 +325,16 @@ mod tests {
         let me = ProcessId::current();
         assert!(me.start > 0);
         assert!(me.is_alive());
+    }
+
+    #[test]
+    fn pin_names_have_no_dot() {
+        assert_eq!(pin_name("eth0"), "link-eth0");
+        assert_eq!(pin_name("eth0.100"), "link-eth0%2e100");
+        for i in ["eth0", "eth0.100", "a%2eb", "x.y.z"] {
+            assert!(!pin_name(i).contains('.'));
+            assert_eq!(interface_of(&pin_name(i)).as_deref(), Some(i));
+        }
     }
 
     #[test]
@@ -368,7 +395,7 @@ mod tests {
         let live = ProcessId::of(child.id()).unwrap();
         let record = dir
             .path()
-            .join(format!("link-eth0.owner-{}", live.encode()));
+            .join(format!("link-eth0-owner-{}", live.encode()));
         std::fs::create_dir(&record).unwrap();
         let err = owners.claim("eth0").unwrap_err().to_string();
         assert!(
@@ -384,7 +411,7 @@ mod tests {
         let dead = dead_process();
         std::fs::create_dir(
             dir.path()
-                .join(format!("link-eth0.owner-{}", dead.encode())),
+                .join(format!("link-eth0-owner-{}", dead.encode())),
         )
         .unwrap();
         owners.claim("eth0").unwrap();

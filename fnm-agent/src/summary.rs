@@ -27,7 +27,8 @@ pub struct MapBytes {
 /// The `[xdp]` key that sizes a map, by the map's kernel name.
 pub fn sizing_key(map: &str) -> Option<&'static str> {
     use fnm_common::map_names as n;
-    let is = |full: &str| full.starts_with(map) && !map.is_empty();
+    // The kernel keeps 15 bytes of a name: a 15-byte name may be the start of a longer one.
+    let is = |full: &str| full == map || (map.len() == 15 && full.starts_with(map));
     if is(n::HOSTS_DENSE_V4) || is(n::DENSE_TOUCHED_V4) {
         Some("xdp.dense_v4_addresses")
     } else if is(n::HOSTS_V4) || is(n::HOSTS) {
@@ -333,6 +334,8 @@ mod tests {
             "{l:?}"
         );
         assert_eq!(sizing_key("FNM_WHITELIST_V"), Some("xdp.max_prefixes"));
+        assert_eq!(sizing_key("FNM_HOSTS"), Some("xdp.max_hosts"));
+        assert_eq!(sizing_key("FNM_DROP_COUNTE"), Some("xdp.max_drop_entries"));
         assert_eq!(sizing_key("FNM_HOSTS_V4"), Some("xdp.max_hosts"));
         assert_eq!(sizing_key(""), None);
     }

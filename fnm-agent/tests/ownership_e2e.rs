@@ -126,7 +126,7 @@ fn a_second_agent_is_refused_and_the_first_keeps_counting_exactly() {
         vec![
             format!("link-{}", pair.veth_agent),
             format!(
-                "link-{}.owner-{}-{}",
+                "link-{}-owner-{}-{}",
                 pair.veth_agent,
                 first.pid(),
                 start_time(first.pid())

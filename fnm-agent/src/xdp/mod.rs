@@ -202,7 +202,7 @@ impl DataPlane {
             .ok_or_else(|| XdpError::Load(format!("program {PROGRAM} missing")))?
             .try_into()
             .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
-        let pin_file = pin_dir.map(|d| d.join(format!("link-{interface}")));
+        let pin_file = pin_dir.map(|d| d.join(crate::ownership::pin_name(interface)));
         if let Some(path) = pin_file.as_ref().filter(|p| p.exists()) {
             let taken = PinnedLink::from_pin(path)
                 .map_err(|e| error_chain(&e))
@@ -326,7 +326,7 @@ impl DataPlane {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        out.sort_by_key(|m| std::cmp::Reverse(m.bytes));
         out
     }
 
@@ -439,11 +439,12 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
-/// Removes the link pinned at `<pin_dir>/link-<interface>` by an agent that is gone: unpins
+/// Removes the link pinned at `<pin_dir>/link-<interface>` ([`crate::ownership::pin_name`])
+/// by an agent that is gone: unpins
 /// it and closes it, which detaches the program from the interface. Returns false when
 /// nothing is pinned there. The caller checks first that no live agent owns it.
 pub fn detach_pinned(pin_dir: &Path, interface: &str) -> Result<bool, XdpError> {
-    let path = pin_dir.join(format!("link-{interface}"));
+    let path = pin_dir.join(crate::ownership::pin_name(interface));
     if !path.exists() {
         return Ok(false);
     }

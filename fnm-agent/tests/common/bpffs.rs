@@ -29,12 +29,14 @@ impl BpffsDir {
         Path::new(&self.path)
     }
 
-    /// The names of the files and directories in it, sorted.
+    /// The names of the pins and owner records in it (`link-*`; not the kernel's own
+    /// `maps.debug`, `progs.debug`), sorted.
     pub fn entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.path)
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("link-"))
                     .collect()
             })
             .unwrap_or_default();
