@@ -1,8 +1,8 @@
 //! Reloading a running agent on a real kernel, under a steady flow: not one packet is lost from
-//! the counters across three reloads (CLI, API, SIGHUP), a lowered threshold opens an attack at
+//! the counters across four reloads (CLI, API, SIGHUP), a lowered threshold opens an attack at
 //! the first poll after the reload, an added interface is attached and a removed one detached
 //! without touching the other, the collectors move, bans stay, and an invalid file keeps the
-//! running configuration and says why. Needs root.
+//! running configuration and says why, as does one that fails to apply. Needs root.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -221,7 +221,31 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
     assert_eq!(t["incoming"]["pps"], 1000.0, "{t:#}");
     assert!(agent.log().contains("bogus_key"), "logged");
 
-    // 3. SIGHUP: the added interface and collector go again.
+    // 3. A change that fails to apply (an interface that does not exist): undone, nothing
+    //    else of it applied either.
+    let failing = body(&s, 999, true, "\"127.0.0.1:16343\"", "max_hosts = 4096").replace(
+        &format!("\"{dummy}\"]"),
+        &format!("\"{dummy}\", \"fnmnosuch0\"]"),
+    );
+    write_config(
+        &agent.config_path,
+        &agent.state_path,
+        &failing,
+        agent.api,
+        agent.metrics,
+    );
+    let err = agent
+        .request("POST", "/api/v1/reload", None)
+        .expect_err("an interface that cannot be attached fails the reload");
+    assert!(err.contains("fnmnosuch0"), "{err}");
+    assert!(err.contains("running configuration is kept"), "{err}");
+    let t = agent
+        .get(&format!("/api/v1/thresholds/{}", pair.agent_v4))
+        .unwrap();
+    assert_eq!(t["incoming"]["pps"], 1000.0, "{t:#}");
+    assert!(has_xdp(&pair.agent, &dummy) && has_xdp(&pair.agent, &pair.veth_agent));
+
+    // 4. SIGHUP: the added interface and collector go again.
     cfg(1000, false, "", "");
     agent.signal(libc::SIGHUP);
     agent.wait_log("configuration reloaded", 2);
@@ -245,7 +269,7 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
         "every packet of the flow counted across the reloads: {h:#}"
     );
     eprintln!(
-        "{sent} datagrams sent and counted across three reloads; the attack opened {} ms \
+        "{sent} datagrams sent and counted across four reloads; the attack opened {} ms \
          after the reload answer",
         started as i64 - reloaded_ms as i64
     );
@@ -264,7 +288,7 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
     for line in [
         "fnm_config_reloads_total{result=\"success\"} 2",
         "fnm_config_reloads_total{result=\"invalid\"} 1",
-        "fnm_config_reloads_total{result=\"failed\"} 0",
+        "fnm_config_reloads_total{result=\"failed\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
