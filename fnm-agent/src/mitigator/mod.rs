@@ -1291,6 +1291,43 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_reload_keeps_what_is_in_force_and_applies_the_new_policy_and_actions() {
+        let (m, _decisions) = start("").await;
+        m.ban(manual("198.51.100.7/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert!(m.script_stats.load().is_none());
+        let config: Config = toml::from_str(
+            "networks = [\"10.0.0.0/8\"]\nwhitelist = [\"198.51.100.0/24\"]\n\
+             [ban]\nmanual_actions = [\"script\"]\nscript = \"/bin/true\"\n",
+        )
+        .unwrap();
+        let keep = crate::reload::keep_actions(&Config::default(), &config);
+        let registry = crate::actions::registry_except(&config, &keep).unwrap();
+        let notes = m.reload(config, registry, keep).await.unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        // The ban made before stays in force...
+        assert_eq!(m.view().bans.len(), 1);
+        assert_eq!(m.view().active.len(), 1);
+        // ...while new bans meet the new whitelist, and run the new manual actions.
+        assert!(matches!(
+            m.ban(manual("198.51.100.8/32", DropMatch::Src)).await,
+            Err(MitigatorError::Refused(BanRefusal::InsideWhitelist { .. }))
+        ));
+        let (_, actions) = m
+            .ban(manual("203.0.113.9/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, Action::Script);
+        assert!(m.script_stats.load().is_some(), "the new script's counters");
+        // Lifting the old ban goes through the action that made it.
+        m.unban("198.51.100.7/32".parse().unwrap(), DropMatch::Src)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answered_ban_or_unban_is_already_in_the_view() {
         let (m, _decisions) = start("").await;
