@@ -2,9 +2,11 @@
 //! the counters across four reloads (CLI, API, SIGHUP), a lowered threshold opens an attack at
 //! the first poll after the reload, an added interface is attached and a removed one detached
 //! without touching the other, the collectors move, bans stay, and an invalid file keeps the
-//! running configuration and says why, as does one that fails to apply. Needs root.
+//! running configuration and says why, as does one that fails to apply. A BGP reload moves the
+//! routes in force to the new settings (through real gobgpd). Needs root.
 #![cfg(target_os = "linux")]
 
+mod bgp_support;
 mod common;
 
 use common::{
@@ -301,4 +303,93 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
         last * 1000 + 1000 >= reloaded_ms,
         "last success after the first reload"
     );
+}
+
+#[test]
+fn a_bgp_reload_moves_the_routes_in_force_to_the_new_settings() {
+    use bgp_support::{free_port, Receiver};
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(dir.path());
+    let speaker_api = free_port();
+    let _speaker = bgp_support::start_gobgp_speaker(dir.path(), receiver.bgp_port, speaker_api);
+    let speaker_log = dir.path().join("speaker.log");
+    receiver.wait_established(|| std::fs::read_to_string(&speaker_log).unwrap_or_default());
+
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config_path = dir.path().join("fnm.toml");
+    let write = |community: &str| {
+        write_config(
+            &config_path,
+            &dir.path().join("state"),
+            &format!(
+                "networks = [\"10.0.0.0/8\"]\n[xdp]\nenabled = false\n[sflow]\nlisten = []\n\
+                 [netflow]\nlisten = []\n[ban]\nmanual_actions = [\"bgp_blackhole\"]\n\
+                 [bgp]\nbackend = \"gobgp\"\ngobgp_api = \"127.0.0.1:{speaker_api}\"\n\
+                 communities = [\"{community}\"]\n"
+            ),
+            api,
+            metrics,
+        )
+    };
+    write("65535:666");
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut agent = std::process::Command::new(common::agent::binary())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+        }
+    }
+    let _stop = Stop(agent.id());
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    bgp_support::wait_for("the agent's API", || {
+        if let Ok(Some(status)) = agent.try_wait() {
+            panic!("the agent exited ({status}):\n{}", agent_log());
+        }
+        fnm_agent::client::request(api, "GET", "/api/v1/status", None).map_err(|e| e.to_string())
+    });
+    let ban = serde_json::json!({"prefix": "198.51.100.7/32", "match": "src"});
+    fnm_agent::client::request(api, "POST", "/api/v1/bans", Some(&ban)).unwrap();
+    let line = receiver.wait_route("ipv4", "198.51.100.7/32");
+    assert!(
+        line.contains("65535:666") || line.contains("blackhole"),
+        "{line}\n{}",
+        agent_log()
+    );
+
+    // New communities: the route in force is announced again with them.
+    write("65000:999");
+    let outcome = fnm_agent::client::request(api, "POST", "/api/v1/reload", None).unwrap();
+    assert_eq!(
+        outcome["changed"],
+        serde_json::json!(["bgp.communities"]),
+        "{outcome:#}"
+    );
+    assert_eq!(outcome["notes"], serde_json::json!([]), "{outcome:#}");
+    bgp_support::wait_for("the route with the new community", || {
+        match receiver.rib_line("ipv4", "198.51.100.7/32")? {
+            Some(l) if l.contains("65000:999") => Ok(l),
+            other => Err(format!("{other:?}\n{}", agent_log())),
+        }
+    });
+    // Lifting the ban withdraws it through the new session.
+    fnm_agent::client::request(
+        api,
+        "DELETE",
+        "/api/v1/bans/198.51.100.7%2F32?match=src",
+        None,
+    )
+    .unwrap();
+    receiver.wait_gone("ipv4", "198.51.100.7/32");
+    drop(_stop);
+    let _ = agent.wait();
 }
