@@ -427,6 +427,7 @@ impl Reloader {
             .cloned()
             .collect();
         if self.dataplane.is_present() {
+            self.dataplane.set_sample_one_in(new.ban.sample_one_in);
             self.detach(&new, removed).await;
             if old.whitelist != new.whitelist {
                 if let Err(e) = self
