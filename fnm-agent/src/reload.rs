@@ -266,7 +266,7 @@ pub fn keep_actions(old: &Config, new: &Config) -> BTreeSet<Action> {
     }
     let uses_bgp =
         |c: &Config| c.uses_action(Action::BgpBlackhole) || c.uses_action(Action::BgpFlowspec);
-    if uses_bgp(old) && uses_bgp(new) && old.bgp == new.bgp {
+    if uses_bgp(old) && uses_bgp(new) && old.actions.bgp == new.actions.bgp {
         keep.insert(Action::BgpBlackhole);
         keep.insert(Action::BgpFlowspec);
     }

@@ -175,14 +175,14 @@ pub fn lines(config: &Config, maps: Option<&[MapBytes]>) -> Vec<String> {
     let mut line = format!("sources: {}", sources.join("; "));
     use crate::actions::Action;
     if config.uses_action(Action::BgpBlackhole) || config.uses_action(Action::BgpFlowspec) {
-        line.push_str(&match config.bgp.backend {
+        line.push_str(&match config.actions.bgp.backend {
             crate::actions::bgp::BgpBackend::Gobgp => {
-                format!("; BGP through GoBGP at {}", config.bgp.gobgp_api)
+                format!("; BGP through GoBGP at {}", config.actions.bgp.gobgp_api)
             }
             crate::actions::bgp::BgpBackend::Exabgp => {
                 format!(
                     "; BGP through ExaBGP's pipe {}",
-                    config.bgp.exabgp_pipe.display()
+                    config.actions.bgp.exabgp_pipe.display()
                 )
             }
         });
