@@ -162,7 +162,8 @@ async fn list_hosts(
     let sort = q.get("sort").map(String::as_str).unwrap_or("pps");
     let sort = HostSort::parse(sort).ok_or_else(|| {
         bad_request(format!(
-            "sort must be pps, bps, flows_per_second, packets or bytes, not {sort:?}"
+            "sort must be pps, bits_per_second (or mbps, bytes_per_second), flows_per_second, \
+             packets or bytes, not {sort:?}"
         ))
     })?;
     let limit = match q.get("limit") {

@@ -6,6 +6,7 @@ pub mod actions;
 pub mod api;
 pub mod bans;
 pub mod capture;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dataplane;

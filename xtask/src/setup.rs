@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[&str] = &[
     "bird2",
     "fastnetmon",
     "tcpdump",
+    // A real terminal for `fnm-agent top`'s test (send-keys, capture-pane).
+    "tmux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
