@@ -357,9 +357,7 @@ fn register_alerting(
     view: &crate::mitigator::MitigatorView,
 ) {
     use crate::{
-        actions::Action,
-        bans::BanOrigin,
-        detection::attack::AttackType,
+        actions::Action, bans::BanOrigin, detection::attack::AttackType,
         mitigator::store::ActionResult,
     };
     let started = Family::<Labels, Counter>::default();

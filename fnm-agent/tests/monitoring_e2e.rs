@@ -123,7 +123,10 @@ fn query(ns: &str, prom: SocketAddr, expr: &str) -> Vec<Value> {
     })
     .unwrap_or_else(|e| panic!("query {expr}: {e}"));
     assert_eq!(answer["status"], "success", "{expr}: {answer:#}");
-    answer["data"]["result"].as_array().cloned().unwrap_or_default()
+    answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn alerts(ns: &str, prom: SocketAddr) -> Vec<Value> {
@@ -202,7 +205,10 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
         "fnm_mitigations_active{action=\"xdp_rule\",origin=\"detection\"} 0",
         "fnm_mitigation_actions_failing{action=\"webhook\"} 0",
     ] {
-        assert!(metrics.contains(line), "{line} missing before any attack:\n{metrics}");
+        assert!(
+            metrics.contains(line),
+            "{line} missing before any attack:\n{metrics}"
+        );
     }
 
     // A real Prometheus scraping the agent every second and evaluating the rules.
@@ -245,7 +251,10 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
             )
             .ok()
         });
-        match up.as_ref().and_then(|v| v["data"]["result"][0]["value"][1].as_str()) {
+        match up
+            .as_ref()
+            .and_then(|v| v["data"]["result"][0]["value"][1].as_str())
+        {
             Some("1") => None,
             other => Some(format!("up = {other:?}")),
         }
@@ -303,8 +312,8 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
     );
     let all = alerts(&pair.agent, prom);
     assert!(
-        all.iter().any(|a| a["labels"]["alertname"] == "FnmAttackInProgress"
-            && a["state"] == "pending"),
+        all.iter()
+            .any(|a| a["labels"]["alertname"] == "FnmAttackInProgress" && a["state"] == "pending"),
         "FnmAttackInProgress is pending (for: 5m): {all:#?}"
     );
 
@@ -333,7 +342,10 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
     for (name, expr) in &rules {
         let result = query(&pair.agent, prom, expr);
         if quiet.contains(&name.as_str()) {
-            assert!(result.is_empty(), "{name} ({expr}) should be quiet: {result:#?}");
+            assert!(
+                result.is_empty(),
+                "{name} ({expr}) should be quiet: {result:#?}"
+            );
         } else {
             assert!(!result.is_empty(), "{name} ({expr}) should return data");
         }
@@ -347,7 +359,10 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
         m.contains("fnm_mitigations_active{action=\"xdp_rule\",origin=\"detection\"} 1"),
         "{m}"
     );
-    assert!(m.contains("fnm_mitigation_actions_failing{action=\"webhook\"} 1"), "{m}");
+    assert!(
+        m.contains("fnm_mitigation_actions_failing{action=\"webhook\"} 1"),
+        "{m}"
+    );
 
     stop.store(true, Ordering::SeqCst);
     flood.join().unwrap();
@@ -355,18 +370,15 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
 
     // The agent goes away: FnmAgentDown's expression turns true (pending for its minute).
     drop(agent);
-    wait_until(
-        "FnmAgentDown is pending once the agent is gone",
-        30,
-        || {
-            let all = alerts(&pair.agent, prom);
-            if all.iter().any(|a| {
-                a["labels"]["alertname"] == "FnmAgentDown" && a["state"] == "pending"
-            }) {
-                None
-            } else {
-                Some(format!("{all:#?}"))
-            }
-        },
-    );
+    wait_until("FnmAgentDown is pending once the agent is gone", 30, || {
+        let all = alerts(&pair.agent, prom);
+        if all
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "FnmAgentDown" && a["state"] == "pending")
+        {
+            None
+        } else {
+            Some(format!("{all:#?}"))
+        }
+    });
 }

@@ -170,18 +170,29 @@ fn top_shows_the_flood_live_in_a_real_terminal_and_quits_cleanly() {
         &command,
     ]);
     tmux.wait_for(
-        &["fnm-agent top", "Top hosts: incoming (sorted by packets/s)", "no active attacks"],
+        &[
+            "fnm-agent top",
+            "Top hosts: incoming (sorted by packets/s)",
+            "no active attacks",
+        ],
         "before the flood",
     );
     assert_eq!(
-        tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"]).trim(),
+        tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"])
+            .trim(),
         "1",
         "top runs on the alternate screen"
     );
 
     let flood = Flood::start(&pair);
     let screen = tmux.wait_for(
-        &[&victim, "ACTIVE ATTACK", "dns_amplification", "Mbit/s", "xdp_rule"],
+        &[
+            &victim,
+            "ACTIVE ATTACK",
+            "dns_amplification",
+            "Mbit/s",
+            "xdp_rule",
+        ],
         "during the flood",
     );
     // The victim's line: its packet rate in thousands near the flood's, and its bit rate.
@@ -199,7 +210,9 @@ fn top_shows_the_flood_live_in_a_real_terminal_and_quits_cleanly() {
     );
     // The sources' health: the XDP poller hands over records.
     assert!(
-        screen.lines().any(|l| l.contains("xdp ") && l.contains("rec/s")),
+        screen
+            .lines()
+            .any(|l| l.contains("xdp ") && l.contains("rec/s")),
         "{screen}"
     );
 
@@ -220,7 +233,8 @@ fn top_shows_the_flood_live_in_a_real_terminal_and_quits_cleanly() {
         "the main screen is back after quitting:\n{screen}"
     );
     assert_eq!(
-        tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"]).trim(),
+        tmux.run(&["display-message", "-p", "-t", "top", "#{alternate_on}"])
+            .trim(),
         "0",
         "the alternate screen is left"
     );
@@ -257,8 +271,14 @@ fn listings_are_readable_tables_and_json_reads_back() {
     assert_eq!(agent.cli(&["attacks", "--ongoing"]), "no active attacks\n");
     assert_eq!(agent.cli(&["mitigations"]), "no active mitigations\n");
     assert_eq!(agent.cli(&["bans"]), "no active bans or mitigations\n");
-    assert_eq!(json_of(&agent.cli(&["attacks", "--json"])), Value::Array(vec![]));
-    assert_eq!(json_of(&agent.cli(&["bans", "--json"])), Value::Array(vec![]));
+    assert_eq!(
+        json_of(&agent.cli(&["attacks", "--json"])),
+        Value::Array(vec![])
+    );
+    assert_eq!(
+        json_of(&agent.cli(&["bans", "--json"])),
+        Value::Array(vec![])
+    );
 
     let flood = Flood::start(&pair);
     let attack = wait_for_attack(&agent);
@@ -285,10 +305,14 @@ fn listings_are_readable_tables_and_json_reads_back() {
     let hosts = agent.cli(&["hosts", "--top", "5"]);
     let mut lines = hosts.lines();
     let header = lines.next().unwrap();
-    for col in ["HOST", "PPS", "BITS/S", "FLOWS/S", "UDP PPS", "PACKETS", "BYTES"] {
+    for col in [
+        "HOST", "PPS", "BITS/S", "FLOWS/S", "UDP PPS", "PACKETS", "BYTES",
+    ] {
         assert!(header.contains(col), "{hosts}");
     }
-    let row = lines.find(|l| l.starts_with(&victim)).unwrap_or_else(|| panic!("{hosts}"));
+    let row = lines
+        .find(|l| l.starts_with(&victim))
+        .unwrap_or_else(|| panic!("{hosts}"));
     assert!(row.contains("Mbit/s") && row.contains('k'), "{hosts}");
     // Columns line up: every right-aligned header ends where its cells end.
     let end = header.find("PPS").unwrap() + 3;
@@ -309,8 +333,17 @@ fn listings_are_readable_tables_and_json_reads_back() {
     // attacks and attacks show.
     let table = agent.cli(&["attacks"]);
     assert!(table.starts_with("ID "), "{table}");
-    let row = table.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{table}"));
-    for want in [victim.as_str(), "incoming", "dns_amplification", "ongoing", "xdp_rule ok"] {
+    let row = table
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    for want in [
+        victim.as_str(),
+        "incoming",
+        "dns_amplification",
+        "ongoing",
+        "xdp_rule ok",
+    ] {
         assert!(row.contains(want), "{want:?} missing: {table}");
     }
     assert!(row.contains(" pps > 2.00k pps"), "{table}");
@@ -335,7 +368,13 @@ fn listings_are_readable_tables_and_json_reads_back() {
     assert_eq!(shown["id"], id.as_str());
     let (ok, _, err) = cli_raw(
         &agent,
-        &["attacks", "show", "no-such-id", "--api", &agent.api.to_string()],
+        &[
+            "attacks",
+            "show",
+            "no-such-id",
+            "--api",
+            &agent.api.to_string(),
+        ],
     );
     assert!(!ok && err.contains("no attack no-such-id"), "{err}");
 
@@ -345,8 +384,14 @@ fn listings_are_readable_tables_and_json_reads_back() {
         .lines()
         .find(|l| l.contains(&format!("{victim}/32 dst")))
         .unwrap_or_else(|| panic!("{mitigations}"));
-    assert!(row.contains("detection") && row.contains("xdp_rule ok"), "{mitigations}");
-    assert!(row.contains("in 29m") || row.contains("in 30m"), "{mitigations}");
+    assert!(
+        row.contains("detection") && row.contains("xdp_rule ok"),
+        "{mitigations}"
+    );
+    assert!(
+        row.contains("in 29m") || row.contains("in 30m"),
+        "{mitigations}"
+    );
     let m = json_of(&agent.cli(&["mitigations", "--json"]));
     assert_eq!(m[0]["id"], id.as_str(), "{m:#}");
 
@@ -368,7 +413,10 @@ fn listings_are_readable_tables_and_json_reads_back() {
         .lines()
         .find(|l| l.contains(&format!("{victim}/32")))
         .unwrap_or_else(|| panic!("the automatic mitigation is a ban too:\n{bans}"));
-    assert!(auto.contains("detection") && auto.contains("xdp_rule ok"), "{bans}");
+    assert!(
+        auto.contains("detection") && auto.contains("xdp_rule ok"),
+        "{bans}"
+    );
     assert!(!bans.contains("1800s"), "{bans}");
     let rows = json_of(&agent.cli(&["bans", "--json"]));
     let mut origins: Vec<&str> = rows
@@ -381,7 +429,10 @@ fn listings_are_readable_tables_and_json_reads_back() {
     assert_eq!(origins, ["detection", "manual"], "{rows:#}");
 
     // --api as a URL and as a host name.
-    for api in [format!("http://{}/", agent.api), format!("localhost:{}", agent.api.port())] {
+    for api in [
+        format!("http://{}/", agent.api),
+        format!("localhost:{}", agent.api.port()),
+    ] {
         let (ok, out, err) = cli_raw(&agent, &["mitigations", "--api", &api]);
         assert!(ok && out.contains(&id), "--api {api}: {out}{err}");
     }
@@ -393,11 +444,17 @@ fn listings_are_readable_tables_and_json_reads_back() {
     let (ok, out, err) = cli_raw(&agent, &["thresholds", &victim, "--config", &cfg]);
     assert!(ok, "{err}");
     assert!(out.contains("monitored (in networks"), "{out}");
-    assert!(out.contains("packets/s") && out.contains("2.00k pps"), "{out}");
+    assert!(
+        out.contains("packets/s") && out.contains("2.00k pps"),
+        "{out}"
+    );
     assert!(out.contains("actions: xdp_rule"), "{out}");
     let (ok, out, _) = cli_raw(&agent, &["thresholds", "192.0.2.1", "--config", &cfg]);
     assert!(ok && out.contains("NOT in networks"), "{out}");
-    let (ok, out, _) = cli_raw(&agent, &["thresholds", "192.0.2.1", "--config", &cfg, "--json"]);
+    let (ok, out, _) = cli_raw(
+        &agent,
+        &["thresholds", "192.0.2.1", "--config", &cfg, "--json"],
+    );
     assert!(ok);
     let t = json_of(&out);
     assert!(t["network"].is_null(), "{t:#}");

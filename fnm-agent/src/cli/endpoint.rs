@@ -90,9 +90,11 @@ impl FromStr for ApiEndpoint {
         };
         let valid_name = !host.is_empty()
             && host.len() <= 253
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
         if !valid_name {
             return Err(bad("not a host name"));
         }
@@ -165,7 +167,10 @@ mod tests {
         assert_eq!(ep("::1").unwrap(), "[::1]:9210");
         assert_eq!(ep("[2001:db8::1]").unwrap(), "[2001:db8::1]:9210");
         assert_eq!(ep("localhost").unwrap(), "localhost:9210");
-        assert_eq!(ep("fnm-1.example.net:8080").unwrap(), "fnm-1.example.net:8080");
+        assert_eq!(
+            ep("fnm-1.example.net:8080").unwrap(),
+            "fnm-1.example.net:8080"
+        );
         assert_eq!(ep("http://127.0.0.1:9210").unwrap(), "127.0.0.1:9210");
         assert_eq!(ep("http://127.0.0.1:9210/").unwrap(), "127.0.0.1:9210");
         assert_eq!(ep("HTTP://localhost/api/v1").unwrap(), "localhost:9210");

@@ -28,7 +28,9 @@ pub enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
     /// The agent answered with something this CLI does not read (a different version?).
-    #[error("unexpected answer from {path}: {message} (is the agent the same version as this CLI?)")]
+    #[error(
+        "unexpected answer from {path}: {message} (is the agent the same version as this CLI?)"
+    )]
     Decode {
         /// The API path.
         path: String,
@@ -114,10 +116,11 @@ pub fn hosts(
 
 /// `attacks`.
 pub fn attacks(api: &ApiClient, ongoing: bool, as_json: bool) -> Result<String, CliError> {
-    let mut list: Vec<Attack> = api.get("/api/v1/attacks")?;
-    if ongoing {
-        list.retain(|a| a.ended_unix_ms.is_none());
-    }
+    let list: Vec<Attack> = api.get(if ongoing {
+        "/api/v1/attacks?ongoing=true"
+    } else {
+        "/api/v1/attacks"
+    })?;
     if as_json {
         return json(&list);
     }

@@ -23,10 +23,7 @@ impl Table {
     /// A table with these columns.
     pub fn new(columns: &[(&str, Align)]) -> Self {
         Self {
-            columns: columns
-                .iter()
-                .map(|(h, a)| ((*h).to_owned(), *a))
-                .collect(),
+            columns: columns.iter().map(|(h, a)| ((*h).to_owned(), *a)).collect(),
             rows: Vec::new(),
         }
     }

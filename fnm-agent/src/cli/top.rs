@@ -10,10 +10,9 @@
 //! screen back) on quit, on error and on panic. It needs nothing from the terminal but
 //! ANSI sequences, so it works in any terminal emulator, tmux and over SSH.
 
-use super::{listings, units, ApiClient};
+use super::{units, ApiClient};
 use crate::{
-    accounting::Direction, detection::attack::Attack, mitigator::store::Mitigation,
-    views::HostView,
+    accounting::Direction, detection::attack::Attack, mitigator::store::Mitigation, views::HostView,
 };
 use ratatui::{
     crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
@@ -198,18 +197,15 @@ pub fn fetch(api: &ApiClient, direction: Direction, sort: TopSort) -> Refresh {
         r.error.get_or_insert(e.to_string());
     };
     let hosts = api.get::<Vec<HostView>>(&path).map_err(&mut fail);
-    let attacks = api.get::<Vec<Attack>>("/api/v1/attacks").map_err(&mut fail);
+    let attacks = api
+        .get::<Vec<Attack>>("/api/v1/attacks?ongoing=true")
+        .map_err(&mut fail);
     let mitigations = api
         .get::<Vec<Mitigation>>("/api/v1/mitigations")
         .map_err(&mut fail);
     let status = api.get::<Status>("/api/v1/status").map_err(&mut fail);
     r.hosts = hosts.unwrap_or_default();
-    r.attacks = attacks
-        .map(|mut a| {
-            a.retain(|a| a.ended_unix_ms.is_none());
-            a
-        })
-        .unwrap_or_default();
+    r.attacks = attacks.unwrap_or_default();
     r.mitigations = mitigations.unwrap_or_default();
     r.status = status.ok();
     r
@@ -311,8 +307,8 @@ impl TopState {
         self.draw_hosts(frame, hosts);
         let [left, middle, right] = Layout::horizontal([
             Constraint::Percentage(45),
-            Constraint::Percentage(30),
-            Constraint::Percentage(25),
+            Constraint::Percentage(32),
+            Constraint::Percentage(23),
         ])
         .areas(bottom);
         self.draw_attacks(frame, left);
@@ -443,12 +439,13 @@ impl TopState {
             ],
         )
         .header(
-            Row::new(
-                header
-                    .iter()
-                    .enumerate()
-                    .map(|(i, h)| if i == 0 { Cell::from(*h) } else { right(*h) }),
-            )
+            Row::new(header.iter().enumerate().map(|(i, h)| {
+                if i == 0 {
+                    Cell::from(*h)
+                } else {
+                    right(*h)
+                }
+            }))
             .style(Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED)),
         )
         .block(Block::default().borders(Borders::ALL).title(title));
@@ -475,7 +472,7 @@ impl TopState {
                 .iter()
                 .map(|a| {
                     Line::from(format!(
-                        "{} {} {} {} peak {} pps {} for {}",
+                        "{} {} {} {} peak {} pps {}",
                         a.host,
                         if a.direction == Direction::Incoming {
                             "in"
@@ -483,10 +480,9 @@ impl TopState {
                             "out"
                         },
                         a.fingerprint.attack_type.as_str(),
-                        listings::rate_with_unit(a.threshold.rate, a.threshold.value),
+                        units::duration(now.saturating_sub(a.started_unix_ms / 1000)),
                         units::pps(a.peak_rates.pps),
                         units::bits_per_second(a.peak_rates.bytes_per_second),
-                        units::duration(now.saturating_sub(a.started_unix_ms / 1000)),
                     ))
                     .style(Style::default().fg(Color::Red))
                 })
@@ -514,7 +510,10 @@ impl TopState {
                         "{} {} {} {} {}",
                         m.prefix,
                         m.match_on.as_str(),
-                        listings::origin_str(m.origin),
+                        match m.origin {
+                            crate::bans::BanOrigin::Detection => "auto",
+                            crate::bans::BanOrigin::Manual => "manual",
+                        },
                         m.actions
                             .iter()
                             .map(|a| a.action.as_str())
@@ -531,7 +530,11 @@ impl TopState {
             _ => vec![Line::from("no active mitigations")],
         };
         frame.render_widget(
-            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" Mitigations ")),
+            Paragraph::new(lines).block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(" Mitigations "),
+            ),
             area,
         );
     }
@@ -759,7 +762,10 @@ mod tests {
             ..Refresh::default()
         });
         let text = screen(&s);
-        assert!(text.contains("Top hosts: incoming (sorted by packets/s)"), "{text}");
+        assert!(
+            text.contains("Top hosts: incoming (sorted by packets/s)"),
+            "{text}"
+        );
         assert!(text.contains("10.0.0.9"), "{text}");
         assert!(text.contains("12.3k"), "{text}");
         assert!(text.contains("10.0 Mbit/s"), "{text}");
@@ -770,17 +776,35 @@ mod tests {
     #[test]
     fn keys_switch_direction_and_sort_and_stale_refreshes_are_dropped() {
         let mut s = TopState::new(&options());
-        assert_eq!(s.key(KeyCode::Char('o'), KeyModifiers::NONE), KeyAction::Refetch);
+        assert_eq!(
+            s.key(KeyCode::Char('o'), KeyModifiers::NONE),
+            KeyAction::Refetch
+        );
         assert_eq!(s.direction, Direction::Outgoing);
-        assert_eq!(s.key(KeyCode::Char('o'), KeyModifiers::NONE), KeyAction::None);
+        assert_eq!(
+            s.key(KeyCode::Char('o'), KeyModifiers::NONE),
+            KeyAction::None
+        );
         assert_eq!(s.key(KeyCode::Tab, KeyModifiers::NONE), KeyAction::Refetch);
         assert_eq!(s.direction, Direction::Incoming);
-        assert_eq!(s.key(KeyCode::Char('b'), KeyModifiers::NONE), KeyAction::Refetch);
+        assert_eq!(
+            s.key(KeyCode::Char('b'), KeyModifiers::NONE),
+            KeyAction::Refetch
+        );
         assert_eq!(s.sort, TopSort::Bits);
-        assert_eq!(s.key(KeyCode::Char('s'), KeyModifiers::NONE), KeyAction::Refetch);
+        assert_eq!(
+            s.key(KeyCode::Char('s'), KeyModifiers::NONE),
+            KeyAction::Refetch
+        );
         assert_eq!(s.sort, TopSort::Flows);
-        assert_eq!(s.key(KeyCode::Char('q'), KeyModifiers::NONE), KeyAction::Quit);
-        assert_eq!(s.key(KeyCode::Char('c'), KeyModifiers::CONTROL), KeyAction::Quit);
+        assert_eq!(
+            s.key(KeyCode::Char('q'), KeyModifiers::NONE),
+            KeyAction::Quit
+        );
+        assert_eq!(
+            s.key(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            KeyAction::Quit
+        );
         // A refresh fetched for the old query never shows under the new title.
         s.refreshed(Refresh {
             direction: Some(Direction::Incoming),
@@ -806,7 +830,10 @@ mod tests {
             token: None,
         };
         let r = fetch(&api, Direction::Incoming, TopSort::Pps);
-        assert!(r.error.as_deref().unwrap().contains("cannot reach"), "{r:?}");
+        assert!(
+            r.error.as_deref().unwrap().contains("cannot reach"),
+            "{r:?}"
+        );
         let mut s = TopState::new(&options());
         s.refreshed(r);
         assert!(screen(&s).contains("API error: cannot reach"));

@@ -95,7 +95,12 @@ impl TryFrom<ThresholdsInput> for Thresholds {
     fn try_from(i: ThresholdsInput) -> Result<Self, String> {
         Ok(Thresholds {
             pps: i.pps,
-            bytes_per_second: bytes_or_mbps(i.bytes_per_second, i.mbps, "bytes_per_second", "mbps")?,
+            bytes_per_second: bytes_or_mbps(
+                i.bytes_per_second,
+                i.mbps,
+                "bytes_per_second",
+                "mbps",
+            )?,
             flows_per_second: i.flows_per_second,
             tcp_pps: i.tcp_pps,
             tcp_bytes_per_second: bytes_or_mbps(
