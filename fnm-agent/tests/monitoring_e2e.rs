@@ -287,13 +287,13 @@ fn every_panel_and_alert_works_against_a_real_agent_and_prometheus() {
         }
     });
 
-    let firing = |name: &str, label: (&str, &str)| {
-        let (ns, name, label) = (pair.agent.clone(), name.to_owned(), label);
+    let firing = |name: &'static str, label: (&'static str, &'static str)| {
+        let ns = pair.agent.clone();
         move || {
             let all = alerts(&ns, prom);
-            let found = all.iter().find(|a| {
-                a["labels"]["alertname"] == name.as_str() && a["labels"][label.0] == label.1
-            });
+            let found = all
+                .iter()
+                .find(|a| a["labels"]["alertname"] == name && a["labels"][label.0] == label.1);
             match found.map(|a| a["state"].as_str().unwrap_or("")) {
                 Some("firing") => None,
                 other => Some(format!("{name} is {other:?}; alerts: {all:#?}")),

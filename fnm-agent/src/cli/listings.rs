@@ -132,13 +132,25 @@ fn attack_status(a: &Attack, now: u64) -> (String, String) {
     }
 }
 
-/// The crossing as read: `pps 12.0k pps > 2.00k pps`.
+/// A rate's value without its name: `12.0k` (packets or flows per second), `95.0 Mbit/s`.
+fn rate_value(kind: RateKind, value: f64) -> String {
+    match kind {
+        RateKind::BytesPerSecond
+        | RateKind::TcpBytesPerSecond
+        | RateKind::UdpBytesPerSecond
+        | RateKind::IcmpBytesPerSecond => units::bits_per_second(value),
+        _ => units::si(value),
+    }
+}
+
+/// The crossing as read, with the rate's configuration name: `pps 12.0k > 2.00k`,
+/// `udp_bytes_per_second 95.0 Mbit/s > 80.0 Mbit/s`.
 fn crossing(a: &Attack) -> String {
     format!(
         "{} {} > {}",
         a.threshold.rate,
-        rate_with_unit(a.threshold.rate, a.threshold.value),
-        rate_with_unit(a.threshold.rate, a.threshold.threshold)
+        rate_value(a.threshold.rate, a.threshold.value),
+        rate_value(a.threshold.rate, a.threshold.threshold)
     )
 }
 
@@ -436,10 +448,12 @@ pub struct BanRow {
     pub expires: Option<u64>,
     /// Its attack goes on (an automatic mitigation then outlives `expires`).
     pub attack_ongoing: bool,
-    /// Packets its XDP drop entry dropped (not counted per rule for `xdp_rule`).
-    pub dropped_packets: u64,
+    /// Packets its XDP drop entry dropped (`None` without a drop entry of its own: an
+    /// `xdp_rule` mitigation's drops are counted for all rules together, in
+    /// `fnm_xdp_dropped_packets_total{match="rule"}`).
+    pub dropped_packets: Option<u64>,
     /// Bytes its XDP drop entry dropped.
-    pub dropped_bytes: u64,
+    pub dropped_bytes: Option<u64>,
     /// The operator's note or the attack id.
     pub reason: String,
 }
@@ -467,8 +481,8 @@ pub fn ban_rows(mitigations: &[Mitigation], bans: &[BanEntry]) -> Vec<BanRow> {
                 started: m.started,
                 expires: m.expires,
                 attack_ongoing: m.attack_ongoing,
-                dropped_packets: entry.map_or(0, |b| b.dropped_packets),
-                dropped_bytes: entry.map_or(0, |b| b.dropped_bytes),
+                dropped_packets: entry.map(|b| b.dropped_packets),
+                dropped_bytes: entry.map(|b| b.dropped_bytes),
                 reason: if m.reason.is_empty() && m.origin == BanOrigin::Detection {
                     format!("attack {}", m.id)
                 } else {
@@ -493,8 +507,8 @@ pub fn ban_rows(mitigations: &[Mitigation], bans: &[BanEntry]) -> Vec<BanRow> {
             started: b.created,
             expires: b.expires,
             attack_ongoing: false,
-            dropped_packets: b.dropped_packets,
-            dropped_bytes: b.dropped_bytes,
+            dropped_packets: Some(b.dropped_packets),
+            dropped_bytes: Some(b.dropped_bytes),
             reason: b.reason.clone(),
         });
     }
@@ -534,8 +548,9 @@ pub fn bans(rows: &[BanRow], now: u64) -> String {
             },
             units::local_time(r.started),
             expires,
-            units::si(r.dropped_packets as f64),
-            units::bytes(r.dropped_bytes),
+            r.dropped_packets
+                .map_or_else(|| "-".into(), |p| units::si(p as f64)),
+            r.dropped_bytes.map_or_else(|| "-".into(), units::bytes),
             r.reason.clone(),
         ]);
     }
@@ -783,8 +798,8 @@ mod tests {
         let a = attack();
         let started = units::local_time_ms(a.started_unix_ms);
         let expected = format!(
-            "ID                                    HOST       DIRECTION  TYPE               STARTED              STATUS   DURATION  DETECTED AT                PEAK PPS  PEAK BITS/S  ACTIONS\n\
-             0193a0b4-7c2e-7d1a-9f3e-2b1c4d5e6f70  10.10.0.9  incoming   dns_amplification  {started}  ongoing   29m 12s  pps 12.0k pps > 2.00k pps     15.5k  53.1 Mbit/s  xdp_rule ok, webhook retrying\n"
+            "ID                                    HOST       DIRECTION  TYPE               STARTED              STATUS   DURATION  DETECTED AT        PEAK PPS  PEAK BITS/S  ACTIONS\n\
+             0193a0b4-7c2e-7d1a-9f3e-2b1c4d5e6f70  10.10.0.9  incoming   dns_amplification  {started}  ongoing   29m 12s  pps 12.0k > 2.00k     15.5k  53.1 Mbit/s  xdp_rule ok, webhook retrying\n"
         );
         assert_eq!(attacks(&[a.clone()], NOW, false), expected);
         let mut ended = a;
@@ -803,7 +818,7 @@ mod tests {
             "Type:              dns_amplification\n",
             "Status:            ongoing\n",
             "Duration:          29m 12s\n",
-            "Detected at:       pps 12.0k pps > 2.00k pps\n",
+            "Detected at:       pps 12.0k > 2.00k\n",
             "RATE           AT DETECTION         PEAK\n",
             "packets/s         12.0k pps    15.5k pps\n",
             "bits/s          41.1 Mbit/s  53.1 Mbit/s\n",
@@ -878,7 +893,7 @@ mod tests {
             bans(&rows, NOW),
             format!(
                 "PREFIX           MATCH  ORIGIN     ACTIONS           STARTED              EXPIRES                DROPPED  DROPPED BYTES  REASON\n\
-                 10.10.0.9/32     dst    detection  xdp_rule ok       {started}  when the attack stops        0            0 B  attack 0193a0b4-7c2e-7d1a-9f3e-2b1c4d5e6f70\n\
+                 10.10.0.9/32     dst    detection  xdp_rule ok       {started}  when the attack stops        -              -  attack 0193a0b4-7c2e-7d1a-9f3e-2b1c4d5e6f70\n\
                  198.51.100.7/32  src    manual     xdp_blackhole ok  {started}  in 29m 12s               29.4k        12.6 MB  abuse ticket 42\n\
                  203.0.113.5/32   src    detection  xdp_drop          {started}  never                        0            0 B  0193a0b4\n"
             )

@@ -428,7 +428,8 @@ impl TopState {
         let table = Table::new(
             rows,
             [
-                Constraint::Min(16),
+                // The longest IPv6 address; the spare width stays on the right.
+                Constraint::Length(39),
                 Constraint::Length(8),
                 Constraint::Length(13),
                 Constraint::Length(8),
@@ -438,6 +439,8 @@ impl TopState {
                 Constraint::Length(9),
             ],
         )
+        .column_spacing(2)
+        .flex(ratatui::layout::Flex::Start)
         .header(
             Row::new(header.iter().enumerate().map(|(i, h)| {
                 if i == 0 {
