@@ -252,6 +252,22 @@ pub fn render(st: &MetricsState) -> String {
         }
     }
     register_alerting(&mut registry, &snap, &view);
+    // The mitigator's counters get every label value at zero before their first event, so
+    // `increase()` (the alert rules) sees the first failure or cap.
+    for action in crate::actions::Action::ALL {
+        for result in ["ok", "failed", "lifted", "lift_failed", "not_applied"] {
+            st.mitigator.stats.actions.get_or_create(&vec![
+                ("action".into(), action.as_str().into()),
+                ("result".into(), result.into()),
+            ]);
+        }
+    }
+    for reason in ["max_active", "per_minute"] {
+        st.mitigator
+            .stats
+            .auto_bans_not_applied
+            .get_or_create(&vec![("reason".into(), reason.into())]);
+    }
     registry.register(
         "fnm_actions",
         "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed, \
