@@ -256,14 +256,15 @@ pub fn render(st: &MetricsState) -> String {
     // `increase()` (the alert rules) sees the first failure or cap.
     for action in crate::actions::Action::ALL {
         for result in ["ok", "failed", "lifted", "lift_failed", "not_applied"] {
-            st.mitigator.stats.actions.get_or_create(&vec![
+            let _ = st.mitigator.stats.actions.get_or_create(&vec![
                 ("action".into(), action.as_str().into()),
                 ("result".into(), result.into()),
             ]);
         }
     }
     for reason in ["max_active", "per_minute"] {
-        st.mitigator
+        let _ = st
+            .mitigator
             .stats
             .auto_bans_not_applied
             .get_or_create(&vec![("reason".into(), reason.into())]);

@@ -801,7 +801,7 @@ mod tests {
             "ID                                    HOST       DIRECTION  TYPE               STARTED              STATUS   DURATION  DETECTED AT        PEAK PPS  PEAK BITS/S  ACTIONS\n\
              0193a0b4-7c2e-7d1a-9f3e-2b1c4d5e6f70  10.10.0.9  incoming   dns_amplification  {started}  ongoing   29m 12s  pps 12.0k > 2.00k     15.5k  53.1 Mbit/s  xdp_rule ok, webhook retrying\n"
         );
-        assert_eq!(attacks(&[a.clone()], NOW, false), expected);
+        assert_eq!(attacks(std::slice::from_ref(&a), NOW, false), expected);
         let mut ended = a;
         ended.ended_unix_ms = Some(ended.started_unix_ms + 90_000);
         let text = attacks(&[ended.clone()], NOW, false);
