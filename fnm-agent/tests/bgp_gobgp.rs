@@ -51,6 +51,79 @@ async fn gobgp_announcements_reach_bird2() {
     speaker.assert_running();
 }
 
+/// The BIRD definitions of docs/bgp-daemons.md (own prefixes, discard routes, the filters that
+/// take only own host routes with the blackhole community), taken from the guide itself.
+fn bird_guide_definitions() -> String {
+    let guide = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/bgp-daemons.md"
+    ))
+    .expect("docs/bgp-daemons.md");
+    let start = guide
+        .find("define OWN4")
+        .expect("the guide's BIRD definitions");
+    let end = start
+        + guide[start..]
+            .find("protocol bgp fnm")
+            .expect("the guide's BIRD session");
+    guide[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bird_guide_takes_own_blackholes_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bird = BirdReceiver::start_with(
+        dir.path(),
+        &bird_guide_definitions(),
+        "filter fnm_in4",
+        "filter fnm_in6",
+    );
+    let api_port = free_port();
+    let mut speaker = bgp_support::start_gobgp_speaker(dir.path(), bird.bgp_port, api_port);
+    let speaker_log = dir.path().join("speaker.log");
+    bird.wait_established(|| fs::read_to_string(&speaker_log).unwrap_or_default());
+    let announcer = BgpAnnouncer::from_config(&BgpConfig {
+        backend: BgpBackend::Gobgp,
+        gobgp_api: ([127, 0, 0, 1], api_port).into(),
+        ..BgpConfig::default()
+    })
+    .expect("gobgp announcer");
+    // Own host routes (the guide's 203.0.113.0/24 and 2001:db8::/32) and one outside them.
+    for p in ["198.51.100.7/32", "203.0.113.7/32", "2001:db8::7/128"] {
+        announcer
+            .announce_blackhole(p.parse().unwrap())
+            .await
+            .expect("announce");
+    }
+    let v4 = bird.wait_table_has(
+        "master4",
+        &[
+            "203.0.113.7/32",
+            "BGP.community: (65535,666)",
+            "BGP.next_hop: 192.0.2.254",
+        ],
+    );
+    bird.wait_table_has(
+        "master6",
+        &["2001:db8::7/128", "BGP.community: (65535,666)"],
+    );
+    assert!(
+        !v4.contains("198.51.100.7"),
+        "a host route outside the own prefixes is refused:\n{v4}"
+    );
+    // The next hop resolves through the guide's discard route: the victim's traffic is dropped.
+    let route = bird
+        .birdc(&["show", "route", "203.0.113.7/32", "all"])
+        .expect("birdc");
+    assert!(route.contains("blackhole"), "{route}");
+    announcer
+        .withdraw_blackhole("203.0.113.7/32".parse().unwrap())
+        .await
+        .expect("withdraw");
+    bird.wait_table_lacks("master4", "203.0.113.7/32");
+    speaker.assert_running();
+}
+
 #[tokio::test]
 async fn gobgp_announcement_fails_fast_when_gobgpd_is_down() {
     let config = BgpConfig {
