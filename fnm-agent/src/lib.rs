@@ -4,6 +4,7 @@
 pub mod accounting;
 pub mod actions;
 pub mod api;
+pub mod attach;
 pub mod bans;
 pub mod capture;
 pub mod cli;
@@ -16,10 +17,13 @@ pub mod flow;
 pub mod http;
 pub mod metrics;
 pub mod mitigator;
+pub mod ownership;
 pub mod prefix;
+pub mod reload;
 pub mod replay;
 pub mod sources;
 pub mod state;
+pub mod summary;
 pub mod traffic;
 pub mod views;
 #[cfg(target_os = "linux")]

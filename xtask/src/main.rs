@@ -3,7 +3,10 @@
 //! `setup` installs exactly what is missing on Debian 12 and says what it installs: apt
 //! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the nightly
 //! toolchain's rust-src (aya-build builds the eBPF crate with `rustup run nightly` and
-//! `-Z build-std=core`), and bpf-linker 0.13.0 built against Debian's LLVM 22.
+//! `-Z build-std=core`), and bpf-linker 0.13.0 built against Debian's LLVM 22. `test` also
+//! installs the FreeBSD and macOS standard libraries and zig with cargo-zigbuild (PyPI, in a
+//! virtual environment under `target/xtask/`) to link the agent for those systems, and builds
+//! and tests the `pfring` feature.
 
 mod setup;
 
@@ -38,6 +41,8 @@ enum Task {
     Test,
     /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
     Bench,
+    /// Build and link the agent for FreeBSD (netmap) and macOS (zig from PyPI links them).
+    Cross,
     /// Detection latency benchmark: fnm on XDP against FastNetMon 1.2.4 fed by sFlow, 20 floods
     /// at 2.5× and at 10× a packets/s threshold (needs root).
     BenchLatency,
@@ -62,6 +67,7 @@ fn main() -> Result<()> {
             run("target/release/fnm-agent", &["run", "--config", &cfg])
         }
         Task::Test => test(),
+        Task::Cross => cross(),
         Task::BenchLatency => {
             setup::run(true)?;
             run(
@@ -99,6 +105,44 @@ fn main() -> Result<()> {
             )
         }
     }
+}
+
+/// Builds and links the agent for FreeBSD (with netmap) and macOS, the Linux-only parts left
+/// out: zig links against its own FreeBSD 14 and macOS libc stubs, and a libpcap stub naming the
+/// library those systems ship.
+fn cross() -> Result<()> {
+    let linker = setup::cross_linker()?;
+    let path = format!(
+        "{}:{}",
+        std::fs::canonicalize(&linker.bin)?.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for target in setup::CROSS_TARGETS {
+        let mut args = vec!["zigbuild", "-p", "fnm-agent", "--target", target];
+        if target.contains("freebsd") {
+            args.extend(["--features", "netmap"]);
+        }
+        let libpcap = std::fs::canonicalize(linker.libpcap_dir(target))?;
+        let libpcap = libpcap.to_str().context("non-UTF-8 path")?;
+        run_with_env(
+            "cargo",
+            &args,
+            &[
+                ("AYA_BUILD_SKIP", "1"),
+                ("PATH", &path),
+                ("LIBPCAP_LIBDIR", libpcap),
+                ("LIBPCAP_VER", setup::CROSS_LIBPCAP_VERSION),
+            ],
+        )?;
+        let binary = format!("target/{target}/debug/fnm-agent");
+        let file = std::process::Command::new("file")
+            .arg(&binary)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        println!("xtask: linked {file}");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
@@ -152,6 +196,21 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The PF_RING backend too: it loads libpfring at run time, so it builds without it.
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "-p",
+            "fnm-agent",
+            "--features",
+            "pfring",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     // The eBPF crate is linted on its own, for its own target, as aya-template does.
     run(
         "cargo",
@@ -170,15 +229,9 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
-    // The agent builds for FreeBSD (with netmap) and macOS with the Linux-only parts left out.
-    for target in setup::CROSS_TARGETS {
-        let mut args = vec!["check", "-p", "fnm-agent", "--target", target];
-        if target.contains("freebsd") {
-            args.extend(["--features", "netmap"]);
-        }
-        run_with_env("cargo", &args, &[("AYA_BUILD_SKIP", "1")])?;
-    }
+    cross()?;
     // Every test binary runs even when an earlier one fails, so one run shows every failure.
+    // With the `pfring` feature, so its tests (a clear error without libpfring) run too.
     run(
         "cargo",
         &[
@@ -186,6 +239,8 @@ fn test() -> Result<()> {
             "--workspace",
             "--exclude",
             "fnm-ebpf",
+            "--features",
+            "fnm-agent/pfring",
             "--no-fail-fast",
             "--",
             "--test-threads=2",

@@ -3,16 +3,20 @@
 //! The mitigator runs the configured list of actions for each attack (and each manual ban).
 //! Every action implements [`MitigationAction`]: `apply` does the work and returns what it put
 //! in place as an [`Applied`] value, which the mitigator persists; `lift` takes that value back
-//! out. An action owns its config section and its errors; adding one is a new module here, a
-//! line in [`registry`] and a variant of [`Action`].
+//! out. An action owns its config section and its errors; adding one touches only this folder:
+//! a new module, a variant of [`Action`] (`kind.rs`) and of [`Applied`], its section in
+//! [`ActionSections`] (`sections.rs`) and a line in [`registry`].
 
 pub mod bgp;
+mod kind;
 pub mod notify_script;
 pub mod script;
+mod sections;
 pub mod webhook;
 pub mod xdp;
 
-pub use crate::detection::config::Action;
+pub use kind::Action;
+pub use sections::ActionSections;
 
 use crate::{
     accounting::Direction,
@@ -203,16 +207,31 @@ pub struct Registry {
 /// Every action this configuration can run. Must be called inside a Tokio runtime (the script
 /// runner and BGP clients start on it).
 pub fn registry(config: &Config) -> anyhow::Result<Registry> {
+    registry_except(config, &std::collections::BTreeSet::new())
+}
+
+/// [`registry`] without the actions in `keep` (a reload keeps their running objects): the
+/// script is not started when `keep` holds it, nor the BGP clients when it holds either BGP
+/// action.
+pub fn registry_except(
+    config: &Config,
+    keep: &std::collections::BTreeSet<Action>,
+) -> anyhow::Result<Registry> {
     let mut actions: BTreeMap<Action, Box<dyn MitigationAction>> = BTreeMap::new();
     for a in xdp::actions(config) {
         actions.insert(a.action(), a);
     }
     let mut script_stats = None;
-    if let Some(a) = notify_script::NotifyScript::from_config(config) {
-        script_stats = Some(a.stats());
-        actions.insert(Action::Script, Box::new(a));
+    if !keep.contains(&Action::Script) {
+        if let Some(a) = notify_script::NotifyScript::from_config(config) {
+            script_stats = Some(a.stats());
+            actions.insert(Action::Script, Box::new(a));
+        }
     }
-    if config.uses_action(Action::BgpBlackhole) || config.uses_action(Action::BgpFlowspec) {
+    let keep_bgp = keep.contains(&Action::BgpBlackhole) || keep.contains(&Action::BgpFlowspec);
+    if !keep_bgp
+        && (config.uses_action(Action::BgpBlackhole) || config.uses_action(Action::BgpFlowspec))
+    {
         for a in bgp::actions(config)? {
             actions.insert(a.action(), a);
         }

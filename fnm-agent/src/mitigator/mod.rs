@@ -45,6 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// How often the mitigator checks expiries and retries and refreshes its view.
 pub const MITIGATOR_TICK: Duration = Duration::from_millis(250);
+/// How often it wakes when no ban or mitigation is in force.
+pub const IDLE_TICK: Duration = Duration::from_secs(5);
 /// Decisions queued for the mitigator before the engine counts them as dropped.
 pub const DECISION_QUEUE: usize = 1024;
 
@@ -146,6 +148,8 @@ pub enum MitigatorRequest {
         /// The answer: the ban and its action outcomes.
         reply: oneshot::Sender<Result<(BanView, Vec<ActionState>), MitigatorError>>,
     },
+    /// Take a reloaded configuration (see [`Reconfigure`]).
+    Reload(Box<Reconfigure>),
     /// Lift a ban.
     Unban {
         /// The prefix.
@@ -155,6 +159,53 @@ pub enum MitigatorRequest {
         /// The answer: the ban lifted.
         reply: oneshot::Sender<Result<Ban, MitigatorError>>,
     },
+}
+
+/// A reloaded configuration for the mitigator: ban settings, the safety policy and the
+/// actions. Mitigations in force are kept. An action in `keep` keeps its running object (a BGP
+/// session, the script runner with its queue and counters) when the reload did not change its
+/// settings; a BGP action that is replaced withdraws what the old one announced and announces
+/// it again through the new one.
+pub struct Reconfigure {
+    /// The new configuration.
+    pub config: Config,
+    /// The actions built from it (those in `keep` are left out or ignored).
+    pub registry: crate::actions::Registry,
+    /// Actions whose running object stays.
+    pub keep: std::collections::BTreeSet<Action>,
+    /// The answer: what the mitigator could not carry over (each a sentence), once in force.
+    pub reply: oneshot::Sender<Vec<String>>,
+}
+
+/// [`Reconfigure`] without its reply.
+struct ReconfigureParts {
+    config: Config,
+    registry: crate::actions::Registry,
+    keep: std::collections::BTreeSet<Action>,
+}
+
+impl Reconfigure {
+    fn config_and_actions(&mut self) -> Box<ReconfigureParts> {
+        Box::new(ReconfigureParts {
+            config: std::mem::take(&mut self.config),
+            registry: std::mem::replace(
+                &mut self.registry,
+                crate::actions::Registry {
+                    actions: BTreeMap::new(),
+                    script_stats: None,
+                },
+            ),
+            keep: std::mem::take(&mut self.keep),
+        })
+    }
+}
+
+impl std::fmt::Debug for Reconfigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfigure")
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters of the mitigator, for `/metrics`.
@@ -187,8 +238,8 @@ pub struct MitigatorHandle {
     pub view: Arc<ArcSwap<MitigatorView>>,
     /// Counters.
     pub stats: Arc<MitigatorStats>,
-    /// Counters of the notify script, when one is configured.
-    pub script_stats: Option<Arc<crate::actions::script::ScriptStats>>,
+    /// Counters of the notify script, when one is configured (a reload may replace it).
+    pub script_stats: Arc<arc_swap::ArcSwapOption<crate::actions::script::ScriptStats>>,
 }
 
 impl MitigatorHandle {
@@ -214,6 +265,34 @@ impl MitigatorHandle {
             .await
             .map_err(|_| MitigatorError::Gone)?;
         rx.await.map_err(|_| MitigatorError::Gone)?
+    }
+
+    /// Hands the mitigator a reloaded configuration and waits until it is in force; returns
+    /// what could not be carried over.
+    pub async fn reload(
+        &self,
+        config: Config,
+        registry: crate::actions::Registry,
+        keep: std::collections::BTreeSet<Action>,
+    ) -> Result<Vec<String>, MitigatorError> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(stats) = &registry.script_stats {
+            if !keep.contains(&Action::Script) {
+                self.script_stats.store(Some(stats.clone()));
+            }
+        } else if !keep.contains(&Action::Script) {
+            self.script_stats.store(None);
+        }
+        self.requests
+            .send(MitigatorRequest::Reload(Box::new(Reconfigure {
+                config,
+                registry,
+                keep,
+                reply,
+            })))
+            .await
+            .map_err(|_| MitigatorError::Gone)?;
+        rx.await.map_err(|_| MitigatorError::Gone)
     }
 
     /// What is in force now.
@@ -295,7 +374,7 @@ pub async fn spawn_with_policy(
             requests: req_tx,
             view,
             stats,
-            script_stats,
+            script_stats: Arc::new(arc_swap::ArcSwapOption::new(script_stats)),
         },
         dec_tx,
     ))
@@ -313,10 +392,17 @@ impl Mitigator {
         mut requests: mpsc::Receiver<MitigatorRequest>,
         mut late: mpsc::UnboundedReceiver<LateOutcome>,
     ) {
-        let mut tick = tokio::time::interval(MITIGATOR_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With nothing in force there is nothing to expire, retry or refresh: the loop then
+        // wakes every IDLE_TICK only (each wake-up costs 50-70 µs of CPU on a small VM; four
+        // a second were most of an idle agent's CPU).
+        // The first round runs at once: the view is published before the first request.
+        let mut next_tick = tokio::time::Instant::now();
         let mut refreshes = 0u32;
         loop {
+            let idle = self.store.active().is_empty() && self.bans.list().next().is_none();
+            if !idle {
+                next_tick = next_tick.min(tokio::time::Instant::now() + MITIGATOR_TICK);
+            }
             tokio::select! {
                 d = decisions.recv() => match d {
                     Some(d) => self.decide(d).await,
@@ -327,7 +413,9 @@ impl Mitigator {
                     None => break,
                 },
                 Some(o) = late.recv() => self.late_failure(o),
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now()
+                        + if idle { IDLE_TICK } else { MITIGATOR_TICK };
                     self.expire().await;
                     self.retry().await;
                     refreshes += 1;
@@ -368,6 +456,7 @@ impl Mitigator {
 
     /// Puts back what the saved state says is in force.
     async fn reinstate(&mut self) {
+        self.reconcile_drops();
         let mut reinstated = 0;
         for mi in 0..self.store.active().len() {
             for ai in 0..self.store.active()[mi].actions.len() {
@@ -500,10 +589,36 @@ impl Mitigator {
                     return;
                 }
                 self.auto_started.push_back(Instant::now());
-                let states = self
-                    .apply_all(&actions, &target, None, &attack.id, &attack.id)
+                // A blackhole of one of this machine's own addresses would cut the agent (and
+                // its BGP sessions) off: those actions are held back, the others apply.
+                let own = self.policy.own_address(attack.host);
+                let (held, runnable): (Vec<Action>, Vec<Action>) = actions
+                    .iter()
+                    .partition(|a| own.is_some() && a.blackholes_the_host());
+                let mut states = self
+                    .apply_all(&runnable, &target, None, &attack.id, &attack.id)
                     .await;
-                self.store.insert(Mitigation {
+                if let Some(what) = &own {
+                    let why = format!(
+                        "not applied: {} is {what} of this host; a blackhole would cut the \
+                         agent off",
+                        attack.host
+                    );
+                    tracing::warn!("attack {} on {}: {why}", attack.id, attack.host);
+                    for a in held {
+                        self.stats.count(a, "not_applied");
+                        states.push(ActionState {
+                            action: a,
+                            result: ActionResult::NotApplied,
+                            applied: None,
+                            error: Some(why.clone()),
+                            attempts: 0,
+                            next_retry_unix_ms: None,
+                        });
+                    }
+                }
+                let nothing_applied = states.iter().all(|s| s.result == ActionResult::NotApplied);
+                let mitigation = Mitigation {
                     id: attack.id.clone(),
                     origin: BanOrigin::Detection,
                     host: attack.host,
@@ -517,8 +632,16 @@ impl Mitigator {
                     attack_ongoing: true,
                     actions: states,
                     lifted: None,
-                    attack: Some(attack),
-                });
+                    attack: None,
+                };
+                if nothing_applied {
+                    self.store.record_not_applied(mitigation);
+                } else {
+                    self.store.insert(Mitigation {
+                        attack: Some(attack),
+                        ..mitigation
+                    });
+                }
                 self.dirty = true;
             }
             Decision::AttackEnded { attack_id, .. } => {
@@ -668,6 +791,11 @@ impl Mitigator {
                 self.publish();
                 let _ = reply.send(result);
             }
+            MitigatorRequest::Reload(mut r) => {
+                let notes = self.reconfigure(*r.config_and_actions()).await;
+                self.publish();
+                let _ = r.reply.send(notes);
+            }
             MitigatorRequest::Unban {
                 prefix,
                 match_on,
@@ -678,6 +806,90 @@ impl Mitigator {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Takes a reloaded configuration: ban settings, policy and actions (see [`Reconfigure`]).
+    /// Returns what could not be carried over.
+    async fn reconfigure(&mut self, r: ReconfigureParts) -> Vec<String> {
+        let ReconfigureParts {
+            config,
+            mut registry,
+            keep,
+        } = r;
+        let mut notes = Vec::new();
+        let mut old = std::mem::take(&mut self.actions);
+        let mut replaced: BTreeMap<Action, Box<dyn MitigationAction>> = BTreeMap::new();
+        for action in keep {
+            if let Some(a) = old.remove(&action) {
+                registry.actions.insert(action, a);
+            }
+        }
+        for (action, a) in old {
+            if matches!(action, Action::BgpBlackhole | Action::BgpFlowspec) {
+                replaced.insert(action, a);
+            }
+        }
+        self.actions = registry.actions;
+        // Routes announced through a replaced BGP backend: withdrawn there, announced again
+        // through the new one, so what is in force stays in force.
+        for mi in 0..self.store.active().len() {
+            for ai in 0..self.store.active()[mi].actions.len() {
+                let state = self.store.active()[mi].actions[ai].clone();
+                let (Some(applied), ActionResult::Ok) = (&state.applied, state.result) else {
+                    continue;
+                };
+                let Some(old) = replaced.get(&state.action) else {
+                    continue;
+                };
+                let id = self.store.active()[mi].id.clone();
+                let mut env = ActionEnv {
+                    bans: &mut self.bans,
+                    expires: None,
+                    reason: "",
+                    mitigation: &id,
+                    late: &self.late_tx,
+                };
+                if let Err(e) = old.lift(&mut env, applied).await {
+                    notes.push(format!(
+                        "mitigation {id}: withdrawing {} through the old backend: {e}",
+                        state.action.as_str()
+                    ));
+                }
+                let result = match self.actions.get(&state.action) {
+                    Some(new) => new.reinstate(&mut env, applied).await,
+                    None => Err(ActionError::Unavailable(format!(
+                        "{} is no longer configured",
+                        state.action.as_str()
+                    ))),
+                };
+                if let Err(e) = result {
+                    notes.push(format!(
+                        "mitigation {id}: announcing {} through the new backend: {e}",
+                        state.action.as_str()
+                    ));
+                    let s = &mut self.store.active_mut()[mi].actions[ai];
+                    s.result = if e.retryable() {
+                        ActionResult::Retrying
+                    } else {
+                        ActionResult::Failed
+                    };
+                    s.error = Some(e.to_string());
+                    s.next_retry_unix_ms = Some(unix_ms());
+                }
+            }
+        }
+        self.ban_time = config.ban.time_limit();
+        self.unban_only_when_stopped = config.ban.unban_only_when_stopped;
+        self.manual_actions = config.ban.manual_actions.clone();
+        self.policy = self.policy.reconfigured(&config);
+        self.max_active_auto = config.ban.max_active_auto_bans;
+        self.max_auto_per_minute = config.ban.max_auto_bans_per_minute;
+        self.store.save();
+        self.dirty = true;
+        for n in &notes {
+            tracing::warn!("reload: {n}");
+        }
+        notes
     }
 
     /// Checks a manual ban: its reason and duration, then the safety policy.
@@ -900,6 +1112,43 @@ impl Mitigator {
         self.store.retire(&m.id, unix_now());
         self.dirty = true;
         Ok(())
+    }
+
+    /// The ban list is the saved truth about drop entries (each change is journaled before it
+    /// is acknowledged). A mitigation whose drop entries are all gone from it was lifted, but
+    /// the mitigations file could not be saved after (a full disk): it is retired now rather
+    /// than brought back, so the unban that was answered holds.
+    fn reconcile_drops(&mut self) {
+        let mut lifted = Vec::new();
+        for m in self.store.active_mut().iter_mut() {
+            for s in m.actions.iter_mut() {
+                if let (Some(Applied::XdpDrops { entries }), ActionResult::Ok) =
+                    (&s.applied, s.result)
+                {
+                    if !entries.is_empty()
+                        && entries
+                            .iter()
+                            .all(|(p, side)| self.bans.get(*p, *side).is_none())
+                    {
+                        s.result = ActionResult::Lifted;
+                    }
+                }
+            }
+            let in_force = m
+                .actions
+                .iter()
+                .any(|s| matches!(s.result, ActionResult::Ok | ActionResult::Retrying));
+            if !in_force {
+                lifted.push(m.id.clone());
+            }
+        }
+        for id in lifted {
+            tracing::warn!(
+                "mitigation {id}: its drop entries are no longer in the ban list; recorded as \
+                 lifted"
+            );
+            self.store.retire(&id, unix_now());
+        }
     }
 
     /// True when another active mitigation holds the same thing in place (the same host's
@@ -1125,6 +1374,43 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_reload_keeps_what_is_in_force_and_applies_the_new_policy_and_actions() {
+        let (m, _decisions) = start("").await;
+        m.ban(manual("198.51.100.7/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert!(m.script_stats.load().is_none());
+        let config: Config = toml::from_str(
+            "networks = [\"10.0.0.0/8\"]\nwhitelist = [\"198.51.100.0/24\"]\n\
+             [ban]\nmanual_actions = [\"script\"]\nscript = \"/bin/true\"\n",
+        )
+        .unwrap();
+        let keep = crate::reload::keep_actions(&Config::default(), &config);
+        let registry = crate::actions::registry_except(&config, &keep).unwrap();
+        let notes = m.reload(config, registry, keep).await.unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        // The ban made before stays in force...
+        assert_eq!(m.view().bans.len(), 1);
+        assert_eq!(m.view().active.len(), 1);
+        // ...while new bans meet the new whitelist, and run the new manual actions.
+        assert!(matches!(
+            m.ban(manual("198.51.100.8/32", DropMatch::Src)).await,
+            Err(MitigatorError::Refused(BanRefusal::InsideWhitelist { .. }))
+        ));
+        let (_, actions) = m
+            .ban(manual("203.0.113.9/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, Action::Script);
+        assert!(m.script_stats.load().is_some(), "the new script's counters");
+        // Lifting the old ban goes through the action that made it.
+        m.unban("198.51.100.7/32".parse().unwrap(), DropMatch::Src)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answered_ban_or_unban_is_already_in_the_view() {
         let (m, _decisions) = start("").await;
@@ -1246,6 +1532,51 @@ mod tests {
             .get_or_create(&vec![("reason".into(), "max_active".into())])
             .get();
         assert_eq!(capped, 1);
+    }
+
+    #[tokio::test]
+    async fn an_attack_on_an_own_address_gets_no_blackhole_but_its_other_actions() {
+        let (m, decisions) = start("[ban]\nactions = [\"xdp_blackhole\", \"xdp_rule\"]\n").await;
+        decisions
+            .send(Decision::AttackStarted {
+                attack: attack("10.0.0.1"),
+                remotes: Vec::new(),
+                actions: vec![Action::XdpBlackhole, Action::XdpRule],
+            })
+            .await
+            .unwrap();
+        wait_for("the mitigation recorded", || {
+            m.view().actions_of("attack-10.0.0.1").is_some()
+        })
+        .await;
+        let view = m.view();
+        let actions = view.actions_of("attack-10.0.0.1").unwrap();
+        let blackhole = actions
+            .iter()
+            .find(|s| s.action == Action::XdpBlackhole)
+            .expect("listed");
+        assert_eq!(blackhole.result, ActionResult::NotApplied);
+        let why = blackhole.error.as_deref().unwrap_or_default();
+        assert!(why.contains("an address of eth0"), "{why}");
+        assert!(
+            m.view().bans.is_empty(),
+            "no drop of the agent's own address"
+        );
+        let rule = actions
+            .iter()
+            .find(|s| s.action == Action::XdpRule)
+            .unwrap();
+        assert_ne!(rule.result, ActionResult::NotApplied, "{rule:?}");
+        // Another host's attack is blackholed as configured.
+        decisions
+            .send(Decision::AttackStarted {
+                attack: attack("10.0.0.2"),
+                remotes: Vec::new(),
+                actions: vec![Action::XdpBlackhole],
+            })
+            .await
+            .unwrap();
+        wait_for("the other host dropped", || m.view().bans.len() == 1).await;
     }
 
     #[tokio::test]

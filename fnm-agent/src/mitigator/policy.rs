@@ -162,6 +162,11 @@ impl BanPolicy {
         }
     }
 
+    /// The policy of a reloaded `config`, with the same source of the host's addresses.
+    pub fn reconfigured(&self, config: &Config) -> Self {
+        Self::with_addresses(config, self.own_addresses.clone())
+    }
+
     /// Checks a manual ban. `Ok` holds what a (permitted) force skipped, for the log.
     pub fn check(&self, ban: &BanCheck) -> Result<Vec<BanRefusal>, BanRefusal> {
         let prefix = ban.prefix;
@@ -182,6 +187,21 @@ impl BanPolicy {
             Some(r) => Err(r),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// What `host` is of this machine (`an address of eth0` ...), when it is one of its own
+    /// addresses: an automatic blackhole of it would cut the agent off. Addresses that cannot
+    /// be read count as not ours (the manual path refuses then; an attack is not held back).
+    pub fn own_address(&self, host: IpAddr) -> Option<String> {
+        let host = canonical(host);
+        if host.is_loopback() {
+            // Never reaches a network interface: nothing to cut off.
+            return None;
+        }
+        let own = (self.own_addresses)().ok()?;
+        own.into_iter()
+            .find(|o| o.prefix.contains(host))
+            .map(|o| o.what)
     }
 
     /// Every check `ban` fails, in order of importance.
