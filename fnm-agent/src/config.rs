@@ -187,7 +187,7 @@ impl Default for XdpConfig {
 pub struct AccountingConfig {
     /// Most local hosts tracked (each with both directions). Memory: about 1.6 kB per host
     /// seen one way and 2.0 kB per host seen both ways (measured by `tests/host_memory.rs`), so
-    /// at most about 410 MB (every host one way, as in a spoofed flood) to 525 MB at the
+    /// at most about 420 MB (every host one way, as in a spoofed flood) to 535 MB at the
     /// default. Default: `262144`.
     #[serde(default = "default_accounting_max_hosts")]
     pub max_hosts: u32,

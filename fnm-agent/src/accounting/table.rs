@@ -46,7 +46,7 @@
 //!
 //! # Numbers (2-core machine shared with other builds)
 //!
-//! * A host costs 1,567 bytes of RSS seen one way and 1,999 bytes seen both ways
+//! * A host costs 1,599 bytes of RSS seen one way and 2,031 bytes seen both ways
 //!   (`tests/host_memory.rs`): a direction that never had traffic allocates no rate window.
 //! * A full table admits about 4.7 M new hosts/s on a quiet machine, each evicting another
 //!   (`new_hosts_full_table` in `benches/accounting.rs`); hosts already present cost what they
