@@ -126,7 +126,7 @@ pub struct XdpConfig {
     pub max_hosts: u32,
     /// IPv4 addresses of the local networks whose counters are preallocated in a per-CPU array
     /// (no hash lookup per packet, never full). Networks get them in the order of `networks`
-    /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 208 bytes ×
+    /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 240 bytes ×
     /// addresses × CPUs, only for addresses of networks that fit. Default: `65536` (a /16).
     #[serde(default = "default_dense_v4_addresses")]
     pub dense_v4_addresses: u32,
@@ -136,7 +136,8 @@ pub struct XdpConfig {
     /// Entries of each drop table (source and destination). Default: `65536`.
     #[serde(default = "default_max_drops")]
     pub max_drop_entries: u32,
-    /// Entries of the local-network and whitelist tables. Default: `16384`.
+    /// Entries of the local-network and whitelist tables, and of the source whitelist
+    /// (`[detection] whitelist_sources`). Default: `16384`.
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: u32,
     /// Hosts idle this long are removed from the kernel table (their totals stay in the agent).
@@ -185,7 +186,7 @@ impl Default for XdpConfig {
 pub struct AccountingConfig {
     /// Most local hosts tracked (each with both directions). Memory: about 1.6 kB per host
     /// seen one way and 2.0 kB per host seen both ways (measured by `tests/host_memory.rs`), so
-    /// at most about 410 MB (every host one way, as in a spoofed flood) to 525 MB at the
+    /// at most about 420 MB (every host one way, as in a spoofed flood) to 535 MB at the
     /// default. Default: `262144`.
     #[serde(default = "default_accounting_max_hosts")]
     pub max_hosts: u32,

@@ -107,6 +107,18 @@ impl DataPlaneHandle {
         Ok(())
     }
 
+    /// Replaces the whitelisted remote sources in the kernel (a reload); nothing to do
+    /// without XDP.
+    pub fn set_whitelist_sources(&self, _sources: &[Prefix]) -> Result<(), DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            return dp
+                .set_whitelist_sources(_sources)
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Ok(())
+    }
+
     /// Adds a drop entry.
     pub fn add_drop(&self, _prefix: Prefix, _m: DropMatch) -> Result<(), DataPlaneError> {
         #[cfg(target_os = "linux")]

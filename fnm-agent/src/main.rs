@@ -822,8 +822,10 @@ fn check_descriptors(config: &Config) {
 /// Loads the XDP program (not attached yet).
 #[cfg(target_os = "linux")]
 fn load_dataplane(config: &Config) -> Result<fnm_agent::dataplane::DataPlaneHandle> {
-    let dp = fnm_agent::xdp::DataPlane::load(&config.xdp, &config.networks, &config.whitelist)
+    let mut dp = fnm_agent::xdp::DataPlane::load(&config.xdp, &config.networks, &config.whitelist)
         .context("loading the XDP program (are you root?)")?;
+    dp.set_whitelist_sources(&config.detection.whitelist_sources)
+        .context("filling the XDP source whitelist ([detection] whitelist_sources)")?;
     Ok(fnm_agent::dataplane::DataPlaneHandle::new(dp))
 }
 

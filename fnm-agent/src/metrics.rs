@@ -202,6 +202,17 @@ pub fn render(st: &MetricsState) -> String {
                 "Packets a drop entry matched but the whitelist let through",
             ),
             (
+                s.source_whitelisted_packets,
+                "fnm_xdp_source_whitelisted_packets",
+                "Packets from or to a whitelisted source (detection.whitelist_sources), \
+                 counted apart from the hosts' rates",
+            ),
+            (
+                s.source_whitelisted_bytes,
+                "fnm_xdp_source_whitelisted_bytes",
+                "IP bytes from or to a whitelisted source, counted apart from the hosts' rates",
+            ),
+            (
                 s.host_table_full,
                 "fnm_xdp_host_table_full",
                 "New hosts not counted because the kernel host table was full",

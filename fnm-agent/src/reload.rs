@@ -437,6 +437,14 @@ impl Reloader {
                     notes.push(format!("XDP whitelist: {e}"));
                 }
             }
+            if old.detection.whitelist_sources != new.detection.whitelist_sources {
+                if let Err(e) = self
+                    .dataplane
+                    .set_whitelist_sources(&new.detection.whitelist_sources)
+                {
+                    notes.push(format!("XDP source whitelist: {e}"));
+                }
+            }
         }
         let (tx, rx) = oneshot::channel();
         if !self

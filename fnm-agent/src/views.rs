@@ -35,6 +35,14 @@ pub struct DirectionView {
     pub tcp_syn_packets: u64,
     /// Fragments since start.
     pub fragments: u64,
+    /// Packets since start from (incoming) or to (outgoing) a whitelisted source
+    /// (`[detection] whitelist_sources`), counted apart by XDP: in none of the counters or
+    /// rates here. Flow and capture sources leave such traffic out of the host altogether.
+    #[serde(default)]
+    pub whitelisted_packets: u64,
+    /// IP bytes of those packets.
+    #[serde(default)]
+    pub whitelisted_bytes: u64,
     /// Packets per second, last window.
     pub pps: f64,
     /// IP bytes per second, last window.
@@ -72,6 +80,8 @@ impl From<&HostDirection> for DirectionView {
             other: p(proto::OTHER),
             tcp_syn_packets: t.tcp_syn_packets,
             fragments: t.fragments,
+            whitelisted_packets: d.whitelisted.packets,
+            whitelisted_bytes: d.whitelisted.bytes,
             pps: d.rates.pps,
             bytes_per_second: d.rates.bytes_per_second,
             bits_per_second: d.rates.bytes_per_second * 8.0,

@@ -455,3 +455,95 @@ fn source_drops_spare_whitelisted_and_skip_spoofed_floods() {
         "spoofed flood caused source drops: {bans:#}"
     );
 }
+
+/// The value of one series in a `/metrics` text (0 when absent).
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn whitelisted_source_flood_over_xdp_opens_no_attack_and_another_source_does() {
+    require_root("detection end-to-end tests");
+    let pair = NetnsPair::new(86);
+    let IpAddr::V4(victim) = pair.agent_v4 else {
+        unreachable!()
+    };
+    let config = format!(
+        "networks = [\"{}/32\"]\n\
+         [xdp]\ninterfaces = [\"{}\"]\nmode = \"skb\"\n\
+         [detection]\nwhitelist_sources = [\"198.51.100.0/24\", \"2001:db8:5::/48\"]\n\
+         [detection.incoming]\npps = 2000\n",
+        pair.agent_v4, pair.veth_agent
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+    let to = SocketAddrV4::new(victim, 9999);
+    // About 4000 packets/s for 2 s (twice the threshold) from one source.
+    let flood_from = |source: Ipv4Addr| {
+        for _ in 0..20 {
+            NetnsPair::in_ns(&pair.peer, move || send_spoofed(&[source], to, 400));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // The whitelisted source: counted apart, no attack.
+    flood_from(Ipv4Addr::new(198, 51, 100, 9));
+    agent.settle();
+    let attacks = agent.get("/api/v1/attacks").unwrap();
+    assert!(
+        attacks.as_array().unwrap().is_empty(),
+        "a whitelisted source opened an attack: {attacks:#}"
+    );
+    let host = agent
+        .get(&format!("/api/v1/hosts/{}", pair.agent_v4))
+        .unwrap();
+    let incoming = &host["incoming"];
+    let white = incoming["whitelisted_packets"].as_u64().unwrap();
+    assert!(white >= 7000, "{host:#}");
+    assert_eq!(
+        incoming["whitelisted_bytes"].as_u64().unwrap(),
+        white * 228,
+        "{host:#}"
+    );
+    assert!(incoming["packets"].as_u64().unwrap() < 100, "{host:#}");
+    assert!(incoming["pps"].as_f64().unwrap() < 100.0, "{host:#}");
+    // The totals still count it, and so does the global counter.
+    let metrics = agent.metrics_text();
+    let udp_in = metric(
+        &metrics,
+        "fnm_traffic_packets_total{direction=\"incoming\",protocol=\"udp\",source=\"xdp\"}",
+    );
+    assert!(udp_in >= white, "{udp_in} < {white}: {metrics}");
+    let counted = metric(&metrics, "fnm_xdp_source_whitelisted_packets_total");
+    assert!(counted >= white, "{counted} < {white}: {metrics}");
+    assert!(
+        metric(&metrics, "fnm_xdp_source_whitelisted_bytes_total") >= white * 228,
+        "{metrics}"
+    );
+
+    // The same flood from a source that is not whitelisted opens an attack on the victim.
+    flood_from(Ipv4Addr::new(203, 0, 113, 9));
+    let attacks = wait_for("the attack record", Duration::from_secs(10), || {
+        let a = agent.get("/api/v1/attacks").unwrap();
+        (!a.as_array().unwrap().is_empty()).then_some(a)
+    });
+    let a = &attacks[0];
+    assert_eq!(a["host"], pair.agent_v4.to_string(), "{a:#}");
+    assert_eq!(a["direction"], "incoming", "{a:#}");
+    assert_eq!(attacks.as_array().unwrap().len(), 1, "{attacks:#}");
+    // Its packets counted toward the rates, not as whitelisted.
+    let host = agent
+        .get(&format!("/api/v1/hosts/{}", pair.agent_v4))
+        .unwrap();
+    assert!(
+        host["incoming"]["packets"].as_u64().unwrap() >= 7000,
+        "{host:#}"
+    );
+    assert_eq!(
+        host["incoming"]["whitelisted_packets"].as_u64().unwrap(),
+        white,
+        "{host:#}"
+    );
+}

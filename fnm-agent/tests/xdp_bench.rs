@@ -125,12 +125,19 @@ fn xdp_ns_per_packet() {
             .add(maps, "203.0.113.0/24".parse().unwrap(), DropMatch::Src)
             .unwrap();
     }
+    // The same program with a source whitelist: the measured remote source shares no /16
+    // with it (the common case: one bit answers), or is in it.
+    let mut whitelist_dp = load_plane(&networks);
+    whitelist_dp
+        .set_whitelist_sources(&["198.51.100.0/24".parse().unwrap()])
+        .unwrap();
     let remote = Ipv4Addr::new(192, 0, 2, 1);
     let local = Ipv4Addr::new(10, 10, 0, 5);
     let incoming = frame_v4(remote, local);
     let v6 = frame_v6();
     let transit = frame_v4(remote, Ipv4Addr::new(192, 0, 2, 99));
     let banned = frame_v4(Ipv4Addr::new(203, 0, 113, 9), local);
+    let from_whitelisted = frame_v4(Ipv4Addr::new(198, 51, 100, 9), local);
     let alw_ip = XdpFilter::load("xdpfilt_alw_ip");
     let alw_all = XdpFilter::load("xdpfilt_alw_all");
 
@@ -147,6 +154,14 @@ fn xdp_ns_per_packet() {
         ),
         ("count_v4", Box::new(|| fnm(&dp, prog, &incoming))),
         ("count_v6", Box::new(|| fnm(&dp, prog, &v6))),
+        (
+            "count_v4_whitelist",
+            Box::new(|| fnm(&whitelist_dp, prog, &incoming)),
+        ),
+        (
+            "whitelisted",
+            Box::new(|| fnm(&whitelist_dp, prog, &from_whitelisted)),
+        ),
         ("non_local", Box::new(|| fnm(&dp, prog, &transit))),
         ("drop", Box::new(|| fnm(&banned_dp, prog, &banned))),
         (
@@ -183,6 +198,8 @@ fn xdp_ns_per_packet() {
     let floor = get("floor");
     let count_v4 = get("count_v4");
     let count_v6 = get("count_v6");
+    let count_v4_whitelist = get("count_v4_whitelist");
+    let whitelisted = get("whitelisted");
     let non_local = get("non_local");
     let drop_path = get("drop");
     let count_v4_with_drop_table = get("count_v4_drop_table");
@@ -202,6 +219,8 @@ fn xdp_ns_per_packet() {
     for (name, v) in [
         ("fnm count path IPv4/UDP 64 B", count_v4),
         ("fnm count path IPv6/UDP", count_v6),
+        ("fnm count path, source whitelist set", count_v4_whitelist),
+        ("fnm whitelisted source (counted apart)", whitelisted),
         ("fnm non-local (totals only)", non_local),
         ("fnm drop path (banned source)", drop_path),
         (

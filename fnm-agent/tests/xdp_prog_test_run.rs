@@ -474,3 +474,200 @@ fn a_full_host_table_evicts_idle_hosts_and_keeps_a_busy_one_exact() {
     assert!(dp.maps.hosts.keys().count() <= 256, "bounded");
     assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), 0, "nothing locked out");
 }
+
+/// The whitelisted sources' counters of one host and direction.
+fn whitelisted(dp: &DataPlane, addr: IpAddr, dir: u8) -> (u64, u64) {
+    let w = common::kernel_host_all(dp, addr, dir).whitelisted;
+    (w.packets, w.bytes)
+}
+
+#[test]
+fn whitelisted_sources_count_apart_and_never_toward_rates() {
+    use fnm_agent::accounting::{Accounting, Direction};
+    let white4 = Ipv4Addr::new(203, 0, 113, 7);
+    // In a /16 the bitmap marks, outside the whitelisted /24: the trie answers "no".
+    let same_block = Ipv4Addr::new(203, 0, 200, 1);
+    let white6: Ipv6Addr = "2001:db9:1::5".parse().unwrap();
+    let nets = ["10.10.0.0/16", "2001:db8::/32"];
+    // Dense IPv4 counters (the /16 fits), then hashed ones (no dense slots); IPv6 is hashed.
+    for dense in [65_536, 0] {
+        let mut dp = plane_with(&nets, dense, 1024);
+        dp.set_whitelist_sources(&[
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db9:1::/48".parse().unwrap(),
+        ])
+        .unwrap();
+        let from = |src: Ipv4Addr| {
+            eth(
+                ETH_IPV4,
+                &ipv4(src, LOCAL4, 17, &[], 0, &udp(53, 4000, 100)),
+            )
+        };
+        let to_white = eth(
+            ETH_IPV4,
+            &ipv4(LOCAL4, white4, 6, &[], 0, &tcp(4000, 443, 0x02)),
+        );
+        for _ in 0..3 {
+            assert_eq!(dp.test_run(&from(white4)).unwrap(), XDP_PASS);
+        }
+        assert_eq!(dp.test_run(&to_white).unwrap(), XDP_PASS);
+        // Only the whitelisted counters: no packets, bytes, flows, protocols, SYNs.
+        let (inc, out) = (direction::INCOMING, direction::OUTGOING);
+        assert_eq!(host(&dp, LOCAL4.into(), inc), HostCounters::default());
+        assert_eq!(host(&dp, LOCAL4.into(), out), HostCounters::default());
+        assert_eq!(
+            whitelisted(&dp, LOCAL4.into(), inc),
+            (3, 3 * 128),
+            "dense {dense}"
+        );
+        assert_eq!(
+            whitelisted(&dp, LOCAL4.into(), out),
+            (1, 40),
+            "dense {dense}"
+        );
+        // The totals still count them.
+        let total = |dir, class, bytes| dp.maps.stat(stat::total_index(dir, class, bytes));
+        assert_eq!(total(inc, proto::UDP, false), 3);
+        assert_eq!(total(out, proto::TCP, true), 40);
+        // Other sources count as usual, next to the whitelisted counters, the one sharing the
+        // whitelisted /16 included; the whitelisted packets noted no flow.
+        assert_eq!(dp.test_run(&eth(ETH_IPV4, &udp4(100))).unwrap(), XDP_PASS);
+        assert_eq!(dp.test_run(&from(same_block)).unwrap(), XDP_PASS);
+        let c = host(&dp, LOCAL4.into(), inc);
+        assert_eq!((c.packets, c.bytes, c.flows), (2, 256, 2), "{c:?}");
+        assert_eq!(whitelisted(&dp, LOCAL4.into(), inc), (3, 384));
+        // IPv6: the /48 is whitelisted, the rest of 2001:db9::/32 is not.
+        let v6 = |src: Ipv6Addr| eth(ETH_IPV6, &ipv6(src, local6(), 17, &udp(53, 9, 12)));
+        dp.test_run(&v6(white6)).unwrap();
+        dp.test_run(&v6(remote6())).unwrap();
+        let c6 = host(&dp, local6().into(), inc);
+        assert_eq!((c6.packets, c6.flows), (1, 1), "{c6:?}");
+        assert_eq!(whitelisted(&dp, local6().into(), inc), (1, 40 + 20));
+        assert_eq!(dp.maps.stat(stat::SOURCE_WHITELISTED_PACKETS), 5);
+        assert_eq!(
+            dp.maps.stat(stat::SOURCE_WHITELISTED_BYTES),
+            3 * 128 + 40 + 60
+        );
+
+        // The agent reads them into the host's whitelisted totals; the rates see only the
+        // counted packets.
+        let prefixes: fnm_agent::prefix::PrefixSet =
+            nets.iter().map(|s| s.parse().unwrap()).collect();
+        let mut accounting = Accounting::new(prefixes, 1024, 1024, 1000);
+        let stats = dp.poll(&mut accounting, 1_000, 60_000).unwrap();
+        assert_eq!(stats.source_whitelisted_packets, 5);
+        assert_eq!(stats.source_whitelisted_bytes, 3 * 128 + 40 + 60);
+        accounting.tick(1_000, 60_000);
+        let h = accounting.host(LOCAL4.into()).unwrap();
+        let (i, o) = (Direction::Incoming.index(), Direction::Outgoing.index());
+        assert_eq!(h.dirs[i].total.packets, 2);
+        assert_eq!(h.dirs[i].whitelisted.packets, 3);
+        assert_eq!(h.dirs[i].rates.pps, 2.0);
+        // Outgoing saw only whitelisted traffic: the host direction shows it, rate zero.
+        assert_eq!(
+            (h.dirs[o].total.packets, h.dirs[o].whitelisted.packets),
+            (0, 1)
+        );
+        assert_eq!(h.dirs[o].rates.pps, 0.0);
+        let view = fnm_agent::views::HostView::new(LOCAL4.into(), h);
+        assert_eq!(
+            (
+                view.incoming.whitelisted_packets,
+                view.incoming.whitelisted_bytes
+            ),
+            (3, 384)
+        );
+        // A later poll adds only what is new.
+        dp.test_run(&from(white4)).unwrap();
+        dp.poll(&mut accounting, 2_000, 60_000).unwrap();
+        let h = accounting.host(LOCAL4.into()).unwrap();
+        assert_eq!(h.dirs[i].whitelisted.packets, 4);
+        assert_eq!(h.dirs[i].total.packets, 2);
+    }
+}
+
+#[test]
+fn source_whitelist_spares_sampling_keeps_drops_and_can_be_replaced() {
+    use fnm_agent::accounting::Direction;
+    let (inc, out) = (direction::INCOMING, direction::OUTGOING);
+    let mut dp = plane_with(&["10.10.0.0/16"], 65_536, 1024);
+    // A local address may be a whitelisted source too: traffic between two local hosts
+    // counts apart only for the side whose remote end is listed.
+    let monitor = Ipv4Addr::new(10, 10, 0, 7);
+    let white = Ipv4Addr::new(203, 0, 113, 7);
+    dp.set_whitelist_sources(&[
+        "203.0.113.0/24".parse().unwrap(),
+        "10.10.0.7/32".parse().unwrap(),
+    ])
+    .unwrap();
+    let probe = eth(
+        ETH_IPV4,
+        &ipv4(monitor, LOCAL4, 17, &[], 0, &udp(53, 4000, 100)),
+    );
+    assert_eq!(dp.test_run(&probe).unwrap(), XDP_PASS);
+    assert_eq!(whitelisted(&dp, LOCAL4.into(), inc), (1, 128));
+    assert_eq!(host(&dp, LOCAL4.into(), inc).packets, 0);
+    let m = host(&dp, monitor.into(), out);
+    assert_eq!((m.packets, m.bytes, m.flows), (1, 128, 1), "{m:?}");
+    assert_eq!(whitelisted(&dp, monitor.into(), out), (0, 0));
+
+    // A sampled host: the whitelisted source's packets are never sampled, others are.
+    {
+        let DataPlane { maps, tables, .. } = &mut dp;
+        tables
+            .set_sampling(maps, LOCAL4.into(), Direction::Incoming, Some(1))
+            .unwrap();
+    }
+    let from_white = eth(
+        ETH_IPV4,
+        &ipv4(white, LOCAL4, 17, &[], 0, &udp(53, 4000, 10)),
+    );
+    dp.test_run(&from_white).unwrap();
+    assert!(dp.drain_samples(10).is_empty());
+    dp.test_run(&eth(ETH_IPV4, &udp4(10))).unwrap();
+    let samples = dp.drain_samples(10);
+    assert_eq!(samples.len(), 1);
+    assert_eq!(samples[0].src, fnm_common::v4_mapped(REMOTE4.octets()));
+
+    // Drop entries still apply to whitelisted sources' packets (they are counted first), and
+    // rewriting the drop tables' flags keeps the whitelist on.
+    {
+        let DataPlane { maps, tables, .. } = &mut dp;
+        tables
+            .add(maps, "10.10.0.5/32".parse().unwrap(), DropMatch::Dst)
+            .unwrap();
+    }
+    assert_eq!(dp.test_run(&from_white).unwrap(), XDP_DROP);
+    assert_eq!(whitelisted(&dp, LOCAL4.into(), inc), (3, 128 + 2 * 38));
+    {
+        let DataPlane { maps, tables, .. } = &mut dp;
+        tables
+            .remove(maps, "10.10.0.5/32".parse().unwrap(), DropMatch::Dst)
+            .unwrap();
+    }
+    assert_eq!(dp.test_run(&from_white).unwrap(), XDP_PASS);
+    assert_eq!(whitelisted(&dp, LOCAL4.into(), inc).0, 4);
+
+    // Replaced by a list without the /24: that source counts as usual again.
+    dp.set_whitelist_sources(&["10.10.0.7/32".parse().unwrap()])
+        .unwrap();
+    assert_eq!(
+        dp.maps.source_whitelist().copied().collect::<Vec<_>>(),
+        vec!["10.10.0.7/32".parse().unwrap()]
+    );
+    let before = host(&dp, LOCAL4.into(), inc).packets;
+    dp.test_run(&from_white).unwrap();
+    assert_eq!(host(&dp, LOCAL4.into(), inc).packets, before + 1);
+    assert_eq!(whitelisted(&dp, LOCAL4.into(), inc).0, 4);
+    // Emptied: the flag is off and nothing is whitelisted.
+    dp.set_whitelist_sources(&[]).unwrap();
+    dp.test_run(&probe).unwrap();
+    assert_eq!(whitelisted(&dp, LOCAL4.into(), inc).0, 4);
+    assert_eq!(host(&dp, LOCAL4.into(), inc).packets, before + 2);
+    let flags = dp
+        .maps
+        .settings
+        .get(&fnm_common::setting::TABLE_FLAGS, 0)
+        .unwrap();
+    assert_eq!(flags & fnm_common::table_flag::SOURCE_WHITELIST, 0);
+}

@@ -7,9 +7,9 @@
 
 /// Names of the maps the XDP program declares; the agent looks them up by these names.
 pub mod map_names {
-    /// Per local IPv6 host and direction counters (`PerCpuHashMap<HostKey, HostCounters>`).
+    /// Per local IPv6 host and direction counters (`PerCpuHashMap<HostKey, XdpHostCounters>`).
     pub const HOSTS: &str = "FNM_HOSTS";
-    /// Per local IPv4 host and direction counters (`PerCpuHashMap<HostKeyV4, HostCounters>`):
+    /// Per local IPv4 host and direction counters (`PerCpuHashMap<HostKeyV4, XdpHostCounters>`):
     /// an 8-byte key hashes and compares faster than the 20-byte [`HostKey`].
     pub const HOSTS_V4: &str = "FNM_HOSTS_V4";
     /// Bounded table of recently seen 5-tuples (`LruHashMap<u64, u8>`), keyed by a seeded
@@ -19,7 +19,7 @@ pub mod map_names {
     /// hashes): a packet whose hash sits in its slot belongs to a known flow and skips `FLOWS`.
     pub const FLOW_CACHE: &str = "FNM_FLOW_CACHE";
     /// Dense per-CPU counters of the IPv4 hosts of the local networks that got preallocated
-    /// slots (`PerCpuArray<HostCounters>`, see [`local16`] for the slot of an address).
+    /// slots (`PerCpuArray<XdpHostCounters>`, see [`local16`] for the slot of an address).
     pub const HOSTS_DENSE_V4: &str = "FNM_HOSTS_D4";
     /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
     /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
@@ -40,6 +40,16 @@ pub mod map_names {
     pub const WHITELIST_V4: &str = "FNM_WHITELIST_V4";
     /// Prefixes that are never dropped, IPv6.
     pub const WHITELIST_V6: &str = "FNM_WHITELIST_V6";
+    /// Remote sources whose traffic never counts toward a host's rates (`[detection]
+    /// whitelist_sources`), IPv4 (`LpmTrie<[u8; 4], u8>`).
+    pub const SOURCE_WHITELIST_V4: &str = "FNM_SWL_V4";
+    /// Remote sources whose traffic never counts toward a host's rates, IPv6
+    /// (`LpmTrie<[u8; 16], u8>`).
+    pub const SOURCE_WHITELIST_V6: &str = "FNM_SWL_V6";
+    /// Which IPv4 /16 blocks hold an address of `SOURCE_WHITELIST_V4` (`Array<[u64; 1024]>`,
+    /// one entry, as [`drop16`](crate::drop16)): a remote address whose block bit is clear
+    /// needs no lookup in the trie.
+    pub const SOURCE_WHITELIST16_V4: &str = "FNM_SWL16_V4";
     /// Drop table matched on the source address, IPv4 (`LpmTrie<[u8; 4], u32>`: the entry's
     /// counter slot in `DROP_COUNTERS`).
     pub const DROP_SRC_V4: &str = "FNM_DROP_SRC_V4";
@@ -131,6 +141,15 @@ pub mod stat {
     pub const HOST_TABLE_FULL: u32 = 10;
     /// Packet samples lost because the ring buffer was full.
     pub const SAMPLES_LOST: u32 = 11;
+    /// Packets counted in a local host's [`XdpHostCounters::whitelisted`] instead of the
+    /// counters its rates come from, because their remote side is a whitelisted source
+    /// (`[detection] whitelist_sources`); once per local side, so a packet between two local
+    /// hosts that are both listed counts twice. (12 and 13 are kept for tunnel counters.)
+    ///
+    /// [`XdpHostCounters::whitelisted`]: crate::XdpHostCounters::whitelisted
+    pub const SOURCE_WHITELISTED_PACKETS: u32 = 14;
+    /// IP bytes of those packets.
+    pub const SOURCE_WHITELISTED_BYTES: u32 = 15;
     /// First index of the traffic totals: `TOTALS_BASE + total_index(direction, proto, bytes)`.
     pub const TOTALS_BASE: u32 = 16;
     /// Number of slots in the `STATS` array.
@@ -164,6 +183,8 @@ pub mod table_flag {
     pub const RULES: u32 = 1 << 2;
     /// `SAMPLED_HOSTS` has entries.
     pub const SAMPLING: u32 = 1 << 3;
+    /// `SOURCE_WHITELIST_V4` or `SOURCE_WHITELIST_V6` has entries.
+    pub const SOURCE_WHITELIST: u32 = 1 << 4;
 }
 
 /// Values of the `LOCAL16_V4` table, one `u32` per IPv4 /16, and the dense counter slots.
@@ -267,6 +288,46 @@ impl HostCounters {
             self.proto_bytes[i] = self.proto_bytes[i].wrapping_add(other.proto_bytes[i]);
             i += 1;
         }
+    }
+}
+
+/// Traffic of a local host whose remote side is a whitelisted source (`[detection]
+/// whitelist_sources`: the source of incoming, the destination of outgoing traffic). It is in
+/// none of the [`HostCounters`], so it never counts toward a rate nor opens an attack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WhitelistedCounters {
+    /// Packets.
+    pub packets: u64,
+    /// IP bytes.
+    pub bytes: u64,
+}
+
+impl WhitelistedCounters {
+    /// Adds `other` into `self` (wrapping, as kernel counters do).
+    pub fn accumulate(&mut self, other: &WhitelistedCounters) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+/// The XDP program's per-host, per-direction value: the counters the rates come from, and
+/// the whitelisted sources' traffic apart. 15 counters of 8 bytes: 240 bytes per dense local
+/// address (both directions) and CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpHostCounters {
+    /// Every packet except the whitelisted sources' ones.
+    pub counted: HostCounters,
+    /// The whitelisted sources' packets.
+    pub whitelisted: WhitelistedCounters,
+}
+
+impl XdpHostCounters {
+    /// Adds `other` into `self` (wrapping, as kernel counters do).
+    pub fn accumulate(&mut self, other: &XdpHostCounters) {
+        self.counted.accumulate(&other.counted);
+        self.whitelisted.accumulate(&other.whitelisted);
     }
 }
 
@@ -380,6 +441,7 @@ mod pod {
     unsafe impl aya::Pod for super::HostKeyV4 {}
     unsafe impl aya::Pod for super::LocalNetV4 {}
     unsafe impl aya::Pod for super::HostCounters {}
+    unsafe impl aya::Pod for super::XdpHostCounters {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DropCounter {}
     unsafe impl aya::Pod for super::DropRule {}
@@ -397,6 +459,7 @@ mod tests {
         assert_eq!(size_of::<HostKey>(), 20);
         assert_eq!(size_of::<HostKeyV4>(), 8);
         assert_eq!(size_of::<HostCounters>(), 13 * 8);
+        assert_eq!(size_of::<XdpHostCounters>(), 15 * 8);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<DropRule>(), 12);
         assert_eq!(size_of::<RuleSet>(), 8 + 4 * 12);

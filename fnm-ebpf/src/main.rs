@@ -3,8 +3,10 @@
 //! `fnm_xdp` parses every frame (Ethernet, up to two VLAN tags, an MPLS label stack, IPv4 with
 //! options and fragments, IPv6 with extension headers, TCP/UDP/ICMP/ICMPv6), counts it per local
 //! host and direction in per-CPU maps, and drops it in place when a drop table or a fingerprint
-//! rule matches and no whitelist entry protects it. `fnm_pass` does nothing: it is the floor
-//! against which the benchmark measures `fnm_xdp`.
+//! rule matches and no whitelist entry protects it. A packet whose remote side is a whitelisted
+//! source (`[detection] whitelist_sources`) counts in the totals and in its local host's
+//! whitelisted counters only, never toward the host's rates. `fnm_pass` does nothing: it is the
+//! floor against which the benchmark measures `fnm_xdp`.
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: passing them by value makes LLVM
@@ -24,7 +26,8 @@ use aya_ebpf::{
 };
 use fnm_common::{
     direction, drop16, local16, proto, setting, stat, table_flag, DropCounter, HostCounters,
-    HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, XdpHostCounters, FLOW_CACHE_SLOTS,
+    MAX_RULES_PER_HOST,
 };
 use parse::{parse, Addr, Packet, ParseError};
 
@@ -52,13 +55,13 @@ static FNM_FLOW_SEED: u64 = 0;
 /// is never the least recently used. The agent reads every entry each poll, so an evicted
 /// host loses at most what it got since the last poll.
 #[map]
-static FNM_HOSTS: LruPerCpuHashMap<HostKey, HostCounters> =
+static FNM_HOSTS: LruPerCpuHashMap<HostKey, XdpHostCounters> =
     LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
-static FNM_HOSTS_V4: LruPerCpuHashMap<HostKeyV4, HostCounters> =
+static FNM_HOSTS_V4: LruPerCpuHashMap<HostKeyV4, XdpHostCounters> =
     LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
-static FNM_HOSTS_D4: PerCpuArray<HostCounters> =
+static FNM_HOSTS_D4: PerCpuArray<XdpHostCounters> =
     PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT, 0);
 #[map]
 static FNM_TOUCHED_D4: Array<u64> =
@@ -75,6 +78,12 @@ static FNM_LOCAL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_
 static FNM_WHITELIST_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
 static FNM_WHITELIST_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_SWL_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_SWL_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
+#[map]
+static FNM_SWL16_V4: Array<[u64; drop16::WORDS]> = Array::with_max_entries(1, 0);
 #[map]
 static FNM_DROP16_V4: Array<[u64; drop16::WORDS]> = Array::with_max_entries(2, 0);
 #[map]
@@ -195,6 +204,29 @@ fn is_whitelisted(addr: Addr, v4: bool) -> bool {
     }
 }
 
+/// True when `addr`, the remote side of a packet, is a whitelisted source.
+#[inline(always)]
+fn is_whitelisted_source(addr: Addr, v4: bool) -> bool {
+    if v4 {
+        let a = addr.v4_addr();
+        // Most remote addresses share no /16 with a whitelisted source: one bit answers.
+        let Some(bitmap) = FNM_SWL16_V4.get(0) else {
+            return false;
+        };
+        let block = a >> 16;
+        if bitmap[(block >> 6) as usize] & (1u64 << (block & 63)) == 0 {
+            return false;
+        }
+        let key = Key::new(32, a.to_be_bytes());
+        FNM_SWL_V4.get(&key).map(|v| *v != 0).unwrap_or(false)
+    } else {
+        FNM_SWL_V6
+            .get(&Key::new(128, addr.bytes()))
+            .map(|v| *v != 0)
+            .unwrap_or(false)
+    }
+}
+
 #[inline(always)]
 fn drop_entry(addr: Addr, v4: bool, source: bool) -> Option<u32> {
     if v4 {
@@ -255,11 +287,15 @@ fn handle(p: &Packet, stats: &mut Stats) -> u32 {
     let flags = FNM_SETTINGS.get(setting::TABLE_FLAGS).copied().unwrap_or(0);
 
     if local_dst || local_src {
-        let new_flow = note_flow(p);
-        account_side(dst, p.dst, direction::INCOMING, p, class, new_flow, stats);
-        account_side(src, p.src, direction::OUTGOING, p, class, new_flow, stats);
+        let how = Add {
+            class,
+            new_flow: note_flow(p),
+            check_white: flags & table_flag::SOURCE_WHITELIST != 0,
+        };
+        account_side(dst, p.dst, p.src, direction::INCOMING, p, how, stats);
+        account_side(src, p.src, p.dst, direction::OUTGOING, p, how, stats);
         if flags & table_flag::SAMPLING != 0 {
-            sample(p, local_dst, local_src, stats);
+            sample(p, local_dst, local_src, how.check_white, stats);
         }
     }
 
@@ -288,24 +324,37 @@ fn handle(p: &Packet, stats: &mut Stats) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Counts the packet for one side (`dir`) of it, wherever that host's counters live.
+/// Counts the packet for one side (`dir`, local address `addr`) of it, wherever that host's
+/// counters live: in its whitelisted counters only when `remote`, the other end, is a
+/// whitelisted source.
+///
+/// The whitelist is looked up here, for a local side only, and its answer is used up
+/// before this returns. Looked up once for both sides and kept alive through the
+/// accounting, it multiplied the paths the verifier walks: 903,000 instructions of its
+/// 1,000,000 limit, against 698,000 this way (329,000 without the whitelist).
 #[inline(always)]
 fn account_side(
     side: Local,
     addr: Addr,
+    remote: Addr,
     dir: u8,
     p: &Packet,
-    class: usize,
-    new_flow: bool,
+    how: Add,
     stats: &mut Stats,
 ) {
+    if side == Local::No {
+        return;
+    }
+    let white = how.check_white && is_whitelisted_source(remote, p.v4);
+    if white {
+        add(stats, stat::SOURCE_WHITELISTED_PACKETS, 1);
+        add(stats, stat::SOURCE_WHITELISTED_BYTES, p.ip_len as u64);
+    }
     let counted = match side {
         Local::No => return,
-        Local::Slot(incoming) => {
-            account_dense(incoming.wrapping_add(dir as u32), p, class, new_flow)
-        }
-        Local::Hashed if p.v4 => account_v4(&host_key_v4(addr, dir), p, class, new_flow),
-        Local::Hashed => account(&host_key(addr, dir), p, class, new_flow),
+        Local::Slot(incoming) => account_dense(incoming.wrapping_add(dir as u32), p, how, white),
+        Local::Hashed if p.v4 => account_v4(&host_key_v4(addr, dir), p, how, white),
+        Local::Hashed => account(&host_key(addr, dir), p, how, white),
     };
     if !counted {
         add(stats, stat::HOST_TABLE_FULL, 1);
@@ -442,6 +491,28 @@ fn note_flow(p: &Packet) -> bool {
     true
 }
 
+/// How a packet adds to a host's counters.
+#[derive(Clone, Copy)]
+struct Add {
+    /// Protocol class ([`proto`]).
+    class: usize,
+    /// First packet of its 5-tuple.
+    new_flow: bool,
+    /// The source whitelist has entries: look the remote side up.
+    check_white: bool,
+}
+
+/// Adds the packet to `c`: to its whitelisted counters only when `white`.
+#[inline(always)]
+fn add_to(c: &mut XdpHostCounters, p: &Packet, how: Add, white: bool) {
+    if white {
+        c.whitelisted.packets += 1;
+        c.whitelisted.bytes += p.ip_len as u64;
+    } else {
+        add_packet(&mut c.counted, p, how.class, how.new_flow);
+    }
+}
+
 #[inline(always)]
 fn add_packet(c: &mut HostCounters, p: &Packet, class: usize, new_flow: bool) {
     let bytes = p.ip_len as u64;
@@ -459,12 +530,12 @@ fn add_packet(c: &mut HostCounters, p: &Packet, class: usize, new_flow: bool) {
 /// Counts the packet in a dense slot and marks the slot touched; false when the slot lies
 /// outside the table (the agent never hands out such slots).
 #[inline(always)]
-fn account_dense(slot: u32, p: &Packet, class: usize, new_flow: bool) -> bool {
+fn account_dense(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
     let Some(c) = FNM_HOSTS_D4.get_ptr_mut(slot) else {
         return false;
     };
     // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-    add_packet(unsafe { &mut *c }, p, class, new_flow);
+    add_to(unsafe { &mut *c }, p, how, white);
     if let Some(word) = FNM_TOUCHED_D4.get_ptr_mut(slot >> 3) {
         // SAFETY: byte `slot % 8` of an 8-byte map value. Shared by all CPUs: read first, so a
         // busy slot's cache line is only read; every writer stores the same 1.
@@ -480,21 +551,21 @@ fn account_dense(slot: u32, p: &Packet, class: usize, new_flow: bool) -> bool {
 
 /// Counts the packet in the IPv6 host table; false when a new host could not be inserted.
 #[inline(always)]
-fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) -> bool {
+fn account(key: &HostKey, p: &Packet, how: Add, white: bool) -> bool {
     if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        add_packet(unsafe { &mut *c }, p, class, new_flow);
+        add_to(unsafe { &mut *c }, p, how, white);
         return true;
     }
-    let mut fresh = HostCounters::default();
-    add_packet(&mut fresh, p, class, new_flow);
+    let mut fresh = XdpHostCounters::default();
+    add_to(&mut fresh, p, how, white);
     // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile.
     if FNM_HOSTS.insert(key, &fresh, 1).is_ok() {
         return true;
     }
     if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
         // SAFETY: as above.
-        add_packet(unsafe { &mut *c }, p, class, new_flow);
+        add_to(unsafe { &mut *c }, p, how, white);
         return true;
     }
     false
@@ -502,21 +573,21 @@ fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) -> bool {
 
 /// Counts the packet in the IPv4 host hash table; false when a new host could not be inserted.
 #[inline(always)]
-fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) -> bool {
+fn account_v4(key: &HostKeyV4, p: &Packet, how: Add, white: bool) -> bool {
     if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        add_packet(unsafe { &mut *c }, p, class, new_flow);
+        add_to(unsafe { &mut *c }, p, how, white);
         return true;
     }
-    let mut fresh = HostCounters::default();
-    add_packet(&mut fresh, p, class, new_flow);
+    let mut fresh = XdpHostCounters::default();
+    add_to(&mut fresh, p, how, white);
     // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile.
     if FNM_HOSTS_V4.insert(key, &fresh, 1).is_ok() {
         return true;
     }
     if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
         // SAFETY: as above.
-        add_packet(unsafe { &mut *c }, p, class, new_flow);
+        add_to(unsafe { &mut *c }, p, how, white);
         return true;
     }
     false
@@ -524,10 +595,11 @@ fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) -> bool
 
 /// Sends the packet to the agent when its host is under attack (sampled 1 in N).
 #[inline(always)]
-fn sample(p: &Packet, local_dst: bool, local_src: bool, stats: &mut Stats) {
-    let (addr, dir) = if local_dst {
+fn sample(p: &Packet, local_dst: bool, local_src: bool, check_white: bool, stats: &mut Stats) {
+    // A side whose remote end is a whitelisted source was not counted: not sampled either.
+    let (addr, dir) = if local_dst && !(check_white && is_whitelisted_source(p.src, p.v4)) {
         (p.dst, direction::INCOMING)
-    } else if local_src {
+    } else if local_src && !(check_white && is_whitelisted_source(p.dst, p.v4)) {
         (p.src, direction::OUTGOING)
     } else {
         return;

@@ -30,7 +30,7 @@ use crate::{
     traffic::{ExporterSpan, Source, TrafficRecord},
 };
 use ahash::AHashMap as HashMap;
-use fnm_common::{proto, HostCounters};
+use fnm_common::{proto, HostCounters, WhitelistedCounters, XdpHostCounters};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::{HashSet, VecDeque},
@@ -261,6 +261,9 @@ pub struct HostDirection {
     slots_sum: HostCounters,
     /// Time of the last window with traffic, in ms.
     pub last_active_ms: u64,
+    /// Cumulative traffic of whitelisted sources (`[detection] whitelist_sources`) that XDP
+    /// counted apart: in none of the counters above, so never in a rate or the rate window.
+    pub whitelisted: WhitelistedCounters,
 }
 
 impl HostDirection {
@@ -455,13 +458,13 @@ impl Totals {
 /// handed to the engine (the XDP poller reads the kernel without touching engine state).
 pub trait CounterSink {
     /// Adds a counter delta of one local host and direction.
-    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters);
+    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &XdpHostCounters);
     /// Sets a source's absolute totals of one direction and protocol class.
     fn set_total(&mut self, source: Source, dir: usize, class: usize, packets: u64, bytes: u64);
 }
 
 impl CounterSink for Accounting {
-    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters) {
+    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &XdpHostCounters) {
         Accounting::add_host_counters(self, host, direction, delta)
     }
     fn set_total(&mut self, source: Source, dir: usize, class: usize, packets: u64, bytes: u64) {
@@ -785,13 +788,28 @@ impl Accounting {
     }
 
     /// Adds per-host counter deltas (from the XDP program) directly; new hosts count against
-    /// XDP's budget.
-    pub fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters) {
-        if let Some(slot) =
+    /// XDP's budget. The whitelisted sources' part goes to the host's cumulative
+    /// `whitelisted` counters only, never to its rate window; it keeps the host from being
+    /// forgotten as idle (its counters still change), but it is no busier for that when the
+    /// table must make room.
+    pub fn add_host_counters(
+        &mut self,
+        host: IpAddr,
+        direction: Direction,
+        delta: &XdpHostCounters,
+    ) {
+        let Some(slot) =
             self.table
-                .slot_or_admit(host, Origin::Source(Source::Xdp), delta.packets)
-        {
-            self.credit_slot(slot, direction, delta, delta);
+                .slot_or_admit(host, Origin::Source(Source::Xdp), delta.counted.packets)
+        else {
+            return;
+        };
+        self.credit_slot(slot, direction, &delta.counted, &delta.counted);
+        if delta.whitelisted.packets > 0 {
+            let now_ms = self.now_ms;
+            let entry = &mut self.table.host_mut(slot).dirs[direction.index()];
+            entry.whitelisted.accumulate(&delta.whitelisted);
+            entry.last_active_ms = entry.last_active_ms.max(now_ms);
         }
     }
 
@@ -1147,6 +1165,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn xdp_whitelisted_counters_stay_out_of_the_rates_and_keep_the_host() {
+        // 1 s window of 1 s slots; hosts idle for 3 s are forgotten.
+        let mut a = acc();
+        let host: IpAddr = "10.0.0.1".parse().unwrap();
+        let delta = |counted: u64, white: u64| XdpHostCounters {
+            counted: HostCounters {
+                packets: counted,
+                bytes: counted * 100,
+                ..Default::default()
+            },
+            whitelisted: WhitelistedCounters {
+                packets: white,
+                bytes: white * 1000,
+            },
+        };
+        a.add_host_counters(host, Direction::Incoming, &delta(5, 50_000));
+        a.tick(1_000, 3_000);
+        let d = &a.host(host).unwrap().dirs[0];
+        assert_eq!((d.total.packets, d.total.bytes), (5, 500));
+        assert_eq!(
+            (d.whitelisted.packets, d.whitelisted.bytes),
+            (50_000, 50_000_000)
+        );
+        assert_eq!(d.rates.pps, 5.0);
+        assert_eq!(d.rates.bytes_per_second, 500.0);
+        // Only whitelisted traffic from now on: the rates fall to zero as the counted slot
+        // leaves the window, the whitelisted totals keep growing, and the host stays known
+        // long past the idle time.
+        for t in 2..10u64 {
+            a.add_host_counters(host, Direction::Incoming, &delta(0, 50_000));
+            a.tick(t * 1_000, 3_000);
+            let d = &a
+                .host(host)
+                .expect("kept while whitelisted traffic flows")
+                .dirs[0];
+            assert_eq!(d.rates.pps, 0.0, "t={t}");
+            assert_eq!(d.total.packets, 5);
+            assert_eq!(d.whitelisted.packets, 50_000 * t);
+        }
+        // Silence: forgotten after the idle time, as any host.
+        for t in 10..14u64 {
+            a.tick(t * 1_000, 3_000);
+        }
+        assert!(a.host(host).is_none());
+        // A host only whitelisted sources talk to is admitted and shows them.
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        a.add_host_counters(other, Direction::Outgoing, &delta(0, 3));
+        a.tick(15_000, 3_000);
+        let d = &a.host(other).unwrap().dirs[1];
+        assert_eq!((d.total.packets, d.whitelisted.packets), (0, 3));
+        assert_eq!(d.rates.pps, 0.0);
+    }
     #[test]
     fn watched_hosts_keep_bounded_samples() {
         let mut a = acc();

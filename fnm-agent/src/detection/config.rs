@@ -190,7 +190,10 @@ impl Thresholds {
 #[serde(deny_unknown_fields)]
 pub struct DetectionConfig {
     /// Remote source prefixes whose traffic never counts toward an attack (a CDN, a speed-test
-    /// server). Default: empty.
+    /// server): the source of incoming, the destination of outgoing traffic. It still counts
+    /// in the totals; XDP counts it per host in `whitelisted_packets`/`whitelisted_bytes`
+    /// (kernel tries sized by `[xdp] max_prefixes`), flows and capture leave it out of the
+    /// host. Default: empty.
     #[serde(default)]
     pub whitelist_sources: Vec<Prefix>,
     /// Thresholds for traffic towards local hosts. Default: none (no detection).

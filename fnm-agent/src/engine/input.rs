@@ -16,7 +16,7 @@ use crate::{
     accounting::{CounterSink, Direction},
     traffic::{ExporterSpan, Source, TrafficRecord},
 };
-use fnm_common::HostCounters;
+use fnm_common::XdpHostCounters;
 use std::{
     net::IpAddr,
     sync::{
@@ -76,7 +76,7 @@ pub enum Batch {
 #[derive(Debug, Default)]
 pub struct XdpBatch {
     /// Counter deltas per local host and direction since the previous poll.
-    pub deltas: Vec<(IpAddr, Direction, HostCounters)>,
+    pub deltas: Vec<(IpAddr, Direction, XdpHostCounters)>,
     /// Absolute totals: (direction index, protocol class, packets, bytes).
     pub totals: Vec<(usize, usize, u64, u64)>,
     /// Sampled packets of watched hosts: (local host, direction, record).
@@ -86,7 +86,7 @@ pub struct XdpBatch {
 }
 
 impl CounterSink for XdpBatch {
-    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &HostCounters) {
+    fn add_host_counters(&mut self, host: IpAddr, direction: Direction, delta: &XdpHostCounters) {
         self.deltas.push((host, direction, *delta));
     }
     fn set_total(&mut self, _source: Source, dir: usize, class: usize, packets: u64, bytes: u64) {

@@ -35,6 +35,11 @@ pub struct XdpStatus {
     pub dropped_rule_bytes: u64,
     /// Packets a drop entry matched but the whitelist let through.
     pub whitelist_passed: u64,
+    /// Packets whose remote side is a whitelisted source (`[detection] whitelist_sources`),
+    /// counted apart from every host's rates.
+    pub source_whitelisted_packets: u64,
+    /// IP bytes of those packets.
+    pub source_whitelisted_bytes: u64,
     /// New hosts that found the kernel host table full.
     pub host_table_full: u64,
     /// Packet samples lost to a full ring buffer.

@@ -5,14 +5,14 @@ use crate::{
     accounting::{from16, CounterSink, Direction},
     traffic::Source,
 };
-use fnm_common::{direction, map_names, proto, stat, HostCounters, HostKey};
+use fnm_common::{direction, map_names, proto, stat, HostCounters, HostKey, XdpHostCounters};
 use std::collections::HashMap;
 
 pub use crate::engine::snapshot::XdpStatus as XdpStats;
 
 #[derive(Debug, Clone)]
 struct Seen {
-    counters: HostCounters,
+    counters: XdpHostCounters,
     changed_ms: u64,
 }
 
@@ -34,7 +34,7 @@ impl Poller {
         idle_ms: u64,
     ) -> Result<XdpStats, XdpError> {
         let active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
-        let mut current: Vec<(HostKey, HostCounters)> = Vec::new();
+        let mut current: Vec<(HostKey, XdpHostCounters)> = Vec::new();
         for item in maps.hosts.iter_hashed() {
             let (key, values) = match item {
                 Ok(kv) => kv,
@@ -42,7 +42,7 @@ impl Poller {
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(e) => return Err(map_err(map_names::HOSTS)(e)),
             };
-            let mut sum = HostCounters::default();
+            let mut sum = XdpHostCounters::default();
             for v in values.iter() {
                 sum.accumulate(v);
             }
@@ -52,11 +52,11 @@ impl Poller {
         for (key, sum) in &current {
             let dir = direction_of(key);
             let seen = self.last.entry(*key).or_insert(Seen {
-                counters: HostCounters::default(),
+                counters: XdpHostCounters::default(),
                 changed_ms: now_ms,
             });
             let delta = delta(&seen.counters, sum);
-            if delta.packets > 0 {
+            if has_packets(&delta) {
                 accounting.add_host_counters(from16(key.addr), dir, &delta);
                 seen.changed_ms = now_ms;
             } else if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
@@ -90,6 +90,8 @@ impl Poller {
             dropped_rule_packets: maps.stat(stat::DROP_RULE_PACKETS),
             dropped_rule_bytes: maps.stat(stat::DROP_RULE_BYTES),
             whitelist_passed: maps.stat(stat::WHITELIST_PASSED),
+            source_whitelisted_packets: maps.stat(stat::SOURCE_WHITELISTED_PACKETS),
+            source_whitelisted_bytes: maps.stat(stat::SOURCE_WHITELISTED_BYTES),
             host_table_full: maps.stat(stat::HOST_TABLE_FULL),
             samples_lost: maps.stat(stat::SAMPLES_LOST),
             kernel_hosts: current.len() as u64 + active_dense,
@@ -112,11 +114,11 @@ impl Poller {
                 continue;
             };
             let seen = self.dense.entry(slot).or_insert(Seen {
-                counters: HostCounters::default(),
+                counters: XdpHostCounters::default(),
                 changed_ms: now_ms,
             });
             let mut delta = delta(&seen.counters, &sum);
-            if delta.packets == 0
+            if !has_packets(&delta)
                 && now_ms.saturating_sub(seen.changed_ms) >= idle_ms
                 && maps.hosts.clear_touched(slot)
             {
@@ -127,7 +129,7 @@ impl Poller {
                     sum = again;
                 }
             }
-            if delta.packets > 0 {
+            if has_packets(&delta) {
                 accounting.add_host_counters(from16(key.addr), direction_of(&key), &delta);
                 seen.changed_ms = now_ms;
                 active += 1;
@@ -148,12 +150,32 @@ fn direction_of(key: &HostKey) -> Direction {
     }
 }
 
-/// `now - before`, field by field; a counter that went backwards (entry re-created) counts
-/// from zero.
-fn delta(before: &HostCounters, now: &HostCounters) -> HostCounters {
-    if now.packets < before.packets {
+/// True when `delta` holds packets: counted ones, or whitelisted ones (a host only a
+/// whitelisted source talks to still shows them, and stays in the kernel table meanwhile).
+fn has_packets(delta: &XdpHostCounters) -> bool {
+    delta.counted.packets > 0 || delta.whitelisted.packets > 0
+}
+
+/// `now - before`, field by field; when a packet counter went backwards (entry re-created)
+/// everything counts from zero.
+fn delta(before: &XdpHostCounters, now: &XdpHostCounters) -> XdpHostCounters {
+    if now.counted.packets < before.counted.packets
+        || now.whitelisted.packets < before.whitelisted.packets
+    {
         return *now;
     }
+    let d = |a: u64, b: u64| b.wrapping_sub(a);
+    XdpHostCounters {
+        counted: counted_delta(&before.counted, &now.counted),
+        whitelisted: fnm_common::WhitelistedCounters {
+            packets: d(before.whitelisted.packets, now.whitelisted.packets),
+            bytes: d(before.whitelisted.bytes, now.whitelisted.bytes),
+        },
+    }
+}
+
+/// `now - before` of the counters the rates come from, field by field.
+fn counted_delta(before: &HostCounters, now: &HostCounters) -> HostCounters {
     let d = |a: u64, b: u64| b.wrapping_sub(a);
     let mut out = HostCounters {
         packets: d(before.packets, now.packets),

@@ -4,7 +4,7 @@
 
 use super::local16::DenseLayout;
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use fnm_common::{v4_mapped, HostCounters, HostKey, HostKeyV4};
+use fnm_common::{v4_mapped, HostKey, HostKeyV4, XdpHostCounters};
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
@@ -96,15 +96,15 @@ impl Drop for TouchedBytes {
 /// Every per-host counter table of the XDP program.
 pub struct HostMaps {
     /// Dense IPv4 slots.
-    pub(crate) dense: PerCpuArray<MapData, HostCounters>,
+    pub(crate) dense: PerCpuArray<MapData, XdpHostCounters>,
     /// Touched byte per dense slot.
     pub(crate) touched: TouchedBytes,
     /// Which address and direction each dense slot counts.
     pub(crate) layout: DenseLayout,
     /// IPv4 hosts.
-    pub(crate) v4: PerCpuHashMap<MapData, HostKeyV4, HostCounters>,
+    pub(crate) v4: PerCpuHashMap<MapData, HostKeyV4, XdpHostCounters>,
     /// IPv6 hosts.
-    pub(crate) v6: PerCpuHashMap<MapData, HostKey, HostCounters>,
+    pub(crate) v6: PerCpuHashMap<MapData, HostKey, XdpHostCounters>,
 }
 
 /// The IPv4 key of an IPv4-mapped [`HostKey`]; `None` for an IPv6 host.
@@ -133,7 +133,11 @@ impl HostMaps {
     }
 
     /// The per-CPU counters of one host and direction.
-    pub fn get(&self, key: &HostKey, flags: u64) -> Result<PerCpuValues<HostCounters>, MapError> {
+    pub fn get(
+        &self,
+        key: &HostKey,
+        flags: u64,
+    ) -> Result<PerCpuValues<XdpHostCounters>, MapError> {
         match as_v4(key) {
             Some(k) => match self.dense_slot(&k) {
                 Some(slot) => self.dense.get(&slot, flags),
@@ -157,11 +161,11 @@ impl HostMaps {
     pub(crate) fn dense_slot_sum(
         &self,
         slot: u32,
-    ) -> Result<Option<(HostKey, HostCounters)>, MapError> {
+    ) -> Result<Option<(HostKey, XdpHostCounters)>, MapError> {
         let Some((addr, direction)) = self.layout.host_of(slot) else {
             return Ok(None);
         };
-        let mut sum = HostCounters::default();
+        let mut sum = XdpHostCounters::default();
         for v in self.dense.get(&slot, 0)?.iter() {
             sum.accumulate(v);
         }
@@ -197,7 +201,7 @@ impl HostMaps {
     /// Every host and direction of the hash tables with its per-CPU counters.
     pub fn iter_hashed(
         &self,
-    ) -> impl Iterator<Item = Result<(HostKey, PerCpuValues<HostCounters>), MapError>> + '_ {
+    ) -> impl Iterator<Item = Result<(HostKey, PerCpuValues<XdpHostCounters>), MapError>> + '_ {
         self.v4
             .iter()
             .map(|item| item.map(|(k, v)| (from_v4(k), v)))

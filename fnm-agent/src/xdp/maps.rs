@@ -10,8 +10,10 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
-use fnm_common::{drop16, map_names, setting, stat, DropCounter, HostKey, LocalNetV4, RuleSet};
-use std::net::IpAddr;
+use fnm_common::{
+    drop16, map_names, setting, stat, table_flag, DropCounter, HostKey, LocalNetV4, RuleSet,
+};
+use std::{collections::BTreeSet, net::IpAddr};
 
 /// Every map of the program, owned and typed.
 pub struct KernelMaps {
@@ -25,6 +27,15 @@ pub struct KernelMaps {
     pub whitelist_v4: LpmTrie<MapData, [u8; 4], u8>,
     /// Never-dropped prefixes.
     pub whitelist_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Whitelisted remote sources (`[detection] whitelist_sources`).
+    pub source_whitelist_v4: LpmTrie<MapData, [u8; 4], u8>,
+    /// Whitelisted remote sources.
+    pub source_whitelist_v6: LpmTrie<MapData, [u8; 16], u8>,
+    /// Per-/16 bitmap of the IPv4 whitelisted sources.
+    pub source_whitelist16_v4: Array<MapData, [u64; drop16::WORDS]>,
+    /// What the source whitelist holds now (replaced as a whole by
+    /// [`KernelMaps::set_source_whitelist`]).
+    source_whitelist: BTreeSet<Prefix>,
     /// Per-/16 bitmaps of the IPv4 drop tables (source, destination).
     pub drop16_v4: Array<MapData, [u64; drop16::WORDS]>,
     /// Drop on source, value = counter slot.
@@ -47,6 +58,9 @@ pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, [u64; stat::COUNT as usize]>,
     /// Run-time settings.
     pub settings: Array<MapData, u32>,
+    /// The table flags the drop tables last asked for ([`KernelMaps::set_table_flags`]);
+    /// the source whitelist's flag is added to them.
+    table_flags: u32,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -135,6 +149,10 @@ impl KernelMaps {
             local_v6: take(ebpf, map_names::LOCAL_V6)?,
             whitelist_v4: take(ebpf, map_names::WHITELIST_V4)?,
             whitelist_v6: take(ebpf, map_names::WHITELIST_V6)?,
+            source_whitelist_v4: take(ebpf, map_names::SOURCE_WHITELIST_V4)?,
+            source_whitelist_v6: take(ebpf, map_names::SOURCE_WHITELIST_V6)?,
+            source_whitelist16_v4: take(ebpf, map_names::SOURCE_WHITELIST16_V4)?,
+            source_whitelist: BTreeSet::new(),
             drop16_v4: take(ebpf, map_names::DROP16_V4)?,
             drop_src_v4: take(ebpf, map_names::DROP_SRC_V4)?,
             drop_src_v6: take(ebpf, map_names::DROP_SRC_V6)?,
@@ -146,6 +164,7 @@ impl KernelMaps {
             samples: take(ebpf, map_names::SAMPLES).ok(),
             stats: take(ebpf, map_names::STATS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
+            table_flags: 0,
         })
     }
 
@@ -201,8 +220,73 @@ impl KernelMaps {
         Ok(())
     }
 
-    /// Sets the bit set of non-empty tables.
+    /// Replaces the whitelisted remote sources (`[detection] whitelist_sources`): a packet
+    /// whose remote side is in them still counts in the totals and in its local host's
+    /// whitelisted counters, never in the counters its rates come from. New entries go in
+    /// before the old ones leave, so a source in both lists is whitelisted throughout.
+    pub fn set_source_whitelist(&mut self, sources: &[Prefix]) -> Result<(), XdpError> {
+        let wanted: BTreeSet<Prefix> = sources.iter().copied().collect();
+        let coming: Vec<Prefix> = wanted.difference(&self.source_whitelist).copied().collect();
+        for p in &coming {
+            match LpmKey::of(p) {
+                LpmKey::V4(k) => self
+                    .source_whitelist_v4
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::SOURCE_WHITELIST_V4))?,
+                LpmKey::V6(k) => self
+                    .source_whitelist_v6
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::SOURCE_WHITELIST_V6))?,
+            }
+            self.source_whitelist.insert(*p);
+        }
+        // Both lists' blocks while the old entries are still in the trie.
+        self.source_whitelist16_v4
+            .set(
+                0,
+                super::tables::drop16_bitmap(self.source_whitelist.iter()),
+                0,
+            )
+            .map_err(map_err(map_names::SOURCE_WHITELIST16_V4))?;
+        self.write_table_flags()?;
+        let leaving: Vec<Prefix> = self.source_whitelist.difference(&wanted).copied().collect();
+        for p in leaving {
+            let removed = match LpmKey::of(&p) {
+                LpmKey::V4(k) => self
+                    .source_whitelist_v4
+                    .remove(&k)
+                    .map_err(map_err(map_names::SOURCE_WHITELIST_V4)),
+                LpmKey::V6(k) => self
+                    .source_whitelist_v6
+                    .remove(&k)
+                    .map_err(map_err(map_names::SOURCE_WHITELIST_V6)),
+            };
+            removed?;
+            self.source_whitelist.remove(&p);
+        }
+        self.source_whitelist16_v4
+            .set(0, super::tables::drop16_bitmap(wanted.iter()), 0)
+            .map_err(map_err(map_names::SOURCE_WHITELIST16_V4))?;
+        self.write_table_flags()
+    }
+
+    /// The whitelisted remote sources in the kernel now.
+    pub fn source_whitelist(&self) -> impl Iterator<Item = &Prefix> {
+        self.source_whitelist.iter()
+    }
+
+    /// Sets the bit set of non-empty drop, rule and sampling tables (the source whitelist's
+    /// bit is kept as [`KernelMaps::set_source_whitelist`] left it).
     pub fn set_table_flags(&mut self, flags: u32) -> Result<(), XdpError> {
+        self.table_flags = flags & !table_flag::SOURCE_WHITELIST;
+        self.write_table_flags()
+    }
+
+    fn write_table_flags(&mut self) -> Result<(), XdpError> {
+        let mut flags = self.table_flags;
+        if !self.source_whitelist.is_empty() {
+            flags |= table_flag::SOURCE_WHITELIST;
+        }
         self.settings
             .set(setting::TABLE_FLAGS, flags, 0)
             .map_err(map_err(map_names::SETTINGS))

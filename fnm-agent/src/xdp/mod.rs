@@ -156,6 +156,8 @@ impl DataPlane {
             .map_max_entries(map_names::LOCAL_V6, config.max_prefixes)
             .map_max_entries(map_names::WHITELIST_V4, config.max_prefixes)
             .map_max_entries(map_names::WHITELIST_V6, config.max_prefixes)
+            .map_max_entries(map_names::SOURCE_WHITELIST_V4, config.max_prefixes)
+            .map_max_entries(map_names::SOURCE_WHITELIST_V6, config.max_prefixes)
             .map_max_entries(map_names::DROP_SRC_V4, config.max_drop_entries)
             .map_max_entries(map_names::DROP_SRC_V6, config.max_drop_entries)
             .map_max_entries(map_names::DROP_DST_V4, config.max_drop_entries)
@@ -184,6 +186,14 @@ impl DataPlane {
             tables,
             poller: counters::Poller::default(),
         })
+    }
+
+    /// Sets the whitelisted remote sources (`[detection] whitelist_sources`), replacing the
+    /// previous list: their packets count in the totals and in each host's whitelisted
+    /// counters, never toward its rates, so they never open an attack. The agent calls it
+    /// right after [`DataPlane::load`].
+    pub fn set_whitelist_sources(&mut self, sources: &[Prefix]) -> Result<(), XdpError> {
+        self.maps.set_source_whitelist(sources)
     }
 
     /// Attaches the counting program to `interface`. `auto` tries native mode and falls back to

@@ -289,8 +289,11 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
-/// One bit per IPv4 /16 holding an address of one of `prefixes` (IPv6 ones are ignored).
-fn drop16_bitmap<'a>(prefixes: impl Iterator<Item = &'a Prefix>) -> [u64; drop16::WORDS] {
+/// One bit per IPv4 /16 holding an address of one of `prefixes` (IPv6 ones are ignored): the
+/// layout of the drop tables' and the source whitelist's per-/16 bitmaps.
+pub(super) fn drop16_bitmap<'a>(
+    prefixes: impl Iterator<Item = &'a Prefix>,
+) -> [u64; drop16::WORDS] {
     let mut bits = [0u64; drop16::WORDS];
     for p in prefixes {
         let IpAddr::V4(a) = p.addr() else { continue };

@@ -24,19 +24,31 @@ pub mod sender;
 pub mod tmpfs;
 pub mod udp_counter;
 
-/// The per-CPU counters of one host and direction in the XDP program's map, summed.
+/// The per-CPU counters of one host and direction in the XDP program's map, summed: the
+/// counters its rates come from.
 #[cfg(target_os = "linux")]
 pub fn kernel_host(
     dp: &fnm_agent::xdp::DataPlane,
     addr: std::net::IpAddr,
     direction: u8,
 ) -> fnm_common::HostCounters {
+    kernel_host_all(dp, addr, direction).counted
+}
+
+/// The per-CPU value of one host and direction in the XDP program's map, summed, with the
+/// whitelisted sources' counters.
+#[cfg(target_os = "linux")]
+pub fn kernel_host_all(
+    dp: &fnm_agent::xdp::DataPlane,
+    addr: std::net::IpAddr,
+    direction: u8,
+) -> fnm_common::XdpHostCounters {
     let key = fnm_common::HostKey {
         addr: fnm_agent::accounting::to16(addr),
         direction,
         _pad: [0; 3],
     };
-    let mut sum = fnm_common::HostCounters::default();
+    let mut sum = fnm_common::XdpHostCounters::default();
     if let Ok(values) = dp.maps.hosts.get(&key, 0) {
         for v in values.iter() {
             sum.accumulate(v);
