@@ -1,10 +1,16 @@
-//! `cargo xtask`: set-up, build, run, test and bench for fnm.
+//! `cargo xtask`: set-up, build, run, test, package and bench for fnm.
 //!
 //! `setup` installs exactly what is missing on Debian 12 and says what it installs: apt
-//! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the nightly
-//! toolchain's rust-src (aya-build builds the eBPF crate with `rustup run nightly` and
-//! `-Z build-std=core`), and bpf-linker 0.13.0 built against Debian's LLVM 22.
+//! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the pinned
+//! nightly (`fnm-agent/build/ebpf_toolchain.rs`) with its rust-src (aya-build builds the eBPF
+//! crate with `rustup run <nightly>` and `-Z build-std=core`), and bpf-linker 0.13.0 built
+//! against Debian's LLVM 22; it stops when the nightly's LLVM and bpf-linker's differ.
+//! `package` builds the Debian package with cargo-deb (installed when missing).
 
+#[path = "../../fnm-agent/build/ebpf_toolchain.rs"]
+#[allow(dead_code)]
+mod ebpf_toolchain;
+mod package;
 mod setup;
 
 use anyhow::{bail, Context as _, Result};
@@ -34,8 +40,12 @@ enum Task {
         #[arg(long, default_value = "config/fnm-agent.toml")]
         config: PathBuf,
     },
-    /// Set up and run every test: formatting, clippy, unit, privileged and end-to-end tests.
+    /// Set up and run every test: formatting, clippy, unit, privileged and end-to-end tests
+    /// (the package test with the package `package` builds).
     Test,
+    /// Build the Debian package (agent with its XDP object, config, systemd unit, man page,
+    /// completions) into target/debian/ with cargo-deb, installing cargo-deb when missing.
+    Package,
     /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
     Bench,
     /// Detection latency benchmark: fnm on XDP against FastNetMon 1.2.4 fed by sFlow, 20 floods
@@ -62,6 +72,7 @@ fn main() -> Result<()> {
             run("target/release/fnm-agent", &["run", "--config", &cfg])
         }
         Task::Test => test(),
+        Task::Package => package::run().map(drop),
         Task::BenchLatency => {
             setup::run(true)?;
             run(
@@ -128,7 +139,7 @@ pub fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Resul
     Ok(())
 }
 
-fn build() -> Result<()> {
+pub fn build() -> Result<()> {
     run("cargo", &["build", "--release", "-p", "fnm-agent"])
 }
 
@@ -138,6 +149,7 @@ fn test() -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         println!("\n*** xtask test: NOT ROOT: the privileged tests (XDP, namespaces) will FAIL. Run as root. ***\n");
     }
+    let ebpf_toolchain = format!("+{}", setup::ebpf_toolchain()?);
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -156,7 +168,7 @@ fn test() -> Result<()> {
     run(
         "cargo",
         &[
-            "+nightly",
+            &ebpf_toolchain,
             "clippy",
             "-p",
             "fnm-ebpf",
@@ -177,6 +189,11 @@ fn test() -> Result<()> {
             args.extend(["--features", "netmap"]);
         }
         run_with_env("cargo", &args, &[("AYA_BUILD_SKIP", "1")])?;
+    }
+    // The package test (fnm-agent/tests/package_deb.rs) installs what this builds: the one
+    // release build of the run.
+    if package::can_package() {
+        package::run()?;
     }
     // Every test binary runs even when an earlier one fails, so one run shows every failure.
     run(
