@@ -1,12 +1,13 @@
 //! The ban list: what is dropped, why, until when; saved to the state directory on every change
-//! and read back at start, so bans survive a restart.
+//! (through [`crate::state`]: a durable snapshot plus an append-only journal) and read back at
+//! start, so bans survive a restart.
 
-use crate::prefix::Prefix;
-use serde::{Deserialize, Serialize};
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
+use crate::{
+    prefix::Prefix,
+    state::{Journal, JournalError, OnBadFile, StateFile, StoreError},
 };
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, path::Path};
 
 /// Which address of a packet a drop entry is matched against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -96,63 +97,76 @@ pub struct Ban {
 /// Why the ban list could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum BanStoreError {
-    /// I/O on the state file.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+    /// The saved list (`bans.json`).
+    #[error(transparent)]
+    Snapshot(#[from] StoreError),
+    /// The changes since (`bans.journal`).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// One change to the list, as the journal records it. Replaying is idempotent, so a change
+/// found both in the snapshot and in the journal (a crash while compacting) is harmless.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum BanChange {
+    /// A ban was added or replaced.
+    Add {
+        /// The ban.
+        ban: Ban,
     },
-    /// The state file is not a ban list.
-    #[error("{path}: not a ban list: {message}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// serde's message.
-        message: String,
+    /// A ban was removed.
+    Remove {
+        /// Its prefix.
+        prefix: Prefix,
+        /// Its side.
+        #[serde(rename = "match")]
+        match_on: DropMatch,
     },
 }
 
-/// Bans keyed by (prefix, match), persisted as JSON.
+/// Where the list is kept: a snapshot and a journal of the changes since.
+#[derive(Debug)]
+struct Persisted {
+    snapshot: StateFile,
+    journal: Journal<BanChange>,
+}
+
+/// The journal is folded into the snapshot once it holds this many changes and more than
+/// twice as many as there are bans.
+const COMPACT_AFTER: usize = 1024;
+
+/// Bans keyed by (prefix, match), persisted as a JSON snapshot (`bans.json`) plus a journal
+/// of the changes since (`bans.journal`, JSON lines): a ban or unban costs one appended line
+/// and one `fdatasync`, not a rewrite of the whole list.
 #[derive(Debug, Default)]
 pub struct BanStore {
     bans: BTreeMap<(Prefix, DropMatch), Ban>,
-    path: Option<PathBuf>,
+    persisted: Option<Persisted>,
 }
 
 impl BanStore {
-    /// A store persisted at `path` (created on first save); reads existing bans. A corrupt file
-    /// is renamed aside (`.corrupt`) and reported, never silently discarded.
+    /// A store persisted at `path` (the snapshot; the journal is next to it, `bans.journal`
+    /// for `bans.json`); reads the saved bans. A file that cannot be read or parsed is an
+    /// error that names it and how to recover: starting without it would silently lift bans.
     pub fn open(path: &Path) -> Result<Self, BanStoreError> {
+        let snapshot = StateFile::new(path);
+        let saved: Vec<Ban> = snapshot
+            .load_json(OnBadFile::Fail)?
+            .found()
+            .unwrap_or_default();
+        let (journal, changes) = Journal::open(path.with_extension("journal"))?;
         let mut store = Self {
             bans: BTreeMap::new(),
-            path: Some(path.to_owned()),
+            persisted: None,
         };
-        match std::fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<Vec<Ban>>(&bytes) {
-                Ok(list) => {
-                    for b in list {
-                        store.bans.insert((b.prefix, b.match_on), b);
-                    }
-                }
-                Err(e) => {
-                    let aside = path.with_extension("json.corrupt");
-                    let _ = std::fs::rename(path, &aside);
-                    return Err(BanStoreError::Corrupt {
-                        path: path.to_owned(),
-                        message: format!("{e} (moved to {})", aside.display()),
-                    });
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(BanStoreError::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+        for b in saved {
+            store.bans.insert((b.prefix, b.match_on), b);
         }
+        for change in changes {
+            store.apply(change);
+        }
+        store.persisted = Some(Persisted { snapshot, journal });
         Ok(store)
     }
 
@@ -164,29 +178,25 @@ impl BanStore {
     /// Adds or replaces a ban and saves. When saving fails the list is left as it was (the
     /// list in memory is always the one on disk) and the error returned.
     pub fn insert(&mut self, ban: Ban) -> Result<(), BanStoreError> {
-        let key = (ban.prefix, ban.match_on);
-        let previous = self.bans.insert(key, ban);
-        if let Err(e) = self.save() {
-            match previous {
-                Some(old) => self.bans.insert(key, old),
-                None => self.bans.remove(&key),
-            };
-            return Err(e);
-        }
+        self.record(BanChange::Add { ban: ban.clone() })?;
+        self.bans.insert((ban.prefix, ban.match_on), ban);
+        self.compact_if_due();
         Ok(())
     }
 
     /// Removes a ban and saves; returns it. When saving fails the ban stays (as on disk) and
     /// the error is returned.
     pub fn remove(&mut self, prefix: Prefix, m: DropMatch) -> Result<Option<Ban>, BanStoreError> {
-        let Some(ban) = self.bans.remove(&(prefix, m)) else {
+        if !self.bans.contains_key(&(prefix, m)) {
             return Ok(None);
-        };
-        if let Err(e) = self.save() {
-            self.bans.insert((prefix, m), ban);
-            return Err(e);
         }
-        Ok(Some(ban))
+        self.record(BanChange::Remove {
+            prefix,
+            match_on: m,
+        })?;
+        let removed = self.bans.remove(&(prefix, m));
+        self.compact_if_due();
+        Ok(removed)
     }
 
     /// One ban.
@@ -218,26 +228,55 @@ impl BanStore {
             .collect()
     }
 
-    fn save(&self) -> Result<(), BanStoreError> {
-        let Some(path) = &self.path else {
+    fn apply(&mut self, change: BanChange) {
+        match change {
+            BanChange::Add { ban } => {
+                self.bans.insert((ban.prefix, ban.match_on), ban);
+            }
+            BanChange::Remove { prefix, match_on } => {
+                self.bans.remove(&(prefix, match_on));
+            }
+        }
+    }
+
+    /// Makes `change` durable before the list in memory takes it. A journal poisoned by a
+    /// failed write is compacted first (the list in memory is still the one on disk).
+    fn record(&mut self, change: BanChange) -> Result<(), BanStoreError> {
+        if self
+            .persisted
+            .as_ref()
+            .is_some_and(|p| p.journal.is_poisoned())
+        {
+            self.compact()?;
+        }
+        let Some(p) = self.persisted.as_mut() else {
             return Ok(());
         };
-        let io = |source| BanStoreError::Io {
-            path: path.clone(),
-            source,
+        p.journal.append(&[change])?;
+        Ok(())
+    }
+
+    fn compact_if_due(&mut self) {
+        let Some(p) = &self.persisted else { return };
+        let changes = p.journal.entries();
+        if changes >= COMPACT_AFTER && changes > 2 * self.bans.len() {
+            if let Err(e) = self.compact() {
+                // The journal still holds every change: nothing is lost, the next change
+                // tries again.
+                tracing::warn!("compacting the ban list: {e}");
+            }
+        }
+    }
+
+    /// Writes the whole list as the snapshot, then empties the journal.
+    fn compact(&mut self) -> Result<(), BanStoreError> {
+        let Some(p) = self.persisted.as_mut() else {
+            return Ok(());
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
         let list: Vec<&Ban> = self.bans.values().collect();
-        let json = serde_json::to_vec_pretty(&list).expect("bans serialise");
-        let tmp = path.with_extension("json.tmp");
-        let written = std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, path));
-        if written.is_err() {
-            // A partial temporary file only takes space from the next attempt.
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(io)
+        p.snapshot.save_json(&list)?;
+        p.journal.reset()?;
+        Ok(())
     }
 }
 
@@ -278,31 +317,56 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_save_leaves_the_list_as_on_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let path = state.join("bans.json");
-        let mut s = BanStore::open(&path).unwrap();
-        s.insert(ban("198.51.100.7/32", None)).unwrap();
-        // The state directory becomes unwritable: a file where the directory was.
-        std::fs::remove_dir_all(&state).unwrap();
-        std::fs::write(&state, b"not a directory").unwrap();
-        let p7 = "198.51.100.7/32".parse().unwrap();
-        assert!(s.insert(ban("198.51.100.8/32", None)).is_err());
-        assert!(s.insert(ban("198.51.100.7/32", Some(5))).is_err());
-        assert!(s.remove(p7, DropMatch::Src).is_err());
-        let listed: Vec<_> = s.list().cloned().collect();
-        assert_eq!(listed, vec![ban("198.51.100.7/32", None)], "unchanged");
-    }
-
-    #[test]
-    fn corrupt_state_is_reported_and_kept_aside() {
+    fn corrupt_state_stops_start_up_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bans.json");
         std::fs::write(&path, b"{not json").unwrap();
         let err = BanStore::open(&path).unwrap_err().to_string();
-        assert!(err.contains("not a ban list"), "{err}");
-        assert!(dir.path().join("bans.json.corrupt").exists());
-        assert!(BanStore::open(&path).unwrap().is_empty());
+        assert!(
+            err.contains("bans.json") && err.contains("corrupt"),
+            "{err}"
+        );
+        assert!(path.exists(), "left in place for the operator");
+        std::fs::write(&path, b"[]").unwrap();
+        std::fs::write(dir.path().join("bans.journal"), b"{\"op\":\"nope\"}\n").unwrap();
+        let err = BanStore::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bans.journal") && err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_ban_appends_one_line_and_the_journal_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.json");
+        let journal = dir.path().join("bans.journal");
+        let mut s = BanStore::open(&path).unwrap();
+        s.insert(ban("198.51.100.7/32", None)).unwrap();
+        assert!(!path.exists(), "no snapshot rewrite for one ban");
+        assert_eq!(
+            std::fs::read_to_string(&journal).unwrap().lines().count(),
+            1
+        );
+        let p7: Prefix = "198.51.100.7/32".parse().unwrap();
+        // Ban and unban the same prefix until the journal is due for compaction.
+        for i in 0..COMPACT_AFTER {
+            if i % 2 == 0 {
+                s.remove(p7, DropMatch::Src).unwrap();
+            } else {
+                s.insert(ban("198.51.100.7/32", None)).unwrap();
+            }
+        }
+        let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+        assert!(lines < COMPACT_AFTER, "compacted: {lines} lines");
+        let reopened = BanStore::open(&path).unwrap();
+        let want: Vec<Ban> = s.list().cloned().collect();
+        assert_eq!(reopened.list().cloned().collect::<Vec<_>>(), want);
+        // Unbanning what is not banned writes nothing.
+        let before = std::fs::read(&journal).unwrap();
+        let mut s = reopened;
+        let other: Prefix = "203.0.113.1/32".parse().unwrap();
+        assert!(s.remove(other, DropMatch::Dst).unwrap().is_none());
+        assert_eq!(std::fs::read(&journal).unwrap(), before);
     }
 }

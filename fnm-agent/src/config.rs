@@ -94,18 +94,15 @@ pub struct Config {
     /// Userspace capture (`backend = "pcap" | "netmap" | "pfring"`) instead of XDP.
     #[serde(default)]
     pub capture: crate::capture::CaptureConfig,
-    /// BGP announcements (`bgp_blackhole`, `bgp_flowspec` actions).
-    #[serde(default)]
-    pub bgp: crate::actions::bgp::BgpConfig,
     /// sFlow v5 collector. Default: listens on `0.0.0.0:6343`.
     #[serde(default)]
     pub sflow: crate::flow::collector::SflowConfig,
     /// NetFlow v5 / v9 / IPFIX collector. Default: listens on `0.0.0.0:2055`.
     #[serde(default)]
     pub netflow: crate::flow::collector::NetflowConfig,
-    /// The `webhook` action.
-    #[serde(default)]
-    pub webhook: crate::actions::webhook::WebhookConfig,
+    /// The actions' own sections (`[bgp]`, `[webhook]`, ...), at the top level.
+    #[serde(flatten)]
+    pub actions: crate::actions::ActionSections,
     /// The agent's log: level and format.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
@@ -137,9 +134,9 @@ pub struct XdpConfig {
     /// `auto` | `native` | `skb`. Default: `auto`.
     #[serde(default)]
     pub mode: XdpMode,
-    /// Local hosts counted per direction and per address family (one kernel hash table for
-    /// IPv4, one for IPv6; new hosts beyond it are counted in `fnm_xdp_host_table_full_total`,
-    /// existing ones are never evicted). Default: `65536`.
+    /// Local hosts counted per direction and per address family (one kernel LRU hash table for
+    /// IPv4, one for IPv6: when full, the least recently touched hosts make room, so spoofed
+    /// destinations cannot lock a real victim out). Default: `65536`.
     #[serde(default = "default_max_hosts")]
     pub max_hosts: u32,
     /// IPv4 addresses of the local networks whose counters are preallocated in a per-CPU array
@@ -557,7 +554,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: locate_unknown_key(text, e),
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
@@ -576,11 +573,7 @@ impl Config {
         }
         crate::detection::config::validate(&self.detection, &self.hostgroup, &self.ban)?;
         self.capture.validate().map_err(|e| e.to_string())?;
-        self.bgp.validate()?;
-        self.webhook.validate()?;
-        if self.uses_action(crate::actions::Action::Webhook) && self.webhook.url.is_none() {
-            return Err("the webhook action is used but webhook.url is not set".into());
-        }
+        self.actions.validate(&|action| self.uses_action(action))?;
         if self.networks.is_empty() {
             return Err("networks: at least one local network is needed".into());
         }
@@ -657,6 +650,46 @@ pub mod humantime_serde_compat {
     }
 }
 
+/// The parser's message, or, for an unknown top-level key (which serde reports against the
+/// whole document, because the action sections are flattened into the top level), the line
+/// that holds it.
+fn locate_unknown_key(text: &str, error: toml::de::Error) -> String {
+    let message = error.to_string();
+    let Some(name) = error
+        .message()
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return message;
+    };
+    let mut in_top_level = true;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let header = line.trim_start_matches('[').trim_end_matches(']');
+        let is_header = line.starts_with('[');
+        let names_key = if is_header {
+            header == name || header.starts_with(&format!("{name}."))
+        } else {
+            in_top_level
+                && line
+                    .strip_prefix(name)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        if names_key {
+            return format!(
+                "line {}: unknown key `{name}` (`fnm-agent print-default-config` lists every \
+                 setting)\n  |\n{} | {line}",
+                i + 1,
+                i + 1
+            );
+        }
+        if is_header {
+            in_top_level = false;
+        }
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,6 +711,32 @@ mod tests {
         .to_string();
         assert!(err.contains("bogus"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn action_sections_are_read_at_the_top_level_and_checked() {
+        let config = Config::parse(
+            "networks = [\"10.0.0.0/8\"]\n[ban]\nactions = [\"webhook\"]\n\
+             [webhook]\nurl = \"http://127.0.0.1:9/hook\"\nretries = 1\n\
+             [bgp]\ntimeout = \"2s\"\n",
+            Path::new("x.toml"),
+        )
+        .expect("parses");
+        assert_eq!(config.actions.webhook.retries, 1);
+        assert_eq!(config.actions.bgp.timeout, Duration::from_secs(2));
+        for (text, wanted) in [
+            ("[webhook]\nurl = \"http://x/\"\nbogus = 1\n", "bogus"),
+            ("[ban]\nactions = [\"webhook\"]\n", "webhook.url is not set"),
+            ("[webhook]\nurl = \"ftp://x/\"\n", "http:// or https://"),
+        ] {
+            let err = Config::parse(
+                &format!("networks = [\"10.0.0.0/8\"]\n{text}"),
+                Path::new("x.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
     }
 
     #[test]

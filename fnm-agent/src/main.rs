@@ -600,11 +600,21 @@ async fn run_async(config: Config) -> Result<()> {
     let bans = BanManager::new(bans, dataplane.clone());
     // Saved bans go into the kernel before the program is attached (below), so a link taken
     // over from a previous agent never passes what that agent dropped.
-    for (ban, e) in bans.reinstate() {
+    let failed = bans.reinstate();
+    for (ban, e) in failed.iter().take(10) {
         tracing::error!(
             "reinstating the drop of {} ({}): {e}",
             ban.prefix,
             ban.match_on.as_str()
+        );
+    }
+    if !failed.is_empty() {
+        tracing::error!(
+            "{} of {} saved bans are NOT dropping (listed, not in the kernel; manual, permanent \
+             and newest bans went in first); raise xdp.max_drop_entries (now {}) or unban some",
+            failed.len(),
+            bans.list().count(),
+            config.xdp.max_drop_entries
         );
     }
     let (mitigator, decisions) = mitigator::spawn(&config, bans, store).await?;

@@ -126,11 +126,11 @@ pub async fn check_online(config: &Config) -> Report {
         );
         return report;
     }
-    let key = match config.bgp.backend {
+    let key = match config.actions.bgp.backend {
         BgpBackend::Gobgp => "bgp.gobgp_api",
         BgpBackend::Exabgp => "bgp.exabgp_pipe",
     };
-    let answer = match crate::actions::bgp::BgpAnnouncer::from_config(&config.bgp) {
+    let answer = match crate::actions::bgp::BgpAnnouncer::from_config(&config.actions.bgp) {
         Ok(announcer) => announcer.probe().await,
         Err(e) => Err(e),
     };
@@ -389,14 +389,14 @@ fn actions(config: &Config, written: &Written, report: &mut Report) {
     }
     let announces =
         config.uses_action(Action::BgpBlackhole) || config.uses_action(Action::BgpFlowspec);
-    if announces && config.bgp.backend == BgpBackend::Exabgp {
-        match std::fs::metadata(&config.bgp.exabgp_pipe) {
+    if announces && config.actions.bgp.backend == BgpBackend::Exabgp {
+        match std::fs::metadata(&config.actions.bgp.exabgp_pipe) {
             Err(_) => report.warning(
                 "bgp.exabgp_pipe",
                 format!(
                     "{} does not exist: create it (mkfifo) before exabgp starts, or BGP \
                      announcements fail",
-                    config.bgp.exabgp_pipe.display()
+                    config.actions.bgp.exabgp_pipe.display()
                 ),
             ),
             #[cfg(unix)]
@@ -407,7 +407,7 @@ fn actions(config: &Config, written: &Written, report: &mut Report) {
                         "bgp.exabgp_pipe",
                         format!(
                             "{} is not a named pipe (exabgp reads its commands from a FIFO)",
-                            config.bgp.exabgp_pipe.display()
+                            config.actions.bgp.exabgp_pipe.display()
                         ),
                     );
                 }

@@ -1059,8 +1059,9 @@ fn twenty_thousand_idle_connections_leave_metrics_and_bans_working() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let ban_after = ban_start.elapsed();
+    // The ban is saved: a line of the ban journal (folded into bans.json later).
     let bans_file =
-        std::fs::read_to_string(agent.dir.path().join("state").join("bans.json")).unwrap();
+        std::fs::read_to_string(agent.dir.path().join("state").join("bans.journal")).unwrap();
     assert!(
         bans_file.contains("198.51.100.77/32"),
         "{saved}\n{bans_file}"

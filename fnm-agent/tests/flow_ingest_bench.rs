@@ -6,10 +6,12 @@
 //!
 //! A sender blasts NetFlow v5 datagrams (30 records each) and sFlow v5 datagrams (10 flow
 //! samples each) with `sendmmsg` on 127.0.0.1 at increasing rates, first at fnm's collector
-//! (in process, feeding a real `Accounting`), then at the Debian `fastnetmon` 1.2.4 collector
+//! (in process, feeding the agent's engine thread through its bounded input channel, as
+//! `fnm-agent run` does), then at the Debian `fastnetmon` 1.2.4 collector
 //! (temporary config: NetFlow and sFlow on 127.0.0.1 ports, nothing else). A step is lossless
-//! when every datagram sent was decoded (fnm: datagram counter; both: the kernel's drop counter
-//! of the receiving socket in `/proc/net/udp` stays put). The highest lossless rate of each is
+//! when every datagram sent was decoded (fnm: datagram counter, and no record dropped at the
+//! engine's input; both: the kernel's drop counter of the receiving socket in `/proc/net/udp`
+//! stays put). The highest lossless rate of each is
 //! printed with the ratio.
 
 mod common;
@@ -18,13 +20,20 @@ use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use fnm_agent::{
-    accounting::Accounting,
+    config::Config,
+    engine::{
+        book::AttackBook,
+        core::EngineCore,
+        input::{EngineInput, InputStats, INPUT_CAPACITY},
+        EngineHandle, EngineParts,
+    },
     flow::collector::{FlowCollectors, NetflowConfig, SflowConfig, TrafficSink},
+    traffic::Source,
 };
 
 const STEP: Duration = Duration::from_secs(2);
@@ -170,6 +179,8 @@ trait Target {
 
 struct Fnm {
     collectors: FlowCollectors,
+    /// The engine's input counters, when the collectors feed an engine.
+    input: Option<Arc<InputStats>>,
 }
 
 impl Target for Fnm {
@@ -194,7 +205,21 @@ impl Target for Fnm {
             .filter(|(info, _)| info.collector == collector)
             .map(|(_, d)| d)
             .sum();
-        (Some(metrics.protocol_total(protocol).datagrams), drops)
+        let source = if sflow {
+            Source::Sflow
+        } else {
+            Source::Netflow
+        };
+        let engine_drops = self.input.as_ref().map_or(0, |input| {
+            input
+                .of(source)
+                .dropped_records
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        (
+            Some(metrics.protocol_total(protocol).datagrams),
+            drops + engine_drops,
+        )
     }
 }
 
@@ -401,14 +426,28 @@ impl TrafficSink for CountingSink {
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture --release"]
 fn flow_ingest_bench() {
-    let networks = ["10.10.0.0/16"]
-        .iter()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    let accounting = Arc::new(Mutex::new(Accounting::new(
-        networks, 131_072, 262_144, 1000,
-    )));
-    let sink: Arc<dyn TrafficSink> = accounting.clone();
+    // The agent's own path: collectors → bounded input channel → the engine thread (host
+    // table, rates, detection without thresholds), ticking every 250 ms.
+    let state = tempfile::tempdir().expect("state dir");
+    let config = Config::parse(
+        "networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n",
+        std::path::Path::new("bench.toml"),
+    )
+    .expect("bench config");
+    let book = AttackBook::open(state.path().join("attacks.json")).expect("attack book");
+    let (input, input_rx) = EngineInput::channel(INPUT_CAPACITY);
+    let input_stats = input.stats();
+    let (decisions, _decisions_rx) =
+        tokio::sync::mpsc::channel::<fnm_agent::engine::decision::Decision>(1024);
+    let engine = EngineHandle::spawn(EngineParts {
+        core: EngineCore::new(&config, book),
+        input: input_rx,
+        flushers: Vec::new(),
+        decisions,
+        interval: config.poll_interval,
+    })
+    .expect("engine thread");
+    let sink: Arc<dyn TrafficSink> = Arc::new(input);
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let collectors = FlowCollectors::start(
         &SflowConfig::listening_on(vec![local]),
@@ -427,10 +466,14 @@ fn flow_ingest_bench() {
         "fnm sockets: {} (receive buffers {buffers:?})",
         buffers.len()
     );
-    let fnm = Fnm { collectors };
+    let fnm = Fnm {
+        collectors,
+        input: Some(input_stats.clone()),
+    };
     let (fnm_v5, sender_v5) = find_lossless(&fnm, false);
     let (fnm_sflow, sender_sflow) = find_lossless(&fnm, true);
     drop(fnm);
+    drop(engine);
 
     // The same collectors with a sink that only counts records: the ceiling of the receive and
     // decode path alone, without the per-host accounting.
@@ -442,7 +485,10 @@ fn flow_ingest_bench() {
         null_sink,
     )
     .expect("fnm collectors");
-    let fnm = Fnm { collectors };
+    let fnm = Fnm {
+        collectors,
+        input: None,
+    };
     let (bare_v5, _) = find_lossless(&fnm, false);
     let (bare_sflow, _) = find_lossless(&fnm, true);
     drop(fnm);
@@ -485,6 +531,14 @@ fn flow_ingest_bench() {
     println!(
         "  fnm receive+decode only (counting sink): {bare_v5:.0} NetFlow v5 records/s, {bare_sflow:.0} sFlow samples/s"
     );
-    let hosts = accounting.lock().unwrap().host_count();
-    assert!(hosts > 0, "fnm accounted nothing");
+    let taken = |source| {
+        input_stats
+            .of(source)
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(
+        taken(Source::Netflow) > 0 && taken(Source::Sflow) > 0,
+        "the engine was handed nothing"
+    );
 }

@@ -360,6 +360,16 @@ impl Fnm {
     /// Starts the agent; `immediate` sets `[capture.pcap] immediate` (`None`: the default,
     /// `false`).
     fn start(pair: &BenchPair, immediate: Option<bool>) -> Self {
+        Self::start_binary(pair, immediate, env!("CARGO_BIN_EXE_fnm-agent"), None)
+    }
+
+    /// Starts `binary` as the agent (another build, for an A/B run), named `name` when given.
+    fn start_binary(
+        pair: &BenchPair,
+        immediate: Option<bool>,
+        binary: &str,
+        name: Option<&'static str>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let api: SocketAddr = "127.0.0.1:19310".parse().unwrap();
         let metrics: SocketAddr = "127.0.0.1:19309".parse().unwrap();
@@ -385,7 +395,7 @@ impl Fnm {
         // `ip netns exec` execs the agent, so the child's pid is the agent's.
         let child = Command::new("ip")
             .args(["netns", "exec", &pair.capture_ns])
-            .arg(env!("CARGO_BIN_EXE_fnm-agent"))
+            .arg(binary)
             .arg("run")
             .arg("--config")
             .arg(&config)
@@ -396,6 +406,7 @@ impl Fnm {
             .expect("start fnm-agent");
         let mut fnm = Self {
             name: match immediate {
+                _ if name.is_some() => name.unwrap_or_default(),
                 None => "fnm",
                 Some(true) => "fnm-immediate",
                 Some(false) => "fnm-batch",
@@ -729,11 +740,23 @@ fn pcap_live_bench() {
     // over blocks of packets, as for fastnetmon) and fastnetmon, both running, measured in
     // interleaved steps.
     let fnm = wanted("fnm").then(|| Fnm::start(&fnm_pair, None));
+    // FNM_BENCH_BASE_AGENT=path: another build of the agent (e.g. the previous commit's) as a
+    // third tool in the same interleaved steps, for an A/B comparison in one run.
+    let base_pair = std::env::var("FNM_BENCH_BASE_AGENT")
+        .ok()
+        .map(|bin| (BenchPair::new("b"), bin));
+    let base = base_pair
+        .as_ref()
+        .map(|(pair, bin)| Fnm::start_binary(pair, None, bin, Some("fnm-base")));
     let fastnetmon = wanted("fastnetmon").then(|| FastNetMon::start(&fast_pair));
     let mut tools: Vec<(&dyn Tool, &BenchPair)> = Vec::new();
     if let Some(fnm) = &fnm {
         println!("fnm-agent pid {}", fnm.pid());
         tools.push((fnm, &fnm_pair));
+    }
+    if let (Some(base), Some((pair, bin))) = (&base, &base_pair) {
+        println!("fnm-base ({bin}) pid {}", base.pid());
+        tools.push((base, pair));
     }
     if let Some(fastnetmon) = &fastnetmon {
         tools.push((fastnetmon, &fast_pair));
@@ -751,6 +774,10 @@ fn pcap_live_bench() {
         }
         None => Vec::new(),
     };
+    let base_steps = match &base {
+        Some(_) => results.next().unwrap_or_default(),
+        None => Vec::new(),
+    };
     let fast_steps = match &fastnetmon {
         Some(_) => {
             let steps = results.next().unwrap_or_default();
@@ -763,6 +790,7 @@ fn pcap_live_bench() {
         None => Vec::new(),
     };
     drop(fnm);
+    drop(base);
     drop(fastnetmon);
 
     // The same agent with `[capture.pcap] immediate = true`: woken for every frame (alone,
@@ -781,6 +809,9 @@ fn pcap_live_bench() {
     }
     if !fnm_steps.is_empty() {
         compare("fnm", &fnm_steps, &fast_steps);
+    }
+    if !base_steps.is_empty() {
+        compare("fnm-base", &base_steps, &fast_steps);
     }
     if !immediate_steps.is_empty() {
         compare("fnm-immediate", &immediate_steps, &fast_steps);

@@ -449,17 +449,28 @@ fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
 }
 
 #[test]
-fn a_full_host_table_counts_new_hosts_and_never_evicts_old_ones() {
-    let dp = plane_with(&["10.10.0.0/16"], 0, 2);
-    let a = Ipv4Addr::new(10, 10, 0, 1);
-    let b = Ipv4Addr::new(10, 10, 0, 2);
-    let c = Ipv4Addr::new(10, 10, 0, 3);
-    for h in [a, b, c, a] {
-        dp.test_run(&udp_to(h, 10)).unwrap();
+fn a_full_host_table_evicts_idle_hosts_and_keeps_a_busy_one_exact() {
+    // 256 hashed slots; a spoofed flood names 4,096 new destinations, one packet each, while a
+    // victim gets every fourth packet. The victim must be counted exactly and the newest
+    // spoofed hosts counted too: a full table no longer locks new hosts out.
+    let dp = plane_with(&["10.10.0.0/16"], 0, 256);
+    let victim = Ipv4Addr::new(10, 10, 0, 1);
+    let mut victim_packets = 0u64;
+    for i in 0..4096u32 {
+        let spoofed = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 16, 0)) + i);
+        dp.test_run(&udp_to(spoofed, 10)).unwrap();
+        if i % 4 == 0 {
+            dp.test_run(&udp_to(victim, 10)).unwrap();
+            victim_packets += 1;
+        }
     }
-    assert_eq!(host(&dp, a.into(), direction::INCOMING).packets, 2);
-    assert_eq!(host(&dp, b.into(), direction::INCOMING).packets, 1);
-    assert_eq!(host(&dp, c.into(), direction::INCOMING).packets, 0);
-    assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), 1);
-    assert_eq!(dp.maps.hosts.keys().count(), 2);
+    assert_eq!(
+        host(&dp, victim.into(), direction::INCOMING).packets,
+        victim_packets,
+        "the busy victim was never evicted"
+    );
+    let last = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 16, 0)) + 4095);
+    assert_eq!(host(&dp, last.into(), direction::INCOMING).packets, 1);
+    assert!(dp.maps.hosts.keys().count() <= 256, "bounded");
+    assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), 0, "nothing locked out");
 }

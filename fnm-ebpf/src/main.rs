@@ -18,7 +18,7 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
     },
     programs::XdpContext,
 };
@@ -46,12 +46,17 @@ static FNM_LOCAL16_V4: [u32; local16::BLOCKS] = [0; local16::BLOCKS];
 #[unsafe(no_mangle)]
 static FNM_FLOW_SEED: u64 = 0;
 
+/// Hashed hosts (IPv6, and IPv4 beyond the dense slots): LRU tables, so a flood of spoofed
+/// new destinations evicts hosts that have not been touched lately instead of locking every
+/// new host (a real victim) out once the table is full; a host that keeps receiving packets
+/// is never the least recently used. The agent reads every entry each poll, so an evicted
+/// host loses at most what it got since the last poll.
 #[map]
-static FNM_HOSTS: PerCpuHashMap<HostKey, HostCounters> =
-    PerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
+static FNM_HOSTS: LruPerCpuHashMap<HostKey, HostCounters> =
+    LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
-static FNM_HOSTS_V4: PerCpuHashMap<HostKeyV4, HostCounters> =
-    PerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
+static FNM_HOSTS_V4: LruPerCpuHashMap<HostKeyV4, HostCounters> =
+    LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
 static FNM_HOSTS_D4: PerCpuArray<HostCounters> =
     PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT, 0);
@@ -473,7 +478,7 @@ fn account_dense(slot: u32, p: &Packet, class: usize, new_flow: bool) -> bool {
     true
 }
 
-/// Counts the packet in the IPv6 host table; false when a new host found it full.
+/// Counts the packet in the IPv6 host table; false when a new host could not be inserted.
 #[inline(always)]
 fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) -> bool {
     if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
@@ -495,7 +500,7 @@ fn account(key: &HostKey, p: &Packet, class: usize, new_flow: bool) -> bool {
     false
 }
 
-/// Counts the packet in the IPv4 host hash table; false when a new host found it full.
+/// Counts the packet in the IPv4 host hash table; false when a new host could not be inserted.
 #[inline(always)]
 fn account_v4(key: &HostKeyV4, p: &Packet, class: usize, new_flow: bool) -> bool {
     if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {

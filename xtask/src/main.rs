@@ -4,7 +4,10 @@
 //! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the pinned
 //! nightly (`fnm-agent/build/ebpf_toolchain.rs`) with its rust-src (aya-build builds the eBPF
 //! crate with `rustup run <nightly>` and `-Z build-std=core`), and bpf-linker 0.13.0 built
-//! against Debian's LLVM 22; it stops when the nightly's LLVM and bpf-linker's differ.
+//! against Debian's LLVM 22; it stops when the nightly's LLVM and bpf-linker's differ. `test`
+//! also installs the FreeBSD and macOS standard libraries and zig with cargo-zigbuild (PyPI, in
+//! a virtual environment under `target/xtask/`) to link the agent for those systems, builds
+//! and tests the `pfring` feature, and builds the Debian package for the package test.
 //! `package` builds the Debian package with cargo-deb (installed when missing).
 
 #[path = "../../fnm-agent/build/ebpf_toolchain.rs"]
@@ -164,6 +167,21 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The PF_RING backend too: it loads libpfring at run time, so it builds without it.
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "-p",
+            "fnm-agent",
+            "--features",
+            "pfring",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     // The eBPF crate is linted on its own, for its own target, as aya-template does.
     run(
         "cargo",
@@ -182,13 +200,39 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
-    // The agent builds for FreeBSD (with netmap) and macOS with the Linux-only parts left out.
+    // The agent builds and links for FreeBSD (with netmap) and macOS, the Linux-only parts
+    // left out: zig links against its own FreeBSD 14 and macOS libc stubs, and a libpcap stub
+    // naming the library those systems ship.
+    let linker = setup::cross_linker()?;
+    let path = format!(
+        "{}:{}",
+        std::fs::canonicalize(&linker.bin)?.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     for target in setup::CROSS_TARGETS {
-        let mut args = vec!["check", "-p", "fnm-agent", "--target", target];
+        let mut args = vec!["zigbuild", "-p", "fnm-agent", "--target", target];
         if target.contains("freebsd") {
             args.extend(["--features", "netmap"]);
         }
-        run_with_env("cargo", &args, &[("AYA_BUILD_SKIP", "1")])?;
+        let libpcap = std::fs::canonicalize(linker.libpcap_dir(target))?;
+        let libpcap = libpcap.to_str().context("non-UTF-8 path")?;
+        run_with_env(
+            "cargo",
+            &args,
+            &[
+                ("AYA_BUILD_SKIP", "1"),
+                ("PATH", &path),
+                ("LIBPCAP_LIBDIR", libpcap),
+                ("LIBPCAP_VER", setup::CROSS_LIBPCAP_VERSION),
+            ],
+        )?;
+        let binary = format!("target/{target}/debug/fnm-agent");
+        let file = std::process::Command::new("file")
+            .arg(&binary)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        println!("xtask: linked {file}");
     }
     // The package test (fnm-agent/tests/package_deb.rs) installs what this builds: the one
     // release build of the run.
@@ -196,6 +240,7 @@ fn test() -> Result<()> {
         package::run()?;
     }
     // Every test binary runs even when an earlier one fails, so one run shows every failure.
+    // With the `pfring` feature, so its tests (a clear error without libpfring) run too.
     run(
         "cargo",
         &[
@@ -203,6 +248,8 @@ fn test() -> Result<()> {
             "--workspace",
             "--exclude",
             "fnm-ebpf",
+            "--features",
+            "fnm-agent/pfring",
             "--no-fail-fast",
             "--",
             "--test-threads=2",

@@ -49,8 +49,206 @@ pub fn run(test_peers: bool) -> Result<()> {
     Ok(())
 }
 
-/// Targets the agent is checked for (FreeBSD with netmap, macOS), with the Linux parts out.
+/// Targets the agent is built (and linked) for besides Linux: FreeBSD with netmap, macOS.
 pub const CROSS_TARGETS: &[&str] = &["x86_64-unknown-freebsd", "x86_64-apple-darwin"];
+
+/// zig, the cross linker (with its own FreeBSD 14 and macOS libc stubs), from PyPI.
+const ZIG_VERSION: &str = "0.15.2";
+/// cargo-zigbuild, which runs cargo with zig as the linker, from PyPI.
+const ZIGBUILD_VERSION: &str = "0.24.1";
+/// Where both are installed: a Python virtual environment of the workspace's own.
+const CROSS_VENV: &str = "target/xtask/cross/venv";
+/// Where the libpcap link stubs are built.
+const CROSS_STUBS: &str = "target/xtask/cross";
+/// The libpcap version the stubs stand for (FreeBSD 14 and macOS ship 1.10).
+pub const CROSS_LIBPCAP_VERSION: &str = "1.10.4";
+
+/// The functions of libpcap the `pcap` crate (2.5) declares: the stub libraries define them
+/// (empty), so the linker resolves them to the target's own libpcap at run time.
+const LIBPCAP_FUNCTIONS: &[&str] = &[
+    "pcap_activate",
+    "pcap_breakloop",
+    "pcap_can_set_rfmon",
+    "pcap_close",
+    "pcap_compile",
+    "pcap_compile_nopcap",
+    "pcap_create",
+    "pcap_datalink",
+    "pcap_datalink_ext",
+    "pcap_datalink_name_to_val",
+    "pcap_datalink_val_to_description",
+    "pcap_datalink_val_to_name",
+    "pcap_dispatch",
+    "pcap_dump",
+    "pcap_dump_close",
+    "pcap_dump_file",
+    "pcap_dump_flush",
+    "pcap_dump_fopen",
+    "pcap_dump_ftell",
+    "pcap_dump_open",
+    "pcap_dump_open_append",
+    "pcap_file",
+    "pcap_fileno",
+    "pcap_findalldevs",
+    "pcap_fopen_offline",
+    "pcap_fopen_offline_with_tstamp_precision",
+    "pcap_free_datalinks",
+    "pcap_free_tstamp_types",
+    "pcap_freealldevs",
+    "pcap_freecode",
+    "pcap_get_selectable_fd",
+    "pcap_get_tstamp_precision",
+    "pcap_geterr",
+    "pcap_getevent",
+    "pcap_getnonblock",
+    "pcap_inject",
+    "pcap_is_swapped",
+    "pcap_lib_version",
+    "pcap_list_datalinks",
+    "pcap_list_tstamp_types",
+    "pcap_lookupdev",
+    "pcap_lookupnet",
+    "pcap_loop",
+    "pcap_major_version",
+    "pcap_minor_version",
+    "pcap_next",
+    "pcap_next_ex",
+    "pcap_offline_filter",
+    "pcap_open_dead",
+    "pcap_open_dead_with_tstamp_precision",
+    "pcap_open_live",
+    "pcap_open_offline",
+    "pcap_open_offline_with_tstamp_precision",
+    "pcap_perror",
+    "pcap_sendpacket",
+    "pcap_set_buffer_size",
+    "pcap_set_datalink",
+    "pcap_set_immediate_mode",
+    "pcap_set_promisc",
+    "pcap_set_rfmon",
+    "pcap_set_snaplen",
+    "pcap_set_timeout",
+    "pcap_set_tstamp_precision",
+    "pcap_set_tstamp_type",
+    "pcap_set_want_pktap",
+    "pcap_setdirection",
+    "pcap_setfilter",
+    "pcap_setnonblock",
+    "pcap_snapshot",
+    "pcap_stats",
+    "pcap_statustostr",
+    "pcap_strerror",
+    "pcap_tstamp_type_name_to_val",
+    "pcap_tstamp_type_val_to_description",
+    "pcap_tstamp_type_val_to_name",
+];
+
+/// What links the cross builds: the directory holding `cargo-zigbuild` and zig's Python, and
+/// per target a directory with a libpcap stub.
+pub struct CrossLinker {
+    /// The virtual environment's `bin`: put first in `PATH` for `cargo zigbuild`.
+    pub bin: std::path::PathBuf,
+}
+
+impl CrossLinker {
+    /// The directory of `target`'s libpcap stub (`LIBPCAP_LIBDIR`).
+    pub fn libpcap_dir(&self, target: &str) -> std::path::PathBuf {
+        std::path::Path::new(CROSS_STUBS).join(format!("libpcap-{target}"))
+    }
+}
+
+/// Installs zig and cargo-zigbuild (PyPI wheels, into a virtual environment of the workspace)
+/// when missing, and builds the libpcap link stubs of the cross targets.
+pub fn cross_linker() -> Result<CrossLinker> {
+    let venv = std::path::Path::new(CROSS_VENV);
+    let bin = venv.join("bin");
+    let python = bin.join("python3");
+    let zigbuild = bin.join("cargo-zigbuild");
+    let ready = || {
+        let zig = Command::new(&python)
+            .args(["-m", "ziglang", "version"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == ZIG_VERSION)
+            .unwrap_or(false);
+        let cargo_zigbuild = Command::new(&zigbuild)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(ZIGBUILD_VERSION))
+            .unwrap_or(false);
+        zig && cargo_zigbuild
+    };
+    if !ready() {
+        // Debian's python3 makes virtual environments only with python3-venv.
+        apt_install(&["python3-venv"])?;
+        println!(
+            "xtask setup: installing zig {ZIG_VERSION} and cargo-zigbuild {ZIGBUILD_VERSION} \
+             from PyPI into {CROSS_VENV} (they link the FreeBSD and macOS builds)"
+        );
+        let venv_str = venv.to_str().context("non-UTF-8 path")?;
+        crate::run("/usr/bin/python3", &["-m", "venv", "--clear", venv_str])?;
+        let pip = bin.join("pip");
+        crate::run(
+            pip.to_str().context("non-UTF-8 path")?,
+            &[
+                "install",
+                "--quiet",
+                &format!("ziglang=={ZIG_VERSION}"),
+                &format!("cargo-zigbuild=={ZIGBUILD_VERSION}"),
+            ],
+        )?;
+        if !ready() {
+            bail!("zig {ZIG_VERSION} / cargo-zigbuild {ZIGBUILD_VERSION} not usable after installing them into {CROSS_VENV}");
+        }
+    }
+    let linker = CrossLinker { bin };
+    for target in CROSS_TARGETS {
+        libpcap_stub(&python, target, &linker.libpcap_dir(target))?;
+    }
+    Ok(linker)
+}
+
+/// Builds the libpcap link stub of `target` in `dir` (once): a shared library that defines
+/// every function of [`LIBPCAP_FUNCTIONS`] and names the library the target's base system
+/// ships (`libpcap.so.8` on FreeBSD, `/usr/lib/libpcap.A.dylib` on macOS), so the agent links
+/// as it would there and loads the real libpcap at run time.
+fn libpcap_stub(python: &std::path::Path, target: &str, dir: &std::path::Path) -> Result<()> {
+    let (zig_target, file, name_flag) = if target.contains("freebsd") {
+        ("x86_64-freebsd", "libpcap.so", "-Wl,-soname,libpcap.so.8")
+    } else {
+        (
+            "x86_64-macos",
+            "libpcap.dylib",
+            "-Wl,-install_name,/usr/lib/libpcap.A.dylib",
+        )
+    };
+    let out = dir.join(file);
+    if out.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let source = dir.join("libpcap_stub.c");
+    let mut c = String::from("/* Link stub generated by `cargo xtask`: never run. */\n");
+    for f in LIBPCAP_FUNCTIONS {
+        c.push_str(&format!("void {f}(void) {{}}\n"));
+    }
+    std::fs::write(&source, c).with_context(|| format!("writing {}", source.display()))?;
+    println!(
+        "xtask setup: building the libpcap link stub for {target} ({})",
+        out.display()
+    );
+    let status = Command::new(python)
+        .args([
+            "-m", "ziglang", "cc", "-target", zig_target, "-shared", name_flag, "-o",
+        ])
+        .arg(&out)
+        .arg(&source)
+        .status()
+        .context("zig cc")?;
+    if !status.success() {
+        bail!("building the libpcap stub for {target} failed");
+    }
+    Ok(())
+}
 
 fn cross_targets() -> Result<()> {
     let out = Command::new("rustup")

@@ -3,16 +3,20 @@
 //! The mitigator runs the configured list of actions for each attack (and each manual ban).
 //! Every action implements [`MitigationAction`]: `apply` does the work and returns what it put
 //! in place as an [`Applied`] value, which the mitigator persists; `lift` takes that value back
-//! out. An action owns its config section and its errors; adding one is a new module here, a
-//! line in [`registry`] and a variant of [`Action`].
+//! out. An action owns its config section and its errors; adding one touches only this folder:
+//! a new module, a variant of [`Action`] (`kind.rs`) and of [`Applied`], its section in
+//! [`ActionSections`] (`sections.rs`) and a line in [`registry`].
 
 pub mod bgp;
+mod kind;
 pub mod notify_script;
 pub mod script;
+mod sections;
 pub mod webhook;
 pub mod xdp;
 
-pub use crate::detection::config::Action;
+pub use kind::Action;
+pub use sections::ActionSections;
 
 use crate::{
     accounting::Direction,

@@ -48,8 +48,11 @@ impl Default for WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Checks the URL.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the URL, and that there is one when the action is `used`.
+    pub fn validate(&self, used: bool) -> Result<(), String> {
+        if used && self.url.is_none() {
+            return Err("the webhook action is used but webhook.url is not set".into());
+        }
         if let Some(url) = &self.url {
             let parsed =
                 reqwest::Url::parse(url).map_err(|e| format!("webhook.url {url:?}: {e}"))?;
@@ -71,17 +74,17 @@ pub struct Webhook {
 impl Webhook {
     /// The action when `[webhook] url` is set.
     pub fn from_config(config: &Config) -> anyhow::Result<Option<Self>> {
-        let Some(url) = config.webhook.url.clone() else {
+        let Some(url) = config.actions.webhook.url.clone() else {
             return Ok(None);
         };
         let client = reqwest::Client::builder()
-            .timeout(config.webhook.timeout)
+            .timeout(config.actions.webhook.timeout)
             .user_agent(concat!("fnm-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Some(Self {
             client,
             url,
-            retries: config.webhook.retries,
+            retries: config.actions.webhook.retries,
         }))
     }
 

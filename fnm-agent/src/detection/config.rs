@@ -1,5 +1,6 @@
 //! `[detection]`, `[[hostgroup]]` and `[ban]`: thresholds, hostgroups and what a ban does.
 
+pub use crate::actions::Action;
 use crate::{accounting::RateKind, config::humantime_serde_compat, prefix::Prefix};
 use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, time::Duration};
@@ -138,41 +139,6 @@ pub struct HostgroupConfig {
     pub report_only: bool,
 }
 
-/// What a ban does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// XDP rule dropping the attack's fingerprint towards the victim.
-    XdpRule,
-    /// XDP drop of the attack's top sources (non-spoofed attacks only).
-    XdpSource,
-    /// XDP drop of everything to the victim.
-    XdpBlackhole,
-    /// The notify script.
-    Script,
-    /// BGP blackhole route for the victim.
-    BgpBlackhole,
-    /// BGP flowspec rule for the fingerprint.
-    BgpFlowspec,
-    /// POST the attack to `[webhook] url`.
-    Webhook,
-}
-
-impl Action {
-    /// The config name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::XdpRule => "xdp_rule",
-            Action::XdpSource => "xdp_source",
-            Action::XdpBlackhole => "xdp_blackhole",
-            Action::Script => "script",
-            Action::BgpBlackhole => "bgp_blackhole",
-            Action::BgpFlowspec => "bgp_flowspec",
-            Action::Webhook => "webhook",
-        }
-    }
-}
-
 /// Format of the report a ban writes to the script's stdin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,16 +154,18 @@ pub enum ReportFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BanConfig {
-    /// How long a ban lasts. Default: `30m`.
-    #[serde(default = "default_ban_time", with = "humantime_serde_compat")]
+    /// How long an automatic mitigation lasts; `"never"` (or `"0"`, as FastNetMon's
+    /// `ban_time = 0`) for no automatic unban (lift it by hand or through the API).
+    /// Default: `30m`.
+    #[serde(default = "default_ban_time", with = "ban_time_serde")]
     pub time: Duration,
-    /// What a ban does: `xdp_rule` | `xdp_source` | `xdp_blackhole` | `script` |
-    /// `bgp_blackhole` | `bgp_flowspec`. Default: `["xdp_rule"]`.
+    /// What a ban does: a list of [`Action`]s by their config names (`xdp_rule`,
+    /// `xdp_source`, `xdp_blackhole`, `script`, `bgp_blackhole`, ...). Default: `["xdp_rule"]`.
     #[serde(default = "default_actions")]
     pub actions: Vec<Action>,
-    /// What a manual ban (API, CLI) does, to the banned prefix on its side: `xdp_blackhole`
-    /// (the XDP drop entry) | `script` (called as `SCRIPT <ip> other 0 ban`, as FastNetMon
-    /// does) | `bgp_blackhole` | `webhook`. Default: `["xdp_blackhole"]`.
+    /// What a manual ban (API, CLI) does, to the banned prefix on its side: the [`Action`]s
+    /// that need no attack (`xdp_blackhole`: the XDP drop entry; `script`: called as
+    /// `SCRIPT <ip> other 0 ban`, as FastNetMon does; ...). Default: `["xdp_blackhole"]`.
     #[serde(default = "default_manual_actions")]
     pub manual_actions: Vec<Action>,
     /// Keep a ban past `time` while its attack goes on; unban only once it has stopped.
@@ -260,7 +228,7 @@ pub struct BanConfig {
 impl BanConfig {
     /// How long a mitigation lasts (`None`: until lifted by hand).
     pub fn time_limit(&self) -> Option<Duration> {
-        Some(self.time)
+        (!self.time.is_zero()).then_some(self.time)
     }
 }
 
@@ -273,6 +241,28 @@ impl Default for BanConfig {
 fn yes() -> bool {
     true
 }
+/// `[ban] time`: a humantime duration, or `"never"` (kept as zero: no automatic unban).
+mod ban_time_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.is_zero() {
+            s.serialize_str("never")
+        } else {
+            s.serialize_str(&humantime::format_duration(*d).to_string())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "never" {
+            return Ok(Duration::ZERO);
+        }
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 fn default_ban_time() -> Duration {
     Duration::from_secs(1800)
 }
@@ -344,11 +334,17 @@ pub fn validate(
                 .is_some_and(|a| a.contains(&Action::Script))
         });
     for a in &ban.manual_actions {
-        if matches!(a, Action::XdpRule | Action::XdpSource | Action::BgpFlowspec) {
+        if a.needs_attack() {
+            let usable: Vec<&str> = Action::ALL
+                .iter()
+                .filter(|a| !a.needs_attack())
+                .map(|a| a.as_str())
+                .collect();
             return Err(format!(
                 "ban.manual_actions: {} needs an attack's fingerprint or sources; a manual ban \
-                 has only a prefix (use xdp_blackhole, script, bgp_blackhole or webhook)",
-                a.as_str()
+                 has only a prefix (use {})",
+                a.as_str(),
+                usable.join(", ")
             ));
         }
     }
@@ -379,4 +375,22 @@ pub fn validate(
         return Err("ban.sample_one_in must be above 0".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_time_never_or_zero_means_no_automatic_unban() {
+        for text in ["time = \"never\"", "time = \"0\"", "time = \"0s\""] {
+            let ban: BanConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(ban.time_limit(), None, "{text}");
+            let back = toml::to_string(&ban).unwrap();
+            assert!(back.contains("time = \"never\""), "{back}");
+        }
+        let ban: BanConfig = toml::from_str("time = \"90s\"").unwrap();
+        assert_eq!(ban.time_limit(), Some(Duration::from_secs(90)));
+        assert!(toml::from_str::<BanConfig>("time = \"sometimes\"").is_err());
+    }
 }

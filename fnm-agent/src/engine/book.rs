@@ -5,49 +5,78 @@
 //! gets its own id and its own record (an id built from the time and the host, as before,
 //! could collide after a restart and overwrite a record).
 //!
-//! The book is saved by a writer thread of its own (`fnm-attack-book`), at most once per tick
-//! and never on the engine thread: with [`crate::detection::history::MAX_ATTACKS`] records of up to 100 samples each, a
-//! save is a few megabytes of JSON, and many attacks opening in one tick (a carpet bombing)
-//! would otherwise stall detection for seconds. The file is written through
-//! [`crate::state::store`] (temp file, fsync, rename, fsync of the directory).
+//! The book is kept as a journal, `attacks.jsonl` (one JSON attack record per line, the later
+//! line of an id winning), written by a thread of its own (`fnm-attack-book`) and never on the
+//! engine thread: a new attack appends its record, its end appends it again, so a carpet
+//! bombing opening 104 attacks in one tick costs 104 short lines and one `fdatasync`, not a
+//! rewrite of [`crate::detection::history::MAX_ATTACKS`] records of up to 100 samples each
+//! (a few megabytes; it used to stall detection for seconds). Once the journal passes
+//! [`ROTATE_BYTES`] it is rotated: the old file becomes `attacks.jsonl.1` (one generation
+//! kept) and the new one starts with the book as it stands. A history saved by earlier
+//! versions (`attacks.json`, one JSON array) is read once, written into the journal and kept
+//! as `attacks.json.old`.
 
 use crate::{
     accounting::{Direction, Rates},
     detection::{attack::Attack, history::AttackHistory},
-    state::store::{OnBadFile, StateFile, StoreError},
+    state::{
+        store::{OnBadFile, StateFile, StoreError},
+        Journal, JournalError,
+    },
 };
-use std::{collections::VecDeque, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+/// Size at which the journal is rotated.
+pub const ROTATE_BYTES: u64 = 16 << 20;
 
 /// Why the book could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum BookError {
-    /// The saved history cannot be read.
+    /// A history saved by an earlier version cannot be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The journal cannot be read or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// The writer thread could not start.
     #[error("starting the attack history writer: {0}")]
     Thread(std::io::Error),
 }
 
-/// Saves the latest version of the book off the engine thread.
+/// What the writer is handed: the records that changed, and the whole book for a rotation.
+struct Save {
+    changed: Vec<Attack>,
+    all: Arc<Vec<Attack>>,
+}
+
+/// Appends changed records off the engine thread.
 struct Writer {
-    tx: Option<crossbeam_channel::Sender<Arc<Vec<Attack>>>>,
+    tx: Option<crossbeam_channel::Sender<Save>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
-    fn start(file: StateFile) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::bounded::<Arc<Vec<Attack>>>(1);
+    fn start(mut journal: Journal<Attack>) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded::<Save>(64);
         let thread = std::thread::Builder::new()
             .name("fnm-attack-book".into())
             .spawn(move || {
-                while let Ok(mut latest) = rx.recv() {
-                    // Only the newest version matters.
-                    while let Ok(newer) = rx.try_recv() {
-                        latest = newer;
+                while let Ok(save) = rx.recv() {
+                    if journal.bytes() >= ROTATE_BYTES || journal.is_poisoned() {
+                        match rotate(journal.path(), &save.all) {
+                            Ok(fresh) => {
+                                journal = fresh;
+                                continue;
+                            }
+                            Err(e) => tracing::error!("rotating the attack history: {e}"),
+                        }
                     }
-                    let oldest_first: Vec<&Attack> = latest.iter().rev().collect();
-                    if let Err(e) = file.save_json(&oldest_first) {
+                    if let Err(e) = journal.append(&save.changed) {
                         tracing::error!("saving the attack history: {e}");
                     }
                 }
@@ -57,6 +86,42 @@ impl Writer {
             thread: Some(thread),
         })
     }
+}
+
+/// Moves the journal at `path` to `<path>.1` and starts a new one holding `all` (newest
+/// first, as the book lists them).
+fn rotate(path: &Path, all: &[Attack]) -> Result<Journal<Attack>, JournalError> {
+    let io = |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::rename(path, previous_generation(path)).map_err(io)?;
+    let (mut journal, _) = Journal::open(path)?;
+    let oldest_first: Vec<Attack> = all.iter().rev().cloned().collect();
+    journal.append(&oldest_first)?;
+    Ok(journal)
+}
+
+fn previous_generation(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// The latest version of each attack in `versions`, oldest attack first.
+fn latest_versions(versions: Vec<Attack>) -> VecDeque<Attack> {
+    let mut order: Vec<String> = Vec::new();
+    let mut latest: HashMap<String, Attack> = HashMap::new();
+    for a in versions {
+        if !latest.contains_key(&a.id) {
+            order.push(a.id.clone());
+        }
+        latest.insert(a.id.clone(), a);
+    }
+    order
+        .into_iter()
+        .filter_map(|id| latest.remove(&id))
+        .collect()
 }
 
 impl Drop for Writer {
@@ -74,19 +139,55 @@ pub struct AttackBook {
     history: AttackHistory,
     shared: Arc<Vec<Attack>>,
     changed: bool,
-    unsaved: bool,
+    /// Ids whose records changed since they were last handed to the writer.
+    unsaved: BTreeSet<String>,
     writer: Option<Writer>,
 }
 
 impl AttackBook {
-    /// Opens the book kept at `path`. A file that cannot be read or parsed stops start-up
+    /// Opens the book kept next to `path` (`attacks.json` names the journal
+    /// `attacks.jsonl`). A journal or earlier history that cannot be read stops start-up
     /// with its name (move it aside to start with an empty history).
     pub fn open(path: PathBuf) -> Result<Self, BookError> {
-        let file = StateFile::new(path);
-        let attacks: VecDeque<Attack> =
-            file.load_json(OnBadFile::Fail)?.found().unwrap_or_default();
+        let journal_path = path.with_extension("jsonl");
+        let (mut journal, versions) = Journal::<Attack>::open(&journal_path)?;
+        let mut attacks = latest_versions(versions);
+        if attacks.is_empty() {
+            // A crash between the two steps of a rotation leaves an empty journal and the
+            // previous generation; an earlier version left one JSON array.
+            let previous = previous_generation(&journal_path);
+            let legacy = StateFile::new(&path);
+            let (mut found, from) = if previous.exists() {
+                let (_, versions) = Journal::<Attack>::open(&previous)?;
+                (latest_versions(versions), None)
+            } else if let Some(list) = legacy
+                .load_json::<VecDeque<Attack>>(OnBadFile::Fail)?
+                .found()
+            {
+                (list, Some(&path))
+            } else {
+                (VecDeque::new(), None)
+            };
+            if !found.is_empty() {
+                journal.append(found.make_contiguous())?;
+            }
+            if let Some(old) = from {
+                let kept = old.with_extension("json.old");
+                std::fs::rename(old, &kept).map_err(|source| JournalError::Io {
+                    path: old.clone(),
+                    source,
+                })?;
+                tracing::info!(
+                    "attack history converted to {} ({} attacks); the old file is {}",
+                    journal_path.display(),
+                    found.len(),
+                    kept.display()
+                );
+            }
+            attacks = found;
+        }
         let mut book = Self::from_history(AttackHistory::from_attacks(attacks));
-        book.writer = Some(Writer::start(file).map_err(BookError::Thread)?);
+        book.writer = Some(Writer::start(journal).map_err(BookError::Thread)?);
         Ok(book)
     }
 
@@ -100,12 +201,10 @@ impl AttackBook {
             history,
             shared: Arc::new(Vec::new()),
             changed: true,
-            unsaved: false,
+            unsaved: BTreeSet::new(),
             writer: None,
         };
         book.refresh();
-        // What was just loaded is what the file holds.
-        book.unsaved = false;
         book
     }
 
@@ -121,6 +220,7 @@ impl AttackBook {
 
     /// Records a new attack (saved at the next [`AttackBook::persist`]).
     pub fn insert(&mut self, attack: Attack) {
+        self.unsaved.insert(attack.id.clone());
         self.history.upsert(attack);
         self.changed = true;
     }
@@ -150,6 +250,7 @@ impl AttackBook {
         }
         if !ids.is_empty() {
             self.changed = true;
+            self.unsaved.extend(ids.iter().cloned());
         }
         ids
     }
@@ -165,39 +266,48 @@ impl AttackBook {
         self.shared.clone()
     }
 
-    /// Hands the book to its writer thread when it changed (once per tick; never waits: when
-    /// the writer is still busy, the next tick hands over the newer version).
+    /// Hands the records that changed to the writer thread (once per tick; never waits: when
+    /// the writer is still busy, the next tick hands them over with any newer ones).
     pub fn persist(&mut self) {
+        self.hand_over(false);
+    }
+
+    /// Hands the changed records to the writer, waiting for room (at shutdown).
+    fn flush(&mut self) {
+        self.hand_over(true);
+    }
+
+    fn hand_over(&mut self, wait: bool) {
         self.refresh();
-        if !self.unsaved {
+        if self.unsaved.is_empty() {
             return;
         }
         let Some(tx) = self.writer.as_ref().and_then(|w| w.tx.as_ref()) else {
-            self.unsaved = false;
+            self.unsaved.clear();
             return;
         };
-        if tx.try_send(self.shared.clone()).is_ok() {
-            self.unsaved = false;
+        let save = Save {
+            changed: self
+                .unsaved
+                .iter()
+                .filter_map(|id| self.history.get(id).cloned())
+                .collect(),
+            all: self.shared.clone(),
+        };
+        let sent = if wait {
+            tx.send(save).is_ok()
+        } else {
+            tx.try_send(save).is_ok()
+        };
+        if sent {
+            self.unsaved.clear();
         }
-    }
-
-    /// Hands the latest version to the writer, waiting for it if it is busy (at shutdown).
-    fn flush(&mut self) {
-        self.refresh();
-        if !self.unsaved {
-            return;
-        }
-        if let Some(tx) = self.writer.as_ref().and_then(|w| w.tx.as_ref()) {
-            let _ = tx.send(self.shared.clone());
-        }
-        self.unsaved = false;
     }
 
     fn refresh(&mut self) {
         if self.changed {
             self.shared = Arc::new(self.history.list().cloned().collect());
             self.changed = false;
-            self.unsaved = true;
         }
     }
 }
@@ -213,20 +323,8 @@ impl Drop for AttackBook {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ids_are_unique_even_in_the_same_millisecond() {
-        let book = AttackBook::in_memory();
-        let a = book.new_id(1_700_000_000_000);
-        let b = book.new_id(1_700_000_000_000);
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-    }
-
-    #[test]
-    fn a_history_saved_by_the_previous_version_loads_and_is_written_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("attacks.json");
-        let old = r#"[{"id":"1700000000000-10.0.0.1-incoming","host":"10.0.0.1",
+    /// A history as an earlier version saved it.
+    const OLD_HISTORY: &str = r#"[{"id":"1700000000000-10.0.0.1-incoming","host":"10.0.0.1",
             "direction":"incoming","hostgroup":null,"started_unix_ms":1700000000000,
             "ended_unix_ms":null,
             "threshold":{"rate":"udp_pps","value":5000.0,"threshold":2000.0},
@@ -245,6 +343,21 @@ mod tests {
               "attack_type":"dns_amplification"},
             "actions":["xdp_rule [RuleSpec { protocol: 17 }]","script"],
             "report_only":false}]"#;
+
+    #[test]
+    fn ids_are_unique_even_in_the_same_millisecond() {
+        let book = AttackBook::in_memory();
+        let a = book.new_id(1_700_000_000_000);
+        let b = book.new_id(1_700_000_000_000);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+    }
+
+    #[test]
+    fn a_history_saved_by_the_previous_version_loads_and_is_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attacks.json");
+        let old = OLD_HISTORY;
         std::fs::write(&path, old).unwrap();
         let mut book = AttackBook::open(path.clone()).unwrap();
         assert_eq!(book.shared().len(), 1);
@@ -257,21 +370,78 @@ mod tests {
         );
         book.persist();
         drop(book);
-        let saved: Vec<Attack> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(saved[0].ended_unix_ms, Some(1_700_000_100_000));
+        assert!(!path.exists(), "the old file is kept aside");
+        assert!(dir.path().join("attacks.json.old").exists());
+        let (_, saved) = Journal::<Attack>::open(dir.path().join("attacks.jsonl")).unwrap();
+        assert_eq!(saved.len(), 2, "converted, then its end appended");
+        assert_eq!(saved[1].ended_unix_ms, Some(1_700_000_100_000));
+        let book = AttackBook::open(path).unwrap();
+        assert_eq!(book.ongoing().count(), 0, "the end is read back");
     }
 
     #[test]
-    fn a_corrupt_history_stops_the_start_by_name_and_a_good_one_round_trips() {
+    fn a_corrupt_history_stops_the_start_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("attacks.json");
         std::fs::write(&path, "[{").unwrap();
         let e = AttackBook::open(path.clone()).err().expect("refused");
         assert!(e.to_string().contains("attacks.json"), "{e}");
         std::fs::remove_file(&path).unwrap();
+        std::fs::write(dir.path().join("attacks.jsonl"), "{\"id\":1}\n").unwrap();
+        let e = AttackBook::open(path.clone()).err().expect("refused");
+        assert!(e.to_string().contains("attacks.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn records_are_appended_and_rotation_keeps_the_book() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attacks.json");
+        let journal = dir.path().join("attacks.jsonl");
+        let (_, versions) = Journal::<Attack>::open(&journal).unwrap();
+        assert!(versions.is_empty());
         let mut book = AttackBook::open(path.clone()).unwrap();
-        assert!(book.shared().is_empty());
+        let template = sample_attack();
+        for i in 0..3u8 {
+            let mut a = template.clone();
+            a.id = book.new_id(1_700_000_000_000 + u64::from(i));
+            a.host = IpAddr::from([10, 0, 0, i]);
+            book.insert(a);
+        }
+        book.persist();
+        book.end(
+            IpAddr::from([10, 0, 0, 1]),
+            Direction::Incoming,
+            1_700_000_009_000,
+            None,
+        );
         drop(book);
-        assert!(!path.exists() || std::fs::read(&path).unwrap() == b"[]");
+        let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+        assert_eq!(lines, 4, "three records and one end");
+        // Rotation: the journal moves to .1 and the new one holds the whole book.
+        let all: Vec<Attack> = {
+            let book = AttackBook::open(path.clone()).unwrap();
+            book.history.list().cloned().collect()
+        };
+        let fresh = rotate(&journal, &all).unwrap();
+        drop(fresh);
+        assert!(previous_generation(&journal).exists());
+        let book = AttackBook::open(path.clone()).unwrap();
+        assert_eq!(book.history.list().count(), 3);
+        assert_eq!(book.ongoing().count(), 2);
+        // A crash between the rename and the first append leaves an empty journal: the
+        // previous generation is read.
+        drop(book);
+        std::fs::write(&journal, "").unwrap();
+        let book = AttackBook::open(path).unwrap();
+        assert_eq!(book.history.list().count(), 3);
+    }
+
+    fn sample_attack() -> Attack {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attacks.json");
+        std::fs::write(&path, OLD_HISTORY).unwrap();
+        let book = AttackBook::open(path).unwrap();
+        let first = book.history.list().next().unwrap().clone();
+        first
     }
 }

@@ -36,6 +36,9 @@ use super::{be_uint, DecodeError};
 
 /// Default maximum number of templates kept across all exporters.
 pub const DEFAULT_MAX_TEMPLATES: usize = 4096;
+/// The "More Fragments" bit of IPFIX fragmentFlags (IE 197): bit 2 counted from the most
+/// significant bit.
+pub const FRAGMENT_FLAGS_MF: u64 = 0x20;
 /// Default maximum number of (exporter, domain, sampler) sampling rates kept.
 pub const DEFAULT_MAX_SAMPLERS: usize = 4096;
 /// Most fields a template may have; larger templates are rejected.
@@ -491,8 +494,12 @@ impl Accumulator {
             FieldKind::DstVlan => record.dst_vlan = be_uint(value) as u16,
             FieldKind::Ttl => record.ttl = be_uint(value) as u8,
             FieldKind::FragmentFlags => {
-                // Bit 2 "More Fragments" or bit 3 "is fragment" (RFC 5102 fragmentFlags).
-                record.fragmented = be_uint(value) & 0x06 != 0;
+                // IANA fragmentFlags numbers its bits from the most significant, as RFC 791
+                // does the IPv4 flags: bit 1 "Don't Fragment" is 0x40, bit 2 "More
+                // Fragments" 0x20; bits 3-7 are "don't care". A set MF marks a fragment (the
+                // first and middle ones; a last fragment, MF clear, is seen only through its
+                // offset). DF, on most TCP traffic, is not a fragment.
+                record.fragmented = be_uint(value) & FRAGMENT_FLAGS_MF != 0;
             }
         }
     }

@@ -14,6 +14,19 @@ use crate::{
     prefix::Prefix,
 };
 
+/// Which saved ban goes into the kernel first at start: the operator's (manual) bans before
+/// detection's, then those without an end, then the newest.
+pub fn reinstate_order(a: &Ban, b: &Ban) -> std::cmp::Ordering {
+    let rank = |ban: &Ban| {
+        (
+            ban.origin != BanOrigin::Manual,
+            ban.expires.is_some(),
+            std::cmp::Reverse(ban.created),
+        )
+    };
+    rank(a).cmp(&rank(b))
+}
+
 /// The ban list over the data plane.
 pub struct BanManager {
     store: BanStore,
@@ -32,13 +45,18 @@ impl BanManager {
         &self.dataplane
     }
 
-    /// Puts every saved ban into the kernel (at start); returns how many failed, with why.
+    /// Puts every saved ban into the kernel (at start), most important first (see
+    /// [`reinstate_order`]), so when the drop tables hold fewer entries than were saved (a
+    /// smaller `xdp.max_drop_entries`) the ones that fit are the ones that matter; returns
+    /// those that failed, with why. They stay listed, so the operator sees them.
     pub fn reinstate(&self) -> Vec<(Ban, String)> {
         let mut failed = Vec::new();
         if !self.dataplane.is_present() {
             return failed;
         }
-        for ban in self.store.list() {
+        let mut bans: Vec<&Ban> = self.store.list().collect();
+        bans.sort_by(|a, b| reinstate_order(a, b));
+        for ban in bans {
             if let Err(e) = self.dataplane.add_drop(ban.prefix, ban.match_on) {
                 failed.push((ban.clone(), e.to_string()));
             }
@@ -113,5 +131,44 @@ impl BanManager {
     /// Bans whose time has come.
     pub fn expired(&self, now: u64) -> Vec<Ban> {
         self.store.expired(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(prefix: &str, origin: BanOrigin, created: u64, expires: Option<u64>) -> Ban {
+        Ban {
+            prefix: prefix.parse().unwrap(),
+            match_on: DropMatch::Src,
+            created,
+            expires,
+            origin,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn manual_then_permanent_then_newest_bans_are_reinstated_first() {
+        let mut bans = [
+            ban("192.0.2.1/32", BanOrigin::Detection, 300, Some(900)),
+            ban("192.0.2.2/32", BanOrigin::Manual, 100, Some(900)),
+            ban("192.0.2.3/32", BanOrigin::Detection, 200, None),
+            ban("192.0.2.4/32", BanOrigin::Manual, 50, None),
+            ban("192.0.2.5/32", BanOrigin::Detection, 400, Some(900)),
+        ];
+        bans.sort_by(reinstate_order);
+        let order: Vec<String> = bans.iter().map(|b| b.prefix.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "192.0.2.4/32",
+                "192.0.2.2/32",
+                "192.0.2.3/32",
+                "192.0.2.5/32",
+                "192.0.2.1/32"
+            ]
+        );
     }
 }

@@ -184,6 +184,21 @@ impl BanPolicy {
         }
     }
 
+    /// What `host` is of this machine (`an address of eth0` ...), when it is one of its own
+    /// addresses: an automatic blackhole of it would cut the agent off. Addresses that cannot
+    /// be read count as not ours (the manual path refuses then; an attack is not held back).
+    pub fn own_address(&self, host: IpAddr) -> Option<String> {
+        let host = canonical(host);
+        if host.is_loopback() {
+            // Never reaches a network interface: nothing to cut off.
+            return None;
+        }
+        let own = (self.own_addresses)().ok()?;
+        own.into_iter()
+            .find(|o| o.prefix.contains(host))
+            .map(|o| o.what)
+    }
+
     /// Every check `ban` fails, in order of importance.
     fn refusals(&self, ban: &BanCheck) -> Vec<BanRefusal> {
         let prefix = ban.prefix;

@@ -208,7 +208,8 @@ impl MitigationStore {
         self.save();
     }
 
-    /// Writes the file (temp + rename); failures are logged.
+    /// Writes the file through [`crate::state::store`] (temp file, fsync, rename, fsync of
+    /// the directory); failures are logged.
     pub fn save(&self) {
         let Some(path) = &self.path else { return };
         if let Some(dir) = path.parent() {
@@ -218,13 +219,8 @@ impl MitigationStore {
             active: &self.active,
             recent: &self.recent,
         };
-        let tmp = path.with_extension("json.tmp");
-        let result = serde_json::to_vec(&file)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            tracing::error!("saving mitigations to {}: {e}", path.display());
+        if let Err(e) = crate::state::StateFile::new(path).save_json(&file) {
+            tracing::error!("saving mitigations: {e}");
         }
     }
 }

@@ -20,7 +20,7 @@ pub struct AgentProcess {
     pub metrics: SocketAddr,
     /// The directory of its config file and log (and, unless placed elsewhere, its state).
     pub state_dir: tempfile::TempDir,
-    /// Its `state_dir` (bans.json, mitigations.json, attacks.json).
+    /// Its `state_dir` (bans.json, bans.journal, mitigations.json, attacks.jsonl).
     pub state_path: PathBuf,
     /// Its config file.
     pub config_path: PathBuf,

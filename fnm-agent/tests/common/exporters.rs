@@ -341,9 +341,10 @@ impl NetflowSink {
                 out.extend_from_slice(&f.agg.bytes.to_be_bytes());
                 out.extend_from_slice(&self.unix_ms(f.first_ms).to_be_bytes());
                 out.extend_from_slice(&self.unix_ms(f.last_ms).to_be_bytes());
-                // fragmentFlags: "More Fragments", bit value 0x04 as fnm's decoder reads
-                // RFC 5102's bit 2 (every fragment the generator makes has MF set).
-                out.push(if f.key.5 { 0x04 } else { 0 });
+                // fragmentFlags: "More Fragments" is IANA's bit 2 counted from the most
+                // significant bit, 0x20 (every fragment the generator makes has MF set); a
+                // non-fragment carries "Don't Fragment", 0x40, which must not count.
+                out.push(if f.key.5 { 0x20 } else { 0x40 });
             }
             FlowFormat::V5 => unreachable!("v5 records are built in v5()"),
         }

@@ -14,7 +14,7 @@ use std::{net::IpAddr, sync::Arc};
 
 /// The BGP actions of `config`, sharing one announcer. Must be called inside a Tokio runtime.
 pub fn actions(config: &Config) -> anyhow::Result<Vec<Box<dyn MitigationAction>>> {
-    let bgp = Arc::new(BgpAnnouncer::from_config(&config.bgp)?);
+    let bgp = Arc::new(BgpAnnouncer::from_config(&config.actions.bgp)?);
     Ok(vec![
         Box::new(BgpBlackhole { bgp: bgp.clone() }),
         Box::new(BgpFlowspec { bgp }),
