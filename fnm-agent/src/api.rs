@@ -10,7 +10,6 @@
 use crate::{
     accounting::Direction,
     bans::DropMatch,
-    config::Config,
     detection::{attack::Attack, thresholds::ThresholdTable},
     engine::{core::HostSort, input::InputStats, EngineClient, EngineCommand},
     http::ServerOptions,
@@ -51,8 +50,10 @@ pub struct ApiState {
     pub engine: EngineClient,
     /// The mitigator.
     pub mitigator: MitigatorHandle,
-    /// The configuration in force.
-    pub config: Arc<Config>,
+    /// The configuration in force (a reload replaces it).
+    pub config: crate::reload::SharedConfig,
+    /// Where `POST /api/v1/reload` goes (`None`: reload not offered).
+    pub reload: Option<crate::reload::ReloadTrigger>,
     /// The sources' hand-over counters.
     pub inputs: Arc<InputStats>,
 }
@@ -111,6 +112,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/attacks/{id}", get(get_attack))
         .route("/api/v1/mitigations", get(list_mitigations))
         .route("/api/v1/thresholds/{ip}", get(get_thresholds))
+        .route("/api/v1/reload", axum::routing::post(reload))
         .fallback(|| async { not_found("no such endpoint") })
         .with_state(state)
 }
@@ -376,6 +378,55 @@ async fn get_thresholds(
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| bad_request(format!("{ip:?} is not an IP address")))?;
-    let table = ThresholdTable::new(&st.config.detection, &st.config.hostgroup);
+    let config = st.config.load();
+    let table = ThresholdTable::new(&config.detection, &config.hostgroup);
     Ok(Json(table.lookup(ip)))
+}
+
+/// Longest wait for a reload to be applied.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `POST /api/v1/reload`: reads the configuration file again and puts it in force (see
+/// [`crate::reload`]). 200 with what changed and what needs a restart; 400 (`"code":
+/// "invalid"`) when the file is refused, 500 (`"code": "failed"`) when applying it failed and
+/// was undone: either way the running configuration is kept.
+async fn reload(
+    State(st): State<ApiState>,
+) -> Result<Json<crate::reload::ReloadOutcome>, ApiError> {
+    use crate::reload::ReloadResult;
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this agent does not offer reloads".into(),
+            None,
+        )
+    };
+    let trigger = st.reload.as_ref().ok_or_else(unavailable)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    trigger.send(tx).await.map_err(|_| unavailable())?;
+    let outcome = tokio::time::timeout(RELOAD_TIMEOUT, rx)
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the reload did not finish in time; see the agent's log".into(),
+                None,
+            )
+        })?
+        .map_err(|_| unavailable())?;
+    let kept = |status, code| {
+        ApiError(
+            status,
+            format!(
+                "{}: the running configuration is kept",
+                outcome.error.as_deref().unwrap_or("?")
+            ),
+            Some(code),
+        )
+    };
+    match outcome.result {
+        ReloadResult::Success => Ok(Json(outcome)),
+        ReloadResult::Invalid => Err(kept(StatusCode::BAD_REQUEST, "invalid")),
+        ReloadResult::Failed => Err(kept(StatusCode::INTERNAL_SERVER_ERROR, "failed")),
+    }
 }

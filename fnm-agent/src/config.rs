@@ -159,8 +159,10 @@ pub struct XdpConfig {
     #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
     pub host_idle_timeout: Duration,
     /// Pin each XDP link under `pin_path` so the program keeps counting and dropping if the
-    /// agent dies; a restarted agent takes the link over without a gap. A clean stop
-    /// (SIGTERM/SIGINT) detaches and unpins. bpffs is mounted at /sys/fs/bpf when missing.
+    /// agent dies; a restarted agent takes the link over without a gap, once the agent that
+    /// pinned it is gone (its owner record names it: see `ownership`). A clean stop
+    /// (SIGTERM/SIGINT) detaches and unpins; after a crash `fnm-agent detach` removes the pin.
+    /// bpffs is mounted at /sys/fs/bpf when missing.
     /// Default: `true`.
     #[serde(default = "yes")]
     pub pin_links: bool,

@@ -33,6 +33,9 @@ pub enum DataPlaneError {
 pub struct DataPlaneHandle {
     #[cfg(target_os = "linux")]
     inner: Option<Arc<Mutex<crate::xdp::DataPlane>>>,
+    /// `ban.sample_one_in`: the XDP poller samples newly watched hosts at this rate; a reload
+    /// changes it.
+    sample_one_in: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for DataPlaneHandle {
@@ -56,7 +59,20 @@ impl DataPlaneHandle {
     pub fn new(dp: crate::xdp::DataPlane) -> Self {
         Self {
             inner: Some(Arc::new(Mutex::new(dp))),
+            sample_one_in: Default::default(),
         }
+    }
+
+    /// 1 in how many packets of a watched host XDP samples.
+    pub fn sample_one_in(&self) -> u32 {
+        self.sample_one_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`DataPlaneHandle::sample_one_in`] (at start, and on a reload).
+    pub fn set_sample_one_in(&self, n: u32) {
+        self.sample_one_in
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// True when a program is loaded.
@@ -73,6 +89,22 @@ impl DataPlaneHandle {
         self.inner
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Replaces the XDP whitelist `old` by `new` (a reload); nothing to do without XDP.
+    pub fn replace_whitelist(
+        &self,
+        _old: &[Prefix],
+        _new: &[Prefix],
+    ) -> Result<(), DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            return dp
+                .maps
+                .replace_whitelist(_old, _new)
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Ok(())
     }
 
     /// Adds a drop entry.

@@ -4,6 +4,7 @@
 pub mod accounting;
 pub mod actions;
 pub mod api;
+pub mod attach;
 pub mod bans;
 pub mod capture;
 pub mod client;
@@ -17,12 +18,15 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod mitigator;
+pub mod ownership;
 pub mod prefix;
 pub mod preflight;
+pub mod reload;
 pub mod replay;
 pub mod service;
 pub mod sources;
 pub mod state;
+pub mod summary;
 pub mod traffic;
 pub mod views;
 #[cfg(target_os = "linux")]

@@ -108,6 +108,23 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Reload a running agent's configuration file (as SIGHUP does): thresholds, networks,
+    /// actions, collectors, interfaces... without detaching XDP or losing counters or bans.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove the XDP links a stopped or crashed agent left pinned under xdp.pin_path (and
+    /// their owner records): the program leaves the interface. Refuses an interface a running
+    /// agent owns.
+    Detach {
+        /// Interfaces [default: every link pinned under xdp.pin_path].
+        interfaces: Vec<String>,
+        /// Configuration file (for xdp.pin_path) [default: /etc/fnm/fnm-agent.toml, else the
+        /// built-in defaults].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Lift a ban on a running agent.
     Unban {
         /// Prefix or address.
@@ -387,6 +404,12 @@ fn command_ok(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Reload { api } => {
+            let outcome = api.resolve()?.request("POST", "/api/v1/reload", None)?;
+            println!("{}", fnm_agent::reload::describe(&outcome));
+            Ok(())
+        }
+        Command::Detach { interfaces, config } => detach(&interfaces, config),
         Command::Unban {
             prefix,
             match_on,
@@ -455,6 +478,44 @@ fn manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
          logs, checking a config) and README.md (API, metrics).",
     )]);
     roff.to_writer(out)
+}
+
+/// `fnm-agent detach`: removes pinned links whose agent is gone.
+fn detach(interfaces: &[String], config: Option<PathBuf>) -> Result<()> {
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))?
+        }
+        None => Config::default(),
+    };
+    let pin_path = &config.xdp.pin_path;
+    let results = fnm_agent::attach::detach_pinned(&config, interfaces);
+    if results.is_empty() {
+        println!("no XDP link is pinned under {}", pin_path.display());
+    }
+    let mut failed = 0;
+    for (interface, result) in results {
+        match result {
+            Ok(fnm_agent::attach::Detached::Removed) => println!(
+                "{interface}: detached (removed {})",
+                pin_path
+                    .join(fnm_agent::ownership::pin_name(&interface))
+                    .display()
+            ),
+            Ok(fnm_agent::attach::Detached::NothingPinned) => {
+                println!("{interface}: nothing pinned under {}", pin_path.display())
+            }
+            Err(e) => {
+                eprintln!("{interface}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} interface(s) not detached");
+    }
+    Ok(())
 }
 
 /// Adds /32 or /128 to a bare address.
@@ -564,10 +625,10 @@ fn run(config_path: PathBuf) -> Result<()> {
         );
     }
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, config_path))
 }
 
-async fn run_async(config: Config) -> Result<()> {
+async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     use fnm_agent::{
         bans::BanStore,
         dataplane::DataPlaneHandle,
@@ -575,10 +636,16 @@ async fn run_async(config: Config) -> Result<()> {
         mitigator::{self, bans::BanManager, store::MitigationStore},
     };
     let config = Arc::new(config);
+    // SIGHUP reloads from now on (its default action would end the agent).
+    let mut signals = Signals::new()?;
     // Tokens and exposure first: nothing starts with a listener it should not have.
     let servers = http_servers(&config)?;
     check_descriptors(&config);
     let state = &config.state_dir;
+    // One agent per state directory and per interface: a second one stops here, before it
+    // touches anything the first one uses.
+    let _state_lock = fnm_agent::ownership::StateLock::acquire(state)?;
+    fnm_agent::attach::check_owners(&config)?;
     // State first: a file that cannot be read stops start-up with its name, before anything
     // is attached.
     let bans = BanStore::open(&state.join("bans.json"))
@@ -621,8 +688,7 @@ async fn run_async(config: Config) -> Result<()> {
 
     let (engine_input, input_rx) = input::EngineInput::channel(input::INPUT_CAPACITY);
     let inputs = engine_input.stats();
-    let sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
-    drop(engine_input);
+    let mut sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
     let mut engine = EngineHandle::spawn(EngineParts {
         core: EngineCore::new(&config, book).with_mitigations(mitigator.view.clone()),
         input: input_rx,
@@ -646,11 +712,38 @@ async fn run_async(config: Config) -> Result<()> {
         config.api.listen,
         config.prometheus.listen
     );
+    let map_memory = Arc::new(fnm_agent::summary::MapMemoryMetric::default());
+    log_summary(&config, &dataplane, &map_memory);
+    let shared_config: fnm_agent::reload::SharedConfig =
+        Arc::new(arc_swap::ArcSwap::from(config.clone()));
+    let reload_stats = Arc::new(fnm_agent::reload::ReloadStats::default());
+    reload_stats.loaded_now();
+    let flow_metrics = Arc::new(fnm_agent::reload::SwappableMetrics::default());
+    if let Some(f) = &sources.flows {
+        flow_metrics.set(f.metrics());
+    }
+    let mut reloader = fnm_agent::reload::Reloader::new(fnm_agent::reload::ReloaderParts {
+        path: config_path,
+        config: shared_config.clone(),
+        engine: engine.client(),
+        mitigator: mitigator.clone(),
+        dataplane: dataplane.clone(),
+        input: engine_input,
+        flows: sources.flows.take(),
+        flow_metrics: flow_metrics.clone(),
+        stats: reload_stats.clone(),
+    });
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(8);
+    let mut extra = sources.metrics;
+    extra.push(flow_metrics);
+    extra.push(reload_stats);
+    extra.push(map_memory);
     let api = tokio::spawn(fnm_agent::api::serve(
         fnm_agent::api::ApiState {
             engine: engine.client(),
             mitigator: mitigator.clone(),
-            config: config.clone(),
+            config: shared_config,
+            reload: Some(reload_tx),
             inputs: inputs.clone(),
         },
         api_listener,
@@ -662,7 +755,7 @@ async fn run_async(config: Config) -> Result<()> {
             engine: engine.client(),
             mitigator,
             inputs,
-            extra: Arc::new(sources.metrics),
+            extra: Arc::new(extra),
             http: Arc::new(vec![
                 ("api", servers.api.stats.clone()),
                 ("metrics", servers.metrics.stats.clone()),
@@ -681,7 +774,21 @@ async fn run_async(config: Config) -> Result<()> {
         }))
     });
 
-    wait_for_signal().await;
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    reloader.reload().await;
+                }
+            },
+            Some(reply) = reload_rx.recv() => {
+                let outcome = reloader.reload().await;
+                let _ = reply.send(outcome);
+            }
+        }
+    }
     fnm_agent::service::stopping();
     if let Some(watchdog) = watchdog {
         watchdog.abort();
@@ -690,22 +797,61 @@ async fn run_async(config: Config) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = api.await;
     let _ = metrics.await;
+    let flows = reloader.take_flows();
+    let config = reloader.config.load_full();
+    drop(reloader);
     tokio::task::spawn_blocking(move || {
         fnm_agent::sources::Sources {
             running,
             flushers: Vec::new(),
             metrics: Vec::new(),
+            flows,
         }
         .stop();
         engine.stop();
     })
     .await?;
-    #[cfg(target_os = "linux")]
-    if let Some(mut dp) = dataplane.lock() {
-        dp.detach_all();
-    }
+    fnm_agent::attach::detach_all(&dataplane, &config);
     tracing::info!("detached; bye");
     Ok(())
+}
+
+/// Logs what the agent counts, detects, does and listens to, and what its XDP maps take.
+fn log_summary(
+    config: &Config,
+    dataplane: &fnm_agent::dataplane::DataPlaneHandle,
+    map_memory: &fnm_agent::summary::MapMemoryMetric,
+) {
+    use fnm_agent::summary;
+    #[cfg(target_os = "linux")]
+    let maps: Option<Vec<summary::MapBytes>> = dataplane.lock().map(|dp| {
+        dp.map_memory()
+            .into_iter()
+            .map(|m| summary::MapBytes {
+                name: m.name,
+                bytes: m.bytes,
+            })
+            .collect()
+    });
+    #[cfg(not(target_os = "linux"))]
+    let maps: Option<Vec<summary::MapBytes>> = {
+        let _ = dataplane;
+        None
+    };
+    for line in summary::lines(config, maps.as_deref()) {
+        if line == summary::NO_THRESHOLDS {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    if let Some(maps) = &maps {
+        let total = maps.iter().map(|m| m.bytes).sum();
+        map_memory.set(total);
+        if let Some(w) = summary::memory_warning(total, summary::memory_total()) {
+            tracing::warn!("{w}");
+        }
+    }
 }
 
 /// Reads a listener's token file, warning when others may read it.
@@ -824,44 +970,65 @@ fn load_dataplane(_config: &Config) -> Result<fnm_agent::dataplane::DataPlaneHan
 
 /// Attaches the loaded program to every configured interface. Attaching comes last: a link
 /// pinned by a previous agent is taken over only once this program holds every ban and rule,
-/// so nothing passes in between.
+/// so nothing passes in between (and only when that agent is gone: see `ownership`).
 #[cfg(target_os = "linux")]
 fn attach_dataplane(config: &Config, dp: &fnm_agent::dataplane::DataPlaneHandle) -> Result<()> {
-    let Some(mut dp) = dp.lock() else {
-        return Ok(());
-    };
-    let pin_dir = if config.xdp.pin_links {
-        fnm_agent::xdp::ensure_bpffs(&config.xdp.pin_path)
-            .context("mounting bpffs for pinned links")?;
-        std::fs::create_dir_all(&config.xdp.pin_path)
-            .with_context(|| format!("creating {}", config.xdp.pin_path.display()))?;
-        Some(config.xdp.pin_path.as_path())
-    } else {
-        None
-    };
     for interface in &config.xdp.interfaces {
-        match dp.attach(interface, config.xdp.mode, pin_dir)? {
-            fnm_agent::xdp::AttachMode::TakenOver => {
-                tracing::info!("XDP on {interface}: took over the pinned link (no gap)")
-            }
+        match fnm_agent::attach::attach(dp, config, interface)? {
+            fnm_agent::xdp::AttachMode::TakenOver => tracing::info!(
+                "XDP on {interface}: took over the pinned link of an agent that is gone (no gap)"
+            ),
             mode => tracing::info!("XDP attached to {interface} in {} mode", mode.as_str()),
         }
     }
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// What the agent is asked to do by a signal.
+enum Signal {
+    /// SIGTERM or SIGINT: stop cleanly.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+/// The signals the agent handles, registered once at start.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.hup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -217,7 +217,7 @@ pub fn render(st: &MetricsState) -> String {
             registry.register(name, help, c);
         }
     }
-    if let Some(stats) = &st.mitigator.script_stats {
+    if let Some(stats) = st.mitigator.script_stats.load_full() {
         let calls = Family::<Labels, Counter>::default();
         for (result, n) in [
             ("succeeded", stats.succeeded.load(Relaxed)),

@@ -51,6 +51,8 @@ enum Task {
     Package,
     /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
     Bench,
+    /// Build and link the agent for FreeBSD (netmap) and macOS (zig from PyPI links them).
+    Cross,
     /// Detection latency benchmark: fnm on XDP against FastNetMon 1.2.4 fed by sFlow, 20 floods
     /// at 2.5× and at 10× a packets/s threshold (needs root).
     BenchLatency,
@@ -76,6 +78,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test(),
         Task::Package => package::run().map(drop),
+        Task::Cross => cross(),
         Task::BenchLatency => {
             setup::run(true)?;
             run(
@@ -113,6 +116,44 @@ fn main() -> Result<()> {
             )
         }
     }
+}
+
+/// Builds and links the agent for FreeBSD (with netmap) and macOS, the Linux-only parts left
+/// out: zig links against its own FreeBSD 14 and macOS libc stubs, and a libpcap stub naming the
+/// library those systems ship.
+fn cross() -> Result<()> {
+    let linker = setup::cross_linker()?;
+    let path = format!(
+        "{}:{}",
+        std::fs::canonicalize(&linker.bin)?.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for target in setup::CROSS_TARGETS {
+        let mut args = vec!["zigbuild", "-p", "fnm-agent", "--target", target];
+        if target.contains("freebsd") {
+            args.extend(["--features", "netmap"]);
+        }
+        let libpcap = std::fs::canonicalize(linker.libpcap_dir(target))?;
+        let libpcap = libpcap.to_str().context("non-UTF-8 path")?;
+        run_with_env(
+            "cargo",
+            &args,
+            &[
+                ("AYA_BUILD_SKIP", "1"),
+                ("PATH", &path),
+                ("LIBPCAP_LIBDIR", libpcap),
+                ("LIBPCAP_VER", setup::CROSS_LIBPCAP_VERSION),
+            ],
+        )?;
+        let binary = format!("target/{target}/debug/fnm-agent");
+        let file = std::process::Command::new("file")
+            .arg(&binary)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        println!("xtask: linked {file}");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
@@ -200,40 +241,7 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
-    // The agent builds and links for FreeBSD (with netmap) and macOS, the Linux-only parts
-    // left out: zig links against its own FreeBSD 14 and macOS libc stubs, and a libpcap stub
-    // naming the library those systems ship.
-    let linker = setup::cross_linker()?;
-    let path = format!(
-        "{}:{}",
-        std::fs::canonicalize(&linker.bin)?.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    for target in setup::CROSS_TARGETS {
-        let mut args = vec!["zigbuild", "-p", "fnm-agent", "--target", target];
-        if target.contains("freebsd") {
-            args.extend(["--features", "netmap"]);
-        }
-        let libpcap = std::fs::canonicalize(linker.libpcap_dir(target))?;
-        let libpcap = libpcap.to_str().context("non-UTF-8 path")?;
-        run_with_env(
-            "cargo",
-            &args,
-            &[
-                ("AYA_BUILD_SKIP", "1"),
-                ("PATH", &path),
-                ("LIBPCAP_LIBDIR", libpcap),
-                ("LIBPCAP_VER", setup::CROSS_LIBPCAP_VERSION),
-            ],
-        )?;
-        let binary = format!("target/{target}/debug/fnm-agent");
-        let file = std::process::Command::new("file")
-            .arg(&binary)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
-        println!("xtask: linked {file}");
-    }
+    cross()?;
     // The package test (fnm-agent/tests/package_deb.rs) installs what this builds: the one
     // release build of the run.
     if package::can_package() {

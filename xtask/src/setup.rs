@@ -160,6 +160,7 @@ impl CrossLinker {
 /// Installs zig and cargo-zigbuild (PyPI wheels, into a virtual environment of the workspace)
 /// when missing, and builds the libpcap link stubs of the cross targets.
 pub fn cross_linker() -> Result<CrossLinker> {
+    cross_targets()?;
     let venv = std::path::Path::new(CROSS_VENV);
     let bin = venv.join("bin");
     let python = bin.join("python3");

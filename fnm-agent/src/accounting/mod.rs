@@ -552,6 +552,18 @@ impl Accounting {
         self
     }
 
+    /// Replaces the local networks (a configuration reload). Hosts already counted stay, with
+    /// their totals; a host no longer inside them gets no new traffic and is forgotten once
+    /// idle.
+    pub fn set_networks(&mut self, networks: PrefixSet) {
+        self.networks = IndexedPrefixSet::new(networks);
+    }
+
+    /// Replaces the ignored remote sources (a configuration reload).
+    pub fn set_ignored_sources(&mut self, sources: PrefixSet) {
+        self.ignored_sources = IndexedPrefixSet::new(sources);
+    }
+
     /// The nominal rate window in seconds (whole poll intervals).
     pub fn window_seconds(&self) -> f64 {
         (self.slots as u64 * self.interval_ms) as f64 / 1000.0

@@ -207,16 +207,31 @@ pub struct Registry {
 /// Every action this configuration can run. Must be called inside a Tokio runtime (the script
 /// runner and BGP clients start on it).
 pub fn registry(config: &Config) -> anyhow::Result<Registry> {
+    registry_except(config, &std::collections::BTreeSet::new())
+}
+
+/// [`registry`] without the actions in `keep` (a reload keeps their running objects): the
+/// script is not started when `keep` holds it, nor the BGP clients when it holds either BGP
+/// action.
+pub fn registry_except(
+    config: &Config,
+    keep: &std::collections::BTreeSet<Action>,
+) -> anyhow::Result<Registry> {
     let mut actions: BTreeMap<Action, Box<dyn MitigationAction>> = BTreeMap::new();
     for a in xdp::actions(config) {
         actions.insert(a.action(), a);
     }
     let mut script_stats = None;
-    if let Some(a) = notify_script::NotifyScript::from_config(config) {
-        script_stats = Some(a.stats());
-        actions.insert(Action::Script, Box::new(a));
+    if !keep.contains(&Action::Script) {
+        if let Some(a) = notify_script::NotifyScript::from_config(config) {
+            script_stats = Some(a.stats());
+            actions.insert(Action::Script, Box::new(a));
+        }
     }
-    if config.uses_action(Action::BgpBlackhole) || config.uses_action(Action::BgpFlowspec) {
+    let keep_bgp = keep.contains(&Action::BgpBlackhole) || keep.contains(&Action::BgpFlowspec);
+    if !keep_bgp
+        && (config.uses_action(Action::BgpBlackhole) || config.uses_action(Action::BgpFlowspec))
+    {
         for a in bgp::actions(config)? {
             actions.insert(a.action(), a);
         }

@@ -106,6 +106,21 @@ impl Detector {
         }
     }
 
+    /// Takes new thresholds, whitelist and stop settings (a configuration reload). Ongoing
+    /// attacks and watched hosts are kept: an attack ends under the new thresholds.
+    pub fn reconfigure(
+        &mut self,
+        table: ThresholdTable,
+        whitelist: PrefixSet,
+        stop_ratio: f64,
+        stop_after_ms: u64,
+    ) {
+        self.table = table;
+        self.whitelist = whitelist;
+        self.stop_ratio = stop_ratio;
+        self.stop_after_ms = stop_after_ms;
+    }
+
     /// The thresholds table.
     pub fn table(&self) -> &ThresholdTable {
         &self.table

@@ -134,6 +134,25 @@ impl EngineCore {
         }
     }
 
+    /// Takes a reloaded configuration between two ticks: networks, whitelists, thresholds,
+    /// hostgroups, stop settings, ban actions and `prometheus.top_hosts`. Counters, watched
+    /// hosts and ongoing attacks are kept; the next tick checks the new thresholds.
+    pub fn reload(&mut self, config: &Config) {
+        self.acc
+            .set_networks(config.networks.iter().copied().collect());
+        self.acc
+            .set_ignored_sources(config.detection.whitelist_sources.iter().copied().collect());
+        self.detector.reconfigure(
+            ThresholdTable::new(&config.detection, &config.hostgroup),
+            config.whitelist.iter().copied().collect(),
+            config.ban.stop_ratio,
+            config.ban.stop_after.as_millis() as u64,
+        );
+        self.ban_actions = config.ban.actions.clone();
+        self.max_source_drops = config.ban.max_source_drops;
+        self.top_hosts = config.prometheus.top_hosts;
+    }
+
     /// Reads the mitigator's published state after each tick: the hosts of its active
     /// mitigations are kept in the accounting (never evicted), like watched and attacked
     /// hosts. A read of a snapshot; nothing is asked of the mitigator.
@@ -508,6 +527,50 @@ mod tests {
             "{after:?}"
         );
         assert_eq!(core.snapshot(0).attacks.len(), 1);
+    }
+
+    #[test]
+    fn a_reload_keeps_counters_and_attacks_and_applies_new_thresholds_at_the_next_tick() {
+        // 2000 pps (500 per 250 ms slot) under a 3000 pps threshold: watched, no attack.
+        let mut core = EngineCore::new(&config(""), AttackBook::in_memory());
+        let cfg = |pps| {
+            toml::from_str::<Config>(&format!(
+                "networks = [\"10.0.0.0/8\"]\n[detection.incoming]\npps = {pps}\n"
+            ))
+            .unwrap()
+        };
+        core.reload(&cfg(3000));
+        let mut t = 0u64;
+        let mut step = |core: &mut EngineCore| {
+            t += 1;
+            core.ingest(flood(500));
+            core.tick(t * 250, t * 250)
+        };
+        for _ in 0..8 {
+            assert!(step(&mut core).is_empty());
+        }
+        let victim: IpAddr = "10.0.0.1".parse().unwrap();
+        let before = core.accounting().host(victim).unwrap().dirs[0]
+            .total
+            .packets;
+        assert_eq!(before, 8 * 500);
+        // Lowered to 1000: the very next tick opens the attack; nothing counted is lost.
+        core.reload(&cfg(1000));
+        let d = step(&mut core);
+        assert!(
+            matches!(&d[..], [Decision::AttackStarted { attack, .. }] if attack.threshold.threshold == 1000.0),
+            "{d:?}"
+        );
+        assert_eq!(
+            core.accounting().host(victim).unwrap().dirs[0]
+                .total
+                .packets,
+            9 * 500
+        );
+        // Raised again: the attack carries on (it ends by the stop rules, not by the reload).
+        core.reload(&cfg(100_000));
+        assert!(step(&mut core).is_empty());
+        assert_eq!(core.snapshot(0).ongoing.len(), 1);
     }
 
     #[test]

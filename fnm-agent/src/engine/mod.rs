@@ -72,6 +72,9 @@ pub enum EngineCommand {
         /// Where the answer goes.
         reply: tokio::sync::oneshot::Sender<Vec<HostView>>,
     },
+    /// Take a reloaded configuration (see [`core::EngineCore::reload`]); answered once it is
+    /// in force, before the next tick.
+    Reload(Box<crate::config::Config>, tokio::sync::oneshot::Sender<()>),
 }
 
 /// Counters of the engine loop, for `/metrics`.
@@ -271,7 +274,7 @@ fn run(
                 Err(_) => input_open = false,
             },
             recv(commands) -> c => match c {
-                Ok(c) => answer(&core, c),
+                Ok(c) => answer(&mut core, c),
                 Err(_) => return,
             },
             recv(stop) -> _ => return,
@@ -350,7 +353,7 @@ fn ingest(core: &mut EngineCore, q: Queued) {
     drop(release);
 }
 
-fn answer(core: &EngineCore, c: EngineCommand) {
+fn answer(core: &mut EngineCore, c: EngineCommand) {
     match c {
         EngineCommand::Host(ip, reply) => {
             let _ = reply.send(core.host(ip));
@@ -362,6 +365,10 @@ fn answer(core: &EngineCore, c: EngineCommand) {
             reply,
         } => {
             let _ = reply.send(core.top_hosts(direction, sort, limit));
+        }
+        EngineCommand::Reload(config, reply) => {
+            core.reload(&config);
+            let _ = reply.send(());
         }
     }
 }

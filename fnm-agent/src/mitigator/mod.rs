@@ -148,6 +148,8 @@ pub enum MitigatorRequest {
         /// The answer: the ban and its action outcomes.
         reply: oneshot::Sender<Result<(BanView, Vec<ActionState>), MitigatorError>>,
     },
+    /// Take a reloaded configuration (see [`Reconfigure`]).
+    Reload(Box<Reconfigure>),
     /// Lift a ban.
     Unban {
         /// The prefix.
@@ -157,6 +159,53 @@ pub enum MitigatorRequest {
         /// The answer: the ban lifted.
         reply: oneshot::Sender<Result<Ban, MitigatorError>>,
     },
+}
+
+/// A reloaded configuration for the mitigator: ban settings, the safety policy and the
+/// actions. Mitigations in force are kept. An action in `keep` keeps its running object (a BGP
+/// session, the script runner with its queue and counters) when the reload did not change its
+/// settings; a BGP action that is replaced withdraws what the old one announced and announces
+/// it again through the new one.
+pub struct Reconfigure {
+    /// The new configuration.
+    pub config: Config,
+    /// The actions built from it (those in `keep` are left out or ignored).
+    pub registry: crate::actions::Registry,
+    /// Actions whose running object stays.
+    pub keep: std::collections::BTreeSet<Action>,
+    /// The answer: what the mitigator could not carry over (each a sentence), once in force.
+    pub reply: oneshot::Sender<Vec<String>>,
+}
+
+/// [`Reconfigure`] without its reply.
+struct ReconfigureParts {
+    config: Config,
+    registry: crate::actions::Registry,
+    keep: std::collections::BTreeSet<Action>,
+}
+
+impl Reconfigure {
+    fn config_and_actions(&mut self) -> Box<ReconfigureParts> {
+        Box::new(ReconfigureParts {
+            config: std::mem::take(&mut self.config),
+            registry: std::mem::replace(
+                &mut self.registry,
+                crate::actions::Registry {
+                    actions: BTreeMap::new(),
+                    script_stats: None,
+                },
+            ),
+            keep: std::mem::take(&mut self.keep),
+        })
+    }
+}
+
+impl std::fmt::Debug for Reconfigure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfigure")
+            .field("keep", &self.keep)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters of the mitigator, for `/metrics`.
@@ -189,8 +238,8 @@ pub struct MitigatorHandle {
     pub view: Arc<ArcSwap<MitigatorView>>,
     /// Counters.
     pub stats: Arc<MitigatorStats>,
-    /// Counters of the notify script, when one is configured.
-    pub script_stats: Option<Arc<crate::actions::script::ScriptStats>>,
+    /// Counters of the notify script, when one is configured (a reload may replace it).
+    pub script_stats: Arc<arc_swap::ArcSwapOption<crate::actions::script::ScriptStats>>,
 }
 
 impl MitigatorHandle {
@@ -216,6 +265,34 @@ impl MitigatorHandle {
             .await
             .map_err(|_| MitigatorError::Gone)?;
         rx.await.map_err(|_| MitigatorError::Gone)?
+    }
+
+    /// Hands the mitigator a reloaded configuration and waits until it is in force; returns
+    /// what could not be carried over.
+    pub async fn reload(
+        &self,
+        config: Config,
+        registry: crate::actions::Registry,
+        keep: std::collections::BTreeSet<Action>,
+    ) -> Result<Vec<String>, MitigatorError> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(stats) = &registry.script_stats {
+            if !keep.contains(&Action::Script) {
+                self.script_stats.store(Some(stats.clone()));
+            }
+        } else if !keep.contains(&Action::Script) {
+            self.script_stats.store(None);
+        }
+        self.requests
+            .send(MitigatorRequest::Reload(Box::new(Reconfigure {
+                config,
+                registry,
+                keep,
+                reply,
+            })))
+            .await
+            .map_err(|_| MitigatorError::Gone)?;
+        rx.await.map_err(|_| MitigatorError::Gone)
     }
 
     /// What is in force now.
@@ -297,7 +374,7 @@ pub async fn spawn_with_policy(
             requests: req_tx,
             view,
             stats,
-            script_stats,
+            script_stats: Arc::new(arc_swap::ArcSwapOption::new(script_stats)),
         },
         dec_tx,
     ))
@@ -714,6 +791,11 @@ impl Mitigator {
                 self.publish();
                 let _ = reply.send(result);
             }
+            MitigatorRequest::Reload(mut r) => {
+                let notes = self.reconfigure(*r.config_and_actions()).await;
+                self.publish();
+                let _ = r.reply.send(notes);
+            }
             MitigatorRequest::Unban {
                 prefix,
                 match_on,
@@ -724,6 +806,90 @@ impl Mitigator {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Takes a reloaded configuration: ban settings, policy and actions (see [`Reconfigure`]).
+    /// Returns what could not be carried over.
+    async fn reconfigure(&mut self, r: ReconfigureParts) -> Vec<String> {
+        let ReconfigureParts {
+            config,
+            mut registry,
+            keep,
+        } = r;
+        let mut notes = Vec::new();
+        let mut old = std::mem::take(&mut self.actions);
+        let mut replaced: BTreeMap<Action, Box<dyn MitigationAction>> = BTreeMap::new();
+        for action in keep {
+            if let Some(a) = old.remove(&action) {
+                registry.actions.insert(action, a);
+            }
+        }
+        for (action, a) in old {
+            if matches!(action, Action::BgpBlackhole | Action::BgpFlowspec) {
+                replaced.insert(action, a);
+            }
+        }
+        self.actions = registry.actions;
+        // Routes announced through a replaced BGP backend: withdrawn there, announced again
+        // through the new one, so what is in force stays in force.
+        for mi in 0..self.store.active().len() {
+            for ai in 0..self.store.active()[mi].actions.len() {
+                let state = self.store.active()[mi].actions[ai].clone();
+                let (Some(applied), ActionResult::Ok) = (&state.applied, state.result) else {
+                    continue;
+                };
+                let Some(old) = replaced.get(&state.action) else {
+                    continue;
+                };
+                let id = self.store.active()[mi].id.clone();
+                let mut env = ActionEnv {
+                    bans: &mut self.bans,
+                    expires: None,
+                    reason: "",
+                    mitigation: &id,
+                    late: &self.late_tx,
+                };
+                if let Err(e) = old.lift(&mut env, applied).await {
+                    notes.push(format!(
+                        "mitigation {id}: withdrawing {} through the old backend: {e}",
+                        state.action.as_str()
+                    ));
+                }
+                let result = match self.actions.get(&state.action) {
+                    Some(new) => new.reinstate(&mut env, applied).await,
+                    None => Err(ActionError::Unavailable(format!(
+                        "{} is no longer configured",
+                        state.action.as_str()
+                    ))),
+                };
+                if let Err(e) = result {
+                    notes.push(format!(
+                        "mitigation {id}: announcing {} through the new backend: {e}",
+                        state.action.as_str()
+                    ));
+                    let s = &mut self.store.active_mut()[mi].actions[ai];
+                    s.result = if e.retryable() {
+                        ActionResult::Retrying
+                    } else {
+                        ActionResult::Failed
+                    };
+                    s.error = Some(e.to_string());
+                    s.next_retry_unix_ms = Some(unix_ms());
+                }
+            }
+        }
+        self.ban_time = config.ban.time_limit();
+        self.unban_only_when_stopped = config.ban.unban_only_when_stopped;
+        self.manual_actions = config.ban.manual_actions.clone();
+        self.policy = self.policy.reconfigured(&config);
+        self.max_active_auto = config.ban.max_active_auto_bans;
+        self.max_auto_per_minute = config.ban.max_auto_bans_per_minute;
+        self.store.save();
+        self.dirty = true;
+        for n in &notes {
+            tracing::warn!("reload: {n}");
+        }
+        notes
     }
 
     /// Checks a manual ban: its reason and duration, then the safety policy.
@@ -1206,6 +1372,43 @@ mod tests {
             m.ban(manual("192.0.2.9/32", DropMatch::Src)).await,
             Err(MitigatorError::Refused(BanRefusal::InsideWhitelist { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_what_is_in_force_and_applies_the_new_policy_and_actions() {
+        let (m, _decisions) = start("").await;
+        m.ban(manual("198.51.100.7/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert!(m.script_stats.load().is_none());
+        let config: Config = toml::from_str(
+            "networks = [\"10.0.0.0/8\"]\nwhitelist = [\"198.51.100.0/24\"]\n\
+             [ban]\nmanual_actions = [\"script\"]\nscript = \"/bin/true\"\n",
+        )
+        .unwrap();
+        let keep = crate::reload::keep_actions(&Config::default(), &config);
+        let registry = crate::actions::registry_except(&config, &keep).unwrap();
+        let notes = m.reload(config, registry, keep).await.unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        // The ban made before stays in force...
+        assert_eq!(m.view().bans.len(), 1);
+        assert_eq!(m.view().active.len(), 1);
+        // ...while new bans meet the new whitelist, and run the new manual actions.
+        assert!(matches!(
+            m.ban(manual("198.51.100.8/32", DropMatch::Src)).await,
+            Err(MitigatorError::Refused(BanRefusal::InsideWhitelist { .. }))
+        ));
+        let (_, actions) = m
+            .ban(manual("203.0.113.9/32", DropMatch::Src))
+            .await
+            .unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, Action::Script);
+        assert!(m.script_stats.load().is_some(), "the new script's counters");
+        // Lifting the old ban goes through the action that made it.
+        m.unban("198.51.100.7/32".parse().unwrap(), DropMatch::Src)
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,11 @@ impl BanPolicy {
         }
     }
 
+    /// The policy of a reloaded `config`, with the same source of the host's addresses.
+    pub fn reconfigured(&self, config: &Config) -> Self {
+        Self::with_addresses(config, self.own_addresses.clone())
+    }
+
     /// Checks a manual ban. `Ok` holds what a (permitted) force skipped, for the log.
     pub fn check(&self, ban: &BanCheck) -> Result<Vec<BanRefusal>, BanRefusal> {
         let prefix = ban.prefix;

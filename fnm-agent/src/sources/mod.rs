@@ -34,13 +34,20 @@ pub struct Sources {
     pub running: Vec<Box<dyn Source>>,
     /// What the engine asks for a hand-over before each tick.
     pub flushers: Vec<Flusher>,
-    /// Metric families the sources contribute.
+    /// Metric families the sources contribute (the flow collectors' are theirs:
+    /// [`flow::FlowSource::metrics`]).
     pub metrics: Vec<Arc<dyn MetricsSource>>,
+    /// The flow collectors (started last; apart, so a reload can restart them alone).
+    pub flows: Option<flow::FlowSource>,
 }
 
 impl Sources {
     /// Stops every source, in reverse start order.
     pub fn stop(self) {
+        if let Some(flows) = self.flows {
+            Box::new(flows).stop();
+            tracing::debug!("flow collectors stopped");
+        }
         for s in self.running.into_iter().rev() {
             let name = s.name();
             s.stop();
@@ -60,6 +67,7 @@ pub fn from_config(
         running: Vec::new(),
         flushers: Vec::new(),
         metrics: Vec::new(),
+        flows: None,
     };
     #[cfg(target_os = "linux")]
     if dataplane.is_present() {
@@ -86,7 +94,6 @@ pub fn from_config(
         sources.running.push(Box::new(capture));
     }
     let collectors = flow::FlowSource::start(config, input.clone())?;
-    sources.metrics.push(collectors.metrics());
-    sources.running.push(Box::new(collectors));
+    sources.flows = Some(collectors);
     Ok(sources)
 }

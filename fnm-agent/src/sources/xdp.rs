@@ -68,7 +68,7 @@ impl XdpPoller {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (ticked_tx, ticked_rx) = crossbeam_channel::bounded::<Arc<Snapshot>>(1);
         let idle_ms = config.xdp.host_idle_timeout.as_millis() as u64;
-        let sample_one_in = config.ban.sample_one_in;
+        dataplane.set_sample_one_in(config.ban.sample_one_in);
         let thread = std::thread::Builder::new()
             .name("fnm-xdp-poll".into())
             .spawn(move || {
@@ -79,7 +79,8 @@ impl XdpPoller {
                         recv(req_rx) -> r => if r.is_err() { return },
                         recv(ticked_rx) -> s => {
                             if let Ok(s) = s {
-                                sync_sampling(&dataplane, &s, &mut sampled, sample_one_in);
+                                let one_in = dataplane.sample_one_in();
+                                sync_sampling(&dataplane, &s, &mut sampled, one_in);
                             }
                             continue;
                         }

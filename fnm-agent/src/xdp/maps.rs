@@ -183,6 +183,24 @@ impl KernelMaps {
         Ok(())
     }
 
+    /// Replaces the whitelist `old` by `new` (a configuration reload): new entries first, then
+    /// the ones no longer listed go, so a prefix in both is never missing.
+    pub fn replace_whitelist(&mut self, old: &[Prefix], new: &[Prefix]) -> Result<(), XdpError> {
+        self.fill_prefixes(&[], new)?;
+        for p in old.iter().filter(|p| !new.contains(p)) {
+            let result = match LpmKey::of(p) {
+                LpmKey::V4(k) => self.whitelist_v4.remove(&k),
+                LpmKey::V6(k) => self.whitelist_v6.remove(&k),
+            };
+            if let Err(e) = result {
+                if !matches!(e, aya::maps::MapError::KeyNotFound) {
+                    return Err(map_err(map_names::WHITELIST_V4)(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the bit set of non-empty tables.
     pub fn set_table_flags(&mut self, flags: u32) -> Result<(), XdpError> {
         self.settings

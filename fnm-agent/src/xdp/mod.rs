@@ -202,7 +202,7 @@ impl DataPlane {
             .ok_or_else(|| XdpError::Load(format!("program {PROGRAM} missing")))?
             .try_into()
             .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
-        let pin_file = pin_dir.map(|d| d.join(format!("link-{interface}")));
+        let pin_file = pin_dir.map(|d| d.join(crate::ownership::pin_name(interface)));
         if let Some(path) = pin_file.as_ref().filter(|p| p.exists()) {
             let taken = PinnedLink::from_pin(path)
                 .map_err(|e| error_chain(&e))
@@ -276,6 +276,61 @@ impl DataPlane {
     /// Detaches from every interface (and removes the pins).
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
+        self.detach_links(links);
+    }
+
+    /// Detaches from one interface (and removes its pin); false when not attached there.
+    pub fn detach(&mut self, interface: &str) -> bool {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|(i, _)| i == interface);
+        self.links = kept;
+        let found = !gone.is_empty();
+        self.detach_links(gone);
+        found
+    }
+
+    /// Kernel memory of each of the program's maps (`memlock` of `/proc/self/fdinfo`, which
+    /// counts every CPU's copy of a per-CPU map), largest first.
+    pub fn map_memory(&self) -> Vec<MapMemory> {
+        let mut ids = std::collections::BTreeSet::new();
+        for name in [PROGRAM, PASS_PROGRAM] {
+            if let Some(Ok(Some(m))) = self
+                .ebpf
+                .program(name)
+                .map(|p| p.info().and_then(|i| i.map_ids()))
+            {
+                ids.extend(m);
+            }
+        }
+        let mut out: Vec<MapMemory> = ids
+            .into_iter()
+            .filter_map(|id| {
+                use std::os::fd::{AsFd as _, AsRawFd as _};
+                let info = aya::maps::MapInfo::from_id(id).ok()?;
+                let fd = info.fd().ok()?;
+                let text = std::fs::read_to_string(format!(
+                    "/proc/self/fdinfo/{}",
+                    fd.as_fd().as_raw_fd()
+                ))
+                .ok()?;
+                let bytes = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(MapMemory {
+                    name: info.name_as_str().unwrap_or("?").to_owned(),
+                    bytes,
+                })
+            })
+            .collect();
+        out.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+        out
+    }
+
+    fn detach_links(&mut self, links: Vec<(String, Attachment)>) {
         let mut program = self
             .ebpf
             .program_mut(PROGRAM)
@@ -373,6 +428,50 @@ impl Drop for DataPlane {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// Kernel memory taken by one map of the XDP program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapMemory {
+    /// The map's name (as the kernel keeps it: at most 15 bytes).
+    pub name: String,
+    /// Bytes, every CPU's copy included.
+    pub bytes: u64,
+}
+
+/// Removes the link pinned at `<pin_dir>/link-<interface>` ([`crate::ownership::pin_name`])
+/// by an agent that is gone: unpins
+/// it and closes it, which detaches the program from the interface. Returns false when
+/// nothing is pinned there. The caller checks first that no live agent owns it.
+pub fn detach_pinned(pin_dir: &Path, interface: &str) -> Result<bool, XdpError> {
+    let path = pin_dir.join(crate::ownership::pin_name(interface));
+    if !path.exists() {
+        return Ok(false);
+    }
+    let fail = |message: String| XdpError::Attach {
+        interface: interface.to_owned(),
+        mode: "pinned",
+        message,
+    };
+    match PinnedLink::from_pin(&path) {
+        Ok(pinned) => {
+            let fd = pinned
+                .unpin()
+                .map_err(|e| fail(format!("removing {}: {e}", path.display())))?;
+            drop(fd);
+        }
+        Err(e) => {
+            // Not a link (a stale file): remove it all the same.
+            tracing::warn!(
+                "{} is not a usable link ({}); removing it",
+                path.display(),
+                error_chain(&e)
+            );
+            std::fs::remove_file(&path)
+                .map_err(|e| fail(format!("removing {}: {e}", path.display())))?;
+        }
+    }
+    Ok(true)
 }
 
 /// Makes sure `pin_path` lies on a bpffs: when the closest mount above it is not bpf, mounts

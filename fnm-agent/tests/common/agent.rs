@@ -27,6 +27,61 @@ pub struct AgentProcess {
     log_path: PathBuf,
 }
 
+/// Writes an agent configuration: `config_body` (TOML without state_dir/api/prometheus) with
+/// `state_path`, a 200 ms poll, and the API and metrics on `api` / `metrics`.
+pub fn write_config(
+    path: &std::path::Path,
+    state_path: &std::path::Path,
+    config_body: &str,
+    api: SocketAddr,
+    metrics: SocketAddr,
+) {
+    let config = format!(
+        "state_dir = \"{}\"\npoll_interval = \"200ms\"\n{config_body}\n[api]\nlisten = \"{api}\"\n[prometheus]\nlisten = \"{metrics}\"\n",
+        state_path.display()
+    );
+    std::fs::write(path, config).unwrap();
+}
+
+/// Runs `fnm-agent run --config <config_path>` in `ns` and waits (at most `timeout`) for it
+/// to exit; returns whether it succeeded and what it printed. Panics if it is still running
+/// then (it is killed first).
+pub fn run_to_exit(ns: &str, config_path: &std::path::Path, timeout: Duration) -> (bool, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, binary(), "run", "--config"])
+        .arg(config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start fnm-agent");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "fnm-agent still running after {timeout:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Path of the agent binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_fnm-agent")
@@ -57,11 +112,7 @@ impl AgentProcess {
         let api: SocketAddr = "127.0.0.1:19210".parse().unwrap();
         let metrics: SocketAddr = "127.0.0.1:19209".parse().unwrap();
         let config_path = state_dir.path().join("fnm-agent.toml");
-        let config = format!(
-            "state_dir = \"{}\"\npoll_interval = \"200ms\"\n{config_body}\n[api]\nlisten = \"{api}\"\n[prometheus]\nlisten = \"{metrics}\"\n",
-            state_path.display()
-        );
-        std::fs::write(&config_path, config).unwrap();
+        write_config(&config_path, state_path, config_body, api, metrics);
         let log_path = state_dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new("ip")
@@ -103,6 +154,28 @@ impl AgentProcess {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` to the agent (SIGHUP: reload).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Waits (at most 10 s) until the log contains `text` `count` times; returns the log.
+    pub fn wait_log(&self, text: &str, count: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.matches(text).count() >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} never appeared {count} times in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

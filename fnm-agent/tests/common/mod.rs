@@ -13,6 +13,7 @@ pub fn require_root(what: &str) {
     );
 }
 pub mod agent;
+pub mod bpffs;
 pub mod bpftool;
 pub mod exporters;
 pub mod flood;
