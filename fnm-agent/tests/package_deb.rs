@@ -221,6 +221,7 @@ fn the_package_installs_runs_as_its_unit_says_and_purges_cleanly() {
     for line in [
         "Type=notify",
         "ExecStart=/usr/sbin/fnm-agent run --config /etc/fnm/fnm-agent.toml",
+        "ExecReload=/usr/sbin/fnm-agent reload --config /etc/fnm/fnm-agent.toml",
         "Restart=on-failure",
         "WatchdogSec=",
         "StateDirectory=fnm",
