@@ -164,7 +164,8 @@ async fn list_hosts(
     let sort = q.get("sort").map(String::as_str).unwrap_or("pps");
     let sort = HostSort::parse(sort).ok_or_else(|| {
         bad_request(format!(
-            "sort must be pps, bps, flows_per_second, packets or bytes, not {sort:?}"
+            "sort must be pps, bits_per_second (or mbps, bytes_per_second), flows_per_second, \
+             packets or bytes, not {sort:?}"
         ))
     })?;
     let limit = match q.get("limit") {
@@ -341,14 +342,42 @@ fn shown(a: &Attack, snap: &crate::engine::snapshot::Snapshot, view: &MitigatorV
     a
 }
 
-async fn list_attacks(State(st): State<ApiState>) -> Json<Vec<Attack>> {
+/// `GET /api/v1/attacks[?ongoing=true][&limit=N]`: newest first; `ongoing` keeps the attacks
+/// in progress (what `top` polls every second, without the whole book).
+async fn list_attacks(
+    State(st): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<Attack>>, ApiError> {
+    let mut ongoing = false;
+    let mut limit = usize::MAX;
+    for (k, v) in &q {
+        match k.as_str() {
+            "ongoing" => {
+                ongoing = v
+                    .parse()
+                    .map_err(|_| bad_request(format!("ongoing must be true or false, not {v:?}")))?
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .map_err(|_| bad_request(format!("limit must be a number, not {v:?}")))?
+            }
+            _ => {
+                return Err(bad_request(format!(
+                    "unknown parameter {k:?} (ongoing, limit)"
+                )))
+            }
+        }
+    }
     let (snap, view) = (st.engine.snapshot(), st.mitigator.view());
-    Json(
+    Ok(Json(
         snap.attacks
             .iter()
+            .filter(|a| !ongoing || a.ended_unix_ms.is_none())
+            .take(limit)
             .map(|a| shown(a, &snap, &view))
             .collect(),
-    )
+    ))
 }
 
 async fn get_attack(
@@ -371,16 +400,20 @@ async fn list_mitigations(State(st): State<ApiState>) -> Json<Vec<Mitigation>> {
     Json(active)
 }
 
+/// What applies to an address, and `network`: the `networks` prefix holding it (`null`: the
+/// agent does not count its traffic, so no threshold applies).
 async fn get_thresholds(
     State(st): State<ApiState>,
     Path(ip): Path<String>,
-) -> Result<Json<crate::detection::thresholds::Effective>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| bad_request(format!("{ip:?} is not an IP address")))?;
     let config = st.config.load();
     let table = ThresholdTable::new(&config.detection, &config.hostgroup);
-    Ok(Json(table.lookup(ip)))
+    let mut answer = serde_json::to_value(table.lookup(ip)).unwrap_or_default();
+    answer["network"] = json!(crate::cli::thresholds_report(&config, ip).network);
+    Ok(Json(answer))
 }
 
 /// Longest wait for a reload to be applied.

@@ -7,6 +7,7 @@ pub mod api;
 pub mod attach;
 pub mod bans;
 pub mod capture;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dataplane;

@@ -2,7 +2,12 @@
 
 use anyhow::{Context as _, Result};
 use clap::{CommandFactory as _, Parser, Subcommand};
-use fnm_agent::{client, config::Config, preflight};
+use fnm_agent::{
+    cli::{self, endpoint::ApiEndpoint, ApiClient},
+    client,
+    config::Config,
+    preflight,
+};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 #[derive(Parser)]
@@ -51,10 +56,27 @@ enum Command {
         top: usize,
         /// incoming | outgoing.
         #[arg(long, default_value = "incoming")]
-        direction: String,
-        /// pps | bps | flows_per_second | packets | bytes.
-        #[arg(long, default_value = "pps")]
+        direction: fnm_agent::accounting::Direction,
+        /// pps | bits (bits/s; also mbps, bps) | flows | packets | bytes.
+        #[arg(long, default_value = "pps", value_parser = parse_sort)]
         sort: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A live full-screen view of a running agent: top hosts, attacks, mitigations, sources.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Direction shown first: incoming | outgoing.
+        #[arg(long, default_value = "incoming")]
+        direction: fnm_agent::accounting::Direction,
+        /// Sort used first: pps | bits | flows.
+        #[arg(long, default_value = "pps")]
+        sort: cli::top::TopSort,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -77,14 +99,36 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, default_value = "/etc/fnm/fnm-agent.toml")]
         config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// List the attacks of a running agent (newest first).
+    /// List the attacks of a running agent (newest first); `attacks show ID` for one report.
     Attacks {
+        #[command(subcommand)]
+        show: Option<AttacksCommand>,
+        /// Only the attacks in progress.
+        #[arg(long)]
+        ongoing: bool,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// List the bans of a running agent.
+    /// List the mitigations in force on a running agent (automatic and manual).
+    Mitigations {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List manual bans and automatic mitigations of a running agent, with their drops.
     Bans {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -137,12 +181,27 @@ enum Command {
     },
 }
 
+/// `attacks` subcommands.
+#[derive(Subcommand)]
+enum AttacksCommand {
+    /// The full report of one attack.
+    Show {
+        /// The attack's id (as `attacks` lists it).
+        id: String,
+        /// Print the API's JSON instead of the report.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
 #[derive(clap::Args)]
 struct ApiArgs {
-    /// API address of the running agent [default: api.listen of the config, else
-    /// 127.0.0.1:9210].
+    /// API of the running agent: host:port, a host name or address (port 9210) or
+    /// http://host:port [default: api.listen of the config, else 127.0.0.1:9210].
     #[arg(long, env = "FNM_API")]
-    api: Option<SocketAddr>,
+    api: Option<ApiEndpoint>,
     /// File holding the API's bearer token [default: api.token_file of the config].
     #[arg(long, env = "FNM_API_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -155,15 +214,9 @@ struct ApiArgs {
 /// Where the CLI's default configuration is looked for.
 const DEFAULT_CONFIG: &str = "/etc/fnm/fnm-agent.toml";
 
-/// A running agent's API as the CLI reaches it.
-struct Api {
-    addr: SocketAddr,
-    token: Option<fnm_agent::http::auth::Token>,
-}
-
 impl ApiArgs {
     /// The address and token to use: flags and environment first, then the configuration.
-    fn resolve(&self) -> Result<Api> {
+    fn resolve(&self) -> Result<ApiClient> {
         let config = match &self.config {
             Some(path) => Some(Config::load(path)?),
             None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
@@ -177,12 +230,13 @@ impl ApiArgs {
             }
             None => None,
         };
-        let addr = self.api.unwrap_or_else(|| {
-            config.as_ref().map_or_else(
+        let addr = match &self.api {
+            Some(endpoint) => endpoint.resolve()?,
+            None => config.as_ref().map_or_else(
                 || SocketAddr::from(([127, 0, 0, 1], 9210)),
                 |c| reachable(c.api.listen),
-            )
-        });
+            ),
+        };
         let token_file = self
             .token_file
             .clone()
@@ -190,25 +244,18 @@ impl ApiArgs {
         let token = token_file
             .map(|p| fnm_agent::http::auth::Token::load(&p))
             .transpose()?;
-        Ok(Api { addr, token })
+        Ok(ApiClient {
+            addr,
+            token: token.map(|t| t.expose().to_owned()),
+        })
     }
 }
 
-impl Api {
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, client::ClientError> {
-        client::request_with_token(
-            self.addr,
-            self.token.as_ref().map(|t| t.expose()),
-            method,
-            path,
-            body,
-        )
-    }
+/// Checks `--sort` of `hosts`.
+fn parse_sort(s: &str) -> Result<String, String> {
+    cli::sort_param(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| format!("sort by pps, bits, flows, packets or bytes, not {s:?}"))
 }
 
 /// The address to connect to for a listen address: a wildcard means this host's loopback.
@@ -307,11 +354,35 @@ fn command_ok(command: Command) -> Result<()> {
             top,
             direction,
             sort,
+            json,
             api,
         } => {
-            let path = format!("/api/v1/hosts?direction={direction}&sort={sort}&limit={top}");
-            let hosts = api.resolve()?.request("GET", &path, None)?;
-            print_hosts(&hosts, &direction);
+            print!(
+                "{}",
+                cli::hosts(&api.resolve()?, top, direction, &sort, json)?
+            );
+            Ok(())
+        }
+        Command::Top {
+            interval,
+            direction,
+            sort,
+            api,
+        } => {
+            if !(0.1..=3600.0).contains(&interval) {
+                anyhow::bail!("--interval must be between 0.1 and 3600 seconds");
+            }
+            let api = api.resolve()?;
+            let target = api.addr.to_string();
+            cli::top::run(
+                api,
+                cli::top::TopOptions {
+                    interval: std::time::Duration::from_secs_f64(interval),
+                    direction,
+                    sort,
+                    target,
+                },
+            )?;
             Ok(())
         }
         Command::Replay { file, config, json } => {
@@ -327,53 +398,44 @@ fn command_ok(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Thresholds { ip, config } => {
+        Command::Thresholds { ip, config, json } => {
             let config = Config::load(&config)?;
-            let table = fnm_agent::detection::thresholds::ThresholdTable::new(
-                &config.detection,
-                &config.hostgroup,
-            );
-            let effective = table.lookup(ip);
-            let actions = effective
-                .actions
-                .clone()
-                .unwrap_or_else(|| config.ban.actions.clone());
-            let out = serde_json::json!({
-                "ip": ip,
-                "hostgroup": effective.hostgroup,
-                "prefix": effective.prefix,
-                "incoming": effective.incoming,
-                "outgoing": effective.outgoing,
-                "actions": actions,
-                "report_only": effective.report_only,
-                "whitelisted": config.whitelist.iter().any(|w| w.contains(ip)),
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            print!("{}", cli::thresholds(&config, ip, json)?);
             Ok(())
         }
-        Command::Attacks { api } => {
-            let attacks = api.resolve()?.request("GET", "/api/v1/attacks", None)?;
-            for a in attacks.as_array().into_iter().flatten() {
-                println!(
-                    "{}  {} {}  {}  peak {:.0} pps  {}  {}",
-                    a["id"].as_str().unwrap_or("?"),
-                    a["host"].as_str().unwrap_or("?"),
-                    a["direction"].as_str().unwrap_or("?"),
-                    a["fingerprint"]["attack_type"].as_str().unwrap_or("?"),
-                    a["peak_rates"]["pps"].as_f64().unwrap_or(0.0),
-                    if a["ended_unix_ms"].is_null() {
-                        "ongoing"
+        Command::Attacks {
+            show,
+            ongoing,
+            json,
+            api,
+        } => {
+            let out = match show {
+                Some(AttacksCommand::Show {
+                    id,
+                    json: show_json,
+                    api: show_api,
+                }) => {
+                    let api = if show_api.api.is_some()
+                        || show_api.config.is_some()
+                        || show_api.token_file.is_some()
+                    {
+                        show_api
                     } else {
-                        "ended"
-                    },
-                    a["actions"],
-                );
-            }
+                        api
+                    };
+                    cli::attack_show(&api.resolve()?, &id, json || show_json)?
+                }
+                None => cli::attacks(&api.resolve()?, ongoing, json)?,
+            };
+            print!("{out}");
             Ok(())
         }
-        Command::Bans { api } => {
-            let bans = api.resolve()?.request("GET", "/api/v1/bans", None)?;
-            print_bans(&bans);
+        Command::Mitigations { json, api } => {
+            print!("{}", cli::mitigations(&api.resolve()?, json)?);
+            Ok(())
+        }
+        Command::Bans { json, api } => {
+            print!("{}", cli::bans(&api.resolve()?, json)?);
             Ok(())
         }
         Command::Ban {
@@ -529,25 +591,6 @@ fn normalise(prefix: &str) -> String {
     }
 }
 
-fn print_hosts(hosts: &serde_json::Value, direction: &str) {
-    println!(
-        "{:<40} {:>12} {:>14} {:>10} {:>14} {:>16}",
-        "host", "pps", "bytes/s", "flows/s", "packets", "bytes"
-    );
-    for h in hosts.as_array().into_iter().flatten() {
-        let d = &h[direction];
-        println!(
-            "{:<40} {:>12.0} {:>14.0} {:>10.0} {:>14} {:>16}",
-            h["ip"].as_str().unwrap_or("?"),
-            d["pps"].as_f64().unwrap_or(0.0),
-            d["bytes_per_second"].as_f64().unwrap_or(0.0),
-            d["flows_per_second"].as_f64().unwrap_or(0.0),
-            d["packets"].as_u64().unwrap_or(0),
-            d["bytes"].as_u64().unwrap_or(0),
-        );
-    }
-}
-
 fn print_replay(r: &fnm_agent::replay::ReplayReport) {
     println!(
         "frames {}  ip {}  not ip {}  malformed {}",
@@ -578,28 +621,6 @@ fn print_replay(r: &fnm_agent::replay::ReplayReport) {
             a.threshold.threshold,
             a.peak_rates.pps,
             a.fingerprint.attack_type
-        );
-    }
-}
-
-fn print_bans(bans: &serde_json::Value) {
-    println!(
-        "{:<44} {:<5} {:<10} {:>12} {:>14} {:>12}",
-        "prefix", "match", "origin", "expires", "dropped pkts", "dropped bytes"
-    );
-    for b in bans.as_array().into_iter().flatten() {
-        let expires = b["expires"]
-            .as_u64()
-            .map(|e| format!("in {}s", e.saturating_sub(fnm_agent::bans::unix_now())))
-            .unwrap_or_else(|| "never".into());
-        println!(
-            "{:<44} {:<5} {:<10} {:>12} {:>14} {:>12}",
-            b["prefix"].as_str().unwrap_or("?"),
-            b["match"].as_str().unwrap_or("?"),
-            b["origin"].as_str().unwrap_or("?"),
-            expires,
-            b["dropped_packets"].as_u64().unwrap_or(0),
-            b["dropped_bytes"].as_u64().unwrap_or(0),
         );
     }
 }

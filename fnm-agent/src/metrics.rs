@@ -251,16 +251,24 @@ pub fn render(st: &MetricsState) -> String {
             registry.register(name, help, c);
         }
     }
-    let mitigations = Gauge::<i64>::default();
-    mitigations.set(view.active.len() as i64);
-    registry.register(
-        "fnm_mitigations_active",
-        "Mitigations in force (attacks and manual bans)",
-        mitigations,
-    );
-    let ongoing = Gauge::<i64>::default();
-    ongoing.set(snap.ongoing.len() as i64);
-    registry.register("fnm_attacks_active", "Attacks in progress", ongoing);
+    register_alerting(&mut registry, &snap, &view);
+    // The mitigator's counters get every label value at zero before their first event, so
+    // `increase()` (the alert rules) sees the first failure or cap.
+    for action in crate::actions::Action::ALL {
+        for result in ["ok", "failed", "lifted", "lift_failed", "not_applied"] {
+            let _ = st.mitigator.stats.actions.get_or_create(&vec![
+                ("action".into(), action.as_str().into()),
+                ("result".into(), result.into()),
+            ]);
+        }
+    }
+    for reason in ["max_active", "per_minute"] {
+        let _ = st
+            .mitigator
+            .stats
+            .auto_bans_not_applied
+            .get_or_create(&vec![("reason".into(), reason.into())]);
+    }
     registry.register(
         "fnm_actions",
         "Mitigation action outcomes, by action and result (ok, failed, lifted, lift_failed, \
@@ -354,6 +362,92 @@ pub fn render(st: &MetricsState) -> String {
         out.clear();
     }
     to_classic_text(&out)
+}
+
+/// The series to alert on, each family with every label value present from the start (zeros
+/// included), so `increase()` sees a first attack and no query finds nothing: attacks by
+/// direction and type (2 × 13 series each), mitigations by action and origin (7 × 2), actions
+/// failing by action (7).
+fn register_alerting(
+    registry: &mut Registry,
+    snap: &crate::engine::snapshot::Snapshot,
+    view: &crate::mitigator::MitigatorView,
+) {
+    use crate::{
+        actions::Action, bans::BanOrigin, detection::attack::AttackType,
+        mitigator::store::ActionResult,
+    };
+    let started = Family::<Labels, Counter>::default();
+    let active = Family::<Labels, Gauge>::default();
+    for dir in Direction::ALL {
+        for kind in AttackType::ALL {
+            let l = labels(&[("direction", dir.as_str()), ("type", kind.as_str())]);
+            started
+                .get_or_create(&l)
+                .inc_by(snap.attacks_started[dir.index()][kind.index()]);
+            let n = snap
+                .ongoing
+                .iter()
+                .filter(|o| o.direction == dir && o.attack_type == kind)
+                .count();
+            active.get_or_create(&l).set(n as i64);
+        }
+    }
+    registry.register(
+        "fnm_attacks",
+        "Attacks detected since the agent started, by direction and type",
+        started,
+    );
+    registry.register(
+        "fnm_attacks_active",
+        "Attacks in progress, by direction and type",
+        active,
+    );
+    let in_force = Family::<Labels, Gauge>::default();
+    let failing = Family::<Labels, Gauge>::default();
+    for action in Action::ALL {
+        for (origin, name) in [
+            (BanOrigin::Detection, "detection"),
+            (BanOrigin::Manual, "manual"),
+        ] {
+            let n = view
+                .active
+                .iter()
+                .filter(|m| m.origin == origin)
+                .filter(|m| {
+                    m.actions
+                        .iter()
+                        .any(|a| a.action == action && a.result == ActionResult::Ok)
+                })
+                .count();
+            in_force
+                .get_or_create(&labels(&[("action", action.as_str()), ("origin", name)]))
+                .set(n as i64);
+        }
+        let n = view
+            .active
+            .iter()
+            .flat_map(|m| m.actions.iter())
+            .filter(|a| {
+                a.action == action
+                    && matches!(a.result, ActionResult::Failed | ActionResult::Retrying)
+            })
+            .count();
+        failing
+            .get_or_create(&labels(&[("action", action.as_str())]))
+            .set(n as i64);
+    }
+    registry.register(
+        "fnm_mitigations_active",
+        "Mitigations in force, by action and origin (detection, manual); a mitigation with \
+         two actions in force counts under both",
+        in_force,
+    );
+    registry.register(
+        "fnm_mitigation_actions_failing",
+        "Actions of mitigations in force that failed or are being retried, by action",
+        failing,
+    );
 }
 
 /// Rewrites OpenMetrics text into the classic Prometheus text format (0.0.4), which every

@@ -39,8 +39,20 @@ pub struct DirectionView {
     pub pps: f64,
     /// IP bytes per second, last window.
     pub bytes_per_second: f64,
+    /// IP bits per second, last window (`bytes_per_second` × 8).
+    #[serde(default)]
+    pub bits_per_second: f64,
     /// New flows per second, last window.
     pub flows_per_second: f64,
+    /// TCP packets per second, last window.
+    #[serde(default)]
+    pub tcp_pps: f64,
+    /// UDP packets per second, last window.
+    #[serde(default)]
+    pub udp_pps: f64,
+    /// ICMP packets per second, last window.
+    #[serde(default)]
+    pub icmp_pps: f64,
 }
 
 impl From<&HostDirection> for DirectionView {
@@ -62,7 +74,11 @@ impl From<&HostDirection> for DirectionView {
             fragments: t.fragments,
             pps: d.rates.pps,
             bytes_per_second: d.rates.bytes_per_second,
+            bits_per_second: d.rates.bytes_per_second * 8.0,
             flows_per_second: d.rates.flows_per_second,
+            tcp_pps: d.rates.tcp_pps,
+            udp_pps: d.rates.udp_pps,
+            icmp_pps: d.rates.icmp_pps,
         }
     }
 }

@@ -28,6 +28,10 @@ const TEST_PACKAGES: &[&str] = &[
     // The package test: `systemd-analyze verify` on the unit (which checks its man page).
     "systemd",
     "man-db",
+    // A real terminal for `fnm-agent top`'s test (send-keys, capture-pane).
+    "tmux",
+    // FRR's bgpd receiving fnm's routes with the configuration of docs/bgp-daemons.md.
+    "frr",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -312,6 +316,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         "exabgp",
         "bird",
         "pmacct",
+        "frr",
     ] {
         let _ = Command::new("sh")
             .args(["-c", &format!("command -v systemctl >/dev/null && systemctl stop {service} 2>/dev/null; pkill -x {service} 2>/dev/null; true")])

@@ -92,6 +92,28 @@ pub enum AttackType {
 }
 
 impl AttackType {
+    /// Every type, in [`AttackType::index`] order.
+    pub const ALL: [AttackType; 13] = [
+        AttackType::DnsAmplification,
+        AttackType::NtpAmplification,
+        AttackType::SsdpAmplification,
+        AttackType::MemcachedAmplification,
+        AttackType::CldapAmplification,
+        AttackType::ChargenAmplification,
+        AttackType::SnmpAmplification,
+        AttackType::SynFlood,
+        AttackType::AckFlood,
+        AttackType::IcmpFlood,
+        AttackType::FragmentFlood,
+        AttackType::UdpFlood,
+        AttackType::Unknown,
+    ];
+
+    /// Position in [`AttackType::ALL`], for fixed-size counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label (`dns_amplification`, `syn_flood`, ...).
     pub fn as_str(self) -> &'static str {
         match self {

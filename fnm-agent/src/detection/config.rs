@@ -7,8 +7,14 @@ use std::{path::PathBuf, time::Duration};
 
 /// Rate thresholds for one direction. An omitted rate has no threshold (in a hostgroup: the
 /// global value applies).
+///
+/// Byte rates may also be written in megabits per second, as operators (and FastNetMon's
+/// `threshold_mbps`) think of them: `mbps`, `tcp_mbps`, `udp_mbps` and `icmp_mbps` set
+/// `bytes_per_second` and its per-protocol variants to `mbps × 1,000,000 / 8` (1 Mbit/s =
+/// 125,000 bytes/s). One rate given in both units is an error. Thresholds are kept, compared
+/// and shown by the API in bytes per second; detection is the same whichever unit was used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ThresholdsInput")]
 pub struct Thresholds {
     /// Packets per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +49,85 @@ pub struct Thresholds {
     /// Fragments per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fragments_pps: Option<f64>,
+}
+
+/// Bytes per second in one megabit per second.
+pub const BYTES_PER_SECOND_PER_MBPS: f64 = 1_000_000.0 / 8.0;
+
+/// [`Thresholds`] as written in a configuration: every rate, and the byte rates in Mbit/s too.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdsInput {
+    pps: Option<f64>,
+    bytes_per_second: Option<f64>,
+    mbps: Option<f64>,
+    flows_per_second: Option<f64>,
+    tcp_pps: Option<f64>,
+    tcp_bytes_per_second: Option<f64>,
+    tcp_mbps: Option<f64>,
+    udp_pps: Option<f64>,
+    udp_bytes_per_second: Option<f64>,
+    udp_mbps: Option<f64>,
+    icmp_pps: Option<f64>,
+    icmp_bytes_per_second: Option<f64>,
+    icmp_mbps: Option<f64>,
+    tcp_syn_pps: Option<f64>,
+    fragments_pps: Option<f64>,
+}
+
+/// One byte rate from its bytes/s and Mbit/s keys (at most one of them).
+fn bytes_or_mbps(
+    bytes: Option<f64>,
+    mbps: Option<f64>,
+    bytes_key: &str,
+    mbps_key: &str,
+) -> Result<Option<f64>, String> {
+    match (bytes, mbps) {
+        (Some(_), Some(_)) => Err(format!(
+            "{bytes_key} and {mbps_key} set the same threshold; keep one"
+        )),
+        (b, None) => Ok(b),
+        (None, Some(m)) => Ok(Some(m * BYTES_PER_SECOND_PER_MBPS)),
+    }
+}
+
+impl TryFrom<ThresholdsInput> for Thresholds {
+    type Error = String;
+    fn try_from(i: ThresholdsInput) -> Result<Self, String> {
+        Ok(Thresholds {
+            pps: i.pps,
+            bytes_per_second: bytes_or_mbps(
+                i.bytes_per_second,
+                i.mbps,
+                "bytes_per_second",
+                "mbps",
+            )?,
+            flows_per_second: i.flows_per_second,
+            tcp_pps: i.tcp_pps,
+            tcp_bytes_per_second: bytes_or_mbps(
+                i.tcp_bytes_per_second,
+                i.tcp_mbps,
+                "tcp_bytes_per_second",
+                "tcp_mbps",
+            )?,
+            udp_pps: i.udp_pps,
+            udp_bytes_per_second: bytes_or_mbps(
+                i.udp_bytes_per_second,
+                i.udp_mbps,
+                "udp_bytes_per_second",
+                "udp_mbps",
+            )?,
+            icmp_pps: i.icmp_pps,
+            icmp_bytes_per_second: bytes_or_mbps(
+                i.icmp_bytes_per_second,
+                i.icmp_mbps,
+                "icmp_bytes_per_second",
+                "icmp_mbps",
+            )?,
+            tcp_syn_pps: i.tcp_syn_pps,
+            fragments_pps: i.fragments_pps,
+        })
+    }
 }
 
 impl Thresholds {
@@ -380,6 +465,45 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_thresholds_may_be_written_in_mbps() {
+        let t: Thresholds = toml::from_str(
+            "pps = 20000\nmbps = 100\nudp_mbps = 0.8\ntcp_bytes_per_second = 5000\nicmp_mbps = 1\n",
+        )
+        .unwrap();
+        assert_eq!(t.pps, Some(20000.0));
+        assert_eq!(t.bytes_per_second, Some(12_500_000.0));
+        assert_eq!(t.udp_bytes_per_second, Some(100_000.0));
+        assert_eq!(t.tcp_bytes_per_second, Some(5000.0));
+        assert_eq!(t.icmp_bytes_per_second, Some(125_000.0));
+        // Kept and shown in bytes per second: the serialized form reads back the same.
+        let text = toml::to_string(&t).unwrap();
+        assert!(text.contains("bytes_per_second = 12500000.0"), "{text}");
+        assert!(!text.contains("mbps"), "{text}");
+        assert_eq!(toml::from_str::<Thresholds>(&text).unwrap(), t);
+    }
+
+    #[test]
+    fn one_rate_in_two_units_or_an_unknown_key_is_refused() {
+        let e = toml::from_str::<Thresholds>("mbps = 100\nbytes_per_second = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bytes_per_second and mbps"), "{e}");
+        let e = toml::from_str::<Thresholds>("udp_mbps = 1\nudp_bytes_per_second = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("udp_bytes_per_second and udp_mbps"), "{e}");
+        assert!(toml::from_str::<Thresholds>("gbps = 1\n").is_err());
+        assert!(toml::from_str::<Thresholds>("threshold_mbps = 1\n").is_err());
+    }
+
+    #[test]
+    fn mbps_thresholds_are_validated_like_the_others() {
+        let d: DetectionConfig = toml::from_str("[incoming]\nmbps = -1\n").unwrap();
+        let e = validate(&d, &[], &BanConfig::default()).unwrap_err();
+        assert!(e.contains("detection.incoming.bytes_per_second"), "{e}");
+    }
 
     #[test]
     fn ban_time_never_or_zero_means_no_automatic_unban() {

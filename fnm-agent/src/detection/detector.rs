@@ -27,7 +27,8 @@ const UNWATCH_AFTER_MS: u64 = 10_000;
 pub struct Crossing {
     /// The rate (`pps`, `udp_pps`, ... in JSON).
     pub rate: RateKind,
-    /// Its value when it crossed.
+    /// Its value when the attack was reported: the same rate as the attack's
+    /// `initial_rates` (the higher of the window's and the last slot's).
     pub value: f64,
     /// The threshold.
     pub threshold: f64,
@@ -165,6 +166,8 @@ impl Detector {
                         let d = &h.dirs[o.direction.index()];
                         o.rates = d.rates.max(&d.slot_rates).max(&o.rates);
                     }
+                    // The one rate of the attack: the crossing reads the reported rates.
+                    o.crossing.value = o.rates.get(o.crossing.rate);
                     DetectorEvent::Started(o)
                 }
                 other => other,
@@ -232,7 +235,11 @@ impl Detector {
                         }
                     }
                     None => {
-                        if let Some((_, crossing)) = worst {
+                        if let Some((_, mut crossing)) = worst {
+                            // One rate per attack (docs/detection.md): the crossing, the
+                            // record's initial rates, the log and the script's argument all
+                            // read the reported rates, never the bare window's.
+                            crossing.value = reported.get(crossing.rate);
                             self.ongoing.insert(
                                 key,
                                 Ongoing {
@@ -359,7 +366,15 @@ mod tests {
             flood(&mut acc, "10.0.0.1", 625);
             acc.tick(t * 250, u64::MAX);
             for e in det.check(&acc, t * 250) {
-                if let DetectorEvent::Started(Opening { crossing, .. }) = e {
+                if let DetectorEvent::Started(Opening {
+                    crossing, rates, ..
+                }) = e
+                {
+                    assert_eq!(
+                        crossing.value,
+                        rates.get(crossing.rate),
+                        "one rate per attack: the crossing reads the reported rates"
+                    );
                     started_at.get_or_insert((t * 250, crossing));
                 }
             }

@@ -12,7 +12,7 @@ use crate::{
     accounting::{Accounting, Direction, HostDirection},
     config::Config,
     detection::{
-        attack::Attack,
+        attack::{Attack, AttackType},
         config::Action,
         detector::{Detector, DetectorEvent, Opening},
         thresholds::ThresholdTable,
@@ -44,11 +44,14 @@ pub enum HostSort {
 }
 
 impl HostSort {
-    /// Parses the API's `sort` parameter (`bps` is bytes per second, an old alias).
+    /// Parses the API's `sort` parameter. Bits and bytes per second sort alike: `bits`,
+    /// `bits_per_second`, `mbps`, `bytes_per_second` and the old `bps` are one order.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "pps" => HostSort::Pps,
-            "bps" | "bytes_per_second" => HostSort::BytesPerSecond,
+            "bps" | "bytes_per_second" | "bits" | "bits_per_second" | "mbps" => {
+                HostSort::BytesPerSecond
+            }
             "flows" | "flows_per_second" => HostSort::FlowsPerSecond,
             "packets" => HostSort::Packets,
             "bytes" => HostSort::Bytes,
@@ -82,6 +85,8 @@ pub struct EngineCore {
     forget_after_ms: u64,
     /// The mitigator's published state: its mitigated hosts are never evicted.
     mitigations: Option<Arc<ArcSwap<MitigatorView>>>,
+    /// Attacks opened since start, by direction and type (`fnm_attacks_total`).
+    started: [[u64; AttackType::ALL.len()]; 2],
 }
 
 impl EngineCore {
@@ -131,6 +136,7 @@ impl EngineCore {
             last_tick_ms: 0,
             forget_after_ms: FORGET_HOSTS_AFTER_MS,
             mitigations: None,
+            started: [[0; AttackType::ALL.len()]; 2],
         }
     }
 
@@ -257,13 +263,7 @@ impl EngineCore {
     fn open_attack(&mut self, opening: Opening, unix_ms: u64) -> Decision {
         let (host, direction) = (opening.host, opening.direction);
         let id = self.book.new_id(unix_ms);
-        tracing::warn!(
-            "attack {id} on {host} ({}): {} {:.0} > {:.0}",
-            direction.as_str(),
-            opening.crossing.rate,
-            opening.crossing.value,
-            opening.crossing.threshold
-        );
+        let crossing = opening.crossing.clone();
         let report_only = opening.report_only;
         let (attack, records) = Attack::open(
             id,
@@ -271,6 +271,16 @@ impl EngineCore {
             opening,
             self.acc.samples(host, direction),
             self.max_source_drops,
+        );
+        let kind = attack.fingerprint.attack_type;
+        self.started[direction.index()][kind.index()] += 1;
+        tracing::warn!(
+            "attack {} on {host} ({}, {kind}): {} {:.0} > {:.0}",
+            attack.id,
+            direction.as_str(),
+            crossing.rate,
+            crossing.value,
+            crossing.threshold
         );
         let actions = if report_only {
             Vec::new()
@@ -351,6 +361,7 @@ impl EngineCore {
                 id: a.id.clone(),
                 host: a.host,
                 direction: a.direction,
+                attack_type: a.fingerprint.attack_type,
                 peak: self
                     .detector
                     .peak(a.host, a.direction)
@@ -375,6 +386,7 @@ impl EngineCore {
             ongoing,
             attacks: self.book.shared(),
             watched: Arc::new(self.acc.watched_hosts().collect()),
+            attacks_started: self.started,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::{
     accounting::{Direction, Rates, TableStats},
-    detection::attack::Attack,
+    detection::attack::{Attack, AttackType},
     traffic::Source,
     views::HostView,
 };
@@ -67,6 +67,8 @@ pub struct OngoingAttack {
     pub host: IpAddr,
     /// Direction.
     pub direction: Direction,
+    /// Its type.
+    pub attack_type: AttackType,
     /// Highest rates so far.
     pub peak: Rates,
     /// Rates over the last window.
@@ -100,6 +102,8 @@ pub struct Snapshot {
     pub attacks: Arc<Vec<Attack>>,
     /// Hosts being sampled (the XDP poller mirrors this into the kernel).
     pub watched: Arc<Vec<(IpAddr, Direction)>>,
+    /// Attacks opened since start, by direction index and [`AttackType::index`].
+    pub attacks_started: [[u64; AttackType::ALL.len()]; 2],
 }
 
 impl Snapshot {

@@ -275,8 +275,14 @@ pub struct BirdReceiver {
 }
 
 impl BirdReceiver {
-    /// Starts BIRD in `dir`.
+    /// Starts BIRD in `dir`, importing everything.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "", "all", "all")
+    }
+
+    /// Starts BIRD in `dir` with `definitions` (filters, static routes) and the IPv4 and IPv6
+    /// unicast imports of the session (`all`, `filter NAME`).
+    pub fn start_with(dir: &Path, definitions: &str, import4: &str, import6: &str) -> Self {
         let bird = require_binary("bird", "bird2");
         require_binary("birdc", "bird2");
         let bgp_port = free_port();
@@ -288,13 +294,14 @@ ipv6 table master6;
 flow4 table flowtab4;
 flow6 table flowtab6;
 protocol device {{}}
+{definitions}
 protocol bgp sender {{
   local 127.0.0.1 port {bgp_port} as {RECEIVER_AS};
   neighbor 127.0.0.1 as {SENDER_AS};
   passive on;
   multihop;
-  ipv4 {{ import all; export none; gateway recursive; }};
-  ipv6 {{ import all; export none; gateway recursive; }};
+  ipv4 {{ import {import4}; export none; gateway recursive; }};
+  ipv6 {{ import {import6}; export none; gateway recursive; }};
   flow4 {{ table flowtab4; import all; export none; }};
   flow6 {{ table flowtab6; import all; export none; }};
 }}
