@@ -10,8 +10,8 @@ use std::{net::SocketAddr, path::Path, path::PathBuf, time::Duration};
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// The file could not be read (a missing one names the command that writes the default).
+    #[error("cannot read {path}: {source}{}", missing_hint(path, source))]
     Read {
         /// The file.
         path: PathBuf,
@@ -34,6 +34,18 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
+}
+
+/// What to do about a configuration file that does not exist.
+fn missing_hint(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!(
+            " (write the default one with `fnm-agent print-default-config > {}`, then edit it)",
+            path.display()
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Root of `fnm-agent.toml`.
@@ -91,6 +103,9 @@ pub struct Config {
     /// The actions' own sections (`[bgp]`, `[webhook]`, ...), at the top level.
     #[serde(flatten)]
     pub actions: crate::actions::ActionSections,
+    /// The agent's log: level and format.
+    #[serde(default)]
+    pub log: crate::logging::LogConfig,
 }
 
 /// How the XDP program is attached.

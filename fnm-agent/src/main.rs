@@ -1,13 +1,14 @@
 //! `fnm-agent`: the daemon and its command-line clients.
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use fnm_agent::{
     cli::{self, endpoint::ApiEndpoint, ApiClient},
     client,
     config::Config,
+    preflight,
 };
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 #[derive(Parser)]
 #[command(
@@ -28,13 +29,26 @@ enum Command {
         #[arg(long, short, default_value = "/etc/fnm/fnm-agent.toml")]
         config: PathBuf,
     },
-    /// Check a configuration file; exit 0 when valid.
+    /// Check a configuration file against this machine (interfaces, notify script, actions
+    /// and backends, hostgroups, state directory); exit 0 when the agent can start with it.
     CheckConfig {
         /// Configuration file.
+        #[arg(default_value = "/etc/fnm/fnm-agent.toml")]
         path: PathBuf,
+        /// Also check that the peers answer (the BGP daemon, when an action announces routes).
+        #[arg(long)]
+        online: bool,
     },
     /// Print the default configuration.
     PrintDefaultConfig,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
     /// List the busiest hosts of a running agent.
     Hosts {
         /// How many hosts.
@@ -257,21 +271,85 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { config } => run(config),
-        Command::CheckConfig { path } => {
-            let config = Config::load(&path)?;
-            load_token(&config.api.token_file, "api")?;
-            load_token(&config.prometheus.token_file, "prometheus")?;
-            println!("{}: OK", path.display());
-            Ok(())
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, each cause once; under systemd with the journal's error priority.
+            let priority = if fnm_agent::logging::under_journald() {
+                "<3>"
+            } else {
+                ""
+            };
+            let causes = e.chain().map(|c| c.to_string());
+            eprintln!("{priority}fnm-agent: {}", fnm_agent::errors::join(causes));
+            ExitCode::FAILURE
         }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig { path, online } => check_config(&path, online),
+        command => command_ok(command).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// `check-config`: the file, its tokens, then the machine (and the peers with `online`).
+fn check_config(path: &std::path::Path, online: bool) -> Result<ExitCode> {
+    let config = Config::load(path)?;
+    load_token(&config.api.token_file, "api")?;
+    load_token(&config.prometheus.token_file, "prometheus")?;
+    let text = std::fs::read_to_string(path).ok();
+    let mut report = preflight::check(&config, text.as_deref());
+    if online {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting tokio")?;
+        report.extend(runtime.block_on(preflight::check_online(&config)));
+    }
+    for finding in &report.findings {
+        println!("{}: {finding}", finding.severity.as_str());
+    }
+    let errors = report.of(preflight::Severity::Error).count();
+    let warnings = report.of(preflight::Severity::Warning).count();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    if errors > 0 {
+        println!(
+            "{}: {} ({}): the agent would not start",
+            path.display(),
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if warnings > 0 {
+        println!("{}: OK ({})", path.display(), plural(warnings, "warning"));
+    } else {
+        println!("{}: OK", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn command_ok(command: Command) -> Result<()> {
+    match command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { .. } => unreachable!("handled by dispatch"),
         Command::PrintDefaultConfig => {
             print!("{}", Config::default_toml());
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "fnm-agent",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpage => manpage(&mut std::io::stdout().lock()).context("writing the man page"),
         Command::Hosts {
             top,
             direction,
@@ -410,6 +488,60 @@ fn main() -> Result<()> {
     }
 }
 
+/// The man page: clap's (synopsis, commands, options), then the files, environment and where
+/// the rest is documented.
+fn manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap_mangen::roff::{bold, roman, Roff};
+    clap_mangen::Man::new(Cli::command())
+        .section("8")
+        .manual("fnm")
+        .render(out)?;
+    let mut roff = Roff::default();
+    let item = |roff: &mut Roff, term: &str, text: &str| {
+        roff.control("TP", []);
+        roff.text([bold(term)]);
+        roff.text([roman(text)]);
+    };
+    roff.control("SH", ["COMMANDS"]);
+    roff.text([roman(
+        "Each command describes its arguments with --help, e.g. fnm-agent check-config --help.",
+    )]);
+    roff.control("SH", ["FILES"]);
+    item(
+        &mut roff,
+        DEFAULT_CONFIG,
+        "The configuration (fnm-agent print-default-config prints the default, with every key \
+         explained).",
+    );
+    item(
+        &mut roff,
+        "/var/lib/fnm",
+        "state_dir: bans, mitigations, attacks and flow templates, kept across restarts.",
+    );
+    item(
+        &mut roff,
+        "/sys/fs/bpf/fnm",
+        "xdp.pin_path: the pinned XDP links, which keep counting and dropping if the agent dies.",
+    );
+    roff.control("SH", ["ENVIRONMENT"]);
+    item(
+        &mut roff,
+        "FNM_API, FNM_API_TOKEN_FILE, FNM_CONFIG",
+        "Where the commands that talk to a running agent find it, its token and its config.",
+    );
+    item(
+        &mut roff,
+        "RUST_LOG",
+        "Overrides [log] level, e.g. RUST_LOG=info,fnm_agent::flow=debug.",
+    );
+    roff.control("SH", ["SEE ALSO"]);
+    roff.text([roman(
+        "systemctl(1), journalctl(1); /usr/share/doc/fnm-agent/operations.md (install, service, \
+         logs, checking a config) and README.md (API, metrics).",
+    )]);
+    roff.to_writer(out)
+}
+
 /// `fnm-agent detach`: removes pinned links whose agent is gone.
 fn detach(interfaces: &[String], config: Option<PathBuf>) -> Result<()> {
     let config = match config {
@@ -494,12 +626,25 @@ fn print_replay(r: &fnm_agent::replay::ReplayReport) {
 }
 
 fn run(config_path: PathBuf) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = Config::load(&config_path)?;
+    fnm_agent::logging::init(&config.log);
+    // What check-config finds stops the start here, before anything is bound or attached.
+    let text = std::fs::read_to_string(&config_path).ok();
+    let report = preflight::check(&config, text.as_deref());
+    for finding in report.of(preflight::Severity::Warning) {
+        tracing::warn!("{finding}");
+    }
+    let errors: Vec<String> = report
+        .of(preflight::Severity::Error)
+        .map(|f| f.to_string())
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "{} is not usable on this host (`fnm-agent check-config` says the same): {}",
+            config_path.display(),
+            errors.join("; ")
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(run_async(config, config_path))
 }
@@ -528,6 +673,11 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
         .context("reading the ban list (move it aside to start without it)")?;
     let store = MitigationStore::open(&state.join("mitigations.json"))?;
     let book = AttackBook::open(state.join("attacks.json"))?;
+    // The ports next: a port in use stops start-up before XDP is attached to anything.
+    let api_listener = fnm_agent::http::bind(config.api.listen)
+        .with_context(|| format!("api.listen {}", config.api.listen))?;
+    let metrics_listener = fnm_agent::http::bind(config.prometheus.listen)
+        .with_context(|| format!("prometheus.listen {}", config.prometheus.listen))?;
 
     let dataplane = if config.xdp_active() {
         let c = config.clone();
@@ -578,10 +728,6 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
-    let api_listener = fnm_agent::http::bind(config.api.listen)
-        .with_context(|| format!("api.listen {}", config.api.listen))?;
-    let metrics_listener = fnm_agent::http::bind(config.prometheus.listen)
-        .with_context(|| format!("prometheus.listen {}", config.prometheus.listen))?;
     tracing::info!(
         "API on http://{}, metrics on http://{}/metrics",
         config.api.listen,
@@ -641,6 +787,13 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
         shutdown(stop_rx.clone()),
     ));
     let running = sources.running;
+    fnm_agent::service::ready();
+    let watchdog = fnm_agent::service::watchdog_interval().map(|every| {
+        let engine = engine.client();
+        tokio::spawn(fnm_agent::service::watchdog(every, move || {
+            engine.snapshot().ticks
+        }))
+    });
 
     loop {
         tokio::select! {
@@ -656,6 +809,10 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
                 let _ = reply.send(outcome);
             }
         }
+    }
+    fnm_agent::service::stopping();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

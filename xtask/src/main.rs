@@ -1,13 +1,19 @@
-//! `cargo xtask`: set-up, build, run, test and bench for fnm.
+//! `cargo xtask`: set-up, build, run, test, package and bench for fnm.
 //!
 //! `setup` installs exactly what is missing on Debian 12 and says what it installs: apt
-//! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the nightly
-//! toolchain's rust-src (aya-build builds the eBPF crate with `rustup run nightly` and
-//! `-Z build-std=core`), and bpf-linker 0.13.0 built against Debian's LLVM 22. `test` also
-//! installs the FreeBSD and macOS standard libraries and zig with cargo-zigbuild (PyPI, in a
-//! virtual environment under `target/xtask/`) to link the agent for those systems, and builds
-//! and tests the `pfring` feature.
+//! packages (LLVM 22 for bpf-linker, libpcap, and the real peers the tests use), the pinned
+//! nightly (`fnm-agent/build/ebpf_toolchain.rs`) with its rust-src (aya-build builds the eBPF
+//! crate with `rustup run <nightly>` and `-Z build-std=core`), and bpf-linker 0.13.0 built
+//! against Debian's LLVM 22; it stops when the nightly's LLVM and bpf-linker's differ. `test`
+//! also installs the FreeBSD and macOS standard libraries and zig with cargo-zigbuild (PyPI, in
+//! a virtual environment under `target/xtask/`) to link the agent for those systems, builds
+//! and tests the `pfring` feature, and builds the Debian package for the package test.
+//! `package` builds the Debian package with cargo-deb (installed when missing).
 
+#[path = "../../fnm-agent/build/ebpf_toolchain.rs"]
+#[allow(dead_code)]
+mod ebpf_toolchain;
+mod package;
 mod setup;
 
 use anyhow::{bail, Context as _, Result};
@@ -37,8 +43,12 @@ enum Task {
         #[arg(long, default_value = "config/fnm-agent.toml")]
         config: PathBuf,
     },
-    /// Set up and run every test: formatting, clippy, unit, privileged and end-to-end tests.
+    /// Set up and run every test: formatting, clippy, unit, privileged and end-to-end tests
+    /// (the package test with the package `package` builds).
     Test,
+    /// Build the Debian package (agent with its XDP object, config, systemd unit, man page,
+    /// completions) into target/debian/ with cargo-deb, installing cargo-deb when missing.
+    Package,
     /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
     Bench,
     /// Build and link the agent for FreeBSD (netmap) and macOS (zig from PyPI links them).
@@ -67,6 +77,7 @@ fn main() -> Result<()> {
             run("target/release/fnm-agent", &["run", "--config", &cfg])
         }
         Task::Test => test(),
+        Task::Package => package::run().map(drop),
         Task::Cross => cross(),
         Task::BenchLatency => {
             setup::run(true)?;
@@ -172,7 +183,7 @@ pub fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Resul
     Ok(())
 }
 
-fn build() -> Result<()> {
+pub fn build() -> Result<()> {
     run("cargo", &["build", "--release", "-p", "fnm-agent"])
 }
 
@@ -182,6 +193,7 @@ fn test() -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         println!("\n*** xtask test: NOT ROOT: the privileged tests (XDP, namespaces) will FAIL. Run as root. ***\n");
     }
+    let ebpf_toolchain = format!("+{}", setup::ebpf_toolchain()?);
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -215,7 +227,7 @@ fn test() -> Result<()> {
     run(
         "cargo",
         &[
-            "+nightly",
+            &ebpf_toolchain,
             "clippy",
             "-p",
             "fnm-ebpf",
@@ -230,6 +242,11 @@ fn test() -> Result<()> {
         ],
     )?;
     cross()?;
+    // The package test (fnm-agent/tests/package_deb.rs) installs what this builds: the one
+    // release build of the run.
+    if package::can_package() {
+        package::run()?;
+    }
     // Every test binary runs even when an earlier one fails, so one run shows every failure.
     // With the `pfring` feature, so its tests (a clear error without libpfring) run too.
     run(

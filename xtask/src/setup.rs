@@ -25,6 +25,9 @@ const TEST_PACKAGES: &[&str] = &[
     "bird2",
     "fastnetmon",
     "tcpdump",
+    // The package test: `systemd-analyze verify` on the unit (which checks its man page).
+    "systemd",
+    "man-db",
     // A real terminal for `fnm-agent top`'s test (send-keys, capture-pane).
     "tmux",
     // FRR's bgpd receiving fnm's routes with the configuration of docs/bgp-daemons.md.
@@ -32,7 +35,6 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Installs what is missing; with `test_peers`, also the test peers.
 pub fn run(test_peers: bool) -> Result<()> {
@@ -41,8 +43,10 @@ pub fn run(test_peers: bool) -> Result<()> {
         wanted.extend_from_slice(TEST_PACKAGES);
     }
     apt_install(&wanted)?;
-    rust_src()?;
-    bpf_linker()?;
+    let toolchain = ebpf_toolchain()?;
+    rust_src(&toolchain)?;
+    bpf_linker(&toolchain)?;
+    crate::ebpf_toolchain::check_llvm(&toolchain)?;
     if test_peers {
         cross_targets()?;
     }
@@ -321,41 +325,54 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn rust_src() -> Result<()> {
+/// The pinned eBPF nightly (`fnm-agent/build/ebpf_toolchain.rs`), installed when missing.
+pub fn ebpf_toolchain() -> Result<String> {
+    use crate::ebpf_toolchain::{select, PINNED_NIGHTLY};
+    match select() {
+        Ok(selected) => Ok(selected.name),
+        Err(why) => {
+            println!("xtask setup: {why}");
+            println!(
+                "xtask setup: installing the pinned eBPF toolchain {PINNED_NIGHTLY} (rustc, cargo, \
+                 rust-src, clippy; never `rustup update`)"
+            );
+            crate::run(
+                "rustup",
+                &[
+                    "toolchain",
+                    "install",
+                    PINNED_NIGHTLY,
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src,clippy",
+                ],
+            )
+            .with_context(|| format!("installing {PINNED_NIGHTLY}"))?;
+            Ok(select()?.name)
+        }
+    }
+}
+
+fn rust_src(toolchain: &str) -> Result<()> {
     let out = Command::new("rustup")
-        .args([
-            "component",
-            "list",
-            "--installed",
-            "--toolchain",
-            EBPF_TOOLCHAIN,
-        ])
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
-        .context("rustup is needed (the eBPF crate is built with `rustup run nightly`)")?;
+        .context("rustup is needed (the eBPF crate is built with `rustup run <nightly>`)")?;
     if !out.status.success() {
-        bail!(
-            "the `{EBPF_TOOLCHAIN}` toolchain is not installed; it must be an LLVM 22 nightly (never run `rustup update`)"
-        );
+        bail!("the `{toolchain}` toolchain is not installed (never run `rustup update`)");
     }
     if String::from_utf8_lossy(&out.stdout).contains("rust-src") {
         return Ok(());
     }
-    println!(
-        "xtask setup: installing rust-src for the {EBPF_TOOLCHAIN} toolchain (eBPF build-std)"
-    );
+    println!("xtask setup: installing rust-src for the {toolchain} toolchain (eBPF build-std)");
     crate::run(
         "rustup",
-        &[
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            EBPF_TOOLCHAIN,
-        ],
+        &["component", "add", "rust-src", "--toolchain", toolchain],
     )
 }
 
-fn bpf_linker() -> Result<()> {
+fn bpf_linker(toolchain: &str) -> Result<()> {
     let version = Command::new("bpf-linker").arg("--version").output();
     if let Ok(out) = &version {
         if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
@@ -367,12 +384,14 @@ fn bpf_linker() -> Result<()> {
         bail!("bpf-linker needs LLVM 22 (llvm-22-dev): /usr/lib/llvm-22/bin/llvm-config not found");
     }
     let rustc = Command::new("rustup")
-        .args(["run", EBPF_TOOLCHAIN, "rustc", "-vV"])
+        .args(["run", toolchain, "rustc", "-vV"])
         .output()
         .context("rustc -vV")?;
     let rustc = String::from_utf8_lossy(&rustc.stdout).to_string();
     if !rustc.contains("LLVM version: 22") {
-        bail!("the {EBPF_TOOLCHAIN} rustc is not LLVM 22 (bpf-linker 0.13 + llvm-22 needs it):\n{rustc}");
+        bail!(
+            "the {toolchain} rustc is not LLVM 22 (bpf-linker 0.13 + llvm-22 needs it):\n{rustc}"
+        );
     }
     println!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (a few minutes)");
     let status = Command::new("cargo")

@@ -380,10 +380,11 @@ async fn run_one(
         stats.leftovers_killed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "notify script {} {} {}: processes it started were still running at the timeout \
-             ({timeout:?}); process group {pgid} killed",
+             ({}); process group {pgid} killed",
             path.display(),
             call.ip,
-            call.action
+            call.action,
+            humantime::format_duration(timeout)
         );
     }
     match outcome {
@@ -421,11 +422,12 @@ async fn run_one(
         Outcome::TimedOut => {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
-                "notify script {} {} {} timed out after {timeout:?}; process group {pgid} \
+                "notify script {} {} {} timed out after {}; process group {pgid} \
                  killed; stderr: {}",
                 path.display(),
                 call.ip,
                 call.action,
+                humantime::format_duration(timeout),
                 stderr.describe()
             );
             Err(format!("timed out after {} s", timeout.as_secs_f64()))

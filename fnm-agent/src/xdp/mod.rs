@@ -165,7 +165,7 @@ impl DataPlane {
             .map_max_entries(map_names::RULES, config.max_drop_entries.min(4096))
             .map_max_entries(map_names::DROP_COUNTERS, counters_slots)
             .load(object)
-            .map_err(|e| XdpError::Load(format!("{e:#}")))?;
+            .map_err(|e| XdpError::Load(error_chain(&e)))?;
         for name in [PROGRAM, PASS_PROGRAM] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -543,15 +543,15 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
+/// An error and its causes on one line, each cause once.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut messages = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        messages.push(inner.to_string());
         cur = inner.source();
     }
-    s
+    crate::errors::join(messages)
 }
 
 fn verifier_error(e: &ProgramError) -> String {

@@ -91,6 +91,24 @@ impl ExabgpAnnouncer {
         }
     }
 
+    /// Opens the command pipe for writing, without writing: that succeeds only while a reader
+    /// (exabgp) has it open.
+    pub async fn probe(&self) -> Result<String, BgpError> {
+        let open = async {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .open_sender(&self.pipe)
+                .map_err(|source| BgpError::ExabgpPipe {
+                    path: self.pipe.clone(),
+                    source,
+                })
+        };
+        match tokio::time::timeout(self.timeout, open).await {
+            Ok(sender) => drop(sender?),
+            Err(_) => return Err(BgpError::Timeout(self.timeout)),
+        }
+        Ok(format!("exabgp reads {}", self.pipe.display()))
+    }
+
     /// Writes one command line to the pipe, bounded by the timeout.
     async fn send(&self, command: &str) -> Result<(), BgpError> {
         let mut line = String::with_capacity(command.len() + 1);

@@ -103,6 +103,21 @@ impl GobgpAnnouncer {
         self.delete(flowspec_path(rule)).await
     }
 
+    /// Asks gobgpd for its global configuration (`GetBgp`): it answers once its BGP server
+    /// runs. Returns its AS and router id.
+    pub async fn probe(&self) -> Result<String, BgpError> {
+        let mut client = self.client.clone();
+        let call = async move { client.get_bgp(apipb::GetBgpRequest {}).await };
+        let answer = match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|status| BgpError::Gobgp(Box::new(status)))?,
+            Err(_) => return Err(BgpError::Timeout(self.timeout)),
+        };
+        Ok(match answer.into_inner().global {
+            Some(g) => format!("gobgpd answers: AS {}, router id {}", g.asn, g.router_id),
+            None => "gobgpd answers".to_owned(),
+        })
+    }
+
     async fn add(&self, path: apipb::Path) -> Result<(), BgpError> {
         let mut client = self.client.clone();
         let request = AddPathRequest {

@@ -31,7 +31,7 @@ pub enum BgpError {
     #[error(transparent)]
     Flowspec(#[from] FlowspecError),
     /// Opening or writing ExaBGP's command pipe failed (`ENXIO`: exabgp is not running).
-    #[error("exabgp command pipe {path}: {source}")]
+    #[error("exabgp command pipe {path}: {}", pipe_reason(source))]
     ExabgpPipe {
         /// The pipe.
         path: PathBuf,
@@ -50,11 +50,37 @@ pub enum BgpError {
         source: tonic::transport::Error,
     },
     /// gobgpd refused the request or could not be reached.
-    #[error("gobgp API: {0}")]
+    #[error("gobgp API: {}", status_text(.0))]
     Gobgp(Box<tonic::Status>),
     /// The daemon did not take the command within the configured timeout.
-    #[error("BGP daemon did not answer within {0:?}")]
+    #[error("BGP daemon did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+}
+
+/// Why the pipe could not be used, with the likely cause of the usual errors.
+fn pipe_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => format!("nobody reads it, is exabgp running? ({e})"),
+        _ if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("{e}; create it with mkfifo before starting exabgp")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// A gRPC status as an operator reads it: its code, its message and the transport error
+/// behind it, each once (`unavailable: tcp connect error: Connection refused (os error 111)`),
+/// not tonic's dump of details and metadata.
+pub fn status_text(status: &tonic::Status) -> String {
+    let code = status.code().to_string();
+    let code = code.strip_suffix(" error").unwrap_or(&code).to_lowercase();
+    let mut messages = vec![code, status.message().to_owned()];
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        messages.push(e.to_string());
+        cause = e.source();
+    }
+    crate::errors::join(messages)
 }
 
 /// Announces and withdraws through the configured backend.
@@ -106,6 +132,15 @@ impl BgpAnnouncer {
         match self {
             BgpAnnouncer::Gobgp(gobgp) => gobgp.withdraw_flowspec(rule).await,
             BgpAnnouncer::Exabgp(exabgp) => exabgp.withdraw_flowspec(rule).await,
+        }
+    }
+
+    /// Asks the daemon whether it would take an announcement now, changing nothing; says what
+    /// answered (`check-config --online`).
+    pub async fn probe(&self) -> Result<String, BgpError> {
+        match self {
+            BgpAnnouncer::Gobgp(gobgp) => gobgp.probe().await,
+            BgpAnnouncer::Exabgp(exabgp) => exabgp.probe().await,
         }
     }
 }
