@@ -108,12 +108,7 @@ pub fn local_time_ms(unix_ms: u64) -> String {
 }
 
 /// Seconds since the UNIX epoch now.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::bans::unix_now as now;
 
 #[cfg(test)]
 mod tests {

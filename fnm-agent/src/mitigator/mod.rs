@@ -555,20 +555,7 @@ impl Mitigator {
                         .auto_bans_not_applied
                         .get_or_create(&vec![("reason".into(), label.into())])
                         .inc();
-                    let states = actions
-                        .iter()
-                        .map(|a| {
-                            self.stats.count(*a, "not_applied");
-                            ActionState {
-                                action: *a,
-                                result: ActionResult::NotApplied,
-                                applied: None,
-                                error: Some(why.clone()),
-                                attempts: 0,
-                                next_retry_unix_ms: None,
-                            }
-                        })
-                        .collect();
+                    let states = actions.iter().map(|a| self.not_applied(*a, &why)).collect();
                     self.store.record_not_applied(Mitigation {
                         id: attack.id.clone(),
                         origin: BanOrigin::Detection,
@@ -606,15 +593,7 @@ impl Mitigator {
                     );
                     tracing::warn!("attack {} on {}: {why}", attack.id, attack.host);
                     for a in held {
-                        self.stats.count(a, "not_applied");
-                        states.push(ActionState {
-                            action: a,
-                            result: ActionResult::NotApplied,
-                            applied: None,
-                            error: Some(why.clone()),
-                            attempts: 0,
-                            next_retry_unix_ms: None,
-                        });
+                        states.push(self.not_applied(a, &why));
                     }
                 }
                 let nothing_applied = states.iter().all(|s| s.result == ActionResult::NotApplied);
@@ -656,6 +635,19 @@ impl Mitigator {
                     self.dirty = true;
                 }
             }
+        }
+    }
+
+    /// The record of `action` held back for `why`, counted.
+    fn not_applied(&self, action: Action, why: &str) -> ActionState {
+        self.stats.count(action, "not_applied");
+        ActionState {
+            action,
+            result: ActionResult::NotApplied,
+            applied: None,
+            error: Some(why.to_owned()),
+            attempts: 0,
+            next_retry_unix_ms: None,
         }
     }
 
