@@ -90,16 +90,29 @@ pub fn expiry(expires: Option<u64>, now: u64) -> String {
     }
 }
 
-/// A UNIX time (seconds) as local date and time, `2026-12-04 23:55:12`.
+/// A UNIX time (seconds) as local date and time, `2026-12-04 23:55:12`, in the zone the C
+/// library is set to (`TZ`, `/etc/localtime`). Through `localtime_r` rather than chrono's
+/// `Local`, whose macOS zone lookup links CoreFoundation, which the cross-link has not got.
 pub fn local_time(unix_seconds: u64) -> String {
-    use chrono::TimeZone as _;
-    match i64::try_from(unix_seconds)
-        .ok()
-        .and_then(|s| chrono::Local.timestamp_opt(s, 0).single())
-    {
-        Some(t) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
-        None => "-".into(),
+    let Ok(t) = libc::time_t::try_from(unix_seconds) else {
+        return "-".into();
+    };
+    // SAFETY: `tm` is plain data that localtime_r fills; both pointers are valid for the call
+    // and localtime_r keeps neither.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return "-".into();
     }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        i64::from(tm.tm_year) + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 /// A UNIX time in milliseconds as [`local_time`].
