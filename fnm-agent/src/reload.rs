@@ -392,6 +392,16 @@ impl Reloader {
         if let Err(e) = new.validate() {
             return self.outcome(ReloadResult::Invalid, Some(e));
         }
+        // The checks `run` makes at start (interfaces exist, the script is executable ...):
+        // a file that would not start the agent does not reload it either.
+        let text = std::fs::read_to_string(&self.path).ok();
+        let errors: Vec<String> = crate::preflight::check(&new, text.as_deref())
+            .of(crate::preflight::Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        if !errors.is_empty() {
+            return self.outcome(ReloadResult::Invalid, Some(errors.join("; ")));
+        }
         if self.dataplane.is_present() && new.networks != self.xdp_networks {
             restart_needed.push(
                 "networks on the XDP data plane (its local-network table is fixed at load; \

@@ -227,11 +227,53 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
     assert_eq!(t["incoming"]["pps"], 1000.0, "{t:#}");
     assert!(agent.log().contains("bogus_key"), "logged");
 
-    // 3. A change that fails to apply (an interface that does not exist): undone, nothing
-    //    else of it applied either.
-    let failing = body(&s, 999, true, "\"127.0.0.1:16343\"", "max_hosts = 4096").replace(
+    // 3a. A file naming an interface this host has not got: refused by the checks `run`
+    //     makes at start (check-config's), before anything is applied.
+    let missing = body(&s, 999, true, "\"127.0.0.1:16343\"", "max_hosts = 4096").replace(
         &format!("\"{dummy}\"]"),
         &format!("\"{dummy}\", \"fnmnosuch0\"]"),
+    );
+    write_config(
+        &agent.config_path,
+        &agent.state_path,
+        &missing,
+        agent.api,
+        agent.metrics,
+    );
+    let err = agent
+        .request("POST", "/api/v1/reload", None)
+        .expect_err("a missing interface is refused");
+    assert!(
+        err.starts_with("400") && err.contains("fnmnosuch0"),
+        "{err}"
+    );
+
+    // 3b. A change that fails to apply (a collector address another socket holds, which no
+    //     check can see coming): undone, nothing else of it applied either.
+    let mut holder = std::process::Command::new("ip")
+        .args(["netns", "exec", &pair.agent, "python3", "-c"])
+        .arg(
+            "import socket,time\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('127.0.0.1',16399))\nprint('bound',flush=True)\ntime.sleep(120)",
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 holding a port");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "bound");
+    }
+    let failing = body(
+        &s,
+        999,
+        true,
+        "\"127.0.0.1:16343\", \"127.0.0.1:16399\"",
+        "max_hosts = 4096",
     );
     write_config(
         &agent.config_path,
@@ -242,8 +284,10 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
     );
     let err = agent
         .request("POST", "/api/v1/reload", None)
-        .expect_err("an interface that cannot be attached fails the reload");
-    assert!(err.contains("fnmnosuch0"), "{err}");
+        .expect_err("a collector address that cannot be bound fails the reload");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(err.starts_with("500") && err.contains("16399"), "{err}");
     assert!(err.contains("running configuration is kept"), "{err}");
     let t = agent
         .get(&format!("/api/v1/thresholds/{}", pair.agent_v4))
@@ -293,7 +337,7 @@ fn reload_under_a_steady_flow_loses_nothing_and_applies_at_once() {
     let metrics = agent.metrics_text();
     for line in [
         "fnm_config_reloads_total{result=\"success\"} 2",
-        "fnm_config_reloads_total{result=\"invalid\"} 1",
+        "fnm_config_reloads_total{result=\"invalid\"} 2",
         "fnm_config_reloads_total{result=\"failed\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
