@@ -175,9 +175,21 @@ fn a_new_attack_after_a_restart_gets_its_own_id_record_and_actions() {
             }
         },
     );
-    let m = agent.get("/api/v1/mitigations").unwrap();
-    let ma = mitigation(&m, &a).unwrap_or_else(|| panic!("A's mitigation: {m:#}"));
-    assert_eq!(ma["attack_ongoing"], false, "{m:#}");
+    // The engine publishes the ended attack before the mitigator hears of it: wait for both.
+    wait_until(
+        "A's mitigation to see its attack ended",
+        Duration::from_secs(5),
+        || agent.log(),
+        || {
+            let m = agent.get("/api/v1/mitigations")?;
+            let ma = mitigation(&m, &a).ok_or_else(|| format!("A's mitigation: {m:#}"))?;
+            if ma["attack_ongoing"] == false {
+                Ok(())
+            } else {
+                Err(format!("{m:#}"))
+            }
+        },
+    );
 
     // SIGKILL: no clean-up; the state directory is kept. Restart while A is still mitigated.
     let state = agent.kill();
