@@ -14,6 +14,7 @@ pub mod dataplane;
 pub mod detection;
 pub mod engine;
 pub mod errors;
+pub mod export;
 pub mod flow;
 pub mod http;
 pub mod logging;

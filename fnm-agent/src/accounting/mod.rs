@@ -294,6 +294,14 @@ impl HostDirection {
         self.rates = Rates::from_window(&self.slots_sum, window_seconds);
     }
 
+    /// Counters of the last closed slot (`None` before the first slot with traffic closed).
+    /// When the slot and the window were both empty the ring does not turn, so this is
+    /// meaningful only while `slot_rates` is not zero.
+    pub fn last_slot(&self) -> Option<&HostCounters> {
+        let n = self.slots.len();
+        (n > 0).then(|| &self.slots[(self.next_slot + n - 1) % n])
+    }
+
     /// Back to a direction never seen, keeping the ring's allocation for the next host.
     fn reset(&mut self) {
         let mut slots = std::mem::take(&mut self.slots);

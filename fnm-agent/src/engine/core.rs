@@ -306,6 +306,16 @@ impl EngineCore {
         }
     }
 
+    /// When the last tick closed its slot (the engine's monotonic clock, ms).
+    pub fn last_tick_ms(&self) -> u64 {
+        self.last_tick_ms
+    }
+
+    /// The mitigator's latest published state, when the engine was given it.
+    pub fn mitigator_view(&self) -> Option<Arc<MitigatorView>> {
+        self.mitigations.as_ref().map(|v| v.load_full())
+    }
+
     /// The accounting (read-only).
     pub fn accounting(&self) -> &Accounting {
         &self.acc
@@ -612,6 +622,7 @@ mod tests {
             core: EngineCore::new(&cfg, AttackBook::in_memory()),
             input: rx,
             flushers: Vec::new(),
+            observers: Vec::new(),
             decisions: dec_tx,
             interval: std::time::Duration::from_millis(50),
         })

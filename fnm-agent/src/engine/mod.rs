@@ -56,6 +56,28 @@ impl Flush for crate::capture::flush_gate::FlushGate {
     }
 }
 
+/// Something that reads the engine's state after each tick, on the engine thread (an
+/// exporter). It must never block: it hands its work over a bounded queue and counts what did
+/// not fit.
+pub trait TickObserver: Send {
+    /// The tick that `view` describes was published.
+    fn ticked(&mut self, view: &TickView<'_>);
+}
+
+/// What a [`TickObserver`] sees of a tick.
+pub struct TickView<'a> {
+    /// The engine's state after the tick.
+    pub core: &'a EngineCore,
+    /// The snapshot published for it.
+    pub snapshot: &'a snapshot::Snapshot,
+    /// The decisions it made.
+    pub decisions: &'a [Decision],
+    /// When it closed its slot, ms since the UNIX epoch.
+    pub unix_ms: u64,
+    /// Length of the slot it closed, ms.
+    pub slot_ms: u64,
+}
+
 /// A question for the engine, answered between ticks.
 #[derive(Debug)]
 pub enum EngineCommand {
@@ -118,6 +140,8 @@ pub struct EngineParts {
     pub input: crossbeam_channel::Receiver<Queued>,
     /// Sources to flush before each tick.
     pub flushers: Vec<Flusher>,
+    /// Readers of each tick (exporters).
+    pub observers: Vec<Box<dyn TickObserver>>,
     /// Where decisions go.
     pub decisions: tokio::sync::mpsc::Sender<Decision>,
     /// How often to tick.
@@ -224,6 +248,7 @@ fn run(
         mut core,
         input,
         flushers,
+        mut observers,
         decisions,
         interval,
     } = parts;
@@ -241,6 +266,7 @@ fn run(
                     &mut core,
                     &input,
                     &flushers,
+                    &mut observers,
                     &decisions,
                     &snapshot,
                     &stats,
@@ -294,6 +320,7 @@ fn tick(
     core: &mut EngineCore,
     input: &crossbeam_channel::Receiver<Queued>,
     flushers: &[Flusher],
+    observers: &mut [Box<dyn TickObserver>],
     decisions: &tokio::sync::mpsc::Sender<Decision>,
     snapshot: &SharedSnapshot,
     stats: &EngineStats,
@@ -331,10 +358,21 @@ fn tick(
             Err(_) => break,
         }
     }
-    let made = core.tick(now_ms, unix_ms());
+    let slot_ms = now_ms.saturating_sub(core.last_tick_ms());
+    let unix_now = unix_ms();
+    let made = core.tick(now_ms, unix_now);
     // Published before the decisions go out: whoever hears of an attack finds it in the views.
     let published = Arc::new(core.snapshot(now_ms));
     snapshot.store(published.clone());
+    for o in observers.iter_mut() {
+        o.ticked(&TickView {
+            core,
+            snapshot: &published,
+            decisions: &made,
+            unix_ms: unix_now,
+            slot_ms,
+        });
+    }
     for d in made {
         if decisions.try_send(d).is_err() {
             stats.decisions_dropped.fetch_add(1, Relaxed);
