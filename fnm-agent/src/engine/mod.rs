@@ -248,11 +248,15 @@ fn run(
         mut core,
         input,
         flushers,
-        mut observers,
+        observers,
         decisions,
         interval,
     } = parts;
     let started = Instant::now();
+    let mut around = Around {
+        flushers,
+        observers,
+    };
     // The views see the saved attacks from the start, not an empty list until the first tick.
     snapshot.store(Arc::new(core.snapshot(0)));
     let mut next = started + interval;
@@ -265,8 +269,7 @@ fn run(
                 tick(
                     &mut core,
                     &input,
-                    &flushers,
-                    &mut observers,
+                    &mut around,
                     &decisions,
                     &snapshot,
                     &stats,
@@ -309,6 +312,12 @@ fn run(
     }
 }
 
+/// Who a tick involves besides the engine: sources flushed before it, observers after.
+struct Around {
+    flushers: Vec<Flusher>,
+    observers: Vec<Box<dyn TickObserver>>,
+}
+
 /// The engine loop's start and tick interval.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -319,8 +328,7 @@ struct Clock {
 fn tick(
     core: &mut EngineCore,
     input: &crossbeam_channel::Receiver<Queued>,
-    flushers: &[Flusher],
-    observers: &mut [Box<dyn TickObserver>],
+    around: &mut Around,
     decisions: &tokio::sync::mpsc::Sender<Decision>,
     snapshot: &SharedSnapshot,
     stats: &EngineStats,
@@ -333,7 +341,7 @@ fn tick(
     // counters still covered the whole interval (a steady host was read 9.5 % high beside a
     // random-destination flood that made polls take 50 to 300 ms).
     let now_ms = started.elapsed().as_millis() as u64;
-    for f in flushers {
+    for f in &around.flushers {
         let t = Instant::now();
         f.source.flush(f.timeout);
         if t.elapsed() >= f.timeout {
@@ -364,7 +372,7 @@ fn tick(
     // Published before the decisions go out: whoever hears of an attack finds it in the views.
     let published = Arc::new(core.snapshot(now_ms));
     snapshot.store(published.clone());
-    for o in observers.iter_mut() {
+    for o in around.observers.iter_mut() {
         o.ticked(&TickView {
             core,
             snapshot: &published,
@@ -379,7 +387,7 @@ fn tick(
             tracing::error!("the mitigator is not taking decisions (queue full or gone)");
         }
     }
-    for f in flushers {
+    for f in &around.flushers {
         f.source.ticked(&published);
     }
 }

@@ -47,9 +47,7 @@ impl ClientContext for Context {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         self.stats.connected.store(up, Relaxed);
-        self.stats
-            .in_flight
-            .store(statistics.msg_cnt as u64, Relaxed);
+        self.stats.in_flight.store(statistics.msg_cnt, Relaxed);
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {

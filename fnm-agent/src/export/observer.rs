@@ -84,7 +84,7 @@ impl HostExport {
             }
         }
         if records.len() > self.max_hosts {
-            records.sort_unstable_by(|a, b| b.packets.cmp(&a.packets));
+            records.sort_unstable_by_key(|r| std::cmp::Reverse(r.packets));
             let over = records.len() - self.max_hosts;
             records.truncate(self.max_hosts);
             self.stats.dropped(DropReason::HostLimit, over as u64);

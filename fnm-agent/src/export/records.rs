@@ -99,8 +99,8 @@ impl HostRecord {
             (proto::UDP, self.udp_packets, self.udp_bytes),
             (proto::ICMP, self.icmp_packets, self.icmp_bytes),
         ] {
-            c.proto_packets[class as usize] = packets;
-            c.proto_bytes[class as usize] = bytes;
+            c.proto_packets[class] = packets;
+            c.proto_bytes[class] = bytes;
         }
         let classified: u64 = c.proto_packets.iter().sum();
         let classified_bytes: u64 = c.proto_bytes.iter().sum();
