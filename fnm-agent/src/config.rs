@@ -109,6 +109,9 @@ pub struct Config {
     /// `[kafka]`: brokers and topics.
     #[serde(default)]
     pub kafka: crate::export::KafkaConfig,
+    /// `[cluster]`: agent, or aggregator of the agents' exports.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
     /// The agent's log: level and format.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
@@ -584,6 +587,7 @@ impl Config {
         self.capture.validate().map_err(|e| e.to_string())?;
         self.actions.validate(&|action| self.uses_action(action))?;
         self.export.validate(&self.kafka)?;
+        self.cluster.validate(&self.kafka, &self.export)?;
         if self.networks.is_empty() {
             return Err("networks: at least one local network is needed".into());
         }

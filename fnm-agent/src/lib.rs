@@ -9,6 +9,7 @@ pub mod bans;
 pub mod capture;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod detection;

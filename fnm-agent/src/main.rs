@@ -710,6 +710,15 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     let (engine_input, input_rx) = input::EngineInput::channel(input::INPUT_CAPACITY);
     let inputs = engine_input.stats();
     let mut sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
+    let sites = fnm_agent::sources::start_fleet(&config, &engine_input, &mut sources)
+        .context("starting the aggregator's Kafka consumer")?;
+    if sites.is_some() {
+        tracing::info!(
+            "aggregator: reading {} as a member of consumer group {}",
+            config.kafka.topic("hosts"),
+            config.cluster.group_id
+        );
+    }
     let (mut exporter, observers) =
         match fnm_agent::export::Exporter::start(&config.export, &config.kafka)
             .context("starting the Kafka export")?
@@ -728,7 +737,13 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
         };
     let export_stats = exporter.as_ref().map(|e| e.stats.clone());
     let mut engine = EngineHandle::spawn(EngineParts {
-        core: EngineCore::new(&config, book).with_mitigations(mitigator.view.clone()),
+        core: {
+            let core = EngineCore::new(&config, book).with_mitigations(mitigator.view.clone());
+            match sites {
+                Some(s) => core.with_site_shares(s),
+                None => core,
+            }
+        },
         input: input_rx,
         flushers: sources.flushers,
         observers,

@@ -225,7 +225,7 @@ pub fn needs_restart(key: &str) -> bool {
     let (section, sub) = key.split_once('.').unwrap_or((key, ""));
     match section {
         "state_dir" | "poll_interval" | "rate_window" | "accounting" | "api" | "capture"
-        | "export" | "kafka" => true,
+        | "export" | "kafka" | "cluster" => true,
         "xdp" => sub != "interfaces",
         "prometheus" => sub != "top_hosts",
         _ => false,
@@ -244,6 +244,7 @@ pub fn carry_over(old: &Config, new: Config) -> Config {
     eff.capture = old.capture.clone();
     eff.export = old.export.clone();
     eff.kafka = old.kafka.clone();
+    eff.cluster = old.cluster.clone();
     let top_hosts = eff.prometheus.top_hosts;
     eff.prometheus = old.prometheus.clone();
     eff.prometheus.top_hosts = top_hosts;

@@ -10,7 +10,12 @@
 
 mod common;
 
-use common::{agent::AgentProcess, netns::NetnsPair, require_root};
+use common::{
+    agent::AgentProcess,
+    kafka::{Broker, PARTITIONS, TOPICS},
+    netns::NetnsPair,
+    require_root,
+};
 use rdkafka::{
     config::ClientConfig,
     consumer::{BaseConsumer, Consumer},
@@ -20,72 +25,10 @@ use std::{
     collections::HashMap,
     net::{Ipv4Addr, UdpSocket},
     os::unix::fs::PermissionsExt,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 const BROKER: &str = "127.0.0.1:9092";
-const TOPICS: [&str; 3] = ["fnm.hosts", "fnm.attacks", "fnm.mitigations"];
-const PARTITIONS: i32 = 3;
-
-/// The tansu binary: where `cargo xtask setup` installs it, else PATH.
-fn tansu() -> String {
-    let home = std::env::var("CARGO_HOME")
-        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-    let installed = format!("{home}/bin/tansu");
-    if std::path::Path::new(&installed).exists() {
-        installed
-    } else {
-        "tansu".into()
-    }
-}
-
-/// A tansu broker with in-memory storage inside `ns`, on 127.0.0.1:9092.
-struct Broker {
-    child: Child,
-}
-
-impl Broker {
-    fn start(ns: &str) -> Self {
-        let url = format!("tcp://{BROKER}");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, &tansu(), "broker"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu (cargo xtask setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !NetnsPair::in_ns(ns, || std::net::TcpStream::connect(BROKER).is_ok()) {
-            assert!(
-                Instant::now() < deadline,
-                "tansu never listened on {BROKER}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for topic in TOPICS {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns, &tansu(), "topic", "create", topic])
-                .args(["--broker", &url, "--partitions", &PARTITIONS.to_string()])
-                .output()
-                .expect("tansu topic create");
-            assert!(
-                out.status.success(),
-                "creating {topic}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Self { child }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Everything read from the three topics so far.
 #[derive(Default, Debug)]
@@ -237,7 +180,7 @@ fn export_status(agent: &AgentProcess) -> serde_json::Value {
 fn a_flood_reaches_kafka_exactly_with_its_attack_and_mitigation() {
     require_root("Kafka export end-to-end tests");
     let pair = NetnsPair::new(150);
-    let _broker = Broker::start(&pair.agent);
+    let _broker = Broker::start(Some(&pair.agent), 9092);
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProcess::start(&pair.agent, &config(&script(dir.path()), ""));
     let victim = Ipv4Addr::new(10, 10, 0, 9);
@@ -324,7 +267,7 @@ fn a_broker_away_and_back_never_holds_up_detection() {
     );
 
     // 2. The broker comes: export starts on its own and is exact from then on.
-    let broker = Broker::start(&pair.agent);
+    let broker = Broker::start(Some(&pair.agent), 9092);
     wait_until(
         "the agent connects to the broker that came",
         Duration::from_secs(30),
@@ -362,7 +305,7 @@ fn a_broker_away_and_back_never_holds_up_detection() {
     );
 
     // 4. Back again (a new, empty broker): export resumes without a restart.
-    let _broker = Broker::start(&pair.agent);
+    let _broker = Broker::start(Some(&pair.agent), 9092);
     wait_until(
         "the agent reconnects",
         Duration::from_secs(30),

@@ -821,6 +821,33 @@ impl Accounting {
         }
     }
 
+    /// Adds a slot of counters another agent counted (an aggregator's fleet source); false,
+    /// and nothing counted, for a host outside `networks` or one the table has no room for.
+    pub fn add_fleet_counters(
+        &mut self,
+        host: IpAddr,
+        direction: Direction,
+        counters: &HostCounters,
+    ) -> bool {
+        if !self.is_local(host) {
+            return false;
+        }
+        let Some(slot) =
+            self.table
+                .slot_or_admit(host, Origin::Source(Source::Fleet), counters.packets)
+        else {
+            return false;
+        };
+        self.credit_slot(slot, direction, counters, counters);
+        for class in 0..proto::COUNT {
+            let cell = self.totals.cell(Source::Fleet, direction.index(), class);
+            cell.packets = cell.packets.wrapping_add(counters.proto_packets[class]);
+            cell.bytes = cell.bytes.wrapping_add(counters.proto_bytes[class]);
+            cell.seen = true;
+        }
+        true
+    }
+
     /// Sets the absolute totals of a source (the XDP program counts its own).
     pub fn set_total(
         &mut self,
