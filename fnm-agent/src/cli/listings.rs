@@ -329,6 +329,24 @@ pub fn attack_report(a: &Attack, now: u64) -> String {
     let _ = writeln!(s, "Samples kept: {}", a.samples.len());
     s.push('\n');
 
+    if !a.sites.is_empty() {
+        s.push_str("Sites (agents that reported it, last rate window):\n");
+        let mut t = Table::new(&[
+            ("AGENT", Align::Left),
+            ("PACKETS", Align::Right),
+            ("SHARE", Align::Right),
+        ]);
+        for site in &a.sites {
+            t.row(vec![
+                site.agent.clone(),
+                site.packets.to_string(),
+                format!("{:.0} %", site.share * 100.0),
+            ]);
+        }
+        s.push_str(&t.render());
+        s.push('\n');
+    }
+
     if a.actions.is_empty() {
         s.push_str("Actions: none\n");
     } else {

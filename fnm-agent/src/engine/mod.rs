@@ -372,20 +372,26 @@ fn tick(
     // Published before the decisions go out: whoever hears of an attack finds it in the views.
     let published = Arc::new(core.snapshot(now_ms));
     snapshot.store(published.clone());
-    for o in around.observers.iter_mut() {
-        o.ticked(&TickView {
-            core,
-            snapshot: &published,
-            decisions: &made,
-            unix_ms: unix_now,
-            slot_ms,
-        });
-    }
+    // The mitigator first: an observer (the export) must never delay a mitigation.
+    let kept = if around.observers.is_empty() {
+        Vec::new()
+    } else {
+        made.clone()
+    };
     for d in made {
         if decisions.try_send(d).is_err() {
             stats.decisions_dropped.fetch_add(1, Relaxed);
             tracing::error!("the mitigator is not taking decisions (queue full or gone)");
         }
+    }
+    for o in around.observers.iter_mut() {
+        o.ticked(&TickView {
+            core,
+            snapshot: &published,
+            decisions: &kept,
+            unix_ms: unix_now,
+            slot_ms,
+        });
     }
     for f in &around.flushers {
         f.source.ticked(&published);
