@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mitigator;
 pub mod ownership;
 pub mod prefix;
+pub mod prefix_lists;
 pub mod preflight;
 pub mod reload;
 pub mod replay;
