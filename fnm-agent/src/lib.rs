@@ -16,6 +16,7 @@ pub mod engine;
 pub mod errors;
 pub mod flow;
 pub mod http;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod mitigator;
