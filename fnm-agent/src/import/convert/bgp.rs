@@ -245,9 +245,10 @@ impl Converter<'_> {
         self.w.key(
             "backend",
             "exabgp",
-            "exabgp = on. fnm writes the same text commands (announce route ... next-hop ... \
-             community [...]) to the pipe, one line per write, as FastNetMon does: a `process` \
-             reading it or ExaBGP's own CLI pipe (docs/bgp-daemons.md) both work.",
+            "exabgp = on. fnm writes the same kind of text command (announce route ... \
+             next-hop ... community [...]) to the pipe, one line per write, as FastNetMon \
+             does: a `process` reading it or ExaBGP's own CLI pipe (docs/bgp-daemons.md) both \
+             work.",
         );
         let pipe = self
             .take("exabgp_command_pipe")
