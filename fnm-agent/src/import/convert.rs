@@ -291,7 +291,11 @@ fn why_not(key: &str) -> String {
             "fnm exports metrics in Prometheus format (/metrics), no InfluxDB or Graphite push \
              (Telegraf's prometheus input can scrape it)"
         }
-        k if k.starts_with("kafka_") => "fnm has no Kafka traffic export",
+        k if k.starts_with("kafka_") => {
+            "FastNetMon exports every packet to one Kafka topic; fnm's Kafka export ([export] \
+             kafka, [kafka] brokers, docs/fleet.md) publishes per-host counters of each poll and \
+             attack and mitigation events instead, not packets: set it up by hand if wanted"
+        }
         _ => "not an option of FastNetMon 1.2.4 (it ignores it too)",
     };
     reason.to_owned()
