@@ -41,6 +41,19 @@ enum Command {
     },
     /// Print the default configuration.
     PrintDefaultConfig,
+    /// Convert a FastNetMon 1.2.4 configuration to fnm's (printed on stdout): every option
+    /// with an fnm equivalent, and, as comments at the end, the others with why.
+    ImportFastnetmon {
+        /// FastNetMon's configuration file.
+        #[arg(default_value = "/etc/fastnetmon.conf")]
+        path: PathBuf,
+        /// Networks list to use instead of the file's networks_list_path.
+        #[arg(long)]
+        networks: Option<PathBuf>,
+        /// Whitelist to use instead of the file's white_list_path.
+        #[arg(long)]
+        whitelist: Option<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -338,6 +351,22 @@ fn command_ok(command: Command) -> Result<()> {
         Command::CheckConfig { .. } => unreachable!("handled by dispatch"),
         Command::PrintDefaultConfig => {
             print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Command::ImportFastnetmon {
+            path,
+            networks,
+            whitelist,
+        } => {
+            let options = fnm_agent::import::ImportOptions {
+                networks,
+                whitelist,
+            };
+            let imported = fnm_agent::import::import(&path, &options)?;
+            for w in &imported.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", imported.toml);
             Ok(())
         }
         Command::Completions { shell } => {
