@@ -8,6 +8,7 @@
 //! [`ActionSections`] (`sections.rs`) and a line in [`registry`].
 
 pub mod bgp;
+pub mod fastnetmon_report;
 mod kind;
 pub mod notify_script;
 pub mod script;

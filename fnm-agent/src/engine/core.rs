@@ -265,13 +265,27 @@ impl EngineCore {
         let id = self.book.new_id(unix_ms);
         let crossing = opening.crossing.clone();
         let report_only = opening.report_only;
-        let (attack, records) = Attack::open(
+        let (mut attack, records) = Attack::open(
             id,
             unix_ms,
             opening,
             self.acc.samples(host, direction),
             self.max_source_drops,
         );
+        let opposite = match direction {
+            Direction::Incoming => Direction::Outgoing,
+            Direction::Outgoing => Direction::Incoming,
+        };
+        if let Some(h) = self.acc.host(host) {
+            let d = &h.dirs[opposite.index()];
+            attack.opposite_rates = d.rates.max(&d.slot_rates);
+        }
+        attack.network = self
+            .detector
+            .table()
+            .lookup(host)
+            .prefix
+            .or_else(|| self.acc.network_of(host));
         let kind = attack.fingerprint.attack_type;
         self.started[direction.index()][kind.index()] += 1;
         tracing::warn!(
