@@ -105,8 +105,8 @@ fn flood(collectors: &[SocketAddr]) {
     }
 }
 
-/// Writes `dir/notify.sh`: each call saves `ARGS <its four arguments>` and its stdin to a file
-/// of its own in `dir/calls/`.
+/// Writes `dir/notify.sh`: each call saves `ARGS <its four arguments> id=$FNM_ATTACK_ID` and its
+/// stdin to a file of its own in `dir/calls/`.
 fn recording_script(dir: &Path) -> PathBuf {
     let calls = dir.join("calls");
     std::fs::create_dir_all(&calls).unwrap();
@@ -114,7 +114,8 @@ fn recording_script(dir: &Path) -> PathBuf {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nf={}/$(date +%s%N).$$\n{{ echo \"ARGS $1 $2 $3 $4\"; cat; }} > \"$f.tmp\"\n\
+            "#!/bin/sh\nf={}/$(date +%s%N).$$\n\
+             {{ echo \"ARGS $1 $2 $3 $4 id=$FNM_ATTACK_ID\"; cat; }} > \"$f.tmp\"\n\
              mv \"$f.tmp\" \"$f\"\n",
             calls.display()
         ),
@@ -131,6 +132,8 @@ struct Call {
     direction: String,
     pps: String,
     action: String,
+    /// `FNM_ATTACK_ID` (fnm only).
+    attack_id: String,
     stdin: String,
 }
 
@@ -156,6 +159,7 @@ fn calls(dir: &Path) -> Vec<Call> {
                 direction: args.get(1)?.to_string(),
                 pps: args.get(2)?.to_string(),
                 action: args.get(3)?.to_string(),
+                attack_id: args.get(4)?.strip_prefix("id=")?.to_owned(),
                 stdin: stdin.to_owned(),
             })
         })
@@ -325,6 +329,10 @@ fn fastnetmon_format_matches_debian_fastnetmon_reports() {
             if action == "unban" {
                 assert!(t.stdin.is_empty() && o.stdin.is_empty());
             }
+            // fnm's three calls name the attack; FastNetMon sets no such variable.
+            assert!(t.attack_id.is_empty(), "{t:?}");
+            assert_eq!(o.attack_id, pick(&ours, "ban").attack_id, "{action} {ip}");
+            assert!(!o.attack_id.is_empty(), "{action} {ip}: no FNM_ATTACK_ID");
         }
     }
     assert_eq!(vocabulary.0, vocabulary.1);

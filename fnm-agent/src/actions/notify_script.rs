@@ -6,7 +6,8 @@
 //! With `script_format = "fastnetmon"` the report is FastNetMon 1.2.4's
 //! ([`super::fastnetmon_report`]), and once the `ban` call has ended the script is called again
 //! as FastNetMon does, `SCRIPT <ip> <direction> <pps> attack_details`, with the packet samples
-//! on stdin (when the attack has any). Calls for an attack carry its id in `FNM_ATTACK_ID`.
+//! on stdin (when the attack has any). The calls for an attack (`ban`, `attack_details`,
+//! `unban`) carry its id in `FNM_ATTACK_ID`.
 
 use super::{
     fastnetmon_report,
@@ -138,7 +139,7 @@ impl MitigationAction for NotifyScript {
         })
     }
 
-    async fn lift(&self, _env: &mut ActionEnv<'_>, applied: &Applied) -> Result<(), ActionError> {
+    async fn lift(&self, env: &mut ActionEnv<'_>, applied: &Applied) -> Result<(), ActionError> {
         let Applied::Script { ip, direction, pps } = applied else {
             return Ok(());
         };
@@ -147,13 +148,19 @@ impl MitigationAction for NotifyScript {
             "outgoing" => "outgoing",
             _ => crate::mitigator::MANUAL_DIRECTION,
         };
+        // The mitigation of a detected attack has the attack's id.
+        let env_vars = if direction == crate::mitigator::MANUAL_DIRECTION {
+            Vec::new()
+        } else {
+            vec![("FNM_ATTACK_ID", env.mitigation.to_owned())]
+        };
         self.submit(ScriptCall {
             ip: *ip,
             direction,
             pps: *pps,
             action: "unban",
             stdin: String::new(),
-            env: Vec::new(),
+            env: env_vars,
         })
     }
 }
