@@ -103,6 +103,15 @@ pub struct Config {
     /// The actions' own sections (`[bgp]`, `[webhook]`, ...), at the top level.
     #[serde(flatten)]
     pub actions: crate::actions::ActionSections,
+    /// `[export]`: what this agent publishes to the fleet (Kafka).
+    #[serde(default)]
+    pub export: crate::export::ExportConfig,
+    /// `[kafka]`: brokers and topics.
+    #[serde(default)]
+    pub kafka: crate::export::KafkaConfig,
+    /// `[cluster]`: agent, or aggregator of the agents' exports.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
     /// The agent's log: level and format.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
@@ -577,6 +586,8 @@ impl Config {
         crate::detection::config::validate(&self.detection, &self.hostgroup, &self.ban)?;
         self.capture.validate().map_err(|e| e.to_string())?;
         self.actions.validate(&|action| self.uses_action(action))?;
+        self.export.validate(&self.kafka)?;
+        self.cluster.validate(&self.kafka, &self.export)?;
         if self.networks.is_empty() {
             return Err("networks: at least one local network is needed".into());
         }

@@ -224,7 +224,8 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 pub fn needs_restart(key: &str) -> bool {
     let (section, sub) = key.split_once('.').unwrap_or((key, ""));
     match section {
-        "state_dir" | "poll_interval" | "rate_window" | "accounting" | "api" | "capture" => true,
+        "state_dir" | "poll_interval" | "rate_window" | "accounting" | "api" | "capture"
+        | "export" | "kafka" | "cluster" => true,
         "xdp" => sub != "interfaces",
         "prometheus" => sub != "top_hosts",
         _ => false,
@@ -241,6 +242,9 @@ pub fn carry_over(old: &Config, new: Config) -> Config {
     eff.accounting = old.accounting.clone();
     eff.api = old.api.clone();
     eff.capture = old.capture.clone();
+    eff.export = old.export.clone();
+    eff.kafka = old.kafka.clone();
+    eff.cluster = old.cluster.clone();
     let top_hosts = eff.prometheus.top_hosts;
     eff.prometheus = old.prometheus.clone();
     eff.prometheus.top_hosts = top_hosts;

@@ -443,6 +443,7 @@ fn flow_ingest_bench() {
         core: EngineCore::new(&config, book),
         input: input_rx,
         flushers: Vec::new(),
+        observers: Vec::new(),
         decisions,
         interval: config.poll_interval,
     })

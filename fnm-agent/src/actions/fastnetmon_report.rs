@@ -464,6 +464,7 @@ mod tests {
             },
             actions: Vec::new(),
             report_only: false,
+            sites: Vec::new(),
         }
     }
 

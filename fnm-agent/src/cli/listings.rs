@@ -732,6 +732,7 @@ mod tests {
                 ),
             ],
             report_only: false,
+            sites: Vec::new(),
         }
     }
 

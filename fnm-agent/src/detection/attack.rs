@@ -211,6 +211,20 @@ pub struct Attack {
     pub actions: Vec<crate::mitigator::store::ActionState>,
     /// Detect and report only.
     pub report_only: bool,
+    /// On an aggregator: each agent's part of the traffic when the attack was detected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteShare>,
+}
+
+/// One agent's (site's) part of an attack an aggregator detected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteShare {
+    /// The agent (`[export] agent_id`).
+    pub agent: String,
+    /// Packets it reported for the host and direction over the last rate window.
+    pub packets: u64,
+    /// Its fraction of the packets all agents reported (0 to 1).
+    pub share: f64,
 }
 
 /// Reads `actions`: outcome records, or the strings earlier versions wrote (dropped).
@@ -262,6 +276,7 @@ impl Attack {
             fingerprint,
             actions: Vec::new(),
             report_only: o.report_only,
+            sites: Vec::new(),
         };
         (attack, records)
     }
