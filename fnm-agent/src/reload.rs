@@ -255,7 +255,8 @@ pub fn carry_over(old: &Config, new: Config) -> Config {
 }
 
 /// Actions whose running objects a reload keeps: the script when its settings did not change,
-/// the BGP actions when `[bgp]` and their use did not.
+/// the BGP actions when `[bgp]` and their use did not (nor the whitelist, when subnets are
+/// announced).
 pub fn keep_actions(old: &Config, new: &Config) -> BTreeSet<Action> {
     let mut keep = BTreeSet::new();
     let (a, b) = (&old.ban, &new.ban);
@@ -270,7 +271,12 @@ pub fn keep_actions(old: &Config, new: &Config) -> BTreeSet<Action> {
     }
     let uses_bgp =
         |c: &Config| c.uses_action(Action::BgpBlackhole) || c.uses_action(Action::BgpFlowspec);
-    if uses_bgp(old) && uses_bgp(new) && old.actions.bgp == new.actions.bgp {
+    // The blackhole action keeps the whitelist its subnet routes must not cover.
+    if uses_bgp(old)
+        && uses_bgp(new)
+        && old.actions.bgp == new.actions.bgp
+        && (!new.actions.bgp.announces_subnets() || old.whitelist == new.whitelist)
+    {
         keep.insert(Action::BgpBlackhole);
         keep.insert(Action::BgpFlowspec);
     }

@@ -638,6 +638,11 @@ impl Accounting {
         }
     }
 
+    /// The most specific entry of the local networks holding `addr`.
+    pub fn network_of(&self, addr: IpAddr) -> Option<crate::prefix::Prefix> {
+        self.networks.longest_match(addr)
+    }
+
     /// True when `addr` is inside the local networks.
     pub fn is_local(&self, addr: IpAddr) -> bool {
         self.networks.contains(addr)

@@ -705,6 +705,7 @@ mod tests {
             host: "10.10.0.9".parse().unwrap(),
             direction: Direction::Incoming,
             hostgroup: None,
+            network: None,
             started_unix_ms: (NOW - 29 * 60 - 12) * 1000,
             ended_unix_ms: None,
             threshold: Crossing {
@@ -718,6 +719,7 @@ mod tests {
                 bytes_per_second: 6_634_000.0,
                 ..rates
             },
+            opposite_rates: Rates::default(),
             top_flows: vec![FlowSummary {
                 src: "198.51.100.7".parse().unwrap(),
                 dst: "10.10.0.9".parse().unwrap(),

@@ -55,6 +55,9 @@ pub struct Sample {
     pub ttl: u8,
     /// Packets this sample stands for.
     pub packets: u64,
+    /// An IP fragment (records saved by earlier versions read as `false`).
+    #[serde(default)]
+    pub fragment: bool,
 }
 
 /// What kind of attack a fingerprint shows; the serde name is the label in JSON, logs and the
@@ -178,6 +181,10 @@ pub struct Attack {
     pub direction: Direction,
     /// Hostgroup, if any.
     pub hostgroup: Option<String>,
+    /// The network the host belongs to: its hostgroup's prefix, else its `networks` entry
+    /// (the most specific). A `bgp_blackhole` subnet route announces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::prefix::Prefix>,
     /// Start, ms since the UNIX epoch.
     pub started_unix_ms: u64,
     /// End, ms since the UNIX epoch (`None` while ongoing).
@@ -188,6 +195,10 @@ pub struct Attack {
     pub initial_rates: Rates,
     /// Highest rates seen.
     pub peak_rates: Rates,
+    /// The host's rates in the other direction when the attack was reported (FastNetMon's
+    /// report shows both directions). Records saved by earlier versions read as zero.
+    #[serde(default)]
+    pub opposite_rates: Rates,
     /// Top flows among the samples.
     pub top_flows: Vec<FlowSummary>,
     /// A bounded sample of packets.
@@ -253,11 +264,13 @@ impl Attack {
             host: o.host,
             direction: o.direction,
             hostgroup: o.hostgroup,
+            network: None,
             started_unix_ms,
             ended_unix_ms: None,
             threshold: o.crossing,
             initial_rates: o.rates,
             peak_rates: o.rates,
+            opposite_rates: Rates::default(),
             top_flows,
             samples,
             fingerprint,
@@ -457,6 +470,7 @@ pub fn summarise(
             size: r.bytes / r.packets.max(1),
             ttl: r.ttl,
             packets: r.packets,
+            fragment: r.fragments > 0,
         })
         .collect();
     (top, samples, records)

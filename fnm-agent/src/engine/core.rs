@@ -297,6 +297,20 @@ impl EngineCore {
             self.acc.samples(host, direction),
             self.max_source_drops,
         );
+        let opposite = match direction {
+            Direction::Incoming => Direction::Outgoing,
+            Direction::Outgoing => Direction::Incoming,
+        };
+        if let Some(h) = self.acc.host(host) {
+            let d = &h.dirs[opposite.index()];
+            attack.opposite_rates = d.rates.max(&d.slot_rates);
+        }
+        attack.network = self
+            .detector
+            .table()
+            .lookup(host)
+            .prefix
+            .or_else(|| self.acc.network_of(host));
         if let Some(sites) = &self.sites {
             attack.sites = sites.shares(host, direction);
         }

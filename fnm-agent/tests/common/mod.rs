@@ -18,6 +18,7 @@ pub mod bpftool;
 pub mod exporters;
 pub mod flood;
 pub mod kafka;
+pub mod loopback_agent;
 pub mod matrix;
 pub mod netns;
 pub mod pktgen;
