@@ -30,13 +30,8 @@ use thresholds::OUT_OF_REACH;
 /// written): the importer writes them as comments, so the output always loads. Remove a key
 /// from here once fnm has it, and the importer sets it.
 pub const PENDING_KEYS: &[&str] = &[
-    "ban.script_format = \"fastnetmon\"",
     "capture.sampling_rate",
     "capture.threads",
-    "bgp.announce",
-    "bgp.announce_v6",
-    "bgp.subnet_communities",
-    "bgp.host_communities_v6",
     "attack_pcap.enabled",
 ];
 
