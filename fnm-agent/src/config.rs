@@ -166,7 +166,9 @@ pub struct XdpConfig {
     /// IPv4 addresses of the local networks whose counters are preallocated in a per-CPU array
     /// (no hash lookup per packet, never full). Networks get them in the order of `networks`
     /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 240 bytes ×
-    /// addresses × CPUs, only for addresses of networks that fit. Default: `65536` (a /16).
+    /// addresses × CPUs, only for addresses of networks that fit (sized at start: a reload
+    /// keeps the slots of the networks that stay and gives added ones the free ranges left).
+    /// Default: `65536` (a /16).
     #[serde(default = "default_dense_v4_addresses")]
     pub dense_v4_addresses: u32,
     /// 5-tuples remembered to count new flows (LRU). Default: `262144`.

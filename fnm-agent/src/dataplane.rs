@@ -107,6 +107,20 @@ impl DataPlaneHandle {
         Ok(())
     }
 
+    /// Makes the XDP program count `networks` from now on (a reload), without detaching it
+    /// and without losing any host's counters; returns the added IPv4 networks that count in
+    /// the hash table for want of free dense slots. Nothing to do without XDP.
+    pub fn set_networks(&self, _networks: &[Prefix]) -> Result<Vec<Prefix>, DataPlaneError> {
+        #[cfg(target_os = "linux")]
+        if let Some(mut dp) = self.lock() {
+            return dp
+                .set_networks(_networks)
+                .map(|change| change.hashed)
+                .map_err(|e| DataPlaneError::Kernel(e.to_string()));
+        }
+        Ok(Vec::new())
+    }
+
     /// Replaces the whitelisted remote sources in the kernel (a reload); nothing to do
     /// without XDP.
     pub fn set_whitelist_sources(&self, _sources: &[Prefix]) -> Result<(), DataPlaneError> {

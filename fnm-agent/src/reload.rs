@@ -7,7 +7,8 @@
 //! settings, ban actions and `prometheus.top_hosts` between two ticks (a command, like a host
 //! query); the mitigator takes the ban settings, the safety policy and the actions (the notify
 //! script, BGP and the web hook are rebuilt only when their settings changed); the XDP program
-//! takes the new whitelist, attaches to an added interface and detaches from a removed one; the
+//! takes the new networks (its hosts keep their counters, see `xdp::networks`) and whitelist,
+//! attaches to an added interface and detaches from a removed one; the
 //! flow collectors are restarted when `[sflow]` or `[netflow]` changed. What cannot change
 //! while running (see [`RESTART_KEYS`]) keeps its running value and is named in the answer.
 //!
@@ -22,7 +23,6 @@ use crate::{
     engine::{input::EngineInput, EngineClient, EngineCommand},
     metrics::MetricsSource,
     mitigator::MitigatorHandle,
-    prefix::Prefix,
     sources::flow::FlowSource,
 };
 use arc_swap::ArcSwap;
@@ -288,8 +288,6 @@ pub struct Reloader {
     path: PathBuf,
     /// The configuration in force.
     pub config: SharedConfig,
-    /// The networks the XDP program was loaded with (its local-network table is fixed).
-    xdp_networks: Vec<Prefix>,
     engine: EngineClient,
     mitigator: MitigatorHandle,
     dataplane: DataPlaneHandle,
@@ -325,11 +323,9 @@ pub struct ReloaderParts {
 impl Reloader {
     /// A reloader over the running parts.
     pub fn new(p: ReloaderParts) -> Self {
-        let xdp_networks = p.config.load().networks.clone();
         Self {
             path: p.path,
             config: p.config,
-            xdp_networks,
             engine: p.engine,
             mitigator: p.mitigator,
             dataplane: p.dataplane,
@@ -395,7 +391,7 @@ impl Reloader {
         };
         let old = self.config.load_full();
         let keys = changed_keys(&old, &new);
-        let mut restart_needed: Vec<String> =
+        let restart_needed: Vec<String> =
             keys.iter().filter(|k| needs_restart(k)).cloned().collect();
         let changed: Vec<String> = keys.into_iter().filter(|k| !needs_restart(k)).collect();
         let new = carry_over(&old, new);
@@ -412,33 +408,44 @@ impl Reloader {
         if !errors.is_empty() {
             return self.outcome(ReloadResult::Invalid, Some(errors.join("; ")));
         }
-        if self.dataplane.is_present() && new.networks != self.xdp_networks {
-            restart_needed.push(
-                "networks on the XDP data plane (its local-network table is fixed at load; \
-                 flows and capture count the new networks now)"
-                    .into(),
-            );
-        }
         let keep = keep_actions(&old, &new);
         let registry = match crate::actions::registry_except(&new, &keep) {
             Ok(r) => r,
             Err(e) => return self.outcome(ReloadResult::Invalid, Some(format!("{e:#}"))),
         };
 
-        // What can fail comes first, and is undone if a later step fails.
+        // What can fail comes first, and is undone if a later step fails. The XDP program's
+        // networks first: it refuses before changing anything when its tables cannot hold
+        // the change.
+        let mut notes = Vec::new();
+        match self.dataplane.set_networks(&new.networks) {
+            Ok(hashed) => notes.extend(hashed.into_iter().map(|p| {
+                format!(
+                    "XDP counts the hosts of {p} in its hash table: no free range of dense \
+                     slots (xdp.dense_v4_addresses sizes them at start)"
+                )
+            })),
+            Err(e) => {
+                let _ = self.dataplane.set_networks(&old.networks);
+                return self.outcome(ReloadResult::Failed, Some(format!("XDP networks: {e}")));
+            }
+        }
         let attached = match self.attach_added(&old, &new).await {
             Ok(a) => a,
-            Err(e) => return self.outcome(ReloadResult::Failed, Some(e)),
+            Err(e) => {
+                let _ = self.dataplane.set_networks(&old.networks);
+                return self.outcome(ReloadResult::Failed, Some(e));
+            }
         };
         if old.sflow != new.sflow || old.netflow != new.netflow {
             if let Err(e) = self.restart_collectors(&old, &new).await {
                 self.detach(&new, attached).await;
+                let _ = self.dataplane.set_networks(&old.networks);
                 return self.outcome(ReloadResult::Failed, Some(e));
             }
         }
 
         // The rest cannot fail but for a stalled engine or mitigator.
-        let mut notes = Vec::new();
         let removed: Vec<String> = old
             .xdp
             .interfaces

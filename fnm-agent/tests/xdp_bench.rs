@@ -116,6 +116,9 @@ fn xdp_ns_per_packet() {
         "2001:db8::/32".parse().unwrap(),
     ];
     let dp = load_plane(&networks);
+    for (name, count) in dp.verified_instructions() {
+        println!("verifier: {name} {count} instructions");
+    }
     // The same program with one banned source /24, for the drop path and the count path with a
     // non-empty drop table.
     let mut banned_dp = load_plane(&networks);

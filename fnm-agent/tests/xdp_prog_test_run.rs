@@ -671,3 +671,19 @@ fn source_whitelist_spares_sampling_keeps_drops_and_can_be_replaced() {
         .unwrap();
     assert_eq!(flags & fnm_common::table_flag::SOURCE_WHITELIST, 0);
 }
+
+#[test]
+fn the_counting_program_verifies_with_headroom() {
+    let dp = plane();
+    let counts = dp.verified_instructions();
+    for (name, count) in &counts {
+        eprintln!("verifier: {name} {count} instructions");
+    }
+    let main = counts
+        .iter()
+        .find(|(name, _)| name == fnm_agent::xdp::PROGRAM)
+        .map(|(_, count)| *count)
+        .expect("fnm_xdp loaded");
+    // The kernel's limit is 1,000,000; what is left is the room for the next feature.
+    assert!(main < 900_000, "fnm_xdp verifies in {main} instructions");
+}

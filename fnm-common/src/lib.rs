@@ -26,9 +26,11 @@ pub mod map_names {
     /// mapping): the agent reads only the slots whose byte is set, without a system call, and
     /// clears the bytes of idle slots with a compare-and-swap.
     pub const DENSE_TOUCHED_V4: &str = "FNM_TOUCHED_D4";
-    /// Frozen global (`.rodata`, `[u32; 65536]`, set at load): the IPv4 local networks by /16,
-    /// see [`local16`]. Answers "is this address local, and where are its counters" without
-    /// the `LOCAL_V4` trie unless a longer prefix splits the /16.
+    /// The IPv4 local networks by /16 (`Array<u32>` of [`local16::BLOCKS`] entries,
+    /// mmap-able), see [`local16`]. Answers "is this address local, and where are its
+    /// counters" without the `LOCAL_V4` trie unless a longer prefix splits the /16. Written by
+    /// the agent at load and entry by entry (one atomic store each) when a reload changes the
+    /// networks.
     pub const LOCAL16_V4: &str = "FNM_LOCAL16_V4";
     /// Frozen global (`.rodata`, `u64`, set at load): the secret seed of the flow-table hash.
     pub const FLOW_SEED: &str = "FNM_FLOW_SEED";

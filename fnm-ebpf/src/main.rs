@@ -42,9 +42,6 @@ const DENSE_SLOTS_DEFAULT: u32 = 131_072;
 /// Counter slots of every frame: the global counters, one entry.
 type Stats = [u64; stat::COUNT as usize];
 
-/// The IPv4 local networks by /16 ([`local16`]); written by the agent at load, then frozen.
-#[unsafe(no_mangle)]
-static FNM_LOCAL16_V4: [u32; local16::BLOCKS] = [0; local16::BLOCKS];
 /// Secret seed of the flow-table hash; written by the agent at load, then frozen.
 #[unsafe(no_mangle)]
 static FNM_FLOW_SEED: u64 = 0;
@@ -70,6 +67,12 @@ static FNM_TOUCHED_D4: Array<u64> =
 static FNM_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(FLOWS_DEFAULT, 0);
 #[map]
 static FNM_FLOW_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+/// The IPv4 local networks by /16 ([`local16`]): written by the agent at load and rewritten,
+/// entry by entry, when a reload changes the networks (mmap-able, so the agent stores each
+/// entry with one atomic write instead of a system call per /16).
+#[map]
+static FNM_LOCAL16_V4: Array<u32> =
+    Array::with_max_entries(local16::BLOCKS as u32, bindings::BPF_F_MMAPABLE);
 #[map]
 static FNM_LOCAL_V4: LpmTrie<[u8; 4], LocalNetV4> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
@@ -166,10 +169,10 @@ fn local(addr: Addr, v4: bool) -> Local {
     if v4 {
         // The /16 table answers without the trie unless a longer local prefix splits the /16.
         let a = addr.v4_addr();
-        let block = (a >> 16) as usize;
-        // SAFETY: plain read of a frozen global; volatile so the compiler cannot assume the
-        // zeros it was compiled with. `block` < 65536 = the table's length.
-        let entry = unsafe { core::ptr::read_volatile(&FNM_LOCAL16_V4[block]) };
+        // An array lookup the verifier inlines; `a >> 16` is below the table's 65,536 entries.
+        let Some(&entry) = FNM_LOCAL16_V4.get(a >> 16) else {
+            return Local::No;
+        };
         match entry {
             local16::NONE => Local::No,
             local16::HASHED => Local::Hashed,
@@ -449,7 +452,8 @@ fn mix(h: u64, word: u64) -> u64 {
 /// Seeded 64-bit hash of the packet's 5-tuple (never zero: zero marks an empty cache slot).
 #[inline(always)]
 fn flow_hash(p: &Packet) -> u64 {
-    // SAFETY: plain read of a frozen global (volatile: see `local`).
+    // SAFETY: plain read of a frozen global; volatile so the compiler cannot assume the zero
+    // it was compiled with.
     let mut h = unsafe { core::ptr::read_volatile(&FNM_FLOW_SEED) };
     if p.v4 {
         let s = p.src.v4_addr() as u64;

@@ -23,6 +23,26 @@ pub(super) struct Poller {
     last: HashMap<HostKey, Seen>,
     /// Dense slots ever touched (kept: a slot's counters are never reset).
     dense: HashMap<u32, Seen>,
+    /// Deltas taken when the networks changed ([`Poller::settle`]), handed over by the next
+    /// poll.
+    pending: Vec<(std::net::IpAddr, Direction, XdpHostCounters)>,
+    /// The time of the last poll.
+    now_ms: u64,
+}
+
+/// Where [`Poller::settle`] puts the deltas it takes.
+struct Pending<'a>(&'a mut Vec<(std::net::IpAddr, Direction, XdpHostCounters)>);
+
+impl CounterSink for Pending<'_> {
+    fn add_host_counters(
+        &mut self,
+        host: std::net::IpAddr,
+        direction: Direction,
+        delta: &XdpHostCounters,
+    ) {
+        self.0.push((host, direction, *delta));
+    }
+    fn set_total(&mut self, _: crate::traffic::Source, _: usize, _: usize, _: u64, _: u64) {}
 }
 
 impl Poller {
@@ -33,6 +53,10 @@ impl Poller {
         now_ms: u64,
         idle_ms: u64,
     ) -> Result<XdpStats, XdpError> {
+        self.now_ms = now_ms;
+        for (host, dir, delta) in self.pending.drain(..) {
+            accounting.add_host_counters(host, dir, &delta);
+        }
         let active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
         let mut current: Vec<(HostKey, XdpHostCounters)> = Vec::new();
         for item in maps.hosts.iter_hashed() {
@@ -96,6 +120,39 @@ impl Poller {
             samples_lost: maps.stat(stat::SAMPLES_LOST),
             kernel_hosts: current.len() as u64 + active_dense,
         })
+    }
+
+    /// Takes the deltas of every touched dense slot under the layout in force (before the
+    /// networks change: the last ones of the hosts that lose their slots); the next poll hands
+    /// them over.
+    pub(super) fn settle(&mut self, maps: &mut KernelMaps) -> Result<(), XdpError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        let result = self.poll_dense(maps, &mut Pending(&mut pending), self.now_ms, u64::MAX);
+        self.pending = pending;
+        result.map(drop)
+    }
+
+    /// Takes what the touched dense slots that no network owns hold as their baseline
+    /// (packets counted there under an older table: nobody's) and clears their touched byte;
+    /// a slot handed out later starts from that value.
+    pub(super) fn absorb_unowned(&mut self, maps: &KernelMaps) -> Result<(), XdpError> {
+        let err = map_err(map_names::HOSTS_DENSE_V4);
+        for slot in maps.hosts.touched_slots() {
+            if maps.hosts.layout.host_of(slot).is_some() {
+                continue;
+            }
+            // Cleared first: a packet counted after the read sets it again.
+            maps.hosts.clear_touched(slot);
+            let counters = maps.hosts.dense_slot_raw(slot).map_err(&err)?;
+            self.dense.insert(
+                slot,
+                Seen {
+                    counters,
+                    changed_ms: self.now_ms,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Reads the dense slots whose touched byte is set; clears the bytes of slots idle for

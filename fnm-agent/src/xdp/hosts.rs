@@ -157,6 +157,15 @@ impl HostMaps {
         self.touched.clear(slot)
     }
 
+    /// The summed counters of one dense slot, whoever it belongs to.
+    pub(crate) fn dense_slot_raw(&self, slot: u32) -> Result<XdpHostCounters, MapError> {
+        let mut sum = XdpHostCounters::default();
+        for v in self.dense.get(&slot, 0)?.iter() {
+            sum.accumulate(v);
+        }
+        Ok(sum)
+    }
+
     /// The summed counters of one dense slot, with its host and direction.
     pub(crate) fn dense_slot_sum(
         &self,

@@ -6,6 +6,11 @@
 //! `HOSTS_V4` hash table. The /16 table holds, per /16, "nothing local", "ask the trie" (a local
 //! prefix longer than /16 splits the block), "local, hashed", or "local, dense from slot b". The
 //! trie's values carry the same slot base for the networks it answers for.
+//!
+//! A reload re-lays the networks out with [`DenseLayout::relayout`]: a network that stays keeps
+//! its slots (so its hosts' counters stay where they are), a new one gets the first free range
+//! of the array that no network of the old layout used (so no slot changes hands while packets
+//! may still be counted under the old table), else the hash table.
 
 use crate::prefix::Prefix;
 use fnm_common::{local16, LocalNetV4};
@@ -39,41 +44,108 @@ impl Net {
 pub struct DenseLayout {
     nets: Vec<Net>,
     slots: u32,
+    /// Slots of the kernel array (fixed at load: a multiple of 64, at least 64).
+    capacity: u32,
+}
+
+/// The IPv4 networks of `networks`, normalised, first occurrence of each, without slots.
+fn v4_nets(networks: &[Prefix]) -> Vec<Net> {
+    let mut nets: Vec<Net> = Vec::new();
+    for p in networks {
+        let IpAddr::V4(a) = p.addr() else { continue };
+        let mut net = Net {
+            addr: u32::from(a),
+            len: p.len(),
+            base: None,
+        };
+        net.addr &= !net.host_mask();
+        if !nets.iter().any(|n| n.addr == net.addr && n.len == net.len) {
+            nets.push(net);
+        }
+    }
+    nets
 }
 
 impl DenseLayout {
     /// Gives dense slots to the IPv4 networks of `networks`, in order, while their addresses
     /// fit in `max_addresses` (IPv6 networks are ignored).
     pub fn new(networks: &[Prefix], max_addresses: u32) -> Self {
-        let mut nets: Vec<Net> = Vec::new();
+        let mut nets = v4_nets(networks);
         let mut used: u64 = 0;
-        for p in networks {
-            let IpAddr::V4(a) = p.addr() else { continue };
-            let mut net = Net {
-                addr: u32::from(a),
-                len: p.len(),
-                base: None,
-            };
-            net.addr &= !net.host_mask();
-            if nets.iter().any(|n| n.addr == net.addr && n.len == net.len) {
-                continue;
-            }
+        for net in &mut nets {
             // Two slots per address must fit a u32 slot number.
             if used + net.addresses() <= (max_addresses as u64).min(1 << 30) {
                 net.base = Some((used * 2) as u32);
                 used += net.addresses();
             }
-            nets.push(net);
         }
+        let slots = (used * 2) as u32;
         Self {
             nets,
-            slots: (used * 2) as u32,
+            slots,
+            // At least one touched word (64 slots) so the maps exist without dense networks.
+            capacity: slots.div_ceil(64).max(1) * 64,
         }
     }
 
-    /// Dense slots handed out (two per address).
+    /// The layout of `networks` in the same kernel array (a reload): networks of this layout
+    /// keep their slots; the others, in order, get the first free range of the array that
+    /// none of this layout's networks holds, while one is large enough, else the hash table.
+    pub fn relayout(&self, networks: &[Prefix]) -> Self {
+        let mut nets = v4_nets(networks);
+        // Ranges no new network may take: every range of this layout.
+        let mut taken: Vec<(u64, u64)> = self
+            .nets
+            .iter()
+            .filter_map(|n| n.base.map(|b| (b as u64, b as u64 + 2 * n.addresses())))
+            .collect();
+        for net in &mut nets {
+            net.base = self
+                .nets
+                .iter()
+                .find(|o| o.addr == net.addr && o.len == net.len)
+                .and_then(|o| o.base);
+        }
+        for net in nets.iter_mut().filter(|n| n.base.is_none()) {
+            let size = 2 * net.addresses();
+            taken.sort_unstable();
+            let mut start = 0u64;
+            for &(b, e) in &taken {
+                if b >= start + size {
+                    break;
+                }
+                start = start.max(e);
+            }
+            if start + size <= self.capacity as u64 {
+                net.base = Some(start as u32);
+                taken.push((start, start + size));
+            }
+        }
+        let slots = nets
+            .iter()
+            .filter_map(|n| n.base.map(|b| b as u64 + 2 * n.addresses()))
+            .max()
+            .unwrap_or(0) as u32;
+        Self {
+            nets,
+            slots,
+            capacity: self.capacity,
+        }
+    }
+
+    /// End of the highest dense range handed out (two slots per address).
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Slots of the kernel array.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// IPv4 networks whose hosts count in the hash table (no dense slots).
+    pub fn hashed(&self) -> usize {
+        self.nets.iter().filter(|n| n.base.is_none()).count()
     }
 
     /// The most specific local network holding `a` (what an LPM lookup answers).
@@ -104,6 +176,11 @@ impl DenseLayout {
                 )
             })
         })
+    }
+
+    /// True when `prefix` is one of the IPv4 networks and has dense slots.
+    pub fn is_dense(&self, prefix: &Prefix) -> bool {
+        prefix.addr().is_ipv4() && self.trie_value(prefix).slot_base != local16::NO_SLOTS
     }
 
     /// The `LOCAL_V4` trie value of one of the networks.
@@ -271,6 +348,41 @@ mod tests {
         assert_eq!(l.host_of(1), Some((Ipv4Addr::new(192, 0, 2, 7), 1)));
         let v = l.trie_value(&"192.0.2.7/32".parse().unwrap());
         assert_eq!((v.slot_base, v.host_mask), (0, 0));
+    }
+
+    #[test]
+    fn a_relayout_keeps_slots_and_reuses_only_ranges_the_old_layout_left_free() {
+        let old = DenseLayout::new(&nets(&["10.0.0.0/24", "10.1.0.0/24", "10.2.0.0/25"]), 1024);
+        assert_eq!((old.slots(), old.capacity()), (1280, 1280));
+        let a = Ipv4Addr::new(10, 2, 0, 9);
+        // The first /24 leaves, a /25 and a /24 join: the /25 fits neither the range the /24
+        // left (not free yet) nor anywhere else; nothing moves.
+        let new = old.relayout(&nets(&["10.1.0.0/24", "10.2.0.0/25", "10.3.0.0/25"]));
+        assert_eq!(new.slot_of(a), old.slot_of(a));
+        assert_eq!(
+            new.slot_of(Ipv4Addr::new(10, 1, 0, 1)),
+            old.slot_of(Ipv4Addr::new(10, 1, 0, 1))
+        );
+        assert!(!new.is_dense(&"10.3.0.0/25".parse().unwrap()));
+        assert_eq!(new.slot_of(Ipv4Addr::new(10, 0, 0, 1)), None);
+        assert_eq!(new.hashed(), 1);
+        // Next time the range is free: two /25s share it, first fit in order.
+        let next = new.relayout(&nets(&[
+            "10.1.0.0/24",
+            "10.2.0.0/25",
+            "10.3.0.0/25",
+            "10.4.0.0/25",
+        ]));
+        assert_eq!(next.slot_of(Ipv4Addr::new(10, 3, 0, 0)), Some(0));
+        assert_eq!(next.slot_of(Ipv4Addr::new(10, 4, 0, 0)), Some(256));
+        assert_eq!(next.slot_of(a), old.slot_of(a));
+        let t = next.table();
+        for addr in [a, Ipv4Addr::new(10, 3, 0, 5), Ipv4Addr::new(10, 4, 0, 127)] {
+            let slot = next.slot_of(addr).unwrap();
+            assert_eq!(kernel_slot(&next, &t, addr), Some(slot));
+            assert_eq!(next.host_of(slot), Some((addr, 0)));
+        }
+        assert_eq!(next.hashed(), 0);
     }
 
     #[test]

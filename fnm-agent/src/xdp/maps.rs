@@ -3,6 +3,7 @@
 use super::{
     hosts::{HostMaps, TouchedBytes},
     local16::DenseLayout,
+    networks::Local16Table,
     XdpError,
 };
 use crate::prefix::Prefix;
@@ -19,6 +20,12 @@ use std::{collections::BTreeSet, net::IpAddr};
 pub struct KernelMaps {
     /// Per-host counters (dense IPv4 slots, IPv4 and IPv6 hash tables behind one interface).
     pub hosts: HostMaps,
+    /// The per-/16 table in front of `local_v4`, mapped into the agent.
+    pub(crate) local16: Local16Table,
+    /// The local networks the kernel counts now.
+    pub(crate) networks: Vec<Prefix>,
+    /// Entries of each local-network trie (`xdp.max_prefixes`).
+    pub(crate) max_prefixes: u32,
     /// Local networks, with the dense slot base of each.
     pub local_v4: LpmTrie<MapData, [u8; 4], LocalNetV4>,
     /// Local networks.
@@ -90,6 +97,19 @@ fn touched_bytes(ebpf: &mut Ebpf, touched_len: usize) -> Result<TouchedBytes, Xd
     }
 }
 
+/// Maps the per-/16 local-network table into the agent.
+fn local16_table(ebpf: &mut Ebpf) -> Result<Local16Table, XdpError> {
+    let name = map_names::LOCAL16_V4;
+    let err = |message: String| XdpError::Map { map: name, message };
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => {
+            Local16Table::map(data).map_err(|e| err(format!("mmap: {e}")))
+        }
+        Some(_) => Err(err("not an array".into())),
+        None => Err(err("missing from the XDP object".into())),
+    }
+}
+
 /// A map error named after its map.
 pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
     move |e| XdpError::Map {
@@ -131,13 +151,17 @@ impl LpmKey {
 
 impl KernelMaps {
     /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
-    /// object was loaded with.
+    /// object was loaded with, `max_prefixes` the size of its local-network tries.
     pub fn take(
         ebpf: &mut Ebpf,
         layout: DenseLayout,
         touched_len: usize,
+        max_prefixes: u32,
     ) -> Result<Self, XdpError> {
         Ok(Self {
+            local16: local16_table(ebpf)?,
+            networks: Vec::new(),
+            max_prefixes,
             hosts: HostMaps {
                 dense: take::<PerCpuArray<_, _>>(ebpf, map_names::HOSTS_DENSE_V4)?,
                 touched: touched_bytes(ebpf, touched_len)?,
@@ -168,25 +192,21 @@ impl KernelMaps {
         })
     }
 
-    /// Writes the local-network tries (the /16 table is a global set at load) and the
-    /// whitelist.
+    /// Writes the local networks (tries and the /16 table, laid out as the dense slots were
+    /// at load) and the whitelist into a freshly loaded program.
     pub fn fill_prefixes(
         &mut self,
         networks: &[Prefix],
         whitelist: &[Prefix],
     ) -> Result<(), XdpError> {
-        for p in networks {
-            match LpmKey::of(p) {
-                LpmKey::V4(k) => self
-                    .local_v4
-                    .insert(&k, self.hosts.layout.trie_value(p), 0)
-                    .map_err(map_err(map_names::LOCAL_V4))?,
-                LpmKey::V6(k) => self
-                    .local_v6
-                    .insert(&k, 1, 0)
-                    .map_err(map_err(map_names::LOCAL_V6))?,
-            }
-        }
+        let layout = self.hosts.layout.clone();
+        self.insert_networks(networks, &layout)?;
+        self.local16.write(&layout.table());
+        self.networks = networks.to_vec();
+        self.insert_whitelist(whitelist)
+    }
+
+    fn insert_whitelist(&mut self, whitelist: &[Prefix]) -> Result<(), XdpError> {
         for p in whitelist {
             match LpmKey::of(p) {
                 LpmKey::V4(k) => self
@@ -205,7 +225,7 @@ impl KernelMaps {
     /// Replaces the whitelist `old` by `new` (a configuration reload): new entries first, then
     /// the ones no longer listed go, so a prefix in both is never missing.
     pub fn replace_whitelist(&mut self, old: &[Prefix], new: &[Prefix]) -> Result<(), XdpError> {
-        self.fill_prefixes(&[], new)?;
+        self.insert_whitelist(new)?;
         for p in old.iter().filter(|p| !new.contains(p)) {
             let result = match LpmKey::of(p) {
                 LpmKey::V4(k) => self.whitelist_v4.remove(&k),

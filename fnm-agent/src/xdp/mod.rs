@@ -9,11 +9,13 @@ mod counters;
 mod hosts;
 mod local16;
 mod maps;
+mod networks;
 pub mod tables;
 
 pub use counters::XdpStats;
 pub use hosts::HostMaps;
 pub use maps::KernelMaps;
+pub use networks::NetworksChange;
 pub use tables::{DropMatch, DropTables, RuleSpec};
 
 use crate::config::{XdpConfig, XdpMode};
@@ -140,12 +142,9 @@ impl DataPlane {
             config.max_drop_entries.min(4096) * fnm_common::MAX_RULES_PER_HOST as u32,
         );
         let layout = local16::DenseLayout::new(networks, config.dense_v4_addresses);
-        // At least one touched word (64 slots) so the maps exist without dense networks.
-        let dense_slots = layout.slots().div_ceil(64).max(1) * 64;
-        let table = layout.table();
+        let dense_slots = layout.capacity();
         let seed = random_seed();
         let mut ebpf = EbpfLoader::new()
-            .override_global(map_names::LOCAL16_V4, &*table, true)
             .override_global(map_names::FLOW_SEED, &seed, true)
             .map_max_entries(map_names::HOSTS_DENSE_V4, dense_slots)
             .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
@@ -176,7 +175,8 @@ impl DataPlane {
                 .load()
                 .map_err(|e| XdpError::Load(verifier_error(&e)))?;
         }
-        let mut maps = KernelMaps::take(&mut ebpf, layout, dense_slots as usize)?;
+        let mut maps =
+            KernelMaps::take(&mut ebpf, layout, dense_slots as usize, config.max_prefixes)?;
         maps.fill_prefixes(networks, whitelist)?;
         let tables = DropTables::new(counters_slots);
         Ok(Self {
@@ -401,6 +401,21 @@ impl DataPlane {
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
             }
         }
+        out
+    }
+
+    /// Instructions the kernel's verifier processed for each loaded program
+    /// (`bpf_prog_info.verified_insns`, of its limit of 1,000,000), by program name.
+    pub fn verified_instructions(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let count = p.info().ok()?.verified_instruction_count()?;
+                Some((name.to_owned(), count))
+            })
+            .collect();
+        out.sort();
         out
     }
 

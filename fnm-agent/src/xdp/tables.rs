@@ -281,7 +281,7 @@ fn remove_key(maps: &mut KernelMaps, key: &LpmKey, m: DropMatch) -> Result<(), M
 }
 
 /// True when the kernel answered that the key is not in the map.
-fn is_not_found(e: &MapError) -> bool {
+pub(super) fn is_not_found(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),

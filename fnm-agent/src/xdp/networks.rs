@@ -1,0 +1,243 @@
+//! The local networks in the kernel, and changing them while the program runs (a reload).
+//!
+//! Three tables say whether an address is local and where its counters live: the per-/16
+//! table `LOCAL16_V4` (mapped into the agent, one atomic store per entry), the `LOCAL_V4` trie
+//! (with the dense slot base of each network) and the `LOCAL_V6` trie. A reload
+//! ([`DataPlane::set_networks`]) lays the networks out again so that no host of a network
+//! that stays changes slot ([`DenseLayout::relayout`]), then, in this order:
+//!
+//! 1. absorbs what slots no network owns hold (packets counted under an older table after its
+//!    last poll), so a slot handed out now starts from what it holds;
+//! 2. writes the new trie entries, then the /16 entries that changed, then removes the trie
+//!    entries of the networks that left: each packet meanwhile sees, per address, either the
+//!    old answer or the new one, and both are counted for the right host;
+//! 3. takes the last deltas of every dense slot under the old layout (the hosts of networks
+//!    that left included), which the next poll hands to the engine;
+//! 4. puts the new layout in force for the poller, and absorbs the slots that lost their owner.
+//!
+//! Hosts of networks that left stop counting; hosts of new networks start at once. Counters of
+//! hosts in hash tables stay where they are (read until idle), so nothing is lost or counted
+//! twice. The only packets not counted are those a CPU counted under the old table in the
+//! sub-microsecond between reading it and writing its slot, if that write lands after step 3
+//! read the slot: they are absorbed in step 4 or at the next reload, never given to another
+//! host.
+
+use super::{local16::DenseLayout, maps::map_err, maps::LpmKey, DataPlane, XdpError};
+use crate::prefix::Prefix;
+use aya::maps::MapData;
+use fnm_common::{local16, map_names};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Bytes between two entries of a kernel array of `u32` (values are 8-byte aligned).
+const ENTRY_STRIDE: usize = 8;
+
+/// The `LOCAL16_V4` array mapped into the agent, with the values last written.
+pub(crate) struct Local16Table {
+    /// Keeps the map (and so the mapping's backing) alive.
+    _map: MapData,
+    ptr: *mut u8,
+    mapped: usize,
+    current: Vec<u32>,
+}
+
+// SAFETY: the mapping is owned by this value and only written through atomics.
+unsafe impl Send for Local16Table {}
+// SAFETY: as above.
+unsafe impl Sync for Local16Table {}
+
+impl Local16Table {
+    /// Maps `map` (an mmap-able array of [`local16::BLOCKS`] `u32`, all zero =
+    /// [`local16::NONE`] after load).
+    pub(crate) fn map(map: MapData) -> std::io::Result<Self> {
+        let mapped = local16::BLOCKS * ENTRY_STRIDE;
+        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array's fd, exactly the
+        // array's value area; checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            _map: map,
+            ptr: ptr.cast(),
+            mapped,
+            current: vec![local16::NONE; local16::BLOCKS],
+        })
+    }
+
+    /// Writes the entries of `table` that differ from what the kernel has; returns how many.
+    pub(crate) fn write(&mut self, table: &[u32; local16::BLOCKS]) -> usize {
+        let mut changed = 0;
+        for (block, (now, want)) in self.current.iter_mut().zip(table.iter()).enumerate() {
+            if now == want {
+                continue;
+            }
+            // SAFETY: `block` < BLOCKS, so the entry lies inside the mapping; entries are
+            // 8-byte aligned (page-aligned base, 8-byte stride).
+            unsafe { AtomicU32::from_ptr(self.ptr.add(block * ENTRY_STRIDE).cast()) }
+                .store(*want, Ordering::Release);
+            *now = *want;
+            changed += 1;
+        }
+        changed
+    }
+
+    /// The entry of one /16 block as last written.
+    pub(crate) fn get(&self, block: usize) -> Option<u32> {
+        self.current.get(block).copied()
+    }
+}
+
+impl Drop for Local16Table {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.mapped) };
+    }
+}
+
+/// What a change of the local networks did in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworksChange {
+    /// Networks that were not counted before.
+    pub added: Vec<Prefix>,
+    /// Networks no longer counted.
+    pub removed: Vec<Prefix>,
+    /// Added IPv4 networks that found no free range of dense slots: their hosts count in the
+    /// `HOSTS_V4` hash table (`xdp.dense_v4_addresses` sizes the array at start).
+    pub hashed: Vec<Prefix>,
+}
+
+/// Distinct prefixes of one family in `a` and `b` together.
+fn union_len(a: &[Prefix], b: &[Prefix], v4: bool) -> usize {
+    a.iter()
+        .chain(b)
+        .filter(|p| p.addr().is_ipv4() == v4)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+impl DataPlane {
+    /// The local networks the kernel counts now.
+    pub fn networks(&self) -> &[Prefix] {
+        &self.maps.networks
+    }
+
+    /// Makes the kernel count `networks` from now on, without detaching the program and
+    /// without losing or moving any host's counters (see the module documentation). Fails
+    /// before changing anything when the local-network tries cannot hold the old and the new
+    /// networks together (`xdp.max_prefixes`).
+    pub fn set_networks(&mut self, networks: &[Prefix]) -> Result<NetworksChange, XdpError> {
+        let old = self.maps.networks.clone();
+        let mut change = NetworksChange {
+            added: networks
+                .iter()
+                .filter(|p| !old.contains(p))
+                .copied()
+                .collect(),
+            removed: old
+                .iter()
+                .filter(|p| !networks.contains(p))
+                .copied()
+                .collect(),
+            hashed: Vec::new(),
+        };
+        if change.added.is_empty() && change.removed.is_empty() {
+            self.maps.networks = networks.to_vec();
+            return Ok(change);
+        }
+        for (v4, name) in [(true, map_names::LOCAL_V4), (false, map_names::LOCAL_V6)] {
+            let needed = union_len(&old, networks, v4);
+            if needed > self.maps.max_prefixes as usize {
+                return Err(XdpError::Map {
+                    map: name,
+                    message: format!(
+                        "changing the networks needs {needed} entries at once (the old and the \
+                         new ones); xdp.max_prefixes is {}",
+                        self.maps.max_prefixes
+                    ),
+                });
+            }
+        }
+        let layout = self.maps.hosts.layout.relayout(networks);
+        change.hashed = change
+            .added
+            .iter()
+            .filter(|p| p.addr().is_ipv4() && !layout.is_dense(p))
+            .copied()
+            .collect();
+        // 1.
+        self.poller.absorb_unowned(&self.maps)?;
+        // 2.
+        self.maps.insert_networks(networks, &layout)?;
+        self.maps.local16.write(&layout.table());
+        self.maps.remove_networks(&change.removed)?;
+        // 3.
+        self.poller.settle(&mut self.maps)?;
+        // 4.
+        self.maps.hosts.layout = layout;
+        self.maps.networks = networks.to_vec();
+        self.poller.absorb_unowned(&self.maps)?;
+        Ok(change)
+    }
+}
+
+impl super::KernelMaps {
+    /// Writes the trie entries of `networks` (values from `layout`); existing ones are
+    /// overwritten in place.
+    pub(crate) fn insert_networks(
+        &mut self,
+        networks: &[Prefix],
+        layout: &DenseLayout,
+    ) -> Result<(), XdpError> {
+        for p in networks {
+            match LpmKey::of(p) {
+                LpmKey::V4(k) => self
+                    .local_v4
+                    .insert(&k, layout.trie_value(p), 0)
+                    .map_err(map_err(map_names::LOCAL_V4))?,
+                LpmKey::V6(k) => self
+                    .local_v6
+                    .insert(&k, 1, 0)
+                    .map_err(map_err(map_names::LOCAL_V6))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the trie entries of `networks` (one the kernel no longer has is gone already).
+    fn remove_networks(&mut self, networks: &[Prefix]) -> Result<(), XdpError> {
+        for p in networks {
+            let (result, name) = match LpmKey::of(p) {
+                LpmKey::V4(k) => (self.local_v4.remove(&k), map_names::LOCAL_V4),
+                LpmKey::V6(k) => (self.local_v6.remove(&k), map_names::LOCAL_V6),
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if super::tables::is_not_found(&e) => {}
+                Err(e) => return Err(map_err(name)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The /16 entry the kernel has for `addr` (IPv4 only).
+    pub fn local16_entry(&self, addr: IpAddr) -> Option<u32> {
+        match addr {
+            IpAddr::V4(a) => self.local16.get((u32::from(a) >> 16) as usize),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
