@@ -711,7 +711,9 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     let inputs = engine_input.stats();
     let mut sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
     let mut engine = EngineHandle::spawn(EngineParts {
-        core: EngineCore::new(&config, book).with_mitigations(mitigator.view.clone()),
+        core: EngineCore::new(&config, book)
+            .with_mitigations(mitigator.view.clone())
+            .with_attack_pcap(&config),
         input: input_rx,
         flushers: sources.flushers,
         decisions,

@@ -730,6 +730,7 @@ mod tests {
                 ),
             ],
             report_only: false,
+            pcap_file: None,
         }
     }
 

@@ -200,6 +200,10 @@ pub struct Attack {
     pub actions: Vec<crate::mitigator::store::ActionState>,
     /// Detect and report only.
     pub report_only: bool,
+    /// Its sampled packets (`[attack_pcap]`), also `GET /api/v1/attacks/{id}/pcap`; the file
+    /// may be gone when newer dumps needed room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap_file: Option<std::path::PathBuf>,
 }
 
 /// Reads `actions`: outcome records, or the strings earlier versions wrote (dropped).
@@ -249,6 +253,7 @@ impl Attack {
             fingerprint,
             actions: Vec::new(),
             report_only: o.report_only,
+            pcap_file: None,
         };
         (attack, records)
     }
