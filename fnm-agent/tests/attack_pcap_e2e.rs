@@ -108,6 +108,12 @@ fn an_attack_writes_a_pcap_of_its_samples_that_tshark_reads() {
     let text = String::from_utf8_lossy(&out.stdout);
     let want = format!("{}\t{victim}\t53\t9999\t428", pair.peer_v4);
     let lines: Vec<&str> = text.lines().collect();
+    println!(
+        "{}: {len} bytes, {} packets read by tshark, e.g. {:?}",
+        path,
+        lines.len(),
+        lines.first()
+    );
     assert!(lines.len() >= 10, "few packets:\n{text}");
     assert!(
         lines.iter().all(|l| *l == want),

@@ -93,7 +93,7 @@ impl PcapBackend {
     }
 
     /// Opens every configured interface, each socket joining AF_PACKET fanout group `fanout`
-    /// + the interface's position (Linux; `PACKET_FANOUT_HASH`) when given: every capture
+    /// plus the interface's position (Linux; `PACKET_FANOUT_HASH`) when given: every capture
     /// thread opens the same interfaces in the same groups, and the kernel hands each packet
     /// to exactly one of their sockets.
     pub fn open_in_group(
