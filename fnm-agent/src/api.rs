@@ -56,6 +56,8 @@ pub struct ApiState {
     pub reload: Option<crate::reload::ReloadTrigger>,
     /// The sources' hand-over counters.
     pub inputs: Arc<InputStats>,
+    /// The fleet export's counters (`None`: nothing exported).
+    pub export: Option<Arc<crate::export::ExportStats>>,
 }
 
 /// An API error: status, message, and for a refused ban the check that refused it.
@@ -327,6 +329,7 @@ async fn status(State(st): State<ApiState>) -> Json<serde_json::Value> {
             "overruns": st.engine.stats.overruns.load(Relaxed),
             "decisions_dropped": st.engine.stats.decisions_dropped.load(Relaxed),
         },
+        "export": st.export.as_ref().map(|e| e.status()),
     }))
 }
 

@@ -59,6 +59,21 @@ pub struct Config {
     /// Prefixes that are never dropped and never banned. Default: empty.
     #[serde(default)]
     pub whitelist: Vec<Prefix>,
+    /// A file of more networks, one prefix per line (FastNetMon's `networks_list` format: blank
+    /// lines and `#` comments allowed, IPv4 and IPv6), merged into `networks` at start and on
+    /// every reload; a relative path is relative to the configuration file. Without a
+    /// `networks` key, the default networks give way to the file's. See [`crate::prefix_lists`].
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks_file: Option<PathBuf>,
+    /// A file of more whitelist prefixes, in the same format, merged into `whitelist`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whitelist_file: Option<PathBuf>,
+    /// Add this host's own interface addresses (as /32 and /128; not loopback or IPv6
+    /// link-local) to `networks`, read at start and on every reload. Default: `false`.
+    #[serde(default)]
+    pub monitor_local_addresses: bool,
     /// Where bans, templates and attack history are kept across restarts.
     /// Default: `/var/lib/fnm`.
     #[serde(default = "default_state_dir")]
@@ -103,6 +118,15 @@ pub struct Config {
     /// The actions' own sections (`[bgp]`, `[webhook]`, ...), at the top level.
     #[serde(flatten)]
     pub actions: crate::actions::ActionSections,
+    /// `[export]`: what this agent publishes to the fleet (Kafka).
+    #[serde(default)]
+    pub export: crate::export::ExportConfig,
+    /// `[kafka]`: brokers and topics.
+    #[serde(default)]
+    pub kafka: crate::export::KafkaConfig,
+    /// `[cluster]`: agent, or aggregator of the agents' exports.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
     /// The agent's log: level and format.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
@@ -569,15 +593,54 @@ impl Config {
 
     /// Parses and validates config text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: locate_unknown_key(text, e),
         })?;
+        config
+            .read_prefix_lists(text, path)
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
         })?;
         Ok(config)
+    }
+
+    /// Merges `networks_file`, `whitelist_file` and `monitor_local_addresses` into `networks`
+    /// and `whitelist` (see [`crate::prefix_lists`]); relative file paths become relative to
+    /// the configuration file `path`.
+    fn read_prefix_lists(
+        &mut self,
+        text: &str,
+        path: &Path,
+    ) -> Result<(), crate::prefix_lists::PrefixFileError> {
+        use crate::prefix_lists::{beside, local_addresses, resolve, ListSources};
+        if self.networks_file.is_none()
+            && self.whitelist_file.is_none()
+            && !self.monitor_local_addresses
+        {
+            return Ok(());
+        }
+        self.networks_file = self.networks_file.as_deref().map(|f| beside(path, f));
+        self.whitelist_file = self.whitelist_file.as_deref().map(|f| beside(path, f));
+        let inline_networks = toml::from_str::<toml::Table>(text)
+            .map(|t| t.contains_key("networks"))
+            .unwrap_or(true);
+        let sources = ListSources {
+            networks_file: self.networks_file.as_deref(),
+            whitelist_file: self.whitelist_file.as_deref(),
+            monitor_local_addresses: self.monitor_local_addresses,
+            inline_networks,
+        };
+        let (mut networks, mut whitelist) = (self.networks.clone(), self.whitelist.clone());
+        resolve(sources, &local_addresses, &mut networks, &mut whitelist)?;
+        self.networks = networks;
+        self.whitelist = whitelist;
+        Ok(())
     }
 
     /// Checks what serde cannot: ranges and combinations.
@@ -592,8 +655,14 @@ impl Config {
         self.capture.validate().map_err(|e| e.to_string())?;
         self.attack_pcap.validate()?;
         self.actions.validate(&|action| self.uses_action(action))?;
+        self.export.validate(&self.kafka)?;
+        self.cluster.validate(&self.kafka, &self.export)?;
         if self.networks.is_empty() {
-            return Err("networks: at least one local network is needed".into());
+            return Err(
+                "networks: at least one local network is needed (from networks, \
+                        networks_file or monitor_local_addresses)"
+                    .into(),
+            );
         }
         if self.xdp_active() && self.xdp.interfaces.is_empty() {
             return Err("xdp.interfaces: empty while xdp.enabled = true".into());

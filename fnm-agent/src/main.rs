@@ -41,6 +41,19 @@ enum Command {
     },
     /// Print the default configuration.
     PrintDefaultConfig,
+    /// Convert a FastNetMon 1.2.4 configuration to fnm's (printed on stdout): every option
+    /// with an fnm equivalent, and, as comments at the end, the others with why.
+    ImportFastnetmon {
+        /// FastNetMon's configuration file.
+        #[arg(default_value = "/etc/fastnetmon.conf")]
+        path: PathBuf,
+        /// Networks list to use instead of the file's networks_list_path.
+        #[arg(long)]
+        networks: Option<PathBuf>,
+        /// Whitelist to use instead of the file's white_list_path.
+        #[arg(long)]
+        whitelist: Option<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -338,6 +351,22 @@ fn command_ok(command: Command) -> Result<()> {
         Command::CheckConfig { .. } => unreachable!("handled by dispatch"),
         Command::PrintDefaultConfig => {
             print!("{}", Config::default_toml());
+            Ok(())
+        }
+        Command::ImportFastnetmon {
+            path,
+            networks,
+            whitelist,
+        } => {
+            let options = fnm_agent::import::ImportOptions {
+                networks,
+                whitelist,
+            };
+            let imported = fnm_agent::import::import(&path, &options)?;
+            for w in &imported.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", imported.toml);
             Ok(())
         }
         Command::Completions { shell } => {
@@ -710,12 +739,45 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     let (engine_input, input_rx) = input::EngineInput::channel(input::INPUT_CAPACITY);
     let inputs = engine_input.stats();
     let mut sources = fnm_agent::sources::from_config(&config, &engine_input, &dataplane)?;
+    let sites = fnm_agent::sources::start_fleet(&config, &engine_input, &mut sources)
+        .context("starting the aggregator's Kafka consumer")?;
+    if sites.is_some() {
+        tracing::info!(
+            "aggregator: reading {} as a member of consumer group {}",
+            config.kafka.topic("hosts"),
+            config.cluster.group_id
+        );
+    }
+    let (mut exporter, observers) =
+        match fnm_agent::export::Exporter::start(&config.export, &config.kafka)
+            .context("starting the Kafka export")?
+        {
+            Some((exporter, observer)) => {
+                tracing::info!(
+                    "exporting to Kafka ({}), topics {}.hosts/.attacks/.mitigations",
+                    config.kafka.brokers.join(", "),
+                    config.kafka.topic_prefix
+                );
+                let observers: Vec<Box<dyn fnm_agent::engine::TickObserver>> =
+                    vec![Box::new(observer)];
+                (Some(exporter), observers)
+            }
+            None => (None, Vec::new()),
+        };
+    let export_stats = exporter.as_ref().map(|e| e.stats.clone());
     let mut engine = EngineHandle::spawn(EngineParts {
-        core: EngineCore::new(&config, book)
-            .with_mitigations(mitigator.view.clone())
-            .with_attack_pcap(&config),
+        core: {
+            let core = EngineCore::new(&config, book)
+                .with_mitigations(mitigator.view.clone())
+                .with_attack_pcap(&config);
+            match sites {
+                Some(s) => core.with_site_shares(s),
+                None => core,
+            }
+        },
         input: input_rx,
         flushers: sources.flushers,
+        observers,
         decisions,
         interval: config.poll_interval,
     })
@@ -761,6 +823,9 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     extra.push(flow_metrics);
     extra.push(reload_stats);
     extra.push(map_memory);
+    if let Some(e) = &export_stats {
+        extra.push(e.clone());
+    }
     let api = tokio::spawn(fnm_agent::api::serve(
         fnm_agent::api::ApiState {
             engine: engine.client(),
@@ -768,6 +833,7 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
             config: shared_config,
             reload: Some(reload_tx),
             inputs: inputs.clone(),
+            export: export_stats,
         },
         api_listener,
         servers.api.clone(),
@@ -832,6 +898,10 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
         }
         .stop();
         engine.stop();
+        // After the engine: its last tick's messages are in the queue.
+        if let Some(e) = exporter.as_mut() {
+            e.stop(std::time::Duration::from_secs(2));
+        }
     })
     .await?;
     fnm_agent::attach::detach_all(&dataplane, &config);

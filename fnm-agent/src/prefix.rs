@@ -327,6 +327,11 @@ impl IndexedPrefixSet {
         }
     }
 
+    /// The most specific prefix containing `addr`.
+    pub fn longest_match(&self, addr: IpAddr) -> Option<Prefix> {
+        self.set.longest_match(addr).map(|(prefix, ())| *prefix)
+    }
+
     /// True when some prefix contains `addr`.
     #[inline]
     pub fn contains(&self, addr: IpAddr) -> bool {

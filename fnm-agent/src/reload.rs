@@ -224,7 +224,8 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
 pub fn needs_restart(key: &str) -> bool {
     let (section, sub) = key.split_once('.').unwrap_or((key, ""));
     match section {
-        "state_dir" | "poll_interval" | "rate_window" | "accounting" | "api" | "capture" => true,
+        "state_dir" | "poll_interval" | "rate_window" | "accounting" | "api" | "capture"
+        | "export" | "kafka" | "cluster" => true,
         "xdp" => sub != "interfaces",
         "prometheus" => sub != "top_hosts",
         _ => false,
@@ -241,6 +242,9 @@ pub fn carry_over(old: &Config, new: Config) -> Config {
     eff.accounting = old.accounting.clone();
     eff.api = old.api.clone();
     eff.capture = old.capture.clone();
+    eff.export = old.export.clone();
+    eff.kafka = old.kafka.clone();
+    eff.cluster = old.cluster.clone();
     let top_hosts = eff.prometheus.top_hosts;
     eff.prometheus = old.prometheus.clone();
     eff.prometheus.top_hosts = top_hosts;
@@ -251,7 +255,8 @@ pub fn carry_over(old: &Config, new: Config) -> Config {
 }
 
 /// Actions whose running objects a reload keeps: the script when its settings did not change,
-/// the BGP actions when `[bgp]` and their use did not.
+/// the BGP actions when `[bgp]` and their use did not (nor the whitelist, when subnets are
+/// announced).
 pub fn keep_actions(old: &Config, new: &Config) -> BTreeSet<Action> {
     let mut keep = BTreeSet::new();
     let (a, b) = (&old.ban, &new.ban);
@@ -266,7 +271,12 @@ pub fn keep_actions(old: &Config, new: &Config) -> BTreeSet<Action> {
     }
     let uses_bgp =
         |c: &Config| c.uses_action(Action::BgpBlackhole) || c.uses_action(Action::BgpFlowspec);
-    if uses_bgp(old) && uses_bgp(new) && old.actions.bgp == new.actions.bgp {
+    // The blackhole action keeps the whitelist its subnet routes must not cover.
+    if uses_bgp(old)
+        && uses_bgp(new)
+        && old.actions.bgp == new.actions.bgp
+        && (!new.actions.bgp.announces_subnets() || old.whitelist == new.whitelist)
+    {
         keep.insert(Action::BgpBlackhole);
         keep.insert(Action::BgpFlowspec);
     }

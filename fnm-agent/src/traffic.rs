@@ -16,16 +16,19 @@ pub enum Source {
     Pcap,
     /// Offline replay of a capture file.
     Replay,
+    /// Other agents' host counters, read from Kafka by an aggregator (`[cluster] role`).
+    Fleet,
 }
 
 impl Source {
     /// Every source, in [`Source::index`] order.
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::Xdp,
         Source::Sflow,
         Source::Netflow,
         Source::Pcap,
         Source::Replay,
+        Source::Fleet,
     ];
 
     /// Position in [`Source::ALL`], for fixed-size tables.
@@ -41,6 +44,7 @@ impl Source {
             Source::Netflow => "netflow",
             Source::Pcap => "pcap",
             Source::Replay => "replay",
+            Source::Fleet => "fleet",
         }
     }
 }

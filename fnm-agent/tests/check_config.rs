@@ -524,3 +524,88 @@ fn a_missing_config_says_how_to_write_one() {
         run.stderr
     );
 }
+
+#[test]
+fn networks_and_whitelist_files_must_be_readable_and_well_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let networks = dir.path().join("networks_list");
+    let whitelist = dir.path().join("networks_whitelist");
+    let config = write_config(
+        dir.path(),
+        &format!("{NO_XDP}[ban]\nactions = []\nmanual_actions = []\n",).replace(
+            "[xdp]",
+            &format!(
+                "networks_file = \"{}\"\nwhitelist_file = \"{}\"\n[xdp]",
+                networks.display(),
+                whitelist.display()
+            ),
+        ),
+    );
+    // Missing: named with its key, in check-config and at run.
+    let run = check(None, &config, &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains(&format!(
+            "networks_file {}: cannot read it",
+            networks.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    let run = agent(None, &["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("networks_file"), "{}", run.stderr);
+
+    // Present, with comments and both families; the whitelist still missing.
+    std::fs::write(&networks, "# ours\n192.0.2.0/24\n\n2001:db8:5::/48\n").unwrap();
+    let run = check(None, &config, &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("whitelist_file") && run.stderr.contains("cannot read"),
+        "{}",
+        run.stderr
+    );
+    // Unreadable (a directory in its place).
+    std::fs::create_dir(&whitelist).unwrap();
+    let run = check(None, &config, &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+    std::fs::remove_dir(&whitelist).unwrap();
+    // A bad line: the file and the line.
+    std::fs::write(&whitelist, "192.0.2.7\n192.0.2.300\n").unwrap();
+    let run = check(None, &config, &[]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr
+            .contains(&format!("whitelist_file {} line 2", whitelist.display())),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(&whitelist, "192.0.2.7\n").unwrap();
+    let run = check(None, &config, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.text());
+    // `thresholds` reads the same lists: the file's networks and whitelist.
+    let report = |ip: &str| -> serde_json::Value {
+        let run = agent(
+            None,
+            &[
+                "thresholds",
+                ip,
+                "--config",
+                config.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(run.code, Some(0), "{}", run.text());
+        serde_json::from_str(&run.stdout).unwrap()
+    };
+    let r = report("192.0.2.9");
+    assert_eq!(r["network"], "192.0.2.0/24", "{r:#}");
+    assert_eq!(r["whitelisted"], false, "{r:#}");
+    assert_eq!(report("192.0.2.7")["whitelisted"], true);
+    assert_eq!(report("2001:db8:5::1")["network"], "2001:db8:5::/48");
+    assert!(
+        report("10.10.0.1")["network"].is_null(),
+        "no default networks"
+    );
+}

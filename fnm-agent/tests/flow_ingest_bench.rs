@@ -423,6 +423,210 @@ impl TrafficSink for CountingSink {
     }
 }
 
+/// The agent's own path (collectors → bounded input channel → the engine thread), with
+/// `observers` reading each tick (the Kafka export when given).
+fn fnm_engine(
+    observers: Vec<Box<dyn fnm_agent::engine::TickObserver>>,
+) -> (Fnm, EngineHandle, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state dir");
+    let config = Config::parse(
+        "networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n",
+        std::path::Path::new("bench.toml"),
+    )
+    .expect("bench config");
+    let book = AttackBook::open(state.path().join("attacks.json")).expect("attack book");
+    let (input, input_rx) = EngineInput::channel(INPUT_CAPACITY);
+    let input_stats = input.stats();
+    let (decisions, decisions_rx) =
+        tokio::sync::mpsc::channel::<fnm_agent::engine::decision::Decision>(1024);
+    std::mem::forget(decisions_rx);
+    let engine = EngineHandle::spawn(EngineParts {
+        core: EngineCore::new(&config, book),
+        input: input_rx,
+        flushers: Vec::new(),
+        observers,
+        decisions,
+        interval: config.poll_interval,
+    })
+    .expect("engine thread");
+    let sink: Arc<dyn TrafficSink> = Arc::new(input);
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let collectors = FlowCollectors::start(
+        &SflowConfig::listening_on(vec![local]),
+        &NetflowConfig::listening_on(vec![local]),
+        None,
+        sink,
+    )
+    .expect("fnm collectors");
+    (
+        Fnm {
+            collectors,
+            input: Some(input_stats),
+        },
+        engine,
+        state,
+    )
+}
+
+/// `FNM_BENCH_EXPORT=1`: the lossless NetFlow v5 rate with the Kafka export off and on
+/// (a real tansu broker on 127.0.0.1), alternated over `FNM_BENCH_ROUNDS` rounds (default 2),
+/// then the aggregator's fleet source: host records per second from the broker into an
+/// engine.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture --release"]
+fn kafka_export_bench() {
+    if std::env::var("FNM_BENCH_EXPORT").is_err() {
+        println!("set FNM_BENCH_EXPORT=1 to run the export benchmark");
+        return;
+    }
+    let rounds: usize = std::env::var("FNM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let broker = common::kafka::Broker::start(None, port);
+    let kafka: fnm_agent::export::KafkaConfig =
+        toml::from_str(&format!("brokers = [\"{}\"]", broker.addr)).unwrap();
+    let export: fnm_agent::export::ExportConfig =
+        toml::from_str("kafka = true\nagent_id = \"bench\"").unwrap();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        println!("\nround {}: export off", round + 1);
+        let (fnm, engine, _state) = fnm_engine(Vec::new());
+        off.push(find_lossless(&fnm, false).0);
+        drop(fnm);
+        drop(engine);
+        println!("round {}: export on", round + 1);
+        let (mut exporter, observer) = fnm_agent::export::Exporter::start(&export, &kafka)
+            .expect("exporter")
+            .expect("export on");
+        let (fnm, engine, _state) = fnm_engine(vec![Box::new(observer)]);
+        on.push(find_lossless(&fnm, false).0);
+        drop(fnm);
+        drop(engine);
+        exporter.stop(Duration::from_secs(10));
+        let st = exporter.stats.status();
+        println!(
+            "  export: {:?} delivered, {:?} dropped",
+            st.delivered, st.dropped
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (m_off, m_on) = (median(&mut off), median(&mut on));
+    println!(
+        "\nNetFlow v5 lossless records/s: export off {off:?} (median {m_off:.0}), on {on:?} (median {m_on:.0}): on/off {:.2}x",
+        m_on / m_off
+    );
+    aggregator_throughput(&broker.addr);
+}
+
+/// Produces host records as fast as one producer can and measures how fast the aggregator's
+/// fleet source hands them to its engine.
+fn aggregator_throughput(broker: &str) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    const RECORDS: u64 = 1_000_000;
+    let state = tempfile::tempdir().expect("state dir");
+    let config = Config::parse(
+        &format!(
+            "networks = [\"10.0.0.0/8\"]\n[xdp]\nenabled = false\n\
+             [kafka]\nbrokers = [\"{broker}\"]\n[cluster]\nrole = \"aggregator\"\n\
+             max_lag = \"1h\"\n"
+        ),
+        std::path::Path::new("bench.toml"),
+    )
+    .expect("aggregator config");
+    let book = AttackBook::open(state.path().join("attacks.json")).expect("attack book");
+    let (input, input_rx) = EngineInput::channel(INPUT_CAPACITY);
+    let (decisions, decisions_rx) =
+        tokio::sync::mpsc::channel::<fnm_agent::engine::decision::Decision>(1024);
+    std::mem::forget(decisions_rx);
+    let mut sources = fnm_agent::sources::Sources {
+        running: Vec::new(),
+        flushers: Vec::new(),
+        metrics: Vec::new(),
+        flows: None,
+    };
+    let sites = fnm_agent::sources::start_fleet(&config, &input, &mut sources)
+        .expect("fleet source")
+        .expect("aggregator");
+    let engine = EngineHandle::spawn(EngineParts {
+        core: EngineCore::new(&config, book).with_site_shares(sites),
+        input: input_rx,
+        flushers: Vec::new(),
+        observers: Vec::new(),
+        decisions,
+        interval: config.poll_interval,
+    })
+    .expect("engine");
+    let stats = input.stats();
+    let taken = || {
+        stats
+            .of(Source::Fleet)
+            .records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Joined once it holds partitions; give the group a moment.
+    std::thread::sleep(Duration::from_secs(8));
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let start = Instant::now();
+    let now_ms = fnm_agent::engine::unix_ms();
+    for i in 0..RECORDS {
+        let host = std::net::Ipv4Addr::from(0x0a00_0000 + (i % 65_536) as u32);
+        let r = fnm_agent::export::records::HostRecord::new(
+            &format!("site-{}", i % 3),
+            host.into(),
+            fnm_agent::accounting::Direction::Incoming,
+            now_ms,
+            250,
+            &fnm_common::HostCounters {
+                packets: 10,
+                bytes: 1000,
+                ..Default::default()
+            },
+        );
+        let payload = serde_json::to_vec(&r).unwrap();
+        let key = host.to_string();
+        loop {
+            match producer.send(BaseRecord::to("fnm.hosts").key(&key).payload(&payload)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    let produced_in = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while taken() < RECORDS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let consumed_in = start.elapsed();
+    println!(
+        "aggregator: {} of {RECORDS} host records into the engine in {:.2} s ({:.0} records/s); \
+         the producer took {:.2} s ({:.0} records/s)",
+        taken(),
+        consumed_in.as_secs_f64(),
+        taken() as f64 / consumed_in.as_secs_f64(),
+        produced_in.as_secs_f64(),
+        RECORDS as f64 / produced_in.as_secs_f64()
+    );
+    sources.stop();
+    drop(engine);
+}
+
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture --release"]
 fn flow_ingest_bench() {
@@ -443,6 +647,7 @@ fn flow_ingest_bench() {
         core: EngineCore::new(&config, book),
         input: input_rx,
         flushers: Vec::new(),
+        observers: Vec::new(),
         decisions,
         interval: config.poll_interval,
     })

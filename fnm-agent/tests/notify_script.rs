@@ -38,6 +38,7 @@ fn call() -> ScriptCall {
         pps: 123_456,
         action: "ban",
         stdin: "report\n".into(),
+        env: Vec::new(),
     }
 }
 

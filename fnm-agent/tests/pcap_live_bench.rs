@@ -34,7 +34,9 @@
 //!
 //! A step is lossless when the tool counted at least 99 % of what the kernel delivered. The
 //! test prints every step, the highest lossless rate of each tool, packets per CPU-second and
-//! the fnm/fastnetmon ratios; it fails when a tool counts nothing at all.
+//! the fnm/fastnetmon ratios, and each tool's CPU split into a fixed part (ms per second of
+//! running) and a per-packet part (ns), fitted over its lossless steps; it fails when a tool
+//! counts nothing at all.
 
 mod common;
 
@@ -586,6 +588,8 @@ struct Step {
     delivered: u64,
     counted: u64,
     cpu: f64,
+    /// Wall-clock seconds of the step and its drain (what `cpu` was measured over).
+    wall: f64,
 }
 
 impl Step {
@@ -658,6 +662,7 @@ impl<'a> Runner<'a> {
         let (tool, pair) = (self.tool, self.pair);
         let delivered_before = pair.delivered();
         let cpu_before = self.meter.seconds();
+        let started = Instant::now();
         let (sent, achieved) = blast(&pair.sender_ns, &pair.sender_if, rate, STEP);
         let counted_after = settle(tool);
         // CPU over the step and the drain: what it cost to count these frames.
@@ -668,6 +673,7 @@ impl<'a> Runner<'a> {
             delivered: pair.delivered() - delivered_before,
             counted: counted_after - self.counted_before,
             cpu,
+            wall: started.elapsed().as_secs_f64(),
         };
         self.counted_before = counted_after;
         println!(
@@ -730,6 +736,51 @@ fn run_interleaved(tools: &[(&dyn Tool, &BenchPair)]) -> Vec<Vec<Step>> {
         rate *= factor;
     }
     runners.into_iter().map(|r| r.steps).collect()
+}
+
+/// Splits a tool's CPU into a fixed part and a per-packet part: the least-squares fit of
+/// `cpu = fixed × wall + per_packet × counted` over its lossless steps. Packets per CPU-second
+/// mixes both (a step at a low rate is mostly idle cost: ticks, the benchmark's own `/metrics`
+/// reads); the fit tells the cost of a packet from the cost of running. `None` with fewer
+/// than two lossless steps.
+fn fit(steps: &[Step]) -> Option<(f64, f64)> {
+    let ok: Vec<&Step> = steps.iter().filter(|s| s.lossless()).collect();
+    if ok.len() < 2 {
+        return None;
+    }
+    let (mut ww, mut wc, mut cc, mut wy, mut cy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for s in ok {
+        let (w, c, y) = (s.wall, s.counted as f64, s.cpu);
+        ww += w * w;
+        wc += w * c;
+        cc += c * c;
+        wy += w * y;
+        cy += c * y;
+    }
+    let det = ww * cc - wc * wc;
+    if det.abs() < f64::EPSILON {
+        return None;
+    }
+    Some(((wy * cc - cy * wc) / det, (ww * cy - wc * wy) / det))
+}
+
+/// Prints each tool's fixed and per-packet CPU (see [`fit`]).
+fn print_fits(named: &[(&str, &[Step])]) {
+    println!(
+        "
+CPU split (least squares over lossless steps: cpu = fixed x wall + per-packet x packets):"
+    );
+    for (name, steps) in named {
+        match fit(steps) {
+            Some((fixed, per_packet)) => println!(
+                "  {name:>13}: fixed {:>7.3} ms/s, per packet {:>6.1} ns ({:.1} M packets per CPU-second at the margin)",
+                fixed * 1e3,
+                per_packet * 1e9,
+                1e-6 / per_packet.max(1e-12)
+            ),
+            None => println!("  {name:>13}: fewer than two lossless steps"),
+        }
+    }
 }
 
 /// The highest lossless step (by delivered rate).
@@ -844,6 +895,12 @@ fn pcap_live_bench() {
         drop(fnm);
     }
 
+    print_fits(&[
+        ("fnm", &fnm_steps),
+        ("fnm-base", &base_steps),
+        ("fastnetmon", &fast_steps),
+        ("fnm-immediate", &immediate_steps),
+    ]);
     if fast_steps.is_empty() {
         return;
     }

@@ -36,6 +36,11 @@ const TEST_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// tansu, the Kafka-compatible broker the export tests publish to (Apache Kafka itself is
+/// not installable from the registries these machines reach). `dynostore` gives it in-memory
+/// storage.
+pub const TANSU_VERSION: &str = "0.6.0";
+
 /// Installs what is missing; with `test_peers`, also the test peers.
 pub fn run(test_peers: bool) -> Result<()> {
     let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
@@ -49,6 +54,48 @@ pub fn run(test_peers: bool) -> Result<()> {
     crate::ebpf_toolchain::check_llvm(&toolchain)?;
     if test_peers {
         cross_targets()?;
+        kafka_broker()?;
+    }
+    Ok(())
+}
+
+/// Where `cargo install` puts tansu (the tests look there, then in PATH).
+pub fn tansu_path() -> std::path::PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| "/root/.cargo".into());
+    home.join("bin/tansu")
+}
+
+/// Installs tansu from crates.io when it is missing (about 10 minutes of build, once).
+fn kafka_broker() -> Result<()> {
+    let path = tansu_path();
+    let installed = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(TANSU_VERSION))
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    println!(
+        "xtask setup: installing tansu {TANSU_VERSION} from crates.io into {} (the \
+         Kafka-compatible broker of the export tests; about 10 minutes, once)",
+        path.display()
+    );
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            &format!("tansu@{TANSU_VERSION}"),
+            "--locked",
+            "--features",
+            "dynostore",
+        ])
+        .status()
+        .context("cargo install tansu")?;
+    if !status.success() {
+        bail!("installing tansu {TANSU_VERSION} failed");
     }
     Ok(())
 }

@@ -296,6 +296,14 @@ impl HostDirection {
         self.rates = Rates::from_window(&self.slots_sum, window_seconds);
     }
 
+    /// Counters of the last closed slot (`None` before the first slot with traffic closed).
+    /// When the slot and the window were both empty the ring does not turn, so this is
+    /// meaningful only while `slot_rates` is not zero.
+    pub fn last_slot(&self) -> Option<&HostCounters> {
+        let n = self.slots.len();
+        (n > 0).then(|| &self.slots[(self.next_slot + n - 1) % n])
+    }
+
     /// Back to a direction never seen, keeping the ring's allocation for the next host.
     fn reset(&mut self) {
         let mut slots = std::mem::take(&mut self.slots);
@@ -649,6 +657,11 @@ impl Accounting {
         }
     }
 
+    /// The most specific entry of the local networks holding `addr`.
+    pub fn network_of(&self, addr: IpAddr) -> Option<crate::prefix::Prefix> {
+        self.networks.longest_match(addr)
+    }
+
     /// True when `addr` is inside the local networks.
     pub fn is_local(&self, addr: IpAddr) -> bool {
         self.networks.contains(addr)
@@ -854,6 +867,33 @@ impl Accounting {
             entry.whitelisted.accumulate(&delta.whitelisted);
             entry.last_active_ms = entry.last_active_ms.max(now_ms);
         }
+    }
+
+    /// Adds a slot of counters another agent counted (an aggregator's fleet source); false,
+    /// and nothing counted, for a host outside `networks` or one the table has no room for.
+    pub fn add_fleet_counters(
+        &mut self,
+        host: IpAddr,
+        direction: Direction,
+        counters: &HostCounters,
+    ) -> bool {
+        if !self.is_local(host) {
+            return false;
+        }
+        let Some(slot) =
+            self.table
+                .slot_or_admit(host, Origin::Source(Source::Fleet), counters.packets)
+        else {
+            return false;
+        };
+        self.credit(Some(slot), host, direction, counters, counters);
+        for class in 0..proto::COUNT {
+            let cell = self.totals.cell(Source::Fleet, direction.index(), class);
+            cell.packets = cell.packets.wrapping_add(counters.proto_packets[class]);
+            cell.bytes = cell.bytes.wrapping_add(counters.proto_bytes[class]);
+            cell.seen = true;
+        }
+        true
     }
 
     /// Sets the absolute totals of a source (the XDP program counts its own).

@@ -8,6 +8,7 @@
 //! [`ActionSections`] (`sections.rs`) and a line in [`registry`].
 
 pub mod bgp;
+pub mod fastnetmon_report;
 mod kind;
 pub mod notify_script;
 pub mod script;
@@ -93,10 +94,15 @@ pub enum Applied {
         /// Third argument.
         pps: u64,
     },
-    /// A BGP blackhole route.
+    /// BGP blackhole routes.
     BgpBlackhole {
-        /// The announced prefix.
-        prefix: Prefix,
+        /// The host route, or a manual ban's prefix; absent when only the subnet was announced
+        /// (records of earlier versions always have it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<Prefix>,
+        /// The host's subnet route, when announced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subnet: Option<Prefix>,
     },
     /// A BGP flowspec rule.
     BgpFlowspec {

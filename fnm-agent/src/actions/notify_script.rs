@@ -2,8 +2,15 @@
 //! `SCRIPT <ip> <incoming|outgoing|other> <pps> <ban|unban>`, with the attack report on stdin
 //! for `ban`. A manual ban passes `other` and `0`, as FastNetMon does. The call is queued to
 //! the script runner ([`super::script`]); a full queue is an error of this action.
+//!
+//! With `script_format = "fastnetmon"` the report is FastNetMon 1.2.4's
+//! ([`super::fastnetmon_report`]), and once the `ban` call has ended the script is called again
+//! as FastNetMon does, `SCRIPT <ip> <direction> <pps> attack_details`, with the packet samples
+//! on stdin (when the attack has any). The calls for an attack (`ban`, `attack_details`,
+//! `unban`) carry its id in `FNM_ATTACK_ID`.
 
 use super::{
+    fastnetmon_report,
     script::{ScriptCall, ScriptRunner, ScriptStats},
     Action, ActionEnv, ActionError, Applied, LateOutcome, MitigationAction, Target,
 };
@@ -56,23 +63,45 @@ impl MitigationAction for NotifyScript {
         env: &mut ActionEnv<'_>,
         target: &Target<'_>,
     ) -> Result<Applied, ActionError> {
-        let (ip, direction, pps, stdin) = match target {
-            Target::Attack { attack, .. } => (
-                attack.host,
-                attack.direction.as_str(),
-                attack.initial_rates.pps as u64,
-                match self.format {
-                    ReportFormat::Text => attack::text_report(attack),
-                    ReportFormat::Json => serde_json::to_string_pretty(attack).unwrap_or_default(),
-                },
-            ),
+        let (ip, direction, pps, stdin, env_vars, details) = match target {
+            Target::Attack { attack, .. } => {
+                let (stdin, details) = match self.format {
+                    ReportFormat::Text => (attack::text_report(attack), None),
+                    ReportFormat::Json => (
+                        serde_json::to_string_pretty(attack).unwrap_or_default(),
+                        None,
+                    ),
+                    ReportFormat::Fastnetmon => (
+                        fastnetmon_report::ban_report(attack),
+                        fastnetmon_report::details_report(attack),
+                    ),
+                };
+                (
+                    attack.host,
+                    attack.direction.as_str(),
+                    attack.initial_rates.pps as u64,
+                    stdin,
+                    vec![("FNM_ATTACK_ID", attack.id.clone())],
+                    details,
+                )
+            }
             Target::Prefix { prefix, .. } => (
                 prefix.addr(),
                 crate::mitigator::MANUAL_DIRECTION,
                 0,
                 String::new(),
+                Vec::new(),
+                None,
             ),
         };
+        let details = details.map(|stdin| ScriptCall {
+            ip,
+            direction,
+            pps,
+            action: "attack_details",
+            stdin,
+            env: env_vars.clone(),
+        });
         let outcome = self
             .runner
             .submit_watched(ScriptCall {
@@ -81,12 +110,16 @@ impl MitigationAction for NotifyScript {
                 pps,
                 action: "ban",
                 stdin,
+                env: env_vars,
             })
             .ok_or_else(|| {
                 ActionError::Unavailable("the notify script's queue is full; call dropped".into())
             })?;
-        // The call runs for up to script_timeout: its outcome is reported when it ends.
+        // The call runs for up to script_timeout: its outcome is reported when it ends. The
+        // `attack_details` call follows it, as in FastNetMon (its failure is the runner's to
+        // count and log; the ban stands).
         let (late, mitigation) = (env.late.clone(), env.mitigation.to_owned());
+        let runner = self.runner.clone();
         tokio::spawn(async move {
             if let Ok(Err(error)) = outcome.await {
                 let _ = late.send(LateOutcome {
@@ -94,6 +127,9 @@ impl MitigationAction for NotifyScript {
                     action: Action::Script,
                     error,
                 });
+            }
+            if let Some(call) = details {
+                runner.submit(call);
             }
         });
         Ok(Applied::Script {
@@ -103,7 +139,7 @@ impl MitigationAction for NotifyScript {
         })
     }
 
-    async fn lift(&self, _env: &mut ActionEnv<'_>, applied: &Applied) -> Result<(), ActionError> {
+    async fn lift(&self, env: &mut ActionEnv<'_>, applied: &Applied) -> Result<(), ActionError> {
         let Applied::Script { ip, direction, pps } = applied else {
             return Ok(());
         };
@@ -112,12 +148,19 @@ impl MitigationAction for NotifyScript {
             "outgoing" => "outgoing",
             _ => crate::mitigator::MANUAL_DIRECTION,
         };
+        // The mitigation of a detected attack has the attack's id.
+        let env_vars = if direction == crate::mitigator::MANUAL_DIRECTION {
+            Vec::new()
+        } else {
+            vec![("FNM_ATTACK_ID", env.mitigation.to_owned())]
+        };
         self.submit(ScriptCall {
             ip: *ip,
             direction,
             pps: *pps,
             action: "unban",
             stdin: String::new(),
+            env: env_vars,
         })
     }
 }

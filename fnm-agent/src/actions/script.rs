@@ -71,6 +71,8 @@ pub struct ScriptCall {
     pub action: &'static str,
     /// Text written to stdin.
     pub stdin: String,
+    /// Environment variables set for the script besides the agent's own (`FNM_ATTACK_ID`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// What happened to script calls.
@@ -265,6 +267,7 @@ async fn run_one(
         .arg(call.direction)
         .arg(call.pps.to_string())
         .arg(call.action)
+        .envs(call.env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -329,6 +329,24 @@ pub fn attack_report(a: &Attack, now: u64) -> String {
     let _ = writeln!(s, "Samples kept: {}", a.samples.len());
     s.push('\n');
 
+    if !a.sites.is_empty() {
+        s.push_str("Sites (agents that reported it, last rate window):\n");
+        let mut t = Table::new(&[
+            ("AGENT", Align::Left),
+            ("PACKETS", Align::Right),
+            ("SHARE", Align::Right),
+        ]);
+        for site in &a.sites {
+            t.row(vec![
+                site.agent.clone(),
+                site.packets.to_string(),
+                format!("{:.0} %", site.share * 100.0),
+            ]);
+        }
+        s.push_str(&t.render());
+        s.push('\n');
+    }
+
     if a.actions.is_empty() {
         s.push_str("Actions: none\n");
     } else {
@@ -687,6 +705,7 @@ mod tests {
             host: "10.10.0.9".parse().unwrap(),
             direction: Direction::Incoming,
             hostgroup: None,
+            network: None,
             started_unix_ms: (NOW - 29 * 60 - 12) * 1000,
             ended_unix_ms: None,
             threshold: Crossing {
@@ -700,6 +719,7 @@ mod tests {
                 bytes_per_second: 6_634_000.0,
                 ..rates
             },
+            opposite_rates: Rates::default(),
             top_flows: vec![FlowSummary {
                 src: "198.51.100.7".parse().unwrap(),
                 dst: "10.10.0.9".parse().unwrap(),
@@ -731,6 +751,7 @@ mod tests {
             ],
             report_only: false,
             pcap_file: None,
+            sites: Vec::new(),
         }
     }
 

@@ -55,6 +55,9 @@ pub struct Sample {
     pub ttl: u8,
     /// Packets this sample stands for.
     pub packets: u64,
+    /// An IP fragment (records saved by earlier versions read as `false`).
+    #[serde(default)]
+    pub fragment: bool,
 }
 
 /// What kind of attack a fingerprint shows; the serde name is the label in JSON, logs and the
@@ -178,6 +181,10 @@ pub struct Attack {
     pub direction: Direction,
     /// Hostgroup, if any.
     pub hostgroup: Option<String>,
+    /// The network the host belongs to: its hostgroup's prefix, else its `networks` entry
+    /// (the most specific). A `bgp_blackhole` subnet route announces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::prefix::Prefix>,
     /// Start, ms since the UNIX epoch.
     pub started_unix_ms: u64,
     /// End, ms since the UNIX epoch (`None` while ongoing).
@@ -188,6 +195,10 @@ pub struct Attack {
     pub initial_rates: Rates,
     /// Highest rates seen.
     pub peak_rates: Rates,
+    /// The host's rates in the other direction when the attack was reported (FastNetMon's
+    /// report shows both directions). Records saved by earlier versions read as zero.
+    #[serde(default)]
+    pub opposite_rates: Rates,
     /// Top flows among the samples.
     pub top_flows: Vec<FlowSummary>,
     /// A bounded sample of packets.
@@ -204,6 +215,20 @@ pub struct Attack {
     /// may be gone when newer dumps needed room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcap_file: Option<std::path::PathBuf>,
+    /// On an aggregator: each agent's part of the traffic when the attack was detected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteShare>,
+}
+
+/// One agent's (site's) part of an attack an aggregator detected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteShare {
+    /// The agent (`[export] agent_id`).
+    pub agent: String,
+    /// Packets it reported for the host and direction over the last rate window.
+    pub packets: u64,
+    /// Its fraction of the packets all agents reported (0 to 1).
+    pub share: f64,
 }
 
 /// Reads `actions`: outcome records, or the strings earlier versions wrote (dropped).
@@ -243,17 +268,20 @@ impl Attack {
             host: o.host,
             direction: o.direction,
             hostgroup: o.hostgroup,
+            network: None,
             started_unix_ms,
             ended_unix_ms: None,
             threshold: o.crossing,
             initial_rates: o.rates,
             peak_rates: o.rates,
+            opposite_rates: Rates::default(),
             top_flows,
             samples,
             fingerprint,
             actions: Vec::new(),
             report_only: o.report_only,
             pcap_file: None,
+            sites: Vec::new(),
         };
         (attack, records)
     }
@@ -447,6 +475,7 @@ pub fn summarise(
             size: r.bytes / r.packets.max(1),
             ttl: r.ttl,
             packets: r.packets,
+            fragment: r.fragments > 0,
         })
         .collect();
     (top, samples, records)

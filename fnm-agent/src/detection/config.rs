@@ -231,11 +231,16 @@ pub struct HostgroupConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportFormat {
-    /// FastNetMon-style text.
+    /// fnm's own text report: attack id, fnm's attack type, the threshold crossed, rates,
+    /// top flows and packet samples (one call per ban).
     #[default]
     Text,
     /// The attack record as JSON.
     Json,
+    /// FastNetMon 1.2.4's report, line for line, with its attack-type names, and its
+    /// `attack_details` call with packet samples after the `ban` call
+    /// ([`crate::actions::fastnetmon_report`]).
+    Fastnetmon,
 }
 
 /// `[ban]`.
@@ -271,7 +276,8 @@ pub struct BanConfig {
     /// with the report on stdin for `ban`. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<PathBuf>,
-    /// Report format on the script's stdin. Default: `text`.
+    /// Report format on the script's stdin: `text`, `json` or `fastnetmon` (FastNetMon
+    /// 1.2.4's report and calls, for scripts written for FastNetMon). Default: `text`.
     #[serde(default)]
     pub script_format: ReportFormat,
     /// A script running longer is killed (and counted as failed). Default: `30s`.

@@ -72,6 +72,17 @@ impl HostSort {
     }
 }
 
+/// Who reported how much of a host's traffic (an aggregator's fleet source keeps it).
+pub trait SiteShares: Send + Sync {
+    /// Each agent's part of `host`'s traffic in `direction` over the recent window, largest
+    /// first.
+    fn shares(
+        &self,
+        host: IpAddr,
+        direction: Direction,
+    ) -> Vec<crate::detection::attack::SiteShare>;
+}
+
 /// Accounting, detection and the attack book, owned by whoever drives them.
 pub struct EngineCore {
     acc: Accounting,
@@ -86,6 +97,8 @@ pub struct EngineCore {
     forget_after_ms: u64,
     /// The mitigator's published state: its mitigated hosts are never evicted.
     mitigations: Option<Arc<ArcSwap<MitigatorView>>>,
+    /// On an aggregator: who reported how much of each host's traffic.
+    sites: Option<Arc<dyn SiteShares>>,
     /// Attacks opened since start, by direction and type (`fnm_attacks_total`).
     started: [[u64; AttackType::ALL.len()]; 2],
     /// Attack pcap dumps (off unless [`EngineCore::with_attack_pcap`]).
@@ -140,6 +153,7 @@ impl EngineCore {
             last_tick_ms: 0,
             forget_after_ms: FORGET_HOSTS_AFTER_MS,
             mitigations: None,
+            sites: None,
             started: [[0; AttackType::ALL.len()]; 2],
             pcap: PcapDumps::disabled(),
         }
@@ -174,6 +188,12 @@ impl EngineCore {
         self.pcap.reconfigure(&config.attack_pcap);
     }
 
+    /// Names each agent's part in the attacks it opens (an aggregator's fleet source).
+    pub fn with_site_shares(mut self, sites: Arc<dyn SiteShares>) -> Self {
+        self.sites = Some(sites);
+        self
+    }
+
     /// Reads the mitigator's published state after each tick: the hosts of its active
     /// mitigations are kept in the accounting (never evicted), like watched and attacked
     /// hosts. A read of a snapshot; nothing is asked of the mitigator.
@@ -203,6 +223,11 @@ impl EngineCore {
                 }
             }
             Batch::Xdp(b) => self.ingest_xdp(*b),
+            Batch::Fleet(counters) => {
+                for (host, dir, c) in &counters {
+                    self.acc.add_fleet_counters(*host, *dir, c);
+                }
+            }
         }
     }
 
@@ -297,6 +322,23 @@ impl EngineCore {
         attack.pcap_file = self
             .pcap
             .open(&attack.id, host, direction, &self.acc, offset);
+        let opposite = match direction {
+            Direction::Incoming => Direction::Outgoing,
+            Direction::Outgoing => Direction::Incoming,
+        };
+        if let Some(h) = self.acc.host(host) {
+            let d = &h.dirs[opposite.index()];
+            attack.opposite_rates = d.rates.max(&d.slot_rates);
+        }
+        attack.network = self
+            .detector
+            .table()
+            .lookup(host)
+            .prefix
+            .or_else(|| self.acc.network_of(host));
+        if let Some(sites) = &self.sites {
+            attack.sites = sites.shares(host, direction);
+        }
         let kind = attack.fingerprint.attack_type;
         self.started[direction.index()][kind.index()] += 1;
         tracing::warn!(
@@ -329,6 +371,16 @@ impl EngineCore {
             remotes: remotes.into_iter().collect(),
             actions,
         }
+    }
+
+    /// When the last tick closed its slot (the engine's monotonic clock, ms).
+    pub fn last_tick_ms(&self) -> u64 {
+        self.last_tick_ms
+    }
+
+    /// The mitigator's latest published state, when the engine was given it.
+    pub fn mitigator_view(&self) -> Option<Arc<MitigatorView>> {
+        self.mitigations.as_ref().map(|v| v.load_full())
     }
 
     /// The accounting (read-only).
@@ -650,6 +702,7 @@ mod tests {
             core: EngineCore::new(&cfg, AttackBook::in_memory()),
             input: rx,
             flushers: Vec::new(),
+            observers: Vec::new(),
             decisions: dec_tx,
             interval: std::time::Duration::from_millis(50),
         })

@@ -69,6 +69,9 @@ pub enum Batch {
     },
     /// One poll of the XDP program's kernel counters.
     Xdp(Box<XdpBatch>),
+    /// Host counters other agents counted (an aggregator's Kafka consumer): added to the
+    /// hosts' current slots as they arrive.
+    Fleet(Vec<(IpAddr, Direction, fnm_common::HostCounters)>),
 }
 
 /// What one poll of the XDP maps found: per-host deltas, the program's totals, packet samples
@@ -218,6 +221,7 @@ impl EngineInput {
         let records = match &batch {
             Batch::Records { records, .. } => records.len() as u64,
             Batch::Xdp(b) => b.deltas.len() as u64,
+            Batch::Fleet(c) => c.len() as u64,
         };
         let c = self.stats.of(source);
         let waiting = c.queued_records.load(Relaxed);

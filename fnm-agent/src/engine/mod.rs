@@ -56,6 +56,28 @@ impl Flush for crate::capture::flush_gate::FlushGate {
     }
 }
 
+/// Something that reads the engine's state after each tick, on the engine thread (an
+/// exporter). It must never block: it hands its work over a bounded queue and counts what did
+/// not fit.
+pub trait TickObserver: Send {
+    /// The tick that `view` describes was published.
+    fn ticked(&mut self, view: &TickView<'_>);
+}
+
+/// What a [`TickObserver`] sees of a tick.
+pub struct TickView<'a> {
+    /// The engine's state after the tick.
+    pub core: &'a EngineCore,
+    /// The snapshot published for it.
+    pub snapshot: &'a snapshot::Snapshot,
+    /// The decisions it made.
+    pub decisions: &'a [Decision],
+    /// When it closed its slot, ms since the UNIX epoch.
+    pub unix_ms: u64,
+    /// Length of the slot it closed, ms.
+    pub slot_ms: u64,
+}
+
 /// A question for the engine, answered between ticks.
 #[derive(Debug)]
 pub enum EngineCommand {
@@ -118,6 +140,8 @@ pub struct EngineParts {
     pub input: crossbeam_channel::Receiver<Queued>,
     /// Sources to flush before each tick.
     pub flushers: Vec<Flusher>,
+    /// Readers of each tick (exporters).
+    pub observers: Vec<Box<dyn TickObserver>>,
     /// Where decisions go.
     pub decisions: tokio::sync::mpsc::Sender<Decision>,
     /// How often to tick.
@@ -224,10 +248,15 @@ fn run(
         mut core,
         input,
         flushers,
+        observers,
         decisions,
         interval,
     } = parts;
     let started = Instant::now();
+    let mut around = Around {
+        flushers,
+        observers,
+    };
     // The views see the saved attacks from the start, not an empty list until the first tick.
     snapshot.store(Arc::new(core.snapshot(0)));
     let mut next = started + interval;
@@ -240,7 +269,7 @@ fn run(
                 tick(
                     &mut core,
                     &input,
-                    &flushers,
+                    &mut around,
                     &decisions,
                     &snapshot,
                     &stats,
@@ -283,6 +312,12 @@ fn run(
     }
 }
 
+/// Who a tick involves besides the engine: sources flushed before it, observers after.
+struct Around {
+    flushers: Vec<Flusher>,
+    observers: Vec<Box<dyn TickObserver>>,
+}
+
 /// The engine loop's start and tick interval.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -293,7 +328,7 @@ struct Clock {
 fn tick(
     core: &mut EngineCore,
     input: &crossbeam_channel::Receiver<Queued>,
-    flushers: &[Flusher],
+    around: &mut Around,
     decisions: &tokio::sync::mpsc::Sender<Decision>,
     snapshot: &SharedSnapshot,
     stats: &EngineStats,
@@ -306,7 +341,7 @@ fn tick(
     // counters still covered the whole interval (a steady host was read 9.5 % high beside a
     // random-destination flood that made polls take 50 to 300 ms).
     let now_ms = started.elapsed().as_millis() as u64;
-    for f in flushers {
+    for f in &around.flushers {
         let t = Instant::now();
         f.source.flush(f.timeout);
         if t.elapsed() >= f.timeout {
@@ -331,17 +366,34 @@ fn tick(
             Err(_) => break,
         }
     }
-    let made = core.tick(now_ms, unix_ms());
+    let slot_ms = now_ms.saturating_sub(core.last_tick_ms());
+    let unix_now = unix_ms();
+    let made = core.tick(now_ms, unix_now);
     // Published before the decisions go out: whoever hears of an attack finds it in the views.
     let published = Arc::new(core.snapshot(now_ms));
     snapshot.store(published.clone());
+    // The mitigator first: an observer (the export) must never delay a mitigation.
+    let kept = if around.observers.is_empty() {
+        Vec::new()
+    } else {
+        made.clone()
+    };
     for d in made {
         if decisions.try_send(d).is_err() {
             stats.decisions_dropped.fetch_add(1, Relaxed);
             tracing::error!("the mitigator is not taking decisions (queue full or gone)");
         }
     }
-    for f in flushers {
+    for o in around.observers.iter_mut() {
+        o.ticked(&TickView {
+            core,
+            snapshot: &published,
+            decisions: &kept,
+            unix_ms: unix_now,
+            slot_ms,
+        });
+    }
+    for f in &around.flushers {
         f.source.ticked(&published);
     }
 }

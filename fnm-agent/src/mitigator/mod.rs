@@ -1075,9 +1075,10 @@ impl Mitigator {
             let (Some(applied), ActionResult::Ok) = (&state.applied, state.result) else {
                 continue;
             };
-            if self.still_needed(&m.id, applied) {
+            let Some(applied) = self.not_held_elsewhere(&m.id, applied) else {
                 continue;
-            }
+            };
+            let applied = &applied;
             let Some(action) = self.actions.get(&state.action) else {
                 continue;
             };
@@ -1143,6 +1144,27 @@ impl Mitigator {
         }
     }
 
+    /// What lifting `applied` of mitigation `id` may take back: all of it, or for blackhole
+    /// routes those no other active mitigation holds (two attacks in one subnet share its
+    /// route); `None` when another mitigation still needs all of it.
+    fn not_held_elsewhere(&self, id: &str, applied: &Applied) -> Option<Applied> {
+        let Applied::BgpBlackhole { prefix, subnet } = applied else {
+            return (!self.still_needed(id, applied)).then(|| applied.clone());
+        };
+        let held = |route: &Prefix| {
+            self.store.active().iter().filter(|m| m.id != id).any(|m| {
+                m.actions.iter().any(|s| {
+                    s.result == ActionResult::Ok
+                        && matches!(&s.applied, Some(Applied::BgpBlackhole { prefix: p, subnet: n })
+                            if p.as_ref() == Some(route) || n.as_ref() == Some(route))
+                })
+            })
+        };
+        let prefix = prefix.filter(|p| !held(p));
+        let subnet = subnet.filter(|s| !held(s));
+        (prefix.is_some() || subnet.is_some()).then_some(Applied::BgpBlackhole { prefix, subnet })
+    }
+
     /// True when another active mitigation holds the same thing in place (the same host's
     /// rules, drop entry or route): lifting it now would undo that one too.
     fn still_needed(&self, id: &str, applied: &Applied) -> bool {
@@ -1160,7 +1182,13 @@ impl Mitigator {
             (Applied::XdpDrops { entries }, Applied::XdpDrops { entries: e }) => {
                 entries.iter().any(|x| e.contains(x))
             }
-            (Applied::BgpBlackhole { prefix }, Applied::BgpBlackhole { prefix: p }) => prefix == p,
+            (
+                Applied::BgpBlackhole { prefix, subnet },
+                Applied::BgpBlackhole {
+                    prefix: p,
+                    subnet: s,
+                },
+            ) => prefix == p && subnet == s,
             (Applied::BgpFlowspec { rule }, Applied::BgpFlowspec { rule: r }) => rule == r,
             _ => false,
         };

@@ -302,7 +302,13 @@ impl LegacyMitigation {
             ));
         }
         if let Some(prefix) = self.blackhole {
-            actions.push(ok(Action::BgpBlackhole, Applied::BgpBlackhole { prefix }));
+            actions.push(ok(
+                Action::BgpBlackhole,
+                Applied::BgpBlackhole {
+                    prefix: Some(prefix),
+                    subnet: None,
+                },
+            ));
         }
         if let Some(rule) = self.flowspec {
             actions.push(ok(Action::BgpFlowspec, Applied::BgpFlowspec { rule }));

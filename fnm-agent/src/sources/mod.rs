@@ -8,6 +8,8 @@
 //! tick.
 
 pub mod capture;
+#[cfg(target_os = "linux")]
+pub mod fleet;
 pub mod flow;
 #[cfg(target_os = "linux")]
 pub mod xdp;
@@ -96,4 +98,32 @@ pub fn from_config(
     let collectors = flow::FlowSource::start(config, input.clone())?;
     sources.flows = Some(collectors);
     Ok(sources)
+}
+
+/// Starts the aggregator's Kafka consumer when `[cluster] role = "aggregator"`; returns the
+/// site shares the engine names in attack records.
+pub fn start_fleet(
+    config: &Config,
+    input: &EngineInput,
+    sources: &mut Sources,
+) -> anyhow::Result<Option<Arc<crate::cluster::Sites>>> {
+    if config.cluster.role != crate::cluster::Role::Aggregator {
+        return Ok(None);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let sites = Arc::new(crate::cluster::Sites::new(
+            config.rate_window,
+            config.cluster.max_site_hosts,
+        ));
+        let fleet = fleet::FleetSource::start(config, input.clone(), sites.clone())?;
+        sources.metrics.push(fleet.metrics());
+        sources.running.push(Box::new(fleet));
+        Ok(Some(sites))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (input, sources);
+        anyhow::bail!("[cluster] role = \"aggregator\" is built on Linux only (Kafka client)")
+    }
 }

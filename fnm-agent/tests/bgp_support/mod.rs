@@ -7,9 +7,10 @@
 #![allow(dead_code)]
 
 use std::{
-    fs,
+    ffi::CString,
+    fs::{self, OpenOptions},
     net::TcpListener,
-    os::unix::process::CommandExt,
+    os::unix::{ffi::OsStrExt, fs::OpenOptionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -708,4 +709,79 @@ pub fn start_gobgp_speaker(dir: &std::path::Path, receiver_port: u16, api_port: 
         .arg("--pprof-disable")
         .arg("--log-plain");
     Daemon::spawn("speaker gobgpd", command, &dir.join("speaker.log"))
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: `c_path` is a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Starts exabgp with one neighbour, the receiver at 127.0.0.1:`receiver_port`; returns the
+/// daemon and the command pipe fnm writes to.
+pub fn start_exabgp(dir: &Path, receiver_port: u16) -> (Daemon, std::path::PathBuf) {
+    let exabgp = require_binary("exabgp", "exabgp");
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("run")).expect("exabgp run dir");
+    let pipename = format!("fnm-test-{}-{receiver_port}", std::process::id());
+    let pipe_in = root.join("run").join(format!("{pipename}.in"));
+    mkfifo(&pipe_in);
+    mkfifo(&root.join("run").join(format!("{pipename}.out")));
+    let config = format!(
+        "neighbor 127.0.0.1 {{
+  router-id 10.255.0.3;
+  local-address 127.0.0.1;
+  local-as {SENDER_AS};
+  peer-as {RECEIVER_AS};
+  connect {receiver_port};
+  family {{
+    ipv4 unicast;
+    ipv6 unicast;
+    ipv4 flow;
+    ipv6 flow;
+  }}
+}}
+"
+    );
+    let config_path = dir.join("exabgp.conf");
+    fs::write(&config_path, config).expect("write exabgp config");
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let mut command = Command::new(exabgp);
+    command
+        .arg("--root")
+        .arg(&root)
+        .arg(&config_path)
+        .env("exabgp.api.cli", "true")
+        .env("exabgp.api.pipename", &pipename)
+        .env("exabgp.daemon.drop", "false")
+        .env("exabgp.daemon.user", user)
+        .env("exabgp.daemon.daemonize", "false")
+        .env("exabgp.tcp.bind", "")
+        .env("exabgp.log.destination", "stdout");
+    (
+        Daemon::spawn("exabgp", command, &dir.join("exabgp.log")),
+        pipe_in,
+    )
+}
+
+/// Waits until exabgp's CLI helper has opened the command pipe for reading; until then a
+/// non-blocking open for writing fails with ENXIO (what fnm reports while exabgp is down).
+pub fn wait_pipe_ready(exabgp: &mut Daemon, pipe: &Path) {
+    wait_for("exabgp's CLI helper to open the command pipe", || {
+        exabgp.assert_running();
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(pipe)
+            .map(drop)
+            .map_err(|e| format!("{e}\nexabgp log:\n{}", exabgp.log_text()))
+    });
 }

@@ -489,11 +489,24 @@ impl FastNetMon {
     /// `check_period = 1`), and everything that talks to the outside (usage report, API,
     /// Prometheus, BGP, databases) off. Returns once its sFlow socket is bound.
     pub fn start(dir: &Path, victim: Ipv4Addr, threshold_pps: u64, script: &Path) -> Self {
+        Self::start_with(dir, &[&format!("{victim}/32")], threshold_pps, script, &[])
+    }
+
+    /// [`FastNetMon::start`] with `networks` as its networks list and `overrides` replacing
+    /// (or adding) settings of its configuration file.
+    pub fn start_with(
+        dir: &Path,
+        networks_list: &[&str],
+        threshold_pps: u64,
+        script: &Path,
+        overrides: &[(&str, &str)],
+    ) -> Self {
         fastnetmon_version();
         let port = free_udp_port();
         let networks = dir.join("networks_list");
         let whitelist = dir.join("networks_whitelist");
-        std::fs::write(&networks, format!("{victim}/32\n")).expect("networks list");
+        let list: String = networks_list.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(&networks, list).expect("networks list");
         std::fs::write(&whitelist, "").expect("whitelist");
         let conf = dir.join("fastnetmon.conf");
         let settings = [
@@ -553,6 +566,13 @@ impl FastNetMon {
             ("kafka_traffic_export", "off".into()),
             ("prometheus", "off".into()),
         ];
+        let mut settings: Vec<(&str, String)> = settings.to_vec();
+        for &(key, value) in overrides {
+            match settings.iter_mut().find(|setting| setting.0 == key) {
+                Some(setting) => setting.1 = value.to_owned(),
+                None => settings.push((key, value.to_owned())),
+            }
+        }
         let body: String = settings
             .iter()
             .map(|(k, v)| format!("{k} = {v}\n"))

@@ -17,6 +17,8 @@ pub mod bpffs;
 pub mod bpftool;
 pub mod exporters;
 pub mod flood;
+pub mod kafka;
+pub mod loopback_agent;
 pub mod matrix;
 pub mod netns;
 pub mod pktgen;

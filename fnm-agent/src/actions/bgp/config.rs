@@ -20,6 +20,43 @@ pub enum BgpBackend {
     Exabgp,
 }
 
+/// Which routes `bgp_blackhole` announces for an attack on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BgpAnnounce {
+    /// The host's /32 or /128 (FastNetMon's `*_announce_host`).
+    #[default]
+    Host,
+    /// The host's subnet (FastNetMon's `*_announce_whole_subnet`): see
+    /// [`BgpConfig::subnet_length_v4`].
+    Subnet,
+    /// Both routes.
+    Both,
+    /// Nothing (for one address family).
+    None,
+}
+
+impl BgpAnnounce {
+    /// True when the host route is announced.
+    pub fn host(self) -> bool {
+        matches!(self, BgpAnnounce::Host | BgpAnnounce::Both)
+    }
+
+    /// True when the subnet route is announced.
+    pub fn subnet(self) -> bool {
+        matches!(self, BgpAnnounce::Subnet | BgpAnnounce::Both)
+    }
+}
+
+/// What a blackhole route stands for, which picks its communities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRole {
+    /// The attacked host's /32 or /128, or a manual ban's prefix.
+    Host,
+    /// The attacked host's subnet.
+    Subnet,
+}
+
 /// `[bgp]`: how blackhole routes and flowspec rules are announced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +80,32 @@ pub struct BgpConfig {
     /// never blocks the agent. Default `"5s"`.
     #[serde(with = "crate::config::humantime_serde_compat")]
     pub timeout: Duration,
+    /// What `bgp_blackhole` announces for an attack on an IPv4 host: `"host"` (its /32),
+    /// `"subnet"`, `"both"` or `"none"`. Default `"host"`.
+    pub announce: BgpAnnounce,
+    /// The same for an IPv6 host (`"host"`: its /128). Default: as `announce`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce_v6: Option<BgpAnnounce>,
+    /// Length of an IPv4 subnet route: the host's address masked to it. Unset (default): the
+    /// most specific hostgroup prefix holding the host, else its `networks` entry (as
+    /// FastNetMon announces the `networks_list` entry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_length_v4: Option<u8>,
+    /// Length of an IPv6 subnet route; unset as above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_length_v6: Option<u8>,
+    /// Communities of IPv4 host routes (and manual bans). Default: `communities`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_communities: Option<Vec<Community>>,
+    /// Communities of IPv4 subnet routes. Default: `communities`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_communities: Option<Vec<Community>>,
+    /// Communities of IPv6 host routes. Default: `host_communities`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_communities_v6: Option<Vec<Community>>,
+    /// Communities of IPv6 subnet routes. Default: `subnet_communities`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_communities_v6: Option<Vec<Community>>,
 }
 
 impl Default for BgpConfig {
@@ -55,6 +118,14 @@ impl Default for BgpConfig {
             next_hop_v6: Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1),
             communities: vec![Community::BLACKHOLE],
             timeout: Duration::from_secs(5),
+            announce: BgpAnnounce::Host,
+            announce_v6: None,
+            subnet_length_v4: None,
+            subnet_length_v6: None,
+            host_communities: None,
+            subnet_communities: None,
+            host_communities_v6: None,
+            subnet_communities_v6: None,
         }
     }
 }
@@ -69,7 +140,63 @@ impl BgpConfig {
         if self.backend == BgpBackend::Exabgp && self.exabgp_pipe.as_os_str().is_empty() {
             return Err("bgp.exabgp_pipe must name ExaBGP's command pipe".into());
         }
+        if let Some(len) = self.subnet_length_v4.filter(|l| !(8..=32).contains(l)) {
+            return Err(format!(
+                "bgp.subnet_length_v4 = {len}: must be between 8 and 32"
+            ));
+        }
+        if let Some(len) = self.subnet_length_v6.filter(|l| !(16..=128).contains(l)) {
+            return Err(format!(
+                "bgp.subnet_length_v6 = {len}: must be between 16 and 128"
+            ));
+        }
         Ok(())
+    }
+
+    /// True when some attack may get a subnet route.
+    pub fn announces_subnets(&self) -> bool {
+        self.announce_for(false).subnet() || self.announce_for(true).subnet()
+    }
+
+    /// What to announce for an attack on an IPv4 (`v6` false) or IPv6 host.
+    pub fn announce_for(&self, v6: bool) -> BgpAnnounce {
+        if v6 {
+            self.announce_v6.unwrap_or(self.announce)
+        } else {
+            self.announce
+        }
+    }
+
+    /// The communities of a route of `role` and family.
+    pub fn communities_for(&self, role: RouteRole, v6: bool) -> &[Community] {
+        let (v4, v6_own) = match role {
+            RouteRole::Host => (&self.host_communities, &self.host_communities_v6),
+            RouteRole::Subnet => (&self.subnet_communities, &self.subnet_communities_v6),
+        };
+        let v4 = v4.as_deref().unwrap_or(self.communities.as_slice());
+        if v6 {
+            v6_own.as_deref().unwrap_or(v4)
+        } else {
+            v4
+        }
+    }
+
+    /// The subnet route of `host`: its address masked to the configured length, else
+    /// `network` (its hostgroup prefix or `networks` entry).
+    pub fn subnet_of(
+        &self,
+        host: std::net::IpAddr,
+        network: Option<crate::prefix::Prefix>,
+    ) -> Option<crate::prefix::Prefix> {
+        let length = if host.is_ipv4() {
+            self.subnet_length_v4
+        } else {
+            self.subnet_length_v6
+        };
+        match length {
+            Some(len) => crate::prefix::Prefix::new(host, len),
+            None => network.filter(|n| n.contains(host)),
+        }
     }
 }
 
@@ -208,6 +335,71 @@ mod tests {
         let no_pipe: BgpConfig =
             toml::from_str("backend = \"exabgp\"\nexabgp_pipe = \"\"").expect("parses");
         assert!(no_pipe.validate().is_err());
+    }
+
+    #[test]
+    fn route_communities_fall_back_to_the_general_ones() {
+        let plain: BgpConfig = toml::from_str("communities = [\"65001:666\"]").unwrap();
+        let c = |t: &str| -> Community { t.parse().unwrap() };
+        for role in [RouteRole::Host, RouteRole::Subnet] {
+            for v6 in [false, true] {
+                assert_eq!(plain.communities_for(role, v6), [c("65001:666")]);
+            }
+        }
+        assert_eq!(plain.announce_for(false), BgpAnnounce::Host);
+        assert_eq!(plain.announce_for(true), BgpAnnounce::Host);
+        let split: BgpConfig = toml::from_str(
+            "announce = \"both\"\nannounce_v6 = \"none\"\n\
+             host_communities = [\"65001:666\"]\nsubnet_communities = [\"65001:777\"]\n\
+             host_communities_v6 = [\"65001:6666\", \"64512:1:2\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            split.communities_for(RouteRole::Host, false),
+            [c("65001:666")]
+        );
+        assert_eq!(
+            split.communities_for(RouteRole::Subnet, false),
+            [c("65001:777")]
+        );
+        assert_eq!(
+            split.communities_for(RouteRole::Host, true),
+            [c("65001:6666"), c("64512:1:2")]
+        );
+        // No IPv6 subnet communities: the IPv4 subnet ones.
+        assert_eq!(
+            split.communities_for(RouteRole::Subnet, true),
+            [c("65001:777")]
+        );
+        assert!(split.announce_for(false).host() && split.announce_for(false).subnet());
+        assert_eq!(split.announce_for(true), BgpAnnounce::None);
+        assert!(toml::from_str::<BgpConfig>("announce = \"all\"").is_err());
+    }
+
+    #[test]
+    fn subnets_come_from_the_length_or_the_network() {
+        let host: std::net::IpAddr = "203.0.113.77".parse().unwrap();
+        let network: crate::prefix::Prefix = "203.0.112.0/23".parse().unwrap();
+        let config = BgpConfig::default();
+        assert_eq!(config.subnet_of(host, Some(network)), Some(network));
+        assert_eq!(config.subnet_of(host, None), None);
+        let elsewhere: crate::prefix::Prefix = "198.51.100.0/24".parse().unwrap();
+        assert_eq!(config.subnet_of(host, Some(elsewhere)), None);
+        let by_length: BgpConfig = toml::from_str("subnet_length_v4 = 28").unwrap();
+        assert_eq!(
+            by_length.subnet_of(host, Some(network)),
+            Some("203.0.113.64/28".parse().unwrap())
+        );
+        let v6: std::net::IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        assert_eq!(by_length.subnet_of(v6, None), None);
+        assert!(toml::from_str::<BgpConfig>("subnet_length_v4 = 4")
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(toml::from_str::<BgpConfig>("subnet_length_v6 = 129")
+            .unwrap()
+            .validate()
+            .is_err());
     }
 
     #[test]

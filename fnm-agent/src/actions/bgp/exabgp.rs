@@ -56,12 +56,17 @@ impl ExabgpAnnouncer {
 
     /// Announces `prefix` with the blackhole next hop and communities.
     pub async fn announce_blackhole(&self, prefix: Prefix) -> Result<(), BgpError> {
-        let command = blackhole_command(
-            "announce",
-            prefix,
-            self.next_hop_for(prefix),
-            &self.communities,
-        );
+        self.announce_blackhole_with(prefix, &self.communities)
+            .await
+    }
+
+    /// Announces `prefix` with the blackhole next hop and `communities`.
+    pub async fn announce_blackhole_with(
+        &self,
+        prefix: Prefix,
+        communities: &[Community],
+    ) -> Result<(), BgpError> {
+        let command = blackhole_command("announce", prefix, self.next_hop_for(prefix), communities);
         self.send(&command).await
     }
 

@@ -81,13 +81,23 @@ impl GobgpAnnouncer {
 
     /// Announces `prefix` with the blackhole next hop and communities.
     pub async fn announce_blackhole(&self, prefix: Prefix) -> Result<(), BgpError> {
-        let path = self.blackhole_path(prefix);
+        self.announce_blackhole_with(prefix, &self.communities)
+            .await
+    }
+
+    /// Announces `prefix` with the blackhole next hop and `communities`.
+    pub async fn announce_blackhole_with(
+        &self,
+        prefix: Prefix,
+        communities: &[Community],
+    ) -> Result<(), BgpError> {
+        let path = self.blackhole_path(prefix, communities);
         self.add(path).await
     }
 
     /// Withdraws the blackhole route of `prefix`.
     pub async fn withdraw_blackhole(&self, prefix: Prefix) -> Result<(), BgpError> {
-        let path = self.blackhole_path(prefix);
+        let path = self.blackhole_path(prefix, &self.communities);
         self.delete(path).await
     }
 
@@ -153,7 +163,7 @@ impl GobgpAnnouncer {
         }
     }
 
-    fn blackhole_path(&self, prefix: Prefix) -> apipb::Path {
+    fn blackhole_path(&self, prefix: Prefix, communities: &[Community]) -> apipb::Path {
         let (afi, next_hop) = if prefix.is_ipv4() {
             (Afi::Ip, self.next_hop.to_string())
         } else {
@@ -170,8 +180,7 @@ impl GobgpAnnouncer {
             origin_igp(),
             any("NextHopAttribute", &apipb::NextHopAttribute { next_hop }),
         ];
-        let standard: Vec<u32> = self
-            .communities
+        let standard: Vec<u32> = communities
             .iter()
             .filter_map(|community| match *community {
                 Community::Standard { asn, value } => {
@@ -188,8 +197,7 @@ impl GobgpAnnouncer {
                 },
             ));
         }
-        let large: Vec<apipb::LargeCommunity> = self
-            .communities
+        let large: Vec<apipb::LargeCommunity> = communities
             .iter()
             .filter_map(|community| match *community {
                 Community::Large {
@@ -429,7 +437,10 @@ mod tests {
             ..BgpConfig::default()
         };
         let announcer = GobgpAnnouncer::new(&config).expect("client");
-        let path = announcer.blackhole_path("2001:db8::7/128".parse().expect("prefix"));
+        let path = announcer.blackhole_path(
+            "2001:db8::7/128".parse().expect("prefix"),
+            &config.communities,
+        );
         let names: Vec<&str> = path.pattrs.iter().map(|a| a.type_url.as_str()).collect();
         assert_eq!(
             names,

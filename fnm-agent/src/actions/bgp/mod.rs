@@ -13,7 +13,7 @@ pub mod gobgp;
 pub mod gobgp_api;
 
 pub use action::{actions, flowspec_for};
-pub use config::{BgpBackend, BgpConfig, Community, CommunityError};
+pub use config::{BgpAnnounce, BgpBackend, BgpConfig, Community, CommunityError, RouteRole};
 pub use exabgp::ExabgpAnnouncer;
 pub use flowspec::{
     FlowspecAction, FlowspecError, FlowspecRule, FragmentMatch, TcpFlagsMatch, ValueRange,
@@ -108,6 +108,21 @@ impl BgpAnnouncer {
         match self {
             BgpAnnouncer::Gobgp(gobgp) => gobgp.announce_blackhole(prefix).await,
             BgpAnnouncer::Exabgp(exabgp) => exabgp.announce_blackhole(prefix).await,
+        }
+    }
+
+    /// Announces `prefix` with the blackhole next hop and `communities` (a host or subnet
+    /// route's own, [`BgpConfig::communities_for`]).
+    pub async fn announce_blackhole_with(
+        &self,
+        prefix: Prefix,
+        communities: &[Community],
+    ) -> Result<(), BgpError> {
+        match self {
+            BgpAnnouncer::Gobgp(gobgp) => gobgp.announce_blackhole_with(prefix, communities).await,
+            BgpAnnouncer::Exabgp(exabgp) => {
+                exabgp.announce_blackhole_with(prefix, communities).await
+            }
         }
     }
 
