@@ -130,6 +130,9 @@ pub struct Config {
     /// The agent's log: level and format.
     #[serde(default)]
     pub log: crate::logging::LogConfig,
+    /// Each attack's sampled packets in `<state_dir>/attacks/<id>.pcap`.
+    #[serde(default)]
+    pub attack_pcap: crate::attack_pcap::AttackPcapConfig,
 }
 
 /// How the XDP program is attached.
@@ -241,6 +244,16 @@ pub struct AccountingConfig {
     /// Default: `196608`.
     #[serde(default = "default_max_hosts_per_source")]
     pub max_hosts_per_source: u32,
+    /// Most networks, and most hostgroups, with their own traffic counters
+    /// (`GET /api/v1/networks`, `fnm_network_*` and `fnm_hostgroup_*` metrics): the first ones
+    /// in config order; the traffic of the rest is counted together under `other`. Each
+    /// costs 2 series per metric family and direction. Default: `256`.
+    #[serde(default = "default_max_network_counters")]
+    pub max_network_counters: u32,
+}
+
+fn default_max_network_counters() -> u32 {
+    256
 }
 
 impl Default for AccountingConfig {
@@ -249,6 +262,7 @@ impl Default for AccountingConfig {
             max_hosts: default_accounting_max_hosts(),
             max_hosts_per_exporter: default_max_hosts_per_exporter(),
             max_hosts_per_source: default_max_hosts_per_source(),
+            max_network_counters: default_max_network_counters(),
         }
     }
 }
@@ -641,6 +655,7 @@ impl Config {
         }
         crate::detection::config::validate(&self.detection, &self.hostgroup, &self.ban)?;
         self.capture.validate().map_err(|e| e.to_string())?;
+        self.attack_pcap.validate()?;
         self.actions.validate(&|action| self.uses_action(action))?;
         self.export.validate(&self.kafka)?;
         self.cluster.validate(&self.kafka, &self.export)?;

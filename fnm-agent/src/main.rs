@@ -767,7 +767,9 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     let export_stats = exporter.as_ref().map(|e| e.stats.clone());
     let mut engine = EngineHandle::spawn(EngineParts {
         core: {
-            let core = EngineCore::new(&config, book).with_mitigations(mitigator.view.clone());
+            let core = EngineCore::new(&config, book)
+                .with_mitigations(mitigator.view.clone())
+                .with_attack_pcap(&config);
             match sites {
                 Some(s) => core.with_site_shares(s),
                 None => core,

@@ -149,6 +149,9 @@ pub fn render(st: &MetricsState) -> String {
         fps,
     );
 
+    crate::network_views::register(&mut registry, &snap);
+    crate::attack_pcap::register(&mut registry, &snap);
+
     let hosts_gauge = Gauge::<i64>::default();
     hosts_gauge.set(hosts_known as i64);
     registry.register(

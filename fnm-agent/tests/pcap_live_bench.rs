@@ -25,7 +25,9 @@
 //!
 //! `FNM_BENCH_TOOLS` (comma-separated, default `fnm,fnm-immediate,fastnetmon`) picks which
 //! tools run, e.g. `FNM_BENCH_TOOLS=fnm` while profiling the agent; the comparisons print
-//! when both sides ran. `FNM_BENCH_FIRST_RATE` (frames/s, default 25 000) and
+//! when both sides ran. `fnm-fanout2` (not in the default) is the agent with `[capture]
+//! threads = 2` (AF_PACKET fanout), interleaved with `fnm` (one thread) on its own pair:
+//! `FNM_BENCH_TOOLS=fnm,fnm-fanout2` compares them. `FNM_BENCH_FIRST_RATE` (frames/s, default 25 000) and
 //! `FNM_BENCH_MAX_STEPS` (default: until loss or the sender's limit) and
 //! `FNM_BENCH_RATE_FACTOR` (default 1.5) narrow the steps, e.g. to repeat one rate for an A/B
 //! comparison.
@@ -362,7 +364,19 @@ impl Fnm {
     /// Starts the agent; `immediate` sets `[capture.pcap] immediate` (`None`: the default,
     /// `false`).
     fn start(pair: &BenchPair, immediate: Option<bool>) -> Self {
-        Self::start_binary(pair, immediate, env!("CARGO_BIN_EXE_fnm-agent"), None)
+        Self::start_binary(pair, immediate, env!("CARGO_BIN_EXE_fnm-agent"), None, "")
+    }
+
+    /// Starts the agent with `capture` (lines of `[capture]`, e.g. `threads = 2`), named
+    /// `name`.
+    fn start_with(pair: &BenchPair, capture: &str, name: &'static str) -> Self {
+        Self::start_binary(
+            pair,
+            None,
+            env!("CARGO_BIN_EXE_fnm-agent"),
+            Some(name),
+            capture,
+        )
     }
 
     /// Starts `binary` as the agent (another build, for an A/B run), named `name` when given.
@@ -371,6 +385,7 @@ impl Fnm {
         immediate: Option<bool>,
         binary: &str,
         name: Option<&'static str>,
+        capture: &str,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let api: SocketAddr = "127.0.0.1:19310".parse().unwrap();
@@ -381,7 +396,7 @@ impl Fnm {
             format!(
                 "state_dir = \"{state}\"\nnetworks = [\"10.77.0.0/24\"]\n\
                  [xdp]\nenabled = false\n\
-                 [capture]\nbackend = \"pcap\"\ninterfaces = [\"{dev}\"]\n\
+                 [capture]\nbackend = \"pcap\"\ninterfaces = [\"{dev}\"]\n{capture}\n\
                  {pcap}\
                  [sflow]\nlisten = []\n[netflow]\nlisten = []\n\
                  [api]\nlisten = \"{api}\"\n[prometheus]\nlisten = \"{metrics}\"\n",
@@ -798,7 +813,12 @@ fn pcap_live_bench() {
         .map(|bin| (BenchPair::new("b"), bin));
     let base = base_pair
         .as_ref()
-        .map(|(pair, bin)| Fnm::start_binary(pair, None, bin, Some("fnm-base")));
+        .map(|(pair, bin)| Fnm::start_binary(pair, None, bin, Some("fnm-base"), ""));
+    // `fnm-fanout2`: the agent with `[capture] threads = 2` (two capture threads in an
+    // AF_PACKET fanout group), in the same interleaved steps as `fnm` (one thread).
+    let fanout_pair = BenchPair::new("t");
+    let fanout =
+        wanted("fnm-fanout2").then(|| Fnm::start_with(&fanout_pair, "threads = 2", "fnm-fanout2"));
     let fastnetmon = wanted("fastnetmon").then(|| FastNetMon::start(&fast_pair));
     let mut tools: Vec<(&dyn Tool, &BenchPair)> = Vec::new();
     if let Some(fnm) = &fnm {
@@ -808,6 +828,10 @@ fn pcap_live_bench() {
     if let (Some(base), Some((pair, bin))) = (&base, &base_pair) {
         println!("fnm-base ({bin}) pid {}", base.pid());
         tools.push((base, pair));
+    }
+    if let Some(fanout) = &fanout {
+        println!("fnm-fanout2 pid {}", fanout.pid());
+        tools.push((fanout, &fanout_pair));
     }
     if let Some(fastnetmon) = &fastnetmon {
         tools.push((fastnetmon, &fast_pair));
@@ -829,6 +853,18 @@ fn pcap_live_bench() {
         Some(_) => results.next().unwrap_or_default(),
         None => Vec::new(),
     };
+    let fanout_steps = match &fanout {
+        Some(f) => {
+            let steps = results.next().unwrap_or_default();
+            assert!(
+                steps.iter().any(|s| s.counted > 0),
+                "fnm-fanout2 counted nothing:\n{}",
+                f.log()
+            );
+            steps
+        }
+        None => Vec::new(),
+    };
     let fast_steps = match &fastnetmon {
         Some(_) => {
             let steps = results.next().unwrap_or_default();
@@ -842,7 +878,11 @@ fn pcap_live_bench() {
     };
     drop(fnm);
     drop(base);
+    drop(fanout);
     drop(fastnetmon);
+    if !fnm_steps.is_empty() && !fanout_steps.is_empty() {
+        compare_fanout(&fnm_steps, &fanout_steps);
+    }
 
     // The same agent with `[capture.pcap] immediate = true`: woken for every frame (alone,
     // after the others; compared with fastnetmon's steps above).
@@ -872,6 +912,43 @@ fn pcap_live_bench() {
     }
     if !immediate_steps.is_empty() {
         compare("fnm-immediate", &immediate_steps, &fast_steps);
+    }
+}
+
+/// Prints the per-step comparison of two capture threads in a fanout group against one.
+fn compare_fanout(one: &[Step], two: &[Step]) {
+    println!("\nfnm-fanout2 (capture.threads = 2) against fnm (one thread), per step:");
+    println!(
+        "{:>10} | {:>28} | {:>28}",
+        "rate/s", "1 thread: counted/s (loss) cpu", "2 threads: counted/s (loss) cpu"
+    );
+    for (a, b) in one.iter().zip(two) {
+        println!(
+            "{:>10.0} | {:>9.0} ({:>5.2}%) {:>6.0}% | {:>9.0} ({:>5.2}%) {:>6.0}%",
+            a.target,
+            a.counted as f64 / a.seconds(),
+            a.loss() * 100.0,
+            a.cpu / a.seconds() * 100.0,
+            b.counted as f64 / b.seconds(),
+            b.loss() * 100.0,
+            b.cpu / b.seconds() * 100.0,
+        );
+    }
+    match (best(one), best(two)) {
+        (Some(a), Some(b)) => println!(
+            "  highest rate with <1% loss: 1 thread {:.0}/s, 2 threads {:.0}/s: ratio {:.2}x; \
+             packets per CPU-second there {:.0} and {:.0}",
+            a.delivered as f64 / a.seconds(),
+            b.delivered as f64 / b.seconds(),
+            (b.delivered as f64 / b.seconds()) / (a.delivered as f64 / a.seconds()),
+            a.per_cpu_second(),
+            b.per_cpu_second()
+        ),
+        (a, b) => println!(
+            "  lossless steps: 1 thread {}, 2 threads {}",
+            a.is_some(),
+            b.is_some()
+        ),
     }
 }
 

@@ -21,8 +21,10 @@
 //! good: each flow exporter and each other source has a budget, and under pressure idle, then
 //! unproven, then the least busy hosts make room, never watched, attacked or mitigated ones.
 
+mod groups;
 mod table;
 
+pub use groups::{GroupRow, TrafficGroups, OTHER as OTHER_GROUP};
 pub use table::{EvictReason, HostLimits, Origin, TableStats, QUALIFY_PACKETS};
 
 use crate::{
@@ -348,12 +350,15 @@ pub const RECENT_RECORDS: usize = 4_096;
 pub struct Host {
     /// Indexed by [`Direction::index`].
     pub dirs: [HostDirection; 2],
+    /// Its network and hostgroup rows ([`TrafficGroups`]).
+    groups: groups::GroupTag,
 }
 
 impl Host {
     /// Back to a host never seen (a reused table slot).
     fn reset(&mut self) {
         self.dirs.iter_mut().for_each(HostDirection::reset);
+        self.groups = groups::GroupTag::default();
     }
 }
 
@@ -500,6 +505,8 @@ pub struct Accounting {
     ignored_sources: IndexedPrefixSet,
     watched: HashMap<(IpAddr, Direction), SampleBuffer>,
     recent: VecDeque<(u64, TrafficRecord)>,
+    /// Per-network and per-hostgroup rows.
+    groups: TrafficGroups,
     now_ms: u64,
     /// Records whose remote side is a whitelisted source (not counted per host).
     pub ignored_records: u64,
@@ -521,6 +528,7 @@ impl Accounting {
             ignored_sources: IndexedPrefixSet::default(),
             watched: HashMap::new(),
             recent: VecDeque::new(),
+            groups: TrafficGroups::default(),
             now_ms: 0,
             ignored_records: 0,
         }
@@ -568,6 +576,17 @@ impl Accounting {
     /// idle.
     pub fn set_networks(&mut self, networks: PrefixSet) {
         self.networks = IndexedPrefixSet::new(networks);
+    }
+
+    /// Sets the per-network and per-hostgroup rows (at start and on reload; rows kept keep
+    /// their counters).
+    pub fn set_groups(&mut self, groups: impl FnOnce(&mut TrafficGroups)) {
+        groups(&mut self.groups);
+    }
+
+    /// The per-network and per-hostgroup rows.
+    pub fn groups(&self) -> &TrafficGroups {
+        &self.groups
     }
 
     /// Replaces the ignored remote sources (a configuration reload).
@@ -753,31 +772,55 @@ impl Accounting {
         };
         if local_dst {
             let slot = self.slot_cached(record.dst, origin, delta.packets, &mut cache.incoming);
-            if let Some(slot) = slot {
-                self.credit_delta(slot, Direction::Incoming, &delta, &in_window);
-            }
+            self.credit_delta(slot, record.dst, Direction::Incoming, &delta, &in_window);
         }
         if local_src {
             let slot = self.slot_cached(record.src, origin, delta.packets, &mut cache.outgoing);
-            if let Some(slot) = slot {
-                self.credit_delta(slot, Direction::Outgoing, &delta, &in_window);
-            }
+            self.credit_delta(slot, record.src, Direction::Outgoing, &delta, &in_window);
         }
     }
 
     /// Adds a record's `total` to the cumulative counters and `window` to the rate window of a
-    /// slot, field by field (no [`HostCounters`] built for one protocol class).
+    /// slot, field by field (no [`HostCounters`] built for one protocol class), and to the
+    /// host's network and hostgroup rows (those of a host the table refused too).
     #[inline]
     fn credit_delta(
         &mut self,
-        slot: HostSlot,
+        slot: Option<HostSlot>,
+        host: IpAddr,
         dir: Direction,
         total: &RecordDelta,
         window: &RecordDelta,
     ) {
-        let entry = &mut self.table.host_mut(slot).dirs[dir.index()];
-        total.add_to(&mut entry.total);
-        window.add_to(&mut entry.window);
+        self.credit(slot, host, dir, total, window);
+    }
+
+    /// Adds `total` to the cumulative counters and `window` to the rate window of a slot and
+    /// of its network and hostgroup rows.
+    #[inline]
+    fn credit<C: groups::Credit>(
+        &mut self,
+        slot: Option<HostSlot>,
+        host: IpAddr,
+        dir: Direction,
+        total: &C,
+        window: &C,
+    ) {
+        let tag = match slot {
+            Some(slot) => {
+                let h = self.table.host_mut(slot);
+                let entry = &mut h.dirs[dir.index()];
+                total.add_to(&mut entry.total);
+                window.add_to(&mut entry.window);
+                if self.groups.is_empty() {
+                    return;
+                }
+                self.groups.tag(&mut h.groups, host)
+            }
+            None if self.groups.is_empty() => return,
+            None => self.groups.lookup(host),
+        };
+        self.groups.credit(tag, dir.index(), total, window);
     }
 
     /// The slot of `host`, from `cache` when it still holds that host (an admission earlier in
@@ -811,13 +854,13 @@ impl Accounting {
         direction: Direction,
         delta: &XdpHostCounters,
     ) {
-        let Some(slot) =
+        let slot =
             self.table
-                .slot_or_admit(host, Origin::Source(Source::Xdp), delta.counted.packets)
-        else {
+                .slot_or_admit(host, Origin::Source(Source::Xdp), delta.counted.packets);
+        self.credit(slot, host, direction, &delta.counted, &delta.counted);
+        let Some(slot) = slot else {
             return;
         };
-        self.credit_slot(slot, direction, &delta.counted, &delta.counted);
         if delta.whitelisted.packets > 0 {
             let now_ms = self.now_ms;
             let entry = &mut self.table.host_mut(slot).dirs[direction.index()];
@@ -843,7 +886,7 @@ impl Accounting {
         else {
             return false;
         };
-        self.credit_slot(slot, direction, counters, counters);
+        self.credit(Some(slot), host, direction, counters, counters);
         for class in 0..proto::COUNT {
             let cell = self.totals.cell(Source::Fleet, direction.index(), class);
             cell.packets = cell.packets.wrapping_add(counters.proto_packets[class]);
@@ -873,20 +916,6 @@ impl Accounting {
     /// Per-source, per-direction, per-protocol totals.
     pub fn totals(&self) -> &Totals {
         &self.totals
-    }
-
-    /// Adds `total` to the cumulative counters and `window` to the rate window of a slot.
-    #[inline]
-    fn credit_slot(
-        &mut self,
-        slot: HostSlot,
-        dir: Direction,
-        total: &HostCounters,
-        window: &HostCounters,
-    ) {
-        let entry = &mut self.table.host_mut(slot).dirs[dir.index()];
-        entry.total.accumulate(total);
-        entry.window.accumulate(window);
     }
 
     /// Closes the current window at `now_ms` (any monotonic or capture clock in ms): computes
@@ -921,6 +950,7 @@ impl Accounting {
                     .all(|d| now_ms.saturating_sub(d.last_active_ms) >= forget_after_ms)
             },
         );
+        self.groups.close(slots, slot_seconds, seconds);
     }
 
     /// One host, if known.
@@ -1011,7 +1041,7 @@ impl RecordDelta {
 
     /// Adds the delta into `c` (wrapping, as [`HostCounters::accumulate`] does).
     #[inline]
-    fn add_to(&self, c: &mut HostCounters) {
+    fn add_to_counters(&self, c: &mut HostCounters) {
         c.packets = c.packets.wrapping_add(self.packets);
         c.bytes = c.bytes.wrapping_add(self.bytes);
         c.flows = c.flows.wrapping_add(self.flows);
@@ -1023,6 +1053,13 @@ impl RecordDelta {
         if let Some(b) = c.proto_bytes.get_mut(self.class) {
             *b = b.wrapping_add(self.bytes);
         }
+    }
+}
+
+impl groups::Credit for RecordDelta {
+    #[inline]
+    fn add_to(&self, c: &mut HostCounters) {
+        self.add_to_counters(c);
     }
 }
 
@@ -1304,6 +1341,66 @@ mod tests {
         let stats = a.table_stats();
         assert_eq!(stats.evicted[EvictReason::LowRate.index()], 3);
         assert_eq!(stats.full[Source::Pcap.index()], 0);
+    }
+
+    #[test]
+    fn network_and_hostgroup_rows_add_up_their_hosts_refused_ones_included() {
+        let p = |s: &str| s.parse::<crate::prefix::Prefix>().unwrap();
+        let nets = [p("10.0.0.0/8"), p("10.1.0.0/16"), p("10.2.0.0/16")];
+        // A table of 2 hosts for 4: a host refused (or evicted) still counts for its network.
+        let mut a = Accounting::new(nets.iter().copied().collect(), 2, 1000, 1000);
+        let hostgroups = vec![("dns".to_string(), vec![p("10.1.0.0/24")])];
+        a.set_groups(|g| g.reconfigure(&nets, &hostgroups, 2));
+        for _ in 0..3 {
+            a.ingest(&rec("192.0.2.1", "10.1.0.1", 10, 1000), Source::Pcap);
+            a.ingest(&rec("192.0.2.1", "10.9.0.1", 20, 2000), Source::Pcap);
+        }
+        a.ingest(&rec("192.0.2.1", "10.2.0.1", 40, 4000), Source::Pcap);
+        a.ingest(&rec("10.1.0.1", "192.0.2.1", 1, 100), Source::Pcap);
+        a.add_host_counters(
+            "10.1.0.2".parse().unwrap(),
+            Direction::Incoming,
+            &XdpHostCounters {
+                counted: HostCounters {
+                    packets: 7,
+                    bytes: 700,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        assert_eq!(a.host_count(), 2);
+        a.tick(1000, u64::MAX);
+        let g = a.groups();
+        let rows: Vec<(&str, u64, u64, f64)> = g
+            .networks()
+            .iter()
+            .map(|r| {
+                let (i, o) = (&r.dirs[0], &r.dirs[1]);
+                (
+                    r.name.as_str(),
+                    i.total.packets,
+                    o.total.packets,
+                    i.rates.pps,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("10.0.0.0/8", 60, 0, 60.0),
+                ("10.1.0.0/16", 37, 1, 37.0),
+                (OTHER_GROUP, 40, 0, 40.0),
+            ]
+        );
+        let dns = &g.hostgroups()[0];
+        assert_eq!(dns.name, "dns");
+        assert_eq!(dns.dirs[0].total.bytes, 3700);
+        assert_eq!(dns.dirs[1].rates.bytes_per_second, 100.0);
+        // The window slides out like a host's; the totals stay.
+        a.tick(2000, u64::MAX);
+        let net = &a.groups().networks()[1].dirs[0];
+        assert_eq!((net.rates.pps, net.total.packets), (0.0, 37));
     }
 
     #[test]

@@ -465,6 +465,7 @@ mod tests {
             actions: Vec::new(),
             report_only: false,
             sites: Vec::new(),
+            pcap_file: None,
         }
     }
 

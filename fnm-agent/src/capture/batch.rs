@@ -142,6 +142,8 @@ pub struct RecordBatcher<F: FnMut(&[TrafficRecord])> {
     gate: Option<Arc<FlushGate>>,
     /// Where the backend's counters are published.
     health: Option<Arc<super::CaptureHealth>>,
+    /// Each packet counts as this many (`capture.sampling_rate`).
+    sampling_rate: u64,
 }
 
 impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
@@ -161,7 +163,15 @@ impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
             last_flush: Instant::now(),
             gate: None,
             health: None,
+            sampling_rate: 1,
         }
+    }
+
+    /// Counts each packet as `rate` (a sampled mirror port): packets, bytes, SYN packets and
+    /// fragments of the records handed on are multiplied (saturating).
+    pub fn with_sampling_rate(mut self, rate: u32) -> Self {
+        self.sampling_rate = u64::from(rate.max(1));
+        self
     }
 
     /// Ignores [`PacketSink::flush`] calls until `interval` has passed since the last flush
@@ -198,6 +208,15 @@ impl<F: FnMut(&[TrafficRecord])> RecordBatcher<F> {
         }
         if self.records.is_empty() {
             return;
+        }
+        if self.sampling_rate > 1 {
+            let n = self.sampling_rate;
+            for r in &mut self.records {
+                r.packets = r.packets.saturating_mul(n);
+                r.bytes = r.bytes.saturating_mul(n);
+                r.tcp_syn_packets = r.tcp_syn_packets.saturating_mul(n);
+                r.fragments = r.fragments.saturating_mul(n);
+            }
         }
         (self.consume)(&self.records);
         self.records.clear();
@@ -674,6 +693,46 @@ mod tests {
                 ..syn.to_record()
             }]
         );
+    }
+
+    #[test]
+    fn a_sampling_rate_multiplies_every_count_but_the_tuples() {
+        let mut seen: Vec<TrafficRecord> = Vec::new();
+        let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| seen.extend_from_slice(rs))
+            .with_sampling_rate(64);
+        let syn = Ipv4Packet {
+            src: 0xC000_0201,
+            dst: 0xC633_6401,
+            src_port: 1000,
+            dst_port: 443,
+            ip_len: 60,
+            protocol: 6,
+            tcp_flags: 0x02,
+            ttl: 61,
+        };
+        for _ in 0..3 {
+            sink.ipv4_packet(Duration::ZERO, &syn);
+        }
+        sink.packet(
+            Duration::ZERO,
+            TrafficRecord {
+                fragments: 1,
+                ..record(7)
+            },
+        );
+        sink.flush_now();
+        drop(sink);
+        let v4 = seen.iter().find(|r| r.src_port == 1000).expect("v4 tuple");
+        assert_eq!(
+            (v4.packets, v4.bytes, v4.tcp_syn_packets),
+            (3 * 64, 3 * 60 * 64, 3 * 64)
+        );
+        let other = seen.iter().find(|r| r.src_port != 1000).expect("record");
+        assert_eq!(
+            (other.packets, other.bytes, other.fragments),
+            (64, record(7).bytes * 64, 64)
+        );
+        assert_eq!(seen.len(), 2, "one record per tuple");
     }
 
     #[test]

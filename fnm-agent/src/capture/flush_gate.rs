@@ -19,6 +19,17 @@ use std::time::{Duration, Instant};
 #[error("creating the capture flush pipe: {0}")]
 pub struct FlushGateError(#[from] std::io::Error);
 
+/// What [`FlushGate::ask`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The polling capture thread holds no records: nothing to wait for.
+    Nothing,
+    /// No capture loop polls the gate: the request is served at its next flush point.
+    Unattached,
+    /// Request number: wait for it with [`FlushGate::wait_served`].
+    Request(u64),
+}
+
 /// A request/confirm channel between a thread that needs buffered records now (the poll
 /// thread) and the capture thread that holds them (see the module doc).
 #[derive(Debug)]
@@ -79,16 +90,31 @@ impl FlushGate {
     /// the polling capture thread holds no records, false while no capture loop polls the gate
     /// (the request is then served at the capture thread's next flush point).
     pub fn request(&self, timeout: Duration) -> bool {
+        match self.ask() {
+            Asked::Nothing => true,
+            Asked::Unattached => false,
+            Asked::Request(wanted) => self.wait_served(wanted, Instant::now() + timeout),
+        }
+    }
+
+    /// The first half of [`FlushGate::request`]: asks without waiting (so several capture
+    /// threads can be asked at once, then waited for).
+    pub fn ask(&self) -> Asked {
         let attached = self.attached.load(Ordering::Acquire);
         if attached && !self.holding.load(Ordering::Acquire) {
-            return true;
+            return Asked::Nothing;
         }
         let wanted = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         if !attached {
-            return false;
+            return Asked::Unattached;
         }
         self.wake();
-        let deadline = Instant::now() + timeout;
+        Asked::Request(wanted)
+    }
+
+    /// The second half of [`FlushGate::request`]: waits until request `wanted` is served, at
+    /// most until `deadline`; true when it was.
+    pub fn wait_served(&self, wanted: u64, deadline: Instant) -> bool {
         let mut completed = self.completed.lock().unwrap_or_else(|e| e.into_inner());
         while *completed < wanted {
             let left = deadline.saturating_duration_since(Instant::now());

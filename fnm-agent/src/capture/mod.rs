@@ -343,7 +343,30 @@ pub struct CaptureConfig {
     /// PF_RING knobs.
     #[serde(default)]
     pub pfring: PfringOptions,
+    /// Each captured packet counts as this many (a mirror port fed through a 1-in-N sampler):
+    /// packets, bytes, SYN packets and fragments are multiplied before they reach the
+    /// accounting; new flows are not (each 5-tuple seen is one flow). Every userspace backend.
+    /// Default: `1` (allowed 1..=1000000).
+    #[serde(default = "default_sampling_rate")]
+    pub sampling_rate: u32,
+    /// Capture threads. Above 1 (`pcap` on Linux only), every interface is opened once per
+    /// thread and the sockets join an AF_PACKET fanout group (`PACKET_FANOUT_HASH`): the kernel
+    /// spreads packets over the threads by flow hash, each packet to exactly one of them.
+    /// Default: `1` (allowed 1..=64).
+    #[serde(default = "default_threads")]
+    pub threads: u32,
+    /// AF_PACKET fanout group id of the first interface (the next interfaces take the next
+    /// ids) when `threads` is above 1; ids are shared by every process of the network
+    /// namespace, so two agents capturing there need different ones. Default: derived from the
+    /// process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout_group: Option<u16>,
 }
+
+/// Largest `capture.sampling_rate`.
+pub const MAX_SAMPLING_RATE: u32 = 1_000_000;
+/// Largest `capture.threads`.
+pub const MAX_THREADS: u32 = 64;
 
 impl Default for CaptureConfig {
     fn default() -> Self {
@@ -356,6 +379,9 @@ impl Default for CaptureConfig {
             pcap: PcapOptions::default(),
             netmap: NetmapOptions::default(),
             pfring: PfringOptions::default(),
+            sampling_rate: default_sampling_rate(),
+            threads: default_threads(),
+            fanout_group: None,
         }
     }
 }
@@ -429,6 +455,12 @@ impl Default for PfringOptions {
 fn default_true() -> bool {
     true
 }
+fn default_sampling_rate() -> u32 {
+    1
+}
+fn default_threads() -> u32 {
+    1
+}
 fn default_snaplen() -> u32 {
     DEFAULT_SNAPLEN
 }
@@ -475,6 +507,25 @@ impl CaptureConfig {
                 self.snaplen
             )));
         }
+        if !(1..=MAX_SAMPLING_RATE).contains(&self.sampling_rate) {
+            return Err(CaptureError::Config(format!(
+                "capture.sampling_rate = {}: must be between 1 and {MAX_SAMPLING_RATE}",
+                self.sampling_rate
+            )));
+        }
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(CaptureError::Config(format!(
+                "capture.threads = {}: must be between 1 and {MAX_THREADS}",
+                self.threads
+            )));
+        }
+        if self.threads > 1 && (self.backend != BackendKind::Pcap || !cfg!(target_os = "linux")) {
+            return Err(CaptureError::Config(format!(
+                "capture.threads = {}: several capture threads need AF_PACKET fanout, \
+                 capture.backend = \"pcap\" on Linux",
+                self.threads
+            )));
+        }
         if self.backend == BackendKind::Netmap && self.bpf_filter.is_some() {
             return Err(CaptureError::Config(
                 "capture.bpf_filter: not supported by capture.backend = \"netmap\"".into(),
@@ -494,14 +545,40 @@ impl CaptureConfig {
 /// Opens the configured userspace backend (after [`CaptureConfig::validate`]). `xdp` is not a
 /// userspace backend and is refused here.
 pub fn open(config: &CaptureConfig) -> Result<Box<dyn CaptureBackend>, CaptureError> {
+    open_in_group(config, None)
+}
+
+/// The AF_PACKET fanout group of `config` (`capture.fanout_group`, else derived from the
+/// process id), when it asks for several capture threads.
+pub fn fanout_group(config: &CaptureConfig) -> Option<u16> {
+    (config.threads > 1).then(|| {
+        config
+            .fanout_group
+            .unwrap_or_else(|| (std::process::id() as u16) | 0x8000)
+    })
+}
+
+/// Opens the configured backend, its sockets joining AF_PACKET fanout group `fanout` (the
+/// first interface's; the next ones take the next ids) when given (`pcap` on Linux only).
+pub fn open_in_group(
+    config: &CaptureConfig,
+    fanout: Option<u16>,
+) -> Result<Box<dyn CaptureBackend>, CaptureError> {
     config.validate()?;
+    if fanout.is_some() && config.backend != BackendKind::Pcap {
+        return Err(CaptureError::Config(
+            "AF_PACKET fanout needs capture.backend = \"pcap\"".into(),
+        ));
+    }
     match config.backend {
         BackendKind::Xdp => Err(CaptureError::Config(
             "capture.backend = \"xdp\" is handled by the XDP data plane, not a capture backend"
                 .into(),
         )),
         #[cfg(feature = "pcap")]
-        BackendKind::Pcap => Ok(Box::new(pcap_live::PcapBackend::open(config)?)),
+        BackendKind::Pcap => Ok(Box::new(pcap_live::PcapBackend::open_in_group(
+            config, fanout,
+        )?)),
         #[cfg(all(feature = "netmap", any(target_os = "linux", target_os = "freebsd")))]
         BackendKind::Netmap => Ok(Box::new(netmap::NetmapBackend::open(config)?)),
         #[cfg(all(feature = "pfring", target_os = "linux"))]
@@ -534,6 +611,38 @@ mod tests {
         assert!(!c.pcap.immediate);
         assert_eq!(c.netmap.device, PathBuf::from("/dev/netmap"));
         assert_eq!(c.pfring.library, "libpfring.so");
+        assert_eq!((c.sampling_rate, c.threads, c.fanout_group), (1, 1, None));
+    }
+
+    #[test]
+    fn sampling_rate_and_threads_are_bounded() {
+        for (extra, want) in [
+            ("sampling_rate = 0", "capture.sampling_rate = 0"),
+            ("sampling_rate = 1000001", "capture.sampling_rate = 1000001"),
+            ("threads = 0", "capture.threads = 0"),
+            ("threads = 65", "capture.threads = 65"),
+        ] {
+            let c = parse(&format!(
+                "backend = \"pcap\"\ninterfaces = [\"eth0\"]\n{extra}"
+            ));
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let c = parse("backend = \"netmap\"\ninterfaces = [\"eth0\"]\nthreads = 2");
+        if c.backend.unavailable_reason().is_none() {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("AF_PACKET fanout"), "{err}");
+        }
+        let c =
+            parse("backend = \"pcap\"\ninterfaces = [\"eth0\"]\nthreads = 4\nsampling_rate = 1000");
+        if cfg!(all(feature = "pcap", target_os = "linux")) {
+            assert!(c.validate().is_ok());
+            assert_eq!(
+                fanout_group(&parse("threads = 2\nfanout_group = 7")),
+                Some(7)
+            );
+            assert_eq!(fanout_group(&parse("")), None);
+        }
     }
 
     #[test]

@@ -89,11 +89,29 @@ pub struct PcapBackend {
 impl PcapBackend {
     /// Opens every configured interface; the first failure is returned with the interface name.
     pub fn open(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        Self::open_in_group(config, None)
+    }
+
+    /// Opens every configured interface, each socket joining AF_PACKET fanout group `fanout`
+    /// plus the interface's position (Linux; `PACKET_FANOUT_HASH`) when given: every capture
+    /// thread opens the same interfaces in the same groups, and the kernel hands each packet
+    /// to exactly one of their sockets.
+    pub fn open_in_group(
+        config: &CaptureConfig,
+        fanout: Option<u16>,
+    ) -> Result<Self, CaptureError> {
         let handles = config
             .interfaces
             .iter()
-            .map(|interface| open_interface(config, interface))
-            .collect::<Result<Vec<_>, _>>()?;
+            .enumerate()
+            .map(|(i, interface)| {
+                let handle = open_interface(config, interface)?;
+                if let Some(group) = fanout {
+                    join_fanout(&handle, group.wrapping_add(i as u16))?;
+                }
+                Ok(handle)
+            })
+            .collect::<Result<Vec<_>, CaptureError>>()?;
         let buffer = config.pcap.buffer_size as usize;
         let pacing = (cfg!(target_os = "linux")
             && !config.pcap.immediate
@@ -158,6 +176,47 @@ fn open_interface(config: &CaptureConfig, interface: &str) -> Result<Handle, Cap
         capture,
         link,
     })
+}
+
+/// Joins the handle's packet socket to AF_PACKET fanout group `group`, spreading by flow
+/// hash (`PACKET_FANOUT_HASH`; no defragmentation, so fragments count as the fragments they
+/// are).
+#[cfg(target_os = "linux")]
+fn join_fanout(handle: &Handle, group: u16) -> Result<(), CaptureError> {
+    /// `PACKET_FANOUT` (linux/if_packet.h).
+    const PACKET_FANOUT: libc::c_int = 18;
+    /// `PACKET_FANOUT_HASH`.
+    const PACKET_FANOUT_HASH: u32 = 0;
+    let arg: u32 = u32::from(group) | (PACKET_FANOUT_HASH << 16);
+    // SAFETY: setsockopt on the handle's own socket with a valid 4-byte argument.
+    let rc = unsafe {
+        libc::setsockopt(
+            handle.capture.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_FANOUT,
+            (&arg as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(open_error(
+            &handle.interface,
+            format!(
+                "joining AF_PACKET fanout group {group}: {err} (another process may use this \
+                 group id: set capture.fanout_group)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn join_fanout(handle: &Handle, _group: u16) -> Result<(), CaptureError> {
+    Err(open_error(
+        &handle.interface,
+        "AF_PACKET fanout (capture.threads above 1) needs Linux",
+    ))
 }
 
 fn timeval_to_duration(ts: libc::timeval) -> Duration {

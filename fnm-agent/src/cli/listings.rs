@@ -750,6 +750,7 @@ mod tests {
                 ),
             ],
             report_only: false,
+            pcap_file: None,
             sites: Vec::new(),
         }
     }

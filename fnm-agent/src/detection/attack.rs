@@ -211,6 +211,10 @@ pub struct Attack {
     pub actions: Vec<crate::mitigator::store::ActionState>,
     /// Detect and report only.
     pub report_only: bool,
+    /// Its sampled packets (`[attack_pcap]`), also `GET /api/v1/attacks/{id}/pcap`; the file
+    /// may be gone when newer dumps needed room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcap_file: Option<std::path::PathBuf>,
     /// On an aggregator: each agent's part of the traffic when the attack was detected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<SiteShare>,
@@ -276,6 +280,7 @@ impl Attack {
             fingerprint,
             actions: Vec::new(),
             report_only: o.report_only,
+            pcap_file: None,
             sites: Vec::new(),
         };
         (attack, records)

@@ -8,6 +8,7 @@ use super::{
     input::{Batch, XdpBatch},
     snapshot::{OngoingAttack, Snapshot, TotalRow, XdpStatus},
 };
+use crate::attack_pcap::PcapDumps;
 use crate::{
     accounting::{Accounting, Direction, HostDirection},
     config::Config,
@@ -100,6 +101,8 @@ pub struct EngineCore {
     sites: Option<Arc<dyn SiteShares>>,
     /// Attacks opened since start, by direction and type (`fnm_attacks_total`).
     started: [[u64; AttackType::ALL.len()]; 2],
+    /// Attack pcap dumps (off unless [`EngineCore::with_attack_pcap`]).
+    pcap: PcapDumps,
 }
 
 impl EngineCore {
@@ -121,7 +124,8 @@ impl EngineCore {
     /// An engine over a given accounting (replay sizes its own). Attacks the book holds as
     /// ongoing (the agent stopped or died during them) are carried on: they end when their
     /// traffic stays low for `stop_after`, and the same flood does not open a second attack.
-    pub fn with_accounting(config: &Config, acc: Accounting, book: AttackBook) -> Self {
+    pub fn with_accounting(config: &Config, mut acc: Accounting, book: AttackBook) -> Self {
+        set_groups(&mut acc, config);
         let mut detector = Detector::new(
             ThresholdTable::new(&config.detection, &config.hostgroup),
             config.whitelist.iter().copied().collect(),
@@ -151,7 +155,16 @@ impl EngineCore {
             mitigations: None,
             sites: None,
             started: [[0; AttackType::ALL.len()]; 2],
+            pcap: PcapDumps::disabled(),
         }
+    }
+
+    /// Writes each attack's sampled packets to `<state_dir>/attacks/<id>.pcap` as
+    /// `[attack_pcap]` says (the live agent; replay and tests write none).
+    pub fn with_attack_pcap(mut self, config: &Config) -> Self {
+        // The writer is started even when off, so a reload can turn dumps on.
+        self.pcap = PcapDumps::new(&config.state_dir, config.attack_pcap.clone());
+        self
     }
 
     /// Takes a reloaded configuration between two ticks: networks, whitelists, thresholds,
@@ -162,6 +175,7 @@ impl EngineCore {
             .set_networks(config.networks.iter().copied().collect());
         self.acc
             .set_ignored_sources(config.detection.whitelist_sources.iter().copied().collect());
+        set_groups(&mut self.acc, config);
         self.detector.reconfigure(
             ThresholdTable::new(&config.detection, &config.hostgroup),
             config.whitelist.iter().copied().collect(),
@@ -171,6 +185,7 @@ impl EngineCore {
         self.ban_actions = config.ban.actions.clone();
         self.max_source_drops = config.ban.max_source_drops;
         self.top_hosts = config.prometheus.top_hosts;
+        self.pcap.reconfigure(&config.attack_pcap);
     }
 
     /// Names each agent's part in the attacks it opens (an aggregator's fleet source).
@@ -270,6 +285,12 @@ impl EngineCore {
             }
         }
         self.protect();
+        let offset = i128::from(unix_ms) - i128::from(now_ms);
+        self.pcap.tick(
+            &self.acc,
+            self.book.ongoing().map(|a| a.id.as_str()),
+            offset,
+        );
         self.book.persist();
         decisions
     }
@@ -297,6 +318,10 @@ impl EngineCore {
             self.acc.samples(host, direction),
             self.max_source_drops,
         );
+        let offset = i128::from(unix_ms) - i128::from(self.last_tick_ms);
+        attack.pcap_file = self
+            .pcap
+            .open(&attack.id, host, direction, &self.acc, offset);
         let opposite = match direction {
             Direction::Incoming => Direction::Outgoing,
             Direction::Outgoing => Direction::Incoming,
@@ -439,8 +464,21 @@ impl EngineCore {
             attacks: self.book.shared(),
             watched: Arc::new(self.acc.watched_hosts().collect()),
             attacks_started: self.started,
+            networks: Arc::new(crate::network_views::NetworksView::new(self.acc.groups())),
+            attack_pcap_dropped: self.pcap.dropped.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
+}
+
+/// Gives the accounting the per-network and per-hostgroup rows of `config`.
+fn set_groups(acc: &mut Accounting, config: &Config) {
+    let hostgroups: Vec<_> = config
+        .hostgroup
+        .iter()
+        .map(|g| (g.name.clone(), g.networks.clone()))
+        .collect();
+    let max = config.accounting.max_network_counters as usize;
+    acc.set_groups(|g| g.reconfigure(&config.networks, &hostgroups, max));
 }
 
 #[cfg(test)]

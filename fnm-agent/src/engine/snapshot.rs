@@ -109,6 +109,10 @@ pub struct Snapshot {
     pub watched: Arc<Vec<(IpAddr, Direction)>>,
     /// Attacks opened since start, by direction index and [`AttackType::index`].
     pub attacks_started: [[u64; AttackType::ALL.len()]; 2],
+    /// Traffic per configured network and per hostgroup (bounded).
+    pub networks: Arc<crate::network_views::NetworksView>,
+    /// Attack pcap hand-overs dropped (writer queue full) or failed to write.
+    pub attack_pcap_dropped: u64,
 }
 
 impl Snapshot {

@@ -4,7 +4,7 @@
 //! collectors) and [`capture`] (libpcap, netmap, PF_RING). Each hands batches to the engine
 //! through an [`EngineInput`] (never waiting for it; what a full channel drops is counted per
 //! source), and [`from_config`] starts what the configuration asks for. A source that buffers
-//! what belongs to a poll slot also gives the engine a [`Flush`] to ask for it before each
+//! what belongs to a poll slot also gives the engine a [`Flush`](crate::engine::Flush) to ask for it before each
 //! tick.
 
 pub mod capture;
@@ -17,7 +17,7 @@ pub mod xdp;
 use crate::{
     config::Config,
     dataplane::DataPlaneHandle,
-    engine::{input::EngineInput, Flush, Flusher},
+    engine::{input::EngineInput, Flusher},
     metrics::MetricsSource,
 };
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub fn from_config(
         let capture = capture::CaptureSource::start(config, input.clone())?;
         sources.flushers.push(Flusher {
             name: "the capture thread",
-            source: capture.flush_handle() as Arc<dyn Flush>,
+            source: capture.flush_handle(),
             timeout: capture::CAPTURE_FLUSH_TIMEOUT,
         });
         sources.metrics.push(capture.metrics());
