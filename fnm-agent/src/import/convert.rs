@@ -29,11 +29,7 @@ use thresholds::OUT_OF_REACH;
 /// Keys of fnm that exist on another branch only (being added while this importer was
 /// written): the importer writes them as comments, so the output always loads. Remove a key
 /// from here once fnm has it, and the importer sets it.
-pub const PENDING_KEYS: &[&str] = &[
-    "capture.sampling_rate",
-    "capture.threads",
-    "attack_pcap.enabled",
-];
+pub const PENDING_KEYS: &[&str] = &[];
 
 /// True when fnm does not have `key` yet (see [`PENDING_KEYS`]).
 fn pending(key: &str) -> bool {
