@@ -9,6 +9,8 @@
 mod bgp_support;
 mod common;
 
+use common::netflow::netflow_v5;
+
 use bgp_support::{free_port, Receiver};
 use common::{kafka::Broker, require_root};
 use std::{
@@ -135,34 +137,6 @@ impl Drop for Agent {
             let _ = c.wait();
         }
     }
-}
-
-/// A NetFlow v5 datagram: `records` flows of `packets` packets each towards `dst`, over the
-/// last second.
-fn netflow_v5(seq: u32, uptime_ms: u32, dst: Ipv4Addr, records: u8, packets: u32) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend_from_slice(&5u16.to_be_bytes());
-    d.extend_from_slice(&u16::from(records).to_be_bytes());
-    d.extend_from_slice(&uptime_ms.to_be_bytes());
-    d.extend_from_slice(&1_700_000_000u32.to_be_bytes());
-    d.extend_from_slice(&0u32.to_be_bytes());
-    d.extend_from_slice(&seq.to_be_bytes());
-    d.extend_from_slice(&[0, 0, 0, 0]);
-    for i in 0..records {
-        d.extend_from_slice(&[198, 51, 100, i + 1]);
-        d.extend_from_slice(&dst.octets());
-        d.extend_from_slice(&[0; 4]);
-        d.extend_from_slice(&[0, 1, 0, 2]);
-        d.extend_from_slice(&packets.to_be_bytes());
-        d.extend_from_slice(&(packets * 468).to_be_bytes());
-        d.extend_from_slice(&(uptime_ms - 1000).to_be_bytes());
-        d.extend_from_slice(&uptime_ms.to_be_bytes());
-        d.extend_from_slice(&123u16.to_be_bytes());
-        d.extend_from_slice(&40000u16.to_be_bytes());
-        d.extend_from_slice(&[0, 0, 17, 0]);
-        d.extend_from_slice(&[0; 8]);
-    }
-    d
 }
 
 /// An exporter sending `pps` packets/s towards `dst` to a collector on `port`, one datagram

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::netflow::netflow_v5;
+
 use common::{agent::AgentProcess, netns::NetnsPair, require_root};
 use std::{
     net::{Ipv4Addr, UdpSocket},
@@ -17,34 +19,6 @@ use std::{
 
 /// Where the agent's NetFlow collector listens, inside its namespace.
 const COLLECTOR: &str = "127.0.0.1:2055";
-
-/// One NetFlow v5 datagram: `records` UDP flows from 198.51.100.x port 123 to `dst`, each of
-/// `packets` packets over the second before `uptime_ms`.
-fn netflow_v5(seq: u32, uptime_ms: u32, dst: Ipv4Addr, records: u8, packets: u32) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend_from_slice(&5u16.to_be_bytes());
-    d.extend_from_slice(&u16::from(records).to_be_bytes());
-    d.extend_from_slice(&uptime_ms.to_be_bytes());
-    d.extend_from_slice(&1_700_000_000u32.to_be_bytes());
-    d.extend_from_slice(&0u32.to_be_bytes());
-    d.extend_from_slice(&seq.to_be_bytes());
-    d.extend_from_slice(&[0, 0, 0, 0]); // engine type/id, sampling (none)
-    for i in 0..records {
-        d.extend_from_slice(&[198, 51, 100, i + 1]);
-        d.extend_from_slice(&dst.octets());
-        d.extend_from_slice(&[0; 4]); // next hop
-        d.extend_from_slice(&[0, 1, 0, 2]); // input, output
-        d.extend_from_slice(&packets.to_be_bytes());
-        d.extend_from_slice(&(packets * 468).to_be_bytes());
-        d.extend_from_slice(&(uptime_ms - 1000).to_be_bytes()); // first
-        d.extend_from_slice(&uptime_ms.to_be_bytes()); // last
-        d.extend_from_slice(&123u16.to_be_bytes());
-        d.extend_from_slice(&40000u16.to_be_bytes());
-        d.extend_from_slice(&[0, 0, 17, 0]); // pad, tcp flags, protocol, tos
-        d.extend_from_slice(&[0; 8]); // AS numbers, masks, pad
-    }
-    d
-}
 
 /// Sends 2 s of a 30 kpps NTP reflection towards `victim` (10 datagrams of 30 flows × 1000
 /// packets, 200 ms apart), from inside `ns`. `seq` continues the exporter's sequence.

@@ -60,7 +60,7 @@ impl Exporter {
             return Ok(None);
         }
         let stats = std::sync::Arc::new(ExportStats::default());
-        let (tx, rx) = crossbeam_channel::bounded(EXPORT_QUEUE);
+        let (tx, rx) = crossbeam_channel::bounded::<ExportEvent>(EXPORT_QUEUE);
         let agent = export.agent_id();
         #[cfg(target_os = "linux")]
         {

@@ -20,6 +20,7 @@ pub mod flood;
 pub mod kafka;
 pub mod loopback_agent;
 pub mod matrix;
+pub mod netflow;
 pub mod netns;
 pub mod pktgen;
 pub mod sender;
