@@ -12,11 +12,10 @@ mod common;
 use common::netflow::netflow_v5;
 
 use bgp_support::{free_port, Receiver};
-use common::{kafka::Broker, require_root};
+use common::{kafka::Broker, loopback_agent::LoopbackAgent as Agent, require_root};
 use std::{
     net::{Ipv4Addr, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -24,119 +23,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// One fnm-agent process with its own ports.
-struct Agent {
-    child: Option<Child>,
-    api: u16,
-    metrics: u16,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, name: &str, body: &str) -> Self {
-        let (api, metrics) = (free_port(), free_port());
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("fnm.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"{}\"\npoll_interval = \"250ms\"\nrate_window = \"1s\"\n\
-                 networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n[sflow]\nlisten = []\n\
-                 {body}\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-                 [prometheus]\nlisten = \"127.0.0.1:{metrics}\"\n",
-                dir.join("state").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("agent.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(common::agent::binary())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start fnm-agent");
-        let agent = Self {
-            child: Some(child),
-            api,
-            metrics,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while agent.get("/api/v1/status").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{name} never came up:\n{}",
-                agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn http(port: u16, path: &str) -> Result<String, String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-        Ok(out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default())
-    }
-
-    fn get(&self, path: &str) -> Result<serde_json::Value, String> {
-        serde_json::from_str(&Self::http(self.api, path)?).map_err(|e| e.to_string())
-    }
-
-    fn attacks(&self) -> Vec<serde_json::Value> {
-        self.get("/api/v1/attacks")
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    /// A gauge or counter's value from /metrics (first series whose line starts with `name`).
-    fn metric(&self, name: &str) -> Option<f64> {
-        Self::http(self.metrics, "/metrics")
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-    }
+/// One agent on loopback: `body` after the settings every agent here shares.
+fn start(dir: &Path, name: &str, body: &str) -> Agent {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    Agent::start(
+        &dir,
+        &format!(
+            "poll_interval = \"250ms\"\nrate_window = \"1s\"\n\
+             networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n[sflow]\nlisten = []\n{body}"
+        ),
+    )
 }
 
 /// An exporter sending `pps` packets/s towards `dst` to a collector on `port`, one datagram
@@ -204,7 +101,7 @@ fn an_attack_split_over_three_agents_is_opened_by_the_aggregator_alone() {
     let speaker_log = dir.path().join("speaker.log");
     receiver.wait_established(|| std::fs::read_to_string(&speaker_log).unwrap_or_default());
 
-    let aggregator = Agent::start(
+    let aggregator = start(
         dir.path(),
         "aggregator",
         &aggregator_body(
@@ -220,7 +117,7 @@ fn an_attack_split_over_three_agents_is_opened_by_the_aggregator_alone() {
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            Agent::start(
+            start(
                 dir.path(),
                 &format!("site-{i}"),
                 &agent_body(*port, &format!("site-{i}"), &broker.addr),
@@ -313,10 +210,10 @@ fn failover(how: Stop) {
     require_root("the fleet end-to-end test (loopback ports)");
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(None, free_port());
-    let mut first = Agent::start(dir.path(), "agg-1", &aggregator_body(&broker.addr, ""));
-    let second = Agent::start(dir.path(), "agg-2", &aggregator_body(&broker.addr, ""));
+    let mut first = start(dir.path(), "agg-1", &aggregator_body(&broker.addr, ""));
+    let second = start(dir.path(), "agg-2", &aggregator_body(&broker.addr, ""));
     let port = free_port();
-    let _site = Agent::start(dir.path(), "site", &agent_body(port, "site", &broker.addr));
+    let _site = start(dir.path(), "site", &agent_body(port, "site", &broker.addr));
     let assigned = |a: &Agent| a.metric("fnm_fleet_partitions_assigned").unwrap_or(0.0);
     wait_for(
         "the group spreads the 3 partitions",

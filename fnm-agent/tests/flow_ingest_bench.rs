@@ -632,36 +632,10 @@ fn aggregator_throughput(broker: &str) {
 fn flow_ingest_bench() {
     // The agent's own path: collectors → bounded input channel → the engine thread (host
     // table, rates, detection without thresholds), ticking every 250 ms.
-    let state = tempfile::tempdir().expect("state dir");
-    let config = Config::parse(
-        "networks = [\"10.10.0.0/16\"]\n[xdp]\nenabled = false\n",
-        std::path::Path::new("bench.toml"),
-    )
-    .expect("bench config");
-    let book = AttackBook::open(state.path().join("attacks.json")).expect("attack book");
-    let (input, input_rx) = EngineInput::channel(INPUT_CAPACITY);
-    let input_stats = input.stats();
-    let (decisions, _decisions_rx) =
-        tokio::sync::mpsc::channel::<fnm_agent::engine::decision::Decision>(1024);
-    let engine = EngineHandle::spawn(EngineParts {
-        core: EngineCore::new(&config, book),
-        input: input_rx,
-        flushers: Vec::new(),
-        observers: Vec::new(),
-        decisions,
-        interval: config.poll_interval,
-    })
-    .expect("engine thread");
-    let sink: Arc<dyn TrafficSink> = Arc::new(input);
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let collectors = FlowCollectors::start(
-        &SflowConfig::listening_on(vec![local]),
-        &NetflowConfig::listening_on(vec![local]),
-        None,
-        sink,
-    )
-    .expect("fnm collectors");
-    let buffers: Vec<usize> = collectors
+    let (fnm, engine, _state) = fnm_engine(Vec::new());
+    let input_stats = fnm.input.clone().expect("engine input");
+    let buffers: Vec<usize> = fnm
+        .collectors
         .metrics()
         .sockets()
         .iter()
@@ -671,10 +645,6 @@ fn flow_ingest_bench() {
         "fnm sockets: {} (receive buffers {buffers:?})",
         buffers.len()
     );
-    let fnm = Fnm {
-        collectors,
-        input: Some(input_stats.clone()),
-    };
     let (fnm_v5, sender_v5) = find_lossless(&fnm, false);
     let (fnm_sflow, sender_sflow) = find_lossless(&fnm, true);
     drop(fnm);
@@ -683,6 +653,7 @@ fn flow_ingest_bench() {
     // The same collectors with a sink that only counts records: the ceiling of the receive and
     // decode path alone, without the per-host accounting.
     let null_sink: Arc<dyn TrafficSink> = Arc::new(CountingSink::default());
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let collectors = FlowCollectors::start(
         &SflowConfig::listening_on(vec![local]),
         &NetflowConfig::listening_on(vec![local]),

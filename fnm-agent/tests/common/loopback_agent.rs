@@ -12,9 +12,11 @@ use std::{
 
 /// A running agent.
 pub struct LoopbackAgent {
-    child: Child,
+    child: Option<Child>,
     /// Its API address.
     pub api: SocketAddr,
+    /// Its `/metrics` address.
+    pub metrics: SocketAddr,
     log: PathBuf,
 }
 
@@ -32,13 +34,13 @@ impl LoopbackAgent {
     /// `state_dir`, `[api]` and `[prometheus]`.
     pub fn start(dir: &Path, body: &str) -> Self {
         let api: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let metrics = free_tcp_port();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let config = dir.join("fnm.toml");
         std::fs::write(
             &config,
             format!(
                 "state_dir = \"{}\"\n{body}\n[api]\nlisten = \"{api}\"\n\
-                 [prometheus]\nlisten = \"127.0.0.1:{metrics}\"\n",
+                 [prometheus]\nlisten = \"{metrics}\"\n",
                 dir.join("state").display()
             ),
         )
@@ -53,10 +55,15 @@ impl LoopbackAgent {
             .stdin(Stdio::null())
             .spawn()
             .expect("start fnm-agent");
-        let mut agent = Self { child, api, log };
+        let mut agent = Self {
+            child: Some(child),
+            api,
+            metrics,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while fnm_agent::client::request(api, "GET", "/api/v1/status", None).is_err() {
-            if let Ok(Some(status)) = agent.child.try_wait() {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(Child::try_wait) {
                 panic!("fnm-agent exited early ({status}):\n{}", agent.log());
             }
             assert!(
@@ -78,20 +85,57 @@ impl LoopbackAgent {
     pub fn get(&self, path: &str) -> Result<serde_json::Value, String> {
         fnm_agent::client::request(self.api, "GET", path, None).map_err(|e| e.to_string())
     }
+
+    /// Its attacks (none when the API does not answer).
+    pub fn attacks(&self) -> Vec<serde_json::Value> {
+        self.get("/api/v1/attacks")
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The value of the first `/metrics` line that starts with `name`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Kills it outright (SIGKILL): no goodbye to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Drop for LoopbackAgent {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own, not yet reaped, child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
