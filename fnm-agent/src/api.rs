@@ -56,8 +56,8 @@ pub struct ApiState {
     pub reload: Option<crate::reload::ReloadTrigger>,
     /// The sources' hand-over counters.
     pub inputs: Arc<InputStats>,
-    /// The fleet export's counters (`None`: nothing exported).
-    pub export: Option<Arc<crate::export::ExportStats>>,
+    /// Each export sink's counters (empty: nothing exported).
+    pub export: Vec<Arc<crate::export::ExportStats>>,
 }
 
 /// An API error: status, message, and for a refused ban the check that refused it.
@@ -329,7 +329,12 @@ async fn status(State(st): State<ApiState>) -> Json<serde_json::Value> {
             "overruns": st.engine.stats.overruns.load(Relaxed),
             "decisions_dropped": st.engine.stats.decisions_dropped.load(Relaxed),
         },
-        "export": st.export.as_ref().map(|e| e.status()),
+        "export": (!st.export.is_empty()).then(|| {
+            st.export
+                .iter()
+                .map(|e| (e.sink.as_str(), e.status()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        }),
     }))
 }
 

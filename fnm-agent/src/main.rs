@@ -750,26 +750,41 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     }
     let (mut exporter, observers) =
         match fnm_agent::export::Exporter::start(&config.export, &config.kafka)
-            .context("starting the Kafka export")?
+            .context("starting the export")?
         {
             Some((exporter, observer)) => {
-                tracing::info!(
-                    "exporting to Kafka ({}), topics {}.hosts/.attacks/.mitigations",
-                    config.kafka.brokers.join(", "),
-                    config.kafka.topic_prefix
-                );
+                if config.export.kafka {
+                    tracing::info!(
+                        "exporting to Kafka ({}), topics {}.hosts/.attacks/.mitigations/.flows",
+                        config.kafka.brokers.join(", "),
+                        config.kafka.topic_prefix
+                    );
+                }
+                if let Some(ch) = &config.export.clickhouse {
+                    tracing::info!(
+                        "exporting to ClickHouse at {}, database {}",
+                        ch.url,
+                        ch.database
+                    );
+                }
                 let observers: Vec<Box<dyn fnm_agent::engine::TickObserver>> =
                     vec![Box::new(observer)];
                 (Some(exporter), observers)
             }
             None => (None, Vec::new()),
         };
-    let export_stats = exporter.as_ref().map(|e| e.stats.clone());
+    let export_stats = exporter
+        .as_ref()
+        .map(|e| e.stats.clone())
+        .unwrap_or_default();
     let mut engine = EngineHandle::spawn(EngineParts {
         core: {
-            let core = EngineCore::new(&config, book)
+            let mut core = EngineCore::new(&config, book)
                 .with_mitigations(mitigator.view.clone())
                 .with_attack_pcap(&config);
+            if exporter.is_some() {
+                core = core.with_flow_sampling(&config.export);
+            }
             match sites {
                 Some(s) => core.with_site_shares(s),
                 None => core,
@@ -823,8 +838,10 @@ async fn run_async(config: Config, config_path: PathBuf) -> Result<()> {
     extra.push(flow_metrics);
     extra.push(reload_stats);
     extra.push(map_memory);
-    if let Some(e) = &export_stats {
-        extra.push(e.clone());
+    if !export_stats.is_empty() {
+        extra.push(Arc::new(fnm_agent::export::ExportMetrics(
+            export_stats.clone(),
+        )));
     }
     let api = tokio::spawn(fnm_agent::api::serve(
         fnm_agent::api::ApiState {

@@ -508,7 +508,7 @@ fn kafka_export_bench() {
         drop(fnm);
         drop(engine);
         exporter.stop(Duration::from_secs(10));
-        let st = exporter.stats.status();
+        let st = exporter.stats[0].status();
         println!(
             "  export: {:?} delivered, {:?} dropped",
             st.delivered, st.dropped

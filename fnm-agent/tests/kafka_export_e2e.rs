@@ -39,6 +39,7 @@ struct Seen {
     packets: HashMap<(String, String), u64>,
     attacks: Vec<serde_json::Value>,
     mitigations: Vec<serde_json::Value>,
+    flows: Vec<serde_json::Value>,
     /// Messages whose key was not their host.
     bad_keys: Vec<String>,
 }
@@ -82,6 +83,7 @@ fn consume(ns: &str, timeout: Duration, done: fn(&Seen) -> bool) -> Seen {
             let host = v["host"]
                 .as_str()
                 .or(v["mitigation"]["host"].as_str())
+                .or(v["dst"].as_str())
                 .unwrap_or_default()
                 .to_owned();
             if key != host {
@@ -94,6 +96,7 @@ fn consume(ns: &str, timeout: Duration, done: fn(&Seen) -> bool) -> Seen {
                     *seen.packets.entry((host, dir)).or_default() += v["packets"].as_u64().unwrap();
                 }
                 "fnm.attacks" => seen.attacks.push(v),
+                "fnm.flows" => seen.flows.push(v),
                 _ => seen.mitigations.push(v),
             }
         }
@@ -148,7 +151,7 @@ fn wait_until(
 }
 
 fn export_status(agent: &AgentProcess) -> serde_json::Value {
-    agent.get("/api/v1/status").unwrap()["export"].clone()
+    agent.get("/api/v1/status").unwrap()["export"]["kafka"].clone()
 }
 
 #[test]
@@ -157,10 +160,15 @@ fn a_flood_reaches_kafka_exactly_with_its_attack_and_mitigation() {
     let pair = NetnsPair::new(150);
     let _broker = Broker::start(Some(&pair.agent), 9092);
     let dir = tempfile::tempdir().unwrap();
-    let agent = AgentProcess::start(&pair.agent, &config(&script(dir.path()), ""));
+    // One in ten flow records goes to fnm.flows.
+    let config = config(&script(dir.path()), "").replace(
+        "attack_update_interval = \"1s\"\n",
+        "attack_update_interval = \"1s\"\nflow_sample_rate = 10\n",
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
     let victim = Ipv4Addr::new(10, 10, 0, 9);
     let quiet = Ipv4Addr::new(10, 10, 0, 20);
-    // 300 000 packets in 2 s (30 kpps, over the 20 kpps threshold), and 100 packets of a host
+    // 300 000 packets in 2 s (150 kpps, over the 20 kpps threshold), and 100 packets of a host
     // that stays far below it.
     let flood = send_flows(&pair.agent, victim, 10, 30, 1000);
     let small = send_flows(&pair.agent, quiet, 10, 1, 10);
@@ -170,10 +178,21 @@ fn a_flood_reaches_kafka_exactly_with_its_attack_and_mitigation() {
             && s.packets(Ipv4Addr::new(10, 10, 0, 20)) >= 100
             && s.attacks.iter().any(|a| a["event"] == "updated")
             && !s.mitigations.is_empty()
+            && s.flows.len() >= 31
     });
     assert_eq!(seen.packets(victim), flood, "{seen:?}\n{}", agent.log());
     assert_eq!(seen.packets(quiet), small, "{seen:?}");
     assert!(seen.bad_keys.is_empty(), "{:?}", seen.bad_keys);
+    // 310 records (300 of the flood, 10 of the quiet host): every tenth, keyed by destination.
+    assert_eq!(seen.flows.len(), 31, "{:?}", seen.flows);
+    for f in &seen.flows {
+        assert_eq!(
+            (&f["source"], &f["sample_rate"]),
+            (&"netflow".into(), &10.into()),
+            "{f}"
+        );
+        assert_eq!(f["src_port"], 123, "{f}");
+    }
     let started = seen
         .attacks
         .iter()

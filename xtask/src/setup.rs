@@ -32,6 +32,9 @@ const TEST_PACKAGES: &[&str] = &[
     "tmux",
     // FRR's bgpd receiving fnm's routes with the configuration of docs/bgp-daemons.md.
     "frr",
+    // The ClickHouse history sink's test (docs/clickhouse/): Debian's 18.16 server, run with
+    // a private configuration (the package's own service is not used).
+    "clickhouse-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

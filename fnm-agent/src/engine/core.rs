@@ -9,6 +9,7 @@ use super::{
     snapshot::{OngoingAttack, Snapshot, TotalRow, XdpStatus},
 };
 use crate::attack_pcap::PcapDumps;
+use crate::export::sampler::FlowSampler;
 use crate::{
     accounting::{Accounting, Direction, HostDirection},
     config::Config,
@@ -103,6 +104,8 @@ pub struct EngineCore {
     started: [[u64; AttackType::ALL.len()]; 2],
     /// Attack pcap dumps (off unless [`EngineCore::with_attack_pcap`]).
     pcap: PcapDumps,
+    /// Flow records picked for the export (off unless [`EngineCore::with_flow_sampling`]).
+    flow_sampler: Option<FlowSampler>,
 }
 
 impl EngineCore {
@@ -156,7 +159,20 @@ impl EngineCore {
             sites: None,
             started: [[0; AttackType::ALL.len()]; 2],
             pcap: PcapDumps::disabled(),
+            flow_sampler: None,
         }
+    }
+
+    /// Picks one in `[export] flow_sample_rate` flow records for the export's observer.
+    pub fn with_flow_sampling(mut self, export: &crate::export::ExportConfig) -> Self {
+        self.flow_sampler = FlowSampler::new(export.flow_sample_rate, export.max_flows_per_slot);
+        self
+    }
+
+    /// The flow sampler, holding the records picked in the slot the last tick closed
+    /// (`None`: no flow sampling).
+    pub fn flow_sampler(&self) -> Option<&FlowSampler> {
+        self.flow_sampler.as_ref()
     }
 
     /// Writes each attack's sampled packets to `<state_dir>/attacks/<id>.pcap` as
@@ -216,6 +232,9 @@ impl EngineCore {
                 records,
                 exporters,
             } => {
+                if let Some(s) = &mut self.flow_sampler {
+                    s.offer(&records, source);
+                }
                 if exporters.is_empty() {
                     self.acc.ingest_batch(&records, source)
                 } else {
@@ -257,6 +276,9 @@ impl EngineCore {
         self.ticks += 1;
         self.last_tick_ms = now_ms;
         self.acc.tick(now_ms, self.forget_after_ms);
+        if let Some(s) = &mut self.flow_sampler {
+            s.close_slot();
+        }
         let events = self.detector.check(&self.acc, now_ms);
         let mut decisions = Vec::new();
         for event in events {

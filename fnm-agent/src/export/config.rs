@@ -27,6 +27,18 @@ pub struct ExportConfig {
     /// Default: "5s".
     #[serde(default = "default_attack_update", with = "humantime_serde_compat")]
     pub attack_update_interval: Duration,
+    /// Publish one in this many flow records (sFlow samples, NetFlow/IPFIX records, captured
+    /// packets) as they were decoded (`<prefix>.flows`, ClickHouse `flows`), for "who talked
+    /// to this host" questions. 0: none. Default: 0.
+    #[serde(default)]
+    pub flow_sample_rate: u32,
+    /// Most sampled flow records per poll slot; the rest are counted as dropped
+    /// (`flow_limit`). Default: 10 000.
+    #[serde(default = "default_max_flows")]
+    pub max_flows_per_slot: usize,
+    /// `[export.clickhouse]`: history in ClickHouse over its HTTP interface. Default: off.
+    #[serde(default)]
+    pub clickhouse: Option<super::clickhouse::ClickHouseConfig>,
 }
 
 impl Default for ExportConfig {
@@ -37,6 +49,9 @@ impl Default for ExportConfig {
             host_floor_pps: 0.0,
             max_hosts_per_slot: default_max_hosts(),
             attack_update_interval: default_attack_update(),
+            flow_sample_rate: 0,
+            max_flows_per_slot: default_max_flows(),
+            clickhouse: None,
         }
     }
 }
@@ -65,12 +80,19 @@ impl ExportConfig {
         if self.attack_update_interval.is_zero() {
             return Err("[export] attack_update_interval must be above zero".into());
         }
+        if let Some(ch) = &self.clickhouse {
+            ch.validate()?;
+        }
         Ok(())
     }
 }
 
 fn default_max_hosts() -> usize {
     50_000
+}
+
+fn default_max_flows() -> usize {
+    10_000
 }
 
 fn default_attack_update() -> Duration {
@@ -84,7 +106,8 @@ pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port`. Default: none.
     #[serde(default)]
     pub brokers: Vec<String>,
-    /// Topics are `<topic_prefix>.hosts`, `.attacks` and `.mitigations`. Default: "fnm".
+    /// Topics are `<topic_prefix>.hosts`, `.attacks`, `.mitigations` and `.flows`.
+    /// Default: "fnm".
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
     /// A message not delivered within this time is dropped (counted as `delivery`).
@@ -113,7 +136,7 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// The topic of `kind` (`hosts`, `attacks`, `mitigations`).
+    /// The topic of `kind` (`hosts`, `attacks`, `mitigations`, `flows`).
     pub fn topic(&self, kind: &str) -> String {
         format!("{}.{kind}", self.topic_prefix)
     }

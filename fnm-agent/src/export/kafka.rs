@@ -9,7 +9,11 @@
 use super::{
     config::KafkaConfig,
     records::{AttackEvent, MitigationEvent},
-    stats::{DropReason, ExportStats},
+    stats::{
+        topic::{ATTACKS, FLOWS, HOSTS, MITIGATIONS},
+        DropReason, ExportStats, TOPICS,
+    },
+    thread::{stop_requested, SinkThread},
     ExportError, ExportEvent,
 };
 use rdkafka::{
@@ -20,18 +24,9 @@ use rdkafka::{
     ClientContext, Message,
 };
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
-        Arc,
-    },
-    thread::JoinHandle,
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
-
-/// Topic indexes, as [`super::stats::TOPICS`] lists them.
-const HOSTS: usize = 0;
-const ATTACKS: usize = 1;
-const MITIGATIONS: usize = 2;
 
 /// Counts deliveries and reads librdkafka's statistics for the connection state.
 struct Context {
@@ -69,7 +64,7 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, topic: usize) {
         match result {
-            Ok(_) => self.stats.delivered(topic),
+            Ok(_) => self.stats.delivered(topic, 1),
             Err((e, m)) => {
                 tracing::debug!("Kafka export: {} not delivered: {e}", m.topic());
                 self.stats.dropped(DropReason::Delivery, 1);
@@ -80,16 +75,14 @@ impl ProducerContext for Context {
 
 /// The running sink.
 pub struct KafkaSink {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    flush_timeout: Arc<std::sync::Mutex<Duration>>,
+    thread: SinkThread,
 }
 
 impl KafkaSink {
     /// Creates the producer and starts the thread that feeds it from `rx`.
     pub fn spawn(
         config: &KafkaConfig,
-        rx: crossbeam_channel::Receiver<ExportEvent>,
+        rx: crossbeam_channel::Receiver<Arc<ExportEvent>>,
         stats: Arc<ExportStats>,
     ) -> Result<Self, ExportError> {
         let mut client = ClientConfig::new();
@@ -118,52 +111,25 @@ impl KafkaSink {
         let producer: BaseProducer<Context> = client
             .create_with_context(context)
             .map_err(|e| ExportError::Kafka(e.to_string()))?;
-        let topics = [
-            config.topic("hosts"),
-            config.topic("attacks"),
-            config.topic("mitigations"),
-        ];
-        let stop = Arc::new(AtomicBool::new(false));
-        let flush_timeout = Arc::new(std::sync::Mutex::new(Duration::from_secs(2)));
-        let thread = std::thread::Builder::new()
-            .name("fnm-export".into())
-            .spawn({
-                let (stop, flush_timeout) = (stop.clone(), flush_timeout.clone());
-                move || run(producer, rx, stats, topics, stop, flush_timeout)
-            })?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-            flush_timeout,
-        })
+        let topics = TOPICS.map(|t| config.topic(t));
+        let thread = SinkThread::spawn("fnm-export", move |stop| {
+            run(producer, rx, stats, topics, stop)
+        })?;
+        Ok(Self { thread })
     }
 
     /// Delivers what is queued, at most `timeout`, and stops.
-    pub fn stop(mut self, timeout: Duration) {
-        *self.flush_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for KafkaSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self, timeout: Duration) {
+        self.thread.stop(timeout);
     }
 }
 
 fn run(
     producer: BaseProducer<Context>,
-    rx: crossbeam_channel::Receiver<ExportEvent>,
+    rx: crossbeam_channel::Receiver<Arc<ExportEvent>>,
     stats: Arc<ExportStats>,
-    topics: [String; 3],
-    stop: Arc<AtomicBool>,
-    flush_timeout: Arc<std::sync::Mutex<Duration>>,
+    topics: [String; 4],
+    stop: crossbeam_channel::Receiver<Duration>,
 ) {
     let mut out = Output {
         producer: &producer,
@@ -171,19 +137,21 @@ fn run(
         topics: &topics,
         buf: Vec::with_capacity(512),
     };
-    while !stop.load(Relaxed) {
+    let timeout = loop {
+        if let Some(timeout) = stop_requested(&stop) {
+            break timeout;
+        }
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(event) => out.event(event),
+            Ok(event) => out.event(&event),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Duration::from_secs(2),
         }
         // Delivery reports and statistics.
         producer.poll(Duration::ZERO);
-    }
+    };
     while let Ok(event) = rx.try_recv() {
-        out.event(event);
+        out.event(&event);
     }
-    let timeout = *flush_timeout.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = producer.flush(timeout) {
         let left = producer.in_flight_count();
         tracing::warn!("Kafka export: {left} messages not delivered at stop ({e})");
@@ -195,24 +163,31 @@ fn run(
 struct Output<'a> {
     producer: &'a BaseProducer<Context>,
     stats: &'a ExportStats,
-    topics: &'a [String; 3],
+    topics: &'a [String; 4],
     buf: Vec<u8>,
 }
 
 impl Output<'_> {
-    fn event(&mut self, event: ExportEvent) {
+    fn event(&mut self, event: &ExportEvent) {
         match event {
             ExportEvent::Hosts(records) => {
-                for r in &records {
+                for r in records {
                     self.message(HOSTS, r.host, r);
                     // Serve delivery reports while a big batch goes in, so the queue moves.
                     self.producer.poll(Duration::ZERO);
                 }
             }
-            ExportEvent::Attack(a) => self.message(ATTACKS, a.host, &*a as &AttackEvent),
+            ExportEvent::Flows(records) => {
+                for r in records {
+                    // Keyed by destination: one partition holds what reached a host.
+                    self.message(FLOWS, r.dst, r);
+                    self.producer.poll(Duration::ZERO);
+                }
+            }
+            ExportEvent::Attack(a) => self.message(ATTACKS, a.host, &**a as &AttackEvent),
             ExportEvent::Mitigation(m) => {
                 let host = m.mitigation.host;
-                self.message(MITIGATIONS, host, &*m as &MitigationEvent)
+                self.message(MITIGATIONS, host, &**m as &MitigationEvent)
             }
         }
     }
@@ -228,7 +203,7 @@ impl Output<'_> {
             .key(&key)
             .payload(&self.buf);
         match self.producer.send(record) {
-            Ok(()) => self.stats.produced(topic),
+            Ok(()) => self.stats.produced(topic, 1),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.stats.dropped(DropReason::QueueFull, 1)
             }

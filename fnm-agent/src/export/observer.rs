@@ -4,7 +4,7 @@
 use super::{
     config::ExportConfig,
     records::{
-        AttackEvent, AttackEventKind, HostRecord, MitigationEvent, MitigationEventKind,
+        AttackEvent, AttackEventKind, FlowRecord, HostRecord, MitigationEvent, MitigationEventKind,
         SCHEMA_VERSION,
     },
     DropReason, ExportEvent, ExportStats,
@@ -16,14 +16,22 @@ use crate::{
 };
 use std::{collections::HashMap, sync::Arc};
 
-/// The engine's observer that feeds the export thread.
+/// One sink's queue and counters, as the observer feeds it.
+pub struct SinkQueue {
+    /// The sink thread's bounded queue.
+    pub tx: crossbeam_channel::Sender<Arc<ExportEvent>>,
+    /// Its counters (drops before the queue are counted here too).
+    pub stats: Arc<ExportStats>,
+}
+
+/// The engine's observer that feeds the export threads (one per sink, each its own queue,
+/// so a slow ClickHouse never holds up Kafka or the reverse).
 pub struct HostExport {
     agent: String,
     floor_pps: f64,
     max_hosts: usize,
     update_every_ms: u64,
-    tx: crossbeam_channel::Sender<ExportEvent>,
-    stats: Arc<ExportStats>,
+    sinks: Vec<SinkQueue>,
     /// Ongoing attacks: when each was last published.
     published: HashMap<String, u64>,
     /// Mitigations in force as last seen, by id.
@@ -33,20 +41,14 @@ pub struct HostExport {
 }
 
 impl HostExport {
-    /// An observer sending to `tx` (the export thread's queue).
-    pub fn new(
-        config: &ExportConfig,
-        agent: String,
-        tx: crossbeam_channel::Sender<ExportEvent>,
-        stats: Arc<ExportStats>,
-    ) -> Self {
+    /// An observer sending to every sink of `sinks`.
+    pub fn new(config: &ExportConfig, agent: String, sinks: Vec<SinkQueue>) -> Self {
         Self {
             agent,
             floor_pps: config.host_floor_pps,
             max_hosts: config.max_hosts_per_slot,
             update_every_ms: config.attack_update_interval.as_millis() as u64,
-            tx,
-            stats,
+            sinks,
             published: HashMap::new(),
             mitigations: HashMap::new(),
             view: None,
@@ -56,11 +58,39 @@ impl HostExport {
     fn send(&self, event: ExportEvent) {
         let messages = match &event {
             ExportEvent::Hosts(h) => h.len() as u64,
+            ExportEvent::Flows(f) => f.len() as u64,
             _ => 1,
         };
-        if self.tx.try_send(event).is_err() {
-            self.stats.dropped(DropReason::EngineQueue, messages);
+        let event = Arc::new(event);
+        for sink in &self.sinks {
+            if sink.tx.try_send(event.clone()).is_err() {
+                sink.stats.dropped(DropReason::EngineQueue, messages);
+            }
         }
+    }
+
+    fn dropped(&self, reason: DropReason, n: u64) {
+        for sink in &self.sinks {
+            sink.stats.dropped(reason, n);
+        }
+    }
+
+    fn flows(&self, t: &TickView<'_>) {
+        let Some(sampler) = t.core.flow_sampler() else {
+            return;
+        };
+        let (rate, (picked, over)) = (sampler.rate(), sampler.closed());
+        if over > 0 {
+            self.dropped(DropReason::FlowLimit, over);
+        }
+        if picked.is_empty() {
+            return;
+        }
+        let records = picked
+            .iter()
+            .map(|(source, r)| FlowRecord::new(&self.agent, *source, t.unix_ms, rate, r))
+            .collect();
+        self.send(ExportEvent::Flows(records));
     }
 
     fn hosts(&self, t: &TickView<'_>) {
@@ -87,7 +117,7 @@ impl HostExport {
             records.sort_unstable_by_key(|r| std::cmp::Reverse(r.packets));
             let over = records.len() - self.max_hosts;
             records.truncate(self.max_hosts);
-            self.stats.dropped(DropReason::HostLimit, over as u64);
+            self.dropped(DropReason::HostLimit, over as u64);
         }
         if !records.is_empty() {
             self.send(ExportEvent::Hosts(records));
@@ -201,6 +231,7 @@ impl HostExport {
 impl TickObserver for HostExport {
     fn ticked(&mut self, t: &TickView<'_>) {
         self.hosts(t);
+        self.flows(t);
         self.attacks(t);
         self.mitigations(t);
     }
@@ -240,7 +271,7 @@ mod tests {
     fn tick(
         core: &mut EngineCore,
         export: &mut HostExport,
-        rx: &crossbeam_channel::Receiver<ExportEvent>,
+        rx: &crossbeam_channel::Receiver<Arc<ExportEvent>>,
         t: u64,
     ) -> Vec<ExportEvent> {
         let slot_ms = t * 250 - core.last_tick_ms();
@@ -253,24 +284,78 @@ mod tests {
             unix_ms: 1_700_000_000_000 + t * 250,
             slot_ms,
         });
-        rx.try_iter().collect()
+        rx.try_iter()
+            .map(|e| Arc::try_unwrap(e).unwrap_or_else(|e| (*e).clone()))
+            .collect()
     }
 
     fn exporter(
         config: &str,
     ) -> (
         HostExport,
-        crossbeam_channel::Receiver<ExportEvent>,
+        crossbeam_channel::Receiver<Arc<ExportEvent>>,
         Arc<ExportStats>,
     ) {
         let cfg: ExportConfig = toml::from_str(config).unwrap();
         let (tx, rx) = crossbeam_channel::bounded(crate::export::EXPORT_QUEUE);
-        let stats = Arc::new(ExportStats::default());
-        (
-            HostExport::new(&cfg, "site-a".into(), tx, stats.clone()),
-            rx,
-            stats,
+        let stats = Arc::new(ExportStats::new(crate::export::Sink::Kafka));
+        let sinks = vec![SinkQueue {
+            tx,
+            stats: stats.clone(),
+        }];
+        (HostExport::new(&cfg, "site-a".into(), sinks), rx, stats)
+    }
+
+    #[test]
+    fn one_in_n_flow_records_is_exported_with_its_slot_and_rate() {
+        let cfg: Config = toml::from_str(
+            "networks = [\"10.0.0.0/8\"]\npoll_interval = \"250ms\"\n\
+             [export]\nflow_sample_rate = 4\nmax_flows_per_slot = 3\n",
         )
+        .unwrap();
+        let mut core =
+            EngineCore::new(&cfg, AttackBook::in_memory()).with_flow_sampling(&cfg.export);
+        let (mut export, rx, stats) = exporter("flow_sample_rate = 4\nmax_flows_per_slot = 3");
+        let batch = |n: u16| Batch::Records {
+            source: Source::Netflow,
+            exporters: Vec::new(),
+            records: (0..n)
+                .map(|i| TrafficRecord {
+                    src_port: i,
+                    ..TrafficRecord::packet(
+                        "192.0.2.7".parse().unwrap(),
+                        "10.0.0.1".parse().unwrap(),
+                        6,
+                        40,
+                    )
+                })
+                .collect(),
+        };
+        core.ingest(batch(10)); // picks records 3 and 7
+        let events = tick(&mut core, &mut export, &rx, 1);
+        let flows: Vec<&FlowRecord> = events
+            .iter()
+            .filter_map(|e| match e {
+                ExportEvent::Flows(f) => Some(f),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(flows.iter().map(|f| f.src_port).collect::<Vec<_>>(), [3, 7]);
+        assert!(flows
+            .iter()
+            .all(|f| f.sample_rate == 4 && f.end_unix_ms == 1_700_000_000_250));
+        core.ingest(batch(20)); // 5 picks, 3 exported
+        let events = tick(&mut core, &mut export, &rx, 2);
+        let n: usize = events
+            .iter()
+            .map(|e| match e {
+                ExportEvent::Flows(f) => f.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(n, 3);
+        assert_eq!(stats.dropped_count(DropReason::FlowLimit), 2);
     }
 
     #[test]

@@ -110,6 +110,66 @@ impl HostRecord {
     }
 }
 
+/// One sampled flow record as decoded (topic `<prefix>.flows`, keyed by its destination):
+/// an sFlow sample, a NetFlow/IPFIX record or a captured packet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowRecord {
+    /// [`SCHEMA_VERSION`].
+    pub v: u32,
+    /// The agent that decoded it.
+    pub agent: String,
+    /// Which source: `sflow`, `netflow` (v5, v9 and IPFIX) or `pcap`.
+    pub source: crate::traffic::Source,
+    /// End of the poll slot it was counted in, ms since the UNIX epoch.
+    pub end_unix_ms: u64,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Source port (ICMP: type; 0 unknown).
+    pub src_port: u16,
+    /// Destination port (ICMP: code; 0 unknown).
+    pub dst_port: u16,
+    /// TCP flags (OR over the flow; 0 unknown).
+    pub tcp_flags: u8,
+    /// Packets, scaled by the exporter's sampling.
+    pub packets: u64,
+    /// IP bytes, scaled by the exporter's sampling.
+    pub bytes: u64,
+    /// One record in this many was published (`[export] flow_sample_rate`): multiply by it
+    /// for the agent's whole traffic.
+    pub sample_rate: u32,
+}
+
+impl FlowRecord {
+    /// The published form of `r`, decoded from `source`.
+    pub fn new(
+        agent: &str,
+        source: crate::traffic::Source,
+        end_unix_ms: u64,
+        sample_rate: u32,
+        r: &crate::traffic::TrafficRecord,
+    ) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            agent: agent.to_string(),
+            source,
+            end_unix_ms,
+            src: r.src,
+            dst: r.dst,
+            protocol: r.protocol,
+            src_port: r.src_port,
+            dst_port: r.dst_port,
+            tcp_flags: r.tcp_flags,
+            packets: r.packets,
+            bytes: r.bytes,
+            sample_rate,
+        }
+    }
+}
+
 /// What happened to an attack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +275,27 @@ mod tests {
         keys.sort();
         assert_eq!(keys, schema_required("hosts.schema.json"));
         assert_eq!(r.counters(), c, "the record carries the counters whole");
+    }
+
+    #[test]
+    fn the_shipped_schema_lists_every_field_of_a_flow_record() {
+        let r = FlowRecord::new(
+            "a",
+            crate::traffic::Source::Sflow,
+            1,
+            10,
+            &crate::traffic::TrafficRecord::packet(
+                "192.0.2.1".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+                6,
+                40,
+            ),
+        );
+        let value = serde_json::to_value(&r).unwrap();
+        let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, schema_required("flows.schema.json"));
+        assert_eq!(value["source"], "sflow");
     }
 
     #[test]

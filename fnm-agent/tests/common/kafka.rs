@@ -9,7 +9,7 @@ use std::{
 };
 
 /// The topics fnm uses with the default prefix.
-pub const TOPICS: [&str; 3] = ["fnm.hosts", "fnm.attacks", "fnm.mitigations"];
+pub const TOPICS: [&str; 4] = ["fnm.hosts", "fnm.attacks", "fnm.mitigations", "fnm.flows"];
 /// Partitions of each topic the tests create.
 pub const PARTITIONS: i32 = 3;
 

@@ -15,6 +15,7 @@ pub fn require_root(what: &str) {
 pub mod agent;
 pub mod bpffs;
 pub mod bpftool;
+pub mod clickhouse;
 pub mod exporters;
 pub mod flood;
 pub mod kafka;
