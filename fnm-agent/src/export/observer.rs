@@ -93,8 +93,15 @@ impl HostExport {
         self.send(ExportEvent::Flows(records));
     }
 
+    /// True when no sink has room: the tick's records would only be built to be dropped.
+    fn every_queue_full(&self) -> bool {
+        self.sinks.iter().all(|s| s.tx.is_full())
+    }
+
     fn hosts(&self, t: &TickView<'_>) {
         let mut records = Vec::new();
+        let full = self.every_queue_full();
+        let mut skipped = 0u64;
         for (ip, host) in t.core.accounting().hosts() {
             for dir in Direction::ALL {
                 let d = &host.dirs[dir.index()];
@@ -102,6 +109,10 @@ impl HostExport {
                     continue;
                 }
                 if let Some(c) = d.last_slot().filter(|c| c.packets > 0) {
+                    if full {
+                        skipped += 1;
+                        continue;
+                    }
                     records.push(HostRecord::new(
                         &self.agent,
                         *ip,
@@ -112,6 +123,12 @@ impl HostExport {
                     ));
                 }
             }
+        }
+        if full {
+            let kept = skipped.min(self.max_hosts as u64);
+            self.dropped(DropReason::HostLimit, skipped - kept);
+            self.dropped(DropReason::EngineQueue, kept);
+            return;
         }
         if records.len() > self.max_hosts {
             records.sort_unstable_by_key(|r| std::cmp::Reverse(r.packets));
