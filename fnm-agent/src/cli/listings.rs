@@ -55,6 +55,7 @@ pub fn rate_with_unit(kind: RateKind, value: f64) -> String {
         | RateKind::UdpBytesPerSecond
         | RateKind::IcmpBytesPerSecond => units::bits_per_second(value),
         RateKind::FlowsPerSecond => format!("{} flows/s", units::si(value)),
+        RateKind::ConversationsPerSecond => format!("{} conversations/s", units::si(value)),
         _ => format!("{} pps", units::si(value)),
     }
 }
@@ -73,6 +74,7 @@ pub fn rate_label(kind: RateKind) -> &'static str {
         RateKind::IcmpBytesPerSecond => "ICMP bits/s",
         RateKind::TcpSynPps => "TCP SYN packets/s",
         RateKind::FragmentsPps => "fragments/s",
+        RateKind::ConversationsPerSecond => "conversations/s",
     }
 }
 

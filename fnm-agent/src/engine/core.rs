@@ -466,6 +466,7 @@ impl EngineCore {
             attacks_started: self.started,
             networks: Arc::new(crate::network_views::NetworksView::new(self.acc.groups())),
             attack_pcap_dropped: self.pcap.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            conversations: self.acc.conversation_stats(),
         }
     }
 }
@@ -479,6 +480,22 @@ fn set_groups(acc: &mut Accounting, config: &Config) {
         .collect();
     let max = config.accounting.max_network_counters as usize;
     acc.set_groups(|g| g.reconfigure(&config.networks, &hostgroups, max));
+    acc.set_conversation_tracking(uses_conversations(config));
+}
+
+/// True when a threshold (global or a hostgroup's) is on `conversations_per_second`, the one
+/// rate that is counted only when used.
+pub fn uses_conversations(config: &Config) -> bool {
+    let d = &config.detection;
+    [&d.incoming, &d.outgoing]
+        .into_iter()
+        .chain(
+            config
+                .hostgroup
+                .iter()
+                .flat_map(|g| [&g.incoming, &g.outgoing]),
+        )
+        .any(|t| t.conversations_per_second.is_some())
 }
 
 #[cfg(test)]
