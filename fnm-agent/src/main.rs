@@ -79,6 +79,17 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Traffic per configured network and per hostgroup of a running agent.
+    Networks {
+        /// incoming | outgoing.
+        #[arg(long, default_value = "incoming")]
+        direction: fnm_agent::accounting::Direction,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// A live full-screen view of a running agent: top hosts, attacks, mitigations, sources.
     Top {
         /// Seconds between refreshes.
@@ -390,6 +401,15 @@ fn command_ok(command: Command) -> Result<()> {
                 "{}",
                 cli::hosts(&api.resolve()?, top, direction, &sort, json)?
             );
+            Ok(())
+        }
+        Command::Networks {
+            direction,
+            json,
+            api,
+        } => {
+            let out = cli::networks::networks(&api.resolve()?, direction, json)?;
+            print!("{out}");
             Ok(())
         }
         Command::Top {

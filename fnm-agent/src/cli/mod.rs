@@ -5,6 +5,7 @@
 
 pub mod endpoint;
 pub mod listings;
+pub mod networks;
 pub mod tables;
 pub mod top;
 pub mod units;
