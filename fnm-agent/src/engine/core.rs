@@ -164,6 +164,11 @@ impl EngineCore {
     pub fn with_attack_pcap(mut self, config: &Config) -> Self {
         // The writer is started even when off, so a reload can turn dumps on.
         self.pcap = PcapDumps::new(&config.state_dir, config.attack_pcap.clone());
+        // Attacks carried over a restart go on writing the dumps their records link.
+        for a in self.book.ongoing() {
+            self.pcap
+                .resume(&a.id, a.host, a.direction, a.pcap_file.as_deref());
+        }
         self
     }
 
