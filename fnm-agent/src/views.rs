@@ -97,7 +97,7 @@ impl From<&HostDirection> for DirectionView {
             tcp_pps: d.rates.tcp_pps,
             udp_pps: d.rates.udp_pps,
             icmp_pps: d.rates.icmp_pps,
-            conversations: d.conversations,
+            conversations: d.conversations(),
             conversations_per_second: d.rates.conversations_per_second,
         }
     }

@@ -13,10 +13,13 @@
 //! when a new one would not fit, it keeps only the conversations whose hash falls in half of
 //! the remaining hash space (adaptive sampling: each kept one then stands for two, four ...),
 //! so a spray of tuples thins the sample instead of growing it. All hosts together keep at
-//! most a [`Budget`] of conversations ([`MAX_TOTAL`]); a host that would exceed it thins its
-//! own sample instead (counted in [`BudgetStats::thinned_budget`]). The estimate's relative
-//! error once sampling is about 1 / √([`MAX_PER_HOST`] / 2), 4 %; below [`MAX_PER_HOST`]
-//! conversations in the window it is exact.
+//! most a [`Budget`] of conversations ([`MAX_TOTAL`]). Once half of it is used, each host
+//! direction holding conversations is held to its fair share of the budget (at least
+//! [`MIN_PER_HOST`]; a seat is kept spare), when it notes a new one and at every slot close,
+//! so a spray over many victims leaves room for the next victim; a new conversation that finds the whole budget
+//! used is not counted (counted in [`BudgetStats::refused`]) until the next slot close. The estimate's relative error once
+//! sampling is about 1 / √(kept / 2): 4 % at [`MAX_PER_HOST`], 18 % at [`MIN_PER_HOST`];
+//! below its cap of conversations in the window it is exact.
 
 use std::{
     collections::HashMap,
@@ -29,6 +32,8 @@ use std::{
 
 /// Most conversations one host direction keeps.
 pub const MAX_PER_HOST: usize = 1024;
+/// Fewest a host direction is held to when the budget is under pressure.
+pub const MIN_PER_HOST: usize = 64;
 /// Most conversations all hosts keep together (about 16 bytes each).
 pub const MAX_TOTAL: usize = 1 << 21;
 /// Deepest sampling level (a kept conversation stands for 2^level).
@@ -44,8 +49,10 @@ pub struct Budget {
 struct BudgetInner {
     limit: usize,
     used: AtomicUsize,
+    /// Tables holding at least one conversation.
+    active: AtomicUsize,
     thinned_host: AtomicU64,
-    thinned_budget: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// What the budget counted so far.
@@ -55,10 +62,12 @@ pub struct BudgetStats {
     pub used: usize,
     /// The budget.
     pub limit: usize,
-    /// Times a host's sample was thinned because it held [`MAX_PER_HOST`] conversations.
+    /// Times a host's sample was thinned because it held its cap: [`MAX_PER_HOST`]
+    /// conversations, or its fair share of a budget more than half used.
     pub thinned_host: u64,
-    /// Times a host's sample was thinned because all hosts together held the budget.
-    pub thinned_budget: u64,
+    /// New conversations not counted because all hosts together held the budget (until the
+    /// next slot close brings the busiest down to their shares).
+    pub refused: u64,
 }
 
 impl Budget {
@@ -68,8 +77,9 @@ impl Budget {
             inner: Arc::new(BudgetInner {
                 limit: limit.max(1),
                 used: AtomicUsize::new(0),
+                active: AtomicUsize::new(0),
                 thinned_host: AtomicU64::new(0),
-                thinned_budget: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
             }),
         }
     }
@@ -80,7 +90,7 @@ impl Budget {
             used: self.inner.used.load(Ordering::Relaxed),
             limit: self.inner.limit,
             thinned_host: self.inner.thinned_host.load(Ordering::Relaxed),
-            thinned_budget: self.inner.thinned_budget.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -88,12 +98,34 @@ impl Budget {
         self.inner.used.load(Ordering::Relaxed) >= self.inner.limit
     }
 
-    fn take(&self, n: usize) {
-        self.inner.used.fetch_add(n, Ordering::Relaxed);
+    /// Most conversations one table may hold now: [`MAX_PER_HOST`], or while more than half
+    /// the budget is used, a fair share with a seat spare for a newcomer, limit / (active
+    /// tables + 1) (at least [`MIN_PER_HOST`]).
+    fn cap(&self) -> usize {
+        let used = self.inner.used.load(Ordering::Relaxed);
+        if used < self.inner.limit / 2 {
+            return MAX_PER_HOST;
+        }
+        let active = self.inner.active.load(Ordering::Relaxed);
+        (self.inner.limit / (active + 1)).clamp(MIN_PER_HOST, MAX_PER_HOST)
     }
 
-    fn give_back(&self, n: usize) {
-        self.inner.used.fetch_sub(n, Ordering::Relaxed);
+    /// A table went from `before` to `after` conversations.
+    fn resized(&self, before: usize, after: usize) {
+        if after >= before {
+            self.inner.used.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.inner.used.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        match (before > 0, after > 0) {
+            (false, true) => {
+                self.inner.active.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.inner.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -126,17 +158,21 @@ pub struct Conversations {
     level: u32,
     /// Kept conversations first seen in the open slot (for the slot rate).
     in_slot: u64,
+    /// Conversations counted since the table was made (each time one entered the window;
+    /// 2^level for a sampled one).
+    pub counted: u64,
     budget: Budget,
 }
 
 impl Clone for Conversations {
     fn clone(&self) -> Self {
-        self.budget.take(self.seen.len());
+        self.budget.resized(0, self.seen.len());
         Self {
             seen: self.seen.clone(),
             seq: self.seq,
             level: self.level,
             in_slot: self.in_slot,
+            counted: self.counted,
             budget: self.budget.clone(),
         }
     }
@@ -144,7 +180,7 @@ impl Clone for Conversations {
 
 impl Drop for Conversations {
     fn drop(&mut self) {
-        self.budget.give_back(self.seen.len());
+        self.budget.resized(self.seen.len(), 0);
     }
 }
 
@@ -156,8 +192,6 @@ pub struct Closed {
     pub window: f64,
     /// Estimated distinct conversations seen in the closed slot.
     pub slot: f64,
-    /// Nothing kept any more: the caller may drop the table.
-    pub empty: bool,
 }
 
 impl Conversations {
@@ -168,6 +202,7 @@ impl Conversations {
             seq: 0,
             level: 0,
             in_slot: 0,
+            counted: 0,
             budget,
         }
     }
@@ -191,20 +226,25 @@ impl Conversations {
             }
             return 0;
         }
-        while self.seen.len() >= MAX_PER_HOST || self.budget.full() {
-            let counter = if self.seen.len() >= MAX_PER_HOST {
-                &self.budget.inner.thinned_host
-            } else {
-                &self.budget.inner.thinned_budget
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+        while self.seen.len() >= self.budget.cap() {
+            self.budget
+                .inner
+                .thinned_host
+                .fetch_add(1, Ordering::Relaxed);
             if !self.thin() || !self.sampled(key) {
                 return 0;
             }
         }
+        if self.budget.full() {
+            // Within its share, but the others hold the budget: not counted now. They come
+            // down to their shares at the slot close, which makes room.
+            self.budget.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        }
         self.seen.insert(key, self.seq);
-        self.budget.take(1);
+        self.budget.resized(self.seen.len() - 1, self.seen.len());
         self.in_slot += 1;
+        self.counted = self.counted.wrapping_add(1 << self.level);
         1 << self.level
     }
 
@@ -217,7 +257,7 @@ impl Conversations {
         let level = self.level;
         let before = self.seen.len();
         self.seen.retain(|k, _| k >> (64 - level) == 0);
-        self.budget.give_back(before - self.seen.len());
+        self.budget.resized(before, self.seen.len());
         true
     }
 
@@ -228,12 +268,21 @@ impl Conversations {
         let seq = self.seq;
         let before = self.seen.len();
         self.seen.retain(|_, s| seq.wrapping_sub(*s) < slots);
-        self.budget.give_back(before - self.seen.len());
+        self.budget.resized(before, self.seen.len());
+        // Under pressure, back to the fair share, which makes room for other hosts.
+        while self.seen.len() > self.budget.cap() {
+            self.budget
+                .inner
+                .thinned_host
+                .fetch_add(1, Ordering::Relaxed);
+            if !self.thin() {
+                break;
+            }
+        }
         let scale = (1u64 << self.level) as f64;
         let closed = Closed {
             window: self.seen.len() as f64 * scale,
             slot: self.in_slot as f64 * scale,
-            empty: self.seen.is_empty(),
         };
         self.in_slot = 0;
         self.seq = self.seq.wrapping_add(1);
@@ -242,20 +291,23 @@ impl Conversations {
         if self.level > 0 && self.seen.len() < MAX_PER_HOST / 8 {
             self.level -= 1;
         }
-        if self.seen.capacity() > 64 && self.seen.len() < self.seen.capacity() / 4 {
+        if self.seen.is_empty() {
+            // An idle host keeps no table, only its counters.
+            self.seen.shrink_to(0);
+        } else if self.seen.capacity() > 64 && self.seen.len() < self.seen.capacity() / 4 {
             self.seen.shrink_to(self.seen.len() * 2);
         }
         closed
     }
 }
 
-/// Registers `fnm_conversations_kept` and `fnm_conversations_thinned_total{reason}` (while a
-/// threshold uses `conversations_per_second`).
+/// Registers `fnm_conversations_kept`, `fnm_conversations_thinned_total` and
+/// `fnm_conversations_refused_total` (while a threshold uses `conversations_per_second`).
 pub fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
     snap: &crate::engine::snapshot::Snapshot,
 ) {
-    use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+    use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
     let Some(s) = snap.conversations else {
         return;
     };
@@ -267,18 +319,21 @@ pub fn register_metrics(
          2,097,152)",
         kept,
     );
-    let thinned = Family::<Vec<(String, String)>, Counter>::default();
-    for (reason, n) in [("host", s.thinned_host), ("budget", s.thinned_budget)] {
-        thinned
-            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
-            .inc_by(n);
-    }
+    let thinned = Counter::<u64>::default();
+    thinned.inc_by(s.thinned_host);
     registry.register(
         "fnm_conversations_thinned",
-        "Times a host's conversation sample was halved because the host held 1,024 \
-         conversations (host) or all hosts held the budget (budget); its rate is estimated \
-         from the sample",
+        "Times a host's conversation sample was halved: it held 1,024 conversations, or its \
+         fair share of a budget more than half used; its rate is then estimated from the sample",
         thinned,
+    );
+    let refused = Counter::<u64>::default();
+    refused.inc_by(s.refused);
+    registry.register(
+        "fnm_conversations_refused",
+        "New conversations not counted because all hosts together held the conversation \
+         budget (until the next slot close)",
+        refused,
     );
 }
 
@@ -313,9 +368,9 @@ mod tests {
             c.close(4);
         }
         let closed = c.close(4);
-        assert!(closed.empty);
         assert_eq!(closed.window, 0.0);
         assert_eq!(budget.stats().used, 0);
+        assert_eq!(c.counted, 130);
     }
 
     #[test]
@@ -334,20 +389,50 @@ mod tests {
     }
 
     #[test]
-    fn the_shared_budget_bounds_all_hosts_and_drops_give_it_back() {
+    fn the_shared_budget_bounds_all_hosts_shares_them_fairly_and_drops_give_it_back() {
         let budget = Budget::new(3_000);
         let mut hosts: Vec<Conversations> = (0..10)
             .map(|_| Conversations::new(budget.clone()))
             .collect();
-        for (h, c) in hosts.iter_mut().enumerate() {
-            for i in 0..1_000 {
+        // A spray over ten victims at once: each ends near its share (300).
+        for i in 0..1_000 {
+            for (h, c) in hosts.iter_mut().enumerate() {
                 c.note(key(h as u64 * 1_000_000 + i));
             }
         }
         let s = budget.stats();
         assert!(s.used <= 3_000, "{s:?}");
-        assert!(s.thinned_budget > 0, "{s:?}");
+        assert!(s.thinned_host > 0, "{s:?}");
+        for c in hosts.iter_mut() {
+            let est = c.close(1).window;
+            assert!((est - 1_000.0).abs() < 300.0, "estimate {est} of 1000");
+        }
+        // One victim after the other, a slot apart: the earlier ones shrink to their share
+        // at the slot close, so the last one still gets room.
+        let budget = Budget::new(3_000);
+        let mut hosts: Vec<Conversations> = (0..10)
+            .map(|_| Conversations::new(budget.clone()))
+            .collect();
+        let mut last = 0.0;
+        for h in 0..10 {
+            for i in 0..1_000 {
+                hosts[h].note(key(h as u64 * 1_000_000 + i));
+            }
+            for (g, c) in hosts.iter_mut().enumerate() {
+                let est = c.close(100).window;
+                if g == h {
+                    last = est;
+                }
+            }
+            assert!(budget.stats().used <= 3_000 + 1_024, "{:?}", budget.stats());
+        }
+        assert!(
+            (last - 1_000.0).abs() < 400.0,
+            "last victim's estimate {last}"
+        );
+        assert!(budget.stats().used <= 3_000, "{:?}", budget.stats());
         drop(hosts);
         assert_eq!(budget.stats().used, 0);
+        assert_eq!(budget.inner.active.load(Ordering::Relaxed), 0);
     }
 }

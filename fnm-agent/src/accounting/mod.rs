@@ -285,11 +285,8 @@ pub struct HostDirection {
     /// Cumulative traffic of whitelisted sources (`[detection] whitelist_sources`) that XDP
     /// counted apart: in none of the counters above, so never in a rate or the rate window.
     pub whitelisted: WhitelistedCounters,
-    /// Conversations counted since start (each time one entered the rate window; an estimate
-    /// once sampled), when conversations are tracked.
-    pub conversations: u64,
-    /// The conversations of the rate window (only while conversations are tracked and the
-    /// direction has TCP or UDP traffic).
+    /// The conversations of the rate window and their count (only while conversations are
+    /// tracked, from the direction's first TCP or UDP traffic on): one pointer otherwise.
     tracked: Option<Box<conversations::Conversations>>,
 }
 
@@ -313,7 +310,9 @@ impl HostDirection {
             // had traffic never allocates its ring (a spoofed host is seen one way only).
             self.slot_rates = Rates::default();
             self.rates = Rates::default();
-            self.tracked = None;
+            if let Some(c) = self.tracked.as_mut() {
+                c.close(slots);
+            }
             return;
         }
         if self.slots.len() != slots {
@@ -333,19 +332,21 @@ impl HostDirection {
             let closed = c.close(slots);
             self.rates.conversations_per_second = closed.window / window_seconds.max(1e-3);
             self.slot_rates.conversations_per_second = closed.slot / slot_seconds.max(1e-3);
-            if closed.empty {
-                self.tracked = None;
-            }
         }
+    }
+
+    /// Conversations counted since tracking began (each time one entered the rate window;
+    /// an estimate once sampled): 0 while `conversations_per_second` is not used.
+    pub fn conversations(&self) -> u64 {
+        self.tracked.as_ref().map_or(0, |c| c.counted)
     }
 
     /// Notes a TCP or UDP conversation (its seeded hash) of this direction.
     #[inline]
     fn note_conversation(&mut self, key: u64, budget: &ConversationBudget) {
-        let c = self
-            .tracked
-            .get_or_insert_with(|| Box::new(conversations::Conversations::new(budget.clone())));
-        self.conversations = self.conversations.wrapping_add(c.note(key));
+        self.tracked
+            .get_or_insert_with(|| Box::new(conversations::Conversations::new(budget.clone())))
+            .note(key);
     }
 
     /// Counters of the last closed slot (`None` before the first slot with traffic closed).
@@ -1369,7 +1370,7 @@ mod tests {
             d.rates.conversations_per_second, 3.0,
             "steady: counted once a window"
         );
-        assert_eq!(d.conversations, 3);
+        assert_eq!(d.conversations(), 3);
         drop(d);
         // A spray of new source ports: one conversation each.
         for port in 0..200u16 {
@@ -1379,7 +1380,7 @@ mod tests {
         let d = dir(&a);
         assert_eq!(d.rates.conversations_per_second, 203.0);
         assert_eq!(d.slot_rates.conversations_per_second, 200.0 * 4.0);
-        assert_eq!(d.conversations, 203);
+        assert_eq!(d.conversations(), 203);
         // (A copy of a host direction holds its conversations on the budget too.)
         assert_eq!(a.conversation_stats().unwrap().used, 2 * 203);
         drop(d);
