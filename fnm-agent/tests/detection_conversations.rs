@@ -3,10 +3,11 @@
 //! both directions and address families, a flood of new TCP and UDP conversations at 2.5 × the
 //! threshold opens exactly one attack whose crossing is `conversations_per_second`, and
 //! 0.8 × beside a decoy of new ICMP and ESP 5-tuples at 2 × (which lifts `flows_per_second`
-//! and the packet rates, not conversations) opens none. Two sources that carry tuples: the
-//! libpcap capture backend and IPFIX records. (Not the XDP data plane, which hands user space
-//! per-host sums, nor sampled sFlow in the matrix's scaled thresholds: a sampled tuple counts
-//! once, as in FastNetMon, so its conversation rate is not scaled by the sampling rate.)
+//! and the packet rates, not conversations) opens none. Three sources that carry tuples: the
+//! libpcap capture backend, IPFIX records and sFlow samples (1 in 1: a sampled tuple counts
+//! once, as in FastNetMon, so a conversation rate is not scaled by the sampling rate and the
+//! matrix's scaled thresholds do not fit a 1-in-N exporter). Not the XDP data plane, which
+//! hands user space per-host sums.
 //! Needs root.
 #![cfg(target_os = "linux")]
 
@@ -14,7 +15,7 @@ mod common;
 
 use common::{
     agent::AgentProcess,
-    exporters::{FlowFormat, NetflowSink},
+    exporters::{FlowFormat, NetflowSink, SflowSink},
     matrix::{conclude, run_frames, run_sinks, Case, Family, Kind, Plan},
     netns::NetnsPair,
     pktgen::Sink,
@@ -76,6 +77,34 @@ fn conversations_per_second_over_ipfix() {
     let (lines, failures) = plan.verdicts(&agent, &reports, &expected);
     conclude(
         "conversations over IPFIX",
+        &lines,
+        &failures,
+        started.elapsed(),
+    );
+}
+
+#[test]
+fn conversations_per_second_over_sflow() {
+    require_root("the conversations matrix over sFlow");
+    let started = Instant::now();
+    let net = 180;
+    let pair = NetnsPair::new(net);
+    let cases = Case::all(&[Kind::ConversationsPerSecond], &Family::ALL, 0, "sflow");
+    let plan = Plan::new(net, &cases, UNIT, 1);
+    let config = format!(
+        "{}[xdp]\nenabled = false\n[sflow]\nlisten = [\"127.0.0.1:6343\"]\n\
+         [ban]\nactions = []\n{}",
+        plan.top_level_toml(),
+        plan.hostgroups_toml()
+    );
+    let agent = AgentProcess::start(&pair.agent, &config);
+    let collector: SocketAddr = "127.0.0.1:6343".parse().unwrap();
+    let (reports, expected) = run_sinks(&pair.agent, &plan, move || {
+        vec![Box::new(SflowSink::new(collector, 1)) as Box<dyn Sink>]
+    });
+    let (lines, failures) = plan.verdicts(&agent, &reports, &expected);
+    conclude(
+        "conversations over sFlow",
         &lines,
         &failures,
         started.elapsed(),
