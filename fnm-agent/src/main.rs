@@ -70,7 +70,7 @@ enum Command {
         /// incoming | outgoing.
         #[arg(long, default_value = "incoming")]
         direction: fnm_agent::accounting::Direction,
-        /// pps | bits (bits/s; also mbps, bps) | flows | packets | bytes.
+        /// pps | bits (bits/s; also mbps, bps) | flows | conversations | packets | bytes.
         #[arg(long, default_value = "pps", value_parser = parse_sort)]
         sort: String,
         /// Print the API's JSON instead of a table.
@@ -277,9 +277,9 @@ impl ApiArgs {
 
 /// Checks `--sort` of `hosts`.
 fn parse_sort(s: &str) -> Result<String, String> {
-    cli::sort_param(s)
-        .map(|_| s.to_owned())
-        .ok_or_else(|| format!("sort by pps, bits, flows, packets or bytes, not {s:?}"))
+    cli::sort_param(s).map(|_| s.to_owned()).ok_or_else(|| {
+        format!("sort by pps, bits, flows, conversations, packets or bytes, not {s:?}")
+    })
 }
 
 /// The address to connect to for a listen address: a wildcard means this host's loopback.

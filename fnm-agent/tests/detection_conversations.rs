@@ -47,6 +47,12 @@ fn conversations_per_second_over_pcap_capture() {
     std::thread::sleep(Duration::from_millis(300));
     let (reports, expected) = run_frames(&pair.peer, &pair.veth_peer, &plan);
     let (lines, failures) = plan.verdicts(&agent, &reports, &expected);
+    // The operator's view: `hosts` sorts by them and shows their column once counted.
+    let table = agent.cli(&["hosts", "--sort", "conversations", "--top", "3"]);
+    println!("{table}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("FLOWS/S  CONV/S"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
     conclude(
         "conversations over pcap",
         &lines,

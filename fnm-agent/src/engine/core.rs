@@ -38,6 +38,8 @@ pub enum HostSort {
     BytesPerSecond,
     /// New flows per second.
     FlowsPerSecond,
+    /// Distinct conversations per second (0 unless a threshold uses them).
+    ConversationsPerSecond,
     /// Packets since start.
     Packets,
     /// IP bytes since start.
@@ -54,6 +56,7 @@ impl HostSort {
                 HostSort::BytesPerSecond
             }
             "flows" | "flows_per_second" => HostSort::FlowsPerSecond,
+            "conversations" | "conversations_per_second" => HostSort::ConversationsPerSecond,
             "packets" => HostSort::Packets,
             "bytes" => HostSort::Bytes,
             _ => return None,
@@ -66,6 +69,7 @@ impl HostSort {
             HostSort::Pps => d.rates.pps,
             HostSort::BytesPerSecond => d.rates.bytes_per_second,
             HostSort::FlowsPerSecond => d.rates.flows_per_second,
+            HostSort::ConversationsPerSecond => d.rates.conversations_per_second,
             HostSort::Packets => d.total.packets as f64,
             HostSort::Bytes => d.total.bytes as f64,
         }
