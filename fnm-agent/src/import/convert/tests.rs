@@ -232,6 +232,13 @@ fn thresholds_directions_hostgroups_and_ban_settings() {
     assert_eq!(rate(&web.incoming, RateKind::UdpPps), Some(90000.0));
     assert_eq!(rate(&web.incoming, RateKind::Pps), Some(OUT_OF_REACH));
     assert_eq!(rate(&web.incoming, RateKind::TcpPps), Some(OUT_OF_REACH));
+    // threshold_flows is FastNetMon's conversations: on globally, off in the group.
+    assert_eq!(
+        rate(&web.incoming, RateKind::ConversationsPerSecond),
+        Some(OUT_OF_REACH)
+    );
+    assert_eq!(rate(&web.incoming, RateKind::FlowsPerSecond), None);
+    assert_eq!(rate(i, RateKind::FlowsPerSecond), None);
     let vip = config.hostgroup.iter().find(|g| g.name == "vip").unwrap();
     assert!(vip.report_only, "vip_enable_ban = off");
     assert_eq!(vip.networks.len(), 2);
