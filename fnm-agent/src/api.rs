@@ -169,7 +169,7 @@ async fn list_hosts(
     let sort = HostSort::parse(sort).ok_or_else(|| {
         bad_request(format!(
             "sort must be pps, bits_per_second (or mbps, bytes_per_second), flows_per_second, \
-             packets or bytes, not {sort:?}"
+             conversations_per_second, packets or bytes, not {sort:?}"
         ))
     })?;
     let limit = match q.get("limit") {

@@ -14,7 +14,9 @@
 //! Bounded: a file stops growing at `max_file_bytes`; at most `max_files` dumps are kept (the
 //! oldest is removed when a new attack needs room); the writer's queue holds at most
 //! [`QUEUE`] hand-overs (beyond, they are dropped and counted). The engine never touches the
-//! disk.
+//! disk, but once at start: an attack still ongoing when the agent stopped (carried over by
+//! the attack book) goes on being written to the file its record links ([`PcapDumps::resume`],
+//! a record cut short by a crash cut off first), within the same bounds.
 
 use crate::{
     accounting::{Accounting, Direction},
@@ -211,6 +213,47 @@ impl PcapDumps {
         Some(self.dir.join(format!("{id}.pcap")))
     }
 
+    /// At start, before the first tick: carries on the dump of attack `id` on (`host`,
+    /// `direction`), ongoing when the agent stopped, whose record links `file`. Later samples
+    /// are appended to that file, which counts toward `max_file_bytes` with what it holds. A
+    /// record a crash cut short is cut off first, so tshark reads the file to its end. Nothing
+    /// is resumed when dumps are off, the record links no file, the file is not this
+    /// attack's dump under the current `state_dir`, or it is no pcap file (left as it is).
+    pub fn resume(&mut self, id: &str, host: IpAddr, direction: Direction, file: Option<&Path>) {
+        if !self.config.enabled || self.tx.is_none() {
+            return;
+        }
+        let own = self.dir.join(format!("{id}.pcap"));
+        if file != Some(own.as_path()) {
+            return;
+        }
+        let bytes = match repair(&own) {
+            Ok(bytes) => bytes,
+            // Removed to make room, or never written: the writer starts it again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PCAP_HEADER_BYTES as u64,
+            Err(e) => {
+                tracing::warn!(
+                    "attack pcap {}: not carried on after the restart: {e}",
+                    own.display()
+                );
+                return;
+            }
+        };
+        tracing::info!(
+            "attack pcap {}: carried on after the restart ({bytes} bytes so far)",
+            own.display()
+        );
+        self.tracked.insert(
+            id.to_owned(),
+            Tracked {
+                host,
+                direction,
+                seen: 0,
+                bytes,
+            },
+        );
+    }
+
     /// After a tick: hands over the samples of each ongoing attack that arrived since the last
     /// hand-over; forgets the attacks no longer in `ongoing`.
     pub fn tick<'a>(
@@ -302,6 +345,48 @@ fn append(dir: &Path, job: &Job) -> std::io::Result<()> {
     }
     let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
     f.write_all(&out)
+}
+
+/// Checks a dump written before a restart: its global header, then record by record; cuts off
+/// a last record the agent did not finish writing. Returns the size kept. A file that does not
+/// start with this writer's header is an error (and left alone).
+fn repair(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut header = [0u8; PCAP_HEADER_BYTES];
+    if len < PCAP_HEADER_BYTES as u64 {
+        // Cut short before its header was whole: start it again.
+        f.set_len(0)?;
+        f.write_all(&global_header())?;
+        return Ok(PCAP_HEADER_BYTES as u64);
+    }
+    f.read_exact(&mut header)?;
+    if header != global_header() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not an attack pcap dump of this agent (unexpected header)",
+        ));
+    }
+    let mut pos = PCAP_HEADER_BYTES as u64;
+    let mut record = [0u8; RECORD_HEADER_BYTES];
+    while pos + RECORD_HEADER_BYTES as u64 <= len {
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut record)?;
+        let captured = u32::from_le_bytes([record[8], record[9], record[10], record[11]]);
+        let end = pos + RECORD_HEADER_BYTES as u64 + u64::from(captured);
+        if end > len {
+            break;
+        }
+        pos = end;
+    }
+    if pos < len {
+        f.set_len(pos)?;
+    }
+    Ok(pos)
 }
 
 /// Removes the oldest dumps until at most `keep` remain.
@@ -549,5 +634,103 @@ mod tests {
         assert_eq!(names, ["a2.pcap", "a3.pcap", "a4.pcap"]);
         let len = std::fs::metadata(dir.path().join("a4.pcap")).unwrap().len();
         assert_eq!(len, limits.max_file_bytes);
+    }
+
+    /// Record count of a dump, checking each record lies wholly inside the file.
+    fn records(path: &Path) -> usize {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(bytes[..PCAP_HEADER_BYTES], global_header());
+        let (mut pos, mut n) = (PCAP_HEADER_BYTES, 0);
+        while pos < bytes.len() {
+            let cap = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+            pos += RECORD_HEADER_BYTES + cap;
+            assert!(pos <= bytes.len(), "record cut short");
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn an_attack_carried_over_a_restart_goes_on_in_its_file_within_bounds() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = super::dir(state.path());
+        let per_packet = (RECORD_HEADER_BYTES + 42) as u64;
+        let limits = AttackPcapConfig {
+            enabled: true,
+            max_file_bytes: PCAP_HEADER_BYTES as u64 + 12 * per_packet,
+            max_files: 4,
+        };
+        let victim: IpAddr = "10.0.0.1".parse().unwrap();
+        let flood = |n: u64| -> Vec<(u64, TrafficRecord)> {
+            (0..n)
+                .map(|i| (1_700_000_000_000 + i, rec("192.0.2.1", "10.0.0.1", 17, 100)))
+                .collect()
+        };
+        // Before the restart: 5 packets, then a crash in the middle of the sixth.
+        let id = "0193a0b4-7c2e-7d1a-9f3e-2b1c4d5e6f70";
+        let path = dir.join(format!("{id}.pcap"));
+        let job = Job {
+            id: id.into(),
+            packets: flood(5),
+            limits: limits.clone(),
+        };
+        append(&dir, &job).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[1, 2, 3, 4, 5, 6, 7, 8, 42, 0, 0, 0, 9])
+            .unwrap();
+        drop(f);
+
+        // After it: the record links the file; the new agent carries it on.
+        let mut dumps = PcapDumps::new(state.path(), limits.clone());
+        dumps.resume(id, victim, Direction::Incoming, Some(&path));
+        let kept = PCAP_HEADER_BYTES as u64 + 5 * per_packet;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            kept,
+            "cut record gone"
+        );
+        assert_eq!(records(&path), 5);
+        // A link elsewhere (another state_dir) or to no file of this agent: not carried on.
+        dumps.resume(
+            "other",
+            victim,
+            Direction::Incoming,
+            Some(Path::new("/x.pcap")),
+        );
+        let foreign = dir.join("foreign.pcap");
+        std::fs::write(&foreign, b"not a pcap at all, but long enough").unwrap();
+        dumps.resume("foreign", victim, Direction::Incoming, Some(&foreign));
+        assert_eq!(dumps.tracked.len(), 1);
+        assert_eq!(
+            std::fs::read(&foreign).unwrap(),
+            b"not a pcap at all, but long enough"
+        );
+
+        // The flood goes on: 20 new samples, of which 7 fit under max_file_bytes.
+        let nets: crate::prefix::PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut acc = Accounting::new(nets, 10, 100, 250);
+        acc.watch(victim, Direction::Incoming);
+        for (_, r) in flood(20) {
+            acc.add_sample(victim, Direction::Incoming, r);
+        }
+        dumps.tick(&acc, [id].into_iter(), 1_700_000_000_000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() == kept {
+            assert!(std::time::Instant::now() < deadline, "nothing appended");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(records(&path), 12);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            limits.max_file_bytes
+        );
+        // Removed meanwhile (room for newer dumps): started again.
+        std::fs::remove_file(&path).unwrap();
+        let mut again = PcapDumps::new(state.path(), limits);
+        again.resume(id, victim, Direction::Incoming, Some(&path));
+        assert_eq!(again.tracked[id].bytes, PCAP_HEADER_BYTES as u64);
     }
 }

@@ -70,9 +70,20 @@ enum Command {
         /// incoming | outgoing.
         #[arg(long, default_value = "incoming")]
         direction: fnm_agent::accounting::Direction,
-        /// pps | bits (bits/s; also mbps, bps) | flows | packets | bytes.
+        /// pps | bits (bits/s; also mbps, bps) | flows | conversations | packets | bytes.
         #[arg(long, default_value = "pps", value_parser = parse_sort)]
         sort: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Traffic per configured network and per hostgroup of a running agent.
+    Networks {
+        /// incoming | outgoing.
+        #[arg(long, default_value = "incoming")]
+        direction: fnm_agent::accounting::Direction,
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -266,9 +277,9 @@ impl ApiArgs {
 
 /// Checks `--sort` of `hosts`.
 fn parse_sort(s: &str) -> Result<String, String> {
-    cli::sort_param(s)
-        .map(|_| s.to_owned())
-        .ok_or_else(|| format!("sort by pps, bits, flows, packets or bytes, not {s:?}"))
+    cli::sort_param(s).map(|_| s.to_owned()).ok_or_else(|| {
+        format!("sort by pps, bits, flows, conversations, packets or bytes, not {s:?}")
+    })
 }
 
 /// The address to connect to for a listen address: a wildcard means this host's loopback.
@@ -390,6 +401,15 @@ fn command_ok(command: Command) -> Result<()> {
                 "{}",
                 cli::hosts(&api.resolve()?, top, direction, &sort, json)?
             );
+            Ok(())
+        }
+        Command::Networks {
+            direction,
+            json,
+            api,
+        } => {
+            let out = cli::networks::networks(&api.resolve()?, direction, json)?;
+            print!("{out}");
             Ok(())
         }
         Command::Top {

@@ -151,6 +151,7 @@ pub fn render(st: &MetricsState) -> String {
 
     crate::network_views::register(&mut registry, &snap);
     crate::attack_pcap::register(&mut registry, &snap);
+    crate::accounting::register_conversation_metrics(&mut registry, &snap);
 
     let hosts_gauge = Gauge::<i64>::default();
     hosts_gauge.set(hosts_known as i64);

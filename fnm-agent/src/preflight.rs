@@ -110,8 +110,25 @@ pub fn check(config: &Config, text: Option<&str>) -> Report {
     script(config, &mut report);
     actions(config, &Written::new(config, text), &mut report);
     hostgroups(config, &mut report);
+    conversations(config, &mut report);
     state_dir(&config.state_dir, &mut report);
     report
+}
+
+/// A `conversations_per_second` threshold needs a source that hands over tuples: the XDP data
+/// plane counts in the kernel and gives user space per-host sums only.
+fn conversations(config: &Config, report: &mut Report) {
+    let tuples = config.capture.backend != BackendKind::Xdp
+        || !config.sflow.listen.is_empty()
+        || !config.netflow.listen.is_empty();
+    if crate::engine::core::uses_conversations(config) && !tuples {
+        report.warning(
+            "detection",
+            "conversations_per_second is counted from capture, sFlow, NetFlow and IPFIX \
+             records only; the XDP data plane hands over per-host sums without tuples, so with \
+             no other source this threshold never fires",
+        );
+    }
 }
 
 /// The checks that ask a peer: the BGP daemon answers when an action announces routes. Must
@@ -528,6 +545,30 @@ mod tests {
         // Without the text, a list equal to its default counts as the default: a warning.
         let report = check(&c, None);
         assert!(report.is_ok(), "{:?}", report.findings);
+    }
+
+    #[test]
+    fn conversations_with_only_xdp_are_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = |sources: &str| {
+            format!(
+                "state_dir = \"{}\"\nnetworks = [\"10.0.0.0/8\"]\n[xdp]\nenabled = false\n{sources}\
+                 [ban]\nactions = []\nmanual_actions = []\n\
+                 [[hostgroup]]\nname = \"web\"\nnetworks = [\"10.0.1.0/24\"]\n\
+                 [hostgroup.incoming]\nconversations_per_second = 3500\n",
+                dir.path().display()
+            )
+        };
+        let t = text("[sflow]\nlisten = []\n[netflow]\nlisten = []\n");
+        let warnings = keys(&check(&config(&t), Some(&t)), Severity::Warning);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("conversations_per_second"),
+            "{warnings:?}"
+        );
+        let t = text("[netflow]\nlisten = []\n");
+        let warnings = keys(&check(&config(&t), Some(&t)), Severity::Warning);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

@@ -61,6 +61,14 @@ pub struct DirectionView {
     /// ICMP packets per second, last window.
     #[serde(default)]
     pub icmp_pps: f64,
+    /// Conversations counted since start (each time a TCP or UDP conversation entered the
+    /// rate window), while a threshold uses `conversations_per_second`.
+    #[serde(default)]
+    pub conversations: u64,
+    /// Distinct TCP and UDP conversations per second, last window (FastNetMon's "flows"; 0
+    /// unless a threshold uses it).
+    #[serde(default)]
+    pub conversations_per_second: f64,
 }
 
 impl From<&HostDirection> for DirectionView {
@@ -89,6 +97,8 @@ impl From<&HostDirection> for DirectionView {
             tcp_pps: d.rates.tcp_pps,
             udp_pps: d.rates.udp_pps,
             icmp_pps: d.rates.icmp_pps,
+            conversations: d.conversations(),
+            conversations_per_second: d.rates.conversations_per_second,
         }
     }
 }

@@ -145,6 +145,41 @@ fn network_and_hostgroup_rates_match_the_flood_and_stay_bounded() {
     };
     assert_eq!(total, report.packets, "network total vs packets sent");
     println!("network total {total} packets = {} sent", report.packets);
+
+    // The CLI's `networks` shows the same rows: a table in human units, and the API's JSON.
+    let table = agent.cli(&["networks"]);
+    println!("{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "incoming traffic", "{table}");
+    assert!(
+        lines[1].starts_with("KIND") && lines[1].contains("PACKETS"),
+        "{table}"
+    );
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}: {table}"))
+            .to_string()
+    };
+    assert!(row(net).starts_with("network"), "{table}");
+    assert!(row("other").starts_with("network"), "{table}");
+    assert!(row("lab").starts_with("hostgroup"), "{table}");
+    // ... PACKETS BYTES: the flood's packets (in k), then bytes with their unit.
+    let packets_cell = |name: &str| {
+        let cells: Vec<String> = row(name).split_whitespace().map(str::to_owned).collect();
+        cells[cells.len() - 3].clone()
+    };
+    assert!(packets_cell(net).ends_with('k'), "packets {total}: {table}");
+    assert_eq!(packets_cell("other"), "0", "{table}");
+    let out = agent.cli(&["networks", "--direction", "outgoing"]);
+    assert!(out.starts_with("outgoing traffic\n"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&agent.cli(&["networks", "--json"])).expect("networks --json");
+    assert_eq!(json["networks"][0]["name"], net);
+    assert_eq!(json["networks"][0]["incoming"]["packets"], total);
+    assert_eq!(json["hostgroups"][0]["name"], "lab");
+    assert_eq!(json["hostgroups"][0]["incoming"]["packets"], total);
     let text = agent.metrics_text();
     assert_eq!(
         metric(

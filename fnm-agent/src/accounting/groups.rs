@@ -178,7 +178,7 @@ impl TrafficGroups {
         for set in [&mut self.networks, &mut self.hostgroups] {
             for row in &mut set.rows {
                 for d in &mut row.dirs {
-                    d.close_slot(slots, slot_seconds, window_seconds);
+                    d.close_slot(slots, slot_seconds, window_seconds, false);
                 }
             }
         }

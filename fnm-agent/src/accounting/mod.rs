@@ -21,8 +21,14 @@
 //! good: each flow exporter and each other source has a budget, and under pressure idle, then
 //! unproven, then the least busy hosts make room, never watched, attacked or mitigated ones.
 
+mod conversations;
 mod groups;
 mod table;
+
+pub use conversations::{
+    register_metrics as register_conversation_metrics, Budget as ConversationBudget,
+    BudgetStats as ConversationStats,
+};
 
 pub use groups::{GroupRow, TrafficGroups, OTHER as OTHER_GROUP};
 pub use table::{EvictReason, HostLimits, Origin, TableStats, QUALIFY_PACKETS};
@@ -119,11 +125,14 @@ pub enum RateKind {
     TcpSynPps,
     /// Fragments per second.
     FragmentsPps,
+    /// Distinct TCP and UDP conversations (remote address, ports, protocol) per second over
+    /// the rate window: FastNetMon's "flows" ([`conversations`]).
+    ConversationsPerSecond,
 }
 
 impl RateKind {
     /// Every rate, in config order.
-    pub const ALL: [RateKind; 11] = [
+    pub const ALL: [RateKind; 12] = [
         RateKind::Pps,
         RateKind::BytesPerSecond,
         RateKind::FlowsPerSecond,
@@ -135,6 +144,7 @@ impl RateKind {
         RateKind::IcmpBytesPerSecond,
         RateKind::TcpSynPps,
         RateKind::FragmentsPps,
+        RateKind::ConversationsPerSecond,
     ];
 
     /// The config and API name.
@@ -151,6 +161,7 @@ impl RateKind {
             RateKind::IcmpBytesPerSecond => "icmp_bytes_per_second",
             RateKind::TcpSynPps => "tcp_syn_pps",
             RateKind::FragmentsPps => "fragments_pps",
+            RateKind::ConversationsPerSecond => "conversations_per_second",
         }
     }
 }
@@ -186,6 +197,9 @@ pub struct Rates {
     pub tcp_syn_pps: f64,
     /// Fragments per second.
     pub fragments_pps: f64,
+    /// Distinct TCP and UDP conversations per second (0 unless a threshold uses it).
+    #[serde(default)]
+    pub conversations_per_second: f64,
 }
 
 impl Rates {
@@ -205,6 +219,7 @@ impl Rates {
             icmp_bytes_per_second: r(window.proto_bytes[proto::ICMP]),
             tcp_syn_pps: r(window.tcp_syn_packets),
             fragments_pps: r(window.fragments),
+            conversations_per_second: 0.0,
         }
     }
 
@@ -222,6 +237,7 @@ impl Rates {
             RateKind::IcmpBytesPerSecond => self.icmp_bytes_per_second,
             RateKind::TcpSynPps => self.tcp_syn_pps,
             RateKind::FragmentsPps => self.fragments_pps,
+            RateKind::ConversationsPerSecond => self.conversations_per_second,
         }
     }
 
@@ -239,6 +255,9 @@ impl Rates {
             icmp_bytes_per_second: self.icmp_bytes_per_second.max(o.icmp_bytes_per_second),
             tcp_syn_pps: self.tcp_syn_pps.max(o.tcp_syn_pps),
             fragments_pps: self.fragments_pps.max(o.fragments_pps),
+            conversations_per_second: self
+                .conversations_per_second
+                .max(o.conversations_per_second),
         }
     }
 }
@@ -266,12 +285,24 @@ pub struct HostDirection {
     /// Cumulative traffic of whitelisted sources (`[detection] whitelist_sources`) that XDP
     /// counted apart: in none of the counters above, so never in a rate or the rate window.
     pub whitelisted: WhitelistedCounters,
+    /// The conversations of the rate window and their count (only while conversations are
+    /// tracked, from the direction's first TCP or UDP traffic on): one pointer otherwise.
+    tracked: Option<Box<conversations::Conversations>>,
 }
 
 impl HostDirection {
     /// Closes the current slot, which lasted `slot_seconds`, and recomputes the sliding rates
     /// over `slots` slots that lasted `window_seconds` together.
-    fn close_slot(&mut self, slots: usize, slot_seconds: f64, window_seconds: f64) {
+    fn close_slot(
+        &mut self,
+        slots: usize,
+        slot_seconds: f64,
+        window_seconds: f64,
+        conversations: bool,
+    ) {
+        if !conversations {
+            self.tracked = None;
+        }
         let idle = HostCounters::default();
         if self.window == idle && self.slots_sum == idle {
             // Nothing in the slot nor in the window (so nothing in the ring either): the rates
@@ -279,6 +310,9 @@ impl HostDirection {
             // had traffic never allocates its ring (a spoofed host is seen one way only).
             self.slot_rates = Rates::default();
             self.rates = Rates::default();
+            if let Some(c) = self.tracked.as_mut() {
+                c.close(slots);
+            }
             return;
         }
         if self.slots.len() != slots {
@@ -294,6 +328,25 @@ impl HostDirection {
         deduct(&mut self.slots_sum, &leaving);
         self.next_slot = (self.next_slot + 1) % slots;
         self.rates = Rates::from_window(&self.slots_sum, window_seconds);
+        if let Some(c) = self.tracked.as_mut() {
+            let closed = c.close(slots);
+            self.rates.conversations_per_second = closed.window / window_seconds.max(1e-3);
+            self.slot_rates.conversations_per_second = closed.slot / slot_seconds.max(1e-3);
+        }
+    }
+
+    /// Conversations counted since tracking began (each time one entered the rate window;
+    /// an estimate once sampled): 0 while `conversations_per_second` is not used.
+    pub fn conversations(&self) -> u64 {
+        self.tracked.as_ref().map_or(0, |c| c.counted)
+    }
+
+    /// Notes a TCP or UDP conversation (its seeded hash) of this direction.
+    #[inline]
+    fn note_conversation(&mut self, key: u64, budget: &ConversationBudget) {
+        self.tracked
+            .get_or_insert_with(|| Box::new(conversations::Conversations::new(budget.clone())))
+            .note(key);
     }
 
     /// Counters of the last closed slot (`None` before the first slot with traffic closed).
@@ -510,6 +563,15 @@ pub struct Accounting {
     now_ms: u64,
     /// Records whose remote side is a whitelisted source (not counted per host).
     pub ignored_records: u64,
+    /// Conversations are counted (some threshold uses `conversations_per_second`).
+    conversations: Option<ConversationTracking>,
+}
+
+/// The seed and the budget of conversation counting.
+#[derive(Debug)]
+struct ConversationTracking {
+    seed: ahash::RandomState,
+    budget: ConversationBudget,
 }
 
 impl Accounting {
@@ -531,6 +593,7 @@ impl Accounting {
             groups: TrafficGroups::default(),
             now_ms: 0,
             ignored_records: 0,
+            conversations: None,
         }
     }
 
@@ -549,6 +612,29 @@ impl Accounting {
     /// Evictions and refusals of the host table so far.
     pub fn table_stats(&self) -> TableStats {
         self.table.stats()
+    }
+
+    /// Turns the counting of distinct conversations (`conversations_per_second`) on or off.
+    /// Off (the default) costs nothing; on, each host direction with TCP or UDP traffic keeps
+    /// the conversations of its rate window (bounded, see [`conversations`]). Turned off, the
+    /// kept conversations are dropped.
+    pub fn set_conversation_tracking(&mut self, on: bool) {
+        match (on, self.conversations.is_some()) {
+            (true, false) => {
+                self.conversations = Some(ConversationTracking {
+                    seed: ahash::RandomState::new(),
+                    budget: ConversationBudget::new(conversations::MAX_TOTAL),
+                })
+            }
+            // Each direction drops its table at its next slot close.
+            (false, true) => self.conversations = None,
+            _ => {}
+        }
+    }
+
+    /// The conversation budget's counters (`None` while conversations are not counted).
+    pub fn conversation_stats(&self) -> Option<ConversationStats> {
+        self.conversations.as_ref().map(|c| c.budget.stats())
     }
 
     /// Sets the hosts that are never evicted, besides the watched ones (which always are):
@@ -773,11 +859,37 @@ impl Accounting {
         if local_dst {
             let slot = self.slot_cached(record.dst, origin, delta.packets, &mut cache.incoming);
             self.credit_delta(slot, record.dst, Direction::Incoming, &delta, &in_window);
+            self.note_conversation(slot, Direction::Incoming, record.src, record);
         }
         if local_src {
             let slot = self.slot_cached(record.src, origin, delta.packets, &mut cache.outgoing);
             self.credit_delta(slot, record.src, Direction::Outgoing, &delta, &in_window);
+            self.note_conversation(slot, Direction::Outgoing, record.dst, record);
         }
+    }
+
+    /// Notes the conversation of a TCP or UDP record with `remote` in the host's direction,
+    /// as FastNetMon keys it (remote address, source and destination port; TCP and UDP apart).
+    #[inline]
+    fn note_conversation(
+        &mut self,
+        slot: Option<HostSlot>,
+        dir: Direction,
+        remote: IpAddr,
+        record: &TrafficRecord,
+    ) {
+        let (Some(tracking), Some(slot)) = (self.conversations.as_ref(), slot) else {
+            return;
+        };
+        if record.protocol != 6 && record.protocol != 17 {
+            return;
+        }
+        let key =
+            tracking
+                .seed
+                .hash_one((remote, record.src_port, record.dst_port, record.protocol));
+        let budget = &tracking.budget;
+        self.table.host_mut(slot).dirs[dir.index()].note_conversation(key, budget);
     }
 
     /// Adds a record's `total` to the cumulative counters and `window` to the rate window of a
@@ -935,13 +1047,14 @@ impl Accounting {
         let slots = self.slots;
         let slot_seconds = slot_ms as f64 / 1000.0;
         let seconds = self.measured_window_seconds();
+        let conversations = self.conversations.is_some();
         self.table.sweep(
             |host| {
                 for d in host.dirs.iter_mut() {
                     if d.window.packets > 0 {
                         d.last_active_ms = now_ms;
                     }
-                    d.close_slot(slots, slot_seconds, seconds);
+                    d.close_slot(slots, slot_seconds, seconds, conversations);
                 }
             },
             |h| {
@@ -1217,6 +1330,69 @@ mod tests {
                 .flows,
             1
         );
+    }
+
+    #[test]
+    fn conversations_count_distinct_tcp_and_udp_tuples_of_the_window_as_fastnetmon_does() {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 100, 1000, 250).with_rate_window(1000);
+        let conv = |src: &str, sport: u16, dport: u16, protocol: u8| TrafficRecord {
+            src_port: sport,
+            dst_port: dport,
+            ..TrafficRecord::packet(
+                src.parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+                protocol,
+                64,
+            )
+        };
+        let dir = |a: &Accounting| a.host("10.0.0.1".parse().unwrap()).unwrap().dirs[0].clone();
+        // Off: nothing kept, rate 0.
+        a.ingest(&conv("192.0.2.1", 1000, 80, 6), Source::Pcap);
+        a.tick(250, u64::MAX);
+        assert_eq!(dir(&a).rates.conversations_per_second, 0.0);
+        assert!(a.conversation_stats().is_none());
+        a.set_conversation_tracking(true);
+        // Three steady conversations (TCP, UDP with the same ports: two) and one of another
+        // remote, each sending every slot; ICMP and ESP count for none.
+        for t in 2..=9u64 {
+            for _ in 0..5 {
+                a.ingest(&conv("192.0.2.1", 1000, 80, 6), Source::Pcap);
+                a.ingest(&conv("192.0.2.1", 1000, 80, 17), Source::Pcap);
+                a.ingest(&conv("192.0.2.2", 1000, 80, 6), Source::Pcap);
+                a.ingest(&conv("192.0.2.3", 0, 0, 1), Source::Pcap);
+                a.ingest(&conv("192.0.2.4", 0, 0, 50), Source::Pcap);
+            }
+            a.tick(t * 250, u64::MAX);
+        }
+        let d = dir(&a);
+        assert_eq!(
+            d.rates.conversations_per_second, 3.0,
+            "steady: counted once a window"
+        );
+        assert_eq!(d.conversations(), 3);
+        drop(d);
+        // A spray of new source ports: one conversation each.
+        for port in 0..200u16 {
+            a.ingest(&conv("198.51.100.7", 2000 + port, 53, 17), Source::Pcap);
+        }
+        a.tick(2500, u64::MAX);
+        let d = dir(&a);
+        assert_eq!(d.rates.conversations_per_second, 203.0);
+        assert_eq!(d.slot_rates.conversations_per_second, 200.0 * 4.0);
+        assert_eq!(d.conversations(), 203);
+        // (A copy of a host direction holds its conversations on the budget too.)
+        assert_eq!(a.conversation_stats().unwrap().used, 2 * 203);
+        drop(d);
+        // Quiet for a window: all gone, memory given back.
+        for t in 11..=14u64 {
+            a.tick(t * 250, u64::MAX);
+        }
+        assert_eq!(dir(&a).rates.conversations_per_second, 0.0);
+        assert_eq!(a.conversation_stats().unwrap().used, 0);
+        // Off again: stats gone, nothing counted.
+        a.set_conversation_tracking(false);
+        assert!(a.conversation_stats().is_none());
     }
 
     #[test]

@@ -345,8 +345,9 @@ pub struct CaptureConfig {
     pub pfring: PfringOptions,
     /// Each captured packet counts as this many (a mirror port fed through a 1-in-N sampler):
     /// packets, bytes, SYN packets and fragments are multiplied before they reach the
-    /// accounting; new flows are not (each 5-tuple seen is one flow). Every userspace backend.
-    /// Default: `1` (allowed 1..=1000000).
+    /// accounting; new flows are not (each 5-tuple seen is one flow). Every userspace backend
+    /// (pcap, netmap, PF_RING): the capture thread's batcher, which each of them delivers to,
+    /// multiplies. Default: `1` (allowed 1..=1000000).
     #[serde(default = "default_sampling_rate")]
     pub sampling_rate: u32,
     /// Capture threads. Above 1 (`pcap` on Linux only), every interface is opened once per

@@ -55,6 +55,7 @@ pub fn rate_with_unit(kind: RateKind, value: f64) -> String {
         | RateKind::UdpBytesPerSecond
         | RateKind::IcmpBytesPerSecond => units::bits_per_second(value),
         RateKind::FlowsPerSecond => format!("{} flows/s", units::si(value)),
+        RateKind::ConversationsPerSecond => format!("{} conversations/s", units::si(value)),
         _ => format!("{} pps", units::si(value)),
     }
 }
@@ -73,6 +74,7 @@ pub fn rate_label(kind: RateKind) -> &'static str {
         RateKind::IcmpBytesPerSecond => "ICMP bits/s",
         RateKind::TcpSynPps => "TCP SYN packets/s",
         RateKind::FragmentsPps => "fragments/s",
+        RateKind::ConversationsPerSecond => "conversations/s",
     }
 }
 
@@ -85,11 +87,22 @@ pub fn hosts(hosts: &[HostView], direction: Direction) -> String {
     if hosts.is_empty() {
         return format!("no {} traffic seen yet\n", direction.as_str());
     }
-    let mut t = Table::new(&[
+    let side = |h: &HostView| match direction {
+        Direction::Incoming => h.incoming.clone(),
+        Direction::Outgoing => h.outgoing.clone(),
+    };
+    // Conversations (FastNetMon's flows) only when counted: some threshold uses them.
+    let conversations = hosts.iter().any(|h| side(h).conversations > 0);
+    let mut columns = vec![
         ("HOST", Align::Left),
         ("PPS", Align::Right),
         ("BITS/S", Align::Right),
         ("FLOWS/S", Align::Right),
+    ];
+    if conversations {
+        columns.push(("CONV/S", Align::Right));
+    }
+    columns.extend([
         ("TCP PPS", Align::Right),
         ("UDP PPS", Align::Right),
         ("ICMP PPS", Align::Right),
@@ -97,16 +110,19 @@ pub fn hosts(hosts: &[HostView], direction: Direction) -> String {
         ("PACKETS", Align::Right),
         ("BYTES", Align::Right),
     ]);
+    let mut t = Table::new(&columns);
     for h in hosts {
-        let d = match direction {
-            Direction::Incoming => &h.incoming,
-            Direction::Outgoing => &h.outgoing,
-        };
-        t.row(vec![
+        let d = &side(h);
+        let mut cells = vec![
             h.ip.to_string(),
             units::pps(d.pps),
             units::bits_per_second(d.bytes_per_second),
             units::si(d.flows_per_second),
+        ];
+        if conversations {
+            cells.push(units::si(d.conversations_per_second));
+        }
+        cells.extend([
             units::pps(d.tcp_pps),
             units::pps(d.udp_pps),
             units::pps(d.icmp_pps),
@@ -114,6 +130,7 @@ pub fn hosts(hosts: &[HostView], direction: Direction) -> String {
             units::si(d.packets as f64),
             units::bytes(d.bytes),
         ]);
+        t.row(cells);
     }
     t.render()
 }
@@ -805,10 +822,19 @@ mod tests {
         h.incoming.udp_pps = 11_900.0;
         h.incoming.icmp_pps = 50.0;
         assert_eq!(
-            hosts(&[h], Direction::Incoming),
+            hosts(&[h.clone()], Direction::Incoming),
             "HOST         PPS       BITS/S  FLOWS/S  TCP PPS  UDP PPS  ICMP PPS  OTHER PPS  PACKETS   BYTES\n\
              10.10.0.9  12.0k  41.1 Mbit/s        1        0    11.9k        50         50    1.23M  528 MB\n"
         );
+        // Conversations counted (a threshold uses them): their column too.
+        h.incoming.conversations = 40;
+        h.incoming.conversations_per_second = 3_500.0;
+        let text = hosts(&[h], Direction::Incoming);
+        assert!(
+            text.starts_with("HOST         PPS       BITS/S  FLOWS/S  CONV/S  TCP PPS"),
+            "{text}"
+        );
+        assert!(text.contains("        1   3.50k        0"), "{text}");
         assert_eq!(
             hosts(&[], Direction::Outgoing),
             "no outgoing traffic seen yet\n"

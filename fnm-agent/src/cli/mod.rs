@@ -5,6 +5,7 @@
 
 pub mod endpoint;
 pub mod listings;
+pub mod networks;
 pub mod tables;
 pub mod top;
 pub mod units;
@@ -82,12 +83,13 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
 }
 
 /// The API's `sort` name for what the CLI accepts: `pps`, `bits` (or `mbps`, `bps`,
-/// `bytes_per_second`), `flows`, `packets`, `bytes`.
+/// `bytes_per_second`), `flows`, `conversations`, `packets`, `bytes`.
 pub fn sort_param(sort: &str) -> Option<&'static str> {
     Some(match sort {
         "pps" => "pps",
         "bits" | "bits_per_second" | "mbps" | "bps" | "bytes_per_second" => "bytes_per_second",
         "flows" | "flows_per_second" => "flows_per_second",
+        "conversations" | "conversations_per_second" => "conversations_per_second",
         "packets" => "packets",
         "bytes" => "bytes",
         _ => return None,

@@ -49,6 +49,9 @@ pub struct Thresholds {
     /// Fragments per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fragments_pps: Option<f64>,
+    /// Distinct TCP and UDP conversations per second (FastNetMon's "flows").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversations_per_second: Option<f64>,
 }
 
 /// Bytes per second in one megabit per second.
@@ -73,6 +76,7 @@ struct ThresholdsInput {
     icmp_mbps: Option<f64>,
     tcp_syn_pps: Option<f64>,
     fragments_pps: Option<f64>,
+    conversations_per_second: Option<f64>,
 }
 
 /// One byte rate from its bytes/s and Mbit/s keys (at most one of them).
@@ -126,6 +130,7 @@ impl TryFrom<ThresholdsInput> for Thresholds {
             )?,
             tcp_syn_pps: i.tcp_syn_pps,
             fragments_pps: i.fragments_pps,
+            conversations_per_second: i.conversations_per_second,
         })
     }
 }
@@ -147,6 +152,9 @@ impl Thresholds {
                 .or(fallback.icmp_bytes_per_second),
             tcp_syn_pps: self.tcp_syn_pps.or(fallback.tcp_syn_pps),
             fragments_pps: self.fragments_pps.or(fallback.fragments_pps),
+            conversations_per_second: self
+                .conversations_per_second
+                .or(fallback.conversations_per_second),
         }
     }
 
@@ -164,6 +172,7 @@ impl Thresholds {
             RateKind::IcmpBytesPerSecond => self.icmp_bytes_per_second,
             RateKind::TcpSynPps => self.tcp_syn_pps,
             RateKind::FragmentsPps => self.fragments_pps,
+            RateKind::ConversationsPerSecond => self.conversations_per_second,
         }
     }
 

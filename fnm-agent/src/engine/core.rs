@@ -39,6 +39,8 @@ pub enum HostSort {
     BytesPerSecond,
     /// New flows per second.
     FlowsPerSecond,
+    /// Distinct conversations per second (0 unless a threshold uses them).
+    ConversationsPerSecond,
     /// Packets since start.
     Packets,
     /// IP bytes since start.
@@ -55,6 +57,7 @@ impl HostSort {
                 HostSort::BytesPerSecond
             }
             "flows" | "flows_per_second" => HostSort::FlowsPerSecond,
+            "conversations" | "conversations_per_second" => HostSort::ConversationsPerSecond,
             "packets" => HostSort::Packets,
             "bytes" => HostSort::Bytes,
             _ => return None,
@@ -67,6 +70,7 @@ impl HostSort {
             HostSort::Pps => d.rates.pps,
             HostSort::BytesPerSecond => d.rates.bytes_per_second,
             HostSort::FlowsPerSecond => d.rates.flows_per_second,
+            HostSort::ConversationsPerSecond => d.rates.conversations_per_second,
             HostSort::Packets => d.total.packets as f64,
             HostSort::Bytes => d.total.bytes as f64,
         }
@@ -180,6 +184,11 @@ impl EngineCore {
     pub fn with_attack_pcap(mut self, config: &Config) -> Self {
         // The writer is started even when off, so a reload can turn dumps on.
         self.pcap = PcapDumps::new(&config.state_dir, config.attack_pcap.clone());
+        // Attacks carried over a restart go on writing the dumps their records link.
+        for a in self.book.ongoing() {
+            self.pcap
+                .resume(&a.id, a.host, a.direction, a.pcap_file.as_deref());
+        }
         self
     }
 
@@ -488,6 +497,7 @@ impl EngineCore {
             attacks_started: self.started,
             networks: Arc::new(crate::network_views::NetworksView::new(self.acc.groups())),
             attack_pcap_dropped: self.pcap.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            conversations: self.acc.conversation_stats(),
         }
     }
 }
@@ -501,6 +511,22 @@ fn set_groups(acc: &mut Accounting, config: &Config) {
         .collect();
     let max = config.accounting.max_network_counters as usize;
     acc.set_groups(|g| g.reconfigure(&config.networks, &hostgroups, max));
+    acc.set_conversation_tracking(uses_conversations(config));
+}
+
+/// True when a threshold (global or a hostgroup's) is on `conversations_per_second`, the one
+/// rate that is counted only when used.
+pub fn uses_conversations(config: &Config) -> bool {
+    let d = &config.detection;
+    [&d.incoming, &d.outgoing]
+        .into_iter()
+        .chain(
+            config
+                .hostgroup
+                .iter()
+                .flat_map(|g| [&g.incoming, &g.outgoing]),
+        )
+        .any(|t| t.conversations_per_second.is_some())
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub struct Snapshot {
     pub networks: Arc<crate::network_views::NetworksView>,
     /// Attack pcap hand-overs dropped (writer queue full) or failed to write.
     pub attack_pcap_dropped: u64,
+    /// The conversation budget's counters (`None` while no threshold uses conversations).
+    pub conversations: Option<crate::accounting::ConversationStats>,
 }
 
 impl Snapshot {

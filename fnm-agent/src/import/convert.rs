@@ -39,9 +39,9 @@ fn pending(key: &str) -> bool {
 /// What FastNetMon 1.2.4's flows count, and how fnm's differ (written next to the key).
 pub const FLOWS_NOTE: &str = "FastNetMon 1.2.4's threshold_flows counts, per IPv4 host and \
     direction, the distinct TCP and UDP conversations (remote address, source port, \
-    destination port) seen in each second, averaged like its other rates; fnm's \
-    flows_per_second counts new 5-tuples (any protocol, IPv4 and IPv6) per second: a host \
-    with many long-lived connections has many FastNetMon flows but few new ones. See \
+    destination port) seen in each second; fnm's conversations_per_second counts the same \
+    over the rate window (IPv4 and IPv6; not on the XDP data plane, which sees no tuples in \
+    user space). fnm's flows_per_second is another rate: new 5-tuples per second. See \
     docs/migrating-from-fastnetmon.md.";
 
 /// How to import.

@@ -73,17 +73,16 @@ impl CaptureSource {
                 format!("fnm-capture-{i}")
             };
             let thread = std::thread::Builder::new().name(name).spawn(move || {
-                let mut sink = batch::RecordBatcher::new(
-                    batch::AGENT_BATCH_CAPACITY,
-                    |records: &[TrafficRecord]| {
-                        input.send_records(TrafficSource::Pcap, records);
-                    },
-                )
-                .with_min_flush_interval(hold)
-                .with_flush_gate(g.clone())
-                .with_health(h)
-                .with_sampling_rate(sampling_rate);
-                match backend.run(&mut sink, &s) {
+                let thread = CaptureThread {
+                    hold,
+                    gate: g,
+                    health: h,
+                    sampling_rate,
+                };
+                let outcome = thread.run(backend.as_mut(), &s, |records| {
+                    input.send_records(TrafficSource::Pcap, records);
+                });
+                match outcome {
                     Ok(stats) => tracing::info!(
                         "capture thread {i} stopped: {} frames, {} malformed, {} dropped by the kernel",
                         stats.parse.frames,
@@ -92,8 +91,6 @@ impl CaptureSource {
                     ),
                     Err(e) => tracing::error!("capture thread {i} stopped: {e}"),
                 }
-                g.detach();
-                sink.flush_now();
             })?;
             workers.push(Worker {
                 health,
@@ -116,6 +113,38 @@ impl CaptureSource {
         Arc::new(CaptureGates(
             self.workers.iter().map(|w| w.gate.clone()).collect(),
         ))
+    }
+}
+
+/// What one capture thread runs, whichever backend it was given (libpcap, netmap, PF_RING):
+/// the backend delivers its frames to one [`batch::RecordBatcher`], which coalesces them,
+/// applies `capture.sampling_rate` and hands the records on. So every backend's packets are
+/// multiplied the same way, in this one place.
+struct CaptureThread {
+    hold: Duration,
+    gate: Arc<FlushGate>,
+    health: Arc<CaptureHealth>,
+    sampling_rate: u32,
+}
+
+impl CaptureThread {
+    /// Runs `backend` until `stop` or a fatal error; hands the records to `consume`, the last
+    /// ones when the backend returns.
+    fn run(
+        self,
+        backend: &mut dyn capture::CaptureBackend,
+        stop: &StopFlag,
+        consume: impl FnMut(&[TrafficRecord]),
+    ) -> Result<capture::CaptureStats, capture::CaptureError> {
+        let mut sink = batch::RecordBatcher::new(batch::AGENT_BATCH_CAPACITY, consume)
+            .with_min_flush_interval(self.hold)
+            .with_flush_gate(self.gate.clone())
+            .with_health(self.health)
+            .with_sampling_rate(self.sampling_rate);
+        let outcome = backend.run(&mut sink, stop);
+        self.gate.detach();
+        sink.flush_now();
+        outcome
     }
 }
 
@@ -201,5 +230,125 @@ impl MetricsSource for CaptureMetrics {
             "Frames each capture thread read (capture.threads; AF_PACKET fanout spreads them)",
             per_thread,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{deliver, parse::LinkType, CaptureBackend, CaptureStats, PacketSink};
+
+    /// A backend that hands its frames over as netmap and PF_RING do: through
+    /// [`capture::deliver`] into the sink, then `flush` and `progress`.
+    struct RingLike {
+        frames: Vec<Vec<u8>>,
+    }
+
+    impl CaptureBackend for RingLike {
+        fn name(&self) -> &'static str {
+            "ring-like"
+        }
+        fn run(
+            &mut self,
+            sink: &mut dyn PacketSink,
+            _stop: &StopFlag,
+        ) -> Result<CaptureStats, capture::CaptureError> {
+            let mut stats = CaptureStats::default();
+            for f in &self.frames {
+                deliver(
+                    Some(LinkType::Ethernet),
+                    Duration::ZERO,
+                    f,
+                    sink,
+                    &mut stats.parse,
+                );
+            }
+            sink.flush();
+            sink.progress(&stats);
+            Ok(stats)
+        }
+    }
+
+    /// An Ethernet frame: IPv4 (`v6` false) or IPv6, UDP or a TCP SYN, from port `sport`.
+    fn frame(v6: bool, tcp_syn: bool, sport: u16) -> Vec<u8> {
+        let l4: Vec<u8> = if tcp_syn {
+            let mut t = vec![0u8; 20];
+            t[0..2].copy_from_slice(&sport.to_be_bytes());
+            t[2..4].copy_from_slice(&443u16.to_be_bytes());
+            t[12] = 0x50;
+            t[13] = 0x02;
+            t
+        } else {
+            let mut u = vec![0u8; 8 + 100];
+            u[0..2].copy_from_slice(&sport.to_be_bytes());
+            u[2..4].copy_from_slice(&53u16.to_be_bytes());
+            u[4..6].copy_from_slice(&108u16.to_be_bytes());
+            u
+        };
+        let proto = if tcp_syn { 6 } else { 17 };
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        if v6 {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(
+                &"2001:db8::7"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            );
+            f.extend_from_slice(
+                &"2001:db8:1::1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            );
+        } else {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let total = (20 + l4.len()) as u16;
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
+            f.extend_from_slice(&[192, 0, 2, 7, 10, 0, 0, 1]);
+        }
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    #[test]
+    fn the_sampling_rate_applies_to_whatever_backend_the_thread_runs() {
+        let frames = vec![
+            frame(false, false, 1000),
+            frame(false, false, 1000),
+            frame(false, true, 2000),
+            frame(true, false, 3000),
+            frame(true, true, 4000),
+        ];
+        let thread = CaptureThread {
+            hold: Duration::from_secs(60),
+            gate: Arc::new(FlushGate::new().unwrap()),
+            health: Arc::new(CaptureHealth::default()),
+            sampling_rate: 25,
+        };
+        let mut seen: Vec<TrafficRecord> = Vec::new();
+        let stats = thread
+            .run(
+                &mut RingLike { frames },
+                &StopFlag::new(),
+                |rs: &[TrafficRecord]| seen.extend_from_slice(rs),
+            )
+            .unwrap();
+        assert_eq!(stats.parse.frames, 5);
+        let by_port = |p: u16| seen.iter().find(|r| r.src_port == p).expect("record");
+        assert_eq!(seen.len(), 4, "one record per tuple: {seen:?}");
+        let udp4 = by_port(1000);
+        assert_eq!((udp4.packets, udp4.bytes), (2 * 25, 2 * 128 * 25));
+        let syn4 = by_port(2000);
+        assert_eq!((syn4.packets, syn4.tcp_syn_packets), (25, 25));
+        let udp6 = by_port(3000);
+        assert_eq!((udp6.packets, udp6.bytes), (25, 148 * 25));
+        let syn6 = by_port(4000);
+        assert_eq!((syn6.packets, syn6.tcp_syn_packets), (25, 25));
     }
 }

@@ -61,6 +61,8 @@ pub enum Kind {
     IcmpBytesPerSecond,
     TcpSynPps,
     FragmentsPps,
+    /// Not in [`Kind::ALL`]: the XDP data plane cannot count it (`detection_conversations.rs`).
+    ConversationsPerSecond,
 }
 
 impl Kind {
@@ -93,6 +95,7 @@ impl Kind {
             Kind::IcmpBytesPerSecond => "icmp_bytes_per_second",
             Kind::TcpSynPps => "tcp_syn_pps",
             Kind::FragmentsPps => "fragments_pps",
+            Kind::ConversationsPerSecond => "conversations_per_second",
         }
     }
 
@@ -122,6 +125,7 @@ impl Kind {
             Kind::IcmpBytesPerSecond => (&[L4::Icmp], LARGE, false),
             Kind::TcpSynPps => (&[L4::TcpSyn], SMALL, true),
             Kind::FragmentsPps => (&[L4::UdpFragment], 200, false),
+            Kind::ConversationsPerSecond => (&[L4::Udp, L4::TcpAck], SMALL, true),
         };
         Shape {
             mix,
@@ -145,6 +149,8 @@ impl Kind {
             Kind::IcmpBytesPerSecond => (&[L4::TcpAck, L4::Udp, L4::Esp], LARGE, true),
             Kind::TcpSynPps => (&[L4::TcpAck, L4::Udp, L4::Icmp], SMALL, true),
             Kind::FragmentsPps => (&[L4::Udp, L4::TcpAck, L4::Icmp], SMALL, true),
+            // New 5-tuples (flows_per_second at 2 × T) that are no TCP or UDP conversation.
+            Kind::ConversationsPerSecond => (&[L4::Icmp, L4::Esp], SMALL, true),
         };
         Some(Shape {
             mix,
@@ -167,6 +173,7 @@ impl Kind {
             Kind::IcmpBytesPerSecond => &view["icmp"]["bytes"],
             Kind::TcpSynPps => &view["tcp_syn_packets"],
             Kind::FragmentsPps => &view["fragments"],
+            Kind::ConversationsPerSecond => &view["conversations"],
         };
         v.as_u64()
     }
@@ -188,6 +195,9 @@ impl Kind {
             Kind::IcmpBytesPerSecond => e.class_bytes[ICMP],
             Kind::TcpSynPps => e.syn,
             Kind::FragmentsPps => e.fragments,
+            Kind::ConversationsPerSecond => {
+                e.tuples.iter().filter(|t| t.4 == 6 || t.4 == 17).count() as u64
+            }
         }
     }
 }

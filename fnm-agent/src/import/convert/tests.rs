@@ -139,11 +139,11 @@ fn debians_real_fastnetmon_conf_imports_and_checks() {
     for t in [&config.detection.incoming, &config.detection.outgoing] {
         assert_eq!(rate(t, RateKind::Pps), Some(20000.0));
         assert_eq!(rate(t, RateKind::BytesPerSecond), Some(1000.0 * 125_000.0));
-        assert_eq!(rate(t, RateKind::FlowsPerSecond), None);
+        assert_eq!(rate(t, RateKind::ConversationsPerSecond), None);
         assert_eq!(rate(t, RateKind::UdpPps), None);
         assert_eq!(rate(t, RateKind::TcpBytesPerSecond), None);
     }
-    assert!(toml.contains("# flows_per_second = 3500"), "{toml}");
+    assert!(toml.contains("# conversations_per_second = 3500"), "{toml}");
     assert!(toml.contains("# udp_pps = 100000"), "{toml}");
     // No capture on, no collector on: nothing listens.
     assert!(!config.xdp.enabled);
@@ -205,7 +205,7 @@ fn thresholds_directions_hostgroups_and_ban_settings() {
     for (kind, v) in [
         (RateKind::Pps, 50000.0),
         (RateKind::BytesPerSecond, 900.0 * 125_000.0),
-        (RateKind::FlowsPerSecond, 2000.0),
+        (RateKind::ConversationsPerSecond, 2000.0),
         (RateKind::TcpPps, 40000.0),
         (RateKind::UdpPps, 30000.0),
         (RateKind::IcmpPps, 1000.0),
@@ -232,6 +232,13 @@ fn thresholds_directions_hostgroups_and_ban_settings() {
     assert_eq!(rate(&web.incoming, RateKind::UdpPps), Some(90000.0));
     assert_eq!(rate(&web.incoming, RateKind::Pps), Some(OUT_OF_REACH));
     assert_eq!(rate(&web.incoming, RateKind::TcpPps), Some(OUT_OF_REACH));
+    // threshold_flows is FastNetMon's conversations: on globally, off in the group.
+    assert_eq!(
+        rate(&web.incoming, RateKind::ConversationsPerSecond),
+        Some(OUT_OF_REACH)
+    );
+    assert_eq!(rate(&web.incoming, RateKind::FlowsPerSecond), None);
+    assert_eq!(rate(i, RateKind::FlowsPerSecond), None);
     let vip = config.hostgroup.iter().find(|g| g.name == "vip").unwrap();
     assert!(vip.report_only, "vip_enable_ban = off");
     assert_eq!(vip.networks.len(), 2);

@@ -32,7 +32,7 @@ const RATES: [Rate; 9] = [
     Rate {
         switch: "ban_for_flows",
         threshold: "threshold_flows",
-        fnm: "flows_per_second",
+        fnm: "conversations_per_second",
     },
     Rate {
         switch: "ban_for_tcp_pps",
@@ -142,7 +142,7 @@ impl Converter<'_> {
                 self.shown(&switch, "off")
             );
             let mut note = shown.clone();
-            if r.fnm == "flows_per_second" {
+            if r.fnm == "conversations_per_second" {
                 if !conntrack {
                     note.push_str(
                         "; enable_connection_tracking = off, so FastNetMon never counted flows \
