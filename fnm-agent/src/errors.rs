@@ -10,6 +10,17 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     join(std::iter::successors(Some(err), |e| e.source()).map(|e| e.to_string()))
 }
 
+/// [`one_line`] for an error that may borrow (not `'static`).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut messages = vec![err.to_string()];
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        messages.push(c.to_string());
+        cause = c.source();
+    }
+    join(messages)
+}
+
 /// Joins messages with `: `, leaving out one the line already holds, and empty ones.
 pub fn join(messages: impl IntoIterator<Item = String>) -> String {
     let mut line = String::new();

@@ -13,7 +13,9 @@
 
 mod common;
 
-use common::{clickhouse::ClickHouse, loopback_agent::LoopbackAgent, netflow::netflow_v5};
+use common::{
+    clickhouse::ClickHouse, loopback_agent::LoopbackAgent, netflow::netflow_v5, wait_until,
+};
 use std::{
     net::{Ipv4Addr, UdpSocket},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -57,19 +59,6 @@ fn config(netflow: u16, clickhouse: &str, extra: &str) -> String {
          [export]\nagent_id = \"site-a\"\nattack_update_interval = \"1s\"\n{extra}\n\
          [export.clickhouse]\nurl = \"{clickhouse}\"\nflush_interval = \"300ms\"\n"
     )
-}
-
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut ok: impl FnMut() -> bool,
-    log: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}; log:\n{}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The `sql` blocks of docs/clickhouse/README.md, in order.

@@ -16,7 +16,7 @@ use common::{
     agent::AgentProcess,
     kafka::{Broker, PARTITIONS, TOPICS},
     netns::NetnsPair,
-    require_root,
+    require_root, wait_until,
 };
 use rdkafka::{
     config::ClientConfig,
@@ -135,19 +135,6 @@ fn script(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nexit 0\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     script
-}
-
-fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut ok: impl FnMut() -> bool,
-    log: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "{what}; agent log:\n{}", log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn export_status(agent: &AgentProcess) -> serde_json::Value {

@@ -129,29 +129,11 @@ impl Budget {
     }
 }
 
-/// Passes an already uniform 64-bit hash through.
-#[derive(Debug, Default, Clone, Copy)]
-struct Identity(u64);
-
-impl std::hash::Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 /// The conversations of one host direction seen in the rate window, sampled when many.
 #[derive(Debug)]
 pub struct Conversations {
     /// Conversation hash → sequence number of the slot it was last seen in.
-    seen: HashMap<u64, u32, BuildHasherDefault<Identity>>,
+    seen: HashMap<u64, u32, BuildHasherDefault<super::PreHashed>>,
     /// Sequence number of the open slot.
     seq: u32,
     /// Kept are the conversations whose hash has its top `level` bits clear.

@@ -417,7 +417,7 @@ impl Host {
 
 /// Hasher for keys that already are uniformly distributed 64-bit hashes: passes them through.
 #[derive(Debug, Default, Clone, Copy)]
-struct PreHashed(u64);
+pub(crate) struct PreHashed(u64);
 
 impl Hasher for PreHashed {
     fn finish(&self) -> u64 {

@@ -95,7 +95,13 @@ impl Webhook {
             .json(&body)
             .send()
             .await
-            .map_err(|e| ActionError::Peer(format!("webhook {}: {}", self.url, error_chain(&e))))?;
+            .map_err(|e| {
+                ActionError::Peer(format!(
+                    "webhook {}: {}",
+                    self.url,
+                    crate::errors::chain(&e)
+                ))
+            })?;
         let status = answer.status();
         if status.is_success() {
             Ok(())
@@ -106,21 +112,6 @@ impl Webhook {
             )))
         }
     }
-}
-
-/// An error with its causes, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
 }
 
 #[async_trait::async_trait]

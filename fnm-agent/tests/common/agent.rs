@@ -258,17 +258,7 @@ impl AgentProcess {
 
     fn terminate(&mut self, signal: i32) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, signal) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            super::stop_child(&mut child, signal, Duration::from_secs(10));
         }
     }
 }

@@ -107,17 +107,7 @@ impl ClickHouse {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // SAFETY: signalling our own, not yet reaped, child by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        super::stop_child(&mut child, libc::SIGTERM, Duration::from_secs(20));
     }
 
     /// Its log so far.

@@ -12,6 +12,40 @@ pub fn require_root(what: &str) {
         "\n\n*** {what} needs root (BPF, XDP, network namespaces). Run `cargo xtask test` as root. ***\n"
     );
 }
+/// Sends `signal` to `child` (the test's own, not yet reaped) and waits up to `grace` for it
+/// to exit; kills it after that.
+pub fn stop_child(child: &mut std::process::Child, signal: i32, grace: std::time::Duration) {
+    // SAFETY: signalling our own, not yet reaped, child by pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Polls `ok` every 100 ms until it holds; after `timeout` fails with `what` and `log()`.
+pub fn wait_until(
+    what: &str,
+    timeout: std::time::Duration,
+    mut ok: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 pub mod agent;
 pub mod bpffs;
 pub mod bpftool;

@@ -122,12 +122,12 @@ impl Client {
             let response = request
                 .send()
                 .await
-                .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
+                .map_err(|e| Failure::Unreachable(crate::errors::chain(&e)))?;
             let status = response.status();
             let text = response
                 .text()
                 .await
-                .map_err(|e| Failure::Unreachable(error_chain(&e)))?;
+                .map_err(|e| Failure::Unreachable(crate::errors::chain(&e)))?;
             if status.is_success() {
                 Ok(text)
             } else {
@@ -150,17 +150,6 @@ pub fn classify(status: u16, text: String) -> Failure {
         _ if status == 503 || status == 429 => Failure::Busy(text),
         _ => Failure::Refused(text),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
