@@ -178,6 +178,20 @@ impl DenseLayout {
         })
     }
 
+    /// The dense ranges, sorted: (first slot, end slot, first address of the network).
+    pub fn ranges(&self) -> Vec<(u32, u32, u32)> {
+        let mut out: Vec<(u32, u32, u32)> = self
+            .nets
+            .iter()
+            .filter_map(|n| {
+                let base = n.base?;
+                Some((base, base + (2 * n.addresses()) as u32, n.addr))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// True when `prefix` is one of the IPv4 networks and has dense slots.
     pub fn is_dense(&self, prefix: &Prefix) -> bool {
         prefix.addr().is_ipv4() && self.trie_value(prefix).slot_base != local16::NO_SLOTS
