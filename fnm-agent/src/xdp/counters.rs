@@ -60,8 +60,13 @@ const GAP: u32 = 32;
 
 /// Remembers the last kernel value of every host to compute deltas.
 pub(super) struct Poller {
-    /// Hosts of the hash tables (forgotten when removed from the kernel as idle).
-    last: HashMap<HostKey, Seen, ahash::RandomState>,
+    /// Hosts of the hash tables with their last values, in the order the last poll read them
+    /// (forgotten when removed from the kernel as idle, or evicted by it).
+    last: Vec<(HostKey, Seen)>,
+    /// The next poll's `last`, kept for its allocation.
+    next: Vec<(HostKey, Seen)>,
+    /// Position of each host in `last`, built when a host is not where it was.
+    index: HashMap<HostKey, usize, ahash::RandomState>,
     /// Dense slots ever touched (kept: a slot's counters are never reset).
     dense: DenseSeen,
     /// Deltas taken when the networks changed ([`Poller::settle`]), handed over by the next
@@ -95,7 +100,9 @@ impl Default for Poller {
     fn default() -> Self {
         let cpus = aya::util::nr_cpus().unwrap_or(1);
         Self {
-            last: HashMap::default(),
+            last: Vec::new(),
+            next: Vec::new(),
+            index: HashMap::default(),
             dense: DenseSeen::default(),
             pending: Vec::new(),
             now_ms: 0,
@@ -170,44 +177,65 @@ impl Poller {
             std::mem::take(&mut self.bufs.idle_v6),
         );
         let stamp = self.polls;
-        let mut read = 0usize;
+        // The previous poll's hosts in the order the kernel handed them out: a table that did
+        // not change hands them out in the same order again, so each host's last value is the
+        // next one along, found without hashing; a host out of place is looked up in an index
+        // built only then. Hosts not read again (evicted from the LRU tables) drop out.
+        let last = &mut self.last;
+        let mut next = std::mem::take(&mut self.next);
+        next.clear();
+        let index = &mut self.index;
+        let mut indexed = false;
+        let mut cursor = 0usize;
         for (key, sum) in &current {
-            let dir = direction_of(key);
-            let seen = self.last.entry(*key).or_insert(Seen {
-                changed_ms: now_ms,
-                ..Seen::default()
-            });
-            if seen.stamp == stamp {
-                // Read twice in one walk (moved buckets while the table changed): once.
-                continue;
-            }
-            read += 1;
+            let found = if cursor < last.len() && last[cursor].0 == *key {
+                cursor += 1;
+                Some(cursor - 1)
+            } else {
+                if !indexed {
+                    index.clear();
+                    index.extend(last.iter().enumerate().map(|(i, (k, _))| (*k, i)));
+                    indexed = true;
+                }
+                index.get(key).map(|&p| {
+                    cursor = p + 1;
+                    p
+                })
+            };
+            let mut seen = match found {
+                // Read twice in one walk (never seen, but then only once): skip it.
+                Some(p) if last[p].1.stamp == stamp => continue,
+                Some(p) => {
+                    let seen = last[p].1;
+                    last[p].1.stamp = stamp;
+                    seen
+                }
+                None => Seen {
+                    changed_ms: now_ms,
+                    ..Seen::default()
+                },
+            };
             let delta = delta(&seen.counters, sum);
             if has_packets(&delta) {
-                accounting.add_host_counters(from16(key.addr), dir, &delta);
+                accounting.add_host_counters(from16(key.addr), direction_of(key), &delta);
                 seen.changed_ms = now_ms;
             } else if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
+                // The host gets a fresh entry (from zero) if it sends again; deltas handle
+                // that.
                 match as_v4(key) {
                     Some(k) => idle_v4.push(k),
                     None => idle_v6.push(*key),
                 }
+                continue;
             }
             seen.counters = *sum;
             seen.stamp = stamp;
+            next.push((*key, seen));
         }
-        // The host gets a fresh entry (from zero) if it sends again; deltas handle that.
         self.remove_idle(maps, &idle_v4, &idle_v6);
-        for k in &idle_v4 {
-            self.last.remove(&from_v4(*k));
-        }
-        for k in &idle_v6 {
-            self.last.remove(k);
-        }
-        let kept = read - idle_v4.len() - idle_v6.len();
-        if self.last.len() != kept {
-            // Hosts the kernel no longer has (evicted from its LRU tables).
-            self.last.retain(|_, seen| seen.stamp == stamp);
-        }
+        let kept = next.len();
+        std::mem::swap(&mut self.last, &mut next);
+        self.next = next;
         current.clear();
         idle_v4.clear();
         idle_v6.clear();
