@@ -400,6 +400,32 @@ mod tests {
     }
 
     #[test]
+    fn ranges_are_sorted_and_map_back_to_their_hosts() {
+        let l = DenseLayout::new(
+            &nets(&["192.0.2.0/24", "10.10.0.0/16", "10.9.0.0/16"]),
+            65_792,
+        );
+        let r = l.ranges();
+        // The second /16 did not fit: two ranges, by slot.
+        assert_eq!(
+            r,
+            vec![
+                (0, 512, u32::from(Ipv4Addr::new(192, 0, 2, 0))),
+                (512, 512 + 131_072, u32::from(Ipv4Addr::new(10, 10, 0, 0))),
+            ]
+        );
+        for &(base, end, first) in &r {
+            for slot in [base, base + 1, end - 1] {
+                let offset = slot - base;
+                assert_eq!(
+                    l.host_of(slot),
+                    Some((Ipv4Addr::from(first + (offset >> 1)), (offset & 1) as u8))
+                );
+            }
+        }
+    }
+
+    #[test]
     fn nothing_dense_when_the_budget_is_zero() {
         let l = DenseLayout::new(&nets(&["10.10.0.0/16"]), 0);
         assert_eq!(l.slots(), 0);
