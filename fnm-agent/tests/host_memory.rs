@@ -5,6 +5,8 @@
 //! Its own test binary, so nothing else runs in the process while it measures.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use fnm_agent::{
     accounting::{Accounting, Direction, HostLimits},
     prefix::PrefixSet,
@@ -63,4 +65,143 @@ fn bytes_per_tracked_host_stay_under_the_documented_cost() {
     println!("{HOSTS} hosts: {one_way} bytes/host seen one way, {both} bytes/host both ways");
     assert!(one_way <= ONE_WAY_BOUND, "{one_way} bytes/host one way");
     assert!(both <= BOTH_WAYS_BOUND, "{both} bytes/host both ways");
+}
+
+/// Resident memory of process `pid` (`VmRSS`), in bytes.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// NetFlow v5 datagram `seq` of 30 one-packet UDP flows to hosts `first..first + 30` of
+/// 10.0.0.0/12, each from its own remote source and port (one new 5-tuple per record).
+fn netflow_hosts(seq: u32, first: u32, uptime_ms: u32) -> Vec<u8> {
+    let mut d = Vec::with_capacity(24 + 30 * 48);
+    d.extend_from_slice(&5u16.to_be_bytes());
+    d.extend_from_slice(&30u16.to_be_bytes());
+    d.extend_from_slice(&uptime_ms.to_be_bytes());
+    d.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    d.extend_from_slice(&0u32.to_be_bytes());
+    d.extend_from_slice(&(seq * 30).to_be_bytes());
+    d.extend_from_slice(&[0, 0, 0, 0]);
+    for i in 0..30 {
+        let n = first + i;
+        d.extend_from_slice(&[198, 51, 100, (n % 251) as u8]);
+        d.extend_from_slice(&local(n).octets());
+        d.extend_from_slice(&[0; 4]);
+        d.extend_from_slice(&[0, 1, 0, 2]);
+        d.extend_from_slice(&1u32.to_be_bytes());
+        d.extend_from_slice(&100u32.to_be_bytes());
+        d.extend_from_slice(&(uptime_ms - 1000).to_be_bytes());
+        d.extend_from_slice(&uptime_ms.to_be_bytes());
+        d.extend_from_slice(&((1024 + n % 60_000) as u16).to_be_bytes());
+        d.extend_from_slice(&53u16.to_be_bytes());
+        d.extend_from_slice(&[0, 0, 17, 0]);
+        d.extend_from_slice(&[0; 8]);
+    }
+    d
+}
+
+/// Sends one flow to each of `hosts` hosts to `to`, paced at `per_sec` datagrams a second.
+fn feed(to: std::net::SocketAddr, hosts: u32, per_sec: u32) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+    let start = std::time::Instant::now();
+    let started_ms = 3_600_000u32;
+    for (seq, first) in (0..hosts).step_by(30).enumerate() {
+        let due = std::time::Duration::from_secs_f64(seq as f64 / per_sec as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let uptime = started_ms + start.elapsed().as_millis() as u32;
+        s.send_to(&netflow_hosts(seq as u32, first, uptime), to)
+            .expect("send NetFlow");
+    }
+}
+
+/// Issue 17, target 3: resident memory for a million hosts learnt from flows, the real agent
+/// beside FastNetMon 1.2.4 (Debian's, its `networks_list` covering the same /12), both fed
+/// the same NetFlow v5 datagrams on 127.0.0.1 in the same run. Needs the package `fastnetmon`.
+///
+/// ```text
+/// cargo test --release -p fnm-agent --test host_memory -- --ignored --nocapture
+/// ```
+/// `FNM_MEMORY_HOSTS` changes the number of hosts (default 1,000,000).
+#[test]
+#[ignore = "benchmark: run with --release -- --ignored --nocapture (needs fastnetmon)"]
+fn resident_memory_at_a_million_hosts_against_fastnetmon() {
+    let hosts: u32 = std::env::var("FNM_MEMORY_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fnm_dir = dir.path().join("fnm");
+    let fast_dir = dir.path().join("fastnetmon");
+    std::fs::create_dir_all(&fnm_dir).unwrap();
+    std::fs::create_dir_all(&fast_dir).unwrap();
+    let fnm_port = common::flood::free_udp_port();
+    let agent = common::loopback_agent::LoopbackAgent::start(
+        &fnm_dir,
+        &format!(
+            "networks = [\"10.0.0.0/12\"]\n[xdp]\nenabled = false\n\
+             [sflow]\nlisten = []\n[netflow]\nlisten = [\"127.0.0.1:{fnm_port}\"]\n\
+             [accounting]\nmax_hosts = {hosts}\nmax_hosts_per_exporter = {hosts}\n"
+        ),
+    );
+    let fast_port = common::flood::free_udp_port();
+    let fast_port_s = fast_port.to_string();
+    let script = fast_dir.join("notify.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let fast = common::flood::FastNetMon::start_with(
+        &fast_dir,
+        &["10.0.0.0/12"],
+        1_000_000_000,
+        &script,
+        &[
+            ("netflow", "on"),
+            ("netflow_port", &fast_port_s),
+            ("netflow_host", "127.0.0.1"),
+            ("enable_ban", "off"),
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (fnm_before, fast_before) = (rss_of(agent.pid()), rss_of(fast.pid()));
+    // Paced so neither drops datagrams: 2,000 datagrams (60,000 flows) a second to each.
+    let to_fnm = std::thread::spawn(move || feed(([127, 0, 0, 1], fnm_port).into(), hosts, 2_000));
+    feed(([127, 0, 0, 1], fast_port).into(), hosts, 2_000);
+    to_fnm.join().expect("fnm feeder");
+    // A few ticks later every host is in both tables.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let tracked = agent
+        .get("/api/v1/status")
+        .ok()
+        .and_then(|s| s["hosts"].as_u64())
+        .unwrap_or(0);
+    let (fnm_after, fast_after) = (rss_of(agent.pid()), rss_of(fast.pid()));
+    let per_host = |before: u64, after: u64| after.saturating_sub(before) as f64 / hosts as f64;
+    println!(
+        "{hosts} hosts from NetFlow (fnm tracks {tracked}):\n\
+         fnm-agent:  RSS {:.1} MB -> {:.1} MB, {:.0} bytes per host\n\
+         FastNetMon: RSS {:.1} MB -> {:.1} MB, {:.0} bytes per host\n\
+         ratio fnm / FastNetMon: resident {:.2}, growth {:.2}",
+        fnm_before as f64 / 1e6,
+        fnm_after as f64 / 1e6,
+        per_host(fnm_before, fnm_after),
+        fast_before as f64 / 1e6,
+        fast_after as f64 / 1e6,
+        per_host(fast_before, fast_after),
+        fnm_after as f64 / fast_after as f64,
+        per_host(fnm_before, fnm_after) / per_host(fast_before, fast_after),
+    );
+    assert!(
+        tracked >= u64::from(hosts) * 99 / 100,
+        "fnm tracks {tracked} of {hosts} hosts:\n{}",
+        agent.log()
+    );
 }

@@ -449,6 +449,81 @@ fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
 }
 
 #[test]
+fn batched_polls_read_thousands_of_hosts_exactly_once() {
+    // More hosts than one batch call reads (4,096) in each table, dense slots in runs and
+    // apart (gaps over the 32 slots a batch reads through), and hosts going idle together.
+    let nets = ["10.10.0.0/16", "172.16.0.0/12", "2001:db8::/32"];
+    let mut dp = plane_with(&nets, 65_536, 16_384);
+    let networks: fnm_agent::prefix::PrefixSet = nets.iter().map(|s| s.parse().unwrap()).collect();
+    let mut accounting = fnm_agent::accounting::Accounting::new(networks, 65_536, 1024, 1000)
+        .with_limits(fnm_agent::accounting::HostLimits::unbudgeted(65_536));
+    let dense: Vec<IpAddr> = (0..6_000u32)
+        // 5,000 neighbours, then 1,000 addresses 37 apart.
+        .map(|i| {
+            if i < 5_000 {
+                i
+            } else {
+                5_000 + (i - 5_000) * 37
+            }
+        })
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 0, 0)) + i).into())
+        .collect();
+    let hashed: Vec<IpAddr> = (0..9_000u32)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i * 3).into())
+        .collect();
+    let v6: Vec<IpAddr> = (0..5_000u128)
+        .map(|i| Ipv6Addr::from(u128::from(local6()) + (i << 16)).into())
+        .collect();
+    let frame = |dst: IpAddr| match dst {
+        IpAddr::V4(d) => udp_to(d, 10),
+        IpAddr::V6(d) => eth(ETH_IPV6, &ipv6(remote6(), d, 17, &udp(5353, 53, 10))),
+    };
+    let all: Vec<IpAddr> = dense.iter().chain(&hashed).chain(&v6).copied().collect();
+    let send = |dp: &DataPlane, round: u64| {
+        for (i, h) in all.iter().enumerate() {
+            // Host i gets 1 + (i + round) % 3 packets this round.
+            for _ in 0..1 + (i as u64 + round) % 3 {
+                assert_eq!(dp.test_run(&frame(*h)).unwrap(), XDP_PASS);
+            }
+        }
+    };
+    let expected =
+        |rounds: u64, i: usize| -> u64 { (0..rounds).map(|r| 1 + (i as u64 + r) % 3).sum() };
+    let in_agent = |a: &fnm_agent::accounting::Accounting, h: IpAddr| {
+        a.host(h).map(|x| x.dirs[0].total.packets).unwrap_or(0)
+    };
+    let check = |a: &fnm_agent::accounting::Accounting, rounds: u64| {
+        for (i, h) in all.iter().enumerate() {
+            assert_eq!(
+                in_agent(a, *h),
+                expected(rounds, i),
+                "{h} after {rounds} rounds"
+            );
+        }
+    };
+    send(&dp, 0);
+    let stats = dp.poll(&mut accounting, 1_000, 60_000).unwrap();
+    assert_eq!(stats.kernel_hosts, all.len() as u64);
+    check(&accounting, 1);
+    dp.poll(&mut accounting, 2_000, 60_000).unwrap();
+    check(&accounting, 1);
+    send(&dp, 1);
+    dp.poll(&mut accounting, 3_000, 60_000).unwrap();
+    check(&accounting, 2);
+    // Every host idle: dense bytes cleared, hashed hosts deleted in batches.
+    dp.poll(&mut accounting, 100_000, 60_000).unwrap();
+    let stats = dp.poll(&mut accounting, 101_000, 60_000).unwrap();
+    assert_eq!(stats.kernel_hosts, 0);
+    assert_eq!(dp.maps.hosts.keys().count(), 0);
+    check(&accounting, 2);
+    // Back, without their old counts added again.
+    send(&dp, 2);
+    let stats = dp.poll(&mut accounting, 102_000, 60_000).unwrap();
+    assert_eq!(stats.kernel_hosts, all.len() as u64);
+    check(&accounting, 3);
+}
+
+#[test]
 fn a_full_host_table_evicts_idle_hosts_and_keeps_a_busy_one_exact() {
     // 256 hashed slots; a spoofed flood names 4,096 new destinations, one packet each, while a
     // victim gets every fourth packet. The victim must be counted exactly and the newest

@@ -81,6 +81,7 @@ pub fn from_config(
             // rates use the measured time).
             timeout: config.poll_interval * 2,
         });
+        sources.metrics.push(poller.metrics());
         sources.running.push(Box::new(poller));
     }
     #[cfg(not(target_os = "linux"))]

@@ -2,9 +2,10 @@
 //! request (just before each tick), turns them into an [`XdpBatch`] of per-host deltas, and
 //! mirrors the engine's watched hosts into the kernel's sampling map.
 //!
-//! It holds no engine state while it walks the maps (one system call per touched host), so
-//! flow workers and the capture thread never stall behind a poll; it takes only the data
-//! plane's leaf lock ([`crate::dataplane`]).
+//! It holds no engine state while it walks the maps (batched reads: a few thousand hosts per
+//! system call), so flow workers and the capture thread never stall behind a poll; it takes
+//! only the data plane's leaf lock ([`crate::dataplane`]). Each poll is timed in
+//! `fnm_xdp_poll_duration_seconds`.
 
 use super::Source;
 use crate::{
@@ -18,6 +19,7 @@ use crate::{
     },
     traffic::{is_tcp_syn, Source as TrafficSource, TrafficRecord},
 };
+use prometheus_client::metrics::histogram::Histogram;
 use std::{
     collections::HashSet,
     net::IpAddr,
@@ -49,9 +51,38 @@ impl Flush for PollRequest {
     }
 }
 
+/// `fnm_xdp_poll_duration_seconds`: how long each read of the kernel maps took (the map
+/// walk, the deltas and the packet samples; the rest of the tick is in
+/// `fnm_poll_duration_seconds`).
+#[derive(Debug)]
+pub struct XdpPollMetrics {
+    duration: Histogram,
+}
+
+impl Default for XdpPollMetrics {
+    fn default() -> Self {
+        Self {
+            duration: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        }
+    }
+}
+
+impl crate::metrics::MetricsSource for XdpPollMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "fnm_xdp_poll_duration_seconds",
+            "Time one poll of the XDP kernel maps took (read, deltas, packet samples)",
+            self.duration.clone(),
+        );
+    }
+}
+
 /// The running poller.
 pub struct XdpPoller {
     flush: Arc<PollRequest>,
+    metrics: Arc<XdpPollMetrics>,
     stop: crossbeam_channel::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -69,6 +100,8 @@ impl XdpPoller {
         let (ticked_tx, ticked_rx) = crossbeam_channel::bounded::<Arc<Snapshot>>(1);
         let idle_ms = config.xdp.host_idle_timeout.as_millis() as u64;
         dataplane.set_sample_one_in(config.ban.sample_one_in);
+        let metrics = Arc::new(XdpPollMetrics::default());
+        let observed = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("fnm-xdp-poll".into())
             .spawn(move || {
@@ -87,7 +120,9 @@ impl XdpPoller {
                         recv(stop_rx) -> _ => return,
                     }
                     let now_ms = started.elapsed().as_millis() as u64;
+                    let took = Instant::now();
                     let batch = poll(&dataplane, now_ms, idle_ms);
+                    observed.duration.observe(took.elapsed().as_secs_f64());
                     if let Some(b) = batch {
                         input.send(TrafficSource::Xdp, Batch::Xdp(Box::new(b)));
                     }
@@ -100,9 +135,15 @@ impl XdpPoller {
                 done: done_rx,
                 ticked: ticked_tx,
             }),
+            metrics,
             stop: stop_tx,
             thread: Some(thread),
         })
+    }
+
+    /// `fnm_xdp_poll_duration_seconds`, for `/metrics`.
+    pub fn metrics(&self) -> Arc<XdpPollMetrics> {
+        self.metrics.clone()
     }
 
     /// What the engine calls before each tick.

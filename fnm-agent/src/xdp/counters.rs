@@ -1,33 +1,135 @@
 //! Reads the kernel's per-CPU counters and turns them into accounting deltas.
 
-use super::{maps::map_err, KernelMaps, XdpError};
+use super::{
+    batch::{self, PerCpuBatch},
+    hosts::{as_v4, from_v4},
+    maps::map_err,
+    KernelMaps, XdpError,
+};
 use crate::{
     accounting::{from16, CounterSink, Direction},
     traffic::Source,
 };
-use fnm_common::{direction, map_names, proto, stat, HostCounters, HostKey, XdpHostCounters};
+use fnm_common::{
+    direction, map_names, proto, stat, HostCounters, HostKey, HostKeyV4, XdpHostCounters,
+};
 use std::collections::HashMap;
 
 pub use crate::engine::snapshot::XdpStatus as XdpStats;
 
-#[derive(Debug, Clone)]
+/// The last kernel value of one host (or dense slot) and when it last changed.
+#[derive(Debug, Clone, Copy, Default)]
 struct Seen {
     counters: XdpHostCounters,
     changed_ms: u64,
+    /// The poll that last read it (0: never read).
+    stamp: u64,
 }
 
-/// Remembers the last kernel value of every host to compute deltas.
+/// Dense slots per page of [`DenseSeen`].
+const PAGE: usize = 256;
+
+/// The last values of the dense slots, in pages allocated when one of their slots is first
+/// read: no hashing per slot, and no memory for the slots of a large layout nobody uses.
 #[derive(Debug, Default)]
+struct DenseSeen {
+    pages: Vec<Option<Box<[Seen; PAGE]>>>,
+}
+
+impl DenseSeen {
+    /// The entry of `slot`, allocated (never read: stamp 0) if its page did not exist.
+    fn entry(&mut self, slot: u32) -> &mut Seen {
+        let (page, i) = (slot as usize / PAGE, slot as usize % PAGE);
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        &mut self.pages[page].get_or_insert_with(|| Box::new([Seen::default(); PAGE]))[i]
+    }
+
+    /// The entry of `slot` if it was ever read.
+    fn get(&self, slot: u32) -> Option<&Seen> {
+        let (page, i) = (slot as usize / PAGE, slot as usize % PAGE);
+        let seen = &self.pages.get(page)?.as_ref()?[i];
+        (seen.stamp != 0).then_some(seen)
+    }
+}
+
+/// Largest run of untouched slots read anyway to keep one batch going: copying a slot
+/// (120 bytes per CPU) costs far less than another system call.
+const GAP: u32 = 32;
+
+/// Remembers the last kernel value of every host to compute deltas.
 pub(super) struct Poller {
-    /// Hosts of the hash tables (forgotten when removed from the kernel as idle).
-    last: HashMap<HostKey, Seen>,
+    /// Hosts of the hash tables with their last values, in the order the last poll read them
+    /// (forgotten when removed from the kernel as idle, or evicted by it).
+    last: Vec<(HostKey, Seen)>,
+    /// The next poll's `last`, kept for its allocation.
+    next: Vec<(HostKey, Seen)>,
+    /// Position of each host in `last`, built when a host is not where it was.
+    index: HashMap<HostKey, usize, ahash::RandomState>,
     /// Dense slots ever touched (kept: a slot's counters are never reset).
-    dense: HashMap<u32, Seen>,
+    dense: DenseSeen,
     /// Deltas taken when the networks changed ([`Poller::settle`]), handed over by the next
     /// poll.
     pending: Vec<(std::net::IpAddr, Direction, XdpHostCounters)>,
     /// The time of the last poll.
     now_ms: u64,
+    /// Polls so far (the stamp of the hosts read by the current one).
+    polls: u64,
+    /// Batched reads work on this kernel (cleared at the first refusal: one key at a time).
+    batched: bool,
+    /// Buffers reused from poll to poll.
+    bufs: Buffers,
+}
+
+/// What a poll reads into, kept between polls so a poll allocates nothing once they grew.
+struct Buffers {
+    slots: Vec<u32>,
+    dense: PerCpuBatch<u32>,
+    v4: PerCpuBatch<HostKeyV4>,
+    v6: PerCpuBatch<HostKey>,
+    /// Hash-table hosts read by this poll, summed over the CPUs.
+    current: Vec<(HostKey, XdpHostCounters)>,
+    /// Dense slots read by this poll, with their host, summed over the CPUs.
+    dense_read: Vec<(u32, HostKey, XdpHostCounters)>,
+    idle_v4: Vec<HostKeyV4>,
+    idle_v6: Vec<HostKey>,
+}
+
+impl Default for Poller {
+    fn default() -> Self {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        Self {
+            last: Vec::new(),
+            next: Vec::new(),
+            index: HashMap::default(),
+            dense: DenseSeen::default(),
+            pending: Vec::new(),
+            now_ms: 0,
+            polls: 0,
+            batched: true,
+            bufs: Buffers {
+                slots: Vec::new(),
+                dense: PerCpuBatch::new(cpus),
+                v4: PerCpuBatch::new(cpus),
+                v6: PerCpuBatch::new(cpus),
+                current: Vec::new(),
+                dense_read: Vec::new(),
+                idle_v4: Vec::new(),
+                idle_v6: Vec::new(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field("hosts", &self.last.len())
+            .field("polls", &self.polls)
+            .field("batched", &self.batched)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where [`Poller::settle`] puts the deltas it takes.
@@ -45,6 +147,15 @@ impl CounterSink for Pending<'_> {
     fn set_total(&mut self, _: crate::traffic::Source, _: usize, _: usize, _: u64, _: u64) {}
 }
 
+/// True when the kernel refused a batched map operation as unknown (before Linux 5.6) or
+/// unsupported for the map.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(524)
+    )
+}
+
 impl Poller {
     pub(super) fn poll(
         &mut self,
@@ -54,11 +165,138 @@ impl Poller {
         idle_ms: u64,
     ) -> Result<XdpStats, XdpError> {
         self.now_ms = now_ms;
+        self.polls += 1;
         for (host, dir, delta) in self.pending.drain(..) {
             accounting.add_host_counters(host, dir, &delta);
         }
         let active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
-        let mut current: Vec<(HostKey, XdpHostCounters)> = Vec::new();
+        self.read_hashed(maps)?;
+        let mut current = std::mem::take(&mut self.bufs.current);
+        let (mut idle_v4, mut idle_v6) = (
+            std::mem::take(&mut self.bufs.idle_v4),
+            std::mem::take(&mut self.bufs.idle_v6),
+        );
+        let stamp = self.polls;
+        // The previous poll's hosts in the order the kernel handed them out: a table that did
+        // not change hands them out in the same order again, so each host's last value is the
+        // next one along, found without hashing; a host out of place is looked up in an index
+        // built only then. Hosts not read again (evicted from the LRU tables) drop out.
+        let last = &mut self.last;
+        let mut next = std::mem::take(&mut self.next);
+        next.clear();
+        let index = &mut self.index;
+        let mut indexed = false;
+        let mut cursor = 0usize;
+        for (key, sum) in &current {
+            let found = if cursor < last.len() && last[cursor].0 == *key {
+                cursor += 1;
+                Some(cursor - 1)
+            } else {
+                if !indexed {
+                    index.clear();
+                    index.extend(last.iter().enumerate().map(|(i, (k, _))| (*k, i)));
+                    indexed = true;
+                }
+                index.get(key).map(|&p| {
+                    cursor = p + 1;
+                    p
+                })
+            };
+            let mut seen = match found {
+                // Read twice in one walk (never seen, but then only once): skip it.
+                Some(p) if last[p].1.stamp == stamp => continue,
+                Some(p) => {
+                    let seen = last[p].1;
+                    last[p].1.stamp = stamp;
+                    seen
+                }
+                None => Seen {
+                    changed_ms: now_ms,
+                    ..Seen::default()
+                },
+            };
+            let delta = delta(&seen.counters, sum);
+            if has_packets(&delta) {
+                accounting.add_host_counters(from16(key.addr), direction_of(key), &delta);
+                seen.changed_ms = now_ms;
+            } else if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
+                // The host gets a fresh entry (from zero) if it sends again; deltas handle
+                // that.
+                match as_v4(key) {
+                    Some(k) => idle_v4.push(k),
+                    None => idle_v6.push(*key),
+                }
+                continue;
+            }
+            seen.counters = *sum;
+            seen.stamp = stamp;
+            next.push((*key, seen));
+        }
+        self.remove_idle(maps, &idle_v4, &idle_v6);
+        let kept = next.len();
+        std::mem::swap(&mut self.last, &mut next);
+        self.next = next;
+        current.clear();
+        idle_v4.clear();
+        idle_v6.clear();
+        self.bufs.current = current;
+        self.bufs.idle_v4 = idle_v4;
+        self.bufs.idle_v6 = idle_v6;
+
+        let stats = maps.stats_sum();
+        let stat = |i: u32| stats.get(i as usize).copied().unwrap_or(0);
+        for dir in 0..direction::COUNT as u8 {
+            for class in 0..proto::COUNT {
+                let packets = stat(stat::total_index(dir, class, false));
+                let bytes = stat(stat::total_index(dir, class, true));
+                accounting.set_total(Source::Xdp, dir as usize, class, packets, bytes);
+            }
+        }
+        Ok(XdpStats {
+            frames: stat(stat::FRAMES),
+            non_ip: stat(stat::NON_IP),
+            malformed: stat(stat::MALFORMED),
+            dropped_src_packets: stat(stat::DROP_SRC_PACKETS),
+            dropped_src_bytes: stat(stat::DROP_SRC_BYTES),
+            dropped_dst_packets: stat(stat::DROP_DST_PACKETS),
+            dropped_dst_bytes: stat(stat::DROP_DST_BYTES),
+            dropped_rule_packets: stat(stat::DROP_RULE_PACKETS),
+            dropped_rule_bytes: stat(stat::DROP_RULE_BYTES),
+            whitelist_passed: stat(stat::WHITELIST_PASSED),
+            source_whitelisted_packets: stat(stat::SOURCE_WHITELISTED_PACKETS),
+            source_whitelisted_bytes: stat(stat::SOURCE_WHITELISTED_BYTES),
+            host_table_full: stat(stat::HOST_TABLE_FULL),
+            samples_lost: stat(stat::SAMPLES_LOST),
+            kernel_hosts: kept as u64 + active_dense,
+        })
+    }
+
+    /// Reads every entry of the two hash tables into `bufs.current`, summed over the CPUs:
+    /// a few thousand entries per system call, or two calls per entry on a kernel without
+    /// batched reads.
+    fn read_hashed(&mut self, maps: &KernelMaps) -> Result<(), XdpError> {
+        self.bufs.current.clear();
+        if self.batched {
+            let bufs = &mut self.bufs;
+            let v4 = read_table(maps.hosts.v4_fd(), &mut bufs.v4, &mut bufs.current, from_v4);
+            let result = v4.and_then(|()| {
+                read_table(maps.hosts.v6_fd(), &mut bufs.v6, &mut bufs.current, |k| k)
+            });
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if unsupported(&e) => {
+                    tracing::info!("batched XDP map reads refused ({e}); reading key by key");
+                    self.batched = false;
+                    self.bufs.current.clear();
+                }
+                Err(e) => {
+                    return Err(XdpError::Map {
+                        map: map_names::HOSTS,
+                        message: format!("batched read: {e}"),
+                    })
+                }
+            }
+        }
         for item in maps.hosts.iter_hashed() {
             let (key, values) = match item {
                 Ok(kv) => kv,
@@ -70,56 +308,29 @@ impl Poller {
             for v in values.iter() {
                 sum.accumulate(v);
             }
-            current.push((key, sum));
+            self.bufs.current.push((key, sum));
         }
-        let mut idle = Vec::new();
-        for (key, sum) in &current {
-            let dir = direction_of(key);
-            let seen = self.last.entry(*key).or_insert(Seen {
-                counters: XdpHostCounters::default(),
-                changed_ms: now_ms,
-            });
-            let delta = delta(&seen.counters, sum);
-            if has_packets(&delta) {
-                accounting.add_host_counters(from16(key.addr), dir, &delta);
-                seen.changed_ms = now_ms;
-            } else if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
-                idle.push(*key);
-            }
-            seen.counters = *sum;
-        }
-        for key in idle {
-            // The host gets a fresh entry (from zero) if it sends again; deltas handle that.
-            let _ = maps.hosts.remove(&key);
-            self.last.remove(&key);
-        }
-        let present: std::collections::HashSet<HostKey> = current.iter().map(|(k, _)| *k).collect();
-        self.last.retain(|k, _| present.contains(k));
+        Ok(())
+    }
 
-        for dir in 0..direction::COUNT as u8 {
-            for class in 0..proto::COUNT {
-                let packets = maps.stat(stat::total_index(dir, class, false));
-                let bytes = maps.stat(stat::total_index(dir, class, true));
-                accounting.set_total(Source::Xdp, dir as usize, class, packets, bytes);
+    /// Removes idle hosts from the hash tables (a batched delete each, or one call per key).
+    fn remove_idle(&mut self, maps: &mut KernelMaps, v4: &[HostKeyV4], v6: &[HostKey]) {
+        if self.batched {
+            let r4 = batch::delete(maps.hosts.v4_fd(), v4);
+            let r6 = batch::delete(maps.hosts.v6_fd(), v6);
+            match (r4, r6) {
+                (Ok(_), Ok(_)) => return,
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!("batched delete of idle XDP hosts: {e}; key by key");
+                }
             }
         }
-        Ok(XdpStats {
-            frames: maps.stat(stat::FRAMES),
-            non_ip: maps.stat(stat::NON_IP),
-            malformed: maps.stat(stat::MALFORMED),
-            dropped_src_packets: maps.stat(stat::DROP_SRC_PACKETS),
-            dropped_src_bytes: maps.stat(stat::DROP_SRC_BYTES),
-            dropped_dst_packets: maps.stat(stat::DROP_DST_PACKETS),
-            dropped_dst_bytes: maps.stat(stat::DROP_DST_BYTES),
-            dropped_rule_packets: maps.stat(stat::DROP_RULE_PACKETS),
-            dropped_rule_bytes: maps.stat(stat::DROP_RULE_BYTES),
-            whitelist_passed: maps.stat(stat::WHITELIST_PASSED),
-            source_whitelisted_packets: maps.stat(stat::SOURCE_WHITELISTED_PACKETS),
-            source_whitelisted_bytes: maps.stat(stat::SOURCE_WHITELISTED_BYTES),
-            host_table_full: maps.stat(stat::HOST_TABLE_FULL),
-            samples_lost: maps.stat(stat::SAMPLES_LOST),
-            kernel_hosts: current.len() as u64 + active_dense,
-        })
+        for k in v4 {
+            let _ = maps.hosts.remove(&from_v4(*k));
+        }
+        for k in v6 {
+            let _ = maps.hosts.remove(k);
+        }
     }
 
     /// Takes the deltas of every touched dense slot under the layout in force (before the
@@ -137,6 +348,7 @@ impl Poller {
     /// a slot handed out later starts from that value.
     pub(super) fn absorb_unowned(&mut self, maps: &KernelMaps) -> Result<(), XdpError> {
         let err = map_err(map_names::HOSTS_DENSE_V4);
+        let stamp = self.polls.max(1);
         for slot in maps.hosts.touched_slots() {
             if maps.hosts.layout.host_of(slot).is_some() {
                 continue;
@@ -144,19 +356,19 @@ impl Poller {
             // Cleared first: a packet counted after the read sets it again.
             maps.hosts.clear_touched(slot);
             let counters = maps.hosts.dense_slot_raw(slot).map_err(&err)?;
-            self.dense.insert(
-                slot,
-                Seen {
-                    counters,
-                    changed_ms: self.now_ms,
-                },
-            );
+            *self.dense.entry(slot) = Seen {
+                counters,
+                changed_ms: self.now_ms,
+                stamp,
+            };
         }
         Ok(())
     }
 
-    /// Reads the dense slots whose touched byte is set; clears the bytes of slots idle for
-    /// `idle_ms` so they cost nothing until their next packet. Returns the active slots.
+    /// Reads the dense slots whose touched byte is set (in batches of neighbouring slots);
+    /// clears the bytes of slots idle for `idle_ms` first, so they cost nothing until their
+    /// next packet (a packet counted before the clear is in the read, one after it sets the
+    /// byte again). Returns the active slots.
     fn poll_dense(
         &mut self,
         maps: &mut KernelMaps,
@@ -164,38 +376,146 @@ impl Poller {
         now_ms: u64,
         idle_ms: u64,
     ) -> Result<u64, XdpError> {
-        let err = map_err(map_names::HOSTS_DENSE_V4);
-        let mut active = 0;
-        for slot in maps.hosts.touched_slots() {
-            let Some((key, mut sum)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? else {
-                continue;
-            };
-            let seen = self.dense.entry(slot).or_insert(Seen {
-                counters: XdpHostCounters::default(),
-                changed_ms: now_ms,
-            });
-            let mut delta = delta(&seen.counters, &sum);
-            if !has_packets(&delta)
-                && now_ms.saturating_sub(seen.changed_ms) >= idle_ms
-                && maps.hosts.clear_touched(slot)
-            {
-                // Idle: no reads until its next packet. One more read catches a packet counted
-                // just before the clear.
-                if let Some((_, again)) = maps.hosts.dense_slot_sum(slot).map_err(&err)? {
-                    delta = super::counters::delta(&seen.counters, &again);
-                    sum = again;
+        let mut slots = std::mem::take(&mut self.bufs.slots);
+        maps.hosts.touched_slots_into(&mut slots);
+        // Only the slots a network owns (sorted, as the ranges are).
+        let ranges = maps.hosts.layout.ranges();
+        let mut owned = 0;
+        let mut r = 0;
+        for i in 0..slots.len() {
+            let slot = slots[i];
+            while r < ranges.len() && ranges[r].1 <= slot {
+                r += 1;
+            }
+            if r < ranges.len() && ranges[r].0 <= slot {
+                slots[owned] = slot;
+                owned += 1;
+            }
+        }
+        slots.truncate(owned);
+        for &slot in &slots {
+            if let Some(seen) = self.dense.get(slot) {
+                if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
+                    maps.hosts.clear_touched(slot);
                 }
             }
+        }
+        let read = self.read_dense(maps, &slots, &ranges);
+        self.bufs.slots = slots;
+        read?;
+        let mut active = 0;
+        let stamp = self.polls.max(1);
+        for (slot, key, sum) in &self.bufs.dense_read {
+            let seen = self.dense.entry(*slot);
+            if seen.stamp == 0 {
+                seen.changed_ms = now_ms;
+            }
+            let delta = delta(&seen.counters, sum);
             if has_packets(&delta) {
-                accounting.add_host_counters(from16(key.addr), direction_of(&key), &delta);
+                accounting.add_host_counters(from16(key.addr), direction_of(key), &delta);
                 seen.changed_ms = now_ms;
                 active += 1;
             } else if now_ms.saturating_sub(seen.changed_ms) < idle_ms {
                 active += 1;
             }
-            seen.counters = sum;
+            seen.counters = *sum;
+            seen.stamp = stamp;
         }
         Ok(active)
+    }
+
+    /// Reads `slots` (sorted, each owned by one of `ranges`) into `bufs.dense_read`.
+    fn read_dense(
+        &mut self,
+        maps: &KernelMaps,
+        slots: &[u32],
+        ranges: &[(u32, u32, u32)],
+    ) -> Result<(), XdpError> {
+        let out = &mut self.bufs.dense_read;
+        out.clear();
+        let host = |slot: u32, r: &mut usize| {
+            while ranges[*r].1 <= slot {
+                *r += 1;
+            }
+            let (base, _, first) = ranges[*r];
+            let offset = slot - base;
+            HostKey {
+                addr: fnm_common::v4_mapped((first + (offset >> 1)).to_be_bytes()),
+                direction: (offset & 1) as u8,
+                _pad: [0; 3],
+            }
+        };
+        let mut r = 0;
+        if self.batched {
+            let fd = maps.hosts.dense_fd();
+            let mut i = 0;
+            while i < slots.len() {
+                let start = slots[i];
+                let mut j = i + 1;
+                while j < slots.len()
+                    && slots[j] - slots[j - 1] <= GAP
+                    && ((slots[j] - start) as usize) < batch::MAX_BATCH
+                {
+                    j += 1;
+                }
+                let last = slots[j - 1];
+                let count = (last - start + 1) as usize;
+                match self.bufs.dense.read(fd, start.checked_sub(1), count) {
+                    Ok(_) => {}
+                    Err(e) if unsupported(&e) && out.is_empty() => {
+                        tracing::info!("batched XDP map reads refused ({e}); reading key by key");
+                        self.batched = false;
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(XdpError::Map {
+                            map: map_names::HOSTS_DENSE_V4,
+                            message: format!("batched read: {e}"),
+                        })
+                    }
+                }
+                let got = &self.bufs.dense;
+                for &slot in &slots[i..j] {
+                    let idx = (slot - start) as usize;
+                    if idx < got.len() && got.key(idx) == slot {
+                        out.push((slot, host(slot, &mut r), got.sum(idx)));
+                    }
+                }
+                i = j;
+            }
+            if self.batched {
+                return Ok(());
+            }
+            out.clear();
+            r = 0;
+        }
+        let err = map_err(map_names::HOSTS_DENSE_V4);
+        for &slot in slots {
+            let sum = maps.hosts.dense_slot_raw(slot).map_err(&err)?;
+            out.push((slot, host(slot, &mut r), sum));
+        }
+        Ok(())
+    }
+}
+
+/// Reads every entry of one per-CPU hash table into `out`, batch after batch.
+fn read_table<K: Copy + Default>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut PerCpuBatch<K>,
+    out: &mut Vec<(HostKey, XdpHostCounters)>,
+    key: impl Fn(K) -> HostKey,
+) -> std::io::Result<()> {
+    let mut position = None;
+    loop {
+        let next = buf.read(fd, position, batch::MAX_BATCH)?;
+        for i in 0..buf.len() {
+            out.push((key(buf.key(i)), buf.sum(i)));
+        }
+        match next {
+            None => return Ok(()),
+            Some(p) if buf.len() == 0 && position == Some(p) => return Ok(()),
+            p => position = p,
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 //! hosts in `HOSTS`, presented to the agent as one table keyed by [`HostKey`].
 
 use super::local16::DenseLayout;
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use fnm_common::{v4_mapped, HostKey, HostKeyV4, XdpHostCounters};
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::atomic::{AtomicU64, AtomicU8, Ordering},
 };
 
@@ -58,18 +58,25 @@ impl TouchedBytes {
     /// Slots whose byte is set (eight bytes read at a time).
     pub(crate) fn slots(&self) -> Vec<u32> {
         let mut out = Vec::new();
+        self.slots_into(&mut out);
+        out
+    }
+
+    /// Replaces `out` by the slots whose byte is set, in increasing order (eight bytes read
+    /// at a time, a word of zeros skipped at once).
+    pub(crate) fn slots_into(&self, out: &mut Vec<u32>) {
+        out.clear();
         for word in 0..self.len / 8 {
             // SAFETY: in bounds of the mapping; 8-byte aligned (page-aligned base).
-            let w = unsafe { AtomicU64::from_ptr(self.ptr.add(word * 8).cast()) }
+            let mut w = unsafe { AtomicU64::from_ptr(self.ptr.add(word * 8).cast()) }
                 .load(Ordering::Acquire);
-            let mut w = w.to_le_bytes().map(|b| b != 0);
-            for (i, set) in w.iter_mut().enumerate() {
-                if *set {
-                    out.push((word * 8 + i) as u32);
-                }
+            while w != 0 {
+                // Byte i of the word (little-endian: slot word * 8 + i) is non-zero.
+                let i = w.trailing_zeros() / 8;
+                out.push((word * 8) as u32 + i);
+                w &= !(0xffu64 << (i * 8));
             }
         }
-        out
     }
 
     /// Clears the byte of `slot` if it is still set; true when this call cleared it. A packet
@@ -108,7 +115,7 @@ pub struct HostMaps {
 }
 
 /// The IPv4 key of an IPv4-mapped [`HostKey`]; `None` for an IPv6 host.
-fn as_v4(key: &HostKey) -> Option<HostKeyV4> {
+pub(super) fn as_v4(key: &HostKey) -> Option<HostKeyV4> {
     let a = key.addr;
     (v4_mapped([a[12], a[13], a[14], a[15]]) == a).then_some(HostKeyV4 {
         addr: [a[12], a[13], a[14], a[15]],
@@ -117,7 +124,8 @@ fn as_v4(key: &HostKey) -> Option<HostKeyV4> {
     })
 }
 
-fn from_v4(key: HostKeyV4) -> HostKey {
+/// The [`HostKey`] of an IPv4 key.
+pub(super) fn from_v4(key: HostKeyV4) -> HostKey {
     HostKey {
         addr: v4_mapped(key.addr),
         direction: key.direction,
@@ -152,6 +160,26 @@ impl HostMaps {
         self.touched.slots()
     }
 
+    /// [`HostMaps::touched_slots`] into a buffer the caller keeps.
+    pub(crate) fn touched_slots_into(&self, out: &mut Vec<u32>) {
+        self.touched.slots_into(out)
+    }
+
+    /// The file descriptor of the dense array (batched reads).
+    pub(crate) fn dense_fd(&self) -> BorrowedFd<'_> {
+        self.dense.map().fd().as_fd()
+    }
+
+    /// The file descriptor of the IPv4 hash table (batched reads and deletes).
+    pub(crate) fn v4_fd(&self) -> BorrowedFd<'_> {
+        self.v4.map().fd().as_fd()
+    }
+
+    /// The file descriptor of the IPv6 hash table (batched reads and deletes).
+    pub(crate) fn v6_fd(&self) -> BorrowedFd<'_> {
+        self.v6.map().fd().as_fd()
+    }
+
     /// Clears the touched byte of an idle slot; true when it was set.
     pub(crate) fn clear_touched(&self, slot: u32) -> bool {
         self.touched.clear(slot)
@@ -164,26 +192,6 @@ impl HostMaps {
             sum.accumulate(v);
         }
         Ok(sum)
-    }
-
-    /// The summed counters of one dense slot, with its host and direction.
-    pub(crate) fn dense_slot_sum(
-        &self,
-        slot: u32,
-    ) -> Result<Option<(HostKey, XdpHostCounters)>, MapError> {
-        let Some((addr, direction)) = self.layout.host_of(slot) else {
-            return Ok(None);
-        };
-        let mut sum = XdpHostCounters::default();
-        for v in self.dense.get(&slot, 0)?.iter() {
-            sum.accumulate(v);
-        }
-        let key = HostKey {
-            addr: v4_mapped(addr.octets()),
-            direction,
-            _pad: [0; 3],
-        };
-        Ok(Some((key, sum)))
     }
 
     /// Every host and direction with counters in the kernel: dense slots touched since their

@@ -178,6 +178,20 @@ impl DenseLayout {
         })
     }
 
+    /// The dense ranges, sorted: (first slot, end slot, first address of the network).
+    pub fn ranges(&self) -> Vec<(u32, u32, u32)> {
+        let mut out: Vec<(u32, u32, u32)> = self
+            .nets
+            .iter()
+            .filter_map(|n| {
+                let base = n.base?;
+                Some((base, base + (2 * n.addresses()) as u32, n.addr))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// True when `prefix` is one of the IPv4 networks and has dense slots.
     pub fn is_dense(&self, prefix: &Prefix) -> bool {
         prefix.addr().is_ipv4() && self.trie_value(prefix).slot_base != local16::NO_SLOTS
@@ -383,6 +397,32 @@ mod tests {
             assert_eq!(next.host_of(slot), Some((addr, 0)));
         }
         assert_eq!(next.hashed(), 0);
+    }
+
+    #[test]
+    fn ranges_are_sorted_and_map_back_to_their_hosts() {
+        let l = DenseLayout::new(
+            &nets(&["192.0.2.0/24", "10.10.0.0/16", "10.9.0.0/16"]),
+            65_792,
+        );
+        let r = l.ranges();
+        // The second /16 did not fit: two ranges, by slot.
+        assert_eq!(
+            r,
+            vec![
+                (0, 512, u32::from(Ipv4Addr::new(192, 0, 2, 0))),
+                (512, 512 + 131_072, u32::from(Ipv4Addr::new(10, 10, 0, 0))),
+            ]
+        );
+        for &(base, end, first) in &r {
+            for slot in [base, base + 1, end - 1] {
+                let offset = slot - base;
+                assert_eq!(
+                    l.host_of(slot),
+                    Some((Ipv4Addr::from(first + (offset >> 1)), (offset & 1) as u8))
+                );
+            }
+        }
     }
 
     #[test]

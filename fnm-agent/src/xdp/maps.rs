@@ -324,6 +324,19 @@ impl KernelMaps {
             .unwrap_or(0)
     }
 
+    /// Every global counter, summed over the CPUs, in one read (zeros if the read fails).
+    pub fn stats_sum(&self) -> [u64; stat::COUNT as usize] {
+        let mut sum = [0u64; stat::COUNT as usize];
+        if let Ok(values) = self.stats.get(&0, 0) {
+            for cpu in values.iter() {
+                for (s, v) in sum.iter_mut().zip(cpu.iter()) {
+                    *s = s.wrapping_add(*v);
+                }
+            }
+        }
+        sum
+    }
+
     /// Sum over CPUs of one drop-counter slot.
     pub fn drop_counter(&self, slot: u32) -> DropCounter {
         self.drop_counters

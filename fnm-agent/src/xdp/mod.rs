@@ -5,6 +5,7 @@
 //! per-CPU counters into accounting; drop entries and fingerprint rules go through
 //! [`tables::DropTables`].
 
+mod batch;
 mod counters;
 mod hosts;
 mod local16;

@@ -615,6 +615,11 @@ impl FastNetMon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for FastNetMon {
@@ -637,6 +642,11 @@ impl BenchAgent {
     /// Writes `dir/fnm-agent.toml` (state dir, API and metrics addresses, then `body`), starts
     /// the agent in `ns` and waits for its API.
     pub fn start(ns: &str, dir: &Path, body: &str) -> Self {
+        Self::start_binary(ns, dir, body, super::agent::binary())
+    }
+
+    /// [`BenchAgent::start`] with another build of the agent (`FNM_BENCH_BASE_AGENT`).
+    pub fn start_binary(ns: &str, dir: &Path, body: &str, binary: &str) -> Self {
         let api: SocketAddr = "127.0.0.1:19210".parse().expect("address");
         let config_path = dir.join("fnm-agent.toml");
         std::fs::write(
@@ -650,14 +660,7 @@ impl BenchAgent {
         let log_path = dir.join("agent.log");
         let log = std::fs::File::create(&log_path).expect("agent log");
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                super::agent::binary(),
-                "run",
-                "--config",
-            ])
+            .args(["netns", "exec", ns, binary, "run", "--config"])
             .arg(&config_path)
             .stdout(log.try_clone().expect("dup"))
             .stderr(log)
@@ -692,6 +695,11 @@ impl BenchAgent {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Its process id (`ip netns exec` runs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 }
 

@@ -81,6 +81,11 @@ impl LoopbackAgent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// GET `path` on its API.
     pub fn get(&self, path: &str) -> Result<serde_json::Value, String> {
         fnm_agent::client::request(self.api, "GET", path, None).map_err(|e| e.to_string())
