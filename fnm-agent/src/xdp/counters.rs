@@ -116,6 +116,8 @@ impl Poller {
             whitelist_passed: maps.stat(stat::WHITELIST_PASSED),
             source_whitelisted_packets: maps.stat(stat::SOURCE_WHITELISTED_PACKETS),
             source_whitelisted_bytes: maps.stat(stat::SOURCE_WHITELISTED_BYTES),
+            decapsulated: maps.stat(stat::DECAPSULATED),
+            tunnel_outer_counted: maps.stat(stat::TUNNEL_OUTER_COUNTED),
             host_table_full: maps.stat(stat::HOST_TABLE_FULL),
             samples_lost: maps.stat(stat::SAMPLES_LOST),
             kernel_hosts: current.len() as u64 + active_dense,
