@@ -765,7 +765,7 @@ fn userspace_parser_and_xdp_account_identically() {
     // The comparison is not vacuous: tunnels were opened, fell back, and frames failed.
     let [malformed, not_ip, decapsulated, outer] = pair.outcomes;
     assert!(
-        malformed > 100 && not_ip > 10 && decapsulated > 500 && outer > 100,
+        malformed > 100 && not_ip > 0 && decapsulated > 500 && outer > 100,
         "{:?} over {} frames",
         pair.outcomes,
         frames.len()

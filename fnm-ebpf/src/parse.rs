@@ -217,8 +217,8 @@ const fn l4_limit(walk: bool) -> usize {
     }
 }
 
-/// An IPv4 packet at `off`. In a tunnel walk (`WALK`) the whole header, options included, must
-/// be in the frame, as the userspace parser requires of every IPv4 header.
+/// An IPv4 packet at `off`. The whole header, options included, must be in the frame, as the
+/// userspace parser requires of every IPv4 header.
 #[inline(always)]
 pub fn parse_ipv4<const WALK: bool>(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
     let h = bytes::<20>(ctx, off)?;
@@ -226,7 +226,7 @@ pub fn parse_ipv4<const WALK: bool>(ctx: &XdpContext, off: usize) -> Result<Pack
         return Err(ParseError::Malformed);
     }
     let ihl = (h[0] & 0x0f) as usize * 4;
-    if ihl < 20 || (WALK && ctx.data() + off + ihl > ctx.data_end()) {
+    if ihl < 20 || ctx.data() + off + ihl > ctx.data_end() {
         return Err(ParseError::Malformed);
     }
     let total_len = be16([h[2], h[3]]) as u32;
@@ -314,9 +314,10 @@ pub fn parse_ipv6<const WALK: bool>(ctx: &XdpContext, off: usize) -> Result<Pack
             _ => break,
         }
         if l4 > l4_limit(WALK) {
-            // In a walk, past the limit means past the frame (frames are shorter): another
-            // extension header there is cut, anything else has no L4 header to read.
-            if WALK && !matches!(p.protocol, 0 | 43 | 44 | 51 | 60) {
+            // Another extension header past the limit is not read (in a walk, past the limit
+            // means past the frame: frames are shorter); a protocol without an L4 header to
+            // read is counted as userspace counts it (`parse_l4`).
+            if !matches!(p.protocol, 0 | 43 | 44 | 51 | 60) {
                 break;
             }
             return Err(ParseError::Malformed);
@@ -336,11 +337,11 @@ fn parse_l4<const WALK: bool>(
     p: &mut Packet,
 ) -> Result<(), ParseError> {
     if off > l4_limit(WALK) {
-        // In a walk, past the limit means past the frame (see `parse_ipv6`): a header that
-        // must be read is cut, a tunnel's is read no further than its layer program's check.
-        if WALK && !matches!(p.protocol, 6 | 17 | 1 | 58) {
-            p.carries_at_most(off);
-            return Ok(());
+        // A header that must be read is not read past the limit (in a walk, past the limit
+        // means past the frame: see `parse_ipv6`); a tunnel's is read no further than its
+        // layer program's check ([`MAX_OFFSET`]); any other protocol has nothing to read.
+        if !matches!(p.protocol, 6 | 17 | 1 | 58) {
+            return p.carries_at_most::<WALK>(ctx, off);
         }
         return Err(ParseError::Malformed);
     }
@@ -377,17 +378,22 @@ fn parse_l4<const WALK: bool>(
 }
 
 impl Packet {
-    /// A tunnel header past the walk's limit at `at`: noted so that its layer program finds it
-    /// out of reach and counts this packet, as userspace does with a cut tunnel.
+    /// A tunnel header past the L4 limit at `at`: its layer program reads it when it lies
+    /// within [`MAX_OFFSET`], and otherwise finds it out of reach and counts this packet, as
+    /// userspace does with a cut tunnel.
     #[inline(always)]
-    fn carries_at_most(&mut self, at: usize) {
+    fn carries_at_most<const WALK: bool>(
+        &mut self,
+        ctx: &XdpContext,
+        at: usize,
+    ) -> Result<(), ParseError> {
         let layer = match self.protocol {
             PROTO_GRE => layer::GRE,
             PROTO_IPIP => layer::IPV4,
             PROTO_IPV6_IN_IP => layer::IPV6,
-            _ => return,
+            _ => return Ok(()),
         };
-        self.note_tunnel(layer, at.min(u16::MAX as usize));
+        self.carries::<WALK>(ctx, layer, at.min(u16::MAX as usize))
     }
 
     /// The tunnel whose header (walk layer `layer`) starts at `at`; a fragment carries none
