@@ -69,8 +69,9 @@ pub struct KernelMaps {
     /// Run-time settings.
     pub settings: Array<MapData, u32>,
     /// The tunnel walk's layer programs (kept open: the kernel empties a program array when
-    /// its last file descriptor closes).
-    pub layers: ProgramArray<MapData>,
+    /// its last file descriptor closes); `None` for an object built without the walk (an
+    /// older build the benchmark compares), whose tunnels are counted as the outer packet.
+    pub layers: Option<ProgramArray<MapData>>,
     /// The table flags the drop tables last asked for ([`KernelMaps::set_table_flags`]);
     /// the source whitelist's flag is added to them.
     table_flags: u32,
@@ -194,7 +195,7 @@ impl KernelMaps {
             samples: take(ebpf, map_names::SAMPLES).ok(),
             stats: take(ebpf, map_names::STATS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
-            layers: take(ebpf, map_names::LAYERS)?,
+            layers: take(ebpf, map_names::LAYERS).ok(),
             table_flags: 0,
         })
     }
@@ -219,12 +220,15 @@ impl KernelMaps {
             map: map_names::LAYERS,
             message,
         };
+        let Some(layers) = self.layers.as_mut() else {
+            return Ok(());
+        };
         for (index, name) in fnm_common::tunnel_layer::PROGRAMS.iter().enumerate() {
             let program = ebpf
                 .program(name)
                 .ok_or_else(|| err(format!("program {name} missing from the object")))?;
             let fd = program.fd().map_err(|e| err(format!("{name}: {e}")))?;
-            self.layers
+            layers
                 .set(index as u32, fd, 0)
                 .map_err(map_err(map_names::LAYERS))?;
         }

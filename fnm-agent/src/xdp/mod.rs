@@ -165,9 +165,13 @@ impl DataPlane {
             .map_max_entries(map_names::DROP_COUNTERS, counters_slots)
             .load(object)
             .map_err(|e| XdpError::Load(error_chain(&e)))?;
-        let programs = [PROGRAM, PASS_PROGRAM]
-            .into_iter()
-            .chain(fnm_common::tunnel_layer::PROGRAMS);
+        // The tunnel walk's programs, unless the object predates them (see `KernelMaps::layers`).
+        let walk = ebpf.program(fnm_common::tunnel_layer::PROGRAMS[0]).is_some();
+        let programs = [PROGRAM, PASS_PROGRAM].into_iter().chain(
+            fnm_common::tunnel_layer::PROGRAMS
+                .into_iter()
+                .filter(|_| walk),
+        );
         for name in programs {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
