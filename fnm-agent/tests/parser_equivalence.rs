@@ -548,10 +548,7 @@ fn tunnel_frames() -> Vec<(String, Vec<u8>, usize)> {
                                 ETH_MPLS,
                                 &mpls(
                                     &[2],
-                                    &pseudowire(&eth(
-                                        ETH_MPLS,
-                                        &mpls(&[3], &pseudowire(&in4_eth)),
-                                    )),
+                                    &pseudowire(&eth(ETH_MPLS, &mpls(&[3], &pseudowire(&in4_eth)))),
                                 ),
                             )),
                         ),

@@ -172,11 +172,20 @@ fn xdp_ns_per_packet() {
     let gre_frame = over4(47, &gre(0, ETH_IPV4, &[], &inner));
     let erspan_frame = over4(
         47,
-        &gre(0x1000, 0x88BE, &[0, 0, 0, 1], &erspan2(1, &eth(ETH_IPV4, &inner))),
+        &gre(
+            0x1000,
+            0x88BE,
+            &[0, 0, 0, 1],
+            &erspan2(1, &eth(ETH_IPV4, &inner)),
+        ),
     );
     let l2tp_frame = over4(
         17,
-        &udp_with(1701, 1701, &l2tp(0x0002, 0, &ppp(true, &[0x00, 0x21], &inner))),
+        &udp_with(
+            1701,
+            1701,
+            &l2tp(0x0002, 0, &ppp(true, &[0x00, 0x21], &inner)),
+        ),
     );
     for frame in [&gre_frame, &erspan_frame, &l2tp_frame] {
         let before = dp.maps.stat(fnm_common::stat::DECAPSULATED);

@@ -3,13 +3,15 @@
 //! Every read is checked against `data_end`; every loop has a fixed bound. Byte arrays are read
 //! instead of wider integers so no read assumes an alignment the frame does not have.
 //!
-//! [`parse`] reads the frames that are not tunnels in straight-line code. A packet that
+//! [`parse`] reads the frames that are not tunnels in straight-line code. For a packet that
 //! carries a tunnel the userspace parser (`fnm-agent/src/capture/parse.rs`) decapsulates (GRE,
-//! L2TPv2 on UDP port 1701, IP-in-IP, IPv6-in-IP; never a fragment) comes back with
-//! [`Packet::tunnel`] set to the walk layer of its tunnel header: the counting program then
-//! hands the frame to the tail-called programs of [`crate::walk`]. The checks that tell a
-//! tunnel apart cost the plain path one comparison of the UDP ports; the other protocols are
-//! told apart where their class already was.
+//! L2TPv2 on UDP port 1701, IP-in-IP, IPv6-in-IP; never a fragment) it starts this CPU's walk
+//! ([`crate::walk::begin`]) and returns [`ParseError::Tunnel`] with the walk layer of the
+//! tunnel header: the counting program then hands the frame to the tail-called programs of
+//! [`crate::walk`], which parse with `WALK = true` (the tunnel noted in [`Packet::tunnel`]).
+//! The checks that tell a tunnel apart cost the plain path one branch on the UDP ports; the
+//! other protocols are told apart in the default arm of the L4 match, off the TCP, UDP and
+//! ICMP paths.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -341,7 +343,7 @@ fn parse_l4<const WALK: bool>(
         // means past the frame: see `parse_ipv6`); a tunnel's is read no further than its
         // layer program's check ([`MAX_OFFSET`]); any other protocol has nothing to read.
         if !matches!(p.protocol, 6 | 17 | 1 | 58) {
-            return p.carries_at_most::<WALK>(ctx, off);
+            return p.carries_at_most::<WALK>(off);
         }
         return Err(ParseError::Malformed);
     }
@@ -361,7 +363,7 @@ fn parse_l4<const WALK: bool>(
             // One branch for both ports (bitwise or): the plain UDP path pays one jump.
             if (p.src_port == L2TP_PORT) | (p.dst_port == L2TP_PORT) {
                 // The L2TP header follows the 8-byte UDP header.
-                return p.carries::<WALK>(ctx, layer::L2TP, off + 8);
+                return p.carries::<WALK>(layer::L2TP, off + 8);
             }
         }
         1 | 58 => {
@@ -372,7 +374,7 @@ fn parse_l4<const WALK: bool>(
         }
         // GRE, IP-in-IP and IPv6-in-IP start a tunnel; the other protocols have nothing to
         // read. Told apart here, off the TCP, UDP and ICMP paths.
-        _ => return p.carries_at_most::<WALK>(ctx, off),
+        _ => return p.carries_at_most::<WALK>(off),
     }
     Ok(())
 }
@@ -382,18 +384,14 @@ impl Packet {
     /// within [`MAX_OFFSET`], and otherwise finds it out of reach and counts this packet, as
     /// userspace does with a cut tunnel.
     #[inline(always)]
-    fn carries_at_most<const WALK: bool>(
-        &mut self,
-        ctx: &XdpContext,
-        at: usize,
-    ) -> Result<(), ParseError> {
+    fn carries_at_most<const WALK: bool>(&mut self, at: usize) -> Result<(), ParseError> {
         let layer = match self.protocol {
             PROTO_GRE => layer::GRE,
             PROTO_IPIP => layer::IPV4,
             PROTO_IPV6_IN_IP => layer::IPV6,
             _ => return Ok(()),
         };
-        self.carries::<WALK>(ctx, layer, at.min(u16::MAX as usize))
+        self.carries::<WALK>(layer, at.min(u16::MAX as usize))
     }
 
     /// The tunnel whose header (walk layer `layer`) starts at `at`; a fragment carries none
@@ -401,12 +399,7 @@ impl Packet {
     /// CPU's walk starts from this packet and [`ParseError::Tunnel`] says where it goes on, so
     /// that the counting program's plain path carries no tunnel state.
     #[inline(always)]
-    fn carries<const WALK: bool>(
-        &mut self,
-        _ctx: &XdpContext,
-        layer: u8,
-        at: usize,
-    ) -> Result<(), ParseError> {
+    fn carries<const WALK: bool>(&mut self, layer: u8, at: usize) -> Result<(), ParseError> {
         if self.fragment {
             return Ok(());
         }

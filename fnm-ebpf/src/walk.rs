@@ -16,8 +16,10 @@
 //! payload is not a readable IP packet (an L2TP control message, PPP LCP, a GRE keepalive, a
 //! truncated inner header) is counted as the packet around it.
 //!
-//! The counting program (`fnm_xdp`) finds the first tunnel header on its straight-line path,
-//! stores a [`Walk`] in this CPU's `FNM_WALK` and tail-calls the program of that layer; each
+//! The counting program's parser (`fnm_xdp`) finds the first tunnel header on its
+//! straight-line path, stores a [`Walk`] in this CPU's `FNM_WALK` ([`begin`]) and returns
+//! `ParseError::Tunnel`, so the plain path carries no tunnel state into the accounting; the
+//! counting program then tail-calls the program of that layer; each
 //! layer program reads one layer ([`Walk::step`]) and tail-calls the next; `fnm_account`
 //! counts where the walk ended, with the same accounting code as the counting program. Each
 //! program is verified on its own, from a walk whose every field is unknown, so the verifier
@@ -27,9 +29,7 @@
 //! [`MAX_OFFSET`]: a tunnel header starting beyond it is not read (the packet around it is
 //! counted), which only frames longer than 2 KiB can meet.
 
-use crate::parse::{
-    be16, bytes, layer, parse_ipv4, parse_ipv6, Packet, ParseError, MAX_OFFSET,
-};
+use crate::parse::{be16, bytes, layer, parse_ipv4, parse_ipv6, Packet, ParseError, MAX_OFFSET};
 use aya_ebpf::programs::XdpContext;
 
 const ETH_HDR: usize = 14;
@@ -269,8 +269,7 @@ fn l2tp_layer(ctx: &XdpContext, off: usize) -> Result<(u8, usize), ParseError> {
         return Err(ParseError::NotIp);
     }
     // Flags, the length if present, tunnel and session ids, Ns/Nr if present.
-    let mut at =
-        off + 2 + 4 + ((flags >> 14) as usize & 1) * 2 + ((flags >> 11) as usize & 1) * 4;
+    let mut at = off + 2 + 4 + ((flags >> 14) as usize & 1) * 2 + ((flags >> 11) as usize & 1) * 4;
     if flags & 0x0200 != 0 {
         let pad = be16(bytes::<2>(ctx, at)?) as usize;
         at += 2 + pad;

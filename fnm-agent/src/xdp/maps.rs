@@ -9,8 +9,8 @@ use super::{
 use crate::prefix::Prefix;
 use aya::{
     maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap,
-        ProgramArray, RingBuf,
+        lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray,
+        RingBuf,
     },
     Ebpf,
 };

@@ -166,7 +166,9 @@ impl DataPlane {
             .load(object)
             .map_err(|e| XdpError::Load(error_chain(&e)))?;
         // The tunnel walk's programs, unless the object predates them (see `KernelMaps::layers`).
-        let walk = ebpf.program(fnm_common::tunnel_layer::PROGRAMS[0]).is_some();
+        let walk = ebpf
+            .program(fnm_common::tunnel_layer::PROGRAMS[0])
+            .is_some();
         let programs = [PROGRAM, PASS_PROGRAM].into_iter().chain(
             fnm_common::tunnel_layer::PROGRAMS
                 .into_iter()
