@@ -217,6 +217,18 @@ pub fn render(st: &MetricsState) -> String {
                 "IP bytes from or to a whitelisted source, counted apart from the hosts' rates",
             ),
             (
+                s.decapsulated,
+                "fnm_xdp_decapsulated_frames",
+                "Frames counted as the packet found inside a tunnel (GRE, ERSPAN, L2TPv2, \
+                 IP-in-IP)",
+            ),
+            (
+                s.tunnel_outer_counted,
+                "fnm_xdp_tunnel_outer_counted_frames",
+                "Frames carrying a tunnel whose payload was not a readable IP packet (the \
+                 packet around it was counted)",
+            ),
+            (
                 s.host_table_full,
                 "fnm_xdp_host_table_full",
                 "New hosts not counted because the kernel host table was full",

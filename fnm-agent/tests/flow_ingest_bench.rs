@@ -718,3 +718,212 @@ fn flow_ingest_bench() {
         "the engine was handed nothing"
     );
 }
+
+/// Nanoseconds on CPU of the tasks of process `pid` (its threads' schedstat), and of its
+/// children when `children` (pmacct runs its plugins as child processes).
+fn process_cpu_ns(pid: u32, children: bool) -> u64 {
+    let tasks = |pid: u32| -> u64 {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let mut total = tasks(pid);
+    if children {
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // Fields after the command's closing parenthesis: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                total += tasks(child);
+            }
+        }
+    }
+    total
+}
+
+/// Nanoseconds on CPU of this process's `fnm-*` threads (collectors and engine).
+fn fnm_threads_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("fnm-"))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// pmacct's collector (`nfacctd` or `sfacctd`), aggregating per destination host in memory
+/// (the `memory` plugin), with a 32 MiB socket buffer.
+struct Pmacct {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Pmacct {
+    fn start(sflow: bool) -> Self {
+        let (daemon, prefix) = if sflow {
+            ("/usr/sbin/sfacctd", "sfacctd")
+        } else {
+            ("/usr/sbin/nfacctd", "nfacctd")
+        };
+        assert!(
+            std::path::Path::new(daemon).is_file(),
+            "\n\n*** this benchmark needs the Debian package `pmacct` ***\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("pmacct.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "daemonize: false\n{prefix}_ip: 127.0.0.1\n{prefix}_port: {port}\n\
+                 {prefix}_pipe_size: 33554432\nplugins: memory\naggregate: dst_host\n\
+                 imt_path: {d}/collect.pipe\nplugin_pipe_size: 67108864\nplugin_buffer_size: 65536\n\
+                 logfile: {d}/pmacct.log\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default();
+        if max.trim().parse::<usize>().unwrap_or(0) < 32 << 20 {
+            set_sysctl("/proc/sys/net/core/rmem_max", 32 << 20);
+        }
+        let child = Command::new(daemon)
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pmacct");
+        let wanted = format!("0100007F:{port:04X}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string("/proc/net/udp")
+            .unwrap_or_default()
+            .contains(&wanted)
+        {
+            assert!(Instant::now() < deadline, "{daemon} never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Pmacct {
+    fn drop(&mut self) {
+        common::stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+/// CPU-seconds per million records of fnm (its collector and engine threads), FastNetMon
+/// 1.2.4 (32 MiB receive buffer) and pmacct (`nfacctd` / `sfacctd`, per-host aggregation in
+/// memory), each fed the same datagrams at one fixed rate all of them handle, interleaved over
+/// `FNM_BENCH_ROUNDS` rounds (default 3) of 8 s; medians and ratios. Set `FNM_BENCH_CPU=1`.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture --release"]
+fn flow_cpu_per_record_bench() {
+    if std::env::var("FNM_BENCH_CPU").is_err() {
+        println!("set FNM_BENCH_CPU=1 to run the CPU-per-record benchmark");
+        return;
+    }
+    let rounds: usize = std::env::var("FNM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let step = Duration::from_secs(8);
+    for (sflow, rate) in [(false, 300_000.0), (true, 160_000.0)] {
+        let per_datagram = f64::from(if sflow {
+            SAMPLES_PER_SFLOW_DATAGRAM
+        } else {
+            RECORDS_PER_V5_DATAGRAM
+        });
+        let datagrams: Vec<Vec<u8>> = (0..2048)
+            .map(|seed| {
+                if sflow {
+                    sflow_datagram(seed)
+                } else {
+                    netflow5(seed)
+                }
+            })
+            .collect();
+        let (fnm, engine, _state) = fnm_engine(Vec::new());
+        let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default();
+        if max.trim().parse::<usize>().unwrap_or(0) < 32 << 20 {
+            set_sysctl("/proc/sys/net/core/rmem_max", 32 << 20);
+        }
+        let fastnetmon = FastNetMon::start(Some(32 << 20));
+        let pmacct = Pmacct::start(sflow);
+        let pmacct_name = if sflow { "sfacctd" } else { "nfacctd" };
+        let targets: [(&str, SocketAddr, Box<dyn Fn() -> u64>); 3] = [
+            ("fnm", fnm.addr(sflow), Box::new(fnm_threads_cpu_ns)),
+            ("fastnetmon", fastnetmon.addr(sflow), {
+                let pid = fastnetmon.child.id();
+                Box::new(move || process_cpu_ns(pid, false))
+            }),
+            (
+                pmacct_name,
+                SocketAddr::from(([127, 0, 0, 1], pmacct.port)),
+                {
+                    let pid = pmacct.child.id();
+                    Box::new(move || process_cpu_ns(pid, true))
+                },
+            ),
+        ];
+        let mut per_million: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+        for round in 0..rounds {
+            for (i, (name, addr, cpu)) in targets.iter().enumerate() {
+                let drops_before = proc_drops(addr.port());
+                let before = cpu();
+                let (sent, _) = blast(*addr, &datagrams, rate / per_datagram, step);
+                std::thread::sleep(Duration::from_millis(700));
+                let used = cpu() - before;
+                let drops = proc_drops(addr.port()) - drops_before;
+                let records = sent as f64 * per_datagram;
+                let v = used as f64 / 1e9 / (records / 1e6);
+                println!(
+                    "  round {} {name:>10}: {v:.3} CPU-s per million {} ({sent} datagrams, kernel drops {drops})",
+                    round + 1,
+                    if sflow { "samples" } else { "records" }
+                );
+                per_million[i].push(v);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let medians: Vec<f64> = per_million.iter_mut().map(median).collect();
+        println!(
+            "{} at {rate:.0}/s, median CPU-s per million: fnm {:.3}, fastnetmon {:.3} ({:.2}x fnm), {pmacct_name} {:.3} ({:.2}x fnm)",
+            if sflow { "sFlow" } else { "NetFlow v5" },
+            medians[0],
+            medians[1],
+            medians[1] / medians[0],
+            medians[2],
+            medians[2] / medians[0],
+        );
+        drop(targets);
+        drop(fnm);
+        drop(engine);
+    }
+}

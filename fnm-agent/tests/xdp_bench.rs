@@ -94,6 +94,30 @@ impl XdpFilter {
     }
 }
 
+/// Ethernet, IPv4 between two tunnel endpoints (neither local) carrying `payload` with
+/// `protocol`.
+fn over4(protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let a = Ipv4Addr::new(192, 0, 2, 200);
+    let b = Ipv4Addr::new(192, 0, 2, 201);
+    eth(ETH_IPV4, &ipv4(a, b, protocol, &[], 0, payload))
+}
+
+/// `FNM_BENCH_BASELINE=path[:path...]`: other builds of the XDP object (say, main's) whose
+/// count path is measured in the same rounds, so builds are compared on one machine state.
+fn load_baselines(networks: &[fnm_agent::prefix::Prefix]) -> Vec<(String, DataPlane)> {
+    let Some(paths) = std::env::var_os("FNM_BENCH_BASELINE") else {
+        return Vec::new();
+    };
+    std::env::split_paths(&paths)
+        .map(|path| {
+            let object = std::fs::read(&path).expect("FNM_BENCH_BASELINE readable");
+            let dp = DataPlane::load_object(&object, &XdpConfig::default(), networks, &[])
+                .expect("baseline object loads");
+            (path.display().to_string(), dp)
+        })
+        .collect()
+}
+
 fn load_plane(networks: &[fnm_agent::prefix::Prefix]) -> DataPlane {
     // FNM_BENCH_OBJECT=path measures another build of the XDP object (same maps) with this
     // harness, to compare program variants without rebuilding the agent.
@@ -141,6 +165,38 @@ fn xdp_ns_per_packet() {
     let transit = frame_v4(remote, Ipv4Addr::new(192, 0, 2, 99));
     let banned = frame_v4(Ipv4Addr::new(203, 0, 113, 9), local);
     let from_whitelisted = frame_v4(Ipv4Addr::new(198, 51, 100, 9), local);
+    // A mirror port's tunnels, each carrying the 64-byte frame's IPv4/UDP packet to the local
+    // host: GRE (4-byte header), ERSPAN type II in GRE (the mirrored Ethernet frame), and
+    // L2TPv2 data (UDP 1701, PPP).
+    let inner = ipv4(remote, local, 17, &[], 0, &udp(1234, 53, 22));
+    let gre_frame = over4(47, &gre(0, ETH_IPV4, &[], &inner));
+    let erspan_frame = over4(
+        47,
+        &gre(
+            0x1000,
+            0x88BE,
+            &[0, 0, 0, 1],
+            &erspan2(1, &eth(ETH_IPV4, &inner)),
+        ),
+    );
+    let l2tp_frame = over4(
+        17,
+        &udp_with(
+            1701,
+            1701,
+            &l2tp(0x0002, 0, &ppp(true, &[0x00, 0x21], &inner)),
+        ),
+    );
+    for frame in [&gre_frame, &erspan_frame, &l2tp_frame] {
+        let before = dp.maps.stat(fnm_common::stat::DECAPSULATED);
+        dp.test_run(frame).expect("test run");
+        assert_eq!(
+            dp.maps.stat(fnm_common::stat::DECAPSULATED),
+            before + 1,
+            "the bench's tunnel frames are decapsulated"
+        );
+    }
+    let baselines = load_baselines(&networks);
     let alw_ip = XdpFilter::load("xdpfilt_alw_ip");
     let alw_all = XdpFilter::load("xdpfilt_alw_all");
 
@@ -156,6 +212,9 @@ fn xdp_ns_per_packet() {
             Box::new(|| fnm(&dp, fnm_agent::xdp::PASS_PROGRAM, &incoming)),
         ),
         ("count_v4", Box::new(|| fnm(&dp, prog, &incoming))),
+        ("gre", Box::new(|| fnm(&dp, prog, &gre_frame))),
+        ("erspan", Box::new(|| fnm(&dp, prog, &erspan_frame))),
+        ("l2tp", Box::new(|| fnm(&dp, prog, &l2tp_frame))),
         ("count_v6", Box::new(|| fnm(&dp, prog, &v6))),
         (
             "count_v4_whitelist",
@@ -190,6 +249,10 @@ fn xdp_ns_per_packet() {
             }),
         ),
     ];
+    let mut cases = cases;
+    for (_, b) in &baselines {
+        cases.push(("baseline", Box::new(|| fnm(b, prog, &incoming))));
+    }
     let mut samples = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         for (i, (_, run)) in cases.iter().enumerate() {
@@ -222,6 +285,9 @@ fn xdp_ns_per_packet() {
     for (name, v) in [
         ("fnm count path IPv4/UDP 64 B", count_v4),
         ("fnm count path IPv6/UDP", count_v6),
+        ("fnm GRE, inner IPv4/UDP counted", get("gre")),
+        ("fnm ERSPAN II, inner IPv4/UDP counted", get("erspan")),
+        ("fnm L2TPv2, inner IPv4/UDP counted", get("l2tp")),
         ("fnm count path, source whitelist set", count_v4_whitelist),
         ("fnm whitelisted source (counted apart)", whitelisted),
         ("fnm non-local (totals only)", non_local),
@@ -232,6 +298,12 @@ fn xdp_ns_per_packet() {
         ),
     ] {
         println!("  {name:<40} {v:7.1}   above floor {:7.1}", v - floor);
+    }
+    let first_baseline = cases.len() - baselines.len();
+    for (i, (path, _)) in baselines.iter().enumerate() {
+        let v = result[first_baseline + i];
+        println!("  count path IPv4/UDP 64 B of {path}");
+        println!("  {:<40} {v:7.1}   above floor {:7.1}", "", v - floor);
     }
     for (name, v) in [
         ("xdp-filter xdpfilt_alw_ip", &alw_ip),

@@ -747,6 +747,40 @@ fn source_whitelist_spares_sampling_keeps_drops_and_can_be_replaced() {
     assert_eq!(flags & fnm_common::table_flag::SOURCE_WHITELIST, 0);
 }
 
+/// A GRE tunnel between two endpoints outside the local networks carrying `inner`.
+fn in_gre(inner: &[u8]) -> Vec<u8> {
+    let (a, b) = (Ipv4Addr::new(192, 0, 2, 200), Ipv4Addr::new(192, 0, 2, 201));
+    eth(
+        ETH_IPV4,
+        &ipv4(a, b, 47, &[], 0, &gre(0, ETH_IPV4, &[], inner)),
+    )
+}
+
+#[test]
+fn a_tunnels_inner_packet_is_counted_and_dropped_by_its_own_addresses() {
+    let mut dp = plane();
+    let frame = in_gre(&udp4(100));
+    assert_eq!(dp.test_run(&frame).unwrap(), XDP_PASS);
+    assert_one_udp_in(&dp, 20 + 8 + 100);
+    assert_eq!(dp.maps.stat(stat::DECAPSULATED), 1);
+    assert_eq!(dp.maps.stat(stat::TUNNEL_OUTER_COUNTED), 0);
+    // The inner source banned (the endpoints are not): the walk's packet is dropped.
+    {
+        let DataPlane { maps, tables, .. } = &mut dp;
+        tables
+            .add(maps, "192.0.2.1/32".parse().unwrap(), DropMatch::Src)
+            .unwrap();
+    }
+    assert_eq!(dp.test_run(&frame).unwrap(), XDP_DROP);
+    assert_eq!(dp.maps.stat(stat::DROP_SRC_PACKETS), 1);
+    assert_eq!(dp.maps.stat(stat::DECAPSULATED), 2);
+    // A GRE keepalive (no IP inside) is the outer packet, counted as such.
+    let keepalive = in_gre(&[]);
+    assert_eq!(dp.test_run(&keepalive).unwrap(), XDP_PASS);
+    assert_eq!(dp.maps.stat(stat::TUNNEL_OUTER_COUNTED), 1);
+    assert_eq!(dp.maps.stat(stat::DECAPSULATED), 2);
+}
+
 #[test]
 fn the_counting_program_verifies_with_headroom() {
     let dp = plane();
@@ -761,4 +795,12 @@ fn the_counting_program_verifies_with_headroom() {
         .expect("fnm_xdp loaded");
     // The kernel's limit is 1,000,000; what is left is the room for the next feature.
     assert!(main < 900_000, "fnm_xdp verifies in {main} instructions");
+    // The tunnel walk's programs, each verified on its own.
+    for name in fnm_common::tunnel_layer::PROGRAMS {
+        let count = counts.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
+        assert!(
+            count.is_some_and(|c| c < 900_000),
+            "{name} verifies in {count:?} instructions"
+        );
+    }
 }

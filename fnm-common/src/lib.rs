@@ -78,6 +78,47 @@ pub mod map_names {
     pub const SAMPLED_HOSTS: &str = "FNM_SAMPLED_HOSTS";
     /// Packet samples of hosts under attack (`RingBuf` of [`crate::PacketSample`]).
     pub const SAMPLES: &str = "FNM_SAMPLES";
+    /// Where this CPU's walk through a tunnel's layers stands between two tail calls
+    /// (`PerCpuArray`, one entry; the kernel side's own type).
+    pub const WALK: &str = "FNM_WALK";
+    /// The programs of the tunnel walk (`ProgramArray`, indexed by [`crate::tunnel_layer`]),
+    /// filled by the agent at load.
+    pub const LAYERS: &str = "FNM_LAYERS";
+}
+
+/// The programs that walk a tunnel's layers, by their index in the `LAYERS` program array:
+/// the counting program tail-calls the first layer of a tunnel it finds, each layer program
+/// the next one, and [`ACCOUNT`](tunnel_layer::ACCOUNT) counts the packet the walk ended on.
+pub mod tunnel_layer {
+    /// An Ethernet frame with up to four VLAN tags (transparent bridging, ERSPAN, pseudowire).
+    pub const ETHERNET: u8 = 0;
+    /// An MPLS label stack.
+    pub const MPLS: u8 = 1;
+    /// An IPv4 packet.
+    pub const IPV4: u8 = 2;
+    /// An IPv6 packet.
+    pub const IPV6: u8 = 3;
+    /// A GRE header (ERSPAN and PPTP's enhanced GRE included).
+    pub const GRE: u8 = 4;
+    /// An L2TPv2 header.
+    pub const L2TP: u8 = 5;
+    /// A PPP header.
+    pub const PPP: u8 = 6;
+    /// Counts the packet the walk ended on.
+    pub const ACCOUNT: u8 = 7;
+    /// Programs in the array.
+    pub const COUNT: u32 = 8;
+    /// The programs' names, by index.
+    pub const PROGRAMS: [&str; COUNT as usize] = [
+        "fnm_ethernet",
+        "fnm_mpls",
+        "fnm_ipv4",
+        "fnm_ipv6",
+        "fnm_gre",
+        "fnm_l2tp",
+        "fnm_ppp",
+        "fnm_account",
+    ];
 }
 
 /// Traffic direction as seen from the operator's networks.
@@ -143,10 +184,15 @@ pub mod stat {
     pub const HOST_TABLE_FULL: u32 = 10;
     /// Packet samples lost because the ring buffer was full.
     pub const SAMPLES_LOST: u32 = 11;
+    /// Frames counted as a packet found inside a tunnel (GRE, ERSPAN, L2TPv2, IP-in-IP).
+    pub const DECAPSULATED: u32 = 12;
+    /// Frames carrying a tunnel whose payload was not a readable IP packet: the packet around
+    /// it was counted.
+    pub const TUNNEL_OUTER_COUNTED: u32 = 13;
     /// Packets counted in a local host's [`XdpHostCounters::whitelisted`] instead of the
     /// counters its rates come from, because their remote side is a whitelisted source
     /// (`[detection] whitelist_sources`); once per local side, so a packet between two local
-    /// hosts that are both listed counts twice. (12 and 13 are kept for tunnel counters.)
+    /// hosts that are both listed counts twice.
     ///
     /// [`XdpHostCounters::whitelisted`]: crate::XdpHostCounters::whitelisted
     pub const SOURCE_WHITELISTED_PACKETS: u32 = 14;

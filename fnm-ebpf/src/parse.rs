@@ -2,6 +2,16 @@
 //!
 //! Every read is checked against `data_end`; every loop has a fixed bound. Byte arrays are read
 //! instead of wider integers so no read assumes an alignment the frame does not have.
+//!
+//! [`parse`] reads the frames that are not tunnels in straight-line code. For a packet that
+//! carries a tunnel the userspace parser (`fnm-agent/src/capture/parse.rs`) decapsulates (GRE,
+//! L2TPv2 on UDP port 1701, IP-in-IP, IPv6-in-IP; never a fragment) it starts this CPU's walk
+//! ([`crate::walk::begin`]) and returns [`ParseError::Tunnel`] with the walk layer of the
+//! tunnel header: the counting program then hands the frame to the tail-called programs of
+//! [`crate::walk`], which parse with `WALK = true` (the tunnel noted in [`Packet::tunnel`]).
+//! The checks that tell a tunnel apart cost the plain path one branch on the UDP ports; the
+//! other protocols are told apart in the default arm of the L4 match, off the TCP, UDP and
+//! ICMP paths.
 
 use aya_ebpf::programs::XdpContext;
 
@@ -21,6 +31,19 @@ const MAX_MPLS_LABELS: usize = 6;
 const MAX_IPV6_EXT: usize = 6;
 /// Extension headers deeper than this are treated as malformed (bounds offsets for the verifier).
 const MAX_L4_OFFSET: usize = 512;
+/// No header of a tunnel walk starts beyond this offset (bounds offsets for the verifier).
+pub const MAX_OFFSET: usize = 2047;
+const L2TP_PORT: u16 = 1701;
+const PROTO_IPIP: u8 = 4;
+const PROTO_IPV6_IN_IP: u8 = 41;
+const PROTO_GRE: u8 = 47;
+
+/// The layers of a tunnel walk (the index of each one's program in `FNM_LAYERS`).
+pub mod layer {
+    pub use fnm_common::tunnel_layer::{ACCOUNT, ETHERNET, GRE, IPV4, IPV6, L2TP, MPLS, PPP};
+    /// No tunnel: nothing more to read.
+    pub const NONE: u8 = u8::MAX;
+}
 
 /// Why a frame was not counted per host.
 pub enum ParseError {
@@ -28,6 +51,9 @@ pub enum ParseError {
     NotIp,
     /// Truncated or inconsistent headers.
     Malformed,
+    /// The packet carries a tunnel: this CPU's walk was started (outside a walk only), and
+    /// the walk goes on in the program of this layer.
+    Tunnel(u8),
 }
 
 /// An address as two big-endian 64-bit words (IPv4-mapped for IPv4): two registers instead of
@@ -86,6 +112,7 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 /// What the accounting needs from one IP packet.
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// Source, IPv4-mapped for IPv4.
     pub src: Addr,
@@ -109,6 +136,10 @@ pub struct Packet {
     pub has_l4: bool,
     /// IPv4 packet.
     pub v4: bool,
+    /// The tunnel this packet carries: the walk layer of its header, or [`layer::NONE`].
+    pub tunnel: u8,
+    /// Offset of that header in the frame.
+    pub tunnel_at: u16,
 }
 
 impl Packet {
@@ -119,8 +150,9 @@ impl Packet {
     }
 }
 
+/// The `N` bytes at `offset`, or malformed when the frame ends before.
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ParseError> {
+pub fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ParseError> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + N > end {
@@ -130,8 +162,9 @@ fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Par
     Ok(unsafe { *((start + offset) as *const [u8; N]) })
 }
 
+/// A big-endian `u16`.
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
+pub fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
@@ -170,20 +203,32 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
     }
 
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, off),
-        ETH_P_IPV6 => parse_ipv6(ctx, off),
+        ETH_P_IPV4 => parse_ipv4::<false>(ctx, off),
+        ETH_P_IPV6 => parse_ipv6::<false>(ctx, off),
         _ => Err(ParseError::NotIp),
     }
 }
 
+/// The farthest offset an L4 header may start at: in a tunnel walk (`WALK`) or not.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
+const fn l4_limit(walk: bool) -> usize {
+    if walk {
+        MAX_OFFSET
+    } else {
+        MAX_L4_OFFSET
+    }
+}
+
+/// An IPv4 packet at `off`. The whole header, options included, must be in the frame, as the
+/// userspace parser requires of every IPv4 header.
+#[inline(always)]
+pub fn parse_ipv4<const WALK: bool>(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
     let h = bytes::<20>(ctx, off)?;
     if h[0] >> 4 != 4 {
         return Err(ParseError::Malformed);
     }
     let ihl = (h[0] & 0x0f) as usize * 4;
-    if ihl < 20 {
+    if ihl < 20 || ctx.data() + off + ihl > ctx.data_end() {
         return Err(ParseError::Malformed);
     }
     let total_len = be16([h[2], h[3]]) as u32;
@@ -205,15 +250,18 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
         fragment: more_fragments || frag_offset != 0,
         has_l4: false,
         v4: true,
+        tunnel: layer::NONE,
+        tunnel_at: 0,
     };
     if frag_offset == 0 {
-        parse_l4(ctx, off + ihl, &mut p)?;
+        parse_l4::<WALK>(ctx, off + ihl, &mut p)?;
     }
     Ok(p)
 }
 
+/// An IPv6 packet at `off`, its extension headers skipped.
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
+pub fn parse_ipv6<const WALK: bool>(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
     let h = bytes::<40>(ctx, off)?;
     if h[0] >> 4 != 6 {
         return Err(ParseError::Malformed);
@@ -236,6 +284,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
         fragment: false,
         has_l4: false,
         v4: false,
+        tunnel: layer::NONE,
+        tunnel_at: 0,
     };
     let mut l4 = off + 40;
     let mut later_fragment = false;
@@ -265,19 +315,36 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Packet, ParseError> {
             }
             _ => break,
         }
-        if l4 > MAX_L4_OFFSET {
+        if l4 > l4_limit(WALK) {
+            // Another extension header past the limit is not read (in a walk, past the limit
+            // means past the frame: frames are shorter); a protocol without an L4 header to
+            // read is counted as userspace counts it (`parse_l4`).
+            if !matches!(p.protocol, 0 | 43 | 44 | 51 | 60) {
+                break;
+            }
             return Err(ParseError::Malformed);
         }
     }
     if !later_fragment {
-        parse_l4(ctx, l4, &mut p)?;
+        parse_l4::<WALK>(ctx, l4, &mut p)?;
     }
     Ok(p)
 }
 
+/// Reads the L4 header at `off`, and notes the tunnel the packet carries, if any.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseError> {
-    if off > MAX_L4_OFFSET {
+fn parse_l4<const WALK: bool>(
+    ctx: &XdpContext,
+    off: usize,
+    p: &mut Packet,
+) -> Result<(), ParseError> {
+    if off > l4_limit(WALK) {
+        // A header that must be read is not read past the limit (in a walk, past the limit
+        // means past the frame: see `parse_ipv6`); a tunnel's is read no further than its
+        // layer program's check ([`MAX_OFFSET`]); any other protocol has nothing to read.
+        if !matches!(p.protocol, 6 | 17 | 1 | 58) {
+            return p.carries_at_most::<WALK>(off);
+        }
         return Err(ParseError::Malformed);
     }
     match p.protocol {
@@ -293,6 +360,11 @@ fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseErr
             p.src_port = be16([u[0], u[1]]);
             p.dst_port = be16([u[2], u[3]]);
             p.has_l4 = true;
+            // One branch for both ports (bitwise or): the plain UDP path pays one jump.
+            if (p.src_port == L2TP_PORT) | (p.dst_port == L2TP_PORT) {
+                // The L2TP header follows the 8-byte UDP header.
+                return p.carries::<WALK>(layer::L2TP, off + 8);
+            }
         }
         1 | 58 => {
             let i = bytes::<2>(ctx, off)?;
@@ -300,7 +372,50 @@ fn parse_l4(ctx: &XdpContext, off: usize, p: &mut Packet) -> Result<(), ParseErr
             p.dst_port = i[1] as u16;
             p.has_l4 = true;
         }
-        _ => {}
+        // GRE, IP-in-IP and IPv6-in-IP start a tunnel; the other protocols have nothing to
+        // read. Told apart here, off the TCP, UDP and ICMP paths.
+        _ => return p.carries_at_most::<WALK>(off),
     }
     Ok(())
+}
+
+impl Packet {
+    /// A tunnel header past the L4 limit at `at`: its layer program reads it when it lies
+    /// within [`MAX_OFFSET`], and otherwise finds it out of reach and counts this packet, as
+    /// userspace does with a cut tunnel.
+    #[inline(always)]
+    fn carries_at_most<const WALK: bool>(&mut self, at: usize) -> Result<(), ParseError> {
+        let layer = match self.protocol {
+            PROTO_GRE => layer::GRE,
+            PROTO_IPIP => layer::IPV4,
+            PROTO_IPV6_IN_IP => layer::IPV6,
+            _ => return Ok(()),
+        };
+        self.carries::<WALK>(layer, at.min(u16::MAX as usize))
+    }
+
+    /// The tunnel whose header (walk layer `layer`) starts at `at`; a fragment carries none
+    /// (its payload spans frames). In a walk (`WALK`) it is noted in the packet; outside, this
+    /// CPU's walk starts from this packet and [`ParseError::Tunnel`] says where it goes on, so
+    /// that the counting program's plain path carries no tunnel state.
+    #[inline(always)]
+    fn carries<const WALK: bool>(&mut self, layer: u8, at: usize) -> Result<(), ParseError> {
+        if self.fragment {
+            return Ok(());
+        }
+        if WALK {
+            self.note_tunnel(layer, at);
+            return Ok(());
+        }
+        if crate::walk::begin(self, layer, at) {
+            return Err(ParseError::Tunnel(layer));
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn note_tunnel(&mut self, layer: u8, at: usize) {
+        self.tunnel = layer;
+        self.tunnel_at = at as u16;
+    }
 }

@@ -40,6 +40,11 @@ pub struct XdpStatus {
     pub source_whitelisted_packets: u64,
     /// IP bytes of those packets.
     pub source_whitelisted_bytes: u64,
+    /// Frames counted as a packet found inside a tunnel (GRE, ERSPAN, L2TPv2, IP-in-IP).
+    pub decapsulated: u64,
+    /// Frames carrying a tunnel whose payload was not a readable IP packet (the packet
+    /// around it was counted).
+    pub tunnel_outer_counted: u64,
     /// New hosts that found the kernel host table full.
     pub host_table_full: u64,
     /// Packet samples lost to a full ring buffer.

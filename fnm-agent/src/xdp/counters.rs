@@ -265,6 +265,8 @@ impl Poller {
             whitelist_passed: stat(stat::WHITELIST_PASSED),
             source_whitelisted_packets: stat(stat::SOURCE_WHITELISTED_PACKETS),
             source_whitelisted_bytes: stat(stat::SOURCE_WHITELISTED_BYTES),
+            decapsulated: stat(stat::DECAPSULATED),
+            tunnel_outer_counted: stat(stat::TUNNEL_OUTER_COUNTED),
             host_table_full: stat(stat::HOST_TABLE_FULL),
             samples_lost: stat(stat::SAMPLES_LOST),
             kernel_hosts: kept as u64 + active_dense,

@@ -8,7 +8,10 @@ use super::{
 };
 use crate::prefix::Prefix;
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, ProgramArray,
+        RingBuf,
+    },
     Ebpf,
 };
 use fnm_common::{
@@ -65,6 +68,10 @@ pub struct KernelMaps {
     pub stats: PerCpuArray<MapData, [u64; stat::COUNT as usize]>,
     /// Run-time settings.
     pub settings: Array<MapData, u32>,
+    /// The tunnel walk's layer programs (kept open: the kernel empties a program array when
+    /// its last file descriptor closes); `None` for an object built without the walk (an
+    /// older build the benchmark compares), whose tunnels are counted as the outer packet.
+    pub layers: Option<ProgramArray<MapData>>,
     /// The table flags the drop tables last asked for ([`KernelMaps::set_table_flags`]);
     /// the source whitelist's flag is added to them.
     table_flags: u32,
@@ -188,6 +195,7 @@ impl KernelMaps {
             samples: take(ebpf, map_names::SAMPLES).ok(),
             stats: take(ebpf, map_names::STATS)?,
             settings: take(ebpf, map_names::SETTINGS)?,
+            layers: take(ebpf, map_names::LAYERS).ok(),
             table_flags: 0,
         })
     }
@@ -204,6 +212,27 @@ impl KernelMaps {
         self.local16.write(&layout.table());
         self.networks = networks.to_vec();
         self.insert_whitelist(whitelist)
+    }
+
+    /// Puts the tunnel walk's programs (loaded) into `LAYERS`, each at its index.
+    pub fn fill_layers(&mut self, ebpf: &Ebpf) -> Result<(), XdpError> {
+        let err = |message: String| XdpError::Map {
+            map: map_names::LAYERS,
+            message,
+        };
+        let Some(layers) = self.layers.as_mut() else {
+            return Ok(());
+        };
+        for (index, name) in fnm_common::tunnel_layer::PROGRAMS.iter().enumerate() {
+            let program = ebpf
+                .program(name)
+                .ok_or_else(|| err(format!("program {name} missing from the object")))?;
+            let fd = program.fd().map_err(|e| err(format!("{name}: {e}")))?;
+            layers
+                .set(index as u32, fd, 0)
+                .map_err(map_err(map_names::LAYERS))?;
+        }
+        Ok(())
     }
 
     fn insert_whitelist(&mut self, whitelist: &[Prefix]) -> Result<(), XdpError> {

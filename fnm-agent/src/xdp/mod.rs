@@ -166,7 +166,16 @@ impl DataPlane {
             .map_max_entries(map_names::DROP_COUNTERS, counters_slots)
             .load(object)
             .map_err(|e| XdpError::Load(error_chain(&e)))?;
-        for name in [PROGRAM, PASS_PROGRAM] {
+        // The tunnel walk's programs, unless the object predates them (see `KernelMaps::layers`).
+        let walk = ebpf
+            .program(fnm_common::tunnel_layer::PROGRAMS[0])
+            .is_some();
+        let programs = [PROGRAM, PASS_PROGRAM].into_iter().chain(
+            fnm_common::tunnel_layer::PROGRAMS
+                .into_iter()
+                .filter(|_| walk),
+        );
+        for name in programs {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| XdpError::Load(format!("program {name} missing from object")))?
@@ -174,11 +183,12 @@ impl DataPlane {
                 .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
             program
                 .load()
-                .map_err(|e| XdpError::Load(verifier_error(&e)))?;
+                .map_err(|e| XdpError::Load(format!("{name}: {}", verifier_error(&e))))?;
         }
         let mut maps =
             KernelMaps::take(&mut ebpf, layout, dense_slots as usize, config.max_prefixes)?;
         maps.fill_prefixes(networks, whitelist)?;
+        maps.fill_layers(&ebpf)?;
         let tables = DropTables::new(counters_slots);
         Ok(Self {
             ebpf,

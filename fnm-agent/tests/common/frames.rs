@@ -130,3 +130,87 @@ pub fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// UDP header + `payload`.
+pub fn udp_with(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A GRE header: flags and version word, protocol, the optional fields in `extra`, payload.
+pub fn gre(flags: u16, protocol: u16, extra: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut g = flags.to_be_bytes().to_vec();
+    g.extend_from_slice(&protocol.to_be_bytes());
+    g.extend_from_slice(extra);
+    g.extend_from_slice(payload);
+    g
+}
+
+/// An ERSPAN type II header (8 bytes) with `version` (1 on the wire), then `frame`.
+pub fn erspan2(version: u8, frame: &[u8]) -> Vec<u8> {
+    let mut e = vec![version << 4, 100, 0x00, 0x07, 0, 0, 0, 5];
+    e.extend_from_slice(frame);
+    e
+}
+
+/// An ERSPAN type III header (12 bytes, version 2) with frame type `frame_type` (0 =
+/// Ethernet) and, with `platform`, the 8-byte platform subheader; then `frame`.
+pub fn erspan3(frame_type: u8, platform: bool, frame: &[u8]) -> Vec<u8> {
+    let mut e = vec![0x20, 100, 0x00, 0x09, 0, 0, 1, 0, 0, 0];
+    e.push((frame_type & 0x1f) << 2);
+    e.push(u8::from(platform));
+    if platform {
+        e.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 1]);
+    }
+    e.extend_from_slice(frame);
+    e
+}
+
+/// An L2TPv2 header with `flags` (version bits included): the length (L), tunnel and
+/// session ids, Ns/Nr (S) and the offset size and `pad` bytes (O) as the flags say; then
+/// `payload`.
+pub fn l2tp(flags: u16, pad: usize, payload: &[u8]) -> Vec<u8> {
+    let mut l = flags.to_be_bytes().to_vec();
+    if flags & 0x4000 != 0 {
+        l.extend_from_slice(&((6 + payload.len()) as u16).to_be_bytes());
+    }
+    l.extend_from_slice(&[0, 1, 0, 2]);
+    if flags & 0x0800 != 0 {
+        l.extend_from_slice(&[0, 3, 0, 4]);
+    }
+    if flags & 0x0200 != 0 {
+        l.extend_from_slice(&(pad as u16).to_be_bytes());
+        l.extend(std::iter::repeat_n(0u8, pad));
+    }
+    l.extend_from_slice(payload);
+    l
+}
+
+/// A PPP frame: address and control (0xFF 0x03) when `address_control`, the protocol bytes
+/// as given (1 byte when compressed), then `payload`.
+pub fn ppp(address_control: bool, protocol: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    if address_control {
+        p.extend_from_slice(&[0xff, 0x03]);
+    }
+    p.extend_from_slice(protocol);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An MPLS pseudowire payload: a zero control word, then an Ethernet frame.
+pub fn pseudowire(frame: &[u8]) -> Vec<u8> {
+    let mut p = vec![0, 0, 0, 0];
+    p.extend_from_slice(frame);
+    p
+}
+
+pub const ETH_TEB: u16 = 0x6558;
+pub const ETH_ERSPAN_1_2: u16 = 0x88BE;
+pub const ETH_ERSPAN_3: u16 = 0x22EB;
+pub const ETH_PPP: u16 = 0x880B;
