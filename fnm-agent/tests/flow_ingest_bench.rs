@@ -750,6 +750,9 @@ fn process_cpu_ns(pid: u32, children: bool) -> u64 {
     total
 }
 
+/// Reads a collector's CPU time so far, in nanoseconds.
+type CpuReader = Box<dyn Fn() -> u64>;
+
 /// Nanoseconds on CPU of this process's `fnm-*` threads (collectors and engine).
 fn fnm_threads_cpu_ns() -> u64 {
     std::fs::read_dir("/proc/self/task")
@@ -874,7 +877,7 @@ fn flow_cpu_per_record_bench() {
         let fastnetmon = FastNetMon::start(Some(32 << 20));
         let pmacct = Pmacct::start(sflow);
         let pmacct_name = if sflow { "sfacctd" } else { "nfacctd" };
-        let targets: [(&str, SocketAddr, Box<dyn Fn() -> u64>); 3] = [
+        let targets: [(&str, SocketAddr, CpuReader); 3] = [
             ("fnm", fnm.addr(sflow), Box::new(fnm_threads_cpu_ns)),
             ("fastnetmon", fastnetmon.addr(sflow), {
                 let pid = fastnetmon.child.id();
