@@ -1,7 +1,7 @@
 //! What the flow collectors count, per exporter and per socket, and its Prometheus rendering.
 //!
-//! Workers count into a [`BatchCounts`] while they decode a batch and merge it into the shared
-//! [`CollectorMetrics`] once per batch. The `exporter` label is the exporter's configured name
+//! Workers count into a [`BatchCounts`] while they decode and merge it into the shared
+//! [`CollectorMetrics`] when they hand their records over (at most 10 ms apart). The `exporter` label is the exporter's configured name
 //! or its address; at most [`MAX_EXPORTER_LABELS`] distinct exporters get their own label, the
 //! rest are counted under `other`.
 

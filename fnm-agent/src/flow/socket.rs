@@ -161,6 +161,11 @@ impl BatchReceiver {
         }
     }
 
+    /// How long [`BatchReceiver::receive`] waits for a first datagram from now on.
+    pub fn set_wait(&self, wait: Duration) -> io::Result<()> {
+        self.socket.set_read_timeout(Some(wait))
+    }
+
     /// Datagram `index` of the last batch and its sender (`None` when the kernel gave no
     /// usable address).
     pub fn datagram(&self, index: usize) -> (&[u8], Option<SocketAddr>) {
@@ -171,7 +176,8 @@ impl BatchReceiver {
         )
     }
 
-    /// Waits up to [`RECEIVE_POLL`] for a datagram and takes every datagram already queued, up
+    /// Waits up to [`RECEIVE_POLL`] (or what [`BatchReceiver::set_wait`] set) for a datagram
+    /// and takes every datagram already queued, up
     /// to the batch size. Returns how many were received; a timeout is `Ok(0)`.
     pub fn receive(&mut self) -> io::Result<usize> {
         match self.receive_inner() {
