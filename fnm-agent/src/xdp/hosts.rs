@@ -2,56 +2,28 @@
 //! (a per-CPU array, see [`DenseLayout`]), other IPv4 hosts in `HOSTS_V4` (8-byte key), IPv6
 //! hosts in `HOSTS`, presented to the agent as one table keyed by [`HostKey`].
 
-use super::local16::DenseLayout;
+use super::{local16::DenseLayout, mmap::SharedMapping};
 use aya::maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use fnm_common::{v4_mapped, HostKey, HostKeyV4, XdpHostCounters};
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
     sync::atomic::{AtomicU64, AtomicU8, Ordering},
 };
 
 /// The `DENSE_TOUCHED_V4` map mapped into the agent: byte `s` is 1 when dense slot `s` got a
 /// packet since the agent last cleared it.
 pub(crate) struct TouchedBytes {
-    /// Keeps the map (and so the mapping's backing) alive.
-    _map: MapData,
-    ptr: *mut u8,
+    mapping: SharedMapping,
     len: usize,
-    mapped: usize,
 }
-
-// SAFETY: the mapping is owned by this value and only accessed through atomics.
-unsafe impl Send for TouchedBytes {}
-// SAFETY: as above.
-unsafe impl Sync for TouchedBytes {}
 
 impl TouchedBytes {
     /// Maps `map` (an mmap-able array of `len / 8` u64 entries) shared with the kernel.
     pub(crate) fn map(map: MapData, len: usize) -> std::io::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let mapped = len.div_ceil(page).max(1) * page;
-        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array's fd, no larger than
-        // the array's pages; checked for MAP_FAILED below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Self {
-            _map: map,
-            ptr: ptr.cast(),
+            mapping: SharedMapping::new(map, len)?,
             len,
-            mapped,
         })
     }
 
@@ -68,7 +40,7 @@ impl TouchedBytes {
         out.clear();
         for word in 0..self.len / 8 {
             // SAFETY: in bounds of the mapping; 8-byte aligned (page-aligned base).
-            let mut w = unsafe { AtomicU64::from_ptr(self.ptr.add(word * 8).cast()) }
+            let mut w = unsafe { AtomicU64::from_ptr(self.mapping.ptr().add(word * 8).cast()) }
                 .load(Ordering::Acquire);
             while w != 0 {
                 // Byte i of the word (little-endian: slot word * 8 + i) is non-zero.
@@ -87,16 +59,9 @@ impl TouchedBytes {
             return false;
         }
         // SAFETY: in bounds of the mapping.
-        unsafe { AtomicU8::from_ptr(self.ptr.add(slot)) }
+        unsafe { AtomicU8::from_ptr(self.mapping.ptr().add(slot)) }
             .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
-    }
-}
-
-impl Drop for TouchedBytes {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.mapped) };
     }
 }
 

@@ -121,21 +121,8 @@ fn local16_table(ebpf: &mut Ebpf) -> Result<Local16Table, XdpError> {
 pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
     move |e| XdpError::Map {
         map,
-        message: with_sources(&e),
+        message: crate::errors::chain(&e),
     }
-}
-
-/// An error and its sources, `: `-separated: aya says which call failed, its source what the
-/// kernel answered (`bpf_map_delete_elem` failed: Operation not permitted (os error 1)).
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The LPM keys of a prefix, by family.

@@ -10,6 +10,7 @@ mod counters;
 mod hosts;
 mod local16;
 mod maps;
+mod mmap;
 mod networks;
 pub mod tables;
 
@@ -165,7 +166,7 @@ impl DataPlane {
             .map_max_entries(map_names::RULES, config.max_drop_entries.min(4096))
             .map_max_entries(map_names::DROP_COUNTERS, counters_slots)
             .load(object)
-            .map_err(|e| XdpError::Load(error_chain(&e)))?;
+            .map_err(|e| XdpError::Load(crate::errors::chain(&e)))?;
         // The tunnel walk's programs, unless the object predates them (see `KernelMaps::layers`).
         let walk = ebpf
             .program(fnm_common::tunnel_layer::PROGRAMS[0])
@@ -226,12 +227,16 @@ impl DataPlane {
         let pin_file = pin_dir.map(|d| d.join(crate::ownership::pin_name(interface)));
         if let Some(path) = pin_file.as_ref().filter(|p| p.exists()) {
             let taken = PinnedLink::from_pin(path)
-                .map_err(|e| error_chain(&e))
+                .map_err(|e| crate::errors::chain(&e))
                 .and_then(|pinned| {
                     let fd: FdLink = pinned.into();
-                    XdpLink::try_from(fd).map_err(|e| error_chain(&e))
+                    XdpLink::try_from(fd).map_err(|e| crate::errors::chain(&e))
                 })
-                .and_then(|link| program.attach_to_link(link).map_err(|e| error_chain(&e)));
+                .and_then(|link| {
+                    program
+                        .attach_to_link(link)
+                        .map_err(|e| crate::errors::chain(&e))
+                });
             match taken {
                 Ok(id) => {
                     self.links.push((
@@ -253,7 +258,7 @@ impl DataPlane {
             program.attach(interface, m).map_err(|e| XdpError::Attach {
                 interface: interface.to_owned(),
                 mode: label,
-                message: error_chain(&e),
+                message: crate::errors::chain(&e),
             })
         };
         let (link, used) = match mode {
@@ -274,9 +279,9 @@ impl DataPlane {
             Some(path) => {
                 let pinned = program
                     .take_link(link)
-                    .map_err(|e| error_chain(&e))
-                    .and_then(|l| FdLink::try_from(l).map_err(|e| error_chain(&e)))
-                    .and_then(|fd| fd.pin(&path).map_err(|e| error_chain(&e)));
+                    .map_err(|e| crate::errors::chain(&e))
+                    .and_then(|l| FdLink::try_from(l).map_err(|e| crate::errors::chain(&e)))
+                    .and_then(|fd| fd.pin(&path).map_err(|e| crate::errors::chain(&e)));
                 match pinned {
                     Ok(p) => Attachment::Pinned(p),
                     Err(e) => {
@@ -455,7 +460,9 @@ impl DataPlane {
                 repeat,
                 ..TestRunOptions::new()
             })
-            .map_err(|e| XdpError::Load(format!("BPF_PROG_TEST_RUN: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                XdpError::Load(format!("BPF_PROG_TEST_RUN: {}", crate::errors::chain(&e)))
+            })?;
         Ok((result.return_value, result.duration.as_nanos() as f64))
     }
 }
@@ -501,7 +508,7 @@ pub fn detach_pinned(pin_dir: &Path, interface: &str) -> Result<bool, XdpError> 
             tracing::warn!(
                 "{} is not a usable link ({}); removing it",
                 path.display(),
-                error_chain(&e)
+                crate::errors::chain(&e)
             );
             std::fs::remove_file(&path)
                 .map_err(|e| fail(format!("removing {}: {e}", path.display())))?;
@@ -569,17 +576,6 @@ fn raise_memlock_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
-/// An error and its causes on one line, each cause once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut messages = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        messages.push(inner.to_string());
-        cur = inner.source();
-    }
-    crate::errors::join(messages)
-}
-
 fn verifier_error(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
@@ -591,6 +587,6 @@ fn verifier_error(e: &ProgramError) -> String {
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             format!("{io_error}; verifier log (tail):\n{}", tail.join("\n"))
         }
-        other => error_chain(other),
+        other => crate::errors::chain(other),
     }
 }

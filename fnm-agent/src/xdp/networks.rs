@@ -22,14 +22,15 @@
 //! read the slot: they are absorbed in step 4 or at the next reload, never given to another
 //! host.
 
-use super::{local16::DenseLayout, maps::map_err, maps::LpmKey, DataPlane, XdpError};
+use super::{
+    local16::DenseLayout, maps::map_err, maps::LpmKey, mmap::SharedMapping, DataPlane, XdpError,
+};
 use crate::prefix::Prefix;
 use aya::maps::MapData;
 use fnm_common::{local16, map_names};
 use std::{
     collections::BTreeSet,
     net::IpAddr,
-    os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -38,42 +39,16 @@ const ENTRY_STRIDE: usize = 8;
 
 /// The `LOCAL16_V4` array mapped into the agent, with the values last written.
 pub(crate) struct Local16Table {
-    /// Keeps the map (and so the mapping's backing) alive.
-    _map: MapData,
-    ptr: *mut u8,
-    mapped: usize,
+    mapping: SharedMapping,
     current: Vec<u32>,
 }
-
-// SAFETY: the mapping is owned by this value and only written through atomics.
-unsafe impl Send for Local16Table {}
-// SAFETY: as above.
-unsafe impl Sync for Local16Table {}
 
 impl Local16Table {
     /// Maps `map` (an mmap-able array of [`local16::BLOCKS`] `u32`, all zero =
     /// [`local16::NONE`] after load).
     pub(crate) fn map(map: MapData) -> std::io::Result<Self> {
-        let mapped = local16::BLOCKS * ENTRY_STRIDE;
-        // SAFETY: a shared read-write mapping of a BPF_F_MMAPABLE array's fd, exactly the
-        // array's value area; checked for MAP_FAILED below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Self {
-            _map: map,
-            ptr: ptr.cast(),
-            mapped,
+            mapping: SharedMapping::new(map, local16::BLOCKS * ENTRY_STRIDE)?,
             current: vec![local16::NONE; local16::BLOCKS],
         })
     }
@@ -87,7 +62,7 @@ impl Local16Table {
             }
             // SAFETY: `block` < BLOCKS, so the entry lies inside the mapping; entries are
             // 8-byte aligned (page-aligned base, 8-byte stride).
-            unsafe { AtomicU32::from_ptr(self.ptr.add(block * ENTRY_STRIDE).cast()) }
+            unsafe { AtomicU32::from_ptr(self.mapping.ptr().add(block * ENTRY_STRIDE).cast()) }
                 .store(*want, Ordering::Release);
             *now = *want;
             changed += 1;
@@ -98,13 +73,6 @@ impl Local16Table {
     /// The entry of one /16 block as last written.
     pub(crate) fn get(&self, block: usize) -> Option<u32> {
         self.current.get(block).copied()
-    }
-}
-
-impl Drop for Local16Table {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.mapped) };
     }
 }
 
