@@ -129,6 +129,19 @@ fn sflow_datagram(seed: u32) -> Vec<u8> {
     d
 }
 
+/// The 2 048 distinct datagrams a sender cycles through: sFlow or NetFlow v5.
+fn bench_datagrams(sflow: bool) -> Vec<Vec<u8>> {
+    (0..2048)
+        .map(|seed| {
+            if sflow {
+                sflow_datagram(seed)
+            } else {
+                netflow5(seed)
+            }
+        })
+        .collect()
+}
+
 /// Sends `datagrams` round-robin to `target` at `rate` datagrams/s for `duration` with
 /// `sendmmsg`; returns how many were sent and the achieved rate.
 fn blast(target: SocketAddr, datagrams: &[Vec<u8>], rate: f64, duration: Duration) -> (u64, f64) {
@@ -344,15 +357,7 @@ fn find_lossless(target: &dyn Target, sflow: bool) -> (f64, f64) {
     } else {
         RECORDS_PER_V5_DATAGRAM
     });
-    let datagrams: Vec<Vec<u8>> = (0..2048)
-        .map(|seed| {
-            if sflow {
-                sflow_datagram(seed)
-            } else {
-                netflow5(seed)
-            }
-        })
-        .collect();
+    let datagrams = bench_datagrams(sflow);
     let unit = if sflow { "samples/s" } else { "records/s" };
     let mut rate = FIRST_RATE;
     let mut best = 0.0f64;
@@ -860,15 +865,7 @@ fn flow_cpu_per_record_bench() {
         } else {
             RECORDS_PER_V5_DATAGRAM
         });
-        let datagrams: Vec<Vec<u8>> = (0..2048)
-            .map(|seed| {
-                if sflow {
-                    sflow_datagram(seed)
-                } else {
-                    netflow5(seed)
-                }
-            })
-            .collect();
+        let datagrams = bench_datagrams(sflow);
         let (fnm, engine, _state) = fnm_engine(Vec::new());
         let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap_or_default();
         if max.trim().parse::<usize>().unwrap_or(0) < 32 << 20 {
