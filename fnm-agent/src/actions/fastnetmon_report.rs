@@ -155,37 +155,31 @@ pub fn description(a: &Attack) -> String {
     let _ = writeln!(s, "Attack direction: {}", a.direction.as_str());
     let _ = writeln!(s, "Attack protocol: {}", attack_protocol(attack));
     // FastNetMon 1.2.4 fills "Total" and "Average" from the same 5 s average.
+    let totals = [
+        (
+            "traffic",
+            "mbps",
+            mbps(incoming.bytes_per_second),
+            mbps(outgoing.bytes_per_second),
+        ),
+        (
+            "pps",
+            "packets per second",
+            whole(incoming.pps),
+            whole(outgoing.pps),
+        ),
+        (
+            "flows",
+            "flows per second",
+            whole(incoming.flows_per_second),
+            whole(outgoing.flows_per_second),
+        ),
+    ];
     for prefix in ["Total", "Average"] {
-        let _ = writeln!(
-            s,
-            "{prefix} incoming traffic: {} mbps",
-            mbps(incoming.bytes_per_second)
-        );
-        let _ = writeln!(
-            s,
-            "{prefix} outgoing traffic: {} mbps",
-            mbps(outgoing.bytes_per_second)
-        );
-        let _ = writeln!(
-            s,
-            "{prefix} incoming pps: {} packets per second",
-            whole(incoming.pps)
-        );
-        let _ = writeln!(
-            s,
-            "{prefix} outgoing pps: {} packets per second",
-            whole(outgoing.pps)
-        );
-        let _ = writeln!(
-            s,
-            "{prefix} incoming flows: {} flows per second",
-            whole(incoming.flows_per_second)
-        );
-        let _ = writeln!(
-            s,
-            "{prefix} outgoing flows: {} flows per second",
-            whole(outgoing.flows_per_second)
-        );
+        for (what, unit, inc, out) in totals {
+            let _ = writeln!(s, "{prefix} incoming {what}: {inc} {unit}");
+            let _ = writeln!(s, "{prefix} outgoing {what}: {out} {unit}");
+        }
     }
     // (label, incoming bytes/s, outgoing bytes/s, incoming pps, outgoing pps)
     let classes = [
