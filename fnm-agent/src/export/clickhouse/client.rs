@@ -124,10 +124,7 @@ impl Client {
                 .await
                 .map_err(|e| Failure::Unreachable(crate::errors::chain(&e)))?;
             let status = response.status();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| Failure::Unreachable(crate::errors::chain(&e)))?;
+            let text = read_bounded(response).await?;
             if status.is_success() {
                 Ok(text)
             } else {
@@ -135,6 +132,27 @@ impl Client {
             }
         })
     }
+}
+
+/// Most bytes of an answer read: the statements the sink runs answer a few partitions or an
+/// error line; a server (or something in its place) sending more does not grow the agent.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// The answer's body, at most [`MAX_ANSWER`] bytes of it (lossy UTF-8).
+async fn read_bounded(mut response: reqwest::Response) -> Result<String, Failure> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Failure::Unreachable(crate::errors::chain(&e)))?
+    {
+        let room = MAX_ANSWER - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The failure an error answer stands for.
@@ -155,6 +173,35 @@ pub fn classify(status: u16, text: String) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_answer_is_read_only_up_to_its_bound() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            // 8 MiB of answer, far past the bound; the client stops reading.
+            let block = vec![b'x'; 64 * 1024];
+            for _ in 0..128 {
+                if conn.write_all(&block).is_err() {
+                    break;
+                }
+            }
+        });
+        let client = Client::new(&ClickHouseConfig {
+            url,
+            ..ClickHouseConfig::default()
+        })
+        .unwrap();
+        let answer = client.execute("SELECT 1", false).unwrap();
+        assert_eq!(answer.len(), MAX_ANSWER);
+        drop(client);
+        server.join().unwrap();
+    }
 
     #[test]
     fn error_answers_are_told_apart_by_their_code() {
