@@ -657,11 +657,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_coalesced_ipv4_tuple_keeps_its_first_ttl_and_all_its_flags() {
-        let mut seen: Vec<TrafficRecord> = Vec::new();
-        let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| seen.extend_from_slice(rs));
-        let syn = Ipv4Packet {
+    /// A TCP SYN from 192.0.2.1:1000 to 198.51.100.1:443.
+    fn syn_packet() -> Ipv4Packet {
+        Ipv4Packet {
             src: 0xC000_0201,
             dst: 0xC633_6401,
             src_port: 1000,
@@ -670,7 +668,14 @@ mod tests {
             protocol: 6,
             tcp_flags: 0x02,
             ttl: 61,
-        };
+        }
+    }
+
+    #[test]
+    fn a_coalesced_ipv4_tuple_keeps_its_first_ttl_and_all_its_flags() {
+        let mut seen: Vec<TrafficRecord> = Vec::new();
+        let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| seen.extend_from_slice(rs));
+        let syn = syn_packet();
         let ack = Ipv4Packet {
             tcp_flags: 0x10,
             ip_len: 1500,
@@ -700,16 +705,7 @@ mod tests {
         let mut seen: Vec<TrafficRecord> = Vec::new();
         let mut sink = RecordBatcher::new(100, |rs: &[TrafficRecord]| seen.extend_from_slice(rs))
             .with_sampling_rate(64);
-        let syn = Ipv4Packet {
-            src: 0xC000_0201,
-            dst: 0xC633_6401,
-            src_port: 1000,
-            dst_port: 443,
-            ip_len: 60,
-            protocol: 6,
-            tcp_flags: 0x02,
-            ttl: 61,
-        };
+        let syn = syn_packet();
         for _ in 0..3 {
             sink.ipv4_packet(Duration::ZERO, &syn);
         }
