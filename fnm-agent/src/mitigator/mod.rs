@@ -544,6 +544,23 @@ impl Mitigator {
                 };
                 let (prefix, match_on) = target.prefix_and_side();
                 let expires = self.ban_time.map(|t| now + t.as_secs().max(1));
+                // The record of this attack's mitigation, whatever its actions did.
+                let mitigation = |actions| Mitigation {
+                    id: attack.id.clone(),
+                    origin: BanOrigin::Detection,
+                    host: attack.host,
+                    direction: Some(attack.direction),
+                    prefix,
+                    match_on,
+                    started: now,
+                    expires,
+                    pps: attack.initial_rates.pps as u64,
+                    reason: String::new(),
+                    attack_ongoing: true,
+                    actions,
+                    lifted: None,
+                    attack: None,
+                };
                 if let Some((label, why)) = self.auto_cap() {
                     tracing::warn!(
                         "attack {} on {} ({}): actions not applied: {why}",
@@ -556,22 +573,7 @@ impl Mitigator {
                         .get_or_create(&vec![("reason".into(), label.into())])
                         .inc();
                     let states = actions.iter().map(|a| self.not_applied(*a, &why)).collect();
-                    self.store.record_not_applied(Mitigation {
-                        id: attack.id.clone(),
-                        origin: BanOrigin::Detection,
-                        host: attack.host,
-                        direction: Some(attack.direction),
-                        prefix,
-                        match_on,
-                        started: now,
-                        expires,
-                        pps: attack.initial_rates.pps as u64,
-                        reason: String::new(),
-                        attack_ongoing: true,
-                        actions: states,
-                        lifted: None,
-                        attack: None,
-                    });
+                    self.store.record_not_applied(mitigation(states));
                     self.dirty = true;
                     return;
                 }
@@ -597,22 +599,7 @@ impl Mitigator {
                     }
                 }
                 let nothing_applied = states.iter().all(|s| s.result == ActionResult::NotApplied);
-                let mitigation = Mitigation {
-                    id: attack.id.clone(),
-                    origin: BanOrigin::Detection,
-                    host: attack.host,
-                    direction: Some(attack.direction),
-                    prefix,
-                    match_on,
-                    started: now,
-                    expires,
-                    pps: attack.initial_rates.pps as u64,
-                    reason: String::new(),
-                    attack_ongoing: true,
-                    actions: states,
-                    lifted: None,
-                    attack: None,
-                };
+                let mitigation = mitigation(states);
                 if nothing_applied {
                     self.store.record_not_applied(mitigation);
                 } else {
