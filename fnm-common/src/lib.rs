@@ -35,8 +35,10 @@ pub mod map_names {
     /// The /24 tables of the IPv4 /16 blocks that local prefixes longer than /16 split
     /// (`Array<[u32; 256]>`, mmap-able, one entry per table): a `LOCAL16_V4` entry
     /// `local16::SPLIT | i` sends the lookup to entry `i`, whose `u32` per /24 holds the
-    /// [`local16`] values, `ASK_TRIE` only for a /24 holding a prefix longer than /24. Written
-    /// by the agent as `LOCAL16_V4` is.
+    /// [`local16`] values, `ASK_TRIE` only for a /24 holding a prefix longer than /24; a dense
+    /// value is encoded as a /16 entry would be (`DENSE` + the slot the /16's first address
+    /// would have, wrapping), so the kernel decodes both alike. Written by the agent as
+    /// `LOCAL16_V4` is.
     pub const LOCAL24_V4: &str = "FNM_LOCAL24_V4";
     /// Which IPv6 /32s may hold a local address (`Array<[u64; 1024]>`, one entry): bit
     /// [`local6::bit`] of an address's top 32 bits is set for every /32 a local network

@@ -272,9 +272,11 @@ impl Local {
 
 /// Whether `addr` is local, and where its counters live.
 ///
-/// Every path ends in one decoding of a table value (one trie call site, one slot sum): the
-/// verifier then prunes the paths that reach it alike, where separate decodings per table
-/// multiplied the states it walks for the two sides of a packet.
+/// Every path ends in one decoding of a table value (one trie call site, one slot sum over the
+/// same bits of the address): the verifier then prunes the paths that reach it alike, where a
+/// decoding per table (or the /24 table's own host bits) multiplied the states it walks for
+/// the two sides of a packet (977,882 and 788,435 instructions against 460,744 without the /24
+/// tables).
 #[inline(always)]
 fn local(addr: Addr, v4: bool) -> Local {
     if v4 {
@@ -285,20 +287,24 @@ fn local(addr: Addr, v4: bool) -> Local {
         let Some(&entry) = FNM_LOCAL16_V4.get(a >> 16) else {
             return Local::No;
         };
-        // The table value for `a`, and the bits of `a` below what the value covers.
-        let (value, host) = if entry & local16::SPLIT == 0 {
-            (entry, a & 0xffff)
+        // The table value for `a`: a /24 table's dense values are encoded as the /16 table's
+        // (slot of the /16's first address, wrapping), so both decode alike.
+        let value = if entry & local16::SPLIT == 0 {
+            entry
         } else {
             match FNM_LOCAL24_V4.get(entry & !local16::SPLIT) {
-                Some(sub) => (sub[((a >> 8) & 0xff) as usize], a & 0xff),
-                None => (local16::NONE, 0),
+                Some(sub) => sub[((a >> 8) & 0xff) as usize],
+                None => local16::NONE,
             }
         };
         match value {
             local16::NONE => Local::No,
             local16::HASHED => Local::Hashed,
             local16::ASK_TRIE => local_trie_v4(a),
-            base => Local::Slot((base - local16::DENSE).wrapping_add(host << 1)),
+            base => Local::Slot(
+                base.wrapping_sub(local16::DENSE)
+                    .wrapping_add((a & 0xffff) << 1),
+            ),
         }
     } else {
         // Most remote addresses share no /32 with a local network: one bit answers.

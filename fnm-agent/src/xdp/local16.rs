@@ -345,12 +345,27 @@ impl DenseLayout {
             for (j, v) in t[first..first + count].iter_mut().enumerate() {
                 let x = (block << 16) | (((first + j) as u32) << 8);
                 *v = match n.base {
-                    Some(base) => local16::DENSE + base + ((x - n.addr) << 1),
+                    Some(base) => sub_dense(base + ((x - n.addr) << 1), x),
                     None => local16::HASHED,
                 };
             }
         }
         t
+    }
+}
+
+/// The /24 table value of the /24 at `x` whose first address counts from `slot`: encoded as a
+/// /16 entry would be (the kernel adds twice the address's low 16 bits to it, wrapping), so
+/// that both tables decode alike. A value that wraps onto one of the markers asks the trie
+/// instead, which answers the same slot.
+fn sub_dense(slot: u32, x: u32) -> u32 {
+    let v = local16::DENSE
+        .wrapping_add(slot)
+        .wrapping_sub((x & 0xffff) << 1);
+    if v < local16::DENSE {
+        local16::ASK_TRIE
+    } else {
+        v
     }
 }
 
@@ -407,11 +422,27 @@ mod tests {
                     local16::NONE => Where::No,
                     local16::HASHED => Where::Hashed,
                     local16::ASK_TRIE => trie(),
-                    v => Where::Slot(v - local16::DENSE + ((a & 0xff) << 1)),
+                    v => Where::Slot(
+                        v.wrapping_sub(local16::DENSE)
+                            .wrapping_add((a & 0xffff) << 1),
+                    ),
                 }
             }
             v => Where::Slot(v - local16::DENSE + ((a & 0xffff) << 1)),
         }
+    }
+
+    #[test]
+    fn a_24_value_that_would_wrap_onto_a_marker_asks_the_trie() {
+        // The /24 at x.x.1.0 (low bits 256, twice: 512) counting from slot 510 would be
+        // DENSE + 510 - 512 = 1, the ASK_TRIE marker.
+        assert_eq!(sub_dense(510, 0x0a00_0100), local16::ASK_TRIE);
+        assert_eq!(sub_dense(512, 0x0a00_0100), local16::DENSE);
+        assert_eq!(sub_dense(0, 0x0a00_0000), local16::DENSE);
+        assert_eq!(
+            sub_dense(0, 0x0a00_ff00).wrapping_sub(local16::DENSE),
+            0u32.wrapping_sub(0xff00 << 1)
+        );
     }
 
     #[derive(Debug, PartialEq, Eq)]
