@@ -174,6 +174,13 @@ pub struct XdpConfig {
     /// Default: `65536` (a /16).
     #[serde(default = "default_dense_v4_addresses")]
     pub dense_v4_addresses: u32,
+    /// IPv4 /16 blocks that local prefixes longer than /16 split, and that get a table of
+    /// their 256 /24s (1 KiB each, shared by the CPUs): the kernel finds such a block's
+    /// addresses with two array reads instead of a trie lookup (a /24 holding a prefix longer
+    /// than /24 still asks the trie). Blocks beyond this number ask the trie. Default: `4096`
+    /// (4 MiB).
+    #[serde(default = "default_local24_tables")]
+    pub local24_tables: u32,
     /// 5-tuples remembered to count new flows (LRU). Default: `262144`.
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,
@@ -209,6 +216,7 @@ impl Default for XdpConfig {
             mode: XdpMode::Auto,
             max_hosts: default_max_hosts(),
             dense_v4_addresses: default_dense_v4_addresses(),
+            local24_tables: default_local24_tables(),
             max_flows: default_max_flows(),
             max_drop_entries: default_max_drops(),
             max_prefixes: default_max_prefixes(),
@@ -518,6 +526,9 @@ fn default_max_hosts() -> u32 {
 }
 fn default_dense_v4_addresses() -> u32 {
     65_536
+}
+fn default_local24_tables() -> u32 {
+    4_096
 }
 fn default_accounting_max_hosts() -> u32 {
     262_144

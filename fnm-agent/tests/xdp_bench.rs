@@ -347,3 +347,190 @@ fn xdp_ns_per_packet() {
         println!("  agent poll, {hosts:>4} hosts with new packets: {ms:6.2} ms");
     }
 }
+
+/// The realistic layout of issue 17 (target 1): 200 IPv4 prefixes from /19 to /24 in 50 /16s
+/// (four per /16: a /19, a /20, a /22 and a /24, 13,568 addresses each, 678,400 in all) and 50
+/// IPv6 /48s of one /32.
+fn isp_networks() -> Vec<fnm_agent::prefix::Prefix> {
+    let mut out = Vec::new();
+    for block in 0..50u8 {
+        for (third, len) in [(0u8, 19u8), (32, 20), (48, 22), (52, 24)] {
+            out.push(
+                format!("100.{}.{third}.0/{len}", 64 + block)
+                    .parse()
+                    .unwrap(),
+            );
+        }
+    }
+    for i in 0..50u16 {
+        out.push(format!("2001:db8:{:x}::/48", 0x100 + i).parse().unwrap());
+    }
+    out
+}
+
+/// The kernel-map sizes the realistic layout is measured with: the configuration
+/// docs/performance.md gives for 1 GiB of kernel maps at 64 CPUs.
+fn isp_config() -> XdpConfig {
+    XdpConfig {
+        dense_v4_addresses: 32_768,
+        max_hosts: 16_384,
+        max_drop_entries: 16_384,
+        ..XdpConfig::default()
+    }
+}
+
+fn frame_v6_between(src: &str, dst: &str) -> Vec<u8> {
+    let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
+    eth(ETH_IPV6, &ipv6(src, dst, 17, &udp(1234, 53, 2)))
+}
+
+#[test]
+#[ignore = "benchmark: run with `cargo xtask bench`"]
+fn xdp_ns_per_packet_isp_layout() {
+    common::require_root("the XDP benchmark");
+    let networks = isp_networks();
+    let config = isp_config();
+    let load = |object: Option<Vec<u8>>| match object {
+        Some(o) => DataPlane::load_object(&o, &config, &networks, &[]),
+        None => DataPlane::load(&config, &networks, &[]),
+    };
+    // This build (or FNM_BENCH_OBJECT's), then FNM_BENCH_BASELINE's builds (main's, say),
+    // measured in the same rounds.
+    let object = std::env::var_os("FNM_BENCH_OBJECT")
+        .map(|path| std::fs::read(path).expect("FNM_BENCH_OBJECT readable"));
+    let mut planes = vec![("this build".to_owned(), load(object).expect("load"))];
+    if let Some(paths) = std::env::var_os("FNM_BENCH_BASELINE") {
+        for path in std::env::split_paths(&paths) {
+            let object = std::fs::read(&path).expect("FNM_BENCH_BASELINE readable");
+            planes.push((
+                path.display().to_string(),
+                load(Some(object)).expect("load"),
+            ));
+        }
+    }
+    for (name, count) in planes[0].1.verified_instructions() {
+        println!("verifier: {name} {count} instructions");
+    }
+    let remote = Ipv4Addr::new(198, 18, 5, 5);
+    // 100.64/16 holds the first dense prefixes; 100.113/16, the last block, counts hashed.
+    let dense22 = Ipv4Addr::new(100, 64, 49, 7);
+    let dense24 = Ipv4Addr::new(100, 64, 52, 9);
+    let hashed22 = Ipv4Addr::new(100, 113, 50, 7);
+    let hashed24 = Ipv4Addr::new(100, 113, 52, 9);
+    // In a local /16, in none of its prefixes.
+    let in16 = Ipv4Addr::new(100, 70, 200, 1);
+    let paths: Vec<(&str, Vec<u8>)> = vec![
+        ("IPv4 remote -> /22 host (dense)", frame_v4(remote, dense22)),
+        ("IPv4 remote -> /24 host (dense)", frame_v4(remote, dense24)),
+        (
+            "IPv4 remote -> /22 host (hashed)",
+            frame_v4(remote, hashed22),
+        ),
+        (
+            "IPv4 remote -> /24 host (hashed)",
+            frame_v4(remote, hashed24),
+        ),
+        (
+            "IPv4 local /16 -> /22 host (dense)",
+            frame_v4(in16, dense22),
+        ),
+        (
+            "IPv4 local /16 -> /22 host (hashed)",
+            frame_v4(in16, hashed22),
+        ),
+        ("IPv4 /24 host (dense) -> remote", frame_v4(dense24, remote)),
+        ("IPv4 remote -> remote (transit)", frame_v4(remote, in16)),
+        (
+            "IPv6 remote -> /48 host",
+            frame_v6_between("2a00:1450:4001::5", "2001:db8:105::7"),
+        ),
+        (
+            "IPv6 /48 host -> remote",
+            frame_v6_between("2001:db8:131::9", "2a00:1450:4001::5"),
+        ),
+        (
+            "IPv6 same /32, not local -> /48 host",
+            frame_v6_between("2001:db8:ffff::5", "2001:db8:105::7"),
+        ),
+    ];
+    for (name, frame) in &paths {
+        assert_eq!(
+            planes[0].1.test_run(frame).expect("test run"),
+            2, // XDP_PASS
+            "{name}"
+        );
+    }
+    let alw_ip = XdpFilter::load("xdpfilt_alw_ip");
+    let fnm = |dp: &DataPlane, prog: &str, f: &[u8]| {
+        dp.test_run_repeat(prog, f, REPEAT)
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN)
+    };
+    let filter = |f: &[u8]| alw_ip.as_ref().map(|x| x.run(f)).unwrap_or(f64::NAN);
+    let v6_frame = &paths[8].1;
+    let v4_frame = &paths[0].1;
+    let mut cases: Vec<(String, Box<dyn Fn() -> f64 + '_>)> = vec![
+        (
+            "floor".into(),
+            Box::new(|| fnm(&planes[0].1, fnm_agent::xdp::PASS_PROGRAM, v4_frame)),
+        ),
+        (
+            "xdp-filter alw_ip IPv4".into(),
+            Box::new(|| filter(v4_frame)),
+        ),
+        (
+            "xdp-filter alw_ip IPv6".into(),
+            Box::new(|| filter(v6_frame)),
+        ),
+    ];
+    for (plane, dp) in &planes {
+        for (name, frame) in &paths {
+            cases.push((
+                format!("{plane}: {name}"),
+                Box::new(move || fnm(dp, fnm_agent::xdp::PROGRAM, frame)),
+            ));
+        }
+    }
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, run)) in cases.iter().enumerate() {
+            samples[i].push(run());
+        }
+    }
+    let result: Vec<f64> = samples.into_iter().map(median).collect();
+    let floor = result[0];
+    println!(
+        "\nXDP ns/packet, realistic layout: 200 IPv4 prefixes /19-/24 in 50 /16s (678,400 \
+         addresses), 50 IPv6 /48s; dense_v4_addresses {}, max_hosts {} \
+         (BPF_PROG_TEST_RUN, {REPEAT} runs x {ROUNDS} interleaved rounds, median):",
+        config.dense_v4_addresses, config.max_hosts
+    );
+    println!("  {:<60} {floor:7.1}", "floor (fnm_pass, empty program)");
+    for ((name, _), v) in cases.iter().zip(&result).skip(1) {
+        println!("  {name:<60} {v:7.1}   above floor {:7.1}", v - floor);
+    }
+    assert!(floor.is_finite() && result[3].is_finite());
+
+    // Kernel memory of the maps: what the kernel charges on this machine against the estimate
+    // of `xdp::memory` (the formula docs/performance.md states), and that estimate at 64 CPUs.
+    drop(cases);
+    let dp = &planes[0].1;
+    let measured: u64 = dp.map_memory().iter().map(|m| m.bytes).sum();
+    let cpus = aya::util::nr_cpus().expect("CPUs") as u64;
+    let estimate = fnm_agent::xdp::memory::KernelMemory::of(&config, 32_768);
+    println!(
+        "  kernel maps: {} MiB measured on {cpus} CPUs (memlock), {} MiB estimated; estimate          {:.1} MiB per CPU + {:.1} MiB shared, {} MiB at 64 CPUs",
+        measured >> 20,
+        estimate.at(cpus) >> 20,
+        estimate.per_cpu as f64 / (1 << 20) as f64,
+        estimate.shared as f64 / (1 << 20) as f64,
+        estimate.at(64) >> 20
+    );
+    for m in dp.map_memory().iter().take(6) {
+        println!(
+            "    {:<24} {:>8.1} MiB",
+            m.name,
+            m.bytes as f64 / (1 << 20) as f64
+        );
+    }
+}

@@ -140,7 +140,9 @@ fn changing_networks_keeps_every_count_with_its_host() {
     );
     let local16 = |a: [u8; 4]| dp.maps.local16_entry(Ipv4Addr::from(a).into());
     assert_eq!(local16([10, 10, 0, 0]), Some(fnm_common::local16::NONE));
-    assert_eq!(local16([10, 40, 0, 0]), Some(fnm_common::local16::ASK_TRIE));
+    // The /24's /16 is answered by a /24 table.
+    let split = local16([10, 40, 0, 0]).unwrap();
+    assert_ne!(split & fnm_common::local16::SPLIT, 0, "{split:#x}");
 }
 
 #[test]
@@ -163,4 +165,45 @@ fn a_change_the_tries_cannot_hold_changes_nothing() {
     send(&dp, Ipv4Addr::new(10, 50, 0, 1).into(), 1);
     let c = common::kernel_host(&dp, Ipv4Addr::new(10, 50, 0, 1).into(), 0);
     assert_eq!(c.packets, 1);
+}
+
+#[test]
+fn a_reload_rewrites_the_24_tables_and_the_ipv6_bits() {
+    // Two /24s split 10.40/16 (its /24 table answers); a /48 in 2001:db8::/32.
+    let mut dp = plane(
+        &["10.40.1.0/24", "10.40.2.0/24", "2001:db8:105::/48"],
+        1024,
+        64,
+    );
+    let all: fnm_agent::prefix::PrefixSet = prefixes(&["10.0.0.0/8", "::/0"]).into_iter().collect();
+    let mut acc = Accounting::new(all, 1024, 1024, 1000);
+    let a: IpAddr = Ipv4Addr::new(10, 40, 1, 7).into();
+    let b: IpAddr = Ipv4Addr::new(10, 40, 2, 7).into();
+    let c: IpAddr = Ipv4Addr::new(10, 40, 8, 7).into();
+    let d: IpAddr = Ipv4Addr::new(10, 41, 0, 7).into();
+    let v6a: IpAddr = "2001:db8:105::7".parse().unwrap();
+    let v6b: IpAddr = "2a02:1000:7::7".parse().unwrap();
+    let hosts = [a, b, c, d, v6a, v6b];
+    for h in hosts {
+        send(&dp, h, 1);
+    }
+    dp.poll(&mut acc, 1_000, 600_000).unwrap();
+    assert_eq!(hosts.map(|h| incoming(&acc, h)), [1, 1, 0, 0, 1, 0]);
+    let slot_a = common::kernel_host(&dp, a, 0);
+    // The second /24 leaves, a /22 joins 10.40/16 and a /24 splits 10.41/16; the IPv6 /48
+    // leaves and a /48 of another /32 joins.
+    dp.set_networks(&prefixes(&[
+        "10.40.1.0/24",
+        "10.40.8.0/22",
+        "10.41.0.0/24",
+        "2a02:1000:7::/48",
+    ]))
+    .unwrap();
+    for h in hosts {
+        send(&dp, h, 2);
+    }
+    dp.poll(&mut acc, 2_000, 600_000).unwrap();
+    assert_eq!(hosts.map(|h| incoming(&acc, h)), [3, 1, 2, 2, 1, 2]);
+    // The /24 that stayed kept its slot: its counters went on from where they were.
+    assert_eq!(common::kernel_host(&dp, a, 0).packets, slot_a.packets + 2);
 }

@@ -804,3 +804,95 @@ fn the_counting_program_verifies_with_headroom() {
         );
     }
 }
+
+#[test]
+fn hosts_of_22_24_and_48_networks_count_exactly_and_their_neighbours_not() {
+    // A /16 split by a /19, a /22, a /24 and a /25 (its /24 table answers, the /25's /24 asks
+    // the trie), a /22 past the dense budget (hashed), and two IPv6 /48s of one /32.
+    let mut dp = plane_with(
+        &[
+            "100.64.0.0/19",
+            "100.64.48.0/22",
+            "100.64.52.0/24",
+            "100.64.53.128/25",
+            "100.65.0.0/22",
+            "2001:db8:105::/48",
+            "2001:db8:106::/48",
+        ],
+        8192 + 1024 + 256 + 128,
+        1024,
+    );
+    let local: [IpAddr; 7] = [
+        Ipv4Addr::new(100, 64, 49, 7).into(),
+        Ipv4Addr::new(100, 64, 52, 9).into(),
+        Ipv4Addr::new(100, 64, 53, 200).into(),
+        Ipv4Addr::new(100, 64, 31, 255).into(),
+        Ipv4Addr::new(100, 65, 3, 3).into(),
+        "2001:db8:105::7".parse().unwrap(),
+        "2001:db8:106:ffff::1".parse().unwrap(),
+    ];
+    // Next to them, in a local /16 or /32, in no local network.
+    let neighbours: [IpAddr; 6] = [
+        Ipv4Addr::new(100, 64, 53, 127).into(),
+        Ipv4Addr::new(100, 64, 32, 0).into(),
+        Ipv4Addr::new(100, 64, 47, 255).into(),
+        Ipv4Addr::new(100, 65, 4, 0).into(),
+        "2001:db8:104:ffff::1".parse().unwrap(),
+        "2001:db8:107::".parse().unwrap(),
+    ];
+    let frame = |src: IpAddr, dst: IpAddr| match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            eth(ETH_IPV4, &ipv4(s, d, 17, &[], 0, &udp(5353, 53, 100)))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth(ETH_IPV6, &ipv6(s, d, 17, &udp(5353, 53, 100))),
+        _ => unreachable!(),
+    };
+    let remote = |a: IpAddr| -> IpAddr {
+        match a {
+            IpAddr::V4(_) => REMOTE4.into(),
+            IpAddr::V6(_) => remote6().into(),
+        }
+    };
+    for (i, h) in local.iter().enumerate() {
+        for _ in 0..=i {
+            assert_eq!(dp.test_run(&frame(remote(*h), *h)).unwrap(), XDP_PASS);
+        }
+        assert_eq!(dp.test_run(&frame(*h, remote(*h))).unwrap(), XDP_PASS);
+    }
+    for n in &neighbours {
+        // To and from a remote address: neither side is local.
+        assert_eq!(dp.test_run(&frame(remote(*n), *n)).unwrap(), XDP_PASS);
+        assert_eq!(dp.test_run(&frame(*n, remote(*n))).unwrap(), XDP_PASS);
+    }
+    for (i, h) in local.iter().enumerate() {
+        let c = host(&dp, *h, direction::INCOMING);
+        assert_eq!(c.packets, i as u64 + 1, "{h} incoming: {c:?}");
+        let c = host(&dp, *h, direction::OUTGOING);
+        assert_eq!(c.packets, 1, "{h} outgoing: {c:?}");
+    }
+    for n in &neighbours {
+        for dir in [direction::INCOMING, direction::OUTGOING] {
+            assert_eq!(host(&dp, *n, dir).packets, 0, "{n} is not local");
+        }
+    }
+    let total = |d: u8| dp.maps.stat(stat::total_index(d, proto::UDP, false));
+    assert_eq!(total(direction::INCOMING), (1..=7).sum::<u64>());
+    assert_eq!(total(direction::OUTGOING), 7);
+    assert_eq!(total(direction::OTHER), 2 * neighbours.len() as u64);
+    assert_eq!(dp.maps.hosts.keys().count(), 14);
+    // The agent reads each host once, under its own address.
+    let networks: fnm_agent::prefix::PrefixSet = dp.networks().iter().copied().collect();
+    let mut accounting = fnm_agent::accounting::Accounting::new(networks, 1024, 1024, 1000);
+    dp.poll(&mut accounting, 1_000, 60_000).unwrap();
+    for (i, h) in local.iter().enumerate() {
+        let d = &accounting.host(*h).expect("polled").dirs;
+        assert_eq!(
+            (d[0].total.packets, d[1].total.packets),
+            (i as u64 + 1, 1),
+            "{h}"
+        );
+    }
+    for n in &neighbours {
+        assert!(accounting.host(*n).is_none(), "{n}");
+    }
+}

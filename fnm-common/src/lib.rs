@@ -32,6 +32,18 @@ pub mod map_names {
     /// the agent at load and entry by entry (one atomic store each) when a reload changes the
     /// networks.
     pub const LOCAL16_V4: &str = "FNM_LOCAL16_V4";
+    /// The /24 tables of the IPv4 /16 blocks that local prefixes longer than /16 split
+    /// (`Array<[u32; 256]>`, mmap-able, one entry per table): a `LOCAL16_V4` entry
+    /// `local16::SPLIT | i` sends the lookup to entry `i`, whose `u32` per /24 holds the
+    /// [`local16`] values, `ASK_TRIE` only for a /24 holding a prefix longer than /24; a dense
+    /// value is encoded as a /16 entry would be (`DENSE` + the slot the /16's first address
+    /// would have, wrapping), so the kernel decodes both alike. Written by the agent as
+    /// `LOCAL16_V4` is.
+    pub const LOCAL24_V4: &str = "FNM_LOCAL24_V4";
+    /// Which IPv6 /32s may hold a local address (`Array<[u64; 1024]>`, one entry): bit
+    /// [`local6::bit`] of an address's top 32 bits is set for every /32 a local network
+    /// overlaps, so an address whose bit is clear is not local without a trie lookup.
+    pub const LOCAL32_V6: &str = "FNM_LOCAL32_V6";
     /// Frozen global (`.rodata`, `u64`, set at load): the secret seed of the flow-table hash.
     pub const FLOW_SEED: &str = "FNM_FLOW_SEED";
     /// Local networks, IPv4 (`LpmTrie<[u8; 4], LocalNetV4>`).
@@ -253,6 +265,23 @@ pub mod local16 {
     pub const BLOCKS: usize = 65_536;
     /// `LocalNetV4::slot_base` of a local network whose hosts use the hash table.
     pub const NO_SLOTS: u32 = u32::MAX;
+    /// Flag of a /16 entry that sends the lookup to a /24 table: `SPLIT | index` in
+    /// `LOCAL24_V4` (dense entries stay below it: slots are below 2^31).
+    pub const SPLIT: u32 = 0x8000_0000;
+    /// Entries of a /24 table (one per /24 of the /16).
+    pub const SUB_ENTRIES: usize = 256;
+}
+
+/// The IPv6 prefilter `LOCAL32_V6`: one bit per hash of an address's top 32 bits.
+pub mod local6 {
+    /// `u64` words of the bitmap (65,536 bits).
+    pub const WORDS: usize = 1024;
+
+    /// The bit of an address whose top 32 bits are `top` (multiplicative hash, top 16 bits).
+    #[inline(always)]
+    pub fn bit(top: u32) -> u32 {
+        top.wrapping_mul(0x9e37_79b1) >> 16
+    }
 }
 
 /// Value of the `LOCAL_V4` trie: where the counters of the network's hosts live.

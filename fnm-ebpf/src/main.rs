@@ -38,9 +38,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use fnm_common::{
-    direction, drop16, local16, proto, setting, stat, table_flag, tunnel_layer, DropCounter,
-    HostCounters, HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, XdpHostCounters,
-    FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    direction, drop16, local16, local6, proto, setting, stat, table_flag, tunnel_layer,
+    DropCounter, HostCounters, HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet,
+    XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
 use walk::Walk;
@@ -52,6 +52,7 @@ const PREFIXES_DEFAULT: u32 = 16_384;
 const DROP_DEFAULT: u32 = 65_536;
 const RULES_DEFAULT: u32 = 4_096;
 const DENSE_SLOTS_DEFAULT: u32 = 131_072;
+const LOCAL24_DEFAULT: u32 = 4_096;
 
 /// Counter slots of every frame: the global counters, one entry.
 type Stats = [u64; stat::COUNT as usize];
@@ -87,6 +88,13 @@ static FNM_FLOW_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_CAC
 #[map]
 static FNM_LOCAL16_V4: Array<u32> =
     Array::with_max_entries(local16::BLOCKS as u32, bindings::BPF_F_MMAPABLE);
+/// The /24 tables of the /16 blocks split by longer local prefixes ([`local16::SPLIT`]).
+#[map]
+static FNM_LOCAL24_V4: Array<[u32; local16::SUB_ENTRIES]> =
+    Array::with_max_entries(LOCAL24_DEFAULT, bindings::BPF_F_MMAPABLE);
+/// One bit per hash of the IPv6 /32s local networks overlap ([`local6`]).
+#[map]
+static FNM_LOCAL32_V6: Array<[u64; local6::WORDS]> = Array::with_max_entries(1, 0);
 #[map]
 static FNM_LOCAL_V4: LpmTrie<[u8; 4], LocalNetV4> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
@@ -263,33 +271,69 @@ impl Local {
 }
 
 /// Whether `addr` is local, and where its counters live.
+///
+/// Every path ends in one decoding of a table value (one trie call site, one slot sum over the
+/// same bits of the address): the verifier then prunes the paths that reach it alike, where a
+/// decoding per table (or the /24 table's own host bits) multiplied the states it walks for
+/// the two sides of a packet (977,882 and 788,435 instructions against 460,744 without the /24
+/// tables).
 #[inline(always)]
 fn local(addr: Addr, v4: bool) -> Local {
     if v4 {
-        // The /16 table answers without the trie unless a longer local prefix splits the /16.
+        // The /16 table answers without the trie unless a longer local prefix splits the /16;
+        // then its /24 table answers, unless a prefix longer than /24 splits the /24.
         let a = addr.v4_addr();
         // An array lookup the verifier inlines; `a >> 16` is below the table's 65,536 entries.
         let Some(&entry) = FNM_LOCAL16_V4.get(a >> 16) else {
             return Local::No;
         };
-        match entry {
+        // The table value for `a`: a /24 table's dense values are encoded as the /16 table's
+        // (slot of the /16's first address, wrapping), so both decode alike.
+        let value = if entry & local16::SPLIT == 0 {
+            entry
+        } else {
+            match FNM_LOCAL24_V4.get(entry & !local16::SPLIT) {
+                Some(sub) => sub[((a >> 8) & 0xff) as usize],
+                None => local16::NONE,
+            }
+        };
+        match value {
             local16::NONE => Local::No,
             local16::HASHED => Local::Hashed,
-            local16::ASK_TRIE => match FNM_LOCAL_V4.get(&Key::new(32, a.to_be_bytes())) {
-                None => Local::No,
-                Some(net) if net.slot_base == local16::NO_SLOTS => Local::Hashed,
-                Some(net) => Local::Slot(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
-            },
-            base => Local::Slot((base - local16::DENSE).wrapping_add((a & 0xffff) << 1)),
+            local16::ASK_TRIE => local_trie_v4(a),
+            base => Local::Slot(
+                base.wrapping_sub(local16::DENSE)
+                    .wrapping_add((a & 0xffff) << 1),
+            ),
         }
-    } else if FNM_LOCAL_V6
-        .get(&Key::new(128, addr.bytes()))
-        .map(|v| *v != 0)
-        .unwrap_or(false)
-    {
-        Local::Hashed
     } else {
-        Local::No
+        // Most remote addresses share no /32 with a local network: one bit answers.
+        let Some(bitmap) = FNM_LOCAL32_V6.get(0) else {
+            return Local::No;
+        };
+        let bit = local6::bit((addr.hi >> 32) as u32);
+        if bitmap[(bit >> 6) as usize & (local6::WORDS - 1)] & (1u64 << (bit & 63)) == 0 {
+            return Local::No;
+        }
+        if FNM_LOCAL_V6
+            .get(&Key::new(128, addr.bytes()))
+            .map(|v| *v != 0)
+            .unwrap_or(false)
+        {
+            Local::Hashed
+        } else {
+            Local::No
+        }
+    }
+}
+
+/// What the `LOCAL_V4` trie answers for `a`.
+#[inline(always)]
+fn local_trie_v4(a: u32) -> Local {
+    match FNM_LOCAL_V4.get(&Key::new(32, a.to_be_bytes())) {
+        None => Local::No,
+        Some(net) if net.slot_base == local16::NO_SLOTS => Local::Hashed,
+        Some(net) => Local::Slot(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
     }
 }
 

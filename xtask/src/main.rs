@@ -49,7 +49,8 @@ enum Task {
     /// Build the Debian package (agent with its XDP object, config, systemd unit, man page,
     /// completions) into target/debian/ with cargo-deb, installing cargo-deb when missing.
     Package,
-    /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter).
+    /// Benchmarks (XDP ns/packet with BPF_PROG_TEST_RUN against xdp-filter, on a /16 and on the
+    /// realistic layout of issue 17).
     Bench,
     /// Build and link the agent for FreeBSD (netmap) and macOS (zig from PyPI links them).
     Cross,

@@ -7,6 +7,11 @@
 //! prefix longer than /16 splits the block), "local, hashed", or "local, dense from slot b". The
 //! trie's values carry the same slot base for the networks it answers for.
 //!
+//! A /16 that local prefixes longer than /16 split gets a /24 table of its own (while
+//! `xdp.local24_tables` last): its /16 entry is `SPLIT | index`, and the table holds the same
+//! values per /24, so a layout of /17 to /24 prefixes never reaches the trie; only a /24 split
+//! by a prefix longer than /24 still asks it. Blocks beyond the tables ask the trie.
+//!
 //! A reload re-lays the networks out with [`DenseLayout::relayout`]: a network that stays keeps
 //! its slots (so its hosts' counters stay where they are), a new one gets the first free range
 //! of the array that no network of the old layout used (so no slot changes hands while packets
@@ -14,7 +19,10 @@
 
 use crate::prefix::Prefix;
 use fnm_common::{local16, LocalNetV4};
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
 
 /// One IPv4 local network and its dense slot base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +54,10 @@ pub struct DenseLayout {
     slots: u32,
     /// Slots of the kernel array (fixed at load: a multiple of 64, at least 64).
     capacity: u32,
+    /// The /24 table of each split /16 block that has one, by block.
+    split: BTreeMap<u32, u32>,
+    /// /24 tables of the kernel array (fixed at load; 0: every split block asks the trie).
+    split_capacity: u32,
 }
 
 /// The IPv4 networks of `networks`, normalised, first occurrence of each, without slots.
@@ -85,7 +97,27 @@ impl DenseLayout {
             slots,
             // At least one touched word (64 slots) so the maps exist without dense networks.
             capacity: slots.div_ceil(64).max(1) * 64,
+            split: BTreeMap::new(),
+            split_capacity: 0,
         }
+    }
+
+    /// This layout with `tables` /24 tables in the kernel: the split blocks get them in block
+    /// order while they last.
+    pub fn with_split_tables(mut self, tables: u32) -> Self {
+        self.split_capacity = tables;
+        self.split = split_blocks(&self.nets)
+            .into_iter()
+            .zip(0..tables)
+            .collect();
+        self
+    }
+
+    /// The /16 blocks split by a local prefix longer than /16.
+    pub fn split_blocks(&self) -> impl Iterator<Item = (u32, Option<u32>)> + '_ {
+        split_blocks(&self.nets)
+            .into_iter()
+            .map(|b| (b, self.split.get(&b).copied()))
     }
 
     /// The layout of `networks` in the same kernel array (a reload): networks of this layout
@@ -126,10 +158,34 @@ impl DenseLayout {
             .filter_map(|n| n.base.map(|b| b as u64 + 2 * n.addresses()))
             .max()
             .unwrap_or(0) as u32;
+        // A block split before and now keeps its table (rewritten entry by entry: each packet
+        // sees the old or the new answer of its /24); a newly split one takes a table the old
+        // layout did not use, so no packet that read the old /16 entry lands in another
+        // block's table.
+        let blocks = split_blocks(&nets);
+        let mut split: BTreeMap<u32, u32> = blocks
+            .iter()
+            .filter_map(|b| self.split.get(b).map(|i| (*b, *i)))
+            .collect();
+        let used: BTreeSet<u32> = self.split.values().chain(split.values()).copied().collect();
+        let mut free = (0..self.split_capacity).filter(|i| !used.contains(i));
+        for b in blocks {
+            if split.contains_key(&b) {
+                continue;
+            }
+            match free.next() {
+                Some(i) => {
+                    split.insert(b, i);
+                }
+                None => break,
+            }
+        }
         Self {
             nets,
             slots,
             capacity: self.capacity,
+            split,
+            split_capacity: self.split_capacity,
         }
     }
 
@@ -232,7 +288,10 @@ impl DenseLayout {
         for n in nets {
             let first = (n.addr >> 16) as usize;
             if n.len > 16 {
-                t[first] = local16::ASK_TRIE;
+                t[first] = match self.split.get(&(first as u32)) {
+                    Some(i) => local16::SPLIT | i,
+                    None => local16::ASK_TRIE,
+                };
                 continue;
             }
             let count = 1usize << (16 - n.len);
@@ -247,6 +306,75 @@ impl DenseLayout {
         }
         t
     }
+
+    /// The /24 tables (the `LOCAL24_V4` entries in use): (index, table).
+    pub fn sub_tables(&self) -> Vec<(u32, Box<[u32; local16::SUB_ENTRIES]>)> {
+        self.split
+            .iter()
+            .map(|(&block, &index)| (index, self.sub_table(block)))
+            .collect()
+    }
+
+    /// The /24 table of one /16 block: per /24, the value the /16 table would hold for it.
+    fn sub_table(&self, block: u32) -> Box<[u32; local16::SUB_ENTRIES]> {
+        let mut t = Box::new([local16::NONE; local16::SUB_ENTRIES]);
+        let mut nets: Vec<&Net> = self
+            .nets
+            .iter()
+            .filter(|n| {
+                if n.len <= 16 {
+                    n.contains(block << 16)
+                } else {
+                    n.addr >> 16 == block
+                }
+            })
+            .collect();
+        // Shortest first, so a more specific prefix overwrites what a covering one wrote, as
+        // the trie would answer; prefixes longer than /24 come last and make their /24 ask it.
+        nets.sort_by_key(|n| n.len);
+        for n in nets {
+            if n.len > 24 {
+                t[((n.addr >> 8) & 0xff) as usize] = local16::ASK_TRIE;
+                continue;
+            }
+            let (first, count) = if n.len <= 16 {
+                (0, local16::SUB_ENTRIES)
+            } else {
+                (((n.addr >> 8) & 0xff) as usize, 1usize << (24 - n.len))
+            };
+            for (j, v) in t[first..first + count].iter_mut().enumerate() {
+                let x = (block << 16) | (((first + j) as u32) << 8);
+                *v = match n.base {
+                    Some(base) => sub_dense(base + ((x - n.addr) << 1), x),
+                    None => local16::HASHED,
+                };
+            }
+        }
+        t
+    }
+}
+
+/// The /24 table value of the /24 at `x` whose first address counts from `slot`: encoded as a
+/// /16 entry would be (the kernel adds twice the address's low 16 bits to it, wrapping), so
+/// that both tables decode alike. A value that wraps onto one of the markers asks the trie
+/// instead, which answers the same slot.
+fn sub_dense(slot: u32, x: u32) -> u32 {
+    let v = local16::DENSE
+        .wrapping_add(slot)
+        .wrapping_sub((x & 0xffff) << 1);
+    if v < local16::DENSE {
+        local16::ASK_TRIE
+    } else {
+        v
+    }
+}
+
+/// The /16 blocks split by a prefix longer than /16, sorted.
+fn split_blocks(nets: &[Net]) -> BTreeSet<u32> {
+    nets.iter()
+        .filter(|n| n.len > 16)
+        .map(|n| n.addr >> 16)
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,17 +389,170 @@ mod tests {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
-    /// What the kernel computes for `a`: the /16 entry, then the trie for split blocks.
-    fn kernel_slot(l: &DenseLayout, t: &[u32; local16::BLOCKS], a: Ipv4Addr) -> Option<u32> {
+    /// Where the kernel counts `a`, as `fnm_ebpf::local` computes it: the /16 entry, then the
+    /// /24 table or the trie for split blocks.
+    fn kernel_local(
+        l: &DenseLayout,
+        t: &[u32; local16::BLOCKS],
+        subs: &[(u32, Box<[u32; local16::SUB_ENTRIES]>)],
+        a: Ipv4Addr,
+    ) -> Where {
         let a = u32::from(a);
-        match t[(a >> 16) as usize] {
-            local16::NONE | local16::HASHED => None,
-            local16::ASK_TRIE => {
-                let n = l.net_of(a)?;
+        let trie = || match l.net_of(a) {
+            None => Where::No,
+            Some(n) => {
                 let v = l.trie_value(&Prefix::new(Ipv4Addr::from(n.addr).into(), n.len).unwrap());
-                (v.slot_base != local16::NO_SLOTS).then(|| v.slot_base + ((a & v.host_mask) << 1))
+                if v.slot_base == local16::NO_SLOTS {
+                    Where::Hashed
+                } else {
+                    Where::Slot(v.slot_base + ((a & v.host_mask) << 1))
+                }
             }
-            v => Some(v - local16::DENSE + ((a & 0xffff) << 1)),
+        };
+        match t[(a >> 16) as usize] {
+            local16::NONE => Where::No,
+            local16::HASHED => Where::Hashed,
+            local16::ASK_TRIE => trie(),
+            e if e & local16::SPLIT != 0 => {
+                let (_, sub) = subs
+                    .iter()
+                    .find(|(i, _)| *i == e & !local16::SPLIT)
+                    .expect("the table of a split entry is written");
+                match sub[((a >> 8) & 0xff) as usize] {
+                    local16::NONE => Where::No,
+                    local16::HASHED => Where::Hashed,
+                    local16::ASK_TRIE => trie(),
+                    v => Where::Slot(
+                        v.wrapping_sub(local16::DENSE)
+                            .wrapping_add((a & 0xffff) << 1),
+                    ),
+                }
+            }
+            v => Where::Slot(v - local16::DENSE + ((a & 0xffff) << 1)),
+        }
+    }
+
+    #[test]
+    fn a_24_value_that_would_wrap_onto_a_marker_asks_the_trie() {
+        // The /24 at x.x.1.0 (low bits 256, twice: 512) counting from slot 510 would be
+        // DENSE + 510 - 512 = 1, the ASK_TRIE marker.
+        assert_eq!(sub_dense(510, 0x0a00_0100), local16::ASK_TRIE);
+        assert_eq!(sub_dense(512, 0x0a00_0100), local16::DENSE);
+        assert_eq!(sub_dense(0, 0x0a00_0000), local16::DENSE);
+        assert_eq!(
+            sub_dense(0, 0x0a00_ff00).wrapping_sub(local16::DENSE),
+            0u32.wrapping_sub(0xff00 << 1)
+        );
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Where {
+        No,
+        Hashed,
+        Slot(u32),
+    }
+
+    fn kernel_slot(l: &DenseLayout, t: &[u32; local16::BLOCKS], a: Ipv4Addr) -> Option<u32> {
+        match kernel_local(l, t, &l.sub_tables(), a) {
+            Where::Slot(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// What an LPM lookup of the networks answers for `a`.
+    fn lpm(l: &DenseLayout, a: Ipv4Addr) -> Where {
+        match l.net_of(u32::from(a)) {
+            None => Where::No,
+            Some(_) => match l.slot_of(a) {
+                Some(s) => Where::Slot(s),
+                None => Where::Hashed,
+            },
+        }
+    }
+
+    #[test]
+    fn split_blocks_answer_from_their_24_tables_as_the_trie_would() {
+        let list = nets(&[
+            "100.64.0.0/19",
+            "100.64.32.0/20",
+            "100.64.48.0/22",
+            "100.64.52.0/24",
+            "100.64.53.128/25",
+            "100.65.0.0/16",
+            "100.65.7.0/24",
+            "100.66.0.0/15",
+            "100.67.8.0/23",
+            "100.67.9.64/26",
+            "10.0.0.0/8",
+            "10.1.2.0/24",
+            "192.0.2.7/32",
+        ]);
+        for dense in [0, 30_000, 1 << 20] {
+            let l = DenseLayout::new(&list, dense).with_split_tables(16);
+            let t = l.table();
+            let subs = l.sub_tables();
+            for b in [[100, 64], [100, 65], [100, 67], [10, 1], [192, 0]] {
+                let e = t[block(b[0], b[1])];
+                assert_ne!(e & local16::SPLIT, 0, "{b:?} has a /24 table");
+            }
+            assert_eq!(t[block(100, 66)] & local16::SPLIT, 0);
+            // Every address of every split block, plus the edges of the others.
+            for b in [
+                [100u8, 64u8],
+                [100, 65],
+                [100, 67],
+                [10, 1],
+                [192, 0],
+                [100, 66],
+                [10, 2],
+            ] {
+                for x in 0..=65_535u32 {
+                    let a = Ipv4Addr::from(((b[0] as u32) << 24) | ((b[1] as u32) << 16) | x);
+                    assert_eq!(
+                        kernel_local(&l, &t, &subs, a),
+                        lpm(&l, a),
+                        "{a} (dense {dense})"
+                    );
+                }
+            }
+            // Only the /24s with a prefix longer than /24 ask the trie.
+            let asking: usize = l
+                .sub_tables()
+                .iter()
+                .map(|(_, s)| s.iter().filter(|v| **v == local16::ASK_TRIE).count())
+                .sum();
+            assert_eq!(asking, 3, "100.64.53/24, 100.67.9/24, 192.0.2/24");
+        }
+    }
+
+    #[test]
+    fn blocks_beyond_the_tables_ask_the_trie_and_a_relayout_never_reuses_a_table_in_flight() {
+        let l = DenseLayout::new(&nets(&["10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24"]), 0)
+            .with_split_tables(2);
+        let t = l.table();
+        assert_eq!(t[block(10, 1)], local16::SPLIT);
+        assert_eq!(t[block(10, 2)], local16::SPLIT | 1);
+        assert_eq!(t[block(10, 3)], local16::ASK_TRIE);
+        // 10.1 leaves, 10.4 comes: 10.2 keeps its table, 10.1's is not free yet, so 10.3 and
+        // 10.4 ask the trie this time.
+        let next = l.relayout(&nets(&["10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24"]));
+        let t = next.table();
+        assert_eq!(t[block(10, 1)], local16::NONE);
+        assert_eq!(t[block(10, 2)], local16::SPLIT | 1);
+        assert_eq!(t[block(10, 3)], local16::ASK_TRIE);
+        assert_eq!(t[block(10, 4)], local16::ASK_TRIE);
+        // The next reload hands table 0 out again.
+        let after = next.relayout(&nets(&["10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24"]));
+        let t = after.table();
+        assert_eq!(t[block(10, 3)], local16::SPLIT);
+        assert_eq!(t[block(10, 4)], local16::ASK_TRIE);
+        for a in [[10, 2, 0, 1], [10, 3, 0, 255], [10, 3, 1, 0], [10, 4, 0, 9]] {
+            let a = Ipv4Addr::from(a);
+            assert_eq!(
+                kernel_local(&after, &t, &after.sub_tables(), a),
+                lpm(&after, a),
+                "{a}"
+            );
         }
     }
 

@@ -3,7 +3,7 @@
 use super::{
     hosts::{HostMaps, TouchedBytes},
     local16::DenseLayout,
-    networks::Local16Table,
+    networks::{Local16Table, Local24Table},
     XdpError,
 };
 use crate::prefix::Prefix;
@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 use fnm_common::{
-    drop16, map_names, setting, stat, table_flag, DropCounter, HostKey, LocalNetV4, RuleSet,
+    drop16, local6, map_names, setting, stat, table_flag, DropCounter, HostKey, LocalNetV4, RuleSet,
 };
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -25,6 +25,11 @@ pub struct KernelMaps {
     pub hosts: HostMaps,
     /// The per-/16 table in front of `local_v4`, mapped into the agent.
     pub(crate) local16: Local16Table,
+    /// The /24 tables of the split /16 blocks, mapped into the agent; `None` for an object
+    /// built without them (an older build the benchmark compares).
+    pub(crate) local24: Option<Local24Table>,
+    /// The IPv6 /32 bits in front of `local_v6` (`None` as `local24`).
+    pub(crate) local32_v6: Option<Array<MapData, [u64; local6::WORDS]>>,
     /// The local networks the kernel counts now.
     pub(crate) networks: Vec<Prefix>,
     /// Entries of each local-network trie (`xdp.max_prefixes`).
@@ -117,6 +122,20 @@ fn local16_table(ebpf: &mut Ebpf) -> Result<Local16Table, XdpError> {
     }
 }
 
+/// Maps the /24 tables of the split /16 blocks into the agent (`None` when the object has
+/// none).
+fn local24_table(ebpf: &mut Ebpf, tables: u32) -> Result<Option<Local24Table>, XdpError> {
+    let name = map_names::LOCAL24_V4;
+    let err = |message: String| XdpError::Map { map: name, message };
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => Local24Table::map(data, tables)
+            .map(Some)
+            .map_err(|e| err(format!("mmap: {e}"))),
+        Some(_) => Err(err("not an array".into())),
+        None => Ok(None),
+    }
+}
+
 /// A map error named after its map.
 pub(crate) fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
     move |e| XdpError::Map {
@@ -145,15 +164,21 @@ impl LpmKey {
 
 impl KernelMaps {
     /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
-    /// object was loaded with, `max_prefixes` the size of its local-network tries.
+    /// object was loaded with, `max_prefixes` the size of its local-network tries,
+    /// `local24_tables` the entries of its /24 tables (the layout hands out no more).
     pub fn take(
         ebpf: &mut Ebpf,
         layout: DenseLayout,
         touched_len: usize,
         max_prefixes: u32,
+        local24_tables: u32,
     ) -> Result<Self, XdpError> {
+        let local24 = local24_table(ebpf, local24_tables)?;
+        let layout = layout.with_split_tables(local24.as_ref().map_or(0, |t| t.tables()));
         Ok(Self {
             local16: local16_table(ebpf)?,
+            local24,
+            local32_v6: take(ebpf, map_names::LOCAL32_V6).ok(),
             networks: Vec::new(),
             max_prefixes,
             hosts: HostMaps {
@@ -196,7 +221,7 @@ impl KernelMaps {
     ) -> Result<(), XdpError> {
         let layout = self.hosts.layout.clone();
         self.insert_networks(networks, &layout)?;
-        self.local16.write(&layout.table());
+        self.write_local_tables(networks, &layout)?;
         self.networks = networks.to_vec();
         self.insert_whitelist(whitelist)
     }

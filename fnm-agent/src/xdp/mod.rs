@@ -10,6 +10,7 @@ mod counters;
 mod hosts;
 mod local16;
 mod maps;
+pub mod memory;
 mod mmap;
 mod networks;
 pub mod tables;
@@ -145,6 +146,15 @@ impl DataPlane {
         );
         let layout = local16::DenseLayout::new(networks, config.dense_v4_addresses);
         let dense_slots = layout.capacity();
+        let memory = memory::KernelMemory::of(config, dense_slots as u64 / 2);
+        let cpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
+        tracing::info!(
+            "XDP kernel maps: about {} MiB per CPU + {} MiB shared, {} MiB on {cpus} CPUs ({}              MiB at 64 CPUs; see [xdp] in config/fnm-agent.toml)",
+            memory.per_cpu >> 20,
+            memory.shared >> 20,
+            memory.at(cpus) >> 20,
+            memory.at(64) >> 20,
+        );
         let seed = random_seed();
         let mut ebpf = EbpfLoader::new()
             .override_global(map_names::FLOW_SEED, &seed, true)
@@ -153,6 +163,7 @@ impl DataPlane {
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
             .map_max_entries(map_names::FLOWS, config.max_flows)
+            .map_max_entries(map_names::LOCAL24_V4, config.local24_tables.max(1))
             .map_max_entries(map_names::LOCAL_V4, config.max_prefixes)
             .map_max_entries(map_names::LOCAL_V6, config.max_prefixes)
             .map_max_entries(map_names::WHITELIST_V4, config.max_prefixes)
@@ -186,8 +197,13 @@ impl DataPlane {
                 .load()
                 .map_err(|e| XdpError::Load(format!("{name}: {}", verifier_error(&e))))?;
         }
-        let mut maps =
-            KernelMaps::take(&mut ebpf, layout, dense_slots as usize, config.max_prefixes)?;
+        let mut maps = KernelMaps::take(
+            &mut ebpf,
+            layout,
+            dense_slots as usize,
+            config.max_prefixes,
+            config.local24_tables,
+        )?;
         maps.fill_prefixes(networks, whitelist)?;
         maps.fill_layers(&ebpf)?;
         let tables = DropTables::new(counters_slots);

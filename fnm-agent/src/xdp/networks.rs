@@ -27,7 +27,7 @@ use super::{
 };
 use crate::prefix::Prefix;
 use aya::maps::MapData;
-use fnm_common::{local16, map_names};
+use fnm_common::{local16, local6, map_names};
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -73,6 +73,55 @@ impl Local16Table {
     /// The entry of one /16 block as last written.
     pub(crate) fn get(&self, block: usize) -> Option<u32> {
         self.current.get(block).copied()
+    }
+}
+
+/// The `LOCAL24_V4` array (the /24 tables of split /16 blocks) mapped into the agent, with
+/// the values last written.
+pub(crate) struct Local24Table {
+    mapping: SharedMapping,
+    current: Vec<u32>,
+}
+
+impl Local24Table {
+    /// Maps `map` (an mmap-able array of `tables` entries of [`local16::SUB_ENTRIES`] `u32`,
+    /// all zero after load).
+    pub(crate) fn map(map: MapData, tables: u32) -> std::io::Result<Self> {
+        let entries = tables as usize * local16::SUB_ENTRIES;
+        Ok(Self {
+            mapping: SharedMapping::new(map, entries * 4)?,
+            current: vec![local16::NONE; entries],
+        })
+    }
+
+    /// Tables the array holds.
+    pub(crate) fn tables(&self) -> u32 {
+        (self.current.len() / local16::SUB_ENTRIES) as u32
+    }
+
+    /// Writes the entries of `tables` ((index, table)) that differ from what the kernel has,
+    /// one atomic store each; returns how many. An index beyond the array is skipped (the
+    /// layout never hands one out).
+    pub(crate) fn write(&mut self, tables: &[(u32, Box<[u32; local16::SUB_ENTRIES]>)]) -> usize {
+        let mut changed = 0;
+        for (index, table) in tables {
+            let first = *index as usize * local16::SUB_ENTRIES;
+            let Some(now) = self.current.get_mut(first..first + local16::SUB_ENTRIES) else {
+                continue;
+            };
+            for (j, (now, want)) in now.iter_mut().zip(table.iter()).enumerate() {
+                if now == want {
+                    continue;
+                }
+                // SAFETY: `first + j` < the entries mapped; a value of 1024 bytes keeps every
+                // u32 4-byte aligned from the page-aligned base.
+                unsafe { AtomicU32::from_ptr(self.mapping.ptr().add((first + j) * 4).cast()) }
+                    .store(*want, Ordering::Release);
+                *now = *want;
+                changed += 1;
+            }
+        }
+        changed
     }
 }
 
@@ -150,7 +199,7 @@ impl DataPlane {
         self.poller.absorb_unowned(&self.maps)?;
         // 2.
         self.maps.insert_networks(networks, &layout)?;
-        self.maps.local16.write(&layout.table());
+        self.maps.write_local_tables(networks, &layout)?;
         self.maps.remove_networks(&change.removed)?;
         // 3.
         self.poller.settle(&mut self.maps)?;
@@ -185,6 +234,26 @@ impl super::KernelMaps {
         Ok(())
     }
 
+    /// Writes the tables in front of the tries for `networks` laid out as `layout`: the /24
+    /// tables first (a table is only reached through the /16 entry written after it), then
+    /// the /16 entries that changed, then the IPv6 /32 bits. Called with the trie entries of
+    /// `networks` in place.
+    pub(crate) fn write_local_tables(
+        &mut self,
+        networks: &[Prefix],
+        layout: &DenseLayout,
+    ) -> Result<(), XdpError> {
+        if let Some(local24) = self.local24.as_mut() {
+            local24.write(&layout.sub_tables());
+        }
+        self.local16.write(&layout.table());
+        if let Some(bits) = self.local32_v6.as_mut() {
+            bits.set(0, local32_v6_bitmap(networks.iter()), 0)
+                .map_err(map_err(map_names::LOCAL32_V6))?;
+        }
+        Ok(())
+    }
+
     /// Removes the trie entries of `networks` (one the kernel no longer has is gone already).
     fn remove_networks(&mut self, networks: &[Prefix]) -> Result<(), XdpError> {
         for p in networks {
@@ -207,5 +276,62 @@ impl super::KernelMaps {
             IpAddr::V4(a) => self.local16.get((u32::from(a) >> 16) as usize),
             IpAddr::V6(_) => None,
         }
+    }
+}
+
+/// The `LOCAL32_V6` bits of `networks` (IPv4 ones are ignored): the bit of every /32 a network
+/// overlaps (all bits for a network shorter than /16).
+pub(crate) fn local32_v6_bitmap<'a>(
+    networks: impl Iterator<Item = &'a Prefix>,
+) -> [u64; local6::WORDS] {
+    let mut bits = [0u64; local6::WORDS];
+    for p in networks {
+        let IpAddr::V6(a) = p.addr() else { continue };
+        if p.len() < 16 {
+            return [u64::MAX; local6::WORDS];
+        }
+        let top = u32::from_be_bytes(a.octets()[..4].try_into().expect("4 bytes"));
+        let count = 1u32 << 32u32.saturating_sub(p.len() as u32);
+        let first = top & !(count - 1);
+        for t in first..=first + (count - 1) {
+            let bit = local6::bit(t) as usize;
+            bits[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+    bits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bit_set(bits: &[u64; local6::WORDS], addr: &str) -> bool {
+        let a: std::net::Ipv6Addr = addr.parse().unwrap();
+        let bit = local6::bit(u32::from_be_bytes(a.octets()[..4].try_into().unwrap())) as usize;
+        bits[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    #[test]
+    fn local32_bits_cover_every_local_address_and_few_others() {
+        let nets: Vec<Prefix> = ["2001:db8:105::/48", "2a02:1000::/28", "10.0.0.0/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let bits = local32_v6_bitmap(nets.iter());
+        for a in [
+            "2001:db8:105::1",
+            "2001:db8:105:ffff::9",
+            "2a02:1000::1",
+            "2a02:100f:ffff::1",
+        ] {
+            assert!(bit_set(&bits, a), "{a}");
+        }
+        // One bit for the /48's /32, sixteen for the /28.
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 17);
+        assert!(!bit_set(&bits, "2a00:1450:4001::5"));
+        let all = local32_v6_bitmap(["::/0".parse::<Prefix>().unwrap()].iter());
+        assert!(all.iter().all(|w| *w == u64::MAX));
+        let none = local32_v6_bitmap(nets[2..].iter());
+        assert!(none.iter().all(|w| *w == 0));
     }
 }
