@@ -163,8 +163,8 @@ impl Detector {
             .map(|e| match e {
                 DetectorEvent::Started(mut o) => {
                     if let Some(h) = acc.host(o.host) {
-                        let d = &h.dirs[o.direction.index()];
-                        o.rates = d.rates.max(&d.slot_rates).max(&o.rates);
+                        let d = h.dir(o.direction);
+                        o.rates = d.rates().max(&d.slot_rates()).max(&o.rates);
                     }
                     // The one rate of the attack: the crossing reads the reported rates.
                     o.crossing.value = o.rates.get(o.crossing.rate);
@@ -187,9 +187,9 @@ impl Detector {
             }
             let mut effective = None;
             for dir in Direction::ALL {
-                let d = &host.dirs[dir.index()];
+                let d = host.dir(dir);
                 let key = (*ip, dir);
-                if d.rates.pps == 0.0
+                if d.pps() == 0.0
                     && !self.ongoing.contains_key(&key)
                     && !self.watched.contains_key(&key)
                 {
@@ -201,7 +201,7 @@ impl Detector {
                 let mut worst: Option<(f64, Crossing)> = None;
                 let mut max_share = 0.0f64;
                 for (name, limit) in &thresholds {
-                    let value = d.rates.get(*name);
+                    let value = d.rate(*name);
                     let share = value / limit;
                     max_share = max_share.max(share);
                     if value >= *limit && worst.as_ref().is_none_or(|(s, _)| share > *s) {
@@ -217,7 +217,7 @@ impl Detector {
                 }
                 // Reported rates: the window's, or the last slot's when higher (a flood
                 // younger than the window shows its true rate there).
-                let reported = d.rates.max(&d.slot_rates);
+                let reported = d.rates().max(&d.slot_rates());
                 match self.ongoing.get_mut(&key) {
                     Some(o) => {
                         o.peak = o.peak.max(&reported);
@@ -314,7 +314,7 @@ impl Detector {
                     eff.of(key.1)
                         .set()
                         .iter()
-                        .any(|(n, l)| h.dirs[key.1.index()].rates.get(*n) / l >= WATCH_RATIO)
+                        .any(|(n, l)| h.dir(key.1).rate(*n) / l >= WATCH_RATIO)
                 })
                 .unwrap_or(false);
             if still_hot {
