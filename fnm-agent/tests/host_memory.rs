@@ -1,8 +1,10 @@
-//! Memory per tracked host, measured: what the agent's RSS grows by per host in the
-//! accounting's table, which `accounting.max_hosts` multiplies into the memory bound
-//! documented in `docs/security.md` and the default config.
+//! Memory per tracked host and per remembered flow, measured: what the agent's memory grows by
+//! per host in the accounting's table and per 5-tuple of its new-flow table, which
+//! `accounting.max_hosts` and `xdp.max_flows` multiply into the memory bound documented in
+//! `docs/security.md` and the default config.
 //!
-//! Its own test binary, so nothing else runs in the process while it measures.
+//! Its own test binary, so nothing else runs in the process while it measures (its tests take
+//! turns).
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -23,6 +25,9 @@ const HOSTS: u32 = 100_000;
 const LIVE_ONE_WAY_BOUND: u64 = 900;
 const LIVE_BOTH_WAYS_BOUND: u64 = 1_600;
 const QUIET_ONE_WAY_BOUND: u64 = 300;
+
+/// The measurements run one at a time: another test allocating meanwhile would count.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -51,6 +56,7 @@ fn local(n: u32) -> Ipv4Addr {
 
 #[test]
 fn bytes_per_tracked_host_stay_under_the_documented_cost() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
     let remote = Ipv4Addr::new(192, 0, 2, 1);
     let (rss_before, heap_before) = (rss(), heap_in_use());
@@ -104,6 +110,37 @@ fn bytes_per_tracked_host_stay_under_the_documented_cost() {
         live_both <= LIVE_BOTH_WAYS_BOUND,
         "{live_both} bytes/host both ways"
     );
+}
+
+/// Flows remembered to count new ones (`xdp.max_flows`, the default).
+const FLOWS: usize = 262_144;
+/// The documented cost of a remembered flow (bytes).
+const FLOW_BOUND: u64 = 24;
+
+#[test]
+fn bytes_per_remembered_flow_stay_under_the_documented_cost() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+    let heap_before = heap_in_use();
+    let mut acc = Accounting::new(nets, 16, FLOWS, 250).with_rate_window(1000);
+    // Twice as many distinct 5-tuples as remembered, to one host: both generations full.
+    let records: Vec<TrafficRecord> = (0..2 * FLOWS as u32)
+        .map(|n| TrafficRecord {
+            src_port: n as u16,
+            ..record(Ipv4Addr::from(0xc633_0000 + (n >> 16)), local(1))
+        })
+        .collect();
+    let heap_records = heap_in_use();
+    acc.ingest_batch(&records, Source::Netflow);
+    let grown = heap_in_use().saturating_sub(heap_records);
+    drop(records);
+    let per_flow = grown / FLOWS as u64;
+    println!(
+        "{FLOWS} flows remembered: {per_flow} bytes per flow ({} kB before)",
+        heap_records.saturating_sub(heap_before) / 1024
+    );
+    assert_eq!(acc.host_count(), 1);
+    assert!(per_flow <= FLOW_BOUND, "{per_flow} bytes per flow");
 }
 
 /// Resident memory of process `pid` (`VmRSS`), in bytes.
