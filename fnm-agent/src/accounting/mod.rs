@@ -965,27 +965,61 @@ impl Accounting {
         limit: usize,
         key: F,
     ) -> Vec<(IpAddr, &Host)> {
-        let mut all: Vec<(IpAddr, &Host, f64)> = self
-            .table
-            .iter()
-            .map(|(ip, h)| (*ip, h, key(&h.dir(direction))))
-            .collect();
-        let order = |a: &(IpAddr, &Host, f64), b: &(IpAddr, &Host, f64)| {
-            b.2.total_cmp(&a.2).then(a.0.cmp(&b.0))
-        };
-        // The engine asks for a small top-N of many hosts after every tick: select it in
-        // linear time, then sort only those.
         if limit == 0 {
             return Vec::new();
         }
-        if all.len() > limit {
-            all.select_nth_unstable_by(limit - 1, order);
-            all.truncate(limit);
+        // The engine asks for a small top-N of many hosts after every tick: keep the best
+        // `limit` in a heap whose top is the worst kept, so most hosts cost one comparison and
+        // nothing is collected.
+        let mut kept: std::collections::BinaryHeap<Ranked<'_>> =
+            std::collections::BinaryHeap::with_capacity(limit.min(self.table.len()));
+        for (ip, h) in self.table.iter() {
+            let ranked = Ranked {
+                key: key(&h.dir(direction)),
+                ip: *ip,
+                host: h,
+            };
+            if kept.len() < limit {
+                kept.push(ranked);
+            } else if let Some(mut worst) = kept.peek_mut() {
+                if ranked < *worst {
+                    *worst = ranked;
+                }
+            }
         }
-        all.sort_by(order);
-        all.into_iter().map(|(ip, h, _)| (ip, h)).collect()
+        kept.into_sorted_vec()
+            .into_iter()
+            .map(|r| (r.ip, r.host))
+            .collect()
     }
 }
+
+/// A host ranked by [`Accounting::top`]: the higher key first, then the lower address.
+struct Ranked<'a> {
+    key: f64,
+    ip: IpAddr,
+    host: &'a Host,
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        o.key.total_cmp(&self.key).then(self.ip.cmp(&o.ip))
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
 
 /// The last host found per direction while ingesting a batch.
 #[derive(Debug, Default)]
