@@ -236,10 +236,10 @@ impl Default for XdpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingConfig {
-    /// Most local hosts tracked (each with both directions). Memory: about 1.6 kB per host
-    /// seen one way and 2.0 kB per host seen both ways (measured by `tests/host_memory.rs`), so
-    /// at most about 420 MB (every host one way, as in a spoofed flood) to 535 MB at the
-    /// default. Default: `262144`.
+    /// Most local hosts tracked (each with both directions). Memory: at most about 0.75 kB per
+    /// host seen one way (as in a spoofed flood) and 1.4 kB seen both ways while it has traffic
+    /// in the rate window, 0.3 kB once its window is empty (measured by
+    /// `tests/host_memory.rs`), so at most about 370 MB at the default. Default: `262144`.
     #[serde(default = "default_accounting_max_hosts")]
     pub max_hosts: u32,
     /// Most hosts one flow exporter (a UDP source address of the sFlow or NetFlow collector)

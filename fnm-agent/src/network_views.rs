@@ -31,8 +31,8 @@ impl From<&GroupRow> for NetworkView {
     fn from(r: &GroupRow) -> Self {
         Self {
             name: r.name.clone(),
-            incoming: (&r.dirs[0]).into(),
-            outgoing: (&r.dirs[1]).into(),
+            incoming: r.dirs()[0].into(),
+            outgoing: r.dirs()[1].into(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! JSON views of the accounting, shared by the HTTP API, the CLI and `replay --json`.
 
-use crate::accounting::{Host, HostDirection};
+use crate::accounting::{DirView, Host};
 use fnm_common::proto;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -71,9 +71,11 @@ pub struct DirectionView {
     pub conversations_per_second: f64,
 }
 
-impl From<&HostDirection> for DirectionView {
-    fn from(d: &HostDirection) -> Self {
-        let t = &d.total;
+impl From<DirView<'_>> for DirectionView {
+    fn from(d: DirView<'_>) -> Self {
+        let t = d.total();
+        let rates = d.rates();
+        let whitelisted = d.whitelisted();
         let p = |k: usize| ProtocolView {
             packets: t.proto_packets[k],
             bytes: t.proto_bytes[k],
@@ -88,17 +90,17 @@ impl From<&HostDirection> for DirectionView {
             other: p(proto::OTHER),
             tcp_syn_packets: t.tcp_syn_packets,
             fragments: t.fragments,
-            whitelisted_packets: d.whitelisted.packets,
-            whitelisted_bytes: d.whitelisted.bytes,
-            pps: d.rates.pps,
-            bytes_per_second: d.rates.bytes_per_second,
-            bits_per_second: d.rates.bytes_per_second * 8.0,
-            flows_per_second: d.rates.flows_per_second,
-            tcp_pps: d.rates.tcp_pps,
-            udp_pps: d.rates.udp_pps,
-            icmp_pps: d.rates.icmp_pps,
+            whitelisted_packets: whitelisted.packets,
+            whitelisted_bytes: whitelisted.bytes,
+            pps: rates.pps,
+            bytes_per_second: rates.bytes_per_second,
+            bits_per_second: rates.bytes_per_second * 8.0,
+            flows_per_second: rates.flows_per_second,
+            tcp_pps: rates.tcp_pps,
+            udp_pps: rates.udp_pps,
+            icmp_pps: rates.icmp_pps,
             conversations: d.conversations(),
-            conversations_per_second: d.rates.conversations_per_second,
+            conversations_per_second: rates.conversations_per_second,
         }
     }
 }
@@ -119,8 +121,8 @@ impl HostView {
     pub fn new(ip: IpAddr, host: &Host) -> Self {
         Self {
             ip,
-            incoming: (&host.dirs[0]).into(),
-            outgoing: (&host.dirs[1]).into(),
+            incoming: host.dirs()[0].into(),
+            outgoing: host.dirs()[1].into(),
         }
     }
 }

@@ -155,7 +155,7 @@ fn incoming(accounting: &Arc<Mutex<Accounting>>, host: Ipv4Addr) -> (u64, u64) {
     accounting
         .host(IpAddr::V4(host))
         .map(|h| {
-            let t = &h.dirs[Direction::Incoming.index()].total;
+            let t = &h.dirs()[Direction::Incoming.index()].total();
             (t.packets, t.bytes)
         })
         .unwrap_or((0, 0))

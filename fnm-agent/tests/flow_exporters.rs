@@ -264,7 +264,7 @@ impl Harness {
         let mut out = BTreeMap::new();
         for (ip, host) in accounting.hosts() {
             for direction in Direction::ALL {
-                let total = &host.dirs[direction.index()].total;
+                let total = &host.dirs()[direction.index()].total();
                 if total.packets > 0 {
                     out.insert((*ip, direction), (total.packets, total.bytes));
                 }

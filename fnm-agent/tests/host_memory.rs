@@ -1,8 +1,10 @@
-//! Memory per tracked host, measured: what the agent's RSS grows by per host in the
-//! accounting's table, which `accounting.max_hosts` multiplies into the memory bound
-//! documented in `docs/security.md` and the default config.
+//! Memory per tracked host and per remembered flow, measured: what the agent's memory grows by
+//! per host in the accounting's table and per 5-tuple of its new-flow table, which
+//! `accounting.max_hosts` and `xdp.max_flows` multiply into the memory bound documented in
+//! `docs/security.md` and the default config.
 //!
-//! Its own test binary, so nothing else runs in the process while it measures.
+//! Its own test binary, so nothing else runs in the process while it measures (its tests take
+//! turns).
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -16,9 +18,16 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// Hosts measured.
 const HOSTS: u32 = 100_000;
-/// The documented costs (bytes per host) this measurement must stay under.
-const ONE_WAY_BOUND: u64 = 1_700;
-const BOTH_WAYS_BOUND: u64 = 2_300;
+/// The documented costs (bytes per host) this measurement must stay under: a host with
+/// traffic in its rate window seen one way, and seen both ways (resident memory), and a host
+/// seen one way whose window emptied (the allocator's bytes in use: freed windows stay
+/// resident for the next hosts with traffic).
+const LIVE_ONE_WAY_BOUND: u64 = 900;
+const LIVE_BOTH_WAYS_BOUND: u64 = 1_600;
+const QUIET_ONE_WAY_BOUND: u64 = 300;
+
+/// The measurements run one at a time: another test allocating meanwhile would count.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -28,6 +37,13 @@ fn rss() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .expect("VmRSS")
         * 1024
+}
+
+/// Bytes the allocator has handed out and not got back (heap chunks and mmapped blocks).
+fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
 }
 
 fn record(src: Ipv4Addr, dst: Ipv4Addr) -> TrafficRecord {
@@ -40,31 +56,91 @@ fn local(n: u32) -> Ipv4Addr {
 
 #[test]
 fn bytes_per_tracked_host_stay_under_the_documented_cost() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
     let remote = Ipv4Addr::new(192, 0, 2, 1);
-    let before = rss();
+    let (rss_before, heap_before) = (rss(), heap_in_use());
+    let per_host = |now: u64, before: u64| now.saturating_sub(before) / u64::from(HOSTS);
     let mut acc = Accounting::new(nets, HOSTS as usize, 1024, 250)
         .with_rate_window(1000)
         .with_limits(HostLimits::unbudgeted(HOSTS as usize));
     // Seen one way (a spoofed flood's hosts): one record each, then a tick, which gives every
-    // active direction its rate-window ring.
+    // direction with traffic its rate-window ring.
     let batch: Vec<TrafficRecord> = (0..HOSTS).map(|n| record(remote, local(n))).collect();
     acc.ingest_batch(&batch, Source::Netflow);
     drop(batch);
     acc.tick(250, u64::MAX);
     assert_eq!(acc.host_count(), HOSTS as usize);
-    let one_way = rss().saturating_sub(before) / u64::from(HOSTS);
-    // Both ways.
+    let live_one_way = per_host(rss(), rss_before);
+    let live_one_way_heap = per_host(heap_in_use(), heap_before);
+    // A window (1 s) later the slot left the ring; the tick after finds the window empty and
+    // gives it back.
+    for t in 2..=6 {
+        acc.tick(t * 250, u64::MAX);
+    }
+    let quiet_one_way_heap = per_host(heap_in_use(), heap_before);
+    // Both ways, with traffic in the window.
     let batch: Vec<TrafficRecord> = (0..HOSTS).map(|n| record(local(n), remote)).collect();
     acc.ingest_batch(&batch, Source::Netflow);
     drop(batch);
-    acc.tick(500, u64::MAX);
-    let both = rss().saturating_sub(before) / u64::from(HOSTS);
+    let batch: Vec<TrafficRecord> = (0..HOSTS).map(|n| record(remote, local(n))).collect();
+    acc.ingest_batch(&batch, Source::Netflow);
+    drop(batch);
+    acc.tick(7 * 250, u64::MAX);
+    let live_both = per_host(rss(), rss_before);
+    let live_both_heap = per_host(heap_in_use(), heap_before);
     let h = acc.host(IpAddr::V4(local(7))).expect("tracked");
-    assert_eq!(h.dirs[Direction::Outgoing.index()].total.packets, 1);
-    println!("{HOSTS} hosts: {one_way} bytes/host seen one way, {both} bytes/host both ways");
-    assert!(one_way <= ONE_WAY_BOUND, "{one_way} bytes/host one way");
-    assert!(both <= BOTH_WAYS_BOUND, "{both} bytes/host both ways");
+    assert_eq!(h.dir(Direction::Outgoing).total().packets, 1);
+    assert_eq!(h.dir(Direction::Incoming).total().packets, 2);
+    println!(
+        "{HOSTS} hosts, bytes per host (resident / allocated):\n\
+         with traffic in the window, seen one way:   {live_one_way} / {live_one_way_heap}\n\
+         window empty, seen one way:                 - / {quiet_one_way_heap}\n\
+         with traffic in the window, seen both ways: {live_both} / {live_both_heap}"
+    );
+    assert!(
+        live_one_way <= LIVE_ONE_WAY_BOUND,
+        "{live_one_way} bytes/host one way"
+    );
+    assert!(
+        quiet_one_way_heap <= QUIET_ONE_WAY_BOUND,
+        "{quiet_one_way_heap} bytes/host one way, quiet"
+    );
+    assert!(
+        live_both <= LIVE_BOTH_WAYS_BOUND,
+        "{live_both} bytes/host both ways"
+    );
+}
+
+/// Flows remembered to count new ones (`xdp.max_flows`, the default).
+const FLOWS: usize = 262_144;
+/// The documented cost of a remembered flow (bytes).
+const FLOW_BOUND: u64 = 24;
+
+#[test]
+fn bytes_per_remembered_flow_stay_under_the_documented_cost() {
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+    let heap_before = heap_in_use();
+    let mut acc = Accounting::new(nets, 16, FLOWS, 250).with_rate_window(1000);
+    // Twice as many distinct 5-tuples as remembered, to one host: both generations full.
+    let records: Vec<TrafficRecord> = (0..2 * FLOWS as u32)
+        .map(|n| TrafficRecord {
+            src_port: n as u16,
+            ..record(Ipv4Addr::from(0xc633_0000 + (n >> 16)), local(1))
+        })
+        .collect();
+    let heap_records = heap_in_use();
+    acc.ingest_batch(&records, Source::Netflow);
+    let grown = heap_in_use().saturating_sub(heap_records);
+    drop(records);
+    let per_flow = grown / FLOWS as u64;
+    println!(
+        "{FLOWS} flows remembered: {per_flow} bytes per flow ({} kB before)",
+        heap_records.saturating_sub(heap_before) / 1024
+    );
+    assert_eq!(acc.host_count(), 1);
+    assert!(per_flow <= FLOW_BOUND, "{per_flow} bytes per flow");
 }
 
 /// Resident memory of process `pid` (`VmRSS`), in bytes.

@@ -308,7 +308,7 @@ struct Scenario {
 impl Scenario {
     /// The peak RSS allowed: 64 MiB for the agent itself (about 25 MiB at rest, plus the
     /// collectors' receive buffers and allocator slack under load), 2 KiB for every host the
-    /// table may hold (`tests/host_memory.rs` measures 1,599-2,031 bytes), and twice the
+    /// table may hold (`tests/host_memory.rs` measures at most 1,360 bytes), and twice the
     /// engine input's bound of queued records (262,144 of about 90 bytes). It depends on the
     /// configuration only, never on how many destinations the flood names.
     fn rss_bound(&self) -> u64 {

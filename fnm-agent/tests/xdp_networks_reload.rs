@@ -47,7 +47,7 @@ fn send(dp: &DataPlane, dst: IpAddr, n: usize) {
 
 fn incoming(acc: &Accounting, host: IpAddr) -> u64 {
     acc.host(host)
-        .map(|h| h.dirs[direction::INCOMING as usize].total.packets)
+        .map(|h| h.dirs()[direction::INCOMING as usize].total().packets)
         .unwrap_or(0)
 }
 

@@ -349,10 +349,24 @@ impl Tool {
 /// CPU per second of wall time, in cores, of each agent's poll thread, engine thread and
 /// whole process over `window`.
 fn measure(tools: &[Tool], window: Duration) -> Vec<(f64, f64, f64)> {
+    let ticks = |t: &Tool| {
+        t.api("/api/v1/status")["engine"]["ticks"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let ticks_before: Vec<u64> = tools.iter().map(ticks).collect();
     let before: Vec<_> = tools.iter().map(|t| thread_cpu(t.agent.pid())).collect();
     let start = Instant::now();
     std::thread::sleep(window);
     let secs = start.elapsed().as_secs_f64();
+    // A slow engine delays polls: fewer polls, less poll-thread CPU.
+    for (t, b) in tools.iter().zip(&ticks_before) {
+        println!(
+            "{}: {:.2} polls/s",
+            t.name,
+            ticks(t).saturating_sub(*b) as f64 / secs
+        );
+    }
     tools
         .iter()
         .zip(before)

@@ -414,7 +414,7 @@ fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
 
     let in_agent = |a: &fnm_agent::accounting::Accounting, h: Ipv4Addr| {
         a.host(h.into())
-            .map(|x| x.dirs[0].total.packets)
+            .map(|x| x.dirs()[0].total().packets)
             .unwrap_or(0)
     };
     let stats = dp.poll(&mut accounting, 1_000, 60_000).unwrap();
@@ -430,7 +430,7 @@ fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
     dp.poll(&mut accounting, 3_000, 60_000).unwrap();
     for h in hosts {
         assert_eq!(in_agent(&accounting, h), 2, "{h}");
-        let c = accounting.host(h.into()).unwrap().dirs[0].total;
+        let c = *accounting.host(h.into()).unwrap().dirs()[0].total();
         assert_eq!((c.bytes, c.flows), (256, 1), "{h}");
     }
     // Idle hosts leave the kernel's view (dense slots: touched bit cleared, counters kept)...
@@ -490,7 +490,7 @@ fn batched_polls_read_thousands_of_hosts_exactly_once() {
     let expected =
         |rounds: u64, i: usize| -> u64 { (0..rounds).map(|r| 1 + (i as u64 + r) % 3).sum() };
     let in_agent = |a: &fnm_agent::accounting::Accounting, h: IpAddr| {
-        a.host(h).map(|x| x.dirs[0].total.packets).unwrap_or(0)
+        a.host(h).map(|x| x.dirs()[0].total().packets).unwrap_or(0)
     };
     let check = |a: &fnm_agent::accounting::Accounting, rounds: u64| {
         for (i, h) in all.iter().enumerate() {
@@ -635,15 +635,18 @@ fn whitelisted_sources_count_apart_and_never_toward_rates() {
         accounting.tick(1_000, 60_000);
         let h = accounting.host(LOCAL4.into()).unwrap();
         let (i, o) = (Direction::Incoming.index(), Direction::Outgoing.index());
-        assert_eq!(h.dirs[i].total.packets, 2);
-        assert_eq!(h.dirs[i].whitelisted.packets, 3);
-        assert_eq!(h.dirs[i].rates.pps, 2.0);
+        assert_eq!(h.dirs()[i].total().packets, 2);
+        assert_eq!(h.dirs()[i].whitelisted().packets, 3);
+        assert_eq!(h.dirs()[i].rates().pps, 2.0);
         // Outgoing saw only whitelisted traffic: the host direction shows it, rate zero.
         assert_eq!(
-            (h.dirs[o].total.packets, h.dirs[o].whitelisted.packets),
+            (
+                h.dirs()[o].total().packets,
+                h.dirs()[o].whitelisted().packets
+            ),
             (0, 1)
         );
-        assert_eq!(h.dirs[o].rates.pps, 0.0);
+        assert_eq!(h.dirs()[o].rates().pps, 0.0);
         let view = fnm_agent::views::HostView::new(LOCAL4.into(), h);
         assert_eq!(
             (
@@ -656,8 +659,8 @@ fn whitelisted_sources_count_apart_and_never_toward_rates() {
         dp.test_run(&from(white4)).unwrap();
         dp.poll(&mut accounting, 2_000, 60_000).unwrap();
         let h = accounting.host(LOCAL4.into()).unwrap();
-        assert_eq!(h.dirs[i].whitelisted.packets, 4);
-        assert_eq!(h.dirs[i].total.packets, 2);
+        assert_eq!(h.dirs()[i].whitelisted().packets, 4);
+        assert_eq!(h.dirs()[i].total().packets, 2);
     }
 }
 

@@ -143,6 +143,8 @@ pub struct Conversations {
     /// Conversations counted since the table was made (each time one entered the window;
     /// 2^level for a sampled one).
     pub counted: u64,
+    /// What the last slot close measured (zero when the direction had no traffic then).
+    pub last: Closed,
     budget: Budget,
 }
 
@@ -155,6 +157,7 @@ impl Clone for Conversations {
             level: self.level,
             in_slot: self.in_slot,
             counted: self.counted,
+            last: self.last,
             budget: self.budget.clone(),
         }
     }
@@ -167,7 +170,7 @@ impl Drop for Conversations {
 }
 
 /// What a closed slot measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Closed {
     /// Estimated distinct conversations in the window (the slots closed so far, up to
     /// `slots` of them).
@@ -185,8 +188,15 @@ impl Conversations {
             level: 0,
             in_slot: 0,
             counted: 0,
+            last: Closed::default(),
             budget,
         }
+    }
+
+    /// Nothing kept and nothing pending: closing slots would change nothing but the
+    /// sequence number, so a quiet direction may skip them.
+    pub fn is_quiet(&self) -> bool {
+        self.seen.is_empty() && self.level == 0 && self.in_slot == 0
     }
 
     fn sampled(&self, key: u64) -> bool {

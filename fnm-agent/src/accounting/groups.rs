@@ -10,7 +10,10 @@
 //! [`OTHER`]. A host in two overlapping networks counts toward the most specific one only, so
 //! the rows of a direction add up to the traffic of every local host.
 
-use super::HostDirection;
+use super::{
+    host::{DirView, Live},
+    Direction,
+};
 use crate::prefix::{Prefix, PrefixMap};
 use fnm_common::HostCounters;
 use std::net::IpAddr;
@@ -34,8 +37,20 @@ pub struct GroupTag {
 pub struct GroupRow {
     /// The network (`10.0.0.0/24`), the hostgroup's name, or [`OTHER`].
     pub name: String,
-    /// Indexed by [`super::Direction::index`].
-    pub dirs: [HostDirection; 2],
+    /// Indexed by [`Direction::index`].
+    dirs: [Live; 2],
+}
+
+impl GroupRow {
+    /// One direction.
+    pub fn dir(&self, direction: Direction) -> DirView<'_> {
+        self.dirs[direction.index()].view()
+    }
+
+    /// Both directions, indexed by [`Direction::index`].
+    pub fn dirs(&self) -> [DirView<'_>; 2] {
+        [self.dirs[0].view(), self.dirs[1].view()]
+    }
 }
 
 /// Rows of one kind (networks or hostgroups) and the prefixes leading to them.
@@ -167,18 +182,18 @@ impl TrafficGroups {
         ] {
             if let Some(r) = set.rows.get_mut(row as usize) {
                 let d = &mut r.dirs[dir];
-                total.add_to(&mut d.total);
-                window.add_to(&mut d.window);
+                total.add_to(&mut d.quiet.total);
+                window.add_to(&mut d.window.current);
             }
         }
     }
 
-    /// Closes every row's slot (as [`HostDirection`]s of hosts close theirs).
-    pub(super) fn close(&mut self, slots: usize, slot_seconds: f64, window_seconds: f64) {
+    /// Closes every row's slot (as hosts close theirs; a row's window stays allocated).
+    pub(super) fn close(&mut self, slots: usize, slot_ms: u64, window_ms: u64) {
         for set in [&mut self.networks, &mut self.hostgroups] {
             for row in &mut set.rows {
                 for d in &mut row.dirs {
-                    d.close_slot(slots, slot_seconds, window_seconds, false);
+                    d.close_slot(slots, slot_ms, window_ms, false);
                 }
             }
         }
@@ -253,10 +268,10 @@ mod tests {
             ..Default::default()
         };
         g.credit(t, 0, &c, &c);
-        assert_eq!(g.networks()[1].dirs[0].total.packets, 5);
+        assert_eq!(g.networks()[1].dir(Direction::Incoming).total().packets, 5);
         g.reconfigure(&[p("10.0.1.0/24")], &[], 8);
         assert_eq!(names(g.networks()), ["10.0.1.0/24"]);
-        assert_eq!(g.networks()[0].dirs[0].total.packets, 5);
+        assert_eq!(g.networks()[0].dir(Direction::Incoming).total().packets, 5);
         // The old tag (row 1) is stale: the host is tagged again (row 0).
         assert_eq!(g.tag(&mut tag, "10.0.1.1".parse().unwrap()).network, 0);
     }

@@ -178,10 +178,14 @@ impl Thresholds {
 
     /// Every set threshold as (rate, limit), in config order.
     pub fn set(&self) -> Vec<(RateKind, f64)> {
+        self.iter().collect()
+    }
+
+    /// [`Self::set`] without collecting it (the detector walks it for every active host).
+    pub fn iter(&self) -> impl Iterator<Item = (RateKind, f64)> + '_ {
         RateKind::ALL
             .into_iter()
             .filter_map(|k| self.get(k).map(|v| (k, v)))
-            .collect()
     }
 
     fn validate(&self, key: &str) -> Result<(), String> {

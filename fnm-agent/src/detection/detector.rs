@@ -163,8 +163,8 @@ impl Detector {
             .map(|e| match e {
                 DetectorEvent::Started(mut o) => {
                     if let Some(h) = acc.host(o.host) {
-                        let d = &h.dirs[o.direction.index()];
-                        o.rates = d.rates.max(&d.slot_rates).max(&o.rates);
+                        let d = h.dir(o.direction);
+                        o.rates = d.rates().max(&d.slot_rates()).max(&o.rates);
                     }
                     // The one rate of the attack: the crossing reads the reported rates.
                     o.crossing.value = o.rates.get(o.crossing.rate);
@@ -187,40 +187,39 @@ impl Detector {
             }
             let mut effective = None;
             for dir in Direction::ALL {
-                let d = &host.dirs[dir.index()];
+                let d = host.dir(dir);
                 let key = (*ip, dir);
-                if d.rates.pps == 0.0
+                if d.pps() == 0.0
                     && !self.ongoing.contains_key(&key)
                     && !self.watched.contains_key(&key)
                 {
                     continue;
                 }
-                seen.insert(key);
                 let eff = effective.get_or_insert_with(|| self.table.lookup(*ip));
-                let thresholds = eff.of(dir).set();
                 let mut worst: Option<(f64, Crossing)> = None;
                 let mut max_share = 0.0f64;
-                for (name, limit) in &thresholds {
-                    let value = d.rates.get(*name);
+                for (name, limit) in eff.of(dir).iter() {
+                    let value = d.rate(name);
                     let share = value / limit;
                     max_share = max_share.max(share);
-                    if value >= *limit && worst.as_ref().is_none_or(|(s, _)| share > *s) {
+                    if value >= limit && worst.as_ref().is_none_or(|(s, _)| share > *s) {
                         worst = Some((
                             share,
                             Crossing {
-                                rate: *name,
+                                rate: name,
                                 value,
-                                threshold: *limit,
+                                threshold: limit,
                             },
                         ));
                     }
                 }
                 // Reported rates: the window's, or the last slot's when higher (a flood
-                // younger than the window shows its true rate there).
-                let reported = d.rates.max(&d.slot_rates);
+                // younger than the window shows its true rate there). Worked out only for a
+                // host under attack or crossing a threshold.
+                let reported = || d.rates().max(&d.slot_rates());
                 match self.ongoing.get_mut(&key) {
                     Some(o) => {
-                        o.peak = o.peak.max(&reported);
+                        o.peak = o.peak.max(&reported());
                         if max_share < self.stop_ratio {
                             let since = *o.below_since_ms.get_or_insert(now_ms);
                             if now_ms.saturating_sub(since) >= self.stop_after_ms {
@@ -239,6 +238,7 @@ impl Detector {
                             // One rate per attack (docs/detection.md): the crossing, the
                             // record's initial rates, the log and the script's argument all
                             // read the reported rates, never the bare window's.
+                            let reported = reported();
                             crossing.value = reported.get(crossing.rate);
                             self.ongoing.insert(
                                 key,
@@ -272,6 +272,11 @@ impl Detector {
                 }
                 if max_share >= WATCH_RATIO && self.watched.insert(key, now_ms).is_none() {
                     events.push(DetectorEvent::Watch(*ip, dir));
+                }
+                // Only ongoing attacks are looked up below: a set of every host with traffic
+                // would cost an insertion per active host and tick.
+                if self.ongoing.contains_key(&key) {
+                    seen.insert(key);
                 }
             }
         }
@@ -314,7 +319,7 @@ impl Detector {
                     eff.of(key.1)
                         .set()
                         .iter()
-                        .any(|(n, l)| h.dirs[key.1.index()].rates.get(*n) / l >= WATCH_RATIO)
+                        .any(|(n, l)| h.dir(key.1).rate(*n) / l >= WATCH_RATIO)
                 })
                 .unwrap_or(false);
             if still_hot {

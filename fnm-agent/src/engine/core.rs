@@ -11,7 +11,7 @@ use super::{
 use crate::attack_pcap::PcapDumps;
 use crate::export::sampler::FlowSampler;
 use crate::{
-    accounting::{Accounting, Direction, HostDirection},
+    accounting::{Accounting, DirView, Direction, RateKind},
     config::Config,
     detection::{
         attack::{Attack, AttackType},
@@ -65,14 +65,14 @@ impl HostSort {
     }
 
     /// The key of one host direction.
-    pub fn key(self, d: &HostDirection) -> f64 {
+    pub fn key(self, d: &DirView<'_>) -> f64 {
         match self {
-            HostSort::Pps => d.rates.pps,
-            HostSort::BytesPerSecond => d.rates.bytes_per_second,
-            HostSort::FlowsPerSecond => d.rates.flows_per_second,
-            HostSort::ConversationsPerSecond => d.rates.conversations_per_second,
-            HostSort::Packets => d.total.packets as f64,
-            HostSort::Bytes => d.total.bytes as f64,
+            HostSort::Pps => d.rate(RateKind::Pps),
+            HostSort::BytesPerSecond => d.rate(RateKind::BytesPerSecond),
+            HostSort::FlowsPerSecond => d.rate(RateKind::FlowsPerSecond),
+            HostSort::ConversationsPerSecond => d.rate(RateKind::ConversationsPerSecond),
+            HostSort::Packets => d.total().packets as f64,
+            HostSort::Bytes => d.total().bytes as f64,
         }
     }
 }
@@ -358,8 +358,8 @@ impl EngineCore {
             Direction::Outgoing => Direction::Incoming,
         };
         if let Some(h) = self.acc.host(host) {
-            let d = &h.dirs[opposite.index()];
-            attack.opposite_rates = d.rates.max(&d.slot_rates);
+            let d = h.dir(opposite);
+            attack.opposite_rates = d.rates().max(&d.slot_rates());
         }
         attack.network = self
             .detector
@@ -477,7 +477,7 @@ impl EngineCore {
                 current: self
                     .acc
                     .host(a.host)
-                    .map(|h| h.dirs[a.direction.index()].rates)
+                    .map(|h| h.dir(a.direction).rates())
                     .unwrap_or_default(),
             })
             .collect();
@@ -700,8 +700,8 @@ mod tests {
             assert!(step(&mut core).is_empty());
         }
         let victim: IpAddr = "10.0.0.1".parse().unwrap();
-        let before = core.accounting().host(victim).unwrap().dirs[0]
-            .total
+        let before = core.accounting().host(victim).unwrap().dirs()[0]
+            .total()
             .packets;
         assert_eq!(before, 8 * 500);
         // Lowered to 1000: the very next tick opens the attack; nothing counted is lost.
@@ -712,8 +712,8 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(
-            core.accounting().host(victim).unwrap().dirs[0]
-                .total
+            core.accounting().host(victim).unwrap().dirs()[0]
+                .total()
                 .packets,
             9 * 500
         );

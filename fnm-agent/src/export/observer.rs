@@ -104,24 +104,26 @@ impl HostExport {
         let mut skipped = 0u64;
         for (ip, host) in t.core.accounting().hosts() {
             for dir in Direction::ALL {
-                let d = &host.dirs[dir.index()];
-                if d.slot_rates.pps <= 0.0 || d.slot_rates.pps < self.floor_pps {
+                let d = host.dir(dir);
+                let Some(c) = d.last_slot().filter(|c| c.packets > 0) else {
+                    continue;
+                };
+                // (A last slot with packets is a slot rate above zero.)
+                if d.slot_rates().pps < self.floor_pps {
                     continue;
                 }
-                if let Some(c) = d.last_slot().filter(|c| c.packets > 0) {
-                    if full {
-                        skipped += 1;
-                        continue;
-                    }
-                    records.push(HostRecord::new(
-                        &self.agent,
-                        *ip,
-                        dir,
-                        t.unix_ms,
-                        t.slot_ms,
-                        c,
-                    ));
+                if full {
+                    skipped += 1;
+                    continue;
                 }
+                records.push(HostRecord::new(
+                    &self.agent,
+                    *ip,
+                    dir,
+                    t.unix_ms,
+                    t.slot_ms,
+                    &c,
+                ));
             }
         }
         if full {
