@@ -888,9 +888,9 @@ fn hosts_of_22_24_and_48_networks_count_exactly_and_their_neighbours_not() {
     let mut accounting = fnm_agent::accounting::Accounting::new(networks, 1024, 1024, 1000);
     dp.poll(&mut accounting, 1_000, 60_000).unwrap();
     for (i, h) in local.iter().enumerate() {
-        let d = &accounting.host(*h).expect("polled").dirs;
+        let d = accounting.host(*h).expect("polled").dirs();
         assert_eq!(
-            (d[0].total.packets, d[1].total.packets),
+            (d[0].total().packets, d[1].total().packets),
             (i as u64 + 1, 1),
             "{h}"
         );
