@@ -22,6 +22,7 @@
 //! unproven, then the least busy hosts make room, never watched, attacked or mitigated ones.
 
 mod conversations;
+mod flow_table;
 mod groups;
 mod table;
 
@@ -38,13 +39,10 @@ use crate::{
     traffic::{ExporterSpan, Source, TrafficRecord},
 };
 use ahash::AHashMap as HashMap;
+use flow_table::FlowTable;
 use fnm_common::{proto, HostCounters, WhitelistedCounters, XdpHostCounters};
 use serde::{Deserialize, Serialize};
-use std::{
-    collections::{HashSet, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
-    net::IpAddr,
-};
+use std::{collections::VecDeque, hash::Hasher, net::IpAddr};
 use table::HostTable;
 
 /// Traffic direction relative to the local networks.
@@ -431,43 +429,6 @@ impl Hasher for PreHashed {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
-    }
-}
-
-/// Bounded two-generation set of 5-tuples: a tuple is new when neither generation holds it.
-///
-/// Tuples are kept as a 64-bit hash under a seed drawn at start (like the XDP flow table), so a
-/// probe compares 8 bytes and the seed keeps collisions from being crafted offline; an
-/// accidental collision (about table size / 2^64 per new flow) hides one new flow.
-#[derive(Debug)]
-struct FlowTable {
-    current: HashSet<u64, BuildHasherDefault<PreHashed>>,
-    previous: HashSet<u64, BuildHasherDefault<PreHashed>>,
-    generation_size: usize,
-    seed: ahash::RandomState,
-}
-
-impl FlowTable {
-    fn new(capacity: usize) -> Self {
-        Self {
-            current: HashSet::default(),
-            previous: HashSet::default(),
-            generation_size: (capacity / 2).max(1),
-            seed: ahash::RandomState::new(),
-        }
-    }
-
-    /// Records the 5-tuple of `r`; true when it was not seen recently.
-    #[inline]
-    fn note(&mut self, r: &TrafficRecord) -> bool {
-        let key = self
-            .seed
-            .hash_one((r.src, r.dst, r.src_port, r.dst_port, r.protocol));
-        if self.current.len() >= self.generation_size && !self.current.contains(&key) {
-            self.previous = std::mem::take(&mut self.current);
-            self.current.reserve(self.generation_size);
-        }
-        self.current.insert(key) && !self.previous.contains(&key)
     }
 }
 
