@@ -719,8 +719,10 @@ impl Accounting {
     /// hash lookup.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
         let mut cache = HostCache::default();
-        for record in records {
-            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
+        let mut keys = self.flows.lookahead(records);
+        for (i, record) in records.iter().enumerate() {
+            let key = keys.key(i);
+            self.ingest_cached(record, key, source, Origin::Source(source), &mut cache);
         }
     }
 
@@ -734,24 +736,29 @@ impl Accounting {
         spans: &[ExporterSpan],
     ) {
         let mut cache = HostCache::default();
+        let mut keys = self.flows.lookahead(records);
         let mut start = 0;
         for span in spans {
             let end = span.end.min(records.len());
             let origin = Origin::Exporter(source, span.exporter);
-            for record in records.get(start..end).unwrap_or_default() {
-                self.ingest_cached(record, source, origin, &mut cache);
+            for i in start..end {
+                let key = keys.key(i);
+                self.ingest_cached(&records[i], key, source, origin, &mut cache);
             }
             start = start.max(end);
         }
-        for record in records.get(start..).unwrap_or_default() {
-            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
+        for (i, record) in records.iter().enumerate().skip(start) {
+            let key = keys.key(i);
+            self.ingest_cached(record, key, source, Origin::Source(source), &mut cache);
         }
     }
 
     /// Adds a packet or flow record from `source`.
     pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
+        let key = self.flows.key(record);
         self.ingest_cached(
             record,
+            key,
             source,
             Origin::Source(source),
             &mut HostCache::default(),
@@ -762,6 +769,7 @@ impl Accounting {
     fn ingest_cached(
         &mut self,
         record: &TrafficRecord,
+        flow_key: u64,
         source: Source,
         origin: Origin,
         cache: &mut HostCache,
@@ -802,7 +810,7 @@ impl Accounting {
                 self.add_sample(record.src, Direction::Outgoing, record.clone());
             }
         }
-        let new_flow = self.flows.note(record);
+        let new_flow = self.flows.note_key(flow_key);
         let delta = RecordDelta {
             packets: record.packets,
             bytes: record.bytes,
