@@ -741,9 +741,9 @@ impl Accounting {
         for span in spans {
             let end = span.end.min(records.len());
             let origin = Origin::Exporter(source, span.exporter);
-            for i in start..end {
+            for (i, record) in records.iter().enumerate().take(end).skip(start) {
                 let key = keys.key(i);
-                self.ingest_cached(&records[i], key, source, origin, &mut cache);
+                self.ingest_cached(record, key, source, origin, &mut cache);
             }
             start = start.max(end);
         }
