@@ -3,8 +3,8 @@
 //!
 //! A tuple is kept as a 64-bit hash under a seed drawn at start (like the XDP flow table), so
 //! the seed keeps collisions from being crafted offline. The table is set-associative: a
-//! tuple's hash picks one bucket of [`WAYS`] entries, one 64-byte cache line, and the tuple
-//! lives there or nowhere. A lookup therefore touches one cache line, which the batch
+//! tuple's hash picks one bucket of [`WAYS`] entries, two adjacent 64-byte cache lines, and
+//! the tuple lives there or nowhere. A lookup therefore touches one bucket, which the batch
 //! ingestion prefetches a few records ahead ([`Lookahead`]) so the miss to memory overlaps
 //! the crediting of the records before it.
 //!
@@ -17,30 +17,31 @@
 //! entries or the live entries fill half of it, up to twice `capacity` entries: a few
 //! thousand flows stay in a few cache-friendly pages rather than spread over a table sized
 //! for the worst case, and no live tuple is forgotten before the table has its full size.
-//! Only then (with up to `capacity` live tuples, an average of four per bucket) can a bucket
-//! be full, for about one new tuple in 50; it then forgets one tuple of the previous
-//! generation (counted new again if it returns), or, in a bucket holding only current ones
-//! (one in 4 000 at most), one of those. An entry keeps 48 bits of the hash: an accidental collision (about 8 / 2^48 per new
+//! At full size the live tuples (at most `capacity`) fill at most half of it, eight per
+//! bucket on average: a new tuple finds its bucket full for about one in 120 when the table
+//! holds `capacity` live tuples, one in 200 000 when it holds half as many. It then forgets
+//! one tuple of the previous generation (counted new again if it returns), or, in a bucket
+//! holding only current ones (one in 200 000 at most), one of those. An entry keeps 48 bits of the hash: an accidental collision (about 8 / 2^48 per new
 //! flow) hides one new flow.
 
 use crate::traffic::TrafficRecord;
 
-/// Entries per bucket: 8 × 8 bytes, one cache line.
-pub(super) const WAYS: usize = 8;
+/// Entries per bucket: 16 × 8 bytes, two cache lines.
+pub(super) const WAYS: usize = 16;
 
 /// Records hashed and prefetched ahead of the one being credited.
 const AHEAD: usize = 8;
 
 /// Buckets of a new table (4 KiB), unless `capacity` needs fewer.
-const FIRST_BUCKETS: usize = 64;
+const FIRST_BUCKETS: usize = 32;
 
 /// Low bits of an entry holding its generation (never 0, so an entry of 0 is empty); the
 /// other 48 bits are the tuple's hash, whose low bits pick the bucket.
 const GENERATION_BITS: u64 = 0xFFFF;
 
-/// One cache line of entries.
+/// Two cache lines of entries.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 struct Bucket([u64; WAYS]);
 
 /// Bounded, set-associative, two-generation set of 5-tuples (see the module).
@@ -250,16 +251,17 @@ impl FlowHasher {
         (tag >> 16) as usize & self.mask
     }
 
-    /// Asks the CPU to bring the bucket of `key` into the cache.
+    /// Asks the CPU to bring the bucket of `key` (its two cache lines) into the cache.
     #[inline]
     fn prefetch(&self, key: u64) {
         let bucket = self.base.wrapping_add(self.index(key));
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program.
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                bucket.cast::<i8>(),
-            );
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let line = bucket.cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(line);
+            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = bucket;
@@ -387,7 +389,7 @@ mod tests {
             new += u32::from(t.note(&record(i)));
         }
         assert_eq!(new, 100_000, "every tuple was distinct");
-        assert_eq!(t.buckets.len(), 16);
+        assert_eq!(t.buckets.len(), 8);
     }
 
     #[test]
@@ -398,7 +400,7 @@ mod tests {
             assert!(t.note(&record(i)), "tuple {i} is new");
         }
         assert!(t.buckets.len() >= 50_000 * 2 / WAYS);
-        // Grown when a bucket filled (from 2^16 buckets on, one in 10^5 fills at this load).
+        // Grown when a bucket filled, which at this load is rare.
         assert!(t.buckets.len() <= t.max_buckets / 2);
         for i in 0..50_000 {
             assert!(!t.note(&record(i)), "tuple {i} was seen");
