@@ -6,7 +6,9 @@
 //! them: only the ingest is timed, after 8 MiB of other memory was written.
 //! `new_hosts_full_table` is the table under a spoofed flood of new addresses: every record
 //! names a host not in the full table (16 384 hosts, 65 536 addresses cycled), so each one
-//! evicts another (probation, then the idle queue).
+//! evicts another (probation, then the idle queue). `flow_bench_tuples` is the traffic of the
+//! flow collectors' benchmark (`flow_ingest_bench`): 61 440 5-tuples cycled, to 4 000 local
+//! hosts from 200 remote ones, a new host in every record, with the default `max_flows`.
 //!
 //! ```text
 //! cargo bench -p fnm-agent --bench accounting
@@ -94,6 +96,24 @@ fn capture_batch() -> Vec<TrafficRecord> {
     records
 }
 
+/// The records of `flow_ingest_bench`'s 2 048 datagrams of 30 records, in order.
+fn flow_bench_tuples() -> Vec<TrafficRecord> {
+    (0..61_440u32)
+        .map(|i| TrafficRecord {
+            src_port: (i % 60_000) as u16,
+            dst_port: 80,
+            packets: u64::from(1 + i % 50),
+            bytes: u64::from(64 * (1 + i % 50)),
+            ..TrafficRecord::packet(
+                IpAddr::V4(Ipv4Addr::from(0xc633_6400 + (i % 200))),
+                IpAddr::V4(Ipv4Addr::from(0x0a14_0000 + (i % 4000))),
+                6,
+                64,
+            )
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("accounting");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -106,6 +126,17 @@ fn bench(c: &mut Criterion) {
             let start = next % (records.len() / BATCH) * BATCH;
             next += 1;
             acc.ingest_batch(black_box(&records[start..start + BATCH]), Source::Pcap);
+        })
+    });
+
+    let records = flow_bench_tuples();
+    let mut acc = accounting(262_144);
+    let mut next = 0usize;
+    group.bench_function("flow_bench_tuples", |b| {
+        b.iter(|| {
+            let start = next % (records.len() / BATCH) * BATCH;
+            next += 1;
+            acc.ingest_batch(black_box(&records[start..start + BATCH]), Source::Netflow);
         })
     });
 

@@ -22,6 +22,7 @@
 //! unproven, then the least busy hosts make room, never watched, attacked or mitigated ones.
 
 mod conversations;
+mod flow_table;
 mod groups;
 mod host;
 mod table;
@@ -40,13 +41,10 @@ use crate::{
     traffic::{ExporterSpan, Source, TrafficRecord},
 };
 use ahash::AHashMap as HashMap;
+use flow_table::FlowTable;
 use fnm_common::{proto, HostCounters, XdpHostCounters};
 use serde::{Deserialize, Serialize};
-use std::{
-    collections::{HashSet, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
-    net::IpAddr,
-};
+use std::{collections::VecDeque, hash::Hasher, net::IpAddr};
 use table::HostTable;
 
 /// Traffic direction relative to the local networks.
@@ -295,43 +293,6 @@ impl Hasher for PreHashed {
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
-    }
-}
-
-/// Bounded two-generation set of 5-tuples: a tuple is new when neither generation holds it.
-///
-/// Tuples are kept as a 64-bit hash under a seed drawn at start (like the XDP flow table), so a
-/// probe compares 8 bytes and the seed keeps collisions from being crafted offline; an
-/// accidental collision (about table size / 2^64 per new flow) hides one new flow.
-#[derive(Debug)]
-struct FlowTable {
-    current: HashSet<u64, BuildHasherDefault<PreHashed>>,
-    previous: HashSet<u64, BuildHasherDefault<PreHashed>>,
-    generation_size: usize,
-    seed: ahash::RandomState,
-}
-
-impl FlowTable {
-    fn new(capacity: usize) -> Self {
-        Self {
-            current: HashSet::default(),
-            previous: HashSet::default(),
-            generation_size: (capacity / 2).max(1),
-            seed: ahash::RandomState::new(),
-        }
-    }
-
-    /// Records the 5-tuple of `r`; true when it was not seen recently.
-    #[inline]
-    fn note(&mut self, r: &TrafficRecord) -> bool {
-        let key = self
-            .seed
-            .hash_one((r.src, r.dst, r.src_port, r.dst_port, r.protocol));
-        if self.current.len() >= self.generation_size && !self.current.contains(&key) {
-            self.previous = std::mem::take(&mut self.current);
-            self.current.reserve(self.generation_size);
-        }
-        self.current.insert(key) && !self.previous.contains(&key)
     }
 }
 
@@ -629,8 +590,10 @@ impl Accounting {
     /// hash lookup.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
         let mut cache = HostCache::default();
-        for record in records {
-            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
+        let mut keys = self.flows.lookahead(records);
+        for (i, record) in records.iter().enumerate() {
+            let key = keys.key(i);
+            self.ingest_cached(record, key, source, Origin::Source(source), &mut cache);
         }
     }
 
@@ -644,24 +607,29 @@ impl Accounting {
         spans: &[ExporterSpan],
     ) {
         let mut cache = HostCache::default();
+        let mut keys = self.flows.lookahead(records);
         let mut start = 0;
         for span in spans {
             let end = span.end.min(records.len());
             let origin = Origin::Exporter(source, span.exporter);
-            for record in records.get(start..end).unwrap_or_default() {
-                self.ingest_cached(record, source, origin, &mut cache);
+            for (i, record) in records.iter().enumerate().take(end).skip(start) {
+                let key = keys.key(i);
+                self.ingest_cached(record, key, source, origin, &mut cache);
             }
             start = start.max(end);
         }
-        for record in records.get(start..).unwrap_or_default() {
-            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
+        for (i, record) in records.iter().enumerate().skip(start) {
+            let key = keys.key(i);
+            self.ingest_cached(record, key, source, Origin::Source(source), &mut cache);
         }
     }
 
     /// Adds a packet or flow record from `source`.
     pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
+        let key = self.flows.key(record);
         self.ingest_cached(
             record,
+            key,
             source,
             Origin::Source(source),
             &mut HostCache::default(),
@@ -672,6 +640,7 @@ impl Accounting {
     fn ingest_cached(
         &mut self,
         record: &TrafficRecord,
+        flow_key: u64,
         source: Source,
         origin: Origin,
         cache: &mut HostCache,
@@ -712,7 +681,7 @@ impl Accounting {
                 self.add_sample(record.src, Direction::Outgoing, record.clone());
             }
         }
-        let new_flow = self.flows.note(record);
+        let new_flow = self.flows.note_key(flow_key);
         let delta = RecordDelta {
             packets: record.packets,
             bytes: record.bytes,

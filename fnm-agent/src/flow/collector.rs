@@ -53,6 +53,11 @@ pub const HAND_OVER_RECORDS: usize = 1024;
 /// datagrams/s halved the collectors' and the engine's CPU per record (docs/performance.md),
 /// for at most this much delay.
 pub const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
+/// A worker that drained its socket while it holds records sleeps this long before the next
+/// receive, so that at moderate rates one wake-up takes many datagrams rather than one or
+/// two (a wake-up and a system call cost more than decoding a datagram). The socket buffer
+/// holds what arrives meanwhile; at rates that keep a receive batch full it never sleeps.
+pub const GATHER_FOR: Duration = Duration::from_millis(1);
 /// Largest forward jump of a sequence number counted as loss; larger jumps (and going
 /// backwards by more than this) are taken as an exporter restart.
 const MAX_PLAUSIBLE_GAP: u32 = 1 << 20;
@@ -608,6 +613,10 @@ impl Worker {
                 self.hand_over();
                 pending_since = None;
                 let _ = self.receiver.set_wait(socket::RECEIVE_POLL);
+            } else if received < RECEIVE_BATCH {
+                // The queue is drained: let the next datagrams gather in the socket buffer
+                // instead of waking up for each one, without delaying the hand-over.
+                std::thread::sleep(GATHER_FOR.min(HAND_OVER_AFTER.saturating_sub(since.elapsed())));
             }
         }
         self.hand_over();
