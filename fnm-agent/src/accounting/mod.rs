@@ -590,10 +590,8 @@ impl Accounting {
     /// hash lookup.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
         let mut cache = HostCache::default();
-        let mut keys = self.flows.lookahead(records);
-        for (i, record) in records.iter().enumerate() {
-            let key = keys.key(i);
-            self.ingest_cached(record, key, source, Origin::Source(source), &mut cache);
+        for record in records {
+            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
         }
     }
 
@@ -607,29 +605,24 @@ impl Accounting {
         spans: &[ExporterSpan],
     ) {
         let mut cache = HostCache::default();
-        let mut keys = self.flows.lookahead(records);
         let mut start = 0;
         for span in spans {
             let end = span.end.min(records.len());
             let origin = Origin::Exporter(source, span.exporter);
-            for (i, record) in records.iter().enumerate().take(end).skip(start) {
-                let key = keys.key(i);
-                self.ingest_cached(record, key, source, origin, &mut cache);
+            for record in records.get(start..end).unwrap_or_default() {
+                self.ingest_cached(record, source, origin, &mut cache);
             }
             start = start.max(end);
         }
-        for (i, record) in records.iter().enumerate().skip(start) {
-            let key = keys.key(i);
-            self.ingest_cached(record, key, source, Origin::Source(source), &mut cache);
+        for record in records.get(start..).unwrap_or_default() {
+            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
         }
     }
 
     /// Adds a packet or flow record from `source`.
     pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
-        let key = self.flows.key(record);
         self.ingest_cached(
             record,
-            key,
             source,
             Origin::Source(source),
             &mut HostCache::default(),
@@ -640,7 +633,6 @@ impl Accounting {
     fn ingest_cached(
         &mut self,
         record: &TrafficRecord,
-        flow_key: u64,
         source: Source,
         origin: Origin,
         cache: &mut HostCache,
@@ -681,7 +673,7 @@ impl Accounting {
                 self.add_sample(record.src, Direction::Outgoing, record.clone());
             }
         }
-        let new_flow = self.flows.note_key(flow_key);
+        let new_flow = self.flows.note(record);
         let delta = RecordDelta {
             packets: record.packets,
             bytes: record.bytes,
