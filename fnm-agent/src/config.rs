@@ -171,14 +171,14 @@ pub struct XdpConfig {
     /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 240 bytes ×
     /// addresses × CPUs, only for addresses of networks that fit (sized at start: a reload
     /// keeps the slots of the networks that stay and gives added ones the free ranges left).
-    /// Default: `65536` (a /16).
+    /// At most 2^30. Default: `65536` (a /16).
     #[serde(default = "default_dense_v4_addresses")]
     pub dense_v4_addresses: u32,
     /// IPv4 /16 blocks that local prefixes longer than /16 split, and that get a table of
     /// their 256 /24s (1 KiB each, shared by the CPUs): the kernel finds such a block's
     /// addresses with two array reads instead of a trie lookup (a /24 holding a prefix longer
-    /// than /24 still asks the trie). Blocks beyond this number ask the trie. Default: `4096`
-    /// (4 MiB).
+    /// than /24 still asks the trie). Blocks beyond this number ask the trie; at most 65,536.
+    /// Default: `4096` (4 MiB).
     #[serde(default = "default_local24_tables")]
     pub local24_tables: u32,
     /// 5-tuples remembered to count new flows (LRU). Default: `262144`.
@@ -527,6 +527,11 @@ fn default_max_hosts() -> u32 {
 fn default_dense_v4_addresses() -> u32 {
     65_536
 }
+/// Most `xdp.dense_v4_addresses`: their slots (two per address) stay below bit 31.
+const MAX_DENSE_V4_ADDRESSES: u32 = 1 << 30;
+/// Most `xdp.local24_tables`: one per IPv4 /16.
+const MAX_LOCAL24_TABLES: u32 = 65_536;
+
 fn default_local24_tables() -> u32 {
     4_096
 }
@@ -689,6 +694,20 @@ impl Config {
             if value == 0 {
                 return Err(format!("{key} must be above 0"));
             }
+        }
+        // Two counter slots per address, numbered below the kernel's `local16::SPLIT` flag.
+        if self.xdp.dense_v4_addresses > MAX_DENSE_V4_ADDRESSES {
+            return Err(format!(
+                "xdp.dense_v4_addresses = {}: at most {MAX_DENSE_V4_ADDRESSES} (and 240 bytes \
+                 each per CPU)",
+                self.xdp.dense_v4_addresses
+            ));
+        }
+        if self.xdp.local24_tables > MAX_LOCAL24_TABLES {
+            return Err(format!(
+                "xdp.local24_tables = {}: at most {MAX_LOCAL24_TABLES}, one per IPv4 /16",
+                self.xdp.local24_tables
+            ));
         }
         self.accounting.validate()?;
         self.sflow.validate("sflow")?;
@@ -881,6 +900,11 @@ mod tests {
             ("[api]\nmax_body_bytes = 10\n", "api.max_body_bytes"),
             ("[ban]\nmin_source_prefix_v4 = 33\n", "min_source_prefix_v4"),
             ("[ban]\nmax_active_auto_bans = 0\n", "max_active_auto_bans"),
+            ("[xdp]\nlocal24_tables = 65537\n", "xdp.local24_tables"),
+            (
+                "[xdp]\ndense_v4_addresses = 2000000000\n",
+                "xdp.dense_v4_addresses",
+            ),
         ] {
             let err = Config::parse(bad, Path::new("x.toml"))
                 .unwrap_err()
