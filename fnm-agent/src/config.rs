@@ -171,7 +171,7 @@ pub struct XdpConfig {
     /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 240 bytes ×
     /// addresses × CPUs, only for addresses of networks that fit (sized at start: a reload
     /// keeps the slots of the networks that stay and gives added ones the free ranges left).
-    /// At most 2^30. Default: `65536` (a /16).
+    /// At most 2^29. Default: `65536` (a /16).
     #[serde(default = "default_dense_v4_addresses")]
     pub dense_v4_addresses: u32,
     /// IPv4 /16 blocks that local prefixes longer than /16 split, and that get a table of
@@ -527,8 +527,9 @@ fn default_max_hosts() -> u32 {
 fn default_dense_v4_addresses() -> u32 {
     65_536
 }
-/// Most `xdp.dense_v4_addresses`: their slots (two per address) stay below bit 31.
-const MAX_DENSE_V4_ADDRESSES: u32 = 1 << 30;
+/// Most `xdp.dense_v4_addresses`: their slots (two per address, after the /16 table's
+/// markers) stay well below its `SPLIT` bit 31.
+const MAX_DENSE_V4_ADDRESSES: u32 = 1 << 29;
 /// Most `xdp.local24_tables`: one per IPv4 /16.
 const MAX_LOCAL24_TABLES: u32 = 65_536;
 
