@@ -772,6 +772,20 @@ fn fnm_threads_cpu_ns() -> u64 {
         .sum()
 }
 
+/// Nanoseconds on CPU of this process's threads whose name starts with `prefix`.
+fn fnm_thread_cpu_ns(prefix: &str) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// pmacct's collector (`nfacctd` or `sfacctd`), aggregating per destination host in memory
 /// (the `memory` plugin), with a 32 MiB socket buffer.
 struct Pmacct {
@@ -926,4 +940,50 @@ fn flow_cpu_per_record_bench() {
         drop(fnm);
         drop(engine);
     }
+}
+
+/// `FNM_BENCH_FEED=netflow|sflow`: feeds only fnm (collectors and engine, as in
+/// [`flow_cpu_per_record_bench`]) at that benchmark's rate for `FNM_BENCH_SECONDS` (default
+/// 20) and prints its CPU-s per million records, for profiling the collector and engine
+/// threads (e.g. `perf record -g` on this test, then `perf report --comm fnm-engine`).
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture --release"]
+fn fnm_flow_feed_for_profile() {
+    let Ok(kind) = std::env::var("FNM_BENCH_FEED") else {
+        println!("set FNM_BENCH_FEED=netflow or sflow to feed fnm alone");
+        return;
+    };
+    let sflow = kind == "sflow";
+    let seconds: u64 = std::env::var("FNM_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let (rate, per_datagram) = if sflow {
+        (160_000.0, f64::from(SAMPLES_PER_SFLOW_DATAGRAM))
+    } else {
+        (300_000.0, f64::from(RECORDS_PER_V5_DATAGRAM))
+    };
+    let datagrams = bench_datagrams(sflow);
+    let (fnm, engine, _state) = fnm_engine(Vec::new());
+    let before = fnm_threads_cpu_ns();
+    let engine_before = fnm_thread_cpu_ns("fnm-engine");
+    let (sent, _) = blast(
+        fnm.addr(sflow),
+        &datagrams,
+        rate / per_datagram,
+        Duration::from_secs(seconds),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let used = fnm_threads_cpu_ns() - before;
+    let engine_used = fnm_thread_cpu_ns("fnm-engine") - engine_before;
+    let (decoded, drops) = fnm.counters(sflow);
+    let millions = sent as f64 * per_datagram / 1e6;
+    println!(
+        "fnm alone, {kind} at {rate:.0}/s for {seconds} s: {:.3} CPU-s per million (collectors {:.3}, engine {:.3}; {sent} datagrams sent, {decoded:?} decoded, drops {drops})",
+        used as f64 / 1e9 / millions,
+        (used - engine_used) as f64 / 1e9 / millions,
+        engine_used as f64 / 1e9 / millions,
+    );
+    drop(fnm);
+    drop(engine);
 }
