@@ -260,9 +260,7 @@ impl EngineInput {
             return true;
         }
         let c = self.stats.of(source);
-        let lag_ms = c.lag_us.load(Relaxed) / 1000;
-        let waiting = c.queued_records.load(Relaxed);
-        let behind = (lag_ms > BEHIND_MS && waiting > 0) || waiting > BEHIND_RECORDS;
+        let (behind, lag_ms) = self.behind(source);
         if exporters.is_empty() || !behind {
             return self.send(
                 source,
@@ -308,6 +306,43 @@ impl EngineInput {
         )
     }
 
+    /// Hands over a collector's buffers, leaving both empty: as
+    /// [`send_exported`](Self::send_exported), but when the engine is not behind on `source`
+    /// and `records` fills at least half of its capacity, the buffer itself goes into the
+    /// channel instead of a copy (a half-empty buffer is copied, so the channel never holds
+    /// much more memory than records).
+    pub fn send_exported_buffers(
+        &self,
+        source: Source,
+        records: &mut Vec<TrafficRecord>,
+        exporters: &mut Vec<ExporterSpan>,
+    ) -> bool {
+        let sent = if records.len() * 2 >= records.capacity() && !self.behind(source).0 {
+            let batch = Batch::Records {
+                source,
+                records: std::mem::take(records),
+                exporters: exporters.to_vec(),
+            };
+            self.send(source, batch)
+        } else {
+            self.send_exported(source, records, exporters)
+        };
+        records.clear();
+        exporters.clear();
+        sent
+    }
+
+    /// Whether the engine is behind on `source`, and the lag of the last batch it took (ms).
+    fn behind(&self, source: Source) -> (bool, u64) {
+        let c = self.stats.of(source);
+        let lag_ms = c.lag_us.load(Relaxed) / 1000;
+        let waiting = c.queued_records.load(Relaxed);
+        (
+            (lag_ms > BEHIND_MS && waiting > 0) || waiting > BEHIND_RECORDS,
+            lag_ms,
+        )
+    }
+
     /// The hand-over counters of every source.
     pub fn stats(&self) -> Arc<InputStats> {
         self.stats.clone()
@@ -321,6 +356,15 @@ impl crate::flow::collector::TrafficSink for EngineInput {
 
     fn ingest_exported(&self, source: Source, records: &[TrafficRecord], spans: &[ExporterSpan]) {
         self.send_exported(source, records, spans);
+    }
+
+    fn hand_over(
+        &self,
+        source: Source,
+        records: &mut Vec<TrafficRecord>,
+        spans: &mut Vec<ExporterSpan>,
+    ) {
+        self.send_exported_buffers(source, records, spans);
     }
 }
 
@@ -433,6 +477,47 @@ mod tests {
         assert_eq!(records.iter().filter(|x| x.dst == r(2).dst).count(), 30);
         assert_eq!(exporters[0].end, BEHIND_BATCH_RECORDS - 30);
         assert_eq!(exporters[1].end, BEHIND_BATCH_RECORDS);
+    }
+
+    #[test]
+    fn a_collector_buffer_moves_when_at_least_half_full_and_is_copied_otherwise() {
+        let (input, rx) = EngineInput::channel(64);
+        let r = TrafficRecord::packet(
+            "192.0.2.1".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            17,
+            100,
+        );
+        let exporter: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let mut records = Vec::with_capacity(8);
+        records.extend(std::iter::repeat_n(r.clone(), 4));
+        let mut spans = vec![ExporterSpan { end: 4, exporter }];
+        let buffer = records.as_ptr();
+        assert!(input.send_exported_buffers(Source::Sflow, &mut records, &mut spans));
+        assert!(records.is_empty() && spans.is_empty());
+        assert_eq!(records.capacity(), 0, "taken");
+        let Batch::Records {
+            records: sent,
+            exporters,
+            ..
+        } = rx.try_recv().unwrap().batch
+        else {
+            panic!("records");
+        };
+        assert_eq!((sent.len(), sent.as_ptr()), (4, buffer));
+        assert_eq!(exporters, vec![ExporterSpan { end: 4, exporter }]);
+        // Less than half full: copied, the buffer stays.
+        let mut records = Vec::with_capacity(16);
+        records.extend(std::iter::repeat_n(r, 3));
+        let mut spans = vec![ExporterSpan { end: 3, exporter }];
+        assert!(input.send_exported_buffers(Source::Sflow, &mut records, &mut spans));
+        assert!(records.is_empty() && records.capacity() == 16);
+        let Batch::Records { records: sent, .. } = rx.try_recv().unwrap().batch else {
+            panic!("records");
+        };
+        assert_eq!(sent.len(), 3);
+        let s = input.stats();
+        assert_eq!(s.of(Source::Sflow).records.load(Relaxed), 7);
     }
 
     #[test]

@@ -45,8 +45,14 @@ pub const TEMPLATE_FILE: &str = "flow-templates.json";
 /// Datagrams taken per receive call.
 pub const RECEIVE_BATCH: usize = 64;
 
-/// A worker hands its decoded records to the sink once it holds this many...
+/// A worker hands its decoded records to the sink once it holds this many (checked after
+/// each datagram)...
 pub const HAND_OVER_RECORDS: usize = 1024;
+/// Records a worker's buffer is made for: the engine's input takes a buffer at least half
+/// full as it is instead of copying it (so a hand-over of [`HAND_OVER_RECORDS`] moves and a
+/// small one is copied, and a buffer in the engine's channel is never more than half empty),
+/// and a datagram's records rarely make it grow.
+const RECORDS_CAPACITY: usize = 2 * HAND_OVER_RECORDS;
 
 /// ... or once its oldest record waited this long: one hand-over (a copy, a channel send and
 /// the engine's wake-up) per thousand records instead of one per datagram, which at 10 000
@@ -212,6 +218,20 @@ pub trait TrafficSink: Send + Sync + 'static {
     fn ingest_exported(&self, source: Source, records: &[TrafficRecord], spans: &[ExporterSpan]) {
         let _ = spans;
         self.ingest_batch(source, records);
+    }
+
+    /// Hands over what a collector worker gathered, `records` and their `spans`, leaving
+    /// both empty. A sink may take the `records` buffer itself instead of copying it (the
+    /// worker then starts a new one). Default: [`TrafficSink::ingest_exported`], then clear.
+    fn hand_over(
+        &self,
+        source: Source,
+        records: &mut Vec<TrafficRecord>,
+        spans: &mut Vec<ExporterSpan>,
+    ) {
+        self.ingest_exported(source, records, spans);
+        records.clear();
+        spans.clear();
     }
 }
 
@@ -442,8 +462,10 @@ impl FlowCollectors {
                     templates_dirty: self.templates_dirty.clone(),
                     sequences: SequenceTracker::default(),
                     counts: BatchCounts::default(),
-                    records: Vec::with_capacity(RECEIVE_BATCH * 30),
+                    records: Vec::with_capacity(RECORDS_CAPACITY),
                     spans: Vec::with_capacity(RECEIVE_BATCH),
+                    pending_since: None,
+                    short_wait: false,
                 };
                 let stop = self.stop.clone();
                 let thread = std::thread::Builder::new()
@@ -572,6 +594,12 @@ struct Worker {
     records: Vec<TrafficRecord>,
     /// Which exporter sent which of `records`.
     spans: Vec<ExporterSpan>,
+    /// When the oldest of `records` was decoded.
+    pending_since: Option<Instant>,
+    /// The socket waits [`HAND_OVER_AFTER`] for a datagram (not [`socket::RECEIVE_POLL`]): set
+    /// while records wait and kept while datagrams keep coming, so a busy worker does not
+    /// change it twice per hand-over.
+    short_wait: bool,
 }
 
 /// Notes that `records` up to its current end came from `exporter` (extending the last span
@@ -587,8 +615,6 @@ fn mark_exporter(spans: &mut Vec<ExporterSpan>, records: &[TrafficRecord], expor
 
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
-        // When the oldest record not yet handed over was decoded.
-        let mut pending_since: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let received = match self.receiver.receive() {
                 Ok(n) => n,
@@ -602,17 +628,21 @@ impl Worker {
                 self.process_batch(received);
             }
             if self.records.is_empty() {
+                if received == 0 && self.short_wait {
+                    // Idle: wake up only to check for a stop.
+                    let _ = self.receiver.set_wait(socket::RECEIVE_POLL);
+                    self.short_wait = false;
+                }
                 continue;
             }
-            let since = *pending_since.get_or_insert_with(|| {
+            if !self.short_wait {
                 // Wait no longer than the hand-over may be late.
                 let _ = self.receiver.set_wait(HAND_OVER_AFTER);
-                Instant::now()
-            });
-            if self.records.len() >= HAND_OVER_RECORDS || since.elapsed() >= HAND_OVER_AFTER {
+                self.short_wait = true;
+            }
+            let since = *self.pending_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= HAND_OVER_AFTER {
                 self.hand_over();
-                pending_since = None;
-                let _ = self.receiver.set_wait(socket::RECEIVE_POLL);
             } else if received < RECEIVE_BATCH {
                 // The queue is drained: let the next datagrams gather in the socket buffer
                 // instead of waking up for each one, without delaying the hand-over.
@@ -624,13 +654,25 @@ impl Worker {
 
     /// Gives what was decoded to the sink, and the batch's counts to the metrics.
     fn hand_over(&mut self) {
-        if !self.records.is_empty() {
-            self.sink
-                .ingest_exported(self.kind.source(), &self.records, &self.spans);
-            self.records.clear();
-        }
+        self.send_records();
         self.spans.clear();
         self.metrics.merge(&mut self.counts);
+    }
+
+    /// Gives the records decoded so far to the sink (which may take the buffer).
+    fn send_records(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        self.sink
+            .hand_over(self.kind.source(), &mut self.records, &mut self.spans);
+        self.records.clear();
+        self.spans.clear();
+        if self.records.capacity() < RECORDS_CAPACITY {
+            self.records
+                .reserve_exact(RECORDS_CAPACITY - self.records.len());
+        }
+        self.pending_since = None;
     }
 
     /// Decodes a received batch, appending to what waits for the hand-over.
@@ -649,10 +691,14 @@ impl Worker {
                         &mut self.records,
                     );
                     mark_exporter(&mut self.spans, &self.records, from.ip());
+                    if self.records.len() >= HAND_OVER_RECORDS {
+                        self.send_records();
+                    }
                 }
             }
             Kind::Netflow => {
-                let mut cache = lock(&self.templates);
+                let templates = self.templates.clone();
+                let mut cache = lock(&templates);
                 let mut changed = false;
                 for index in 0..received {
                     let (datagram, from) = self.receiver.datagram(index);
@@ -667,6 +713,9 @@ impl Worker {
                         &mut self.records,
                     );
                     mark_exporter(&mut self.spans, &self.records, from.ip());
+                    if self.records.len() >= HAND_OVER_RECORDS {
+                        self.send_records();
+                    }
                 }
                 drop(cache);
                 if changed {
