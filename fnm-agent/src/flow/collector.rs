@@ -744,20 +744,19 @@ fn handle_sflow(
         counts.drop_datagram("sflow", "not_allowed");
         return;
     }
-    let decoded = sflow::decode(datagram);
+    let decoded = sflow::decode_traffic(datagram, policy.sampling_rate(exporter), out);
     let stats = counts.exporter(exporter, "sflow");
     stats.datagrams += 1;
     match decoded {
         Ok(d) => {
-            stats.records += d.flows.len() as u64;
-            stats.counter_samples += d.counters.len() as u64;
+            stats.records += u64::from(d.flow_samples);
+            stats.counter_samples += u64::from(d.counter_samples);
             let key = StreamKey {
                 exporter: d.agent,
                 protocol: 0,
                 domain: u64::from(d.sub_agent_id),
             };
             stats.sequence_lost += sequences.observe(key, d.sequence, 1);
-            out.extend(d.traffic_records(policy.sampling_rate(exporter)));
         }
         Err(error) => count_error(counts, exporter, "sflow", &error),
     }

@@ -197,33 +197,168 @@ impl SflowDatagram {
         &self,
         default_sampling_rate: u32,
     ) -> impl Iterator<Item = TrafficRecord> + '_ {
-        self.flows.iter().filter_map(move |sample| {
-            let packet = sample.packet?;
-            let rate = u64::from(effective_rate(sample.sampling_rate, default_sampling_rate));
-            let mut record = TrafficRecord {
-                src: packet.src,
-                dst: packet.dst,
-                protocol: packet.protocol,
-                src_port: packet.src_port,
-                dst_port: packet.dst_port,
-                tcp_flags: packet.tcp_flags,
-                packets: rate,
-                bytes: u64::from(packet.ip_bytes) * rate,
-                fragments: if packet.fragment { rate } else { 0 },
-                tcp_syn_packets: 0,
-                ttl: packet.ttl,
-                duration_ms: 0,
-            };
-            if record.is_syn() {
-                record.tcp_syn_packets = rate;
-            }
-            Some(record)
-        })
+        self.flows
+            .iter()
+            .filter_map(move |sample| sample.traffic(default_sampling_rate))
+    }
+}
+
+impl FlowSample {
+    /// The sampled packet as traffic, scaled by the sample's sampling rate
+    /// (`default_sampling_rate` when the sample says 0; 0 counts as 1); `None` without one.
+    #[inline]
+    pub fn traffic(&self, default_sampling_rate: u32) -> Option<TrafficRecord> {
+        let packet = self.packet?;
+        let rate = u64::from(effective_rate(self.sampling_rate, default_sampling_rate));
+        let mut record = TrafficRecord {
+            src: packet.src,
+            dst: packet.dst,
+            protocol: packet.protocol,
+            src_port: packet.src_port,
+            dst_port: packet.dst_port,
+            tcp_flags: packet.tcp_flags,
+            packets: rate,
+            bytes: u64::from(packet.ip_bytes) * rate,
+            fragments: if packet.fragment { rate } else { 0 },
+            tcp_syn_packets: 0,
+            ttl: packet.ttl,
+            duration_ms: 0,
+        };
+        if record.is_syn() {
+            record.tcp_syn_packets = rate;
+        }
+        Some(record)
+    }
+}
+
+/// What [`decode_traffic`] found in a datagram besides its traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SflowSummary {
+    /// Agent address.
+    pub agent: IpAddr,
+    /// Sub-agent id.
+    pub sub_agent_id: u32,
+    /// Datagram sequence number.
+    pub sequence: u32,
+    /// Flow samples decoded (compact and expanded, with or without a packet).
+    pub flow_samples: u32,
+    /// Counter samples decoded (compact and expanded).
+    pub counter_samples: u32,
+    /// What was decoded and what was skipped.
+    pub stats: SflowStats,
+}
+
+/// The datagram header's fields.
+struct Header {
+    agent: IpAddr,
+    sub_agent_id: u32,
+    sequence: u32,
+    uptime_ms: u32,
+    sample_count: u32,
+}
+
+/// Where [`decode_samples`] puts each sample it decoded, in datagram order.
+trait SampleSink {
+    fn flow(&mut self, sample: FlowSample);
+    fn counter(&mut self, sample: CounterSample);
+}
+
+/// Keeps every sample ([`decode`]).
+struct Collect {
+    flows: Vec<FlowSample>,
+    counters: Vec<CounterSample>,
+}
+
+impl SampleSink for Collect {
+    fn flow(&mut self, sample: FlowSample) {
+        self.flows.push(sample);
+    }
+    fn counter(&mut self, sample: CounterSample) {
+        self.counters.push(sample);
+    }
+}
+
+/// Turns flow samples into traffic as they are decoded ([`decode_traffic`]).
+struct Traffic<'a> {
+    out: &'a mut Vec<TrafficRecord>,
+    default_sampling_rate: u32,
+    flows: u32,
+    counters: u32,
+}
+
+impl SampleSink for Traffic<'_> {
+    #[inline]
+    fn flow(&mut self, sample: FlowSample) {
+        self.flows += 1;
+        if let Some(record) = sample.traffic(self.default_sampling_rate) {
+            self.out.push(record);
+        }
+    }
+    fn counter(&mut self, _sample: CounterSample) {
+        self.counters += 1;
     }
 }
 
 /// Decodes one sFlow v5 datagram.
 pub fn decode(datagram: &[u8]) -> Result<SflowDatagram, DecodeError> {
+    let mut stats = SflowStats::default();
+    let mut samples = Collect {
+        flows: Vec::new(),
+        counters: Vec::new(),
+    };
+    let header = decode_samples(datagram, &mut samples, &mut stats)?;
+    Ok(SflowDatagram {
+        agent: header.agent,
+        sub_agent_id: header.sub_agent_id,
+        sequence: header.sequence,
+        uptime_ms: header.uptime_ms,
+        sample_count: header.sample_count,
+        flows: samples.flows,
+        counters: samples.counters,
+        stats,
+    })
+}
+
+/// Decodes one sFlow v5 datagram and appends its sampled packets to `out` as traffic: the
+/// same records in the same order as `decode(datagram)?.traffic_records(default_sampling_rate)`
+/// (the same checks, the same errors), without keeping the samples. On an error `out` is left
+/// as it was.
+pub fn decode_traffic(
+    datagram: &[u8],
+    default_sampling_rate: u32,
+    out: &mut Vec<TrafficRecord>,
+) -> Result<SflowSummary, DecodeError> {
+    let start = out.len();
+    let mut stats = SflowStats::default();
+    let mut traffic = Traffic {
+        out,
+        default_sampling_rate,
+        flows: 0,
+        counters: 0,
+    };
+    match decode_samples(datagram, &mut traffic, &mut stats) {
+        Ok(header) => Ok(SflowSummary {
+            agent: header.agent,
+            sub_agent_id: header.sub_agent_id,
+            sequence: header.sequence,
+            flow_samples: traffic.flows,
+            counter_samples: traffic.counters,
+            stats,
+        }),
+        Err(error) => {
+            traffic.out.truncate(start);
+            Err(error)
+        }
+    }
+}
+
+/// Decodes the datagram header and hands every flow and counter sample to `sink`.
+#[inline]
+fn decode_samples<S: SampleSink>(
+    datagram: &[u8],
+    sink: &mut S,
+    stats: &mut SflowStats,
+) -> Result<Header, DecodeError> {
     let mut reader = Reader::new(datagram);
     let version = reader.u32()?;
     if version != 5 {
@@ -241,51 +376,47 @@ pub fn decode(datagram: &[u8]) -> Result<SflowDatagram, DecodeError> {
             count: sample_count,
         });
     }
-    let mut decoded = SflowDatagram {
-        agent,
-        sub_agent_id,
-        sequence,
-        uptime_ms,
-        sample_count,
-        flows: Vec::with_capacity(sample_count as usize),
-        counters: Vec::new(),
-        stats: SflowStats::default(),
-    };
     for _ in 0..sample_count {
         let data_format = reader.u32()?;
         let length = reader.u32()? as usize;
         let body = reader.take(length)?;
         let (enterprise, format) = (data_format >> 12, data_format & 0xFFF);
         if enterprise != 0 {
-            decoded.stats.samples_skipped += 1;
+            stats.samples_skipped += 1;
             continue;
         }
         match format {
             1 | 3 => {
-                let sample = read_flow_sample(body, format == 3, &mut decoded.stats)?;
+                let sample = read_flow_sample(body, format == 3, stats)?;
                 if format == 3 {
-                    decoded.stats.expanded_flow_samples += 1;
+                    stats.expanded_flow_samples += 1;
                 } else {
-                    decoded.stats.flow_samples += 1;
+                    stats.flow_samples += 1;
                 }
                 if sample.packet.is_none() {
-                    decoded.stats.samples_without_packet += 1;
+                    stats.samples_without_packet += 1;
                 }
-                decoded.flows.push(sample);
+                sink.flow(sample);
             }
             2 | 4 => {
-                let sample = read_counter_sample(body, format == 4, &mut decoded.stats)?;
+                let sample = read_counter_sample(body, format == 4, stats)?;
                 if format == 4 {
-                    decoded.stats.expanded_counter_samples += 1;
+                    stats.expanded_counter_samples += 1;
                 } else {
-                    decoded.stats.counter_samples += 1;
+                    stats.counter_samples += 1;
                 }
-                decoded.counters.push(sample);
+                sink.counter(sample);
             }
-            _ => decoded.stats.samples_skipped += 1,
+            _ => stats.samples_skipped += 1,
         }
     }
-    Ok(decoded)
+    Ok(Header {
+        agent,
+        sub_agent_id,
+        sequence,
+        uptime_ms,
+        sample_count,
+    })
 }
 
 /// Reads an sFlow address (type 1 IPv4, type 2 IPv6).
@@ -797,5 +928,119 @@ mod tests {
         let mut bytes = datagram_with_header(1, &[0; 20], 60, 1);
         bytes[27] = 200;
         assert_eq!(decode(&bytes).unwrap_err().reason(), "bad_count");
+    }
+
+    /// A datagram of several samples: two flow samples, a counter sample with interface
+    /// counters, one of another enterprise, and an expanded flow sample.
+    fn mixed_datagram() -> Vec<u8> {
+        let flow = |bytes: &[u8]| {
+            let d = datagram_with_header(1, bytes, 82, 64);
+            // The sample (format, length, body) after the 28-byte datagram header.
+            d[28..].to_vec()
+        };
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend(ipv4_tcp_syn(60, 0));
+        let mut counters = Vec::new();
+        for value in [9, 3, 1, 1, 88] {
+            push_u32(&mut counters, value);
+        }
+        counters.extend_from_slice(&[7; 88]);
+        let mut counter_sample = Vec::new();
+        push_u32(&mut counter_sample, 2);
+        push_u32(&mut counter_sample, counters.len() as u32);
+        counter_sample.extend(counters);
+        // The compact sample's body as an expanded one: sequence, source id type and index,
+        // rate, pool, drops, then input and output as (format, value) pairs.
+        let body = flow(&frame).split_off(8);
+        let mut expanded_body = body[..4].to_vec();
+        push_u32(&mut expanded_body, 0);
+        expanded_body.extend_from_slice(&body[4..20]);
+        for value in [0, 1, 0, 2] {
+            push_u32(&mut expanded_body, value);
+        }
+        expanded_body.extend_from_slice(&body[28..]);
+        let mut expanded = Vec::new();
+        push_u32(&mut expanded, 3);
+        push_u32(&mut expanded, expanded_body.len() as u32);
+        expanded.extend(expanded_body);
+        let samples = [
+            flow(&frame),
+            flow(&[0; 20]),
+            counter_sample,
+            [
+                &(5u32 << 12 | 1).to_be_bytes()[..],
+                &[0, 0, 0, 4, 1, 2, 3, 4],
+            ]
+            .concat(),
+            expanded,
+        ];
+        let mut bytes = Vec::new();
+        for value in [5, 1, 0x0A00_0001, 0, 42, 1000, samples.len() as u32] {
+            push_u32(&mut bytes, value);
+        }
+        for sample in samples {
+            bytes.extend(sample);
+        }
+        bytes
+    }
+
+    /// `decode_traffic` must give exactly what `decode` + `traffic_records` give: the same
+    /// records, counts and errors, and leave the output as it was on an error.
+    fn assert_same_as_decode(bytes: &[u8]) {
+        let before = TrafficRecord::packet(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            17,
+            1,
+        );
+        let mut out = vec![before.clone()];
+        let streamed = decode_traffic(bytes, 3, &mut out);
+        match decode(bytes) {
+            Ok(d) => {
+                let summary = streamed.expect("decode_traffic fails where decode does not");
+                let expected: Vec<_> = std::iter::once(before)
+                    .chain(d.traffic_records(3))
+                    .collect();
+                assert_eq!(out, expected);
+                assert_eq!(summary.flow_samples as usize, d.flows.len());
+                assert_eq!(summary.counter_samples as usize, d.counters.len());
+                assert_eq!(
+                    (summary.agent, summary.sub_agent_id, summary.sequence),
+                    (d.agent, d.sub_agent_id, d.sequence)
+                );
+                assert_eq!(summary.stats, d.stats);
+            }
+            Err(error) => {
+                assert_eq!(streamed.unwrap_err(), error);
+                assert_eq!(out, vec![before]);
+            }
+        }
+    }
+
+    #[test]
+    fn decode_traffic_is_decode_without_the_samples() {
+        let bytes = mixed_datagram();
+        let decoded = decode(&bytes).expect("valid");
+        assert_eq!((decoded.flows.len(), decoded.counters.len()), (3, 1));
+        assert_eq!(decoded.stats.samples_skipped, 1);
+        assert_eq!(decoded.stats.expanded_flow_samples, 1);
+        assert_eq!(decoded.traffic_records(1).count(), 2);
+        assert_same_as_decode(&bytes);
+        // Every truncation and many corruptions give the same result both ways.
+        for len in 0..bytes.len() {
+            assert_same_as_decode(&bytes[..len]);
+        }
+        let mut state = 0x2545_F491_u32;
+        for position in 0..bytes.len() {
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let mut corrupted = bytes.clone();
+                corrupted[position] = state as u8;
+                assert_same_as_decode(&corrupted);
+            }
+        }
     }
 }
