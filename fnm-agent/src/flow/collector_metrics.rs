@@ -58,18 +58,36 @@ impl ExporterCounts {
 /// What one worker counted in one batch, merged into [`CollectorMetrics`] afterwards.
 #[derive(Debug, Default)]
 pub struct BatchCounts {
-    /// Per (exporter address, protocol label).
-    pub exporters: HashMap<(IpAddr, &'static str), ExporterCounts>,
+    /// Per (exporter address, protocol label), but for `current`'s.
+    exporters: HashMap<(IpAddr, &'static str), ExporterCounts>,
+    /// The counters of the exporter and protocol counted last, added to `exporters` when
+    /// another one comes or the batch is merged: consecutive datagrams mostly come from the
+    /// same exporter, and this spares them a hash-map lookup each.
+    current: Option<((IpAddr, &'static str), ExporterCounts)>,
     /// Decode errors per (exporter address, protocol label, reason).
-    pub errors: HashMap<(IpAddr, &'static str, &'static str), u64>,
+    errors: HashMap<(IpAddr, &'static str, &'static str), u64>,
     /// Datagrams dropped before decoding, per (collector, reason).
-    pub dropped: HashMap<(&'static str, &'static str), u64>,
+    dropped: HashMap<(&'static str, &'static str), u64>,
 }
 
 impl BatchCounts {
     /// The counters of one exporter and protocol.
+    #[inline]
     pub fn exporter(&mut self, exporter: IpAddr, protocol: &'static str) -> &mut ExporterCounts {
-        self.exporters.entry((exporter, protocol)).or_default()
+        let key = (exporter, protocol);
+        if self.current.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.settle();
+            self.current = Some((key, ExporterCounts::default()));
+        }
+        let (_, counts) = self.current.get_or_insert((key, ExporterCounts::default()));
+        counts
+    }
+
+    /// Adds `current` to the per-exporter map.
+    fn settle(&mut self) {
+        if let Some((key, counts)) = self.current.take() {
+            self.exporters.entry(key).or_default().add(&counts);
+        }
     }
 
     /// Counts a decode error.
@@ -84,7 +102,10 @@ impl BatchCounts {
 
     /// True when nothing was counted.
     pub fn is_empty(&self) -> bool {
-        self.exporters.is_empty() && self.errors.is_empty() && self.dropped.is_empty()
+        self.current.is_none()
+            && self.exporters.is_empty()
+            && self.errors.is_empty()
+            && self.dropped.is_empty()
     }
 }
 
@@ -151,6 +172,7 @@ impl CollectorMetrics {
         if batch.is_empty() {
             return;
         }
+        batch.settle();
         let mut totals = lock(&self.totals);
         for ((exporter, protocol), counts) in batch.exporters.drain() {
             let label = self.label(&mut totals, exporter);
@@ -386,6 +408,39 @@ impl MetricsSource for CollectorMetrics {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn counts_of_interleaved_exporters_add_up() {
+        let metrics = CollectorMetrics::new(HashMap::new(), Arc::default());
+        let mut batch = BatchCounts::default();
+        let (a, b) = (
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+        );
+        for (exporter, protocol) in [
+            (a, "sflow"),
+            (a, "sflow"),
+            (b, "sflow"),
+            (a, "sflow"),
+            (a, "netflow5"),
+            (b, "sflow"),
+        ] {
+            let counts = batch.exporter(exporter, protocol);
+            counts.datagrams += 1;
+            counts.records += 10;
+        }
+        assert!(!batch.is_empty());
+        metrics.merge(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(metrics.exporter("192.0.2.1", "sflow").datagrams, 3);
+        assert_eq!(metrics.exporter("192.0.2.1", "sflow").records, 30);
+        assert_eq!(metrics.exporter("192.0.2.2", "sflow").datagrams, 2);
+        assert_eq!(metrics.exporter("192.0.2.1", "netflow5").datagrams, 1);
+        // Counted again after a merge: added to what was merged.
+        batch.exporter(b, "sflow").datagrams += 1;
+        metrics.merge(&mut batch);
+        assert_eq!(metrics.exporter("192.0.2.2", "sflow").datagrams, 3);
+    }
 
     #[test]
     fn exporter_labels_are_bounded() {

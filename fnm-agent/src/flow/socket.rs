@@ -144,7 +144,18 @@ pub struct BatchReceiver {
     sources: Vec<Option<SocketAddr>>,
     #[cfg(target_os = "linux")]
     names: Vec<libc::sockaddr_storage>,
+    /// `recvmmsg`'s message headers and buffer descriptors, kept between calls (pointed
+    /// again at `buffers` and `names` before each call).
+    #[cfg(target_os = "linux")]
+    headers: Vec<libc::mmsghdr>,
+    #[cfg(target_os = "linux")]
+    iovecs: Vec<libc::iovec>,
 }
+
+// SAFETY: the raw pointers in `headers` and `iovecs` only ever point into `buffers` and
+// `names`, heap memory owned by the same value, and are set again before every use.
+#[cfg(target_os = "linux")]
+unsafe impl Send for BatchReceiver {}
 
 impl BatchReceiver {
     /// A receiver of up to `batch` datagrams per call (at least 1).
@@ -158,6 +169,17 @@ impl BatchReceiver {
             #[cfg(target_os = "linux")]
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             names: vec![unsafe { std::mem::zeroed() }; batch],
+            #[cfg(target_os = "linux")]
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            headers: vec![unsafe { std::mem::zeroed() }; batch],
+            #[cfg(target_os = "linux")]
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                batch
+            ],
         }
     }
 
@@ -199,27 +221,28 @@ impl BatchReceiver {
     #[cfg(target_os = "linux")]
     fn receive_inner(&mut self) -> io::Result<usize> {
         let batch = self.lengths.len();
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .chunks_exact_mut(MAX_DATAGRAM)
-            .map(|chunk| libc::iovec {
+        for (((header, iovec), name), chunk) in self
+            .headers
+            .iter_mut()
+            .zip(self.iovecs.iter_mut())
+            .zip(self.names.iter_mut())
+            .zip(self.buffers.chunks_exact_mut(MAX_DATAGRAM))
+        {
+            *iovec = libc::iovec {
                 iov_base: chunk.as_mut_ptr().cast(),
                 iov_len: chunk.len(),
-            })
-            .collect();
-        // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
-        let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; batch];
-        for ((header, iovec), name) in headers
-            .iter_mut()
-            .zip(iovecs.iter_mut())
-            .zip(self.names.iter_mut())
-        {
+            };
             header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             header.msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_hdr.msg_iov = iovec;
             header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = std::ptr::null_mut();
+            header.msg_hdr.msg_controllen = 0;
+            header.msg_hdr.msg_flags = 0;
+            header.msg_len = 0;
         }
+        let headers = &mut self.headers;
         // SAFETY: every header points at a buffer, iovec and address we own and that outlive
         // the call; the kernel writes at most the lengths given.
         let received = unsafe {
