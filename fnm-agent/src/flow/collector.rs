@@ -4,10 +4,11 @@
 //! Each listen address gets `workers` sockets bound with `SO_REUSEPORT` (Linux; the kernel
 //! spreads exporters over them by source address and port, so one exporter's datagrams stay
 //! in order on one socket) and one thread per socket. Elsewhere one socket and thread per
-//! address is used. A thread receives a batch of datagrams (`recvmmsg`) and decodes them;
-//! once it holds [`HAND_OVER_RECORDS`] records or the oldest waited [`HAND_OVER_AFTER`], it
-//! hands them to the sink (the engine's input) in one call and merges its counters into the
-//! shared [`CollectorMetrics`].
+//! address is used. A thread receives a batch of datagrams (`recvmmsg`) and decodes each
+//! straight into its buffer of [`TrafficRecord`]s (no per-datagram allocation); once it holds
+//! [`HAND_OVER_RECORDS`] records or the oldest waited [`HAND_OVER_AFTER`], it hands the buffer
+//! to the sink (the engine's input, which takes the buffer itself rather than a copy when it is
+//! at least half full) and merges its counters into the shared [`CollectorMetrics`].
 //!
 //! NetFlow v9 and IPFIX templates live in one [`TemplateCache`] shared by the NetFlow workers;
 //! it is loaded from `<state_dir>/flow-templates.json` at start, saved every
