@@ -109,10 +109,8 @@ impl SlotArray {
             for (i, w) in words.iter_mut().enumerate() {
                 // SAFETY: in bounds of the mapping (slot < slots, cpu < cpus, the entry's
                 // first WORDS words); 8-byte aligned (page-aligned base, 128-byte entries).
-                *w = unsafe {
-                    AtomicU64::from_ptr(self.mapping.ptr().add(entry + i * 8).cast())
-                }
-                .load(Ordering::Relaxed);
+                *w = unsafe { AtomicU64::from_ptr(self.mapping.ptr().add(entry + i * 8).cast()) }
+                    .load(Ordering::Relaxed);
             }
             each(&words);
         }
@@ -128,7 +126,6 @@ impl SlotArray {
         });
         counters_of(&sum)
     }
-
 }
 
 /// [`XdpHostCounters`] from its words, in field order.
