@@ -168,7 +168,7 @@ pub struct XdpConfig {
     pub max_hosts: u32,
     /// IPv4 addresses of the local networks whose counters are preallocated in a per-CPU array
     /// (no hash lookup per packet, never full). Networks get them in the order of `networks`
-    /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 240 bytes ×
+    /// while they fit; the others use the `max_hosts` hash table. Kernel memory: 256 bytes ×
     /// addresses × CPUs, only for addresses of networks that fit (sized at start: a reload
     /// keeps the slots of the networks that stay and gives added ones the free ranges left).
     /// At most 2^29. Default: `65536` (a /16).
@@ -699,7 +699,7 @@ impl Config {
         // Two counter slots per address, numbered below the kernel's `local16::SPLIT` flag.
         if self.xdp.dense_v4_addresses > MAX_DENSE_V4_ADDRESSES {
             return Err(format!(
-                "xdp.dense_v4_addresses = {}: at most {MAX_DENSE_V4_ADDRESSES} (and 240 bytes \
+                "xdp.dense_v4_addresses = {}: at most {MAX_DENSE_V4_ADDRESSES} (and 256 bytes \
                  each per CPU)",
                 self.xdp.dense_v4_addresses
             ));

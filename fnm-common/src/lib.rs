@@ -18,9 +18,17 @@ pub mod map_names {
     /// Per-CPU cache in front of `FLOWS` (`PerCpuArray<u64>` of [`FLOW_CACHE_SLOTS`] 5-tuple
     /// hashes): a packet whose hash sits in its slot belongs to a known flow and skips `FLOWS`.
     pub const FLOW_CACHE: &str = "FNM_FLOW_CACHE";
-    /// Dense per-CPU counters of the IPv4 hosts of the local networks that got preallocated
-    /// slots (`PerCpuArray<XdpHostCounters>`, see [`local16`] for the slot of an address).
+    /// Dense counters of the IPv4 hosts of the local networks that got preallocated slots
+    /// (see [`local16`] for the slot of an address): an mmap-able `Array<SlotCounters>` of
+    /// `slots × CPUS` entries, slot `s`'s counters of CPU `c` in entry `s × CPUS + c`
+    /// ([`SlotCounters`](crate::SlotCounters), a whole number of cache lines, so CPUs never share a line). The
+    /// agent maps it and sums a slot's CPUs in place, without a system call or a copy. (Built
+    /// before 2026-12-05: a `PerCpuArray<XdpHostCounters>` the agent still reads by batches.)
     pub const HOSTS_DENSE_V4: &str = "FNM_HOSTS_D4";
+    /// Frozen global (`.rodata`, `u32`, set at load): the CPU count the per-CPU entries of
+    /// `HOSTS_DENSE_V4` are laid out for (the possible CPUs). A CPU whose id is not below it
+    /// counts its packets in the totals and [`HOST_TABLE_FULL`](crate::stat::HOST_TABLE_FULL) only.
+    pub const CPUS: &str = "FNM_CPUS";
     /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
     /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
     /// mapping): the agent reads only the slots whose byte is set, without a system call, and
@@ -368,6 +376,21 @@ impl HostCounters {
     }
 }
 
+/// One CPU's [`XdpHostCounters`] of one counter slot in an mmap-able slot array, padded to
+/// two whole cache lines (128 bytes): entries of different CPUs never share a line, so the
+/// kernel's plain (non-atomic) increments stay each CPU's own, as in a per-CPU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    /// The counters.
+    pub counters: XdpHostCounters,
+    /// Always zero.
+    pub _pad: u64,
+}
+
+/// Bytes of one [`SlotCounters`] entry.
+pub const SLOT_COUNTERS_BYTES: usize = core::mem::size_of::<SlotCounters>();
+
 /// Traffic of a local host whose remote side is a whitelisted source (`[detection]
 /// whitelist_sources`: the source of incoming, the destination of outgoing traffic). It is in
 /// none of the [`HostCounters`], so it never counts toward a rate nor opens an attack.
@@ -519,6 +542,7 @@ mod pod {
     unsafe impl aya::Pod for super::LocalNetV4 {}
     unsafe impl aya::Pod for super::HostCounters {}
     unsafe impl aya::Pod for super::XdpHostCounters {}
+    unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DropCounter {}
     unsafe impl aya::Pod for super::DropRule {}
@@ -537,6 +561,7 @@ mod tests {
         assert_eq!(size_of::<HostKeyV4>(), 8);
         assert_eq!(size_of::<HostCounters>(), 13 * 8);
         assert_eq!(size_of::<XdpHostCounters>(), 15 * 8);
+        assert_eq!(size_of::<SlotCounters>(), 128);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<DropRule>(), 12);
         assert_eq!(size_of::<RuleSet>(), 8 + 4 * 12);

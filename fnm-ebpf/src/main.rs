@@ -29,7 +29,7 @@ mod walk;
 
 use aya_ebpf::{
     bindings::{self, xdp_action},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
         lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use fnm_common::{
     direction, drop16, local16, local6, proto, setting, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet,
+    DropCounter, HostCounters, HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, SlotCounters,
     XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
@@ -61,6 +61,11 @@ type Stats = [u64; stat::COUNT as usize];
 #[unsafe(no_mangle)]
 static FNM_FLOW_SEED: u64 = 0;
 
+/// CPUs the slot arrays are laid out for (`slot × FNM_CPUS + cpu`); written by the agent at
+/// load, then frozen.
+#[unsafe(no_mangle)]
+static FNM_CPUS: u32 = 1;
+
 /// Hashed hosts (IPv6, and IPv4 beyond the dense slots): LRU tables, so a flood of spoofed
 /// new destinations evicts hosts that have not been touched lately instead of locking every
 /// new host (a real victim) out once the table is full; a host that keeps receiving packets
@@ -72,9 +77,12 @@ static FNM_HOSTS: LruPerCpuHashMap<HostKey, XdpHostCounters> =
 #[map]
 static FNM_HOSTS_V4: LruPerCpuHashMap<HostKeyV4, XdpHostCounters> =
     LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
+/// Dense IPv4 counters, one [`SlotCounters`] per slot and CPU (`slot × FNM_CPUS + cpu`):
+/// mmap-able, so the agent sums a slot's CPUs in place instead of copying them out; each CPU
+/// writes only its own entries, whole cache lines apart.
 #[map]
-static FNM_HOSTS_D4: PerCpuArray<XdpHostCounters> =
-    PerCpuArray::with_max_entries(DENSE_SLOTS_DEFAULT, 0);
+static FNM_HOSTS_D4: Array<SlotCounters> =
+    Array::with_max_entries(DENSE_SLOTS_DEFAULT, bindings::BPF_F_MMAPABLE);
 #[map]
 static FNM_TOUCHED_D4: Array<u64> =
     Array::with_max_entries(DENSE_SLOTS_DEFAULT / 8, bindings::BPF_F_MMAPABLE);
@@ -678,15 +686,36 @@ fn add_packet(c: &mut HostCounters, p: &Packet, class: usize, new_flow: bool) {
     }
 }
 
+/// This CPU's entry of `slot` in a slot array laid out `slot × FNM_CPUS + cpu`: `None` when
+/// the index does not fit in 32 bits or this CPU's id is not below `FNM_CPUS` (the agent lays
+/// the arrays out for every possible CPU, so neither happens).
+#[inline(always)]
+fn cpu_entry(slot: u32) -> Option<u32> {
+    // SAFETY: plain read of a frozen global; volatile so the compiler cannot assume the value
+    // it was compiled with. The helper has no preconditions.
+    let (cpus, cpu) = unsafe {
+        (
+            core::ptr::read_volatile(&FNM_CPUS),
+            bpf_get_smp_processor_id(),
+        )
+    };
+    if cpu >= cpus {
+        return None;
+    }
+    let index = slot as u64 * cpus as u64 + cpu as u64;
+    (index <= u32::MAX as u64).then_some(index as u32)
+}
+
 /// Counts the packet in a dense slot and marks the slot touched; false when the slot lies
 /// outside the table (the agent never hands out such slots).
 #[inline(always)]
 fn account_dense(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
-    let Some(c) = FNM_HOSTS_D4.get_ptr_mut(slot) else {
+    let Some(c) = cpu_entry(slot).and_then(|i| FNM_HOSTS_D4.get_ptr_mut(i)) else {
         return false;
     };
-    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-    add_to(unsafe { &mut *c }, p, how, white);
+    // SAFETY: this CPU's entry: only this CPU writes it, and a program runs on one CPU
+    // without migrating.
+    add_to(unsafe { &mut (*c).counters }, p, how, white);
     if let Some(word) = FNM_TOUCHED_D4.get_ptr_mut(slot >> 3) {
         // SAFETY: byte `slot % 8` of an 8-byte map value. Shared by all CPUs: read first, so a
         // busy slot's cache line is only read; every writer stores the same 1.

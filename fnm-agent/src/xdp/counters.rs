@@ -448,8 +448,14 @@ impl Poller {
             }
         };
         let mut r = 0;
-        if self.batched {
-            let fd = maps.hosts.dense_fd();
+        if let Some(array) = maps.hosts.dense_mapped() {
+            // Summed in place: no system call, no copy.
+            for &slot in slots {
+                out.push((slot, host(slot, &mut r), array.sum(slot)));
+            }
+            return Ok(());
+        }
+        if let (true, Some(fd)) = (self.batched, maps.hosts.dense_fd()) {
             let mut i = 0;
             while i < slots.len() {
                 let start = slots[i];

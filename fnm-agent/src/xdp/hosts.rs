@@ -1,10 +1,14 @@
 //! The per-host counter tables: IPv4 hosts of networks with dense slots in `HOSTS_DENSE_V4`
-//! (a per-CPU array, see [`DenseLayout`]), other IPv4 hosts in `HOSTS_V4` (8-byte key), IPv6
-//! hosts in `HOSTS`, presented to the agent as one table keyed by [`HostKey`].
+//! (an mmap-able array with an entry per slot and CPU, see [`DenseLayout`] and
+//! [`SlotArray`]), other IPv4 hosts in `HOSTS_V4` (8-byte key), IPv6 hosts in `HOSTS`,
+//! presented to the agent as one table keyed by [`HostKey`].
 
 use super::{local16::DenseLayout, mmap::SharedMapping};
 use aya::maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use fnm_common::{v4_mapped, HostKey, HostKeyV4, XdpHostCounters};
+use fnm_common::{
+    v4_mapped, HostCounters, HostKey, HostKeyV4, WhitelistedCounters, XdpHostCounters,
+    SLOT_COUNTERS_BYTES,
+};
 use std::{
     net::Ipv4Addr,
     os::fd::{AsFd, BorrowedFd},
@@ -65,10 +69,97 @@ impl TouchedBytes {
     }
 }
 
+/// An mmap-able counter array laid out `slot × cpus + cpu` (one [`fnm_common::SlotCounters`]
+/// each), mapped into the agent: a slot's counters are summed over the CPUs in place, with no
+/// system call and no copy. The kernel's CPUs write their own entries while this reads them;
+/// each counter is read with one 8-byte load (a field never tears), and a poll that reads a
+/// counter a packet later than its neighbours sees the rest of that packet at the next one.
+pub(crate) struct SlotArray {
+    mapping: SharedMapping,
+    cpus: usize,
+    slots: usize,
+}
+
+/// `u64` words of one CPU's [`XdpHostCounters`].
+const WORDS: usize = std::mem::size_of::<XdpHostCounters>() / 8;
+
+impl SlotArray {
+    /// Maps `map` (`slots × cpus` entries) shared with the kernel.
+    pub(crate) fn map(map: MapData, slots: usize, cpus: usize) -> std::io::Result<Self> {
+        let bytes = slots
+            .checked_mul(cpus)
+            .and_then(|n| n.checked_mul(SLOT_COUNTERS_BYTES))
+            .ok_or_else(|| std::io::Error::other("slot array larger than the address space"))?;
+        Ok(Self {
+            mapping: SharedMapping::new(map, bytes)?,
+            cpus,
+            slots,
+        })
+    }
+
+    /// The counters of `slot` on each CPU's entry, passed to `each` as words.
+    fn for_each_cpu(&self, slot: u32, mut each: impl FnMut(&[u64; WORDS])) {
+        let slot = slot as usize;
+        if slot >= self.slots {
+            return;
+        }
+        for cpu in 0..self.cpus {
+            let entry = (slot * self.cpus + cpu) * SLOT_COUNTERS_BYTES;
+            let mut words = [0u64; WORDS];
+            for (i, w) in words.iter_mut().enumerate() {
+                // SAFETY: in bounds of the mapping (slot < slots, cpu < cpus, the entry's
+                // first WORDS words); 8-byte aligned (page-aligned base, 128-byte entries).
+                *w = unsafe { AtomicU64::from_ptr(self.mapping.ptr().add(entry + i * 8).cast()) }
+                    .load(Ordering::Relaxed);
+            }
+            each(&words);
+        }
+    }
+
+    /// The counters of `slot`, summed over the CPUs (zero outside the array).
+    pub(crate) fn sum(&self, slot: u32) -> XdpHostCounters {
+        let mut sum = [0u64; WORDS];
+        self.for_each_cpu(slot, |words| {
+            for (s, w) in sum.iter_mut().zip(words) {
+                *s = s.wrapping_add(*w);
+            }
+        });
+        counters_of(&sum)
+    }
+}
+
+/// [`XdpHostCounters`] from its words, in field order.
+fn counters_of(w: &[u64; WORDS]) -> XdpHostCounters {
+    XdpHostCounters {
+        counted: HostCounters {
+            packets: w[0],
+            bytes: w[1],
+            flows: w[2],
+            tcp_syn_packets: w[3],
+            fragments: w[4],
+            proto_packets: [w[5], w[6], w[7], w[8]],
+            proto_bytes: [w[9], w[10], w[11], w[12]],
+        },
+        whitelisted: WhitelistedCounters {
+            packets: w[13],
+            bytes: w[14],
+        },
+    }
+}
+
+/// The dense counters in the form the loaded object declares them.
+pub(crate) enum DenseCounters {
+    /// Mapped into the agent (this build's objects).
+    Mapped(SlotArray),
+    /// A per-CPU array read with system calls (objects built before 2026-12-05, which the
+    /// benchmarks load beside this build's).
+    PerCpu(PerCpuArray<MapData, XdpHostCounters>),
+}
+
 /// Every per-host counter table of the XDP program.
 pub struct HostMaps {
     /// Dense IPv4 slots.
-    pub(crate) dense: PerCpuArray<MapData, XdpHostCounters>,
+    pub(crate) dense: DenseCounters,
     /// Touched byte per dense slot.
     pub(crate) touched: TouchedBytes,
     /// Which address and direction each dense slot counts.
@@ -105,18 +196,21 @@ impl HostMaps {
         Some(incoming + (key.direction & 1) as u32)
     }
 
-    /// The per-CPU counters of one host and direction.
-    pub fn get(
-        &self,
-        key: &HostKey,
-        flags: u64,
-    ) -> Result<PerCpuValues<XdpHostCounters>, MapError> {
+    /// The counters of one host and direction, summed over the CPUs.
+    pub fn sum(&self, key: &HostKey) -> Result<XdpHostCounters, MapError> {
+        let add = |values: PerCpuValues<XdpHostCounters>| {
+            let mut sum = XdpHostCounters::default();
+            for v in values.iter() {
+                sum.accumulate(v);
+            }
+            sum
+        };
         match as_v4(key) {
             Some(k) => match self.dense_slot(&k) {
-                Some(slot) => self.dense.get(&slot, flags),
-                None => self.v4.get(&k, flags),
+                Some(slot) => self.dense_slot_raw(slot),
+                None => self.v4.get(&k, 0).map(add),
             },
-            None => self.v6.get(key, flags),
+            None => self.v6.get(key, 0).map(add),
         }
     }
 
@@ -130,9 +224,20 @@ impl HostMaps {
         self.touched.slots_into(out)
     }
 
-    /// The file descriptor of the dense array (batched reads).
-    pub(crate) fn dense_fd(&self) -> BorrowedFd<'_> {
-        self.dense.map().fd().as_fd()
+    /// The file descriptor of the dense array (batched reads), when it is a per-CPU array.
+    pub(crate) fn dense_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.dense {
+            DenseCounters::PerCpu(array) => Some(array.map().fd().as_fd()),
+            DenseCounters::Mapped(_) => None,
+        }
+    }
+
+    /// The dense array mapped into the agent, if it is one.
+    pub(crate) fn dense_mapped(&self) -> Option<&SlotArray> {
+        match &self.dense {
+            DenseCounters::Mapped(array) => Some(array),
+            DenseCounters::PerCpu(_) => None,
+        }
     }
 
     /// The file descriptor of the IPv4 hash table (batched reads and deletes).
@@ -152,11 +257,16 @@ impl HostMaps {
 
     /// The summed counters of one dense slot, whoever it belongs to.
     pub(crate) fn dense_slot_raw(&self, slot: u32) -> Result<XdpHostCounters, MapError> {
-        let mut sum = XdpHostCounters::default();
-        for v in self.dense.get(&slot, 0)?.iter() {
-            sum.accumulate(v);
+        match &self.dense {
+            DenseCounters::Mapped(array) => Ok(array.sum(slot)),
+            DenseCounters::PerCpu(array) => {
+                let mut sum = XdpHostCounters::default();
+                for v in array.get(&slot, 0)?.iter() {
+                    sum.accumulate(v);
+                }
+                Ok(sum)
+            }
         }
-        Ok(sum)
     }
 
     /// Every host and direction with counters in the kernel: dense slots touched since their

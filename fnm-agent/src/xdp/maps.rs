@@ -1,7 +1,7 @@
 //! Typed handles on the XDP program's maps.
 
 use super::{
-    hosts::{HostMaps, TouchedBytes},
+    hosts::{DenseCounters, HostMaps, SlotArray, TouchedBytes},
     local16::DenseLayout,
     networks::{Local16Table, Local24Table},
     XdpError,
@@ -109,6 +109,23 @@ fn touched_bytes(ebpf: &mut Ebpf, touched_len: usize) -> Result<TouchedBytes, Xd
     }
 }
 
+/// The dense counters: mapped into the agent (`slots` × `cpus` entries), or the per-CPU array
+/// of an older object.
+fn dense_counters(ebpf: &mut Ebpf, slots: usize, cpus: usize) -> Result<DenseCounters, XdpError> {
+    let name = map_names::HOSTS_DENSE_V4;
+    let err = |message: String| XdpError::Map { map: name, message };
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => SlotArray::map(data, slots, cpus)
+            .map(DenseCounters::Mapped)
+            .map_err(|e| err(format!("mmap: {e}"))),
+        Some(map @ aya::maps::Map::PerCpuArray(_)) => PerCpuArray::try_from(map)
+            .map(DenseCounters::PerCpu)
+            .map_err(|e| err(e.to_string())),
+        Some(_) => Err(err("neither an array nor a per-CPU array".into())),
+        None => Err(err("missing from the XDP object".into())),
+    }
+}
+
 /// Maps the per-/16 local-network table into the agent.
 fn local16_table(ebpf: &mut Ebpf) -> Result<Local16Table, XdpError> {
     let name = map_names::LOCAL16_V4;
@@ -164,12 +181,14 @@ impl LpmKey {
 
 impl KernelMaps {
     /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
-    /// object was loaded with, `max_prefixes` the size of its local-network tries,
-    /// `local24_tables` the entries of its /24 tables (the layout hands out no more).
+    /// object was loaded with, `cpus` the CPUs its slot arrays are laid out for, `dense_slots`
+    /// their slots, `max_prefixes` the size of its local-network tries, `local24_tables` the
+    /// entries of its /24 tables (the layout hands out no more).
     pub fn take(
         ebpf: &mut Ebpf,
         layout: DenseLayout,
-        touched_len: usize,
+        cpus: usize,
+        dense_slots: usize,
         max_prefixes: u32,
         local24_tables: u32,
     ) -> Result<Self, XdpError> {
@@ -182,8 +201,8 @@ impl KernelMaps {
             networks: Vec::new(),
             max_prefixes,
             hosts: HostMaps {
-                dense: take::<PerCpuArray<_, _>>(ebpf, map_names::HOSTS_DENSE_V4)?,
-                touched: touched_bytes(ebpf, touched_len)?,
+                dense: dense_counters(ebpf, dense_slots, cpus)?,
+                touched: touched_bytes(ebpf, dense_slots)?,
                 layout,
                 v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4)?,
                 v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS)?,

@@ -1,9 +1,10 @@
 //! What the XDP program's maps cost in kernel memory, per CPU and shared, from the `[xdp]`
 //! sizes: the formula docs/performance.md states, logged at load.
 //!
-//! Per CPU (per-CPU maps hold one value per possible CPU):
-//! - dense IPv4 counters: 2 directions × 120 bytes × `dense_v4_addresses` (the slots of the
-//!   networks that fit, at most that);
+//! Per CPU (per-CPU maps, and the slot arrays' entry per CPU, hold one value per possible CPU):
+//! - dense IPv4 counters: 2 directions × 128 bytes × `dense_v4_addresses` (the slots of the
+//!   networks that fit, at most that; 120 bytes of counters padded to two cache lines so no
+//!   two CPUs write one line);
 //! - each LRU host table (IPv4 and IPv6): 120 bytes × `max_hosts`;
 //! - drop and rule counters: 16 bytes × (2 × `max_drop_entries` + 4 × min(`max_drop_entries`,
 //!   4096));
@@ -14,10 +15,14 @@
 //! (1 KiB each), the touched bytes (one per dense slot) and the sample ring (1 MiB).
 
 use crate::config::XdpConfig;
-use fnm_common::{local16, stat, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST};
+use fnm_common::{
+    local16, stat, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_COUNTERS_BYTES,
+};
 
 /// Bytes of one host-direction's counters in a per-CPU map.
 const HOST_VALUE: u64 = std::mem::size_of::<XdpHostCounters>() as u64;
+/// Bytes of one slot's counters per CPU in a slot array (cache-line padded).
+const SLOT_VALUE: u64 = SLOT_COUNTERS_BYTES as u64;
 /// Kernel hash-table element around a key and value (list links, hash, padding), roughly.
 const HASH_ELEMENT: u64 = 56;
 /// LPM trie node around a key and value, roughly.
@@ -39,7 +44,7 @@ impl KernelMemory {
         let drops = config.max_drop_entries as u64;
         let drop_slots = 2 * drops + drops.min(4096) * MAX_RULES_PER_HOST as u64;
         let hosts = config.max_hosts as u64;
-        let per_cpu = 2 * HOST_VALUE * dense_addresses
+        let per_cpu = 2 * SLOT_VALUE * dense_addresses
             + 2 * HOST_VALUE * hosts
             + 16 * drop_slots
             + 8 * FLOW_CACHE_SLOTS as u64
@@ -86,8 +91,8 @@ mod tests {
         let c = one_gib_at_64();
         let m = KernelMemory::of(&c, c.dense_v4_addresses as u64);
         assert!(m.at(64) < GIB, "{m:?}: {} MiB", m.at(64) >> 20);
-        // The dense counters are most of it: 240 bytes per address and CPU.
-        assert_eq!(2 * HOST_VALUE, 240);
+        // The dense counters are most of it: 256 bytes per address and CPU.
+        assert_eq!(2 * SLOT_VALUE, 256);
     }
 
     #[test]

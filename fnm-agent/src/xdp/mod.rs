@@ -76,6 +76,15 @@ pub enum XdpError {
     Full(&'static str),
 }
 
+/// True when the ELF `object` names `symbol` (a global or map it declares).
+fn has_symbol(object: &[u8], symbol: &str) -> bool {
+    let mut needle = Vec::with_capacity(symbol.len() + 2);
+    needle.push(0);
+    needle.extend_from_slice(symbol.as_bytes());
+    needle.push(0);
+    object.windows(needle.len()).any(|w| w == needle)
+}
+
 /// How the program ended up attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
@@ -156,9 +165,24 @@ impl DataPlane {
             memory.at(64) >> 20,
         );
         let seed = random_seed();
+        // This build's slot arrays hold an entry per slot and CPU; an older object (which the
+        // benchmarks load beside this one) has a per-CPU array of one entry per slot.
+        let slot_arrays = has_symbol(object, map_names::CPUS);
+        let cpus32 = cpus as u32;
+        let dense_entries = if slot_arrays {
+            dense_slots.checked_mul(cpus32).ok_or_else(|| {
+                XdpError::Load(format!(
+                    "{dense_slots} dense slots × {cpus} CPUs do not fit in one map: lower \
+                     xdp.dense_v4_addresses"
+                ))
+            })?
+        } else {
+            dense_slots
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(map_names::FLOW_SEED, &seed, true)
-            .map_max_entries(map_names::HOSTS_DENSE_V4, dense_slots)
+            .override_global(map_names::CPUS, &cpus32, false)
+            .map_max_entries(map_names::HOSTS_DENSE_V4, dense_entries)
             .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
@@ -200,6 +224,7 @@ impl DataPlane {
         let mut maps = KernelMaps::take(
             &mut ebpf,
             layout,
+            cpus as usize,
             dense_slots as usize,
             config.max_prefixes,
             config.local24_tables,

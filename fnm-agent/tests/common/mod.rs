@@ -86,11 +86,5 @@ pub fn kernel_host_all(
         direction,
         _pad: [0; 3],
     };
-    let mut sum = fnm_common::XdpHostCounters::default();
-    if let Ok(values) = dp.maps.hosts.get(&key, 0) {
-        for v in values.iter() {
-            sum.accumulate(v);
-        }
-    }
-    sum
+    dp.maps.hosts.sum(&key).unwrap_or_default()
 }
