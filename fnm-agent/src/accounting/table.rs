@@ -78,6 +78,25 @@ const PROBATION_POPS: usize = 64;
 /// Probation hosts that qualified, skipped per admission at most before sampling.
 const PROBATION_QUALIFIED: usize = 8;
 
+/// The seeded hash of the host index: an address as one 128-bit word (IPv4 as its IPv4-mapped
+/// IPv6 form, which can only collide with that IPv6 address; the index compares addresses),
+/// one folded multiply with a per-process random seed. An attacker choosing addresses cannot
+/// aim at a bucket without the seed.
+#[derive(Debug, Clone, Default)]
+pub(super) struct IpHasher(foldhash::fast::RandomState);
+
+impl IpHasher {
+    /// The hash of `ip`.
+    #[inline]
+    pub(super) fn hash(&self, ip: IpAddr) -> u64 {
+        let word = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        std::hash::BuildHasher::hash_one(&self.0, word)
+    }
+}
+
 /// Who brought a host into the table; the host counts against that origin's budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Origin {
@@ -212,7 +231,7 @@ pub(super) struct HostTable {
     /// Slots by address: 4 bytes (and a control byte) per bucket, the address is the
     /// entry's.
     index: HashTable<u32>,
-    hasher: ahash::RandomState,
+    hasher: IpHasher,
     live: usize,
     limits: HostLimits,
     origins: Vec<Option<OriginState>>,
@@ -237,7 +256,7 @@ impl HostTable {
             entries: Vec::new(),
             free: Vec::new(),
             index: HashTable::new(),
-            hasher: ahash::RandomState::new(),
+            hasher: IpHasher::default(),
             live: 0,
             limits,
             origins: Vec::new(),
@@ -270,7 +289,7 @@ impl HostTable {
     pub(super) fn get(&self, ip: IpAddr) -> Option<u32> {
         let entries = &self.entries;
         self.index
-            .find(self.hasher.hash_one(ip), |s| {
+            .find(self.hasher.hash(ip), |s| {
                 entries[*s as usize].ip == Some(ip)
             })
             .copied()
@@ -377,8 +396,8 @@ impl HostTable {
         push_capped(&mut self.probation, ticket, global_cap);
         let entries = &self.entries;
         let hasher = &self.hasher;
-        self.index.insert_unique(hasher.hash_one(ip), slot, |s| {
-            entries[*s as usize].ip.map_or(0, |ip| hasher.hash_one(ip))
+        self.index.insert_unique(hasher.hash(ip), slot, |s| {
+            entries[*s as usize].ip.map_or(0, |ip| hasher.hash(ip))
         });
         self.live += 1;
         Some(slot)
@@ -568,10 +587,7 @@ impl HostTable {
         // The counters and the rate window go back to the allocator now.
         e.host = Host::default();
         let (oid, pos) = (e.origin, e.member_pos as usize);
-        if let Ok(found) = self
-            .index
-            .find_entry(self.hasher.hash_one(ip), |s| *s == slot)
-        {
+        if let Ok(found) = self.index.find_entry(self.hasher.hash(ip), |s| *s == slot) {
             found.remove();
         }
         if let Some(o) = self.origins[oid as usize].as_mut() {
