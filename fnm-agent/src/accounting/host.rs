@@ -287,6 +287,22 @@ impl Dir {
     }
 
     /// The counters every direction keeps, allocated when absent.
+    /// Starts loading the counters a credit adds to (a hint, see
+    /// [`crate::capture::prefetch_line`]).
+    #[inline]
+    pub(super) fn prefetch(&self) {
+        match self {
+            Dir::Absent => {}
+            Dir::Quiet(q) => {
+                crate::capture::prefetch_line((&q.total as *const HostCounters).cast())
+            }
+            Dir::Live(l) => {
+                crate::capture::prefetch_line((&l.quiet.total as *const HostCounters).cast());
+                crate::capture::prefetch_line((&l.window.current as *const HostCounters).cast());
+            }
+        }
+    }
+
     pub(super) fn quiet_mut(&mut self) -> &mut Quiet {
         if matches!(self, Dir::Absent) {
             *self = Dir::Quiet(Box::default());

@@ -286,7 +286,7 @@ impl Hasher for PreHashed {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by the flow table; fold anything else in rather than panic.
+        // Only `write_u64` is used (conversations); fold anything else in rather than panic.
         for b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
@@ -586,13 +586,12 @@ impl Accounting {
     }
 
     /// Adds a batch of packet or flow records from `source` (new hosts count against the
-    /// source's budget). Consecutive records for the same host (a flood) find it without a
-    /// hash lookup.
+    /// source's budget). The records are taken in runs of [`STAGE`]: each run is classified
+    /// and hashed first and the cache lines of its flow tuples and hosts are prefetched, then
+    /// its hosts are looked up (a host repeated in the run once), then each record is counted
+    /// in order, exactly as one by one.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
-        let mut cache = HostCache::default();
-        for record in records {
-            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
-        }
+        self.ingest_run(records, source, Origin::Source(source));
     }
 
     /// Adds a batch of flow records from `source` whose exporters are given by `spans` (in
@@ -604,41 +603,102 @@ impl Accounting {
         source: Source,
         spans: &[ExporterSpan],
     ) {
-        let mut cache = HostCache::default();
         let mut start = 0;
         for span in spans {
             let end = span.end.min(records.len());
             let origin = Origin::Exporter(source, span.exporter);
-            for record in records.get(start..end).unwrap_or_default() {
-                self.ingest_cached(record, source, origin, &mut cache);
-            }
+            self.ingest_run(records.get(start..end).unwrap_or_default(), source, origin);
             start = start.max(end);
         }
-        for record in records.get(start..).unwrap_or_default() {
-            self.ingest_cached(record, source, Origin::Source(source), &mut cache);
+        self.ingest_run(
+            records.get(start..).unwrap_or_default(),
+            source,
+            Origin::Source(source),
+        );
+    }
+
+    /// Adds records of one origin, [`STAGE`] at a time (see [`Accounting::ingest_batch`]).
+    fn ingest_run(&mut self, records: &[TrafficRecord], source: Source, origin: Origin) {
+        for run in records.chunks(STAGE) {
+            // The host last looked up per direction, in this run only (an admission while
+            // counting the run may change what a lookup finds).
+            let mut last = [None; 2];
+            let mut staged = [Staged::default(); STAGE];
+            for (s, r) in staged.iter_mut().zip(run) {
+                self.stage(r, s);
+            }
+            for (s, r) in staged.iter_mut().zip(run) {
+                if s.local_dst {
+                    s.dst.slot = self.find(&mut last[0], r.dst, s.dst.hash, 0);
+                }
+                if s.local_src {
+                    s.src.slot = self.find(&mut last[1], r.src, s.src.hash, 1);
+                }
+            }
+            for (s, r) in staged.iter().zip(run) {
+                self.ingest_staged(r, s, source, origin);
+            }
         }
+    }
+
+    /// Classifies `r` into `s` (left at its default otherwise), hashes its tuple and local
+    /// hosts and prefetches the tuple's probe.
+    #[inline(always)]
+    fn stage(&self, r: &TrafficRecord, s: &mut Staged) {
+        s.local_dst = self.networks.contains(r.dst);
+        s.local_src = self.networks.contains(r.src);
+        if s.local_dst || s.local_src {
+            s.flow_key = self.flows.key(r);
+            self.flows.prefetch(s.flow_key);
+        }
+        if s.local_dst {
+            s.dst.hash = self.table.hash(r.dst);
+        }
+        if s.local_src {
+            s.src.hash = self.table.hash(r.src);
+        }
+    }
+
+    /// The slot of `ip` if in the table (`last`: the host found before in this direction, so a
+    /// flood's victim is looked up once), its counters of direction `dir` prefetched.
+    #[inline(always)]
+    fn find(
+        &self,
+        last: &mut Option<(IpAddr, Option<HostSlot>)>,
+        ip: IpAddr,
+        hash: u64,
+        dir: usize,
+    ) -> Option<HostSlot> {
+        if let Some((seen, slot)) = *last {
+            if seen == ip {
+                return slot;
+            }
+        }
+        let slot = self.table.get_hashed(ip, hash);
+        if let Some(slot) = slot {
+            self.table.prefetch(slot, dir);
+        }
+        *last = Some((ip, slot));
+        slot
     }
 
     /// Adds a packet or flow record from `source`.
     pub fn ingest(&mut self, record: &TrafficRecord, source: Source) {
-        self.ingest_cached(
-            record,
-            source,
-            Origin::Source(source),
-            &mut HostCache::default(),
-        );
+        let mut staged = Staged::default();
+        self.stage(record, &mut staged);
+        self.ingest_staged(record, &staged, source, Origin::Source(source));
     }
 
+    /// Counts a record [`Accounting::stage`]d (its hosts maybe found since).
     #[inline]
-    fn ingest_cached(
+    fn ingest_staged(
         &mut self,
         record: &TrafficRecord,
+        staged: &Staged,
         source: Source,
         origin: Origin,
-        cache: &mut HostCache,
     ) {
-        let local_dst = self.networks.contains(record.dst);
-        let local_src = self.networks.contains(record.src);
+        let (local_dst, local_src) = (staged.local_dst, staged.local_src);
         let class = proto::class_of(record.protocol);
         let total_dir = if local_dst {
             0
@@ -673,7 +733,7 @@ impl Accounting {
                 self.add_sample(record.src, Direction::Outgoing, record.clone());
             }
         }
-        let new_flow = self.flows.note(record);
+        let new_flow = self.flows.note_key(staged.flow_key);
         let delta = RecordDelta {
             packets: record.packets,
             bytes: record.bytes,
@@ -689,12 +749,12 @@ impl Accounting {
             delta
         };
         if local_dst {
-            let slot = self.slot_cached(record.dst, origin, delta.packets, &mut cache.incoming);
+            let slot = self.slot_staged(record.dst, staged.dst, origin, delta.packets);
             self.credit_delta(slot, record.dst, Direction::Incoming, &delta, &in_window);
             self.note_conversation(slot, Direction::Incoming, record.src, record);
         }
         if local_src {
-            let slot = self.slot_cached(record.src, origin, delta.packets, &mut cache.outgoing);
+            let slot = self.slot_staged(record.src, staged.src, origin, delta.packets);
             self.credit_delta(slot, record.src, Direction::Outgoing, &delta, &in_window);
             self.note_conversation(slot, Direction::Outgoing, record.dst, record);
         }
@@ -772,24 +832,24 @@ impl Accounting {
         self.groups.credit(tag, dir.index(), total, window);
     }
 
-    /// The slot of `host`, from `cache` when it still holds that host (an admission earlier in
-    /// the batch may have evicted it), else looked up or admitted for `origin`.
+    /// The slot of `host`: the one found when its batch was staged if it still holds that
+    /// host (an admission earlier in the batch may have evicted it), else looked up again or
+    /// admitted for `origin`.
     #[inline]
-    fn slot_cached(
+    fn slot_staged(
         &mut self,
         host: IpAddr,
+        probe: Probe,
         origin: Origin,
         packets: u64,
-        cache: &mut Option<(IpAddr, HostSlot)>,
     ) -> Option<HostSlot> {
-        if let Some((ip, slot)) = *cache {
-            if ip == host && self.table.holds(slot, host) {
+        if let Some(slot) = probe.slot {
+            if self.table.holds(slot, host) {
                 return Some(slot);
             }
         }
-        let slot = self.table.slot_or_admit(host, origin, packets)?;
-        *cache = Some((host, slot));
-        Some(slot)
+        self.table
+            .slot_or_admit_hashed(host, probe.hash, origin, packets)
     }
 
     /// Adds per-host counter deltas (from the XDP program) directly; new hosts count against
@@ -806,6 +866,18 @@ impl Accounting {
         let slot =
             self.table
                 .slot_or_admit(host, Origin::Source(Source::Xdp), delta.counted.packets);
+        self.add_host_counters_at(slot, host, direction, delta);
+    }
+
+    /// Credits an XDP delta of `host` to `slot` (`None`: the table refused it).
+    #[inline]
+    fn add_host_counters_at(
+        &mut self,
+        slot: Option<HostSlot>,
+        host: IpAddr,
+        direction: Direction,
+        delta: &XdpHostCounters,
+    ) {
         // Only whitelisted traffic: nothing for the rate window (the direction stays quiet).
         if delta.counted != HostCounters::default() {
             self.credit(slot, host, direction, &delta.counted, &delta.counted);
@@ -982,11 +1054,28 @@ impl PartialEq for Ranked<'_> {
 
 impl Eq for Ranked<'_> {}
 
-/// The last host found per direction while ingesting a batch.
-#[derive(Debug, Default)]
-struct HostCache {
-    incoming: Option<(IpAddr, HostSlot)>,
-    outgoing: Option<(IpAddr, HostSlot)>,
+/// Records are staged this many at a time: hashed and prefetched, looked up,
+/// then counted (enough loads in flight to hide memory latency, few enough that the lines
+/// stay in L1 until used).
+const STAGE: usize = 16;
+
+/// A host of a staged record: its index hash and, when it was in the table at staging, its
+/// slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    hash: u64,
+    slot: Option<HostSlot>,
+}
+
+/// What staging found out about a record before counting it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Staged {
+    local_dst: bool,
+    local_src: bool,
+    /// The new-flow table's key of its tuple (with a local side only).
+    flow_key: u64,
+    dst: Probe,
+    src: Probe,
 }
 
 /// True when `r` is traffic of `host` in `direction`.

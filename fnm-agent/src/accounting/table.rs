@@ -287,12 +287,32 @@ impl HostTable {
     /// The slot of `ip` when it is in the table.
     #[inline]
     pub(super) fn get(&self, ip: IpAddr) -> Option<u32> {
+        self.get_hashed(ip, self.hasher.hash(ip))
+    }
+
+    /// The index's hash of `ip` (for [`HostTable::get_hashed`] and
+    /// [`HostTable::slot_or_admit_hashed`]: a batch hashes its hosts first).
+    #[inline]
+    pub(super) fn hash(&self, ip: IpAddr) -> u64 {
+        self.hasher.hash(ip)
+    }
+
+    /// [`HostTable::get`] with `hash` = [`HostTable::hash`] of `ip`.
+    #[inline]
+    pub(super) fn get_hashed(&self, ip: IpAddr, hash: u64) -> Option<u32> {
         let entries = &self.entries;
         self.index
-            .find(self.hasher.hash(ip), |s| {
-                entries[*s as usize].ip == Some(ip)
-            })
+            .find(hash, |s| entries[*s as usize].ip == Some(ip))
             .copied()
+    }
+
+    /// Starts loading the counters `slot` keeps for direction `dir` (a hint: a batch looks its
+    /// hosts up first and credits them after).
+    #[inline]
+    pub(super) fn prefetch(&self, slot: u32, dir: usize) {
+        if let Some(e) = self.entries.get(slot as usize) {
+            e.host.dirs[dir].prefetch();
+        }
     }
 
     /// True when `slot` holds `ip` (a cached slot is still that host's).
@@ -350,13 +370,25 @@ impl HostTable {
         origin: Origin,
         packets: u64,
     ) -> Option<u32> {
-        if let Some(slot) = self.get(ip) {
-            return Some(slot);
-        }
-        self.admit(ip, origin, packets.max(1))
+        self.slot_or_admit_hashed(ip, self.hasher.hash(ip), origin, packets)
     }
 
-    fn admit(&mut self, ip: IpAddr, origin: Origin, packets: u64) -> Option<u32> {
+    /// [`HostTable::slot_or_admit`] with `hash` = [`HostTable::hash`] of `ip`.
+    #[inline]
+    pub(super) fn slot_or_admit_hashed(
+        &mut self,
+        ip: IpAddr,
+        hash: u64,
+        origin: Origin,
+        packets: u64,
+    ) -> Option<u32> {
+        if let Some(slot) = self.get_hashed(ip, hash) {
+            return Some(slot);
+        }
+        self.admit(ip, hash, origin, packets.max(1))
+    }
+
+    fn admit(&mut self, ip: IpAddr, hash: u64, origin: Origin, packets: u64) -> Option<u32> {
         let oid = self.origin_id(origin);
         let (held, budget) = {
             let o = self.origin(oid);
@@ -396,7 +428,7 @@ impl HostTable {
         push_capped(&mut self.probation, ticket, global_cap);
         let entries = &self.entries;
         let hasher = &self.hasher;
-        self.index.insert_unique(hasher.hash(ip), slot, |s| {
+        self.index.insert_unique(hash, slot, |s| {
             entries[*s as usize].ip.map_or(0, |ip| hasher.hash(ip))
         });
         self.live += 1;
