@@ -9,15 +9,18 @@
 //! evicts another (probation, then the idle queue). `flow_bench_tuples` is the traffic of the
 //! flow collectors' benchmark (`flow_ingest_bench`): 61 440 5-tuples cycled, to 4 000 local
 //! hosts from 200 remote ones, a new host in every record, with the default `max_flows`.
+//! `xdp_poll_81920_hosts` credits one XDP poll of 65 536 IPv4 and 16 384 IPv6 hosts (issue
+//! 17's target 2), delta by delta as the engine does.
 //!
 //! ```text
 //! cargo bench -p fnm-agent --bench accounting
 //! ```
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use fnm_agent::accounting::{Accounting, HostLimits};
+use fnm_agent::accounting::{Accounting, Direction, HostLimits};
 use fnm_agent::prefix::{Prefix, PrefixSet};
 use fnm_agent::traffic::{Source, TrafficRecord};
+use fnm_common::{HostCounters, XdpHostCounters};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Records per batch handed to the accounting (about one libpcap block).
@@ -114,6 +117,41 @@ fn flow_bench_tuples() -> Vec<TrafficRecord> {
         .collect()
 }
 
+/// Accounting for a /16 and a /64 with room for every host of [`xdp_poll`].
+fn xdp_accounting() -> Accounting {
+    let v4 = Prefix::new(IpAddr::V4(Ipv4Addr::new(10, 20, 0, 0)), 16).expect("valid prefix");
+    let v6 = Prefix::new("2001:db8::".parse().expect("address"), 64).expect("valid prefix");
+    Accounting::new([v4, v6].into_iter().collect(), 1 << 20, 1 << 16, 250).with_rate_window(1000)
+}
+
+/// A poll's deltas: every host of 10.20.0.0/16 and 16 384 of 2001:db8::/64, incoming, in the
+/// order a hash map of the kernel hands them (shuffled).
+fn xdp_poll() -> Vec<(IpAddr, Direction, XdpHostCounters)> {
+    let delta = XdpHostCounters {
+        counted: HostCounters {
+            packets: 2,
+            bytes: 200,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let v4 = (0..65_536u32).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a14_0000 + i)));
+    let v6 = (0..16_384u128)
+        .map(|i| IpAddr::V6(std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | (i + 1))));
+    let mut hosts: Vec<IpAddr> = v4.chain(v6).collect();
+    hosts.sort_by_key(|ip| {
+        let n = match ip {
+            IpAddr::V4(a) => u128::from(a.to_bits()),
+            IpAddr::V6(a) => a.to_bits(),
+        };
+        (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    });
+    hosts
+        .into_iter()
+        .map(|ip| (ip, Direction::Incoming, delta))
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("accounting");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -183,6 +221,20 @@ fn bench(c: &mut Criterion) {
         })
     });
     assert!(acc.host_count() <= 16_384);
+
+    // One XDP poll at the scale of issue 17's target 2: a delta for each of 65 536 IPv4 and
+    // 16 384 IPv6 hosts, credited as the engine does (the hosts stay in the table).
+    let deltas = xdp_poll();
+    let mut acc = xdp_accounting();
+    group.throughput(Throughput::Elements(deltas.len() as u64));
+    group.bench_function("xdp_poll_81920_hosts", |b| {
+        b.iter(|| {
+            for (host, dir, delta) in black_box(&deltas) {
+                acc.add_host_counters(*host, *dir, delta);
+            }
+        })
+    });
+    assert!(matches!(acc.host_count(), 0 | 81_920));
 
     let records = capture_batch();
     let mut acc = accounting(1 << 20);
