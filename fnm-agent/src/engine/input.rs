@@ -372,15 +372,20 @@ impl crate::flow::collector::TrafficSink for EngineInput {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_full_channel_counts_what_it_dropped_per_source() {
-        let (input, rx) = EngineInput::channel(1);
-        let r = TrafficRecord::packet(
+    /// One 100-byte UDP packet from 192.0.2.1 to 10.0.0.1.
+    fn udp_record() -> TrafficRecord {
+        TrafficRecord::packet(
             "192.0.2.1".parse().unwrap(),
             "10.0.0.1".parse().unwrap(),
             17,
             100,
-        );
+        )
+    }
+
+    #[test]
+    fn a_full_channel_counts_what_it_dropped_per_source() {
+        let (input, rx) = EngineInput::channel(1);
+        let r = udp_record();
         assert!(input.send_records(Source::Sflow, &[r.clone(), r.clone()]));
         assert!(!input.send_records(Source::Netflow, &[r.clone(), r.clone(), r]));
         let s = input.stats();
@@ -394,12 +399,7 @@ mod tests {
     #[test]
     fn a_source_with_too_many_records_waiting_drops_and_the_others_do_not() {
         let (input, rx) = EngineInput::channel(64);
-        let r = TrafficRecord::packet(
-            "192.0.2.1".parse().unwrap(),
-            "10.0.0.1".parse().unwrap(),
-            17,
-            100,
-        );
+        let r = udp_record();
         let big = vec![r.clone(); MAX_QUEUED_RECORDS as usize / 2];
         // Nothing waiting: taken even when larger than the bound.
         assert!(input.send_records(
@@ -482,12 +482,7 @@ mod tests {
     #[test]
     fn a_collector_buffer_moves_when_at_least_half_full_and_is_copied_otherwise() {
         let (input, rx) = EngineInput::channel(64);
-        let r = TrafficRecord::packet(
-            "192.0.2.1".parse().unwrap(),
-            "10.0.0.1".parse().unwrap(),
-            17,
-            100,
-        );
+        let r = udp_record();
         let exporter: std::net::IpAddr = "192.0.2.1".parse().unwrap();
         let mut records = Vec::with_capacity(8);
         records.extend(std::iter::repeat_n(r.clone(), 4));
