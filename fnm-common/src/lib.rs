@@ -29,6 +29,24 @@ pub mod map_names {
     /// `HOSTS_DENSE_V4` are laid out for (the possible CPUs). A CPU whose id is not below it
     /// counts its packets in the totals and [`HOST_TABLE_FULL`](crate::stat::HOST_TABLE_FULL) only.
     pub const CPUS: &str = "FNM_CPUS";
+    /// Host slot of each hashed IPv4 host (`HashMap<u32, u32>`, the address as a number to
+    /// its host slot); see `HOSTS_SLOTS`.
+    pub const SLOT_V4: &str = "FNM_SLOT_V4";
+    /// Host slot of each hashed IPv6 host (`HashMap<[u8; 16], u32>`).
+    pub const SLOT_V6: &str = "FNM_SLOT_V6";
+    /// Counters of the hashed hosts (mmap-able `Array<SlotCounters>`, laid out as
+    /// `HOSTS_DENSE_V4`): host slot `h` counts incoming traffic in counter slot `2h`, outgoing
+    /// in `2h + 1`.
+    pub const HOSTS_SLOTS: &str = "FNM_HOSTS_H";
+    /// The address each host slot was handed to (mmap-able `Array<[u8; 16]>`, IPv4-mapped for
+    /// IPv4), written by the program before it inserts the host's entry.
+    pub const SLOT_OWNER: &str = "FNM_SLOT_OWNER";
+    /// Byte per counter slot of `HOSTS_SLOTS`, set by the packets counted there (mmap-able
+    /// `Array<u64>`, as `DENSE_TOUCHED_V4`).
+    pub const SLOTS_TOUCHED: &str = "FNM_TOUCHED_H";
+    /// Free host slots (`Queue<u32>`): the agent fills it at load and gives back the slots of
+    /// idle hosts; a new hashed host takes one.
+    pub const FREE_SLOTS: &str = "FNM_FREE_SLOTS";
     /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
     /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
     /// mapping): the agent reads only the slots whose byte is set, without a system call, and

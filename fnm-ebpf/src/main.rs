@@ -13,11 +13,9 @@
 //! counts them. `fnm_pass` does nothing: it is the floor against which the benchmark measures
 //! `fnm_xdp`.
 //!
-//! New hosts of the hash tables are inserted from `FNM_ZERO_HOST`, an all-zero map value,
-//! never from a zeroed stack value: LLVM zeroes 120 bytes with a call to a byte-by-byte
-//! `memset` whose loop the verifier walks again on every path that reaches it (that alone
-//! took `fnm_xdp` past the verifier's limit of 1,000,000 instructions once the tunnel branch
-//! was added; with the map value it verifies in about 610,000).
+//! Hashed hosts (IPv6, IPv4 beyond the dense slots) take a host slot handed out here from a
+//! queue the agent fills; their counters live in an mmap-able array as the dense ones do, so
+//! the agent reads both in place.
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: passing them by value makes LLVM
@@ -32,14 +30,14 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
-        ProgramArray, RingBuf,
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue,
+        RingBuf,
     },
     programs::XdpContext,
 };
 use fnm_common::{
     direction, drop16, local16, local6, proto, setting, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, HostKeyV4, LocalNetV4, PacketSample, RuleSet, SlotCounters,
+    DropCounter, HostCounters, HostKey, LocalNetV4, PacketSample, RuleSet, SlotCounters,
     XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
@@ -66,20 +64,31 @@ static FNM_FLOW_SEED: u64 = 0;
 #[unsafe(no_mangle)]
 static FNM_CPUS: u32 = 1;
 
-/// Hashed hosts (IPv6, and IPv4 beyond the dense slots): LRU tables, so a flood of spoofed
-/// new destinations evicts hosts that have not been touched lately instead of locking every
-/// new host (a real victim) out once the table is full; a host that keeps receiving packets
-/// is never the least recently used. The agent reads every entry each poll, so an evicted
-/// host loses at most what it got since the last poll.
+/// Hashed hosts (IPv6, and IPv4 beyond the dense slots): a plain hash table per family from
+/// the address to a host slot, whose two counter slots (incoming, then outgoing) live in
+/// `FNM_HOSTS_H` as the dense ones do in `FNM_HOSTS_D4`. A new host takes a free host slot
+/// from `FNM_FREE_SLOTS` (the agent fills it, and gives back the slots of idle hosts); with
+/// none free, its packets count in the totals and `HOST_TABLE_FULL` only.
 #[map]
-static FNM_HOSTS: LruPerCpuHashMap<HostKey, XdpHostCounters> =
-    LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
+static FNM_SLOT_V4: HashMap<u32, u32> = HashMap::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
-static FNM_HOSTS_V4: LruPerCpuHashMap<HostKeyV4, XdpHostCounters> =
-    LruPerCpuHashMap::with_max_entries(HOSTS_DEFAULT, 0);
-/// Dense IPv4 counters, one [`SlotCounters`] per slot and CPU (`slot × FNM_CPUS + cpu`):
-/// mmap-able, so the agent sums a slot's CPUs in place instead of copying them out; each CPU
-/// writes only its own entries, whole cache lines apart.
+static FNM_SLOT_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(HOSTS_DEFAULT, 0);
+/// Counters of the hashed hosts, `counter slot × FNM_CPUS + cpu` (mmap-able).
+#[map]
+static FNM_HOSTS_H: Array<SlotCounters> =
+    Array::with_max_entries(2 * HOSTS_DEFAULT, bindings::BPF_F_MMAPABLE);
+/// The address (IPv4-mapped for IPv4) each host slot was last handed to, written before the
+/// host's hash entry is (mmap-able: the agent reads whose counters a slot holds).
+#[map]
+static FNM_SLOT_OWNER: Array<[u8; 16]> =
+    Array::with_max_entries(HOSTS_DEFAULT, bindings::BPF_F_MMAPABLE);
+/// Byte per counter slot of `FNM_HOSTS_H`, set by the packets counted there (mmap-able).
+#[map]
+static FNM_TOUCHED_H: Array<u64> =
+    Array::with_max_entries(2 * HOSTS_DEFAULT / 8, bindings::BPF_F_MMAPABLE);
+/// Free host slots, filled by the agent.
+#[map]
+static FNM_FREE_SLOTS: Queue<u32> = Queue::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
 static FNM_HOSTS_D4: Array<SlotCounters> =
     Array::with_max_entries(DENSE_SLOTS_DEFAULT, bindings::BPF_F_MMAPABLE);
@@ -139,11 +148,6 @@ static FNM_SAMPLES: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 static FNM_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static FNM_SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
-/// One all-zero host counters value, never written: a new host is inserted from it, so that no
-/// program zeroes 120 bytes itself (LLVM does it with a call to a byte-by-byte `memset`, whose
-/// loop the verifier walks anew on every path that reaches it).
-#[map]
-static FNM_ZERO_HOST: Array<XdpHostCounters> = Array::with_max_entries(1, 0);
 /// Where this CPU's tunnel walk stands between two layer programs.
 #[map]
 static FNM_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
@@ -511,8 +515,8 @@ fn account_side(
     let counted = match side {
         Local::No => return,
         Local::Slot(incoming) => account_dense(incoming.wrapping_add(dir as u32), p, how, white),
-        Local::Hashed if p.v4 => account_v4(&host_key_v4(addr, dir), p, how, white),
-        Local::Hashed => account(&host_key(addr, dir), p, how, white),
+        Local::Hashed if p.v4 => account_v4(addr.v4_addr(), dir, p, how, white),
+        Local::Hashed => account_v6(&addr.bytes(), dir, p, how, white),
     };
     if !counted {
         add(stats, stat::HOST_TABLE_FULL, 1);
@@ -583,15 +587,6 @@ fn rule_matches(rule: &fnm_common::DropRule, p: &Packet) -> bool {
 fn host_key(addr: Addr, dir: u8) -> HostKey {
     HostKey {
         addr: addr.bytes(),
-        direction: dir,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-fn host_key_v4(addr: Addr, dir: u8) -> HostKeyV4 {
-    HostKeyV4 {
-        addr: addr.v4_addr().to_be_bytes(),
         direction: dir,
         _pad: [0; 3],
     }
@@ -729,48 +724,100 @@ fn account_dense(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
     true
 }
 
-/// Counts the packet in the IPv6 host table; false when a new host could not be inserted.
+/// Counts the packet in the counter slot `slot` of `FNM_HOSTS_H` and marks it touched.
 #[inline(always)]
-fn account(key: &HostKey, p: &Packet, how: Add, white: bool) -> bool {
-    if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        add_to(unsafe { &mut *c }, p, how, white);
-        return true;
-    }
-    let Some(zero) = FNM_ZERO_HOST.get(0) else {
+fn account_slot(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
+    let Some(c) = cpu_entry(slot).and_then(|i| FNM_HOSTS_H.get_ptr_mut(i)) else {
         return false;
     };
-    // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile; either way the
-    // host is there now unless the table is full.
-    let _ = FNM_HOSTS.insert(key, zero, 1);
-    if let Some(c) = FNM_HOSTS.get_ptr_mut(key) {
-        // SAFETY: as above.
-        add_to(unsafe { &mut *c }, p, how, white);
-        return true;
+    // SAFETY: this CPU's entry: only this CPU writes it, and a program runs on one CPU
+    // without migrating.
+    add_to(unsafe { &mut (*c).counters }, p, how, white);
+    if let Some(word) = FNM_TOUCHED_H.get_ptr_mut(slot >> 3) {
+        // SAFETY: byte `slot % 8` of an 8-byte map value, as in `account_dense`.
+        unsafe {
+            let byte = (word as *mut u8).add((slot & 7) as usize);
+            if core::ptr::read_volatile(byte) == 0 {
+                core::ptr::write_volatile(byte, 1);
+            }
+        }
     }
-    false
+    true
 }
 
-/// Counts the packet in the IPv4 host hash table; false when a new host could not be inserted.
+/// True when host slot `slot` was handed to `addr`: a hash entry's value read while the agent
+/// deletes that entry and another host's insert reuses its element (a preallocated table
+/// reuses them at once) may be that other host's slot, which this check refuses.
 #[inline(always)]
-fn account_v4(key: &HostKeyV4, p: &Packet, how: Add, white: bool) -> bool {
-    if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        add_to(unsafe { &mut *c }, p, how, white);
-        return true;
+fn owned_by(slot: u32, addr: &[u8; 16]) -> bool {
+    match FNM_SLOT_OWNER.get_ptr(slot) {
+        // SAFETY: a map value of 16 bytes; read as two words.
+        Some(o) => unsafe {
+            let o = o as *const u64;
+            let a = addr.as_ptr() as *const u64;
+            core::ptr::read_volatile(o) == core::ptr::read_unaligned(a)
+                && core::ptr::read_volatile(o.add(1)) == core::ptr::read_unaligned(a.add(1))
+        },
+        None => false,
     }
-    let Some(zero) = FNM_ZERO_HOST.get(0) else {
-        return false;
+}
+
+/// Takes a free host slot for a new host `addr`, records its owner and inserts its entry with
+/// `insert` (BPF_NOEXIST); gives the slot back when another CPU inserted the host first or
+/// the table is full. Returns the slot inserted, if any.
+#[inline(always)]
+fn admit(addr: &[u8; 16], insert: impl Fn(&u32) -> bool) -> Option<u32> {
+    let slot = FNM_FREE_SLOTS.pop().ok().flatten()?;
+    if let Some(o) = FNM_SLOT_OWNER.get_ptr_mut(slot) {
+        // SAFETY: a free slot: no program counts in it and the agent does not read it.
+        unsafe { core::ptr::write_volatile(o, *addr) };
+    }
+    if insert(&slot) {
+        return Some(slot);
+    }
+    let _ = FNM_FREE_SLOTS.push(&slot, 0);
+    None
+}
+
+/// Counts the packet for the IPv4 hashed host `a`; false when it has no slot (none free).
+/// A BPF function of its own: inlined at each of its call sites, the admission's paths took
+/// the program past the verifier's 1,000,000 instructions.
+#[inline(never)]
+fn account_v4(a: u32, dir: u8, p: &Packet, how: Add, white: bool) -> bool {
+    let owner = fnm_common::v4_mapped(a.to_be_bytes());
+    let slot = match FNM_SLOT_V4.get_ptr(&a) {
+        // SAFETY: a u32 map value.
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => match admit(&owner, |slot| FNM_SLOT_V4.insert(&a, slot, 1).is_ok()) {
+            Some(slot) => slot,
+            // Another CPU admitted it meanwhile, or no slot: look again.
+            None => match FNM_SLOT_V4.get_ptr(&a) {
+                // SAFETY: as above.
+                Some(v) => unsafe { core::ptr::read_volatile(v) },
+                None => return false,
+            },
+        },
     };
-    // BPF_NOEXIST = 1: another CPU may have inserted the host meanwhile; either way the
-    // host is there now unless the table is full.
-    let _ = FNM_HOSTS_V4.insert(key, zero, 1);
-    if let Some(c) = FNM_HOSTS_V4.get_ptr_mut(key) {
-        // SAFETY: as above.
-        add_to(unsafe { &mut *c }, p, how, white);
-        return true;
-    }
-    false
+    owned_by(slot, &owner) && account_slot((slot << 1) | dir as u32, p, how, white)
+}
+
+/// Counts the packet for the IPv6 hashed host `addr`; false when it has no slot (a BPF
+/// function of its own, as `account_v4`).
+#[inline(never)]
+fn account_v6(addr: &[u8; 16], dir: u8, p: &Packet, how: Add, white: bool) -> bool {
+    let slot = match FNM_SLOT_V6.get_ptr(addr) {
+        // SAFETY: a u32 map value.
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => match admit(addr, |slot| FNM_SLOT_V6.insert(addr, slot, 1).is_ok()) {
+            Some(slot) => slot,
+            None => match FNM_SLOT_V6.get_ptr(addr) {
+                // SAFETY: as above.
+                Some(v) => unsafe { core::ptr::read_volatile(v) },
+                None => return false,
+            },
+        },
+    };
+    owned_by(slot, addr) && account_slot((slot << 1) | dir as u32, p, how, white)
 }
 
 /// Sends the packet to the agent when its host is under attack (sampled 1 in N).

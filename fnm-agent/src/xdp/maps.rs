@@ -82,7 +82,7 @@ pub struct KernelMaps {
     table_flags: u32,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+pub(super) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, XdpError> {
@@ -182,13 +182,14 @@ impl LpmKey {
 impl KernelMaps {
     /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
     /// object was loaded with, `cpus` the CPUs its slot arrays are laid out for, `dense_slots`
-    /// their slots, `max_prefixes` the size of its local-network tries, `local24_tables` the
+    /// their slots, `host_slots` the hashed hosts' slots (`xdp.max_hosts`), `max_prefixes` the size of its local-network tries, `local24_tables` the
     /// entries of its /24 tables (the layout hands out no more).
     pub fn take(
         ebpf: &mut Ebpf,
         layout: DenseLayout,
         cpus: usize,
         dense_slots: usize,
+        host_slots: usize,
         max_prefixes: u32,
         local24_tables: u32,
     ) -> Result<Self, XdpError> {
@@ -204,8 +205,9 @@ impl KernelMaps {
                 dense: dense_counters(ebpf, dense_slots, cpus)?,
                 touched: touched_bytes(ebpf, dense_slots)?,
                 layout,
-                v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4)?,
-                v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS)?,
+                slots: super::slots::HostSlots::take(ebpf, host_slots, cpus)?,
+                v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4).ok(),
+                v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS).ok(),
             },
             local_v4: take(ebpf, map_names::LOCAL_V4)?,
             local_v6: take(ebpf, map_names::LOCAL_V6)?,

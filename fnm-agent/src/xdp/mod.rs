@@ -13,6 +13,7 @@ mod maps;
 pub mod memory;
 mod mmap;
 mod networks;
+mod slots;
 pub mod tables;
 
 pub use counters::XdpStats;
@@ -179,6 +180,14 @@ impl DataPlane {
         } else {
             dense_slots
         };
+        // Two counter slots per hashed host, a multiple of 64 (whole touched words).
+        let host_counter_slots = (2 * config.max_hosts.max(1)).next_multiple_of(64);
+        let host_entries = host_counter_slots.checked_mul(cpus32).ok_or_else(|| {
+            XdpError::Load(format!(
+                "{host_counter_slots} host counter slots × {cpus} CPUs do not fit in one map: \
+                 lower xdp.max_hosts"
+            ))
+        })?;
         let mut ebpf = EbpfLoader::new()
             .override_global(map_names::FLOW_SEED, &seed, true)
             .override_global(map_names::CPUS, &cpus32, false)
@@ -186,6 +195,15 @@ impl DataPlane {
             .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
+            .map_max_entries(map_names::SLOT_V4, config.max_hosts)
+            .map_max_entries(map_names::SLOT_V6, config.max_hosts)
+            .map_max_entries(map_names::SLOT_OWNER, config.max_hosts.max(1))
+            .map_max_entries(map_names::FREE_SLOTS, config.max_hosts.max(1))
+            .map_max_entries(
+                map_names::SLOTS_TOUCHED,
+                host_counter_slots.div_ceil(8).max(1),
+            )
+            .map_max_entries(map_names::HOSTS_SLOTS, host_entries)
             .map_max_entries(map_names::FLOWS, config.max_flows)
             .map_max_entries(map_names::LOCAL24_V4, config.local24_tables.max(1))
             .map_max_entries(map_names::LOCAL_V4, config.max_prefixes)
@@ -226,6 +244,7 @@ impl DataPlane {
             layout,
             cpus as usize,
             dense_slots as usize,
+            config.max_hosts.max(1) as usize,
             config.max_prefixes,
             config.local24_tables,
         )?;
