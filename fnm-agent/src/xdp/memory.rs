@@ -5,22 +5,19 @@
 //! - dense IPv4 counters: 2 directions × 128 bytes × `dense_v4_addresses` (the slots of the
 //!   networks that fit, at most that; 120 bytes of counters padded to two cache lines so no
 //!   two CPUs write one line);
-//! - each LRU host table (IPv4 and IPv6): 120 bytes × `max_hosts`;
+//! - the hashed hosts' slots (IPv4 and IPv6 together): 2 directions × 128 bytes × `max_hosts`;
 //! - drop and rule counters: 16 bytes × (2 × `max_drop_entries` + 4 × min(`max_drop_entries`,
 //!   4096));
 //! - the flow cache (128 KiB) and the global counters.
 //!
-//! Shared: the hash tables' elements (about 80 bytes each), the flow table (about 72 bytes per
+//! Shared: the two slot hash tables' elements (about 80 bytes each), each slot's owner (16
+//! bytes) and free-queue entry (4 bytes), the flow table (about 72 bytes per
 //! 5-tuple), the tries (about 64 bytes per entry), the /16 table (512 KiB), the /24 tables
 //! (1 KiB each), the touched bytes (one per dense slot) and the sample ring (1 MiB).
 
 use crate::config::XdpConfig;
-use fnm_common::{
-    local16, stat, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_COUNTERS_BYTES,
-};
+use fnm_common::{local16, stat, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_COUNTERS_BYTES};
 
-/// Bytes of one host-direction's counters in a per-CPU map.
-const HOST_VALUE: u64 = std::mem::size_of::<XdpHostCounters>() as u64;
 /// Bytes of one slot's counters per CPU in a slot array (cache-line padded).
 const SLOT_VALUE: u64 = SLOT_COUNTERS_BYTES as u64;
 /// Kernel hash-table element around a key and value (list links, hash, padding), roughly.
@@ -45,13 +42,14 @@ impl KernelMemory {
         let drop_slots = 2 * drops + drops.min(4096) * MAX_RULES_PER_HOST as u64;
         let hosts = config.max_hosts as u64;
         let per_cpu = 2 * SLOT_VALUE * dense_addresses
-            + 2 * HOST_VALUE * hosts
+            + 2 * SLOT_VALUE * hosts
             + 16 * drop_slots
             + 8 * FLOW_CACHE_SLOTS as u64
             + 8 * stat::COUNT as u64
             + 512;
         let prefixes = config.max_prefixes as u64;
         let shared = 2 * hosts * (HASH_ELEMENT + 24)
+            + hosts * (16 + 4 + 2)
             + config.max_flows as u64 * (HASH_ELEMENT + 16)
             + 6 * prefixes * (TRIE_NODE + 16)
             + 4 * drops * (TRIE_NODE + 20)
