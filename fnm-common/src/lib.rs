@@ -29,24 +29,21 @@ pub mod map_names {
     /// `HOSTS_DENSE_V4` are laid out for (the possible CPUs). A CPU whose id is not below it
     /// counts its packets in the totals and [`HOST_TABLE_FULL`](crate::stat::HOST_TABLE_FULL) only.
     pub const CPUS: &str = "FNM_CPUS";
-    /// Host slot of each hashed IPv4 host (`HashMap<u32, u32>`, the address as a number to
-    /// its host slot); see `HOSTS_SLOTS`.
-    pub const SLOT_V4: &str = "FNM_SLOT_V4";
-    /// Host slot of each hashed IPv6 host (`HashMap<[u8; 16], u32>`).
-    pub const SLOT_V6: &str = "FNM_SLOT_V6";
+    /// Frozen global (`.rodata`, `u32`, set at load): buckets of `SLOT_OWNER` minus one (a
+    /// power of two minus one): a hashed host's bucket is its seeded hash masked with it.
+    pub const SLOT_MASK: &str = "FNM_SLOT_MASK";
     /// Counters of the hashed hosts (mmap-able `Array<SlotCounters>`, laid out as
     /// `HOSTS_DENSE_V4`): host slot `h` counts incoming traffic in counter slot `2h`, outgoing
     /// in `2h + 1`.
     pub const HOSTS_SLOTS: &str = "FNM_HOSTS_H";
-    /// The address each host slot was handed to (mmap-able `Array<[u8; 16]>`, IPv4-mapped for
-    /// IPv4), written by the program before it inserts the host's entry.
+    /// The open-addressed table of the hashed hosts (mmap-able `Array<SlotBucket>`): host
+    /// slot `b × SLOT_WAYS + w` is way `w` of bucket `b`, a [`SlotOwner`](crate::SlotOwner)
+    /// the program probes itself (the bucket of the address's seeded hash, every way) and
+    /// claims for a new host by an atomic compare-and-swap of its state.
     pub const SLOT_OWNER: &str = "FNM_SLOT_OWNER";
     /// Byte per counter slot of `HOSTS_SLOTS`, set by the packets counted there (mmap-able
     /// `Array<u64>`, as `DENSE_TOUCHED_V4`).
     pub const SLOTS_TOUCHED: &str = "FNM_TOUCHED_H";
-    /// Free host slots (`Queue<u32>`): the agent fills it at load and gives back the slots of
-    /// idle hosts; a new hashed host takes one.
-    pub const FREE_SLOTS: &str = "FNM_FREE_SLOTS";
     /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
     /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
     /// mapping): the agent reads only the slots whose byte is set, without a system call, and
@@ -406,6 +403,38 @@ pub struct SlotCounters {
     pub _pad: u64,
 }
 
+/// Ways of one bucket of the hashed hosts' open-addressed table: a host lives in one of the
+/// ways of the bucket its address hashes to, or is not counted per host.
+pub const SLOT_WAYS: usize = 4;
+
+/// States of a [`SlotOwner`].
+pub mod slot_state {
+    /// Free: a new host may claim it (compare-and-swap to `CLAIMING`).
+    pub const FREE: u64 = 0;
+    /// Being claimed by one CPU, which writes the address, then `READY`.
+    pub const CLAIMING: u64 = 1;
+    /// Holds the host `addr`: its packets count in the slot's counters.
+    pub const READY: u64 = 2;
+    /// Being reclaimed by the agent (the host was idle): matches no packet and is claimed by
+    /// none until the agent, a poll later, has read and zeroed its counters and frees it.
+    pub const RETIRING: u64 = 3;
+}
+
+/// One way of the hashed hosts' table: which host a host slot holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotOwner {
+    /// A [`slot_state`].
+    pub state: u64,
+    /// The host's address (IPv4-mapped for IPv4), valid in state `READY`.
+    pub addr: [u8; 16],
+    /// Always zero (a power-of-two size).
+    pub _pad: u64,
+}
+
+/// One bucket of the hashed hosts' table (128 bytes, two cache lines).
+pub type SlotBucket = [SlotOwner; SLOT_WAYS];
+
 /// Bytes of one [`SlotCounters`] entry.
 pub const SLOT_COUNTERS_BYTES: usize = core::mem::size_of::<SlotCounters>();
 
@@ -561,6 +590,7 @@ mod pod {
     unsafe impl aya::Pod for super::HostCounters {}
     unsafe impl aya::Pod for super::XdpHostCounters {}
     unsafe impl aya::Pod for super::SlotCounters {}
+    unsafe impl aya::Pod for super::SlotOwner {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DropCounter {}
     unsafe impl aya::Pod for super::DropRule {}

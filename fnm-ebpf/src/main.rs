@@ -13,11 +13,14 @@
 //! counts them. `fnm_pass` does nothing: it is the floor against which the benchmark measures
 //! `fnm_xdp`.
 //!
-//! Hashed hosts (IPv6, IPv4 beyond the dense slots) take a host slot handed out here from a
-//! queue the agent fills; their counters live in an mmap-able array as the dense ones do, so
-//! the agent reads both in place.
+//! Hashed hosts (IPv6, IPv4 beyond the dense slots) find their host slot in an open-addressed
+//! table this program probes and claims itself; their counters live in an mmap-able array as
+//! the dense ones do, so the agent reads both in place.
 #![no_std]
 #![no_main]
+// The one compare-and-swap (claiming a host slot): core has no `compare_exchange` for BPF.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 // Map keys and values are passed by reference on purpose: passing them by value makes LLVM
 // copy them on the 512-byte BPF stack, which this program is close to.
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -30,15 +33,15 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue,
-        RingBuf,
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
     },
     programs::XdpContext,
 };
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use fnm_common::{
-    direction, drop16, local16, local6, proto, setting, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, LocalNetV4, PacketSample, RuleSet, SlotCounters,
-    XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    direction, drop16, local16, local6, proto, setting, slot_state, stat, table_flag, tunnel_layer,
+    DropCounter, HostCounters, HostKey, LocalNetV4, PacketSample, RuleSet, SlotBucket,
+    SlotCounters, SlotOwner, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_WAYS,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
 use walk::Walk;
@@ -64,31 +67,35 @@ static FNM_FLOW_SEED: u64 = 0;
 #[unsafe(no_mangle)]
 static FNM_CPUS: u32 = 1;
 
-/// Hashed hosts (IPv6, and IPv4 beyond the dense slots): a plain hash table per family from
-/// the address to a host slot, whose two counter slots (incoming, then outgoing) live in
-/// `FNM_HOSTS_H` as the dense ones do in `FNM_HOSTS_D4`. A new host takes a free host slot
-/// from `FNM_FREE_SLOTS` (the agent fills it, and gives back the slots of idle hosts); with
-/// none free, its packets count in the totals and `HOST_TABLE_FULL` only.
+/// Buckets of `FNM_SLOT_OWNER` minus one (a power of two minus one); written by the agent at
+/// load, then frozen.
+#[unsafe(no_mangle)]
+static FNM_SLOT_MASK: u32 = HOSTS_DEFAULT / SLOT_WAYS as u32 - 1;
+
+/// Hashed hosts (IPv6, and IPv4 beyond the dense slots): an open-addressed table the program
+/// probes itself. The address's seeded hash picks a bucket of `SLOT_WAYS` ways; a host owns
+/// the way whose state is `READY` and whose address is its own, and a new host claims a free
+/// way by an atomic compare-and-swap of its state, so two CPUs admitting hosts at once never
+/// share a way. The host slot `bucket × SLOT_WAYS + way` has two counter slots (incoming,
+/// then outgoing) in `FNM_HOSTS_H`, laid out as the dense ones in `FNM_HOSTS_D4`. With every
+/// way taken, the packet counts in the totals and `HOST_TABLE_FULL` only; the agent frees
+/// the ways of idle hosts (docs/security.md).
+/// All ones, never written: not frozen, so the verifier knows nothing of it. A host slot is
+/// masked with it so that the probe's eight outcomes reach the counting as one state (the
+/// verifier then walks the counting once, not once per way).
+#[unsafe(no_mangle)]
+static mut FNM_SLOT_ANY: u32 = u32::MAX;
 #[map]
-static FNM_SLOT_V4: HashMap<u32, u32> = HashMap::with_max_entries(HOSTS_DEFAULT, 0);
-#[map]
-static FNM_SLOT_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(HOSTS_DEFAULT, 0);
+static FNM_SLOT_OWNER: Array<SlotBucket> =
+    Array::with_max_entries(HOSTS_DEFAULT / SLOT_WAYS as u32, bindings::BPF_F_MMAPABLE);
 /// Counters of the hashed hosts, `counter slot × FNM_CPUS + cpu` (mmap-able).
 #[map]
 static FNM_HOSTS_H: Array<SlotCounters> =
     Array::with_max_entries(2 * HOSTS_DEFAULT, bindings::BPF_F_MMAPABLE);
-/// The address (IPv4-mapped for IPv4) each host slot was last handed to, written before the
-/// host's hash entry is (mmap-able: the agent reads whose counters a slot holds).
-#[map]
-static FNM_SLOT_OWNER: Array<[u8; 16]> =
-    Array::with_max_entries(HOSTS_DEFAULT, bindings::BPF_F_MMAPABLE);
 /// Byte per counter slot of `FNM_HOSTS_H`, set by the packets counted there (mmap-able).
 #[map]
 static FNM_TOUCHED_H: Array<u64> =
     Array::with_max_entries(2 * HOSTS_DEFAULT / 8, bindings::BPF_F_MMAPABLE);
-/// Free host slots, filled by the agent.
-#[map]
-static FNM_FREE_SLOTS: Queue<u32> = Queue::with_max_entries(HOSTS_DEFAULT, 0);
 #[map]
 static FNM_HOSTS_D4: Array<SlotCounters> =
     Array::with_max_entries(DENSE_SLOTS_DEFAULT, bindings::BPF_F_MMAPABLE);
@@ -515,8 +522,7 @@ fn account_side(
     let counted = match side {
         Local::No => return,
         Local::Slot(incoming) => account_dense(incoming.wrapping_add(dir as u32), p, how, white),
-        Local::Hashed if p.v4 => account_v4(addr.v4_addr(), dir, p, how, white),
-        Local::Hashed => account_v6(&addr.bytes(), dir, p, how, white),
+        Local::Hashed => account_hashed(&addr, dir, p, how, white),
     };
     if !counted {
         add(stats, stat::HOST_TABLE_FULL, 1);
@@ -745,79 +751,74 @@ fn account_slot(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
     true
 }
 
-/// True when host slot `slot` was handed to `addr`: a hash entry's value read while the agent
-/// deletes that entry and another host's insert reuses its element (a preallocated table
-/// reuses them at once) may be that other host's slot, which this check refuses.
-#[inline(always)]
-fn owned_by(slot: u32, addr: &[u8; 16]) -> bool {
-    match FNM_SLOT_OWNER.get_ptr(slot) {
-        // SAFETY: a map value of 16 bytes; read as two words.
-        Some(o) => unsafe {
-            let o = o as *const u64;
-            let a = addr.as_ptr() as *const u64;
-            core::ptr::read_volatile(o) == core::ptr::read_unaligned(a)
-                && core::ptr::read_volatile(o.add(1)) == core::ptr::read_unaligned(a.add(1))
-        },
-        None => false,
-    }
+/// Counts the packet for the hashed host `addr`; false when every way of its bucket is taken.
+/// A BPF function of its own: inlined at each of its call sites, the probe's eight outcomes
+/// multiplied the paths the verifier walks past its 1,000,000 instructions; returning a bool
+/// leaves two.
+#[inline(never)]
+fn account_hashed(addr: &Addr, dir: u8, p: &Packet, how: Add, white: bool) -> bool {
+    let Some(slot) = host_slot(*addr) else {
+        return false;
+    };
+    // SAFETY: plain read of a global nobody writes.
+    let any = unsafe { core::ptr::read_volatile(&raw const FNM_SLOT_ANY) };
+    account_slot(((slot & any) << 1) | dir as u32, p, how, white)
 }
 
-/// Takes a free host slot for a new host `addr`, records its owner and inserts its entry with
-/// `insert` (BPF_NOEXIST); gives the slot back when another CPU inserted the host first or
-/// the table is full. Returns the slot inserted, if any.
+/// The host slot of the hashed host `addr`, claimed for it when it has none; `None` when
+/// every way of its bucket is taken.
 #[inline(always)]
-fn admit(addr: &[u8; 16], insert: impl Fn(&u32) -> bool) -> Option<u32> {
-    let slot = FNM_FREE_SLOTS.pop().ok().flatten()?;
-    if let Some(o) = FNM_SLOT_OWNER.get_ptr_mut(slot) {
-        // SAFETY: a free slot: no program counts in it and the agent does not read it.
-        unsafe { core::ptr::write_volatile(o, *addr) };
+fn host_slot(addr: Addr) -> Option<u32> {
+    // The owner's address as stored: network order, read as two native words.
+    let (kh, kl) = (addr.hi.to_be(), addr.lo.to_be());
+    // SAFETY: plain reads of frozen globals; volatile so the compiler cannot assume the
+    // values it was compiled with.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&FNM_FLOW_SEED),
+            core::ptr::read_volatile(&FNM_SLOT_MASK),
+        )
+    };
+    let h = mix(mix(seed ^ 0x736c_6f74, addr.hi), addr.lo);
+    let bucket = h as u32 & mask;
+    let ways = FNM_SLOT_OWNER.get_ptr_mut(bucket)? as *mut u64;
+    const WORDS: usize = core::mem::size_of::<SlotOwner>() / 8;
+    for w in 0..SLOT_WAYS {
+        // SAFETY: way `w` of a bucket map value; three 8-byte words of it. Other CPUs may
+        // claim a way meanwhile: an address read before its state says READY is not used.
+        unsafe {
+            let e = ways.add(w * WORDS);
+            if core::ptr::read_volatile(e) == slot_state::READY
+                && core::ptr::read_volatile(e.add(1)) == kh
+                && core::ptr::read_volatile(e.add(2)) == kl
+            {
+                return Some(bucket * SLOT_WAYS as u32 + w as u32);
+            }
+        }
     }
-    if insert(&slot) {
-        return Some(slot);
+    for w in 0..SLOT_WAYS {
+        // SAFETY: as above; the state word is 8-byte aligned (map values are).
+        unsafe {
+            let e = ways.add(w * WORDS);
+            if core::ptr::read_volatile(e) == slot_state::FREE
+                && atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    e,
+                    slot_state::FREE,
+                    slot_state::CLAIMING,
+                )
+                .1
+            {
+                core::ptr::write_volatile(e.add(1), kh);
+                core::ptr::write_volatile(e.add(2), kl);
+                // Plain store after the address: the agent and the other CPUs read the
+                // address only once they see READY (x86-64 and arm64 JITs keep store order
+                // for the agent's acquire load; other CPUs compare it after the state).
+                core::ptr::write_volatile(e, slot_state::READY);
+                return Some(bucket * SLOT_WAYS as u32 + w as u32);
+            }
+        }
     }
-    let _ = FNM_FREE_SLOTS.push(&slot, 0);
     None
-}
-
-/// Counts the packet for the IPv4 hashed host `a`; false when it has no slot (none free).
-/// A BPF function of its own: inlined at each of its call sites, the admission's paths took
-/// the program past the verifier's 1,000,000 instructions.
-#[inline(never)]
-fn account_v4(a: u32, dir: u8, p: &Packet, how: Add, white: bool) -> bool {
-    let owner = fnm_common::v4_mapped(a.to_be_bytes());
-    let slot = match FNM_SLOT_V4.get_ptr(&a) {
-        // SAFETY: a u32 map value.
-        Some(v) => unsafe { core::ptr::read_volatile(v) },
-        None => match admit(&owner, |slot| FNM_SLOT_V4.insert(&a, slot, 1).is_ok()) {
-            Some(slot) => slot,
-            // Another CPU admitted it meanwhile, or no slot: look again.
-            None => match FNM_SLOT_V4.get_ptr(&a) {
-                // SAFETY: as above.
-                Some(v) => unsafe { core::ptr::read_volatile(v) },
-                None => return false,
-            },
-        },
-    };
-    owned_by(slot, &owner) && account_slot((slot << 1) | dir as u32, p, how, white)
-}
-
-/// Counts the packet for the IPv6 hashed host `addr`; false when it has no slot (a BPF
-/// function of its own, as `account_v4`).
-#[inline(never)]
-fn account_v6(addr: &[u8; 16], dir: u8, p: &Packet, how: Add, white: bool) -> bool {
-    let slot = match FNM_SLOT_V6.get_ptr(addr) {
-        // SAFETY: a u32 map value.
-        Some(v) => unsafe { core::ptr::read_volatile(v) },
-        None => match admit(addr, |slot| FNM_SLOT_V6.insert(addr, slot, 1).is_ok()) {
-            Some(slot) => slot,
-            None => match FNM_SLOT_V6.get_ptr(addr) {
-                // SAFETY: as above.
-                Some(v) => unsafe { core::ptr::read_volatile(v) },
-                None => return false,
-            },
-        },
-    };
-    owned_by(slot, addr) && account_slot((slot << 1) | dir as u32, p, how, white)
 }
 
 /// Sends the packet to the agent when its host is under attack (sampled 1 in N).

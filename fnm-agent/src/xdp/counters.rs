@@ -260,6 +260,7 @@ impl Poller {
                 accounting.set_total(Source::Xdp, dir as usize, class, packets, bytes);
             }
         }
+        self.slots.note_table_full(stat(stat::HOST_TABLE_FULL));
         Ok(XdpStats {
             frames: stat(stat::FRAMES),
             non_ip: stat(stat::NON_IP),

@@ -180,8 +180,15 @@ impl DataPlane {
         } else {
             dense_slots
         };
-        // Two counter slots per hashed host, a multiple of 64 (whole touched words).
-        let host_counter_slots = (2 * config.max_hosts.max(1)).next_multiple_of(64);
+        // The hashed hosts' open-addressed table: a power of two of buckets, `SLOT_WAYS` host
+        // slots each, at least `max_hosts` slots; two counter slots per host slot, a multiple
+        // of 64 (whole touched words).
+        let buckets = (config.max_hosts.max(1))
+            .div_ceil(fnm_common::SLOT_WAYS as u32)
+            .next_power_of_two();
+        let host_slots = buckets * fnm_common::SLOT_WAYS as u32;
+        let slot_mask = buckets - 1;
+        let host_counter_slots = (2 * host_slots).next_multiple_of(64);
         let host_entries = host_counter_slots.checked_mul(cpus32).ok_or_else(|| {
             XdpError::Load(format!(
                 "{host_counter_slots} host counter slots × {cpus} CPUs do not fit in one map: \
@@ -195,10 +202,8 @@ impl DataPlane {
             .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
-            .map_max_entries(map_names::SLOT_V4, config.max_hosts)
-            .map_max_entries(map_names::SLOT_V6, config.max_hosts)
-            .map_max_entries(map_names::SLOT_OWNER, config.max_hosts.max(1))
-            .map_max_entries(map_names::FREE_SLOTS, config.max_hosts.max(1))
+            .override_global(map_names::SLOT_MASK, &slot_mask, false)
+            .map_max_entries(map_names::SLOT_OWNER, buckets)
             .map_max_entries(
                 map_names::SLOTS_TOUCHED,
                 host_counter_slots.div_ceil(8).max(1),
@@ -244,7 +249,7 @@ impl DataPlane {
             layout,
             cpus as usize,
             dense_slots as usize,
-            config.max_hosts.max(1) as usize,
+            host_slots as usize,
             config.max_prefixes,
             config.local24_tables,
         )?;

@@ -1,22 +1,26 @@
-//! The hashed hosts' kernel-assigned slots (IPv6, and IPv4 beyond the dense slots).
+//! The hashed hosts' slots (IPv6, and IPv4 beyond the dense slots): an open-addressed table.
 //!
-//! The XDP program finds a hashed host's host slot in a plain hash table per family
-//! (`FNM_SLOT_V4`, `FNM_SLOT_V6`); a new host takes one from the free queue (`FNM_FREE_SLOTS`),
-//! writes itself as the slot's owner (`FNM_SLOT_OWNER`) and inserts its entry (`BPF_NOEXIST`:
-//! a CPU that lost the race gives its slot back and takes the winner's). Each host slot holds
-//! two counter slots (incoming, outgoing) in `FNM_HOSTS_H`, an mmap-able array laid out as the
-//! dense one (`slot × CPUs + cpu`), with a touched byte per counter slot.
+//! The XDP program finds a hashed host's host slot itself in `FNM_SLOT_OWNER`, an mmap-able
+//! array of buckets of `SLOT_WAYS` ways ([`SlotOwner`]: a state word and an address): the
+//! bucket is the address's seeded hash, the slot the way whose state is `READY` and whose
+//! address is the host's. A new host claims a `FREE` way of its bucket by a compare-and-swap
+//! of the state (`CLAIMING`), writes its address, then `READY`. Each host slot holds two
+//! counter slots (incoming, outgoing) in `FNM_HOSTS_H`, an mmap-able array laid out as the
+//! dense one (`slot × CPUs + cpu`), with a touched byte per counter slot. Two CPUs admitting
+//! one host at once may claim two ways for it: both are credited to the same address here.
 //!
 //! The agent reads the touched counter slots in place each poll and credits their deltas to
-//! the owner it read when the slot was first touched. It reclaims the slot of a host idle for
-//! the idle timeout in two polls: first it deletes the host's hash entry (new packets then
-//! admit the host again, in another slot), then, a poll later (programs that found the old
-//! entry have long finished: an XDP program runs for microseconds, a poll is 250 ms apart),
-//! it credits what came meanwhile to the old owner, zeroes the counters, clears the touched
-//! bytes and gives the slot back. The kernel checks a slot's owner after the lookup, so a
-//! value read from an entry being deleted and reused by another host's insert is never
-//! counted: no packet is ever credited to the wrong host. With no free slot, a new host's
-//! packets count in the totals and in `HOST_TABLE_FULL` (untracked), never in another host.
+//! the owner it read when the slot was first touched. It reclaims the slot of an idle host in
+//! two polls: first it sets the way `RETIRING` (new packets then admit the host again, in
+//! another way), then, a poll later (programs that found the way `READY` have long finished:
+//! an XDP program runs for microseconds, a poll is 250 ms apart), it credits what came
+//! meanwhile to the old owner, zeroes the counters, clears the touched bytes and frees the
+//! way. A host is idle after the idle timeout, or, once a new host found its bucket full
+//! (`HOST_TABLE_FULL` grew), after one whole poll without packets: a flood of spoofed
+//! destinations, each touched once, frees its ways within two polls, and cannot keep a real
+//! new victim out for longer (docs/security.md). With every way of its bucket taken, a new
+//! host's packets count in the totals and in `HOST_TABLE_FULL` (untracked), never in another
+//! host.
 
 use super::{
     counters::{delta, has_packets},
@@ -25,22 +29,17 @@ use super::{
     XdpError,
 };
 use crate::accounting::{from16, CounterSink, Direction};
-use aya::maps::{HashMap, IterableMap as _, MapData, MapError, Queue};
-use fnm_common::{map_names, XdpHostCounters};
-use std::{
-    net::IpAddr,
-    os::fd::{AsFd, BorrowedFd},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use fnm_common::{map_names, slot_state, SlotOwner, XdpHostCounters};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The kernel side of the slots: tables, counters, owners, touched bytes, free queue.
+/// Bytes of one way of the table.
+const OWNER_BYTES: usize = std::mem::size_of::<SlotOwner>();
+
+/// The kernel side of the slots: table, counters, touched bytes.
 pub(crate) struct HostSlots {
     counters: SlotArray,
     owners: SharedMapping,
     touched: TouchedBytes,
-    pub(crate) v4: HashMap<MapData, u32, u32>,
-    pub(crate) v6: HashMap<MapData, [u8; 16], u32>,
-    free: Queue<MapData, u32>,
     hosts: usize,
 }
 
@@ -52,7 +51,7 @@ impl HostSlots {
         hosts: usize,
         cpus: usize,
     ) -> Result<Option<Self>, XdpError> {
-        if ebpf.map(map_names::SLOT_V4).is_none() {
+        if ebpf.map(map_names::SLOT_OWNER).is_none() {
             return Ok(None);
         }
         let array = |ebpf: &mut aya::Ebpf, name: &'static str| match ebpf.take_map(name) {
@@ -70,58 +69,61 @@ impl HostSlots {
         };
         let counters = SlotArray::map(array(ebpf, map_names::HOSTS_SLOTS)?, 2 * hosts, cpus)
             .map_err(mmap_err(map_names::HOSTS_SLOTS))?;
-        let owners = SharedMapping::new(array(ebpf, map_names::SLOT_OWNER)?, 16 * hosts)
+        let owners = SharedMapping::new(array(ebpf, map_names::SLOT_OWNER)?, OWNER_BYTES * hosts)
             .map_err(mmap_err(map_names::SLOT_OWNER))?;
         let touched = TouchedBytes::map(array(ebpf, map_names::SLOTS_TOUCHED)?, 2 * hosts)
             .map_err(mmap_err(map_names::SLOTS_TOUCHED))?;
-        let v4 = super::maps::take(ebpf, map_names::SLOT_V4)?;
-        let v6 = super::maps::take(ebpf, map_names::SLOT_V6)?;
-        let mut free: Queue<MapData, u32> = super::maps::take(ebpf, map_names::FREE_SLOTS)?;
-        for slot in 0..hosts as u32 {
-            free.push(slot, 0)
-                .map_err(super::maps::map_err(map_names::FREE_SLOTS))?;
-        }
         Ok(Some(Self {
             counters,
             owners,
             touched,
-            v4,
-            v6,
-            free,
             hosts,
         }))
     }
 
-    /// The address host slot `slot` was last handed to (IPv4-mapped for IPv4).
+    /// The state word of host slot `slot` (in bounds).
+    fn state(&self, slot: usize) -> &AtomicU64 {
+        debug_assert!(slot < self.hosts);
+        // SAFETY: in bounds of the mapping, which lives as long as `self`; 8-byte aligned
+        // (32-byte entries in page-aligned memory). The kernel changes it atomically.
+        unsafe { AtomicU64::from_ptr(self.owners.ptr().add(slot * OWNER_BYTES).cast()) }
+    }
+
+    /// The address host slot `slot` holds or last held (IPv4-mapped for IPv4).
     fn owner(&self, slot: usize) -> [u8; 16] {
         let mut out = [0u8; 16];
         if slot < self.hosts {
             for (i, half) in out.chunks_exact_mut(8).enumerate() {
-                // SAFETY: in bounds of the mapping, 8-byte aligned (16-byte entries).
-                let w =
-                    unsafe { AtomicU64::from_ptr(self.owners.ptr().add(slot * 16 + i * 8).cast()) }
-                        .load(Ordering::Acquire);
+                // SAFETY: in bounds of the mapping, 8-byte aligned.
+                let w = unsafe {
+                    AtomicU64::from_ptr(
+                        self.owners.ptr().add(slot * OWNER_BYTES + 8 + i * 8).cast(),
+                    )
+                }
+                .load(Ordering::Acquire);
                 half.copy_from_slice(&w.to_ne_bytes());
             }
         }
         out
     }
 
-    /// The host slot of `addr` (IPv4-mapped for IPv4), if it has one.
-    fn slot_of(&self, addr: &[u8; 16]) -> Option<u32> {
-        let slot = match from16(*addr) {
-            IpAddr::V4(a) => self.v4.get(&u32::from(a), 0).ok()?,
-            IpAddr::V6(_) => self.v6.get(addr, 0).ok()?,
-        };
-        (self.owner(slot as usize) == *addr).then_some(slot)
-    }
-
-    /// The counters of `addr` in `direction`, summed over the CPUs (zero without a slot).
+    /// The counters of `addr` in `direction`, summed over the CPUs and over every slot that
+    /// holds it (zero without one). Walks the whole table: for single reads (the API, tests),
+    /// not for the poll.
     pub(crate) fn sum(&self, addr: &[u8; 16], direction: u8) -> XdpHostCounters {
-        match self.slot_of(addr) {
-            Some(slot) => self.counters.sum((slot << 1) | (direction & 1) as u32),
-            None => XdpHostCounters::default(),
+        let mut sum = XdpHostCounters::default();
+        for slot in 0..self.hosts {
+            if self.state(slot).load(Ordering::Acquire) == slot_state::READY
+                && self.owner(slot) == *addr
+            {
+                sum.accumulate(
+                    &self
+                        .counters
+                        .sum(((slot as u32) << 1) | (direction & 1) as u32),
+                );
+            }
         }
+        sum
     }
 
     /// Every touched counter slot's host and direction.
@@ -133,22 +135,24 @@ impl HostSlots {
             .collect()
     }
 
-    /// Zeroes a host slot's counters and touched bytes, then gives it back to the kernel.
-    fn release(&mut self, slot: u32) -> Result<(), MapError> {
+    /// Zeroes a host slot's counters and touched bytes, then frees it for a new host.
+    fn release(&mut self, slot: u32) {
         for c in [slot << 1, (slot << 1) | 1] {
             self.counters.zero(c);
             self.touched.clear(c);
         }
-        self.free.push(slot, 0)
+        self.state(slot as usize)
+            .store(slot_state::FREE, Ordering::Release);
     }
 
-    /// The file descriptor of a family's hash table.
-    fn fd(&self, v4: bool) -> BorrowedFd<'_> {
-        if v4 {
-            self.v4.map().fd().as_fd()
-        } else {
-            self.v6.map().fd().as_fd()
-        }
+    /// Starts reclaiming host slot `slot`: no packet matches it from now on.
+    fn retire(&self, slot: u32) {
+        let _ = self.state(slot as usize).compare_exchange(
+            slot_state::READY,
+            slot_state::RETIRING,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -161,8 +165,8 @@ struct HostState {
     seen: [XdpHostCounters; 2],
     /// When either direction last got packets.
     changed_ms: u64,
-    /// The poll that deleted its hash entry (0: not being reclaimed).
-    deleted_at: u64,
+    /// The poll that set it `RETIRING` (0: not being reclaimed).
+    retired_at: u64,
 }
 
 /// The poller's side of the slots.
@@ -170,14 +174,23 @@ struct HostState {
 pub(crate) struct SlotPoller {
     states: Vec<HostState>,
     touched: Vec<u32>,
-    gone_v4: Vec<u32>,
-    gone_v6: Vec<[u8; 16]>,
+    /// `HOST_TABLE_FULL` at the last poll.
+    full_seen: u64,
+    /// It grew at the last poll.
+    full_grew: bool,
 }
 
 impl SlotPoller {
+    /// Notes `HOST_TABLE_FULL` as read by this poll: when it grew, the next poll frees the
+    /// ways of the hosts that got no packets since this one.
+    pub(crate) fn note_table_full(&mut self, full: u64) {
+        self.full_grew = full > self.full_seen;
+        self.full_seen = full;
+    }
+
     /// Reads every touched counter slot in place and credits its delta to its owner; starts
-    /// reclaiming the slots of hosts idle for `idle_ms`, and ends the reclaim of those deleted
-    /// at an earlier poll. Returns the host-directions with counters in the kernel.
+    /// reclaiming the slots of idle hosts (see the module), and ends the reclaim of those
+    /// retired at an earlier poll. Returns the host-directions with counters in the kernel.
     pub(crate) fn poll(
         &mut self,
         slots: &mut HostSlots,
@@ -191,8 +204,9 @@ impl SlotPoller {
         }
         let mut touched = std::mem::take(&mut self.touched);
         slots.touched.slots_into(&mut touched);
-        self.gone_v4.clear();
-        self.gone_v6.clear();
+        // A new host found its bucket full since the poll before: free the ways of hosts
+        // without packets since the last poll, not only of those idle for the idle timeout.
+        let pressure = self.full_grew;
         let mut releases = Vec::new();
         let mut kept = 0u64;
         let mut i = 0;
@@ -220,39 +234,19 @@ impl SlotPoller {
                 kept += 1;
                 i += 1;
             }
-            if st.deleted_at != 0 && st.deleted_at < poll {
+            if st.retired_at != 0 && st.retired_at < poll {
                 releases.push(host);
-            } else if st.deleted_at == 0 && now_ms.saturating_sub(st.changed_ms) >= idle_ms {
-                st.deleted_at = poll;
-                match from16(owner) {
-                    IpAddr::V4(a) => self.gone_v4.push(u32::from(a)),
-                    IpAddr::V6(_) => self.gone_v6.push(owner),
-                }
+            } else if st.retired_at == 0
+                && (now_ms.saturating_sub(st.changed_ms) >= idle_ms
+                    || (pressure && st.changed_ms < now_ms))
+            {
+                st.retired_at = poll;
+                slots.retire(host);
             }
         }
         self.touched = touched;
-        for (v4, result) in [
-            (true, super::batch::delete(slots.fd(true), &self.gone_v4)),
-            (false, super::batch::delete(slots.fd(false), &self.gone_v6)),
-        ] {
-            if let Err(e) = result {
-                // Key by key (a kernel without batched deletes).
-                tracing::debug!("batched delete of idle XDP slots: {e}; key by key");
-                if v4 {
-                    for k in &self.gone_v4 {
-                        let _ = slots.v4.remove(k);
-                    }
-                } else {
-                    for k in &self.gone_v6 {
-                        let _ = slots.v6.remove(k);
-                    }
-                }
-            }
-        }
         for host in releases {
-            slots
-                .release(host)
-                .map_err(super::maps::map_err(map_names::FREE_SLOTS))?;
+            slots.release(host);
             self.states[host as usize] = HostState::default();
             kept = kept.saturating_sub(2);
         }
