@@ -37,7 +37,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
 use fnm_common::{
     direction, drop16, local16, local6, proto, setting, slot_state, stat, table_flag, tunnel_layer,
     DropCounter, HostCounters, HostKey, LocalNetV4, PacketSample, RuleSet, SlotBucket,
@@ -72,6 +72,10 @@ static FNM_CPUS: u32 = 1;
 #[unsafe(no_mangle)]
 static FNM_SLOT_MASK: u32 = HOSTS_DEFAULT / SLOT_WAYS as u32 - 1;
 
+/// All ones, never written: not frozen, so the verifier knows nothing of it ([`all_ones`]).
+#[unsafe(no_mangle)]
+static mut FNM_ALL_ONES: u32 = u32::MAX;
+
 /// Hashed hosts (IPv6, and IPv4 beyond the dense slots): an open-addressed table the program
 /// probes itself. The address's seeded hash picks a bucket of `SLOT_WAYS` ways; a host owns
 /// the way whose state is `READY` and whose address is its own, and a new host claims a free
@@ -80,11 +84,6 @@ static FNM_SLOT_MASK: u32 = HOSTS_DEFAULT / SLOT_WAYS as u32 - 1;
 /// then outgoing) in `FNM_HOSTS_H`, laid out as the dense ones in `FNM_HOSTS_D4`. With every
 /// way taken, the packet counts in the totals and `HOST_TABLE_FULL` only; the agent frees
 /// the ways of idle hosts (docs/security.md).
-/// All ones, never written: not frozen, so the verifier knows nothing of it. A host slot is
-/// masked with it so that the probe's eight outcomes reach the counting as one state (the
-/// verifier then walks the counting once, not once per way).
-#[unsafe(no_mangle)]
-static mut FNM_SLOT_ANY: u32 = u32::MAX;
 #[map]
 static FNM_SLOT_OWNER: Array<SlotBucket> =
     Array::with_max_entries(HOSTS_DEFAULT / SLOT_WAYS as u32, bindings::BPF_F_MMAPABLE);
@@ -178,7 +177,7 @@ pub fn fnm_xdp(ctx: XdpContext) -> u32 {
     let stats = unsafe { &mut *stats };
     add(stats, stat::FRAMES, 1);
     match parse(&ctx) {
-        Ok(packet) => handle(&packet, stats),
+        Ok(packet) => handle(&forget_constants(packet), stats),
         Err(ParseError::Tunnel(first)) => follow_tunnel(&ctx, first),
         Err(ParseError::NotIp) => {
             add(stats, stat::NON_IP, 1);
@@ -189,6 +188,37 @@ pub fn fnm_xdp(ctx: XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// `packet` with its addresses, length, ports, flags and TTL masked with [`all_ones`]: the
+/// same values, but ones the verifier no longer knows. The parser's paths reach `handle` with
+/// as many verifier states (what each path knew of those fields), and the verifier walked the
+/// counting once per state: 969,563 instructions with the hashed hosts' open table, 660,773
+/// this way. A round trip through a map value did the same for 6 ns a packet; this costs a
+/// load and seven `and`s. Masking the protocol too went back to 900,698 (the class then
+/// splits later, per call site); `fnm_account` needs none of it, its packet comes from a map.
+#[inline(always)]
+fn forget_constants(mut packet: Packet) -> Packet {
+    let ones = all_ones();
+    let ones64 = ones as u64 | ((ones as u64) << 32);
+    packet.src.hi &= ones64;
+    packet.src.lo &= ones64;
+    packet.dst.hi &= ones64;
+    packet.dst.lo &= ones64;
+    packet.ip_len &= ones;
+    packet.src_port &= ones as u16;
+    packet.dst_port &= ones as u16;
+    packet.tcp_flags &= ones as u8;
+    packet.ttl &= ones as u8;
+    packet
+}
+
+/// `u32::MAX`, read from a global the verifier cannot know (`FNM_ALL_ONES`, never written):
+/// masking a value with it merges the verifier's states without changing the value.
+#[inline(always)]
+fn all_ones() -> u32 {
+    // SAFETY: plain read of a global nobody writes; volatile so the compiler cannot fold it.
+    unsafe { core::ptr::read_volatile(&raw const FNM_ALL_ONES) }
 }
 
 /// Goes on with the walk the parser started (`walk::begin`): tail-calls the program of the
@@ -272,20 +302,53 @@ fn add(stats: &mut Stats, index: u32, by: u64) {
 }
 
 /// Where a packet's counters for one local address live.
+///
+/// A struct, not an enum with the slot as payload: an enum leaves the slot undefined for the
+/// other kinds, and LLVM then let one register hold the slot on the dense path and the
+/// context pointer on the others, testing the kind again later, which the verifier, not
+/// knowing the kind there, refused (pointer arithmetic on the context).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Local {
+struct Local {
+    kind: Kind,
+    /// The incoming dense slot (outgoing is the next one) for [`Kind::Slot`], else 0.
+    slot: u32,
+}
+
+/// Kinds of [`Local`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
     /// The address is not local.
     No,
-    /// Local, counted in the hash table of its family.
+    /// Local, counted in the hashed hosts' table.
     Hashed,
-    /// Local IPv4 with dense counters: the incoming slot (outgoing is the next one).
-    Slot(u32),
+    /// Local IPv4 with dense counters.
+    Slot,
 }
 
 impl Local {
+    /// Not local.
+    const NO: Local = Local {
+        kind: Kind::No,
+        slot: 0,
+    };
+    /// Local, counted in the hashed hosts' table.
+    const HASHED: Local = Local {
+        kind: Kind::Hashed,
+        slot: 0,
+    };
+
+    /// Local with dense counters from the incoming slot `slot` on.
+    #[inline(always)]
+    fn dense(slot: u32) -> Local {
+        Local {
+            kind: Kind::Slot,
+            slot,
+        }
+    }
+
     #[inline(always)]
     fn is_local(self) -> bool {
-        self != Local::No
+        self.kind != Kind::No
     }
 }
 
@@ -304,7 +367,7 @@ fn local(addr: Addr, v4: bool) -> Local {
         let a = addr.v4_addr();
         // An array lookup the verifier inlines; `a >> 16` is below the table's 65,536 entries.
         let Some(&entry) = FNM_LOCAL16_V4.get(a >> 16) else {
-            return Local::No;
+            return Local::NO;
         };
         // The table value for `a`: a /24 table's dense values are encoded as the /16 table's
         // (slot of the /16's first address, wrapping), so both decode alike.
@@ -317,10 +380,10 @@ fn local(addr: Addr, v4: bool) -> Local {
             }
         };
         match value {
-            local16::NONE => Local::No,
-            local16::HASHED => Local::Hashed,
+            local16::NONE => Local::NO,
+            local16::HASHED => Local::HASHED,
             local16::ASK_TRIE => local_trie_v4(a),
-            base => Local::Slot(
+            base => Local::dense(
                 base.wrapping_sub(local16::DENSE)
                     .wrapping_add((a & 0xffff) << 1),
             ),
@@ -328,20 +391,20 @@ fn local(addr: Addr, v4: bool) -> Local {
     } else {
         // Most remote addresses share no /32 with a local network: one bit answers.
         let Some(bitmap) = FNM_LOCAL32_V6.get(0) else {
-            return Local::No;
+            return Local::NO;
         };
         let bit = local6::bit((addr.hi >> 32) as u32);
         if bitmap[(bit >> 6) as usize & (local6::WORDS - 1)] & (1u64 << (bit & 63)) == 0 {
-            return Local::No;
+            return Local::NO;
         }
         if FNM_LOCAL_V6
             .get(&Key::new(128, addr.bytes()))
             .map(|v| *v != 0)
             .unwrap_or(false)
         {
-            Local::Hashed
+            Local::HASHED
         } else {
-            Local::No
+            Local::NO
         }
     }
 }
@@ -350,9 +413,9 @@ fn local(addr: Addr, v4: bool) -> Local {
 #[inline(always)]
 fn local_trie_v4(a: u32) -> Local {
     match FNM_LOCAL_V4.get(&Key::new(32, a.to_be_bytes())) {
-        None => Local::No,
-        Some(net) if net.slot_base == local16::NO_SLOTS => Local::Hashed,
-        Some(net) => Local::Slot(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
+        None => Local::NO,
+        Some(net) if net.slot_base == local16::NO_SLOTS => Local::HASHED,
+        Some(net) => Local::dense(net.slot_base.wrapping_add((a & net.host_mask) << 1)),
     }
 }
 
@@ -511,7 +574,7 @@ fn account_side(
     how: Add,
     stats: &mut Stats,
 ) {
-    if side == Local::No {
+    if !side.is_local() {
         return;
     }
     let white = how.check_white && is_whitelisted_source(remote, p.v4);
@@ -519,10 +582,10 @@ fn account_side(
         add(stats, stat::SOURCE_WHITELISTED_PACKETS, 1);
         add(stats, stat::SOURCE_WHITELISTED_BYTES, p.ip_len as u64);
     }
-    let counted = match side {
-        Local::No => return,
-        Local::Slot(incoming) => account_dense(incoming.wrapping_add(dir as u32), p, how, white),
-        Local::Hashed => account_hashed(&addr, dir, p, how, white),
+    let counted = match side.kind {
+        Kind::No => return,
+        Kind::Slot => account_dense(side.slot.wrapping_add(dir as u32), p, how, white),
+        Kind::Hashed => account_hashed(&addr, dir, p, how, white),
     };
     if !counted {
         add(stats, stat::HOST_TABLE_FULL, 1);
@@ -752,25 +815,71 @@ fn account_slot(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
 }
 
 /// Counts the packet for the hashed host `addr`; false when every way of its bucket is taken.
-/// Inlined: as a BPF function of its own (`#[inline(never)]`, 795,881 instructions verified)
-/// every packet paid 5–9 ns more, as the program also tail-calls; inlined it verifies in
-/// 969,563, over the 900,000 headroom test (docs/performance.md, branch `openslots`).
+/// Inlined: as a BPF function of its own (`#[inline(never)]`) every packet paid 5–9 ns more,
+/// as the program also tail-calls (docs/performance.md).
 #[inline(always)]
 fn account_hashed(addr: &Addr, dir: u8, p: &Packet, how: Add, white: bool) -> bool {
-    let Some(slot) = host_slot(*addr) else {
-        return false;
+    let slot = match in_first_bucket(*addr) {
+        Some(slot) => slot,
+        None => {
+            let slot = fnm_host_slot(addr.hi, addr.lo);
+            if slot == u64::MAX {
+                return false;
+            }
+            slot as u32
+        }
     };
-    // SAFETY: plain read of a global nobody writes.
-    let any = unsafe { core::ptr::read_volatile(&raw const FNM_SLOT_ANY) };
-    account_slot(((slot & any) << 1) | dir as u32, p, how, white)
+    // Masked so that the probe's eight outcomes reach the counting as one verifier state
+    // (walked once, not once per way).
+    account_slot(((slot & all_ones()) << 1) | dir as u32, p, how, white)
 }
 
 /// The host slot of the hashed host `addr`, claimed for it when it has none; `None` when
-/// every way of its bucket is taken.
+/// every way of both its buckets is taken.
+///
+/// Two buckets per address (two halves of its seeded hash), a new host going to the one with
+/// more free ways: with the table twice `xdp.max_hosts`, `max_hosts` hosts fit all but never
+/// overflow (one bucket per address lost 3.5 % of them at that load, simulated), where a
+/// bucket of its own would need a far larger table for the same.
+/// [`host_slot`] as a global BPF function: the verifier checks it once, on its own, instead
+/// of on every path that reaches a hashed host. `u64::MAX` for `None`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fnm_host_slot(hi: u64, lo: u64) -> u64 {
+    match host_slot(Addr { hi, lo }) {
+        Some(slot) => slot as u64,
+        None => u64::MAX,
+    }
+}
+
 #[inline(always)]
 fn host_slot(addr: Addr) -> Option<u32> {
     // The owner's address as stored: network order, read as two native words.
     let (kh, kl) = (addr.hi.to_be(), addr.lo.to_be());
+    let (first, second) = buckets(addr);
+    let a = FNM_SLOT_OWNER.get_ptr_mut(first)? as *mut u64;
+    if let Some(w) = find_way(a, kh, kl) {
+        return Some(first * SLOT_WAYS as u32 + w);
+    }
+    let b = FNM_SLOT_OWNER.get_ptr_mut(second)? as *mut u64;
+    if let Some(w) = find_way(b, kh, kl) {
+        return Some(second * SLOT_WAYS as u32 + w);
+    }
+    // A new host: the bucket with more free ways first (the first on a tie).
+    let (x, xb, y, yb) = if free_ways(a) >= free_ways(b) {
+        (a, first, b, second)
+    } else {
+        (b, second, a, first)
+    };
+    if let Some(w) = claim_way(x, kh, kl) {
+        return Some(xb * SLOT_WAYS as u32 + w);
+    }
+    claim_way(y, kh, kl).map(|w| yb * SLOT_WAYS as u32 + w)
+}
+
+/// The two buckets of `addr`: two halves of its seeded hash, masked.
+#[inline(always)]
+fn buckets(addr: Addr) -> (u32, u32) {
     // SAFETY: plain reads of frozen globals; volatile so the compiler cannot assume the
     // values it was compiled with.
     let (seed, mask) = unsafe {
@@ -780,26 +889,60 @@ fn host_slot(addr: Addr) -> Option<u32> {
         )
     };
     let h = mix(mix(seed ^ 0x736c_6f74, addr.hi), addr.lo);
-    let bucket = h as u32 & mask;
-    let ways = FNM_SLOT_OWNER.get_ptr_mut(bucket)? as *mut u64;
-    const WORDS: usize = core::mem::size_of::<SlotOwner>() / 8;
+    (h as u32 & mask, (h >> 32) as u32 & mask)
+}
+
+/// The host slot of `addr` when its first bucket holds it: most hosts' (a new host goes to
+/// its first bucket unless the second has more free ways). Inlined, where the rest of the
+/// lookup is a call.
+#[inline(always)]
+fn in_first_bucket(addr: Addr) -> Option<u32> {
+    let (first, _) = buckets(addr);
+    let ways = FNM_SLOT_OWNER.get_ptr_mut(first)? as *mut u64;
+    find_way(ways, addr.hi.to_be(), addr.lo.to_be()).map(|w| first * SLOT_WAYS as u32 + w)
+}
+
+/// 8-byte words of one [`SlotOwner`].
+const OWNER_WORDS: usize = core::mem::size_of::<SlotOwner>() / 8;
+
+/// The way of the bucket at `ways` that holds the address `kh`, `kl` (as stored).
+#[inline(always)]
+fn find_way(ways: *mut u64, kh: u64, kl: u64) -> Option<u32> {
     for w in 0..SLOT_WAYS {
         // SAFETY: way `w` of a bucket map value; three 8-byte words of it. Other CPUs may
         // claim a way meanwhile: an address read before its state says READY is not used.
         unsafe {
-            let e = ways.add(w * WORDS);
+            let e = ways.add(w * OWNER_WORDS);
             if core::ptr::read_volatile(e) == slot_state::READY
                 && core::ptr::read_volatile(e.add(1)) == kh
                 && core::ptr::read_volatile(e.add(2)) == kl
             {
-                return Some(bucket * SLOT_WAYS as u32 + w as u32);
+                return Some(w as u32);
             }
         }
     }
+    None
+}
+
+/// How many ways of the bucket at `ways` are free.
+#[inline(always)]
+fn free_ways(ways: *mut u64) -> u32 {
+    let mut free = 0;
     for w in 0..SLOT_WAYS {
-        // SAFETY: as above; the state word is 8-byte aligned (map values are).
+        // SAFETY: the state word of way `w` of a bucket map value.
+        let state = unsafe { core::ptr::read_volatile(ways.add(w * OWNER_WORDS)) };
+        free += (state == slot_state::FREE) as u32;
+    }
+    free
+}
+
+/// Claims a free way of the bucket at `ways` for the address `kh`, `kl`.
+#[inline(always)]
+fn claim_way(ways: *mut u64, kh: u64, kl: u64) -> Option<u32> {
+    for w in 0..SLOT_WAYS {
+        // SAFETY: as in `find_way`; the state word is 8-byte aligned (map values are).
         unsafe {
-            let e = ways.add(w * WORDS);
+            let e = ways.add(w * OWNER_WORDS);
             if core::ptr::read_volatile(e) == slot_state::FREE
                 && atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                     e,
@@ -810,11 +953,10 @@ fn host_slot(addr: Addr) -> Option<u32> {
             {
                 core::ptr::write_volatile(e.add(1), kh);
                 core::ptr::write_volatile(e.add(2), kl);
-                // Plain store after the address: the agent and the other CPUs read the
-                // address only once they see READY (x86-64 and arm64 JITs keep store order
-                // for the agent's acquire load; other CPUs compare it after the state).
-                core::ptr::write_volatile(e, slot_state::READY);
-                return Some(bucket * SLOT_WAYS as u32 + w as u32);
+                // An atomic exchange, a full barrier on every JIT (arm64 included): the agent
+                // and the other CPUs read the address only once they see READY.
+                atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(e, slot_state::READY);
+                return Some(w as u32);
             }
         }
     }
