@@ -373,7 +373,7 @@ fn isp_networks() -> Vec<fnm_agent::prefix::Prefix> {
 fn isp_config() -> XdpConfig {
     XdpConfig {
         dense_v4_addresses: 32_768,
-        max_hosts: 16_384,
+        max_hosts: 8_192,
         max_drop_entries: 16_384,
         ..XdpConfig::default()
     }

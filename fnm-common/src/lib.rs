@@ -29,17 +29,17 @@ pub mod map_names {
     /// `HOSTS_DENSE_V4` are laid out for (the possible CPUs). A CPU whose id is not below it
     /// counts its packets in the totals and [`HOST_TABLE_FULL`](crate::stat::HOST_TABLE_FULL) only.
     pub const CPUS: &str = "FNM_CPUS";
-    /// Frozen global (`.rodata`, `u32`, set at load): buckets of `SLOT_OWNER` minus one (a
-    /// power of two minus one): a hashed host's bucket is its seeded hash masked with it.
-    pub const SLOT_MASK: &str = "FNM_SLOT_MASK";
+    /// Frozen global (`.rodata`, `u32`, set at load): buckets of `SLOT_OWNER`; a hashed
+    /// host's two buckets are the two halves of its seeded hash scaled to it.
+    pub const SLOT_BUCKETS: &str = "FNM_SLOT_BUCKETS";
     /// Counters of the hashed hosts (mmap-able `Array<SlotCounters>`, laid out as
     /// `HOSTS_DENSE_V4`): host slot `h` counts incoming traffic in counter slot `2h`, outgoing
     /// in `2h + 1`.
     pub const HOSTS_SLOTS: &str = "FNM_HOSTS_H";
     /// The open-addressed table of the hashed hosts (mmap-able `Array<SlotBucket>`): host
     /// slot `b × SLOT_WAYS + w` is way `w` of bucket `b`, a [`SlotOwner`](crate::SlotOwner)
-    /// the program probes itself (the bucket of the address's seeded hash, every way) and
-    /// claims for a new host by an atomic compare-and-swap of its state.
+    /// the program probes itself (the two buckets of the address's seeded hash, every way)
+    /// and claims for a new host by an atomic compare-and-swap of its state.
     pub const SLOT_OWNER: &str = "FNM_SLOT_OWNER";
     /// Byte per counter slot of `HOSTS_SLOTS`, set by the packets counted there (mmap-able
     /// `Array<u64>`, as `DENSE_TOUCHED_V4`).
@@ -431,6 +431,9 @@ pub struct SlotOwner {
     /// Always zero (a power-of-two size).
     pub _pad: u64,
 }
+
+/// Bytes of one [`SlotOwner`].
+pub const SLOT_OWNER_BYTES: usize = core::mem::size_of::<SlotOwner>();
 
 /// One bucket of the hashed hosts' table (128 bytes, two cache lines).
 pub type SlotBucket = [SlotOwner; SLOT_WAYS];

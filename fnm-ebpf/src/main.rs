@@ -67,10 +67,9 @@ static FNM_FLOW_SEED: u64 = 0;
 #[unsafe(no_mangle)]
 static FNM_CPUS: u32 = 1;
 
-/// Buckets of `FNM_SLOT_OWNER` minus one (a power of two minus one); written by the agent at
-/// load, then frozen.
+/// Buckets of `FNM_SLOT_OWNER`; written by the agent at load, then frozen.
 #[unsafe(no_mangle)]
-static FNM_SLOT_MASK: u32 = HOSTS_DEFAULT / SLOT_WAYS as u32 - 1;
+static FNM_SLOT_BUCKETS: u32 = HOSTS_DEFAULT / SLOT_WAYS as u32;
 
 /// All ones, never written: not frozen, so the verifier knows nothing of it ([`all_ones`]).
 #[unsafe(no_mangle)]
@@ -877,19 +876,22 @@ fn host_slot(addr: Addr) -> Option<u32> {
     claim_way(y, kh, kl).map(|w| yb * SLOT_WAYS as u32 + w)
 }
 
-/// The two buckets of `addr`: two halves of its seeded hash, masked.
+/// The two buckets of `addr`, from the two halves of its seeded hash.
 #[inline(always)]
 fn buckets(addr: Addr) -> (u32, u32) {
     // SAFETY: plain reads of frozen globals; volatile so the compiler cannot assume the
     // values it was compiled with.
-    let (seed, mask) = unsafe {
+    let (seed, buckets) = unsafe {
         (
             core::ptr::read_volatile(&FNM_FLOW_SEED),
-            core::ptr::read_volatile(&FNM_SLOT_MASK),
+            core::ptr::read_volatile(&FNM_SLOT_BUCKETS),
         )
     };
     let h = mix(mix(seed ^ 0x736c_6f74, addr.hi), addr.lo);
-    (h as u32 & mask, (h >> 32) as u32 & mask)
+    // Each 32-bit half scaled to the buckets (a multiply and a shift): any number of
+    // buckets, not only powers of two.
+    let scale = |half: u64| ((half & 0xffff_ffff) * buckets as u64 >> 32) as u32;
+    (scale(h), scale(h >> 32))
 }
 
 /// The host slot of `addr` when its first bucket holds it: most hosts' (a new host goes to

@@ -180,14 +180,12 @@ impl DataPlane {
         } else {
             dense_slots
         };
-        // The hashed hosts' open-addressed table: a power of two of buckets, `SLOT_WAYS` host
-        // slots each, at least `max_hosts` slots; two counter slots per host slot, a multiple
-        // of 64 (whole touched words).
-        let buckets = (config.max_hosts.max(1))
-            .div_ceil(fnm_common::SLOT_WAYS as u32)
-            .next_power_of_two();
+        // The hashed hosts' open-addressed table: `SLOT_WAYS` host slots a bucket, twice
+        // `max_hosts` slots (two buckets per host, so that `max_hosts` hosts fit:
+        // docs/security.md); two counter slots per host slot, a multiple of 64 (whole
+        // touched words).
+        let buckets = host_buckets(config.max_hosts);
         let host_slots = buckets * fnm_common::SLOT_WAYS as u32;
-        let slot_mask = buckets - 1;
         let host_counter_slots = (2 * host_slots).next_multiple_of(64);
         let host_entries = host_counter_slots.checked_mul(cpus32).ok_or_else(|| {
             XdpError::Load(format!(
@@ -202,7 +200,7 @@ impl DataPlane {
             .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
-            .override_global(map_names::SLOT_MASK, &slot_mask, false)
+            .override_global(map_names::SLOT_BUCKETS, &buckets, false)
             .map_max_entries(map_names::SLOT_OWNER, buckets)
             .map_max_entries(
                 map_names::SLOTS_TOUCHED,
@@ -625,6 +623,12 @@ pub fn ensure_bpffs(pin_path: &Path) -> std::io::Result<()> {
 }
 
 /// A seed nobody outside this process knows (std's per-process random hasher keys).
+/// Buckets of the hashed hosts' table for `xdp.max_hosts`: twice as many host slots as
+/// hosts, `SLOT_WAYS` a bucket.
+pub(crate) fn host_buckets(max_hosts: u32) -> u32 {
+    (2 * max_hosts.max(1) as u64).div_ceil(fnm_common::SLOT_WAYS as u64) as u32
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
