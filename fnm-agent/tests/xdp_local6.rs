@@ -25,7 +25,11 @@ fn nets(list: &[&str]) -> Vec<Prefix> {
 /// The realistic layout: 50 /48s of one /32.
 fn isp_layout() -> Vec<Prefix> {
     (0..50)
-        .map(|i| format!("2001:db8:{:x}::/48", 0x100 + i * 3).parse().unwrap())
+        .map(|i| {
+            format!("2001:db8:{:x}::/48", 0x100 + i * 3)
+                .parse()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -109,7 +113,11 @@ fn assert_answers_as_the_prefixes(dp: &DataPlane, networks: &[Prefix], seed: u64
         locals += want as usize;
     }
     // Both answers were asked about, many times.
-    assert!(locals > 50 && addrs.len() - locals > 50, "{locals} of {}", addrs.len());
+    assert!(
+        locals > 50 && addrs.len() - locals > 50,
+        "{locals} of {}",
+        addrs.len()
+    );
 }
 
 #[test]

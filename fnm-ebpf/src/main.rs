@@ -39,8 +39,8 @@ use aya_ebpf::{
 };
 use fnm_common::{
     direction, drop16, local16, local6, proto, setting, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, HostKeyV4, Local6Bucket, Local6Head, LocalNetV4, PacketSample, RuleSet, SlotCounters,
-    XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    DropCounter, HostCounters, HostKey, HostKeyV4, Local6Bucket, Local6Head, LocalNetV4,
+    PacketSample, RuleSet, SlotCounters, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
 use walk::Walk;

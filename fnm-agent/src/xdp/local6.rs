@@ -227,7 +227,9 @@ mod tests {
     fn counter_seeds() -> impl FnMut() -> u64 {
         let mut n = 0x1234_5678_u64;
         move || {
-            n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             n
         }
     }
@@ -320,13 +322,21 @@ mod tests {
         assert_eq!(plan.contains("2001:db8::1".parse().unwrap()), Some(false));
         // 2,048 /64s need 2,048 buckets at one per prefix; 4,097 do not fit in 4,096.
         let many: Vec<Prefix> = (0..2048u32)
-            .map(|i| format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff).parse().unwrap())
+            .map(|i| {
+                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         let plan = Local6Plan::of(many.iter(), counter_seeds());
         assert_eq!(plan.head.ask_trie, 0);
         agrees(&many, &plan, 10);
         let too_many: Vec<Prefix> = (0..4097u32)
-            .map(|i| format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff).parse().unwrap())
+            .map(|i| {
+                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         let plan = Local6Plan::of(too_many.iter(), counter_seeds());
         assert_eq!(plan.head.ask_trie, 1);

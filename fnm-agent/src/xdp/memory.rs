@@ -17,7 +17,8 @@
 
 use crate::config::XdpConfig;
 use fnm_common::{
-    local16, local6, stat, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_COUNTERS_BYTES,
+    local16, local6, stat, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST,
+    SLOT_COUNTERS_BYTES,
 };
 
 /// Bytes of one host-direction's counters in a per-CPU map.
