@@ -16,7 +16,10 @@
 //! run that read the generation index before that reload (sub-microsecond) and is still
 //! running during this one could read it half-written.
 
-use super::{maps::map_err, XdpError};
+use super::{
+    maps::{map_err, take},
+    XdpError,
+};
 use crate::prefix::Prefix;
 use aya::{
     maps::{Array, MapData},
@@ -165,15 +168,20 @@ pub(crate) struct Local6Table {
 
 impl Local6Table {
     /// Takes the maps out of a freshly loaded object (generation 0, empty, in force); `None`
-    /// for an object built without them (an older build the benchmark compares).
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Option<Self> {
-        Some(Self {
-            generation: ebpf.take_map(map_names::LOCAL6_GEN)?.try_into().ok()?,
-            heads: ebpf.take_map(map_names::LOCAL6_HEAD)?.try_into().ok()?,
-            buckets: ebpf.take_map(map_names::LOCAL6_BUCKETS)?.try_into().ok()?,
+    /// for an object built without them (an older build the benchmark compares). An object
+    /// with some of them, or of other types, is an error: its program would find no IPv6
+    /// address local.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Option<Self>, XdpError> {
+        if ebpf.map(map_names::LOCAL6_GEN).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            generation: take(ebpf, map_names::LOCAL6_GEN)?,
+            heads: take(ebpf, map_names::LOCAL6_HEAD)?,
+            buckets: take(ebpf, map_names::LOCAL6_BUCKETS)?,
             in_force: 0,
             plan: Local6Plan::default(),
-        })
+        }))
     }
 
     /// Puts the table for `networks` in force: writes the other generation, then switches.

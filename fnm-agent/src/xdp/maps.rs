@@ -86,7 +86,7 @@ pub struct KernelMaps {
     table_flags: u32,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, XdpError> {
@@ -202,7 +202,7 @@ impl KernelMaps {
             local16: local16_table(ebpf)?,
             local24,
             local32_v6: take(ebpf, map_names::LOCAL32_V6).ok(),
-            local6: Local6Table::take(ebpf),
+            local6: Local6Table::take(ebpf)?,
             networks: Vec::new(),
             max_prefixes,
             hosts: HostMaps {
