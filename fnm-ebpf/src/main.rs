@@ -40,8 +40,9 @@ use aya_ebpf::{
 use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
 use fnm_common::{
     direction, drop16, local16, local6, proto, setting, slot_state, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, LocalNetV4, PacketSample, RuleSet, SlotBucket,
-    SlotCounters, SlotOwner, XdpHostCounters, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_WAYS,
+    DropCounter, HostCounters, HostKey, Local6Bucket, Local6Head, LocalNetV4, PacketSample,
+    RuleSet, SlotBucket, SlotCounters, SlotOwner, XdpHostCounters, FLOW_CACHE_SLOTS,
+    MAX_RULES_PER_HOST, SLOT_WAYS,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
 use walk::Walk;
@@ -117,6 +118,15 @@ static FNM_LOCAL24_V4: Array<[u32; local16::SUB_ENTRIES]> =
 /// One bit per hash of the IPv6 /32s local networks overlap ([`local6`]).
 #[map]
 static FNM_LOCAL32_V6: Array<[u64; local6::WORDS]> = Array::with_max_entries(1, 0);
+/// The IPv6 local networks by prefix length ([`local6`]): the generation in force, the two
+/// generations' heads, and their buckets.
+#[map]
+static FNM_LOCAL6_GEN: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static FNM_LOCAL6_HEAD: Array<Local6Head> = Array::with_max_entries(local6::GENERATIONS, 0);
+#[map]
+static FNM_LOCAL6_BKT: Array<Local6Bucket> =
+    Array::with_max_entries(local6::GENERATIONS * local6::BUCKETS, 0);
 #[map]
 static FNM_LOCAL_V4: LpmTrie<[u8; 4], LocalNetV4> = LpmTrie::with_max_entries(PREFIXES_DEFAULT, 0);
 #[map]
@@ -396,16 +406,59 @@ fn local(addr: Addr, v4: bool) -> Local {
         if bitmap[(bit >> 6) as usize & (local6::WORDS - 1)] & (1u64 << (bit & 63)) == 0 {
             return Local::NO;
         }
-        if FNM_LOCAL_V6
-            .get(&Key::new(128, addr.bytes()))
-            .map(|v| *v != 0)
-            .unwrap_or(false)
-        {
+        if fnm_local6(addr.hi, addr.lo) != 0 {
             Local::HASHED
         } else {
             Local::NO
         }
     }
+}
+
+/// Whether the IPv6 address `hi`:`lo` is in a local network (1) or not (0): per prefix length
+/// of the table in force, one bucket compared in place (array lookups the verifier inlines,
+/// no hash or trie call); the `LOCAL_V6` trie when the table does not hold the networks.
+///
+/// A global BPF function: the kernel verifies it once, on its own, instead of once per path
+/// that reaches a lookup (inlined, its loop over the lengths took `fnm_xdp` past the
+/// verifier's 1,000,000 instructions).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn fnm_local6(hi: u64, lo: u64) -> u32 {
+    local_v6(Addr { hi, lo }) as u32
+}
+
+#[inline(always)]
+fn local_v6(addr: Addr) -> bool {
+    let generation = match FNM_LOCAL6_GEN.get(0) {
+        Some(g) => *g & 1,
+        None => return false,
+    };
+    let Some(head) = FNM_LOCAL6_HEAD.get(generation) else {
+        return false;
+    };
+    if head.ask_trie != 0 {
+        return FNM_LOCAL_V6
+            .get(&Key::new(128, addr.bytes()))
+            .is_some_and(|v| *v != 0);
+    }
+    for length in head.length.iter().take(head.lengths as usize) {
+        let hi = addr.hi & length.hi_mask;
+        let lo = addr.lo & length.lo_mask;
+        let bucket = length
+            .base
+            .wrapping_add(local6::hash(head.seed, hi, lo) & length.mask);
+        if let Some(b) = FNM_LOCAL6_BKT.get(bucket) {
+            // One branch per key, leaving on a match: paths that go on carry no state of
+            // their own, so the verifier prunes them (a flag per key doubled its states per
+            // key).
+            for key in &b.keys {
+                if (key[0] ^ hi) | (key[1] ^ lo) == 0 {
+                    return true;
+                }
+            }
+        }
+    }
+    false
 }
 
 /// What the `LOCAL_V4` trie answers for `a`.

@@ -3,6 +3,7 @@
 use super::{
     hosts::{DenseCounters, HostMaps, SlotArray, TouchedBytes},
     local16::DenseLayout,
+    local6::Local6Table,
     networks::{Local16Table, Local24Table},
     XdpError,
 };
@@ -30,6 +31,9 @@ pub struct KernelMaps {
     pub(crate) local24: Option<Local24Table>,
     /// The IPv6 /32 bits in front of `local_v6` (`None` as `local24`).
     pub(crate) local32_v6: Option<Array<MapData, [u64; local6::WORDS]>>,
+    /// The IPv6 local networks by prefix length, asked instead of `local_v6` (`None` as
+    /// `local24`).
+    pub(crate) local6: Option<Local6Table>,
     /// The local networks the kernel counts now.
     pub(crate) networks: Vec<Prefix>,
     /// Entries of each local-network trie (`xdp.max_prefixes`).
@@ -82,7 +86,7 @@ pub struct KernelMaps {
     table_flags: u32,
 }
 
-pub(super) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, XdpError> {
@@ -199,6 +203,7 @@ impl KernelMaps {
             local16: local16_table(ebpf)?,
             local24,
             local32_v6: take(ebpf, map_names::LOCAL32_V6).ok(),
+            local6: Local6Table::take(ebpf)?,
             networks: Vec::new(),
             max_prefixes,
             hosts: HostMaps {

@@ -13,14 +13,20 @@
 //!
 //! Shared: the hashed hosts' table (32 bytes and two touched bytes per host slot), the flow
 //! table (about 72 bytes per 5-tuple), the tries (about 64 bytes per entry), the /16 table
-//! (512 KiB), the /24 tables (1 KiB each), the touched bytes (one per dense slot) and the
-//! sample ring (1 MiB).
+//! (512 KiB), the /24 tables (1 KiB each), the IPv6 table by prefix length (two generations of
+//! 4,096 buckets of 64 bytes: 512 KiB), the touched bytes (one per dense slot) and the sample
+//! ring (1 MiB).
 
 use crate::config::XdpConfig;
-use fnm_common::{local16, stat, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_COUNTERS_BYTES};
+use fnm_common::{
+    local16, local6, stat, FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_COUNTERS_BYTES,
+};
 
 /// Bytes of one slot's counters per CPU in a slot array (cache-line padded).
 const SLOT_VALUE: u64 = SLOT_COUNTERS_BYTES as u64;
+/// Bytes of the IPv6 table by prefix length (both generations' buckets).
+const LOCAL6_TABLE: u64 = (local6::GENERATIONS * local6::BUCKETS) as u64
+    * std::mem::size_of::<fnm_common::Local6Bucket>() as u64;
 /// Kernel hash-table element around a key and value (list links, hash, padding), roughly.
 const HASH_ELEMENT: u64 = 56;
 /// LPM trie node around a key and value, roughly.
@@ -57,6 +63,7 @@ impl KernelMemory {
             + drops.min(4096) * (HASH_ELEMENT + 80)
             + 8 * local16::BLOCKS as u64
             + 1024 * config.local24_tables as u64
+            + LOCAL6_TABLE
             + 2 * dense_addresses
             + (1 << 20);
         Self { per_cpu, shared }

@@ -9,6 +9,7 @@ mod batch;
 mod counters;
 mod hosts;
 mod local16;
+mod local6;
 mod maps;
 pub mod memory;
 mod mmap;
