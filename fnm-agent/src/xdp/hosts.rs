@@ -116,6 +116,22 @@ impl SlotArray {
         }
     }
 
+    /// Starts loading the cache lines of `slot`'s counters on every CPU (a hint: changes no
+    /// result, never faults).
+    pub(crate) fn prefetch(&self, slot: u32) {
+        let slot = slot as usize;
+        if slot >= self.slots {
+            return;
+        }
+        for cpu in 0..self.cpus {
+            let entry = (slot * self.cpus + cpu) * SLOT_COUNTERS_BYTES;
+            for line in (0..SLOT_COUNTERS_BYTES).step_by(64) {
+                // In bounds of the mapping, as in `for_each_cpu`.
+                crate::capture::prefetch_line(self.mapping.ptr().wrapping_add(entry + line));
+            }
+        }
+    }
+
     /// Sets every CPU's counters of `slot` to zero (only while no program counts in it).
     pub(crate) fn zero(&self, slot: u32) {
         let slot = slot as usize;

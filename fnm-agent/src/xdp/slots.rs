@@ -156,6 +156,9 @@ impl HostSlots {
     }
 }
 
+/// How many touched counter slots ahead of the one being read the poll prefetches.
+const PREFETCH_AHEAD: usize = 8;
+
 /// What the agent knows of one host slot.
 #[derive(Debug, Clone, Copy, Default)]
 struct HostState {
@@ -211,6 +214,16 @@ impl SlotPoller {
         let mut kept = 0u64;
         let mut i = 0;
         while i < touched.len() {
+            // The slots are spread over the table by their hash: each is a cache miss, in the
+            // kernel's counters and in `states`. Ask for the ones a few slots ahead now, so
+            // the misses overlap instead of following one another.
+            if let Some(&ahead) = touched.get(i + PREFETCH_AHEAD) {
+                slots.counters.prefetch(ahead);
+                let st: *const HostState = self.states.as_ptr().wrapping_add((ahead >> 1) as usize);
+                for line in (0..std::mem::size_of::<HostState>()).step_by(64) {
+                    crate::capture::prefetch_line(st.cast::<u8>().wrapping_add(line));
+                }
+            }
             let host = touched[i] >> 1;
             let st = &mut self.states[host as usize];
             let owner = *st.owner.get_or_insert_with(|| slots.owner(host as usize));
