@@ -373,7 +373,7 @@ fn isp_networks() -> Vec<fnm_agent::prefix::Prefix> {
 fn isp_config() -> XdpConfig {
     XdpConfig {
         dense_v4_addresses: 32_768,
-        max_hosts: 16_384,
+        max_hosts: 8_192,
         max_drop_entries: 16_384,
         ..XdpConfig::default()
     }
@@ -532,5 +532,24 @@ fn xdp_ns_per_packet_isp_layout() {
             m.name,
             m.bytes as f64 / (1 << 20) as f64
         );
+    }
+}
+
+/// Prints the verifier's instruction count of each program of this build (or of
+/// `FNM_BENCH_OBJECT`'s) on the ISP layout: the quick loop when reshaping the count path.
+#[test]
+#[ignore = "benchmark helper: run with `--ignored`"]
+fn verified_instructions_isp_layout() {
+    common::require_root("the XDP verifier count");
+    let object = std::env::var_os("FNM_BENCH_OBJECT")
+        .map(|path| std::fs::read(path).expect("FNM_BENCH_OBJECT readable"));
+    let networks = isp_networks();
+    let plane = match object {
+        Some(o) => DataPlane::load_object(&o, &isp_config(), &networks, &[]),
+        None => DataPlane::load(&isp_config(), &networks, &[]),
+    }
+    .expect("load");
+    for (name, count) in plane.verified_instructions() {
+        println!("verifier: {name} {count} instructions");
     }
 }

@@ -524,30 +524,105 @@ fn batched_polls_read_thousands_of_hosts_exactly_once() {
 }
 
 #[test]
-fn a_full_host_table_evicts_idle_hosts_and_keeps_a_busy_one_exact() {
-    // 256 hashed slots; a spoofed flood names 4,096 new destinations, one packet each, while a
-    // victim gets every fourth packet. The victim must be counted exactly and the newest
-    // spoofed hosts counted too: a full table no longer locks new hosts out.
-    let dp = plane_with(&["10.10.0.0/16"], 0, 256);
+fn a_full_slot_table_counts_new_hosts_untracked_and_idle_slots_come_back() {
+    // max_hosts 256: 512 host slots in 128 buckets of 4. A spoofed flood names 4,096 new
+    // destinations, one packet each, while a victim admitted first gets every fourth packet.
+    // The victim keeps its slot and is counted exactly; every spoofed host is either counted
+    // in a slot of its own (one packet) or untracked (HOST_TABLE_FULL), never in another
+    // host's counters; at least max_hosts of them got in (two buckets per address: which
+    // ones depends on the seed, how many hardly).
+    let max_hosts = 256u64;
+    let mut dp = plane_with(&["10.10.0.0/16"], 0, max_hosts as u32);
+    let networks: fnm_agent::prefix::PrefixSet = ["10.10.0.0/16"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let mut accounting = fnm_agent::accounting::Accounting::new(networks, 8192, 1024, 1000)
+        .with_limits(fnm_agent::accounting::HostLimits::unbudgeted(8192));
     let victim = Ipv4Addr::new(10, 10, 0, 1);
-    let mut victim_packets = 0u64;
+    let spoofed = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 16, 0)) + i);
+    dp.test_run(&udp_to(victim, 10)).unwrap();
+    let mut victim_packets = 1u64;
     for i in 0..4096u32 {
-        let spoofed = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 16, 0)) + i);
-        dp.test_run(&udp_to(spoofed, 10)).unwrap();
+        dp.test_run(&udp_to(spoofed(i), 10)).unwrap();
         if i % 4 == 0 {
             dp.test_run(&udp_to(victim, 10)).unwrap();
             victim_packets += 1;
         }
     }
+    let c = host(&dp, victim.into(), direction::INCOMING);
+    assert_eq!(c.packets, victim_packets, "the busy victim kept its slot");
+    let tracked: Vec<u32> = (0..4096u32)
+        .filter(|&i| {
+            let packets = host(&dp, spoofed(i).into(), direction::INCOMING).packets;
+            assert!(packets <= 1, "host {i} got {packets} packets");
+            packets == 1
+        })
+        .collect();
+    let untracked = dp.maps.stat(stat::HOST_TABLE_FULL);
     assert_eq!(
-        host(&dp, victim.into(), direction::INCOMING).packets,
-        victim_packets,
-        "the busy victim was never evicted"
+        tracked.len() as u64 + untracked,
+        4096,
+        "every packet of a host without a slot is counted as untracked"
     );
-    let last = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 16, 0)) + 4095);
-    assert_eq!(host(&dp, last.into(), direction::INCOMING).packets, 1);
-    assert!(dp.maps.hosts.keys().count() <= 256, "bounded");
-    assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), 0, "nothing locked out");
+    assert!(
+        tracked.len() as u64 >= max_hosts && tracked.len() < 2 * max_hosts as usize,
+        "{} tracked",
+        tracked.len()
+    );
+    assert_eq!(
+        dp.maps.hosts.keys().count(),
+        tracked.len() + 1,
+        "bounded: the victim and the tracked ones"
+    );
+    let in_agent = |a: &fnm_agent::accounting::Accounting, h: Ipv4Addr| {
+        a.host(h.into())
+            .map(|x| x.dirs()[0].total().packets)
+            .unwrap_or(0)
+    };
+    let untracked_one = (0..4096u32)
+        .find(|i| !tracked.contains(i))
+        .expect("the flood overflowed the table");
+    dp.poll(&mut accounting, 1_000, 10_000).unwrap();
+    assert_eq!(in_agent(&accounting, victim), victim_packets);
+    assert_eq!(in_agent(&accounting, spoofed(tracked[0])), 1);
+    assert_eq!(
+        in_agent(&accounting, spoofed(untracked_one)),
+        0,
+        "untracked: nobody's"
+    );
+    // The spoofed hosts go idle and their slots are reclaimed in two polls (set retiring,
+    // then, a poll later, freed); the victim keeps sending and keeps its slot.
+    for now in [20_000, 20_250, 20_500] {
+        dp.test_run(&udp_to(victim, 10)).unwrap();
+        victim_packets += 1;
+        dp.poll(&mut accounting, now, 10_000).unwrap();
+    }
+    assert_eq!(
+        dp.maps.hosts.keys().count(),
+        1,
+        "only the victim holds a slot"
+    );
+    // max_hosts new hosts all get slots, and count from zero, exactly, under their own
+    // address.
+    for i in 5000..5000 + max_hosts as u32 - 1 {
+        dp.test_run(&udp_to(spoofed(i), 10)).unwrap();
+        dp.test_run(&udp_to(spoofed(i), 10)).unwrap();
+    }
+    assert_eq!(dp.maps.stat(stat::HOST_TABLE_FULL), untracked, "all fit");
+    dp.test_run(&udp_to(victim, 10)).unwrap();
+    victim_packets += 1;
+    dp.poll(&mut accounting, 20_750, 10_000).unwrap();
+    for i in 5000..5000 + max_hosts as u32 - 1 {
+        assert_eq!(host(&dp, spoofed(i).into(), direction::INCOMING).packets, 2);
+        assert_eq!(in_agent(&accounting, spoofed(i)), 2, "{i}");
+    }
+    assert_eq!(in_agent(&accounting, victim), victim_packets);
+    assert_eq!(
+        in_agent(&accounting, spoofed(tracked[0])),
+        1,
+        "an old owner got nothing more"
+    );
 }
 
 /// The whitelisted sources' counters of one host and direction.

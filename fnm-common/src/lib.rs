@@ -29,6 +29,21 @@ pub mod map_names {
     /// `HOSTS_DENSE_V4` are laid out for (the possible CPUs). A CPU whose id is not below it
     /// counts its packets in the totals and [`HOST_TABLE_FULL`](crate::stat::HOST_TABLE_FULL) only.
     pub const CPUS: &str = "FNM_CPUS";
+    /// Frozen global (`.rodata`, `u32`, set at load): buckets of `SLOT_OWNER`; a hashed
+    /// host's two buckets are the two halves of its seeded hash scaled to it.
+    pub const SLOT_BUCKETS: &str = "FNM_SLOT_BUCKETS";
+    /// Counters of the hashed hosts (mmap-able `Array<SlotCounters>`, laid out as
+    /// `HOSTS_DENSE_V4`): host slot `h` counts incoming traffic in counter slot `2h`, outgoing
+    /// in `2h + 1`.
+    pub const HOSTS_SLOTS: &str = "FNM_HOSTS_H";
+    /// The open-addressed table of the hashed hosts (mmap-able `Array<SlotBucket>`): host
+    /// slot `b × SLOT_WAYS + w` is way `w` of bucket `b`, a [`SlotOwner`](crate::SlotOwner)
+    /// the program probes itself (the two buckets of the address's seeded hash, every way)
+    /// and claims for a new host by an atomic compare-and-swap of its state.
+    pub const SLOT_OWNER: &str = "FNM_SLOT_OWNER";
+    /// Byte per counter slot of `HOSTS_SLOTS`, set by the packets counted there (mmap-able
+    /// `Array<u64>`, as `DENSE_TOUCHED_V4`).
+    pub const SLOTS_TOUCHED: &str = "FNM_TOUCHED_H";
     /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
     /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
     /// mapping): the agent reads only the slots whose byte is set, without a system call, and
@@ -52,6 +67,18 @@ pub mod map_names {
     /// [`local6::bit`] of an address's top 32 bits is set for every /32 a local network
     /// overlaps, so an address whose bit is clear is not local without a trie lookup.
     pub const LOCAL32_V6: &str = "FNM_LOCAL32_V6";
+    /// Which generation of the IPv6 local-network table is in force (`Array<u32>`, one
+    /// entry: 0 or 1), see [`local6`](crate::local6). The agent writes the other generation's
+    /// head and buckets, then switches this entry.
+    pub const LOCAL6_GEN: &str = "FNM_LOCAL6_GEN";
+    /// The heads of the two generations of the IPv6 local-network table
+    /// (`Array<Local6Head>`, two entries): the prefix lengths, their masks and bucket ranges.
+    pub const LOCAL6_HEAD: &str = "FNM_LOCAL6_HEAD";
+    /// The buckets of the IPv6 local-network table (`Array<Local6Bucket>`,
+    /// [`local6::GENERATIONS`](crate::local6::GENERATIONS) ×
+    /// [`local6::BUCKETS`](crate::local6::BUCKETS) entries, generation `g`'s from
+    /// `g × BUCKETS`).
+    pub const LOCAL6_BUCKETS: &str = "FNM_LOCAL6_BKT";
     /// Frozen global (`.rodata`, `u64`, set at load): the secret seed of the flow-table hash.
     pub const FLOW_SEED: &str = "FNM_FLOW_SEED";
     /// Local networks, IPv4 (`LpmTrie<[u8; 4], LocalNetV4>`).
@@ -290,6 +317,91 @@ pub mod local6 {
     pub fn bit(top: u32) -> u32 {
         top.wrapping_mul(0x9e37_79b1) >> 16
     }
+
+    /// Prefix lengths the table answers for; with more distinct IPv6 prefix lengths the
+    /// program asks the `LOCAL_V6` trie ([`Local6Head::ask_trie`](crate::Local6Head)).
+    pub const LENGTHS: usize = 4;
+    /// Prefixes per bucket ([`Local6Bucket`](crate::Local6Bucket), one cache line).
+    pub const KEYS: usize = 4;
+    /// Buckets of one generation (a power of two).
+    pub const BUCKETS: u32 = 4096;
+    /// Generations of the table: one in force, one the agent rewrites.
+    pub const GENERATIONS: u32 = 2;
+
+    /// One round of the hash: xor a word in, multiply, fold the high half down (the flow
+    /// hash's round).
+    #[inline(always)]
+    pub fn mix(h: u64, word: u64) -> u64 {
+        let x = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^ (x >> 32)
+    }
+
+    /// The hash of a masked address (`hi`: bytes 0..8, `lo`: bytes 8..16, big-endian), whose
+    /// low bits pick its bucket.
+    #[inline(always)]
+    pub fn hash(seed: u64, hi: u64, lo: u64) -> u32 {
+        mix(mix(seed, hi), lo) as u32
+    }
+
+    /// The masks of a prefix length (`hi`, `lo`): an address masked with them is its prefix.
+    pub const fn masks(len: u8) -> (u64, u64) {
+        let hi = if len == 0 {
+            0
+        } else if len >= 64 {
+            u64::MAX
+        } else {
+            u64::MAX << (64 - len)
+        };
+        let lo = if len <= 64 {
+            0
+        } else if len >= 128 {
+            u64::MAX
+        } else {
+            u64::MAX << (128 - len)
+        };
+        (hi, lo)
+    }
+}
+
+/// One prefix length of the IPv6 local-network table ([`local6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Local6Length {
+    /// Mask of an address's bytes 0..8 (as a big-endian `u64`).
+    pub hi_mask: u64,
+    /// Mask of bytes 8..16.
+    pub lo_mask: u64,
+    /// First bucket of the length (generation offset included).
+    pub base: u32,
+    /// Buckets of the length minus one (a power of two minus one).
+    pub mask: u32,
+}
+
+/// Head of one generation of the IPv6 local-network table: an address is local when, for one
+/// of the first `lengths` entries of `length`, the address masked with its masks is one of
+/// the keys of bucket `base + (local6::hash(seed, hi, lo) & mask)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Local6Head {
+    /// Seed of [`local6::hash`], chosen by the agent per generation.
+    pub seed: u64,
+    /// Entries of `length` in use.
+    pub lengths: u32,
+    /// Non-zero: the table does not hold the networks (more lengths than
+    /// [`local6::LENGTHS`], or a bucket overflowed), the `LOCAL_V6` trie answers.
+    pub ask_trie: u32,
+    /// The prefix lengths.
+    pub length: [Local6Length; local6::LENGTHS],
+}
+
+/// A bucket of the IPv6 local-network table: [`local6::KEYS`] masked prefixes (`[hi, lo]`). A
+/// bucket with fewer prefixes repeats a prefix of the same length in its free keys, so every
+/// key is a local prefix and no key means "empty".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Local6Bucket {
+    /// The prefixes.
+    pub keys: [[u64; 2]; local6::KEYS],
 }
 
 /// Value of the `LOCAL_V4` trie: where the counters of the network's hosts live.
@@ -387,6 +499,41 @@ pub struct SlotCounters {
     /// Always zero.
     pub _pad: u64,
 }
+
+/// Ways of one bucket of the hashed hosts' open-addressed table: a host lives in one of the
+/// ways of the bucket its address hashes to, or is not counted per host.
+pub const SLOT_WAYS: usize = 4;
+
+/// States of a [`SlotOwner`].
+pub mod slot_state {
+    /// Free: a new host may claim it (compare-and-swap to `CLAIMING`).
+    pub const FREE: u64 = 0;
+    /// Being claimed by one CPU, which writes the address, then `READY`.
+    pub const CLAIMING: u64 = 1;
+    /// Holds the host `addr`: its packets count in the slot's counters.
+    pub const READY: u64 = 2;
+    /// Being reclaimed by the agent (the host was idle): matches no packet and is claimed by
+    /// none until the agent, a poll later, has read and zeroed its counters and frees it.
+    pub const RETIRING: u64 = 3;
+}
+
+/// One way of the hashed hosts' table: which host a host slot holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotOwner {
+    /// A [`slot_state`].
+    pub state: u64,
+    /// The host's address (IPv4-mapped for IPv4), valid in state `READY`.
+    pub addr: [u8; 16],
+    /// Always zero (a power-of-two size).
+    pub _pad: u64,
+}
+
+/// Bytes of one [`SlotOwner`].
+pub const SLOT_OWNER_BYTES: usize = core::mem::size_of::<SlotOwner>();
+
+/// One bucket of the hashed hosts' table (128 bytes, two cache lines).
+pub type SlotBucket = [SlotOwner; SLOT_WAYS];
 
 /// Bytes of one [`SlotCounters`] entry.
 pub const SLOT_COUNTERS_BYTES: usize = core::mem::size_of::<SlotCounters>();
@@ -540,9 +687,12 @@ mod pod {
     unsafe impl aya::Pod for super::HostKey {}
     unsafe impl aya::Pod for super::HostKeyV4 {}
     unsafe impl aya::Pod for super::LocalNetV4 {}
+    unsafe impl aya::Pod for super::Local6Head {}
+    unsafe impl aya::Pod for super::Local6Bucket {}
     unsafe impl aya::Pod for super::HostCounters {}
     unsafe impl aya::Pod for super::XdpHostCounters {}
     unsafe impl aya::Pod for super::SlotCounters {}
+    unsafe impl aya::Pod for super::SlotOwner {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::DropCounter {}
     unsafe impl aya::Pod for super::DropRule {}
@@ -558,6 +708,9 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<HostKey>(), 20);
+        assert_eq!(size_of::<Local6Bucket>(), 64);
+        assert_eq!(size_of::<Local6Length>(), 24);
+        assert_eq!(size_of::<Local6Head>(), 16 + 24 * local6::LENGTHS);
         assert_eq!(size_of::<HostKeyV4>(), 8);
         assert_eq!(size_of::<HostCounters>(), 13 * 8);
         assert_eq!(size_of::<XdpHostCounters>(), 15 * 8);

@@ -80,6 +80,8 @@ pub(super) struct Poller {
     batched: bool,
     /// Buffers reused from poll to poll.
     bufs: Buffers,
+    /// The hashed hosts' slots (this build's objects).
+    slots: super::slots::SlotPoller,
 }
 
 /// What a poll reads into, kept between polls so a poll allocates nothing once they grew.
@@ -108,6 +110,7 @@ impl Default for Poller {
             now_ms: 0,
             polls: 0,
             batched: true,
+            slots: Default::default(),
             bufs: Buffers {
                 slots: Vec::new(),
                 dense: PerCpuBatch::new(cpus),
@@ -169,7 +172,12 @@ impl Poller {
         for (host, dir, delta) in self.pending.drain(..) {
             accounting.add_host_counters(host, dir, &delta);
         }
-        let active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
+        let mut active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
+        if let Some(slots) = maps.hosts.slots.as_mut() {
+            active_dense += self
+                .slots
+                .poll(slots, accounting, now_ms, idle_ms, self.polls)?;
+        }
         self.read_hashed(maps)?;
         let mut current = std::mem::take(&mut self.bufs.current);
         let (mut idle_v4, mut idle_v6) = (
@@ -252,6 +260,7 @@ impl Poller {
                 accounting.set_total(Source::Xdp, dir as usize, class, packets, bytes);
             }
         }
+        self.slots.note_table_full(stat(stat::HOST_TABLE_FULL));
         Ok(XdpStats {
             frames: stat(stat::FRAMES),
             non_ip: stat(stat::NON_IP),
@@ -278,12 +287,15 @@ impl Poller {
     /// batched reads.
     fn read_hashed(&mut self, maps: &KernelMaps) -> Result<(), XdpError> {
         self.bufs.current.clear();
+        let (Some(v4_fd), Some(v6_fd)) = (maps.hosts.v4_fd(), maps.hosts.v6_fd()) else {
+            // This build's objects: the hashed hosts have slots (`Poller::slots`).
+            return Ok(());
+        };
         if self.batched {
             let bufs = &mut self.bufs;
-            let v4 = read_table(maps.hosts.v4_fd(), &mut bufs.v4, &mut bufs.current, from_v4);
-            let result = v4.and_then(|()| {
-                read_table(maps.hosts.v6_fd(), &mut bufs.v6, &mut bufs.current, |k| k)
-            });
+            let v4 = read_table(v4_fd, &mut bufs.v4, &mut bufs.current, from_v4);
+            let result =
+                v4.and_then(|()| read_table(v6_fd, &mut bufs.v6, &mut bufs.current, |k| k));
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if unsupported(&e) => {
@@ -317,9 +329,12 @@ impl Poller {
 
     /// Removes idle hosts from the hash tables (a batched delete each, or one call per key).
     fn remove_idle(&mut self, maps: &mut KernelMaps, v4: &[HostKeyV4], v6: &[HostKey]) {
+        let (Some(v4_fd), Some(v6_fd)) = (maps.hosts.v4_fd(), maps.hosts.v6_fd()) else {
+            return;
+        };
         if self.batched {
-            let r4 = batch::delete(maps.hosts.v4_fd(), v4);
-            let r6 = batch::delete(maps.hosts.v6_fd(), v6);
+            let r4 = batch::delete(v4_fd, v4);
+            let r6 = batch::delete(v6_fd, v6);
             match (r4, r6) {
                 (Ok(_), Ok(_)) => return,
                 (Err(e), _) | (_, Err(e)) => {
@@ -537,13 +552,13 @@ fn direction_of(key: &HostKey) -> Direction {
 
 /// True when `delta` holds packets: counted ones, or whitelisted ones (a host only a
 /// whitelisted source talks to still shows them, and stays in the kernel table meanwhile).
-fn has_packets(delta: &XdpHostCounters) -> bool {
+pub(super) fn has_packets(delta: &XdpHostCounters) -> bool {
     delta.counted.packets > 0 || delta.whitelisted.packets > 0
 }
 
 /// `now - before`, field by field; when a packet counter went backwards (entry re-created)
 /// everything counts from zero.
-fn delta(before: &XdpHostCounters, now: &XdpHostCounters) -> XdpHostCounters {
+pub(super) fn delta(before: &XdpHostCounters, now: &XdpHostCounters) -> XdpHostCounters {
     if now.counted.packets < before.counted.packets
         || now.whitelisted.packets < before.whitelisted.packets
     {

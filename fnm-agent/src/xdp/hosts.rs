@@ -116,6 +116,38 @@ impl SlotArray {
         }
     }
 
+    /// Starts loading the cache lines of `slot`'s counters on every CPU (a hint: changes no
+    /// result, never faults).
+    pub(crate) fn prefetch(&self, slot: u32) {
+        let slot = slot as usize;
+        if slot >= self.slots {
+            return;
+        }
+        for cpu in 0..self.cpus {
+            let entry = (slot * self.cpus + cpu) * SLOT_COUNTERS_BYTES;
+            for line in (0..SLOT_COUNTERS_BYTES).step_by(64) {
+                // In bounds of the mapping, as in `for_each_cpu`.
+                crate::capture::prefetch_line(self.mapping.ptr().wrapping_add(entry + line));
+            }
+        }
+    }
+
+    /// Sets every CPU's counters of `slot` to zero (only while no program counts in it).
+    pub(crate) fn zero(&self, slot: u32) {
+        let slot = slot as usize;
+        if slot >= self.slots {
+            return;
+        }
+        for cpu in 0..self.cpus {
+            let entry = (slot * self.cpus + cpu) * SLOT_COUNTERS_BYTES;
+            for i in 0..WORDS {
+                // SAFETY: as in `for_each_cpu`.
+                unsafe { AtomicU64::from_ptr(self.mapping.ptr().add(entry + i * 8).cast()) }
+                    .store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The counters of `slot`, summed over the CPUs (zero outside the array).
     pub(crate) fn sum(&self, slot: u32) -> XdpHostCounters {
         let mut sum = [0u64; WORDS];
@@ -164,10 +196,12 @@ pub struct HostMaps {
     pub(crate) touched: TouchedBytes,
     /// Which address and direction each dense slot counts.
     pub(crate) layout: DenseLayout,
-    /// IPv4 hosts.
-    pub(crate) v4: PerCpuHashMap<MapData, HostKeyV4, XdpHostCounters>,
-    /// IPv6 hosts.
-    pub(crate) v6: PerCpuHashMap<MapData, HostKey, XdpHostCounters>,
+    /// IPv4 hosts (objects built before 2026-12-05: LRU per-CPU hash tables).
+    pub(crate) v4: Option<PerCpuHashMap<MapData, HostKeyV4, XdpHostCounters>>,
+    /// IPv6 hosts (as `v4`).
+    pub(crate) v6: Option<PerCpuHashMap<MapData, HostKey, XdpHostCounters>>,
+    /// Hashed hosts' kernel-assigned slots (this build's objects).
+    pub(crate) slots: Option<super::slots::HostSlots>,
 }
 
 /// The IPv4 key of an IPv4-mapped [`HostKey`]; `None` for an IPv6 host.
@@ -208,9 +242,17 @@ impl HostMaps {
         match as_v4(key) {
             Some(k) => match self.dense_slot(&k) {
                 Some(slot) => self.dense_slot_raw(slot),
-                None => self.v4.get(&k, 0).map(add),
+                None => match (&self.slots, &self.v4) {
+                    (Some(slots), _) => Ok(slots.sum(&key.addr, key.direction)),
+                    (None, Some(v4)) => v4.get(&k, 0).map(add),
+                    (None, None) => Ok(XdpHostCounters::default()),
+                },
             },
-            None => self.v6.get(key, 0).map(add),
+            None => match (&self.slots, &self.v6) {
+                (Some(slots), _) => Ok(slots.sum(&key.addr, key.direction)),
+                (None, Some(v6)) => v6.get(key, 0).map(add),
+                (None, None) => Ok(XdpHostCounters::default()),
+            },
         }
     }
 
@@ -240,14 +282,14 @@ impl HostMaps {
         }
     }
 
-    /// The file descriptor of the IPv4 hash table (batched reads and deletes).
-    pub(crate) fn v4_fd(&self) -> BorrowedFd<'_> {
-        self.v4.map().fd().as_fd()
+    /// The file descriptor of the IPv4 LRU hash table (batched reads and deletes).
+    pub(crate) fn v4_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.v4.as_ref().map(|m| m.map().fd().as_fd())
     }
 
-    /// The file descriptor of the IPv6 hash table (batched reads and deletes).
-    pub(crate) fn v6_fd(&self) -> BorrowedFd<'_> {
-        self.v6.map().fd().as_fd()
+    /// The file descriptor of the IPv6 LRU hash table (batched reads and deletes).
+    pub(crate) fn v6_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.v6.as_ref().map(|m| m.map().fd().as_fd())
     }
 
     /// Clears the touched byte of an idle slot; true when it was set.
@@ -284,10 +326,27 @@ impl HostMaps {
                 })
             })
             .collect();
+        let slots: Vec<Result<HostKey, MapError>> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.keys())
+            .map(|(addr, direction)| {
+                Ok(HostKey {
+                    addr,
+                    direction,
+                    _pad: [0; 3],
+                })
+            })
+            .collect();
         dense
             .into_iter()
-            .chain(self.v4.keys().map(|k| k.map(from_v4)))
-            .chain(self.v6.keys())
+            .chain(slots)
+            .chain(
+                self.v4
+                    .iter()
+                    .flat_map(|m| m.keys().map(|k| k.map(from_v4))),
+            )
+            .chain(self.v6.iter().flat_map(|m| m.keys()))
     }
 
     /// Every host and direction of the hash tables with its per-CPU counters.
@@ -296,15 +355,16 @@ impl HostMaps {
     ) -> impl Iterator<Item = Result<(HostKey, PerCpuValues<XdpHostCounters>), MapError>> + '_ {
         self.v4
             .iter()
-            .map(|item| item.map(|(k, v)| (from_v4(k), v)))
-            .chain(self.v6.iter())
+            .flat_map(|m| m.iter().map(|item| item.map(|(k, v)| (from_v4(k), v))))
+            .chain(self.v6.iter().flat_map(|m| m.iter()))
     }
 
-    /// Removes one host and direction from the hash tables.
+    /// Removes one host and direction from the LRU hash tables.
     pub fn remove(&mut self, key: &HostKey) -> Result<(), MapError> {
-        match as_v4(key) {
-            Some(k) => self.v4.remove(&k),
-            None => self.v6.remove(key),
+        match (as_v4(key), &mut self.v4, &mut self.v6) {
+            (Some(k), Some(v4), _) => v4.remove(&k),
+            (None, _, Some(v6)) => v6.remove(key),
+            _ => Ok(()),
         }
     }
 }

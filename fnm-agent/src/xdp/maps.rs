@@ -3,6 +3,7 @@
 use super::{
     hosts::{DenseCounters, HostMaps, SlotArray, TouchedBytes},
     local16::DenseLayout,
+    local6::Local6Table,
     networks::{Local16Table, Local24Table},
     XdpError,
 };
@@ -30,6 +31,9 @@ pub struct KernelMaps {
     pub(crate) local24: Option<Local24Table>,
     /// The IPv6 /32 bits in front of `local_v6` (`None` as `local24`).
     pub(crate) local32_v6: Option<Array<MapData, [u64; local6::WORDS]>>,
+    /// The IPv6 local networks by prefix length, asked instead of `local_v6` (`None` as
+    /// `local24`).
+    pub(crate) local6: Option<Local6Table>,
     /// The local networks the kernel counts now.
     pub(crate) networks: Vec<Prefix>,
     /// Entries of each local-network trie (`xdp.max_prefixes`).
@@ -82,7 +86,7 @@ pub struct KernelMaps {
     table_flags: u32,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+pub(crate) fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, XdpError> {
@@ -182,13 +186,14 @@ impl LpmKey {
 impl KernelMaps {
     /// Takes every map out of a freshly loaded object; `layout` is the dense slot layout the
     /// object was loaded with, `cpus` the CPUs its slot arrays are laid out for, `dense_slots`
-    /// their slots, `max_prefixes` the size of its local-network tries, `local24_tables` the
+    /// their slots, `host_slots` the hashed hosts' slots (`xdp.max_hosts`), `max_prefixes` the size of its local-network tries, `local24_tables` the
     /// entries of its /24 tables (the layout hands out no more).
     pub fn take(
         ebpf: &mut Ebpf,
         layout: DenseLayout,
         cpus: usize,
         dense_slots: usize,
+        host_slots: usize,
         max_prefixes: u32,
         local24_tables: u32,
     ) -> Result<Self, XdpError> {
@@ -198,14 +203,16 @@ impl KernelMaps {
             local16: local16_table(ebpf)?,
             local24,
             local32_v6: take(ebpf, map_names::LOCAL32_V6).ok(),
+            local6: Local6Table::take(ebpf)?,
             networks: Vec::new(),
             max_prefixes,
             hosts: HostMaps {
                 dense: dense_counters(ebpf, dense_slots, cpus)?,
                 touched: touched_bytes(ebpf, dense_slots)?,
                 layout,
-                v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4)?,
-                v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS)?,
+                slots: super::slots::HostSlots::take(ebpf, host_slots, cpus)?,
+                v4: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS_V4).ok(),
+                v6: take::<PerCpuHashMap<_, _, _>>(ebpf, map_names::HOSTS).ok(),
             },
             local_v4: take(ebpf, map_names::LOCAL_V4)?,
             local_v6: take(ebpf, map_names::LOCAL_V6)?,

@@ -9,10 +9,12 @@ mod batch;
 mod counters;
 mod hosts;
 mod local16;
+mod local6;
 mod maps;
 pub mod memory;
 mod mmap;
 mod networks;
+mod slots;
 pub mod tables;
 
 pub use counters::XdpStats;
@@ -179,6 +181,19 @@ impl DataPlane {
         } else {
             dense_slots
         };
+        // The hashed hosts' open-addressed table: `SLOT_WAYS` host slots a bucket, twice
+        // `max_hosts` slots (two buckets per host, so that `max_hosts` hosts fit:
+        // docs/security.md); two counter slots per host slot, a multiple of 64 (whole
+        // touched words).
+        let buckets = host_buckets(config.max_hosts);
+        let host_slots = buckets * fnm_common::SLOT_WAYS as u32;
+        let host_counter_slots = (2 * host_slots).next_multiple_of(64);
+        let host_entries = host_counter_slots.checked_mul(cpus32).ok_or_else(|| {
+            XdpError::Load(format!(
+                "{host_counter_slots} host counter slots × {cpus} CPUs do not fit in one map: \
+                 lower xdp.max_hosts"
+            ))
+        })?;
         let mut ebpf = EbpfLoader::new()
             .override_global(map_names::FLOW_SEED, &seed, true)
             .override_global(map_names::CPUS, &cpus32, false)
@@ -186,6 +201,13 @@ impl DataPlane {
             .map_max_entries(map_names::DENSE_TOUCHED_V4, dense_slots / 8)
             .map_max_entries(map_names::HOSTS, config.max_hosts)
             .map_max_entries(map_names::HOSTS_V4, config.max_hosts)
+            .override_global(map_names::SLOT_BUCKETS, &buckets, false)
+            .map_max_entries(map_names::SLOT_OWNER, buckets)
+            .map_max_entries(
+                map_names::SLOTS_TOUCHED,
+                host_counter_slots.div_ceil(8).max(1),
+            )
+            .map_max_entries(map_names::HOSTS_SLOTS, host_entries)
             .map_max_entries(map_names::FLOWS, config.max_flows)
             .map_max_entries(map_names::LOCAL24_V4, config.local24_tables.max(1))
             .map_max_entries(map_names::LOCAL_V4, config.max_prefixes)
@@ -226,6 +248,7 @@ impl DataPlane {
             layout,
             cpus as usize,
             dense_slots as usize,
+            host_slots as usize,
             config.max_prefixes,
             config.local24_tables,
         )?;
@@ -601,6 +624,12 @@ pub fn ensure_bpffs(pin_path: &Path) -> std::io::Result<()> {
 }
 
 /// A seed nobody outside this process knows (std's per-process random hasher keys).
+/// Buckets of the hashed hosts' table for `xdp.max_hosts`: twice as many host slots as
+/// hosts, `SLOT_WAYS` a bucket.
+pub(crate) fn host_buckets(max_hosts: u32) -> u32 {
+    (2 * max_hosts.max(1) as u64).div_ceil(fnm_common::SLOT_WAYS as u64) as u32
+}
+
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

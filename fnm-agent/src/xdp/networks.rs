@@ -1,8 +1,10 @@
 //! The local networks in the kernel, and changing them while the program runs (a reload).
 //!
-//! Three tables say whether an address is local and where its counters live: the per-/16
-//! table `LOCAL16_V4` (mapped into the agent, one atomic store per entry), the `LOCAL_V4` trie
-//! (with the dense slot base of each network) and the `LOCAL_V6` trie. A reload
+//! Tables say whether an address is local and where its counters live: the per-/16 table
+//! `LOCAL16_V4` (mapped into the agent, one atomic store per entry), the `LOCAL_V4` trie
+//! (with the dense slot base of each network), the IPv6 table by prefix length
+//! ([`super::local6`], rewritten as a new generation and switched) and the `LOCAL_V6` trie
+//! behind it. A reload
 //! ([`DataPlane::set_networks`]) lays the networks out again so that no host of a network
 //! that stays changes slot ([`DenseLayout::relayout`]), then, in this order:
 //!
@@ -236,7 +238,8 @@ impl super::KernelMaps {
 
     /// Writes the tables in front of the tries for `networks` laid out as `layout`: the /24
     /// tables first (a table is only reached through the /16 entry written after it), then
-    /// the /16 entries that changed, then the IPv6 /32 bits. Called with the trie entries of
+    /// the /16 entries that changed, then the IPv6 /32 bits, then the IPv6 table by prefix
+    /// length ([`super::local6`]: a new generation, then the switch). Called with the trie entries of
     /// `networks` in place.
     pub(crate) fn write_local_tables(
         &mut self,
@@ -251,7 +254,17 @@ impl super::KernelMaps {
             bits.set(0, local32_v6_bitmap(networks.iter()), 0)
                 .map_err(map_err(map_names::LOCAL32_V6))?;
         }
+        if let Some(local6) = self.local6.as_mut() {
+            local6.write(networks)?;
+        }
         Ok(())
+    }
+
+    /// Whether the kernel asks the `LOCAL_V6` trie for every IPv6 address that passes the /32
+    /// bits (the networks do not fit its table by prefix length); `None` for an object
+    /// without that table.
+    pub fn local6_asks_trie(&self) -> Option<bool> {
+        self.local6.as_ref().map(|t| t.asks_trie())
     }
 
     /// Removes the trie entries of `networks` (one the kernel no longer has is gone already).

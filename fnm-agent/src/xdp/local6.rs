@@ -1,0 +1,353 @@
+//! The IPv6 local networks by prefix length: the table the XDP program asks instead of the
+//! `LOCAL_V6` trie ([`fnm_common::local6`]).
+//!
+//! Per distinct prefix length of the IPv6 local networks (at most [`local6::LENGTHS`],
+//! longest first) the table has a power-of-two range of buckets of [`local6::KEYS`] masked
+//! prefixes; the program masks the address with each length's masks, hashes it with the
+//! generation's seed and compares the prefixes of one bucket in place. A bucket with fewer
+//! prefixes repeats one of its length's prefixes (every key is a local prefix: there is no
+//! "empty" value an address could match). When the networks do not fit (more lengths, more
+//! buckets than a generation has, or a bucket overflowing under every seed tried), the head
+//! says `ask_trie` and the program asks the trie, which always holds every network.
+//!
+//! A reload writes the generation not in force (its buckets, then its head), then switches
+//! `LOCAL6_GEN` (one bit changes, so a reader sees the old or the new generation, never a
+//! mix). The generation rewritten went out of force at the previous reload, so only a program
+//! run that read the generation index before that reload (sub-microsecond) and is still
+//! running during this one could read it half-written.
+
+use super::{
+    maps::{map_err, take},
+    XdpError,
+};
+use crate::prefix::Prefix;
+use aya::{
+    maps::{Array, MapData},
+    Ebpf,
+};
+use fnm_common::{local6, map_names, Local6Bucket, Local6Head, Local6Length};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv6Addr},
+};
+
+/// Seeds tried per bucket spread before the table gives up on a layout.
+const SEED_TRIES: usize = 8;
+/// Buckets per prefix tried, most first: fewer collisions, then less memory.
+const SPREADS: [usize; 3] = [4, 2, 1];
+
+/// One generation's content, its bucket numbers relative to the generation's first bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Local6Plan {
+    /// The head (bases relative).
+    pub(crate) head: Local6Head,
+    /// The buckets in use, from the generation's first.
+    pub(crate) buckets: Vec<Local6Bucket>,
+}
+
+/// The `[hi, lo]` words of `a` (bytes 0..8 and 8..16, big-endian), as the program reads them.
+fn words(a: Ipv6Addr) -> (u64, u64) {
+    let v = u128::from(a);
+    ((v >> 64) as u64, v as u64)
+}
+
+impl Local6Plan {
+    /// The table for the IPv6 networks of `networks` (IPv4 ones are ignored), hashed with
+    /// seeds from `seed`.
+    pub(crate) fn of<'a>(
+        networks: impl Iterator<Item = &'a Prefix>,
+        mut seed: impl FnMut() -> u64,
+    ) -> Self {
+        // Masked prefixes by length, longest first.
+        let mut by_len: BTreeMap<std::cmp::Reverse<u8>, BTreeSet<(u64, u64)>> = BTreeMap::new();
+        for p in networks {
+            let IpAddr::V6(a) = p.addr() else { continue };
+            let (hi_mask, lo_mask) = local6::masks(p.len());
+            let (hi, lo) = words(a);
+            by_len
+                .entry(std::cmp::Reverse(p.len()))
+                .or_default()
+                .insert((hi & hi_mask, lo & lo_mask));
+        }
+        if by_len.is_empty() {
+            return Self::default();
+        }
+        if by_len.len() <= local6::LENGTHS {
+            let lengths: Vec<(u8, Vec<(u64, u64)>)> = by_len
+                .into_iter()
+                .map(|(len, keys)| (len.0, keys.into_iter().collect()))
+                .collect();
+            for spread in SPREADS {
+                let sizes: Vec<usize> = lengths
+                    .iter()
+                    .map(|(_, keys)| (keys.len() * spread).next_power_of_two())
+                    .collect();
+                if sizes.iter().sum::<usize>() > local6::BUCKETS as usize {
+                    continue;
+                }
+                for _ in 0..SEED_TRIES {
+                    if let Some(plan) = Self::fill(&lengths, &sizes, seed()) {
+                        return plan;
+                    }
+                }
+            }
+        }
+        Self {
+            head: Local6Head {
+                ask_trie: 1,
+                ..Local6Head::default()
+            },
+            buckets: Vec::new(),
+        }
+    }
+
+    /// The table with `sizes[i]` buckets for the prefixes of `lengths[i]`, or `None` when a
+    /// bucket would hold more than [`local6::KEYS`] prefixes under `seed`.
+    fn fill(lengths: &[(u8, Vec<(u64, u64)>)], sizes: &[usize], seed: u64) -> Option<Self> {
+        let mut head = Local6Head {
+            seed,
+            lengths: lengths.len() as u32,
+            ..Local6Head::default()
+        };
+        let mut buckets = Vec::with_capacity(sizes.iter().sum());
+        for (i, ((len, keys), &size)) in lengths.iter().zip(sizes).enumerate() {
+            let (hi_mask, lo_mask) = local6::masks(*len);
+            let base = buckets.len();
+            let mask = size as u32 - 1;
+            let mut fill: Vec<Vec<[u64; 2]>> = vec![Vec::new(); size];
+            for &(hi, lo) in keys {
+                let slot = &mut fill[(local6::hash(seed, hi, lo) & mask) as usize];
+                if slot.len() == local6::KEYS {
+                    return None;
+                }
+                slot.push([hi, lo]);
+            }
+            // A free key repeats a prefix of the length (the first one).
+            let spare = [keys[0].0, keys[0].1];
+            buckets.extend(fill.into_iter().map(|slot| Local6Bucket {
+                keys: std::array::from_fn(|k| slot.get(k).copied().unwrap_or(spare)),
+            }));
+            head.length[i] = Local6Length {
+                hi_mask,
+                lo_mask,
+                base: base as u32,
+                mask,
+            };
+        }
+        Some(Self { head, buckets })
+    }
+
+    /// What the program answers for `a` from this table; `None` when it asks the trie.
+    #[cfg(test)]
+    pub(crate) fn contains(&self, a: Ipv6Addr) -> Option<bool> {
+        if self.head.ask_trie != 0 {
+            return None;
+        }
+        let (hi, lo) = words(a);
+        Some(
+            self.head.length[..self.head.lengths as usize]
+                .iter()
+                .any(|l| {
+                    let (hi, lo) = (hi & l.hi_mask, lo & l.lo_mask);
+                    let b = l.base + (local6::hash(self.head.seed, hi, lo) & l.mask);
+                    self.buckets[b as usize].keys.contains(&[hi, lo])
+                }),
+        )
+    }
+}
+
+/// The table's maps in the kernel and the generation in force.
+pub(crate) struct Local6Table {
+    generation: Array<MapData, u32>,
+    heads: Array<MapData, Local6Head>,
+    buckets: Array<MapData, Local6Bucket>,
+    in_force: u32,
+    /// The plan in force (what the kernel answers from).
+    plan: Local6Plan,
+}
+
+impl Local6Table {
+    /// Takes the maps out of a freshly loaded object (generation 0, empty, in force); `None`
+    /// for an object built without them (an older build the benchmark compares). An object
+    /// with some of them, or of other types, is an error: its program would find no IPv6
+    /// address local.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Option<Self>, XdpError> {
+        if ebpf.map(map_names::LOCAL6_GEN).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            generation: take(ebpf, map_names::LOCAL6_GEN)?,
+            heads: take(ebpf, map_names::LOCAL6_HEAD)?,
+            buckets: take(ebpf, map_names::LOCAL6_BUCKETS)?,
+            in_force: 0,
+            plan: Local6Plan::default(),
+        }))
+    }
+
+    /// Puts the table for `networks` in force: writes the other generation, then switches.
+    pub(crate) fn write(&mut self, networks: &[Prefix]) -> Result<(), XdpError> {
+        let plan = Local6Plan::of(networks.iter(), super::random_seed);
+        if plan.head.ask_trie != 0 && self.plan.head.ask_trie == 0 {
+            tracing::info!(
+                "the IPv6 networks do not fit the XDP table by prefix length (more than {} \
+                 distinct lengths, or more than {} buckets): the kernel asks its trie, about \
+                 20 ns more per IPv6 packet whose /32 holds a local network",
+                local6::LENGTHS,
+                local6::BUCKETS
+            );
+        }
+        let next = self.in_force ^ 1;
+        let first = next * local6::BUCKETS;
+        for (i, bucket) in plan.buckets.iter().enumerate() {
+            self.buckets
+                .set(first + i as u32, bucket, 0)
+                .map_err(map_err(map_names::LOCAL6_BUCKETS))?;
+        }
+        let mut head = plan.head;
+        for length in &mut head.length[..head.lengths as usize] {
+            length.base += first;
+        }
+        self.heads
+            .set(next, head, 0)
+            .map_err(map_err(map_names::LOCAL6_HEAD))?;
+        self.generation
+            .set(0, next, 0)
+            .map_err(map_err(map_names::LOCAL6_GEN))?;
+        self.in_force = next;
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// Whether the table in force sends every lookup to the trie (the networks do not fit).
+    pub(crate) fn asks_trie(&self) -> bool {
+        self.plan.head.ask_trie != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<Prefix> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn counter_seeds() -> impl FnMut() -> u64 {
+        let mut n = 0x1234_5678_u64;
+        move || {
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            n
+        }
+    }
+
+    /// Random addresses and the edges of every network (first, last, one below, one above),
+    /// checked against the prefixes themselves.
+    fn agrees(networks: &[Prefix], plan: &Local6Plan, rounds: usize) {
+        let mut rng = counter_seeds();
+        let mut addrs: Vec<Ipv6Addr> = Vec::new();
+        for p in networks {
+            let IpAddr::V6(a) = p.addr() else { continue };
+            let v = u128::from(a);
+            let host = u128::MAX.checked_shr(p.len() as u32).unwrap_or(0);
+            let first = v & !host;
+            let last = first | host;
+            for x in [
+                first,
+                last,
+                first.wrapping_sub(1),
+                last.wrapping_add(1),
+                first | (rng() as u128 & host),
+            ] {
+                addrs.push(Ipv6Addr::from(x));
+            }
+            // Random addresses near the network (its /32 and its /16).
+            for _ in 0..rounds {
+                let r = ((rng() as u128) << 64) | rng() as u128;
+                addrs.push(Ipv6Addr::from((first & !(u128::MAX >> 32)) | (r >> 32)));
+                addrs.push(Ipv6Addr::from((first & !(u128::MAX >> 16)) | (r >> 16)));
+            }
+        }
+        for _ in 0..rounds {
+            addrs.push(Ipv6Addr::from(((rng() as u128) << 64) | rng() as u128));
+        }
+        addrs.extend([Ipv6Addr::UNSPECIFIED, Ipv6Addr::from(u128::MAX)]);
+        for a in addrs {
+            let want = networks.iter().any(|p| p.contains(IpAddr::V6(a)));
+            assert_eq!(plan.contains(a), Some(want), "{a}");
+        }
+    }
+
+    #[test]
+    fn fifty_48s_of_one_32_answer_as_the_prefixes_do() {
+        let networks: Vec<Prefix> = (0..50)
+            .map(|i| format!("2001:db8:{:x}::/48", 0x100 + i).parse().unwrap())
+            .collect();
+        let plan = Local6Plan::of(networks.iter(), counter_seeds());
+        assert_eq!(plan.head.lengths, 1);
+        assert_eq!(plan.head.ask_trie, 0);
+        // 50 prefixes spread over 256 buckets.
+        assert_eq!(plan.buckets.len(), 256);
+        agrees(&networks, &plan, 2000);
+    }
+
+    #[test]
+    fn nested_and_edge_lengths_answer_as_the_prefixes_do() {
+        let networks = nets(&[
+            "2a02:1000::/28",
+            "2001:db8::/32",
+            "2001:db8:105::/48",
+            "2001:db8:ffff:1::/64",
+            "::/8",
+            "::1/128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+            "10.0.0.0/8",
+        ]);
+        let plan = Local6Plan::of(networks.iter(), counter_seeds());
+        assert_eq!(plan.head.ask_trie, 1, "six lengths do not fit in four");
+        let fit = nets(&[
+            "2001:db8::/32",
+            "2001:db8:105::/48",
+            "::/8",
+            "::1/128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+        ]);
+        let plan = Local6Plan::of(fit.iter(), counter_seeds());
+        assert_eq!(plan.head.ask_trie, 0);
+        assert_eq!(plan.head.lengths, 4);
+        agrees(&fit, &plan, 500);
+        let all = nets(&["::/0"]);
+        let plan = Local6Plan::of(all.iter(), counter_seeds());
+        assert_eq!(plan.contains(Ipv6Addr::from(0x42u128)), Some(true));
+        agrees(&all, &plan, 100);
+    }
+
+    #[test]
+    fn no_ipv6_networks_is_an_empty_table_and_too_many_prefixes_ask_the_trie() {
+        let plan = Local6Plan::of(nets(&["10.0.0.0/8"]).iter(), counter_seeds());
+        assert_eq!(plan, Local6Plan::default());
+        assert_eq!(plan.contains("2001:db8::1".parse().unwrap()), Some(false));
+        // 2,048 /64s need 2,048 buckets at one per prefix; 4,097 do not fit in 4,096.
+        let many: Vec<Prefix> = (0..2048u32)
+            .map(|i| {
+                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let plan = Local6Plan::of(many.iter(), counter_seeds());
+        assert_eq!(plan.head.ask_trie, 0);
+        agrees(&many, &plan, 10);
+        let too_many: Vec<Prefix> = (0..4097u32)
+            .map(|i| {
+                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let plan = Local6Plan::of(too_many.iter(), counter_seeds());
+        assert_eq!(plan.head.ask_trie, 1);
+        assert_eq!(plan.contains("2001:db8::1".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,268 @@
+//! The hashed hosts' slots (IPv6, and IPv4 beyond the dense slots): an open-addressed table.
+//!
+//! The XDP program finds a hashed host's host slot itself in `FNM_SLOT_OWNER`, an mmap-able
+//! array of buckets of `SLOT_WAYS` ways ([`SlotOwner`]: a state word and an address): the
+//! bucket is the address's seeded hash, the slot the way whose state is `READY` and whose
+//! address is the host's. A new host claims a `FREE` way of its bucket by a compare-and-swap
+//! of the state (`CLAIMING`), writes its address, then `READY`. Each host slot holds two
+//! counter slots (incoming, outgoing) in `FNM_HOSTS_H`, an mmap-able array laid out as the
+//! dense one (`slot × CPUs + cpu`), with a touched byte per counter slot. Two CPUs admitting
+//! one host at once may claim two ways for it: both are credited to the same address here.
+//!
+//! The agent reads the touched counter slots in place each poll and credits their deltas to
+//! the owner it read when the slot was first touched. It reclaims the slot of an idle host in
+//! two polls: first it sets the way `RETIRING` (new packets then admit the host again, in
+//! another way), then, a poll later (programs that found the way `READY` have long finished:
+//! an XDP program runs for microseconds, a poll is 250 ms apart), it credits what came
+//! meanwhile to the old owner, zeroes the counters, clears the touched bytes and frees the
+//! way. A host is idle after the idle timeout, or, once a new host found its bucket full
+//! (`HOST_TABLE_FULL` grew), after one whole poll without packets: a flood of spoofed
+//! destinations, each touched once, frees its ways within two polls, and cannot keep a real
+//! new victim out for longer (docs/security.md). With every way of its bucket taken, a new
+//! host's packets count in the totals and in `HOST_TABLE_FULL` (untracked), never in another
+//! host.
+
+use super::{
+    counters::{delta, has_packets},
+    hosts::{SlotArray, TouchedBytes},
+    mmap::SharedMapping,
+    XdpError,
+};
+use crate::accounting::{from16, CounterSink, Direction};
+use fnm_common::{map_names, slot_state, SlotOwner, XdpHostCounters};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes of one way of the table.
+const OWNER_BYTES: usize = std::mem::size_of::<SlotOwner>();
+
+/// The kernel side of the slots: table, counters, touched bytes.
+pub(crate) struct HostSlots {
+    counters: SlotArray,
+    owners: SharedMapping,
+    touched: TouchedBytes,
+    hosts: usize,
+}
+
+impl HostSlots {
+    /// Takes the slot maps out of a loaded object (`hosts` host slots, `cpus` CPUs) and puts
+    /// every slot in the free queue.
+    pub(crate) fn take(
+        ebpf: &mut aya::Ebpf,
+        hosts: usize,
+        cpus: usize,
+    ) -> Result<Option<Self>, XdpError> {
+        if ebpf.map(map_names::SLOT_OWNER).is_none() {
+            return Ok(None);
+        }
+        let array = |ebpf: &mut aya::Ebpf, name: &'static str| match ebpf.take_map(name) {
+            Some(aya::maps::Map::Array(data)) => Ok(data),
+            _ => Err(XdpError::Map {
+                map: name,
+                message: "missing, or not an array".into(),
+            }),
+        };
+        let mmap_err = |map: &'static str| {
+            move |e: std::io::Error| XdpError::Map {
+                map,
+                message: format!("mmap: {e}"),
+            }
+        };
+        let counters = SlotArray::map(array(ebpf, map_names::HOSTS_SLOTS)?, 2 * hosts, cpus)
+            .map_err(mmap_err(map_names::HOSTS_SLOTS))?;
+        let owners = SharedMapping::new(array(ebpf, map_names::SLOT_OWNER)?, OWNER_BYTES * hosts)
+            .map_err(mmap_err(map_names::SLOT_OWNER))?;
+        let touched = TouchedBytes::map(array(ebpf, map_names::SLOTS_TOUCHED)?, 2 * hosts)
+            .map_err(mmap_err(map_names::SLOTS_TOUCHED))?;
+        Ok(Some(Self {
+            counters,
+            owners,
+            touched,
+            hosts,
+        }))
+    }
+
+    /// The state word of host slot `slot` (in bounds).
+    fn state(&self, slot: usize) -> &AtomicU64 {
+        debug_assert!(slot < self.hosts);
+        // SAFETY: in bounds of the mapping, which lives as long as `self`; 8-byte aligned
+        // (32-byte entries in page-aligned memory). The kernel changes it atomically.
+        unsafe { AtomicU64::from_ptr(self.owners.ptr().add(slot * OWNER_BYTES).cast()) }
+    }
+
+    /// The address host slot `slot` holds or last held (IPv4-mapped for IPv4).
+    fn owner(&self, slot: usize) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if slot < self.hosts {
+            for (i, half) in out.chunks_exact_mut(8).enumerate() {
+                // SAFETY: in bounds of the mapping, 8-byte aligned.
+                let w = unsafe {
+                    AtomicU64::from_ptr(
+                        self.owners.ptr().add(slot * OWNER_BYTES + 8 + i * 8).cast(),
+                    )
+                }
+                .load(Ordering::Acquire);
+                half.copy_from_slice(&w.to_ne_bytes());
+            }
+        }
+        out
+    }
+
+    /// The counters of `addr` in `direction`, summed over the CPUs and over every slot that
+    /// holds it (zero without one). Walks the whole table: for single reads (the API, tests),
+    /// not for the poll.
+    pub(crate) fn sum(&self, addr: &[u8; 16], direction: u8) -> XdpHostCounters {
+        let mut sum = XdpHostCounters::default();
+        for slot in 0..self.hosts {
+            if self.state(slot).load(Ordering::Acquire) == slot_state::READY
+                && self.owner(slot) == *addr
+            {
+                sum.accumulate(
+                    &self
+                        .counters
+                        .sum(((slot as u32) << 1) | (direction & 1) as u32),
+                );
+            }
+        }
+        sum
+    }
+
+    /// Every touched counter slot's host and direction.
+    pub(crate) fn keys(&self) -> Vec<([u8; 16], u8)> {
+        self.touched
+            .slots()
+            .into_iter()
+            .map(|c| (self.owner((c >> 1) as usize), (c & 1) as u8))
+            .collect()
+    }
+
+    /// Zeroes a host slot's counters and touched bytes, then frees it for a new host.
+    fn release(&mut self, slot: u32) {
+        for c in [slot << 1, (slot << 1) | 1] {
+            self.counters.zero(c);
+            self.touched.clear(c);
+        }
+        self.state(slot as usize)
+            .store(slot_state::FREE, Ordering::Release);
+    }
+
+    /// Starts reclaiming host slot `slot`: no packet matches it from now on.
+    fn retire(&self, slot: u32) {
+        let _ = self.state(slot as usize).compare_exchange(
+            slot_state::READY,
+            slot_state::RETIRING,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// How many touched counter slots ahead of the one being read the poll prefetches.
+const PREFETCH_AHEAD: usize = 8;
+
+/// What the agent knows of one host slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct HostState {
+    /// Whose counters it holds (read when first touched).
+    owner: Option<[u8; 16]>,
+    /// The last values of its two counter slots.
+    seen: [XdpHostCounters; 2],
+    /// When either direction last got packets.
+    changed_ms: u64,
+    /// The poll that set it `RETIRING` (0: not being reclaimed).
+    retired_at: u64,
+}
+
+/// The poller's side of the slots.
+#[derive(Default)]
+pub(crate) struct SlotPoller {
+    states: Vec<HostState>,
+    touched: Vec<u32>,
+    /// `HOST_TABLE_FULL` at the last poll.
+    full_seen: u64,
+    /// It grew at the last poll.
+    full_grew: bool,
+}
+
+impl SlotPoller {
+    /// Notes `HOST_TABLE_FULL` as read by this poll: when it grew, the next poll frees the
+    /// ways of the hosts that got no packets since this one.
+    pub(crate) fn note_table_full(&mut self, full: u64) {
+        self.full_grew = full > self.full_seen;
+        self.full_seen = full;
+    }
+
+    /// Reads every touched counter slot in place and credits its delta to its owner; starts
+    /// reclaiming the slots of idle hosts (see the module), and ends the reclaim of those
+    /// retired at an earlier poll. Returns the host-directions with counters in the kernel.
+    pub(crate) fn poll(
+        &mut self,
+        slots: &mut HostSlots,
+        accounting: &mut impl CounterSink,
+        now_ms: u64,
+        idle_ms: u64,
+        poll: u64,
+    ) -> Result<u64, XdpError> {
+        if self.states.len() < slots.hosts {
+            self.states.resize(slots.hosts, HostState::default());
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        slots.touched.slots_into(&mut touched);
+        // A new host found its bucket full since the poll before: free the ways of hosts
+        // without packets since the last poll, not only of those idle for the idle timeout.
+        let pressure = self.full_grew;
+        let mut releases = Vec::new();
+        let mut kept = 0u64;
+        let mut i = 0;
+        while i < touched.len() {
+            // The slots are spread over the table by their hash: each is a cache miss, in the
+            // kernel's counters and in `states`. Ask for the ones a few slots ahead now, so
+            // the misses overlap instead of following one another.
+            if let Some(&ahead) = touched.get(i + PREFETCH_AHEAD) {
+                slots.counters.prefetch(ahead);
+                let st: *const HostState = self.states.as_ptr().wrapping_add((ahead >> 1) as usize);
+                for line in (0..std::mem::size_of::<HostState>()).step_by(64) {
+                    crate::capture::prefetch_line(st.cast::<u8>().wrapping_add(line));
+                }
+            }
+            let host = touched[i] >> 1;
+            let st = &mut self.states[host as usize];
+            let owner = *st.owner.get_or_insert_with(|| slots.owner(host as usize));
+            if st.changed_ms == 0 {
+                st.changed_ms = now_ms;
+            }
+            while i < touched.len() && touched[i] >> 1 == host {
+                let dir = (touched[i] & 1) as usize;
+                let sum = slots.counters.sum(touched[i]);
+                let d = delta(&st.seen[dir], &sum);
+                if has_packets(&d) {
+                    let direction = if dir == 1 {
+                        Direction::Outgoing
+                    } else {
+                        Direction::Incoming
+                    };
+                    accounting.add_host_counters(from16(owner), direction, &d);
+                    st.changed_ms = now_ms;
+                }
+                st.seen[dir] = sum;
+                kept += 1;
+                i += 1;
+            }
+            if st.retired_at != 0 && st.retired_at < poll {
+                releases.push(host);
+            } else if st.retired_at == 0
+                && (now_ms.saturating_sub(st.changed_ms) >= idle_ms
+                    || (pressure && st.changed_ms < now_ms))
+            {
+                st.retired_at = poll;
+                slots.retire(host);
+            }
+        }
+        self.touched = touched;
+        for host in releases {
+            slots.release(host);
+            self.states[host as usize] = HostState::default();
+            kept = kept.saturating_sub(2);
+        }
+        Ok(kept)
+    }
+}
