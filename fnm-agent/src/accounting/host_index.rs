@@ -6,6 +6,8 @@
 //! bucket, and a tag that spares most entry reads on a probe) and the slot plus one (0: an
 //! empty bucket). Removal shifts the following buckets of the run back (no tombstones, so a
 //! flood that churns the table leaves no debris behind).
+//! The hash is the table's seeded one (`IpHasher`, a random seed per process), so addresses
+//! off the wire cannot be chosen to pile up in one run.
 //!
 //! Why not `hashbrown::HashTable`: where its probe starts is not exposed, so a lookup was a
 //! chain of dependent misses (control group, then slot, then entry) that could not be started
@@ -104,7 +106,7 @@ impl HostIndex {
         }
         let mask = self.buckets.len() - 1;
         let (mut at, tag) = self.home(hash);
-        let wanted = tag | u64::from(slot) + 1;
+        let wanted = tag | (u64::from(slot) + 1);
         loop {
             match self.buckets[at] {
                 EMPTY => return false,
@@ -139,7 +141,7 @@ impl HostIndex {
         while self.buckets[at] != EMPTY {
             at = (at + 1) & mask;
         }
-        self.buckets[at] = tag | u64::from(slot) + 1;
+        self.buckets[at] = tag | (u64::from(slot) + 1);
     }
 
     /// Doubles the buckets (at least 16) and places every slot again.
