@@ -860,7 +860,8 @@ impl Drop for Pmacct {
 /// CPU-seconds per million records of fnm (its collector and engine threads), FastNetMon
 /// 1.2.4 (32 MiB receive buffer) and pmacct (`nfacctd` / `sfacctd`, per-host aggregation in
 /// memory), each fed the same datagrams at one fixed rate all of them handle, interleaved over
-/// `FNM_BENCH_ROUNDS` rounds (default 3) of 8 s; medians and ratios. Set `FNM_BENCH_CPU=1`.
+/// `FNM_BENCH_ROUNDS` rounds (default 3) of 8 s; medians and ratios. Set `FNM_BENCH_CPU=1`
+/// (`FNM_BENCH_ONLY=netflow` or `sflow` runs one of the two).
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture --release"]
 fn flow_cpu_per_record_bench() {
@@ -873,7 +874,12 @@ fn flow_cpu_per_record_bench() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let step = Duration::from_secs(8);
+    let only = std::env::var("FNM_BENCH_ONLY").ok();
     for (sflow, rate) in [(false, 300_000.0), (true, 160_000.0)] {
+        let kind = if sflow { "sflow" } else { "netflow" };
+        if only.as_deref().is_some_and(|o| o != kind) {
+            continue;
+        }
         let per_datagram = f64::from(if sflow {
             SAMPLES_PER_SFLOW_DATAGRAM
         } else {

@@ -25,6 +25,7 @@ mod conversations;
 mod flow_table;
 mod groups;
 mod host;
+mod host_index;
 mod table;
 
 pub use conversations::{
@@ -587,7 +588,8 @@ impl Accounting {
 
     /// Adds a batch of packet or flow records from `source` (new hosts count against the
     /// source's budget). The records are taken in runs of [`STAGE`]: each run is classified
-    /// and hashed first and the cache lines of its flow tuples and hosts are prefetched, then
+    /// and hashed first and the cache lines of its flow tuples and index buckets are
+    /// prefetched, then the table entries its buckets name, then
     /// its hosts are looked up (a host repeated in the run once), then each record is counted
     /// in order, exactly as one by one.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
@@ -627,6 +629,14 @@ impl Accounting {
             for (s, r) in staged.iter_mut().zip(run) {
                 self.stage(r, s);
             }
+            for s in staged.iter().take(run.len()) {
+                if s.local_dst {
+                    self.table.prefetch_entry(s.dst.hash);
+                }
+                if s.local_src {
+                    self.table.prefetch_entry(s.src.hash);
+                }
+            }
             for (s, r) in staged.iter_mut().zip(run) {
                 if s.local_dst {
                     s.dst.slot = self.find(&mut last[0], r.dst, s.dst.hash, 0);
@@ -653,9 +663,11 @@ impl Accounting {
         }
         if s.local_dst {
             s.dst.hash = self.table.hash(r.dst);
+            self.table.prefetch_index(s.dst.hash);
         }
         if s.local_src {
             s.src.hash = self.table.hash(r.src);
+            self.table.prefetch_index(s.src.hash);
         }
     }
 

@@ -58,10 +58,10 @@
 //!   0.80 s after its flood starts, with the agent's peak RSS at 101 and 153 MiB (debug build:
 //!   0.16-0.82 s).
 
+use super::host_index::HostIndex;
 use super::Host;
 use crate::traffic::Source;
 use ahash::{AHashMap as HashMap, AHashSet as HashSet};
-use hashbrown::HashTable;
 use std::{collections::VecDeque, net::IpAddr};
 
 /// Packets in the rate window (both directions) that take a host out of probation.
@@ -228,9 +228,8 @@ struct OriginState {
 pub(super) struct HostTable {
     entries: Vec<Entry>,
     free: Vec<u32>,
-    /// Slots by address: 4 bytes (and a control byte) per bucket, the address is the
-    /// entry's.
-    index: HashTable<u32>,
+    /// Slots by address hash (the address is the entry's), in buckets a batch prefetches.
+    index: HostIndex,
     hasher: IpHasher,
     live: usize,
     limits: HostLimits,
@@ -255,7 +254,7 @@ impl HostTable {
         Self {
             entries: Vec::new(),
             free: Vec::new(),
-            index: HashTable::new(),
+            index: HostIndex::default(),
             hasher: IpHasher::default(),
             live: 0,
             limits,
@@ -301,9 +300,29 @@ impl HostTable {
     #[inline]
     pub(super) fn get_hashed(&self, ip: IpAddr, hash: u64) -> Option<u32> {
         let entries = &self.entries;
-        self.index
-            .find(hash, |s| entries[*s as usize].ip == Some(ip))
-            .copied()
+        self.index.find(hash, |s| {
+            entries.get(s as usize).is_some_and(|e| e.ip == Some(ip))
+        })
+    }
+
+    /// Starts loading the entry a lookup of `hash` will most likely check (call it a while
+    /// after [`HostTable::prefetch_index`], when the bucket is in cache).
+    #[inline(always)]
+    pub(super) fn prefetch_entry(&self, hash: u64) {
+        if let Some(slot) = self.index.candidate(hash) {
+            if let Some(e) = self.entries.get(slot as usize) {
+                let start: *const u8 = (e as *const Entry).cast();
+                crate::capture::prefetch_line(start);
+                crate::capture::prefetch_line(start.wrapping_add(std::mem::size_of::<Entry>() - 1));
+            }
+        }
+    }
+
+    /// Starts loading the index bucket a lookup of `hash` reads first (a batch hashes its
+    /// hosts, prefetches, and looks them up after).
+    #[inline(always)]
+    pub(super) fn prefetch_index(&self, hash: u64) {
+        self.index.prefetch(hash);
     }
 
     /// Starts loading the counters `slot` keeps for direction `dir` (a hint: a batch looks its
@@ -428,8 +447,8 @@ impl HostTable {
         push_capped(&mut self.probation, ticket, global_cap);
         let entries = &self.entries;
         let hasher = &self.hasher;
-        self.index.insert_unique(hash, slot, |s| {
-            entries[*s as usize].ip.map_or(0, |ip| hasher.hash(ip))
+        self.index.insert(hash, slot, |s| {
+            entries[s as usize].ip.map_or(0, |ip| hasher.hash(ip))
         });
         self.live += 1;
         Some(slot)
@@ -619,9 +638,7 @@ impl HostTable {
         // The counters and the rate window go back to the allocator now.
         e.host = Host::default();
         let (oid, pos) = (e.origin, e.member_pos as usize);
-        if let Ok(found) = self.index.find_entry(self.hasher.hash(ip), |s| *s == slot) {
-            found.remove();
-        }
+        self.index.remove(self.hasher.hash(ip), slot);
         if let Some(o) = self.origins[oid as usize].as_mut() {
             o.members.swap_remove(pos);
             if let Some(moved) = o.members.get(pos) {

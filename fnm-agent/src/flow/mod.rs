@@ -177,13 +177,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes the next `len` bytes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         if len > self.remaining() {
-            return Err(DecodeError::Truncated {
-                needed: len,
-                available: self.remaining(),
-            });
+            return Err(truncated(len, self.remaining()));
         }
         let slice = &self.bytes[self.pos..self.pos + len];
         self.pos += len;
@@ -191,13 +188,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips `len` bytes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn skip(&mut self, len: usize) -> Result<(), DecodeError> {
         self.take(len).map(|_| ())
     }
 
     /// Reads a fixed-size array.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let slice = self.take(N)?;
         let mut out = [0u8; N];
@@ -206,19 +203,19 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a big-endian u16.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
     /// Reads a big-endian u32.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
     /// Reads a big-endian u64.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
@@ -230,6 +227,14 @@ impl<'a> Reader<'a> {
         copy.skip(offset)?;
         copy.u16()
     }
+}
+
+/// The error of a read past the end, out of line: decoders inline every read, and only the
+/// bounds check stays on their path.
+#[cold]
+#[inline(never)]
+fn truncated(needed: usize, available: usize) -> DecodeError {
+    DecodeError::Truncated { needed, available }
 }
 
 /// Reads an unsigned big-endian integer of 1 to 8 bytes (NetFlow v9/IPFIX reduced-size

@@ -206,7 +206,7 @@ impl SflowDatagram {
 impl FlowSample {
     /// The sampled packet as traffic, scaled by the sample's sampling rate
     /// (`default_sampling_rate` when the sample says 0; 0 counts as 1); `None` without one.
-    #[inline]
+    #[inline(always)]
     pub fn traffic(&self, default_sampling_rate: u32) -> Option<TrafficRecord> {
         let packet = self.packet?;
         let rate = u64::from(effective_rate(self.sampling_rate, default_sampling_rate));
@@ -287,7 +287,7 @@ struct Traffic<'a> {
 }
 
 impl SampleSink for Traffic<'_> {
-    #[inline]
+    #[inline(always)]
     fn flow(&mut self, sample: FlowSample) {
         self.flows += 1;
         if let Some(record) = sample.traffic(self.default_sampling_rate) {
@@ -420,6 +420,7 @@ fn decode_samples<S: SampleSink>(
 }
 
 /// Reads an sFlow address (type 1 IPv4, type 2 IPv6).
+#[inline(always)]
 fn read_address(reader: &mut Reader<'_>) -> Result<IpAddr, DecodeError> {
     match reader.u32()? {
         1 => Ok(IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?))),
@@ -429,6 +430,7 @@ fn read_address(reader: &mut Reader<'_>) -> Result<IpAddr, DecodeError> {
 }
 
 /// Checks that `count` records of at least 8 bytes can fit in what is left.
+#[inline(always)]
 fn check_record_count(reader: &Reader<'_>, count: u32) -> Result<(), DecodeError> {
     if u64::from(count) * 8 > reader.remaining() as u64 {
         return Err(DecodeError::BadCount {
@@ -440,6 +442,7 @@ fn check_record_count(reader: &Reader<'_>, count: u32) -> Result<(), DecodeError
 }
 
 /// Decodes a flow sample body (compact or expanded).
+#[inline(always)]
 fn read_flow_sample(
     body: &[u8],
     expanded: bool,
@@ -570,6 +573,7 @@ fn read_interface_counters(record: &[u8]) -> Result<InterfaceCounters, DecodeErr
 }
 
 /// Decodes a sampled IPv4 record (format 3).
+#[inline(always)]
 fn read_sampled_ipv4(record: &[u8]) -> Option<SampledPacket> {
     let mut r = Reader::new(record);
     let length = r.u32().ok()?;
@@ -594,6 +598,7 @@ fn read_sampled_ipv4(record: &[u8]) -> Option<SampledPacket> {
 }
 
 /// Decodes a sampled IPv6 record (format 4).
+#[inline(always)]
 fn read_sampled_ipv6(record: &[u8]) -> Option<SampledPacket> {
     let mut r = Reader::new(record);
     let length = r.u32().ok()?;
@@ -619,6 +624,7 @@ fn read_sampled_ipv6(record: &[u8]) -> Option<SampledPacket> {
 
 /// Decodes a raw packet header record (format 1): returns the frame length and the packet
 /// when its IP header could be decoded.
+#[inline(always)]
 fn read_raw_header(record: &[u8]) -> (u32, Option<SampledPacket>) {
     let mut r = Reader::new(record);
     let (Ok(header_protocol), Ok(frame_length), Ok(_stripped), Ok(header_length)) =
@@ -641,6 +647,7 @@ fn read_raw_header(record: &[u8]) -> (u32, Option<SampledPacket>) {
 }
 
 /// Decodes an Ethernet frame down to IP; `frame_length` includes the 4-byte FCS.
+#[inline(always)]
 fn parse_ethernet(frame: &[u8], frame_length: u32) -> Option<SampledPacket> {
     let mut offset = 12usize;
     let mut ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
@@ -689,6 +696,7 @@ fn parse_ethernet(frame: &[u8], frame_length: u32) -> Option<SampledPacket> {
 }
 
 /// Decodes an IPv4 header and its L4 ports; `fallback_len` is used when total length is 0.
+#[inline(always)]
 fn parse_ipv4(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> {
     let header = ip.get(..20)?;
     if header[0] >> 4 != 4 {
@@ -732,6 +740,7 @@ fn parse_ipv4(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> 
 }
 
 /// Decodes an IPv6 header, walks extension headers and reads L4 ports.
+#[inline(always)]
 fn parse_ipv6(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> {
     let header = ip.get(..40)?;
     if header[0] >> 4 != 6 {
@@ -804,6 +813,7 @@ fn parse_ipv6(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> 
 }
 
 /// Reads ports (TCP, UDP, SCTP), TCP flags, or ICMP type/code.
+#[inline(always)]
 fn parse_l4(l4: &[u8], protocol: u8, packet: &mut SampledPacket) {
     match protocol {
         6 | 17 | 132 => {
