@@ -949,7 +949,7 @@ fn buckets(addr: Addr) -> (u32, u32) {
     let h = mix(mix(seed ^ 0x736c_6f74, addr.hi), addr.lo);
     // Each 32-bit half scaled to the buckets (a multiply and a shift): any number of
     // buckets, not only powers of two.
-    let scale = |half: u64| ((half & 0xffff_ffff) * buckets as u64 >> 32) as u32;
+    let scale = |half: u64| (((half & 0xffff_ffff) * buckets as u64) >> 32) as u32;
     (scale(h), scale(h >> 32))
 }
 
