@@ -68,9 +68,8 @@ pub mod map_names {
     /// overlaps. Objects built before [`LOCAL6_BITS`] replaced it (the benchmark's older
     /// builds) have it; the agent still fills it for them.
     pub const LOCAL32_V6: &str = "FNM_LOCAL32_V6";
-    /// The IPv6 prefilter in front of the local-network table (`Array<[Local6Bits; 2]>`, one
-    /// entry: a [`Local6Bits`](crate::Local6Bits) per generation, switched with
-    /// [`LOCAL6_GEN`]): bit [`local6::prefilter_bit`] of an address's top `L` bits is set for
+    /// The IPv6 prefilter in front of the local-network table (`Array<Local6Bits>`, one
+    /// entry, [`Local6Bits`](crate::Local6Bits)): bit [`local6::prefilter_bit`] of an address's top `L` bits is set for
     /// every `/L` a local network overlaps (`L` the shortest IPv6 local prefix length, within
     /// [`local6::PREFILTER_MIN`]..=[`local6::PREFILTER_MAX`]), so an address whose bit is
     /// clear is not local without a table lookup.

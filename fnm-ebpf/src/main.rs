@@ -115,12 +115,11 @@ static FNM_LOCAL16_V4: Array<u32> =
 #[map]
 static FNM_LOCAL24_V4: Array<[u32; local16::SUB_ENTRIES]> =
     Array::with_max_entries(LOCAL24_DEFAULT, bindings::BPF_F_MMAPABLE);
-/// The IPv6 local networks ([`local6`]): the generation in force, and per generation the
-/// prefilter (one bit per hash of the `/L`s local networks overlap), the table's head, and
-/// its buckets.
+/// The IPv6 prefilter ([`local6`]): one bit per hash of the `/L`s local networks overlap.
 #[map]
-static FNM_LOCAL6_BITS: Array<[Local6Bits; local6::GENERATIONS as usize]> =
-    Array::with_max_entries(1, 0);
+static FNM_LOCAL6_BITS: Array<Local6Bits> = Array::with_max_entries(1, 0);
+/// The IPv6 local networks by prefix length ([`local6`]): the generation in force, the two
+/// generations' heads, and their buckets.
 #[map]
 static FNM_LOCAL6_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
@@ -400,14 +399,11 @@ fn local(addr: Addr, v4: bool) -> Local {
         }
     } else {
         // Most remote addresses share no /L with a local network (`L` the shortest local
-        // prefix, /32 to /64): one bit of the generation in force answers. Its mask and bits
-        // are written before that generation is put in force, so they always agree.
-        // Both lookups have constant keys: the verifier knows they succeed (no branch), and
-        // the generation indexes the entry's two bitmaps without one either.
-        let (Some(generation), Some(bits)) = (FNM_LOCAL6_GEN.get(0), FNM_LOCAL6_BITS.get(0)) else {
+        // prefix, /32 to /64): one bit answers. The agent changes `L` through a bitmap of
+        // all ones, so a read racing that rewrite passes the address on to the table.
+        let Some(bits) = FNM_LOCAL6_BITS.get(0) else {
             return Local::NO;
         };
-        let bits = &bits[(*generation & 1) as usize];
         let bit = local6::prefilter_bit(addr.hi, bits.shift);
         if bits.words[(bit >> 6) as usize & (local6::WORDS - 1)] & (1u64 << (bit & 63)) == 0 {
             return Local::NO;
