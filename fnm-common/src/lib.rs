@@ -68,11 +68,13 @@ pub mod map_names {
     /// overlaps. Objects built before [`LOCAL6_BITS`] replaced it (the benchmark's older
     /// builds) have it; the agent still fills it for them.
     pub const LOCAL32_V6: &str = "FNM_LOCAL32_V6";
-    /// The IPv6 prefilter in front of the local-network table (`Array<Local6Bits>`, one
-    /// entry, [`Local6Bits`](crate::Local6Bits)): bit [`local6::prefilter_bit`] of an address's top `L` bits is set for
-    /// every `/L` a local network overlaps (`L` the shortest IPv6 local prefix length, within
+    /// The IPv6 prefilter in front of the local-network table
+    /// (`Array<`[`Local6Bits`](crate::Local6Bits)`>`, one entry): bit
+    /// [`local6::prefilter_bit`] of an address's top `L` bits is set for every `/L` a local
+    /// network overlaps (`L` the shortest IPv6 local prefix length, within
     /// [`local6::PREFILTER_MIN`]..=[`local6::PREFILTER_MAX`]), so an address whose bit is
-    /// clear is not local without a table lookup.
+    /// clear is not local without a table lookup. Rewritten in place; a change of `L` goes
+    /// through all bits set (see the agent's `xdp/local6.rs`).
     pub const LOCAL6_BITS: &str = "FNM_LOCAL6_BITS";
     /// Which generation of the IPv6 local-network table is in force (`Array<u32>`, one
     /// entry: 0 or 1), see [`local6`](crate::local6). The agent writes the other generation's
