@@ -79,8 +79,13 @@ fn probes(networks: &[Prefix], rng: &mut Rng, per_network: usize) -> Vec<Ipv6Add
         ] {
             out.push(x.into());
         }
+        // 8 bits above the network: other /48s of a /40, other /40s of a /32.
+        let above = u128::MAX
+            .checked_shr(p.len().saturating_sub(8) as u32)
+            .unwrap_or(0);
         for _ in 0..per_network {
             let r = rng.addr();
+            out.push(((first & !above) | (r & above)).into());
             out.push(((first & !(u128::MAX >> 32)) | (r >> 32)).into());
             out.push(((first & !(u128::MAX >> 16)) | (r >> 16)).into());
         }
@@ -125,6 +130,7 @@ fn the_table_answers_as_the_prefixes_at_load_and_after_reloads() {
     let first = isp_layout();
     let mut dp = load(&first);
     assert_eq!(dp.maps.local6_asks_trie(), Some(false));
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(48));
     assert_answers_as_the_prefixes(&dp, &first, 1);
     // Four lengths, nested and edge prefixes, and IPv4 networks beside them.
     let second = nets(&[
@@ -139,10 +145,41 @@ fn the_table_answers_as_the_prefixes_at_load_and_after_reloads() {
     ]);
     dp.set_networks(&second).unwrap();
     assert_eq!(dp.maps.local6_asks_trie(), Some(false));
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(32));
     assert_answers_as_the_prefixes(&dp, &second, 2);
     // Back to the first (the generation written at load, rewritten).
     dp.set_networks(&first).unwrap();
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(48));
     assert_answers_as_the_prefixes(&dp, &first, 3);
+}
+
+#[test]
+fn the_prefilter_length_follows_the_shortest_network_across_reloads() {
+    // /48s (the prefilter hashes /48s), then a /40 beside them (/40s: the /48s' bits are
+    // rehashed in the other generation), then /64s and a /128 (/64s), then the /48s again.
+    let first = isp_layout();
+    let mut dp = load(&first);
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(48));
+    assert_answers_as_the_prefixes(&dp, &first, 11);
+    let mut with_40 = first.clone();
+    with_40.extend(nets(&["2001:db8:4200::/40", "2a02:1000:7::/48"]));
+    dp.set_networks(&with_40).unwrap();
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(40));
+    assert_answers_as_the_prefixes(&dp, &with_40, 12);
+    let mut long: Vec<Prefix> = (0..24)
+        .map(|i| {
+            format!("2001:db8:105:{:x}::/64", 7 + 5 * i)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    long.extend(nets(&["2001:db8:1ff:0:1::/80", "2a03:1:2:3::9/128"]));
+    dp.set_networks(&long).unwrap();
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(64));
+    assert_answers_as_the_prefixes(&dp, &long, 13);
+    dp.set_networks(&first).unwrap();
+    assert_eq!(dp.maps.local6_prefilter_len(), Some(48));
+    assert_answers_as_the_prefixes(&dp, &first, 14);
 }
 
 #[test]

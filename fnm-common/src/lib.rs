@@ -65,8 +65,17 @@ pub mod map_names {
     pub const LOCAL24_V4: &str = "FNM_LOCAL24_V4";
     /// Which IPv6 /32s may hold a local address (`Array<[u64; 1024]>`, one entry): bit
     /// [`local6::bit`] of an address's top 32 bits is set for every /32 a local network
-    /// overlaps, so an address whose bit is clear is not local without a trie lookup.
+    /// overlaps. Objects built before [`LOCAL6_BITS`] replaced it (the benchmark's older
+    /// builds) have it; the agent still fills it for them.
     pub const LOCAL32_V6: &str = "FNM_LOCAL32_V6";
+    /// The IPv6 prefilter in front of the local-network table
+    /// (`Array<`[`Local6Bits`](crate::Local6Bits)`>`, one entry): bit
+    /// [`local6::prefilter_bit`] of an address's top `L` bits is set for every `/L` a local
+    /// network overlaps (`L` the shortest IPv6 local prefix length, within
+    /// [`local6::PREFILTER_MIN`]..=[`local6::PREFILTER_MAX`]), so an address whose bit is
+    /// clear is not local without a table lookup. Rewritten in place; a change of `L` goes
+    /// through all bits set (see the agent's `xdp/local6.rs`).
+    pub const LOCAL6_BITS: &str = "FNM_LOCAL6_BITS";
     /// Which generation of the IPv6 local-network table is in force (`Array<u32>`, one
     /// entry: 0 or 1), see [`local6`](crate::local6). The agent writes the other generation's
     /// head and buckets, then switches this entry.
@@ -307,15 +316,45 @@ pub mod local16 {
     pub const SUB_ENTRIES: usize = 256;
 }
 
-/// The IPv6 prefilter `LOCAL32_V6`: one bit per hash of an address's top 32 bits.
+/// The IPv6 local networks: the prefilter bitmap (`LOCAL6_BITS`, before it `LOCAL32_V6`) and
+/// the table by prefix length behind it.
 pub mod local6 {
     /// `u64` words of the bitmap (65,536 bits).
     pub const WORDS: usize = 1024;
+    /// Shortest prefix the prefilter hashes: with a local network shorter than this, the
+    /// prefilter hashes /32s and a network sets a bit per /32 it overlaps (all bits below /16).
+    pub const PREFILTER_MIN: u8 = 32;
+    /// Longest prefix the prefilter hashes (the address's first word).
+    pub const PREFILTER_MAX: u8 = 64;
 
-    /// The bit of an address whose top 32 bits are `top` (multiplicative hash, top 16 bits).
+    /// The bit of an address whose top 32 bits are `top` in `LOCAL32_V6` (multiplicative
+    /// hash, top 16 bits); objects before `LOCAL6_BITS` only.
     #[inline(always)]
     pub fn bit(top: u32) -> u32 {
         top.wrapping_mul(0x9e37_79b1) >> 16
+    }
+
+    /// The prefix length the prefilter hashes for local networks whose shortest IPv6 prefix
+    /// is `shortest` ([`PREFILTER_MAX`] without IPv6 networks).
+    pub const fn prefilter_len(shortest: Option<u8>) -> u8 {
+        match shortest {
+            None => PREFILTER_MAX,
+            Some(l) if l < PREFILTER_MIN => PREFILTER_MIN,
+            Some(l) if l > PREFILTER_MAX => PREFILTER_MAX,
+            Some(l) => l,
+        }
+    }
+
+    /// The bit of an address whose bytes 0..8 are `hi` (big-endian) in a prefilter hashing
+    /// its top `64 - shift` bits: the prefix as an integer, multiplied (Fibonacci hashing,
+    /// top 16 bits of the product; no branch). The prefix is shifted down rather than
+    /// masked in place: a masked /48's 16 low zero bits leave only the product's middle bits
+    /// to the prefix, and 50 /48s of a /32 then passed 469 of its 65,536 /48s, not about 100.
+    #[inline(always)]
+    pub fn prefilter_bit(hi: u64, shift: u64) -> u32 {
+        (hi.wrapping_shr(shift as u32)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            >> 48) as u32
     }
 
     /// Prefix lengths the table answers for; with more distinct IPv6 prefix lengths the
@@ -360,6 +399,26 @@ pub mod local6 {
             u64::MAX << (128 - len)
         };
         (hi, lo)
+    }
+}
+
+/// One generation of the IPv6 prefilter (`LOCAL6_BITS`): an address whose bytes 0..8 are `hi`
+/// may be local only when bit [`local6::prefilter_bit`]`(hi, shift)` of `words` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Local6Bits {
+    /// `64 - L`: the prefix hashed is the top `L` bits of bytes 0..8.
+    pub shift: u64,
+    /// The bits (bit `b % 64` of word `b / 64`).
+    pub words: [u64; local6::WORDS],
+}
+
+impl Default for Local6Bits {
+    fn default() -> Self {
+        Self {
+            shift: 0,
+            words: [0; local6::WORDS],
+        }
     }
 }
 
@@ -689,6 +748,7 @@ mod pod {
     unsafe impl aya::Pod for super::LocalNetV4 {}
     unsafe impl aya::Pod for super::Local6Head {}
     unsafe impl aya::Pod for super::Local6Bucket {}
+    unsafe impl aya::Pod for super::Local6Bits {}
     unsafe impl aya::Pod for super::HostCounters {}
     unsafe impl aya::Pod for super::XdpHostCounters {}
     unsafe impl aya::Pod for super::SlotCounters {}
@@ -711,6 +771,7 @@ mod tests {
         assert_eq!(size_of::<Local6Bucket>(), 64);
         assert_eq!(size_of::<Local6Length>(), 24);
         assert_eq!(size_of::<Local6Head>(), 16 + 24 * local6::LENGTHS);
+        assert_eq!(size_of::<Local6Bits>(), 8 + 8 * local6::WORDS);
         assert_eq!(size_of::<HostKeyV4>(), 8);
         assert_eq!(size_of::<HostCounters>(), 13 * 8);
         assert_eq!(size_of::<XdpHostCounters>(), 15 * 8);

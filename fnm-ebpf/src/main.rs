@@ -40,8 +40,8 @@ use aya_ebpf::{
 use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
 use fnm_common::{
     direction, drop16, local16, local6, proto, setting, slot_state, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, Local6Bucket, Local6Head, LocalNetV4, PacketSample,
-    RuleSet, SlotBucket, SlotCounters, SlotOwner, XdpHostCounters, FLOW_CACHE_SLOTS,
+    DropCounter, HostCounters, HostKey, Local6Bits, Local6Bucket, Local6Head, LocalNetV4,
+    PacketSample, RuleSet, SlotBucket, SlotCounters, SlotOwner, XdpHostCounters, FLOW_CACHE_SLOTS,
     MAX_RULES_PER_HOST, SLOT_WAYS,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
@@ -115,9 +115,9 @@ static FNM_LOCAL16_V4: Array<u32> =
 #[map]
 static FNM_LOCAL24_V4: Array<[u32; local16::SUB_ENTRIES]> =
     Array::with_max_entries(LOCAL24_DEFAULT, bindings::BPF_F_MMAPABLE);
-/// One bit per hash of the IPv6 /32s local networks overlap ([`local6`]).
+/// The IPv6 prefilter ([`local6`]): one bit per hash of the `/L`s local networks overlap.
 #[map]
-static FNM_LOCAL32_V6: Array<[u64; local6::WORDS]> = Array::with_max_entries(1, 0);
+static FNM_LOCAL6_BITS: Array<Local6Bits> = Array::with_max_entries(1, 0);
 /// The IPv6 local networks by prefix length ([`local6`]): the generation in force, the two
 /// generations' heads, and their buckets.
 #[map]
@@ -398,12 +398,14 @@ fn local(addr: Addr, v4: bool) -> Local {
             ),
         }
     } else {
-        // Most remote addresses share no /32 with a local network: one bit answers.
-        let Some(bitmap) = FNM_LOCAL32_V6.get(0) else {
+        // Most remote addresses share no /L with a local network (`L` the shortest local
+        // prefix, /32 to /64): one bit answers. The agent changes `L` through a bitmap of
+        // all ones, so a read racing that rewrite passes the address on to the table.
+        let Some(bits) = FNM_LOCAL6_BITS.get(0) else {
             return Local::NO;
         };
-        let bit = local6::bit((addr.hi >> 32) as u32);
-        if bitmap[(bit >> 6) as usize & (local6::WORDS - 1)] & (1u64 << (bit & 63)) == 0 {
+        let bit = local6::prefilter_bit(addr.hi, bits.shift);
+        if bits.words[(bit >> 6) as usize & (local6::WORDS - 1)] & (1u64 << (bit & 63)) == 0 {
             return Local::NO;
         }
         if fnm_local6(addr.hi, addr.lo) != 0 {

@@ -29,7 +29,8 @@ pub struct KernelMaps {
     /// The /24 tables of the split /16 blocks, mapped into the agent; `None` for an object
     /// built without them (an older build the benchmark compares).
     pub(crate) local24: Option<Local24Table>,
-    /// The IPv6 /32 bits in front of `local_v6` (`None` as `local24`).
+    /// The IPv6 /32 bits in front of `local_v6` of an object built before the prefilter of
+    /// [`Local6Table`] replaced them (`None` for others, and as `local24`).
     pub(crate) local32_v6: Option<Array<MapData, [u64; local6::WORDS]>>,
     /// The IPv6 local networks by prefix length, asked instead of `local_v6` (`None` as
     /// `local24`).

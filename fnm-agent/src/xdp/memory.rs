@@ -24,9 +24,10 @@ use fnm_common::{
 
 /// Bytes of one slot's counters per CPU in a slot array (cache-line padded).
 const SLOT_VALUE: u64 = SLOT_COUNTERS_BYTES as u64;
-/// Bytes of the IPv6 table by prefix length (both generations' buckets).
+/// Bytes of the IPv6 table by prefix length (both generations' buckets) and its prefilter.
 const LOCAL6_TABLE: u64 = (local6::GENERATIONS * local6::BUCKETS) as u64
-    * std::mem::size_of::<fnm_common::Local6Bucket>() as u64;
+    * std::mem::size_of::<fnm_common::Local6Bucket>() as u64
+    + std::mem::size_of::<fnm_common::Local6Bits>() as u64;
 /// Kernel hash-table element around a key and value (list links, hash, padding), roughly.
 const HASH_ELEMENT: u64 = 56;
 /// LPM trie node around a key and value, roughly.

@@ -238,9 +238,9 @@ impl super::KernelMaps {
 
     /// Writes the tables in front of the tries for `networks` laid out as `layout`: the /24
     /// tables first (a table is only reached through the /16 entry written after it), then
-    /// the /16 entries that changed, then the IPv6 /32 bits, then the IPv6 table by prefix
-    /// length ([`super::local6`]: a new generation, then the switch). Called with the trie entries of
-    /// `networks` in place.
+    /// the /16 entries that changed, then the IPv6 prefilter and table by prefix length
+    /// ([`super::local6`]: a new generation, then the switch; an older object's /32 bits
+    /// before it). Called with the trie entries of `networks` in place.
     pub(crate) fn write_local_tables(
         &mut self,
         networks: &[Prefix],
@@ -260,8 +260,14 @@ impl super::KernelMaps {
         Ok(())
     }
 
-    /// Whether the kernel asks the `LOCAL_V6` trie for every IPv6 address that passes the /32
-    /// bits (the networks do not fit its table by prefix length); `None` for an object
+    /// The prefix length the IPv6 prefilter in force hashes (the shortest IPv6 local prefix
+    /// length within /32../64); `None` for an object without that prefilter.
+    pub fn local6_prefilter_len(&self) -> Option<u8> {
+        self.local6.as_ref().and_then(|t| t.prefilter_len())
+    }
+
+    /// Whether the kernel asks the `LOCAL_V6` trie for every IPv6 address that passes the
+    /// prefilter (the networks do not fit its table by prefix length); `None` for an object
     /// without that table.
     pub fn local6_asks_trie(&self) -> Option<bool> {
         self.local6.as_ref().map(|t| t.asks_trie())
@@ -292,8 +298,8 @@ impl super::KernelMaps {
     }
 }
 
-/// The `LOCAL32_V6` bits of `networks` (IPv4 ones are ignored): the bit of every /32 a network
-/// overlaps (all bits for a network shorter than /16).
+/// The `LOCAL32_V6` bits of `networks` for an object built before `LOCAL6_BITS` (IPv4 ones are
+/// ignored): the bit of every /32 a network overlaps (all bits for a network shorter than /16).
 pub(crate) fn local32_v6_bitmap<'a>(
     networks: impl Iterator<Item = &'a Prefix>,
 ) -> [u64; local6::WORDS] {
