@@ -48,21 +48,7 @@ impl HostIndex {
     /// return, for prefetching its entry.
     #[inline(always)]
     pub(super) fn candidate(&self, hash: u64) -> Option<u32> {
-        if self.buckets.is_empty() {
-            return None;
-        }
-        let mask = self.buckets.len() - 1;
-        let (mut at, tag) = self.home(hash);
-        loop {
-            let bucket = self.buckets[at];
-            if bucket == EMPTY {
-                return None;
-            }
-            if bucket & !0xFFFF_FFFF == tag {
-                return Some((bucket as u32).wrapping_sub(1));
-            }
-            at = (at + 1) & mask;
-        }
+        self.find(hash, |_| true)
     }
 
     /// The slot with `hash` for which `eq` holds.

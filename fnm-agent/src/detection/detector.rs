@@ -195,7 +195,7 @@ impl Detector {
                 {
                     continue;
                 }
-                let eff = effective.get_or_insert_with(|| self.table.lookup(*ip));
+                let eff = *effective.get_or_insert_with(|| self.table.resolve(*ip));
                 let mut worst: Option<(f64, Crossing)> = None;
                 let mut max_share = 0.0f64;
                 for (name, limit) in eff.of(dir).iter() {

@@ -539,29 +539,28 @@ mod tests {
         assert_eq!(prefilter_steps(&prefilter(isp.iter()), &same), vec![same]);
     }
 
+    /// `n` consecutive /64s of 2001:db8::/32.
+    fn sixty_fours(n: u32) -> Vec<Prefix> {
+        (0..n)
+            .map(|i| {
+                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn no_ipv6_networks_is_an_empty_table_and_too_many_prefixes_ask_the_trie() {
         let plan = Local6Plan::of(nets(&["10.0.0.0/8"]).iter(), counter_seeds());
         assert_eq!(plan, Local6Plan::default());
         assert_eq!(plan.contains("2001:db8::1".parse().unwrap()), Some(false));
         // 2,048 /64s need 2,048 buckets at one per prefix; 4,097 do not fit in 4,096.
-        let many: Vec<Prefix> = (0..2048u32)
-            .map(|i| {
-                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+        let many = sixty_fours(2048);
         let plan = Local6Plan::of(many.iter(), counter_seeds());
         assert_eq!(plan.head.ask_trie, 0);
         agrees(&many, &plan, 10);
-        let too_many: Vec<Prefix> = (0..4097u32)
-            .map(|i| {
-                format!("2001:db8:{:x}:{:x}::/64", i >> 8, i & 0xff)
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+        let too_many = sixty_fours(4097);
         let plan = Local6Plan::of(too_many.iter(), counter_seeds());
         assert_eq!(plan.head.ask_trie, 1);
         assert_eq!(plan.contains("2001:db8::1".parse().unwrap()), None);
