@@ -301,7 +301,8 @@ pub mod local16 {
     pub const NONE: u32 = 0;
     /// A local network longer than /16 lies in the /16: ask the `LOCAL_V4` trie.
     pub const ASK_TRIE: u32 = 1;
-    /// Every address of the /16 is local; its counters live in the `HOSTS_V4` hash table.
+    /// Every address of the /16 is local; its counters live in the hashed hosts' table
+    /// (`SLOT_OWNER`).
     pub const HASHED: u32 = 2;
     /// Every address of the /16 is local with dense counters: the value is `DENSE + base`.
     pub const DENSE: u32 = 3;

@@ -1,7 +1,9 @@
 //! The per-host counter tables: IPv4 hosts of networks with dense slots in `HOSTS_DENSE_V4`
 //! (an mmap-able array with an entry per slot and CPU, see [`DenseLayout`] and
-//! [`SlotArray`]), other IPv4 hosts in `HOSTS_V4` (8-byte key), IPv6 hosts in `HOSTS`,
-//! presented to the agent as one table keyed by [`HostKey`].
+//! [`SlotArray`]), other IPv4 hosts and IPv6 hosts in the hashed hosts' open table
+//! (`SLOT_OWNER` and its counters, see `slots.rs`; objects built before 2026-12-05: the
+//! `HOSTS_V4` and `HOSTS` LRU hash tables), presented to the agent as one table keyed by
+//! [`HostKey`].
 
 use super::{local16::DenseLayout, mmap::SharedMapping};
 use aya::maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};

@@ -3,9 +3,10 @@
 //!
 //! Networks are given dense slots in config order while they fit in `xdp.dense_v4_addresses`
 //! (two slots per address: incoming, then outgoing); the others count their hosts in the
-//! `HOSTS_V4` hash table. The /16 table holds, per /16, "nothing local", "ask the trie" (a local
-//! prefix longer than /16 splits the block), "local, hashed", or "local, dense from slot b". The
-//! trie's values carry the same slot base for the networks it answers for.
+//! hashed hosts' open table (`slots.rs`). The /16 table holds, per /16, "nothing local", "ask
+//! the trie" (a local prefix longer than /16 splits the block), "local, hashed", or "local,
+//! dense from slot b". The trie's values carry the same slot base for the networks it answers
+//! for.
 //!
 //! A /16 that local prefixes longer than /16 split gets a /24 table of its own (while
 //! `xdp.local24_tables` last): its /16 entry is `SPLIT | index`, and the table holds the same

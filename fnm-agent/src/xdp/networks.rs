@@ -135,7 +135,7 @@ pub struct NetworksChange {
     /// Networks no longer counted.
     pub removed: Vec<Prefix>,
     /// Added IPv4 networks that found no free range of dense slots: their hosts count in the
-    /// `HOSTS_V4` hash table (`xdp.dense_v4_addresses` sizes the array at start).
+    /// hashed hosts' open table (`xdp.dense_v4_addresses` sizes the array at start).
     pub hashed: Vec<Prefix>,
 }
 
