@@ -335,7 +335,10 @@ impl NotifySocket {
 fn installed_agent_runs_with(caps: &[String]) {
     let pair = NetnsPair::new(135);
     let dir = tempfile::tempdir().unwrap();
-    let pin = format!("/sys/fs/bpf/fnm-test-deb-{}", std::process::id());
+    // A bpffs already mounted, as systemd mounts /sys/fs/bpf at boot: the unit's capabilities
+    // do not allow mounting one (a host without systemd has none at /sys/fs/bpf).
+    let pins = common::bpffs::BpffsDir::mount("deb-135");
+    let pin = pins.path().join("fnm");
     let state = dir.path().join("state");
     let xdp = dir.path().join("xdp.toml");
     std::fs::write(
@@ -345,7 +348,8 @@ fn installed_agent_runs_with(caps: &[String]) {
              [xdp]\ninterfaces = [\"{}\"]\npin_path = \"{pin}\"\n[sflow]\nlisten = []\n\
              [netflow]\nlisten = []\n",
             state.display(),
-            pair.veth_agent
+            pair.veth_agent,
+            pin = pin.display(),
         ),
     )
     .unwrap();
@@ -377,7 +381,7 @@ fn installed_agent_runs_with(caps: &[String]) {
                 .join(",")
         );
         // nsenter, not `ip netns exec`: only the network namespace changes, and the agent sees
-        // the host's /sys/fs/bpf as systemd mounts it (ip netns exec remounts /sys).
+        // the bpffs mounted above (ip netns exec remounts /sys).
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", pair.agent))
             .arg("setpriv")
