@@ -60,14 +60,37 @@ const RECORDS_CAPACITY: usize = 2 * HAND_OVER_RECORDS;
 /// datagrams/s halved the collectors' and the engine's CPU per record (docs/performance.md),
 /// for at most this much delay.
 pub const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
-/// A worker that drained its socket while it holds records sleeps this long before the next
-/// receive, so that at moderate rates one wake-up takes many datagrams rather than one or
-/// two (a wake-up and a system call cost more than decoding a datagram). The socket buffer
-/// holds what arrives meanwhile; at rates that keep a receive batch full it never sleeps.
-/// 3 ms: at 16 000 datagrams/s a wake-up takes about 48 datagrams, three quarters of a
-/// [`RECEIVE_BATCH`] (1 ms took about 16, and switching in and out was ~14 % of the sFlow
-/// thread in a profile).
-pub const GATHER_FOR: Duration = Duration::from_millis(3);
+/// A worker that drained its socket while it holds records sleeps up to this long before the
+/// next receive, so that at moderate rates one wake-up takes many datagrams rather than one or
+/// two (a wake-up and a system call cost more than decoding a datagram; in a virtual machine
+/// switching in and out was ~17 % of the sFlow thread at 3 ms). The socket buffer holds what
+/// arrives meanwhile (see [`gather_time`]: never more than a quarter of it); at rates that keep
+/// a receive batch full it never sleeps. 8 ms: at 16 000 datagrams/s a wake-up takes about 128
+/// datagrams in two receives, and a record still waits at most this plus [`HAND_OVER_AFTER`].
+pub const GATHER_FOR: Duration = Duration::from_millis(8);
+/// The gathering sleep after an idle spell, before the arrival rate is measured.
+const FIRST_GATHER: Duration = Duration::from_millis(1);
+/// What a datagram is assumed to take of the socket's receive buffer beyond its payload (the
+/// kernel charges the whole buffer it was received into, up to a page on many NIC drivers):
+/// generous, so the gathering sleep errs short.
+const DATAGRAM_OVERHEAD_BYTES: u64 = 4096;
+
+/// How long a worker that drained its socket may sleep: [`GATHER_FOR`], shortened so that
+/// datagrams arriving at the rate of the last `arrived_bytes` (payload plus
+/// [`DATAGRAM_OVERHEAD_BYTES`] each) over `over` fill at most a quarter of a
+/// `receive_buffer_bytes` socket buffer meanwhile: a buffer the kernel did not grant in full
+/// must not overflow while the worker sleeps.
+pub fn gather_time(arrived_bytes: u64, over: Duration, receive_buffer_bytes: usize) -> Duration {
+    let quarter = receive_buffer_bytes as u64 / 4;
+    if arrived_bytes == 0 {
+        return GATHER_FOR;
+    }
+    // quarter / (arrived_bytes / over), in nanoseconds, without overflow.
+    let nanos = u128::from(quarter).saturating_mul(over.as_nanos()) / u128::from(arrived_bytes);
+    GATHER_FOR.min(Duration::from_nanos(
+        u64::try_from(nanos).unwrap_or(u64::MAX),
+    ))
+}
 /// Largest forward jump of a sequence number counted as loss; larger jumps (and going
 /// backwards by more than this) are taken as an exporter restart.
 const MAX_PLAUSIBLE_GAP: u32 = 1 << 20;
@@ -470,6 +493,9 @@ impl FlowCollectors {
                     spans: Vec::with_capacity(RECEIVE_BATCH),
                     pending_since: None,
                     short_wait: false,
+                    receive_buffer_bytes: bound.receive_buffer_bytes,
+                    arrived_bytes: 0,
+                    drained_at: None,
                 };
                 let stop = self.stop.clone();
                 let thread = std::thread::Builder::new()
@@ -604,6 +630,13 @@ struct Worker {
     /// while records wait and kept while datagrams keep coming, so a busy worker does not
     /// change it twice per hand-over.
     short_wait: bool,
+    /// The socket's granted receive buffer (bounds the gathering sleep, see [`gather_time`]).
+    receive_buffer_bytes: usize,
+    /// Bytes received (payload plus [`DATAGRAM_OVERHEAD_BYTES`] each) since `drained_at`.
+    arrived_bytes: u64,
+    /// When the socket was last found drained while records waited (`None` after an idle
+    /// spell: no arrival rate is known yet).
+    drained_at: Option<Instant>,
 }
 
 /// Notes that `records` up to its current end came from `exporter` (extending the last span
@@ -629,9 +662,16 @@ impl Worker {
                 }
             };
             if received > 0 {
+                self.arrived_bytes += (0..received)
+                    .map(|i| self.receiver.datagram(i).0.len() as u64 + DATAGRAM_OVERHEAD_BYTES)
+                    .sum::<u64>();
                 self.process_batch(received);
             }
             if self.records.is_empty() {
+                if received == 0 {
+                    self.drained_at = None;
+                    self.arrived_bytes = 0;
+                }
                 if received == 0 && self.short_wait {
                     // Idle: wake up only to check for a stop.
                     let _ = self.receiver.set_wait(socket::RECEIVE_POLL);
@@ -650,7 +690,13 @@ impl Worker {
             } else if received < RECEIVE_BATCH {
                 // The queue is drained: let the next datagrams gather in the socket buffer
                 // instead of waking up for each one, without delaying the hand-over.
-                std::thread::sleep(GATHER_FOR.min(HAND_OVER_AFTER.saturating_sub(since.elapsed())));
+                let arrived = std::mem::take(&mut self.arrived_bytes);
+                let gather = match self.drained_at.replace(Instant::now()) {
+                    Some(last) => gather_time(arrived, last.elapsed(), self.receive_buffer_bytes),
+                    // The first drain after an idle spell: the rate is not known yet.
+                    None => FIRST_GATHER,
+                };
+                std::thread::sleep(gather.min(HAND_OVER_AFTER.saturating_sub(since.elapsed())));
             }
         }
         self.hand_over();
@@ -922,6 +968,24 @@ impl SequenceTracker {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn the_gathering_sleep_never_fills_more_than_a_quarter_of_the_buffer() {
+        // 16 000 datagrams/s of 1 200 bytes: 84 MB/s counted with the overhead.
+        let per_ms = 16 * (1200 + DATAGRAM_OVERHEAD_BYTES);
+        let over = Duration::from_millis(10);
+        // A 32 MiB buffer: the full 8 ms.
+        assert_eq!(gather_time(per_ms * 10, over, 32 << 20), GATHER_FOR);
+        // Linux's default 212 992 bytes (reported doubled): 425 984 / 4 at 84 MB/s, ~1.3 ms.
+        let short = gather_time(per_ms * 10, over, 425_984);
+        assert!(short < Duration::from_micros(1300) && short > Duration::from_micros(1200));
+        // What arrives meanwhile at that rate stays within a quarter.
+        assert!(per_ms as f64 * short.as_secs_f64() * 1000.0 <= 425_984.0 / 4.0);
+        // Nothing measured: the full sleep; a huge rate: no sleep; no overflow at extremes.
+        assert_eq!(gather_time(0, over, 425_984), GATHER_FOR);
+        assert_eq!(gather_time(u64::MAX, over, 425_984), Duration::ZERO);
+        assert_eq!(gather_time(1, Duration::MAX, usize::MAX), GATHER_FOR);
+    }
 
     fn key() -> StreamKey {
         StreamKey {
