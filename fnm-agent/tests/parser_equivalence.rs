@@ -740,7 +740,7 @@ impl Pair {
             let u = self
                 .acc
                 .host(ip)
-                .map(|h| *h.dirs()[dir as usize].total())
+                .map(|h| h.dirs()[dir as usize].total())
                 .unwrap_or_default();
             assert_eq!(
                 k, u,

@@ -172,18 +172,26 @@ impl TrafficGroups {
         }
     }
 
-    /// Credits the rows of `tag` in direction `dir`: `total` to their cumulative counters,
-    /// `window` to the slot being measured.
+    /// Credits the rows of `tag` in direction `dir`: `window` to the slot being measured (it
+    /// joins their cumulative counters when it closes), `beyond` to their cumulative counters.
     #[inline]
-    pub(super) fn credit<C: Credit>(&mut self, tag: GroupTag, dir: usize, total: &C, window: &C) {
+    pub(super) fn credit<C: Credit>(
+        &mut self,
+        tag: GroupTag,
+        dir: usize,
+        window: &C,
+        beyond: Option<&C>,
+    ) {
         for (set, row) in [
             (&mut self.networks, tag.network),
             (&mut self.hostgroups, tag.hostgroup),
         ] {
             if let Some(r) = set.rows.get_mut(row as usize) {
                 let d = &mut r.dirs[dir];
-                total.add_to(&mut d.quiet.total);
                 window.add_to(&mut d.window.current);
+                if let Some(beyond) = beyond {
+                    beyond.add_to(&mut d.quiet.total);
+                }
             }
         }
     }
@@ -267,7 +275,7 @@ mod tests {
             packets: 5,
             ..Default::default()
         };
-        g.credit(t, 0, &c, &c);
+        g.credit(t, 0, &c, None);
         assert_eq!(g.networks()[1].dir(Direction::Incoming).total().packets, 5);
         g.reconfigure(&[p("10.0.1.0/24")], &[], 8);
         assert_eq!(names(g.networks()), ["10.0.1.0/24"]);

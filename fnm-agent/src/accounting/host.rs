@@ -197,7 +197,9 @@ impl Window {
 /// What every direction with traffic keeps, quiet or live.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Quiet {
-    /// Cumulative counters since the agent started (or the state was restored).
+    /// Cumulative counters since the agent started (or the state was restored), up to the
+    /// last closed slot: a live direction's slot being measured joins them when it closes, so
+    /// a credit adds to one set of counters (two cache lines or three), not two.
     pub(super) total: HostCounters,
     /// Cumulative traffic of whitelisted sources (`[detection] whitelist_sources`) that XDP
     /// counted apart: in none of the counters above, so never in a rate or the rate window.
@@ -238,6 +240,8 @@ impl Live {
             }
             return self.quiet.tracked.as_ref().is_none_or(|c| c.is_quiet());
         }
+        // The slot joins the cumulative counters as it closes (credits add to it alone).
+        self.quiet.total.accumulate(&self.window.current);
         self.window.close(slots, slot_ms, window_ms);
         if let Some(c) = self.quiet.tracked.as_mut() {
             c.last = c.close(slots);
@@ -306,10 +310,7 @@ impl Dir {
         match self {
             Dir::Absent => {}
             Dir::Quiet(q) => prefetch_counters(&q.total),
-            Dir::Live(l) => {
-                prefetch_counters(&l.quiet.total);
-                prefetch_counters(&l.window.current);
-            }
+            Dir::Live(l) => prefetch_counters(&l.window.current),
         }
     }
 
@@ -403,9 +404,14 @@ static ZERO_WHITELISTED: WhitelistedCounters = WhitelistedCounters {
 };
 
 impl<'a> DirView<'a> {
-    /// Cumulative counters since the agent started (or the state was restored).
-    pub fn total(&self) -> &'a HostCounters {
-        self.quiet.map_or(&ZERO_COUNTERS, |q| &q.total)
+    /// Cumulative counters since the agent started (or the state was restored): those of the
+    /// closed slots and of the slot being measured.
+    pub fn total(&self) -> HostCounters {
+        let mut total = self.quiet.map_or(ZERO_COUNTERS, |q| q.total);
+        if let Some(window) = self.window {
+            total.accumulate(&window.current);
+        }
+        total
     }
 
     /// Cumulative traffic of whitelisted sources (`[detection] whitelist_sources`) that XDP
@@ -599,9 +605,12 @@ mod tests {
         let mut d = Dir::default();
         assert_eq!(d.view().total().packets, 0);
         let l = d.live();
-        l.quiet.total = counters(5, 500);
+        l.quiet.total = counters(2, 200);
         l.window.current = counters(5, 500);
+        // The slot being measured is part of the totals before it closes and after.
+        assert_eq!(d.view().total().packets, 7);
         d.close_slot(2, 500, 1000, false);
+        assert_eq!(d.view().total().packets, 7);
         assert_eq!(d.view().rates().pps, 5.0);
         assert_eq!(d.view().slot_rates().pps, 10.0);
         assert_eq!(d.view().rate(RateKind::UdpBytesPerSecond), 500.0);
@@ -614,12 +623,17 @@ mod tests {
         );
         d.close_slot(2, 500, 1000, false);
         assert!(matches!(d, Dir::Quiet(_)));
-        assert_eq!(d.view().total().packets, 5);
+        assert_eq!(d.view().total().packets, 7);
         assert_eq!(d.view().rates(), Rates::default());
         assert_eq!(d.view().last_slot(), None);
         d.live().window.current = counters(1, 10);
+        assert_eq!(d.view().total().packets, 8);
         d.close_slot(2, 500, 1000, false);
         assert_eq!(d.view().rates().pps, 1.0);
-        assert_eq!(d.view().total().packets, 5, "totals are credited apart");
+        assert_eq!(
+            d.view().total().packets,
+            8,
+            "the slot joined the totals once"
+        );
     }
 }

@@ -26,6 +26,7 @@ mod flow_table;
 mod groups;
 mod host;
 mod host_index;
+mod recent;
 mod table;
 
 pub use conversations::{
@@ -274,8 +275,8 @@ pub struct SampleBuffer {
 
 /// Most records kept per watched host.
 pub const MAX_SAMPLES_PER_HOST: usize = 2_000;
-/// Most recent records (with a local side) kept for every host, so that a host that floods
-/// from nothing has samples the moment it is first watched.
+/// Records of the latest batches kept for every host (at least this many, whole batches), so
+/// that a host that floods from nothing has samples the moment it is first watched.
 pub const RECENT_RECORDS: usize = 4_096;
 
 /// Hasher for keys that already are uniformly distributed 64-bit hashes: passes them through.
@@ -383,7 +384,7 @@ pub struct Accounting {
     slot_lengths_ms: VecDeque<u64>,
     ignored_sources: IndexedPrefixSet,
     watched: HashMap<(IpAddr, Direction), SampleBuffer>,
-    recent: VecDeque<(u64, TrafficRecord)>,
+    recent: recent::RecentRecords,
     /// Per-network and per-hostgroup rows.
     groups: TrafficGroups,
     now_ms: u64,
@@ -415,7 +416,7 @@ impl Accounting {
             slot_lengths_ms: VecDeque::new(),
             ignored_sources: IndexedPrefixSet::default(),
             watched: HashMap::new(),
-            recent: VecDeque::new(),
+            recent: recent::RecentRecords::default(),
             groups: TrafficGroups::default(),
             now_ms: 0,
             ignored_records: 0,
@@ -539,7 +540,7 @@ impl Accounting {
             .filter(|(_, r)| matches(r, host, direction))
         {
             buf.seen += 1;
-            buf.records.push_back((*t, r.clone()));
+            buf.records.push_back((t, r.clone()));
         }
         self.watched.insert((host, direction), buf);
     }
@@ -594,6 +595,7 @@ impl Accounting {
     /// in order, exactly as one by one.
     pub fn ingest_batch(&mut self, records: &[TrafficRecord], source: Source) {
         self.ingest_run(records, source, Origin::Source(source));
+        self.recent.copy(self.now_ms, records);
     }
 
     /// Adds a batch of flow records from `source` whose exporters are given by `spans` (in
@@ -605,6 +607,24 @@ impl Accounting {
         source: Source,
         spans: &[ExporterSpan],
     ) {
+        self.ingest_spans(records, source, spans);
+        self.recent.copy(self.now_ms, records);
+    }
+
+    /// [`Accounting::ingest_exported`] of a batch given away (`spans` may be empty: every
+    /// record the source's): kept as it is for the samples of hosts watched next, not copied.
+    pub fn ingest_owned(
+        &mut self,
+        records: Vec<TrafficRecord>,
+        source: Source,
+        spans: &[ExporterSpan],
+    ) {
+        self.ingest_spans(&records, source, spans);
+        self.recent.keep(self.now_ms, records);
+    }
+
+    /// Adds records whose exporters are given by `spans` (see [`Accounting::ingest_exported`]).
+    fn ingest_spans(&mut self, records: &[TrafficRecord], source: Source, spans: &[ExporterSpan]) {
         let mut start = 0;
         for span in spans {
             let end = span.end.min(records.len());
@@ -699,6 +719,9 @@ impl Accounting {
         let mut staged = Staged::default();
         self.stage(record, &mut staged);
         self.ingest_staged(record, &staged, source, Origin::Source(source));
+        if staged.local_dst || staged.local_src {
+            self.recent.push(self.now_ms, record);
+        }
     }
 
     /// Counts a record [`Accounting::stage`]d (its hosts maybe found since).
@@ -733,10 +756,6 @@ impl Accounting {
         }
         let local_dst = local_dst && !ignored_src;
         let local_src = local_src && !ignored_dst;
-        if self.recent.len() >= RECENT_RECORDS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((self.now_ms, record.clone()));
         if !self.watched.is_empty() {
             if local_dst {
                 self.add_sample(record.dst, Direction::Incoming, record.clone());
@@ -755,19 +774,32 @@ impl Accounting {
             class,
         };
         let window_ms = self.slots as u64 * self.interval_ms;
-        let in_window = if record.duration_ms > window_ms {
-            delta.scaled(window_ms, record.duration_ms)
+        let (in_window, beyond) = if record.duration_ms > window_ms {
+            let in_window = delta.scaled(window_ms, record.duration_ms);
+            (in_window, Some(delta.minus(&in_window)))
         } else {
-            delta
+            (delta, None)
         };
         if local_dst {
             let slot = self.slot_staged(record.dst, staged.dst, origin, delta.packets);
-            self.credit_delta(slot, record.dst, Direction::Incoming, &delta, &in_window);
+            self.credit_delta(
+                slot,
+                record.dst,
+                Direction::Incoming,
+                &in_window,
+                beyond.as_ref(),
+            );
             self.note_conversation(slot, Direction::Incoming, record.src, record);
         }
         if local_src {
             let slot = self.slot_staged(record.src, staged.src, origin, delta.packets);
-            self.credit_delta(slot, record.src, Direction::Outgoing, &delta, &in_window);
+            self.credit_delta(
+                slot,
+                record.src,
+                Direction::Outgoing,
+                &in_window,
+                beyond.as_ref(),
+            );
             self.note_conversation(slot, Direction::Outgoing, record.dst, record);
         }
     }
@@ -801,38 +833,42 @@ impl Accounting {
             .note(key);
     }
 
-    /// Adds a record's `total` to the cumulative counters and `window` to the rate window of a
-    /// slot, field by field (no [`HostCounters`] built for one protocol class), and to the
-    /// host's network and hostgroup rows (those of a host the table refused too).
+    /// Adds a record's `window` part to the slot being measured (it joins the cumulative
+    /// counters when the slot closes) and what `beyond` the rate window it spans (a long flow
+    /// record's, [`RecordDelta::scaled`]) straight to the cumulative counters, field by field
+    /// (no [`HostCounters`] built for one protocol class), and the same to the host's network
+    /// and hostgroup rows (those of a host the table refused too).
     #[inline]
     fn credit_delta(
         &mut self,
         slot: Option<HostSlot>,
         host: IpAddr,
         dir: Direction,
-        total: &RecordDelta,
         window: &RecordDelta,
+        beyond: Option<&RecordDelta>,
     ) {
-        self.credit(slot, host, dir, total, window);
+        self.credit(slot, host, dir, window, beyond);
     }
 
-    /// Adds `total` to the cumulative counters and `window` to the rate window of a slot and
-    /// of its network and hostgroup rows.
+    /// Adds `window` to the slot being measured of a slot and of its network and hostgroup
+    /// rows, and `beyond` (traffic outside the rate window) to their cumulative counters.
     #[inline]
     fn credit<C: groups::Credit>(
         &mut self,
         slot: Option<HostSlot>,
         host: IpAddr,
         dir: Direction,
-        total: &C,
         window: &C,
+        beyond: Option<&C>,
     ) {
         let tag = match slot {
             Some(slot) => {
                 let h = self.table.host_mut(slot);
                 let entry = h.dirs[dir.index()].live();
-                total.add_to(&mut entry.quiet.total);
                 window.add_to(&mut entry.window.current);
+                if let Some(beyond) = beyond {
+                    beyond.add_to(&mut entry.quiet.total);
+                }
                 if self.groups.is_empty() {
                     return;
                 }
@@ -841,7 +877,7 @@ impl Accounting {
             None if self.groups.is_empty() => return,
             None => self.groups.lookup(host),
         };
-        self.groups.credit(tag, dir.index(), total, window);
+        self.groups.credit(tag, dir.index(), window, beyond);
     }
 
     /// The slot of `host`: the one found when its batch was staged if it still holds that
@@ -892,7 +928,7 @@ impl Accounting {
     ) {
         // Only whitelisted traffic: nothing for the rate window (the direction stays quiet).
         if delta.counted != HostCounters::default() {
-            self.credit(slot, host, direction, &delta.counted, &delta.counted);
+            self.credit(slot, host, direction, &delta.counted, None);
         }
         let Some(slot) = slot else {
             return;
@@ -925,7 +961,7 @@ impl Accounting {
         else {
             return false;
         };
-        self.credit(Some(slot), host, direction, counters, counters);
+        self.credit(Some(slot), host, direction, counters, None);
         for class in 0..proto::COUNT {
             let cell = self.totals.cell(Source::Fleet, direction.index(), class);
             cell.packets = cell.packets.wrapping_add(counters.proto_packets[class]);
@@ -1121,6 +1157,18 @@ impl RecordDelta {
             flows: self.flows,
             tcp_syn_packets: f(self.tcp_syn_packets),
             fragments: f(self.fragments),
+            class: self.class,
+        }
+    }
+
+    /// What `self` holds beyond `part` (a [`RecordDelta::scaled`] of it), field by field.
+    fn minus(&self, part: &Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_sub(part.packets),
+            bytes: self.bytes.wrapping_sub(part.bytes),
+            flows: self.flows.wrapping_sub(part.flows),
+            tcp_syn_packets: self.tcp_syn_packets.wrapping_sub(part.tcp_syn_packets),
+            fragments: self.fragments.wrapping_sub(part.fragments),
             class: self.class,
         }
     }

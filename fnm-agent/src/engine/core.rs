@@ -244,11 +244,7 @@ impl EngineCore {
                 if let Some(s) = &mut self.flow_sampler {
                     s.offer(&records, source);
                 }
-                if exporters.is_empty() {
-                    self.acc.ingest_batch(&records, source)
-                } else {
-                    self.acc.ingest_exported(&records, source, &exporters)
-                }
+                self.acc.ingest_owned(records, source, &exporters);
             }
             Batch::Xdp(b) => self.ingest_xdp(*b),
             Batch::Fleet(counters) => {
