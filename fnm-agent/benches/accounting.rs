@@ -12,6 +12,8 @@
 //! `flow_bench_tuples_cold` the same with every cache cold (64 MiB written before each batch),
 //! as the live benchmark's engine meets it in a virtual machine: it costs about 3 times more
 //! (125–140 µs per batch here, varying ±8 % between runs with the host's load).
+//! `classify_isp_layout` asks whether an address is local against 200 /22s (two per /16, so
+//! every lookup goes to the per-length tables behind the /16 index).
 //! `xdp_poll_81920_hosts` credits one XDP poll of 65 536 IPv4 and 16 384 IPv6 hosts (issue
 //! 17's target 2), delta by delta as the engine does.
 //!
@@ -21,7 +23,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use fnm_agent::accounting::{Accounting, Direction, HostLimits};
-use fnm_agent::prefix::{Prefix, PrefixSet};
+use fnm_agent::prefix::{IndexedPrefixSet, Prefix, PrefixSet};
 use fnm_agent::traffic::{Source, TrafficRecord};
 use fnm_common::{HostCounters, XdpHostCounters};
 use std::net::{IpAddr, Ipv4Addr};
@@ -264,6 +266,32 @@ fn bench(c: &mut Criterion) {
                 spent += began.elapsed();
             }
             spent
+        })
+    });
+
+    // Classifying addresses against an ISP-like layout (issue 17's: 200 /22s inside
+    // 100.64.0.0/10, two per /16, so every lookup asks the per-length tables).
+    let layout: PrefixSet = (0..200u32)
+        .map(|i| {
+            let base = 0x6440_0000 + (i / 2) * 0x1_0000 + (i % 2) * 0x400;
+            Prefix::new(IpAddr::V4(Ipv4Addr::from(base)), 22).expect("valid prefix")
+        })
+        .collect();
+    let layout = IndexedPrefixSet::new(layout);
+    let addresses: Vec<IpAddr> = (0..BATCH as u32)
+        .map(|i| {
+            IpAddr::V4(Ipv4Addr::from(
+                0x6440_0000 + (i % 100) * 0x1_0000 + i * 7 % 0x800,
+            ))
+        })
+        .collect();
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("classify_isp_layout", |b| {
+        b.iter(|| {
+            addresses
+                .iter()
+                .filter(|a| layout.contains(black_box(**a)))
+                .count()
         })
     });
 

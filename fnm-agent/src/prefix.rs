@@ -166,8 +166,13 @@ pub struct PrefixMap<V> {
     v6: Vec<LengthTable<u128, V>>,
 }
 
-/// The prefixes of one length, keyed by their network bits.
-type LengthTable<K, V> = (u8, HashMap<K, (Prefix, V)>);
+/// The prefixes of one length, keyed by their network bits. Hashed with foldhash (seeded per
+/// process): every classified address probes a table per length, and SipHash made a lookup
+/// several times dearer; the keys come from the configuration, not the wire.
+type LengthTable<K, V> = (u8, FastMap<K, (Prefix, V)>);
+
+/// A hash map with foldhash's fast hasher.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl<V> Default for PrefixMap<V> {
     fn default() -> Self {
@@ -346,15 +351,15 @@ impl IndexedPrefixSet {
     }
 }
 
-fn table_for<K, V>(tables: &mut Vec<(u8, HashMap<K, V>)>, len: u8) -> &mut HashMap<K, V> {
+fn table_for<K, V>(tables: &mut Vec<(u8, FastMap<K, V>)>, len: u8) -> &mut FastMap<K, V> {
     let pos = match tables.iter().position(|(l, _)| *l <= len) {
         Some(i) if tables[i].0 == len => i,
         Some(i) => {
-            tables.insert(i, (len, HashMap::new()));
+            tables.insert(i, (len, FastMap::default()));
             i
         }
         None => {
-            tables.push((len, HashMap::new()));
+            tables.push((len, FastMap::default()));
             tables.len() - 1
         }
     };
