@@ -62,12 +62,14 @@ const RECORDS_CAPACITY: usize = 2 * HAND_OVER_RECORDS;
 pub const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
 /// A worker that drained its socket while it holds records sleeps up to this long before the
 /// next receive, so that at moderate rates one wake-up takes many datagrams rather than one or
-/// two (a wake-up and a system call cost more than decoding a datagram; in a virtual machine
-/// switching in and out was ~17 % of the sFlow thread at 3 ms). The socket buffer holds what
-/// arrives meanwhile (see [`gather_time`]: never more than a quarter of it); at rates that keep
-/// a receive batch full it never sleeps. 8 ms: at 16 000 datagrams/s a wake-up takes about 128
-/// datagrams in two receives, and a record still waits at most this plus [`HAND_OVER_AFTER`].
-pub const GATHER_FOR: Duration = Duration::from_millis(8);
+/// two (a wake-up and a system call cost more than decoding a datagram). The socket buffer
+/// holds what arrives meanwhile (see [`gather_time`]: never more than a quarter of it); at
+/// rates that keep a receive batch full it never sleeps. 3 ms: at 16 000 datagrams/s a
+/// wake-up takes about 48 datagrams, three quarters of a [`RECEIVE_BATCH`] (1 ms took about
+/// 16, and switching in and out was ~14 % of the sFlow thread in a profile). 8 ms cut the
+/// wake-ups from ~320/s to ~120/s but not measurably the thread's CPU, and the lossless
+/// ladder's top step was lost in the one run made with it (docs/performance.md).
+pub const GATHER_FOR: Duration = Duration::from_millis(3);
 /// The gathering sleep after an idle spell, before the arrival rate is measured.
 const FIRST_GATHER: Duration = Duration::from_millis(1);
 /// What a datagram is assumed to take of the socket's receive buffer beyond its payload (the
@@ -974,7 +976,7 @@ mod tests {
         // 16 000 datagrams/s of 1 200 bytes: 84 MB/s counted with the overhead.
         let per_ms = 16 * (1200 + DATAGRAM_OVERHEAD_BYTES);
         let over = Duration::from_millis(10);
-        // A 32 MiB buffer: the full 8 ms.
+        // A 32 MiB buffer: the full sleep.
         assert_eq!(gather_time(per_ms * 10, over, 32 << 20), GATHER_FOR);
         // Linux's default 212 992 bytes (reported doubled): 425 984 / 4 at 84 MB/s, ~1.3 ms.
         let short = gather_time(per_ms * 10, over, 425_984);
