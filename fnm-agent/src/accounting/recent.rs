@@ -24,14 +24,20 @@ pub(super) struct RecentRecords {
     open: bool,
 }
 
-/// Records a batch started for single records is made for.
+/// Records a batch started for single records takes at most.
 const SINGLES_CAPACITY: usize = 256;
+/// A kept buffer may be this many records large whatever it holds.
+const SLACK_RECORDS: usize = 8;
 
 impl RecentRecords {
     /// Keeps `batch`, accounted at `now_ms`: moved in, or its last
-    /// [`super::RECENT_RECORDS`] copied out when it is much larger than that.
+    /// [`super::RECENT_RECORDS`] copied out when it is much larger than that or its buffer
+    /// much larger than its records (what is kept stays within twice the records kept, however
+    /// a source sizes its buffers).
     pub(super) fn keep(&mut self, now_ms: u64, batch: Vec<TrafficRecord>) {
-        if batch.len() > 2 * super::RECENT_RECORDS {
+        if batch.len() > 2 * super::RECENT_RECORDS
+            || batch.capacity() > 2 * batch.len().max(SLACK_RECORDS)
+        {
             self.copy(now_ms, &batch);
             return;
         }
@@ -55,9 +61,9 @@ impl RecentRecords {
                 self.trim();
             }
             _ => {
-                let mut batch = Vec::with_capacity(SINGLES_CAPACITY);
-                batch.push(record.clone());
-                self.add(now_ms, batch);
+                // Grown as records come (a batch may stay at one record when single records
+                // alternate with batches).
+                self.add(now_ms, vec![record.clone()]);
                 self.open = true;
             }
         }
@@ -165,5 +171,33 @@ mod tests {
         assert_eq!(r.len, RECENT_RECORDS);
         r.keep(3, Vec::new());
         assert_eq!(r.len, RECENT_RECORDS);
+    }
+
+    /// Kept buffers hold at most about twice their records, however a source sized them and
+    /// however single records and batches alternate.
+    fn kept_capacity(r: &RecentRecords) -> usize {
+        r.batches.iter().map(|(_, b)| b.capacity()).sum()
+    }
+
+    #[test]
+    fn memory_stays_within_twice_the_records_kept() {
+        let mut r = RecentRecords::default();
+        for i in 0..10_000u32 {
+            let mut one = Vec::with_capacity(65_536);
+            one.push(record(2 * i));
+            r.keep(u64::from(i), one);
+            r.push(u64::from(i), &record(2 * i + 1));
+        }
+        assert_eq!(r.len, RECENT_RECORDS);
+        assert!(
+            kept_capacity(&r) <= 2 * r.len,
+            "{} records in buffers of {}",
+            r.len,
+            kept_capacity(&r)
+        );
+        assert_eq!(
+            kept(&r),
+            (20_000 - RECENT_RECORDS as u32..20_000).collect::<Vec<_>>()
+        );
     }
 }
