@@ -190,6 +190,11 @@ pub fn build() -> Result<()> {
 
 fn test() -> Result<()> {
     setup::run(true)?;
+    // One build of everything, run once: incremental state would only add ~3 GiB to a clean
+    // checkout's target/ (a CI run filled its disk before). Set CARGO_INCREMENTAL to keep it.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
         println!("\n*** xtask test: NOT ROOT: the privileged tests (XDP, namespaces) will FAIL. Run as root. ***\n");
