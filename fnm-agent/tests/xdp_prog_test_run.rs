@@ -625,6 +625,99 @@ fn a_full_slot_table_counts_new_hosts_untracked_and_idle_slots_come_back() {
     );
 }
 
+/// Pins the calling thread to `cpu` (false when the machine has no such CPU).
+fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it; sched_setaffinity
+    // reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// `&DataPlane` handed to the threads of one test.
+struct SharedPlane<'a>(&'a DataPlane);
+// SAFETY: the threads only call `test_run`, which reads the loaded object's program table and
+// makes a BPF_PROG_TEST_RUN syscall; the kernel serialises what the program does to its maps
+// as it does for two CPUs receiving packets.
+unsafe impl Sync for SharedPlane<'_> {}
+
+#[test]
+fn two_cpus_admitting_the_same_new_hosts_count_each_packet_once() {
+    // Both CPUs meet every new hashed host at once (a spin barrier per host): a CPU that finds
+    // neither bucket holds the host may claim a way while the other claims another. Whatever
+    // ways a host ends up with, its packets count exactly once under its own address, in the
+    // kernel and in the agent, and every way is reclaimed when it goes idle.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: one CPU");
+        return;
+    }
+    let hosts = 4_000u32;
+    let mut dp = plane_with(&["172.16.0.0/12"], 0, 16_384);
+    let networks: fnm_agent::prefix::PrefixSet = ["172.16.0.0/12"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let mut accounting = fnm_agent::accounting::Accounting::new(networks, 16_384, 1024, 1000)
+        .with_limits(fnm_agent::accounting::HostLimits::unbudgeted(16_384));
+    let host_at = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + 7 * i);
+    let arrived = std::sync::atomic::AtomicU32::new(0);
+    let shared = SharedPlane(&dp);
+    std::thread::scope(|s| {
+        for cpu in 0..2usize {
+            let (shared, arrived) = (&shared, &arrived);
+            s.spawn(move || {
+                let pinned = pin_to_cpu(cpu);
+                let frames: Vec<Vec<u8>> = (0..hosts).map(|i| udp_to(host_at(i), 10)).collect();
+                for (i, frame) in frames.iter().enumerate() {
+                    arrived.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let mut spins = 0u32;
+                    while arrived.load(std::sync::atomic::Ordering::Acquire) < 2 * (i as u32 + 1) {
+                        spins += 1;
+                        if spins.is_multiple_of(1024) || !pinned {
+                            std::thread::yield_now();
+                        }
+                        std::hint::spin_loop();
+                    }
+                    assert_eq!(shared.0.test_run(frame).unwrap(), XDP_PASS);
+                }
+            });
+        }
+    });
+    assert_eq!(
+        dp.maps.stat(stat::HOST_TABLE_FULL),
+        0,
+        "every host got a way"
+    );
+    for i in 0..hosts {
+        let c = host(&dp, host_at(i).into(), direction::INCOMING);
+        assert_eq!((c.packets, c.bytes), (2, 76), "{}: {c:?}", host_at(i));
+    }
+    let ways = dp.maps.hosts.keys().count();
+    assert!(ways >= hosts as usize, "{ways} ways for {hosts} hosts");
+    eprintln!(
+        "{} of {hosts} hosts were admitted by both CPUs at once (two ways)",
+        ways - hosts as usize
+    );
+    let in_agent = |a: &fnm_agent::accounting::Accounting, h: Ipv4Addr| {
+        a.host(h.into())
+            .map(|x| x.dirs()[0].total().packets)
+            .unwrap_or(0)
+    };
+    dp.poll(&mut accounting, 1_000, 10_000).unwrap();
+    for i in 0..hosts {
+        assert_eq!(in_agent(&accounting, host_at(i)), 2, "{}", host_at(i));
+    }
+    // Idle: every way, the second ones too, is retired then freed.
+    dp.poll(&mut accounting, 20_000, 10_000).unwrap();
+    dp.poll(&mut accounting, 20_250, 10_000).unwrap();
+    assert_eq!(dp.maps.hosts.keys().count(), 0, "every way reclaimed");
+    for i in 0..hosts {
+        assert_eq!(in_agent(&accounting, host_at(i)), 2, "{}", host_at(i));
+    }
+}
+
 /// The whitelisted sources' counters of one host and direction.
 fn whitelisted(dp: &DataPlane, addr: IpAddr, dir: u8) -> (u64, u64) {
     let w = common::kernel_host_all(dp, addr, dir).whitelisted;

@@ -873,10 +873,12 @@ fn account_slot(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
 /// as the program also tail-calls (docs/performance.md).
 #[inline(always)]
 fn account_hashed(addr: &Addr, dir: u8, p: &Packet, how: Add, white: bool) -> bool {
-    let slot = match in_first_bucket(*addr) {
+    let (first, second) = buckets(*addr);
+    let slot = match in_first_bucket(first, *addr) {
         Some(slot) => slot,
         None => {
-            let slot = fnm_host_slot(addr.hi, addr.lo);
+            // The buckets go along: the call neither hashes again nor probes the first.
+            let slot = fnm_host_slot(addr.hi, addr.lo, ((first as u64) << 32) | second as u64);
             if slot == u64::MAX {
                 return false;
             }
@@ -895,26 +897,28 @@ fn account_hashed(addr: &Addr, dir: u8, p: &Packet, how: Add, white: bool) -> bo
 /// more free ways: with the table twice `xdp.max_hosts`, `max_hosts` hosts fit all but never
 /// overflow (one bucket per address lost 3.5 % of them at that load, simulated), where a
 /// bucket of its own would need a far larger table for the same.
+///
 /// [`host_slot`] as a global BPF function: the verifier checks it once, on its own, instead
-/// of on every path that reaches a hashed host. `u64::MAX` for `None`.
+/// of on every path that reaches a hashed host. `buckets` holds the first bucket in its high
+/// half and the second in its low half. `u64::MAX` for `None`.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn fnm_host_slot(hi: u64, lo: u64) -> u64 {
-    match host_slot(Addr { hi, lo }) {
+pub extern "C" fn fnm_host_slot(hi: u64, lo: u64, buckets: u64) -> u64 {
+    match host_slot(Addr { hi, lo }, (buckets >> 32) as u32, buckets as u32) {
         Some(slot) => slot as u64,
         None => u64::MAX,
     }
 }
 
+/// The rest of the lookup of `addr`, whose [`buckets`] are `first` and `second`, once
+/// [`in_first_bucket`] did not find it: the second bucket, else a way claimed. The first is
+/// not searched again: a CPU that admitted the host there meanwhile makes this one claim a
+/// second way for it, which the agent credits to the same address.
 #[inline(always)]
-fn host_slot(addr: Addr) -> Option<u32> {
+fn host_slot(addr: Addr, first: u32, second: u32) -> Option<u32> {
     // The owner's address as stored: network order, read as two native words.
     let (kh, kl) = (addr.hi.to_be(), addr.lo.to_be());
-    let (first, second) = buckets(addr);
     let a = FNM_SLOT_OWNER.get_ptr_mut(first)? as *mut u64;
-    if let Some(w) = find_way(a, kh, kl) {
-        return Some(first * SLOT_WAYS as u32 + w);
-    }
     let b = FNM_SLOT_OWNER.get_ptr_mut(second)? as *mut u64;
     if let Some(w) = find_way(b, kh, kl) {
         return Some(second * SLOT_WAYS as u32 + w);
@@ -949,12 +953,11 @@ fn buckets(addr: Addr) -> (u32, u32) {
     (scale(h), scale(h >> 32))
 }
 
-/// The host slot of `addr` when its first bucket holds it: most hosts' (a new host goes to
+/// The host slot of `addr` when its `first` bucket holds it: most hosts' (a new host goes to
 /// its first bucket unless the second has more free ways). Inlined, where the rest of the
 /// lookup is a call.
 #[inline(always)]
-fn in_first_bucket(addr: Addr) -> Option<u32> {
-    let (first, _) = buckets(addr);
+fn in_first_bucket(first: u32, addr: Addr) -> Option<u32> {
     let ways = FNM_SLOT_OWNER.get_ptr_mut(first)? as *mut u64;
     find_way(ways, addr.hi.to_be(), addr.lo.to_be()).map(|w| first * SLOT_WAYS as u32 + w)
 }

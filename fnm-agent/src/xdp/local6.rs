@@ -449,13 +449,7 @@ mod tests {
         assert_eq!(len(&["2001:db8::1/128", "2001:db8:0:1::/80"]), 64);
         assert_eq!(len(&["10.0.0.0/8"]), 64);
         // All /48s: one bit per /48, and a neighbour /48 of the same /32 mostly turned away.
-        let isp: Vec<Prefix> = (0..50)
-            .map(|i| {
-                format!("2001:db8:{:x}::/48", 0x100 + 3 * i)
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+        let isp = spaced_48s();
         let bits = prefilter(isp.iter());
         assert!(bits.words.iter().map(|w| w.count_ones()).sum::<u32>() <= 50);
         let plan = Local6Plan::of(isp.iter(), counter_seeds());
@@ -477,13 +471,7 @@ mod tests {
 
     #[test]
     fn a_prefilter_changing_length_never_turns_away_an_address_local_before_and_after() {
-        let isp: Vec<Prefix> = (0..50)
-            .map(|i| {
-                format!("2001:db8:{:x}::/48", 0x100 + 3 * i)
-                    .parse()
-                    .unwrap()
-            })
-            .collect();
+        let isp = spaced_48s();
         let mut with_40 = isp.clone();
         with_40.extend(nets(&["2001:db8:4200::/40", "2a02:1000::/28"]));
         let long = nets(&["2001:db8:10c:7::/64", "2001:db8:10f:0:1::/80"]);
@@ -537,6 +525,17 @@ mod tests {
         // The same length: the new bits at once.
         let same = prefilter(isp[1..].iter());
         assert_eq!(prefilter_steps(&prefilter(isp.iter()), &same), vec![same]);
+    }
+
+    /// An ISP's 50 /48s of 2001:db8::/32, two /48s apart (neighbours that are not local).
+    fn spaced_48s() -> Vec<Prefix> {
+        (0..50)
+            .map(|i| {
+                format!("2001:db8:{:x}::/48", 0x100 + 3 * i)
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
     }
 
     /// `n` consecutive /64s of 2001:db8::/32.
