@@ -271,6 +271,12 @@ impl HostTable {
         }
     }
 
+    /// Seeds the sampling of eviction candidates (tests that compare two tables).
+    #[cfg(test)]
+    pub(super) fn seed_sampling(&mut self, seed: u64) {
+        self.rng = seed | 1;
+    }
+
     pub(super) fn limits(&self) -> HostLimits {
         self.limits
     }

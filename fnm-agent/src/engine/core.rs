@@ -261,9 +261,7 @@ impl EngineCore {
     }
 
     fn ingest_xdp(&mut self, b: XdpBatch) {
-        for (host, dir, delta) in &b.deltas {
-            self.acc.add_host_counters(*host, *dir, delta);
-        }
+        self.acc.add_host_counters_batch(&b.deltas);
         for (dir, class, packets, bytes) in b.totals {
             self.acc.set_total(Source::Xdp, dir, class, packets, bytes);
         }
