@@ -16,7 +16,7 @@
 //! every lookup goes to the per-length tables behind the /16 index).
 //! `xdp_poll_81920_hosts` credits one XDP poll of 65 536 IPv4 and 16 384 IPv6 hosts (issue
 //! 17's target 2), as the engine does (`add_host_counters_batch`), to hosts admitted in
-//! another order.
+//! another order; `xdp_poll_and_tick_81920_hosts` the same and the tick after it.
 //!
 //! ```text
 //! cargo bench -p fnm-agent --bench accounting
@@ -245,6 +245,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| acc.add_host_counters_batch(black_box(&deltas)))
     });
     assert!(matches!(acc.host_count(), 0 | 81_920));
+    // The same poll, then the tick that closes every host's slot (four a second in the agent).
+    let mut now_ms = 0u64;
+    group.bench_function("xdp_poll_and_tick_81920_hosts", |b| {
+        b.iter(|| {
+            acc.add_host_counters_batch(black_box(&deltas));
+            now_ms += 250;
+            acc.tick(now_ms, u64::MAX);
+        })
+    });
 
     // The same with caches cold, as the live benchmark leaves them between two hand-overs (the
     // engine thread sleeps meanwhile, and in a virtual machine others evict even the L3): 64 MiB

@@ -302,7 +302,6 @@ impl Dir {
         }
     }
 
-    /// The counters every direction keeps, allocated when absent.
     /// Starts loading the counters a credit adds to (a hint, see
     /// [`crate::capture::prefetch_line`]).
     #[inline]
@@ -314,6 +313,7 @@ impl Dir {
         }
     }
 
+    /// The counters every direction keeps, allocated when absent.
     pub(super) fn quiet_mut(&mut self) -> &mut Quiet {
         if matches!(self, Dir::Absent) {
             *self = Dir::Quiet(Box::default());
