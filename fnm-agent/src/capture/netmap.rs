@@ -353,6 +353,12 @@ impl CaptureBackend for NetmapBackend {
                     });
                 }
                 port.drain(now, sink, &mut stats);
+                // The live counters first: the flush may confirm the engine's request for
+                // the records, after which a reader expects them counted.
+                sink.progress(&CaptureStats {
+                    parse: stats,
+                    dropped: 0,
+                });
                 sink.flush();
             }
         }

@@ -331,6 +331,7 @@ impl CaptureBackend for PcapBackend {
         };
         let mut last_read = Instant::now();
         let mut paced_wait: Option<Duration> = None;
+        let mut dropped = 0u64;
         while !stop.is_stopped() {
             if let Some(wait) = paced_wait {
                 wait_for(
@@ -357,6 +358,19 @@ impl CaptureBackend for PcapBackend {
             // to hand over, so an idle handle is not read (one system call less per wake-up).
             // Elsewhere every handle is read after each wake-up: poll on BPF devices is
             // unreliable on some systems, and a non-blocking read of an idle handle is cheap.
+            // Asked for the records: the kernel's drop counters are read once per request.
+            let woke = wake.is_some() && fds.last().is_some_and(|fd| fd.revents != 0);
+            if woke {
+                dropped = self.kernel_dropped();
+            }
+            // The live counters are stored before every flush: the flush that confirms the
+            // engine's request must find them counting every frame whose records it hands over
+            // (stored after it, a reader right after the tick could see the records without
+            // the frames).
+            let progress = |stats: ParseStats| CaptureStats {
+                parse: stats,
+                dropped,
+            };
             for (handle, fd) in self.handles.iter_mut().zip(&fds) {
                 if cfg!(target_os = "linux") && fd.revents == 0 {
                     continue;
@@ -370,19 +384,17 @@ impl CaptureBackend for PcapBackend {
                         &mut stats,
                         &mut buffered,
                     )?;
+                    sink.progress(&progress(stats));
                     sink.flush();
                     if read < BATCH || stop.is_stopped() {
                         break;
                     }
                 }
             }
-            if wake.is_some() && fds.last().is_some_and(|fd| fd.revents != 0) {
+            if woke {
                 sink.woken();
-                sink.progress(&CaptureStats {
-                    parse: stats,
-                    dropped: self.kernel_dropped(),
-                });
             }
+            sink.progress(&progress(stats));
             // Records a buffering sink still holds reach its consumer even when no packet came.
             sink.flush();
             // The next read waits until the buffer would be a quarter full at this read's
@@ -396,7 +408,7 @@ impl CaptureBackend for PcapBackend {
             });
         }
         // Packets still buffered by the kernel when stopping are read before returning.
-        let mut dropped = 0u64;
+        dropped = 0;
         for handle in &mut self.handles {
             let _ = read_batch(handle, None, with_timestamps, sink, &mut stats, &mut 0);
             if let Ok(s) = handle.capture.stats() {

@@ -230,6 +230,11 @@ impl CaptureBackend for PfringBackend {
                     let frame = unsafe { std::slice::from_raw_parts(buffer, caplen) };
                     deliver(link, timestamp, frame, sink, &mut stats);
                 }
+                // The live counters first, as in the pcap backend.
+                sink.progress(&CaptureStats {
+                    parse: stats,
+                    dropped: 0,
+                });
                 sink.flush();
             }
             if idle {
