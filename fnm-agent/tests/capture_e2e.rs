@@ -54,7 +54,7 @@ fn pcap_backend_counts_exactly_like_xdp() {
         ),
         "{metrics}"
     );
-    // The capture thread's live counters (published at each flush request): at least the 22
+    // The capture thread's live counters (stored before each flush of records): at least the 22
     // frames sent (the agent's replies are captured too), none malformed.
     let counter = |name: &str| {
         metrics
