@@ -354,10 +354,6 @@ impl CaptureBackend for PcapBackend {
             let since_last_read = last_read.elapsed();
             last_read = Instant::now();
             let mut buffered = 0usize;
-            // On Linux poll reports the packet socket readable exactly when libpcap has a block
-            // to hand over, so an idle handle is not read (one system call less per wake-up).
-            // Elsewhere every handle is read after each wake-up: poll on BPF devices is
-            // unreliable on some systems, and a non-blocking read of an idle handle is cheap.
             // Asked for the records: the kernel's drop counters are read once per request.
             let woke = wake.is_some() && fds.last().is_some_and(|fd| fd.revents != 0);
             if woke {
@@ -371,6 +367,10 @@ impl CaptureBackend for PcapBackend {
                 parse: stats,
                 dropped,
             };
+            // On Linux poll reports the packet socket readable exactly when libpcap has a block
+            // to hand over, so an idle handle is not read (one system call less per wake-up).
+            // Elsewhere every handle is read after each wake-up: poll on BPF devices is
+            // unreliable on some systems, and a non-blocking read of an idle handle is cheap.
             for (handle, fd) in self.handles.iter_mut().zip(&fds) {
                 if cfg!(target_os = "linux") && fd.revents == 0 {
                     continue;
