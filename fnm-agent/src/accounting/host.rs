@@ -123,8 +123,10 @@ impl Ring {
     }
 }
 
-/// The rate window of a direction with traffic in it.
+/// The rate window of a direction with traffic in it. Aligned to a cache line with the
+/// slot being measured first, so a credit's 104 bytes of counters span two lines, not three.
 #[derive(Debug, Clone, Default)]
+#[repr(C, align(64))]
 pub(super) struct Window {
     /// Counters of the poll slot being measured.
     pub(super) current: HostCounters,
@@ -270,9 +272,10 @@ pub(super) enum Dir {
     Live(Box<Live>),
 }
 
-/// Starts loading every cache line of `counters`: at 104 bytes, aligned to 16 only, they
-/// span two or three lines, and a credit adds to fields at both ends (the packets and the
-/// protocol class's bytes), so prefetching the first line alone left a miss per credit.
+/// Starts loading every cache line of `counters`: at 104 bytes they span two lines (a live
+/// direction's, line-aligned, see [`Window`]) or two or three (a quiet one's, aligned to 16
+/// only), and a credit adds to fields at both ends (the packets and the protocol class's
+/// bytes), so prefetching the first line alone left a miss per credit.
 #[inline(always)]
 fn prefetch_counters(counters: &HostCounters) {
     let start: *const u8 = (counters as *const HostCounters).cast();
