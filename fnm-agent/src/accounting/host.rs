@@ -287,22 +287,28 @@ fn prefetch_counters(counters: &HostCounters) {
 
 impl Dir {
     /// The live form, made live when it was not.
-    #[inline]
+    #[inline(always)]
     pub(super) fn live(&mut self) -> &mut Live {
         if !matches!(self, Dir::Live(_)) {
-            let quiet = match std::mem::take(self) {
-                Dir::Quiet(q) => *q,
-                _ => Quiet::default(),
-            };
-            *self = Dir::Live(Box::new(Live {
-                quiet,
-                window: Window::default(),
-            }));
+            self.make_live();
         }
         match self {
             Dir::Live(l) => l,
             _ => unreachable!("made live above"),
         }
+    }
+
+    /// Turns an absent or quiet direction live (once per burst of traffic, not per credit).
+    #[cold]
+    fn make_live(&mut self) {
+        let quiet = match std::mem::take(self) {
+            Dir::Quiet(q) => *q,
+            _ => Quiet::default(),
+        };
+        *self = Dir::Live(Box::new(Live {
+            quiet,
+            window: Window::default(),
+        }));
     }
 
     /// Starts loading the counters a credit adds to (a hint, see

@@ -789,7 +789,9 @@ impl Accounting {
                 &in_window,
                 beyond.as_ref(),
             );
-            self.note_conversation(slot, Direction::Incoming, record.src, record);
+            if self.conversations.is_some() {
+                self.note_conversation(slot, Direction::Incoming, record.src, record);
+            }
         }
         if local_src {
             let slot = self.slot_staged(record.src, staged.src, origin, delta.packets);
@@ -800,7 +802,9 @@ impl Accounting {
                 &in_window,
                 beyond.as_ref(),
             );
-            self.note_conversation(slot, Direction::Outgoing, record.dst, record);
+            if self.conversations.is_some() {
+                self.note_conversation(slot, Direction::Outgoing, record.dst, record);
+            }
         }
     }
 
