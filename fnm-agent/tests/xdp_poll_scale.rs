@@ -348,6 +348,17 @@ impl Tool {
 
 /// CPU per second of wall time, in cores, of each agent's poll thread, engine thread and
 /// whole process over `window`.
+/// Resident anonymous memory of process `pid`, in bytes (0 when unreadable).
+fn resident_anon(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 fn measure(tools: &[Tool], window: Duration) -> Vec<(f64, f64, f64)> {
     let ticks = |t: &Tool| {
         t.api("/api/v1/status")["engine"]["ticks"]
@@ -471,17 +482,22 @@ fn poll_scale_bench() {
         tools.push(Tool::start("fnm-base", 173, &base));
     }
     let progs: Vec<Arc<Prog>> = tools.iter().map(|t| t.prog.clone()).collect();
+    // Attached and polling, no traffic yet.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_memory: Vec<u64> = tools.iter().map(|t| resident_anon(t.agent.pid())).collect();
     let feeder = Feeder::start(progs.clone(), 65_536, V6_HOSTS);
     wait_hosts(&tools, STEADY_HOSTS);
     std::thread::sleep(Duration::from_secs(2));
     let rounds = feeder.rounds();
     let started = Instant::now();
     let steady = measure(&tools, window);
+    let steady_memory: Vec<u64> = tools.iter().map(|t| resident_anon(t.agent.pid())).collect();
     let per_host_pps = (feeder.rounds() - rounds) as f64 / started.elapsed().as_secs_f64();
     scatter(&progs);
     wait_hosts(&tools, STEADY_HOSTS + SCATTER_HOSTS as u64);
     std::thread::sleep(Duration::from_secs(1));
     let scattered = measure(&tools, window);
+    let scattered_memory: Vec<u64> = tools.iter().map(|t| resident_anon(t.agent.pid())).collect();
     feeder.pause(true);
     let latencies: Vec<Option<Duration>> = tools.iter().map(|t| t.flood_latency()).collect();
     drop(feeder);
@@ -503,6 +519,17 @@ fn poll_scale_bench() {
         println!(
             "{:9} steady {:.3} / {:.3} / {:.3}   + {SCATTER_HOSTS} idle hashed hosts {:.3} / {:.3} / {:.3}   flood detected after {:?}",
             t.name, s.0, s.1, s.2, r.0, r.1, r.2, latencies[i]
+        );
+    }
+    println!("Resident anonymous memory (MiB): idle / steady / with the idle hosts");
+    for (i, t) in tools.iter().enumerate() {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "{:9} {:.1} / {:.1} / {:.1}",
+            t.name,
+            mib(idle_memory[i]),
+            mib(steady_memory[i]),
+            mib(scattered_memory[i])
         );
     }
     if tools.len() == 2 {

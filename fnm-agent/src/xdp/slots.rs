@@ -159,11 +159,15 @@ impl HostSlots {
 /// How many touched counter slots ahead of the one being read the poll prefetches.
 const PREFETCH_AHEAD: usize = 8;
 
-/// What the agent knows of one host slot.
+/// What the agent knows of one host slot. All zero is a valid state, the one of a slot never
+/// touched ([`zeroed_states`]).
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
 struct HostState {
-    /// Whose counters it holds (read when first touched).
-    owner: Option<[u8; 16]>,
+    /// Whose counters it holds (read when first touched), valid when `owned`.
+    owner: [u8; 16],
+    /// `owner` was read.
+    owned: bool,
     /// The last values of its two counter slots.
     seen: [XdpHostCounters; 2],
     /// When either direction last got packets.
@@ -172,10 +176,34 @@ struct HostState {
     retired_at: u64,
 }
 
+/// `n` untouched host states in memory the kernel backs only where it is written: the poller
+/// keeps 280 bytes per host slot (37 MiB at the default `max_hosts`), of which a deployment
+/// with few hashed hosts touches a page here and there.
+fn zeroed_states(n: usize) -> Box<[HostState]> {
+    let Ok(layout) = std::alloc::Layout::array::<HostState>(n) else {
+        panic!("{n} host states overflow the address space");
+    };
+    if layout.size() == 0 {
+        return Box::default();
+    }
+    // SAFETY: the layout's size is not zero. All zero is a valid `HostState` (byte arrays, a
+    // bool, integers, and `XdpHostCounters`, a `repr(C)` struct of `u64`s), so the `n`
+    // zeroed elements are initialized. The pointer comes from the global allocator with the
+    // layout of `[HostState; n]`, which is how the `Box` frees it. A large zeroed allocation
+    // is fresh anonymous memory, whose pages the kernel allocates on first write.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<HostState>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+    }
+}
+
 /// The poller's side of the slots.
 #[derive(Default)]
 pub(crate) struct SlotPoller {
-    states: Vec<HostState>,
+    states: Box<[HostState]>,
     touched: Vec<u32>,
     /// `HOST_TABLE_FULL` at the last poll.
     full_seen: u64,
@@ -203,7 +231,9 @@ impl SlotPoller {
         poll: u64,
     ) -> Result<u64, XdpError> {
         if self.states.len() < slots.hosts {
-            self.states.resize(slots.hosts, HostState::default());
+            let mut states = zeroed_states(slots.hosts);
+            states[..self.states.len()].copy_from_slice(&self.states);
+            self.states = states;
         }
         let mut touched = std::mem::take(&mut self.touched);
         slots.touched.slots_into(&mut touched);
@@ -226,7 +256,11 @@ impl SlotPoller {
             }
             let host = touched[i] >> 1;
             let st = &mut self.states[host as usize];
-            let owner = *st.owner.get_or_insert_with(|| slots.owner(host as usize));
+            if !st.owned {
+                st.owner = slots.owner(host as usize);
+                st.owned = true;
+            }
+            let owner = st.owner;
             if st.changed_ms == 0 {
                 st.changed_ms = now_ms;
             }
@@ -264,5 +298,48 @@ impl SlotPoller {
             kept = kept.saturating_sub(2);
         }
         Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's resident anonymous memory, in bytes (Linux).
+    fn resident_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("RssAnon")
+            * 1024
+    }
+
+    #[test]
+    fn host_states_start_untouched_and_cost_memory_only_where_written() {
+        // 1.1 GiB of states, so that what tests running beside this one allocate meanwhile
+        // stays well below the bound.
+        let n = 1 << 22;
+        let before = resident_bytes();
+        let mut states = zeroed_states(n);
+        let allocated = resident_bytes();
+        assert_eq!(states.len(), n);
+        for at in [0, 1, n / 2, n - 1] {
+            let st = states[at];
+            assert!(!st.owned && st.owner == [0; 16]);
+            assert_eq!((st.changed_ms, st.retired_at), (0, 0));
+            assert_eq!(st.seen, [XdpHostCounters::default(); 2]);
+        }
+        // Reading four states and writing one keeps a few pages.
+        states[n / 3].changed_ms = 1;
+        let written = resident_bytes();
+        let size = (n * std::mem::size_of::<HostState>()) as u64;
+        assert!(size > 1 << 30, "{size}");
+        assert!(
+            written.saturating_sub(before) < 128 << 20,
+            "{before} -> {allocated} -> {written} bytes resident for {size} bytes of states"
+        );
+        assert!(zeroed_states(0).is_empty());
     }
 }
