@@ -187,7 +187,7 @@ fn zeroed_states(n: usize) -> Box<[HostState]> {
         return Box::default();
     }
     // SAFETY: the layout's size is not zero. All zero is a valid `HostState` (byte arrays, a
-    // bool, integers, and `XdpHostCounters`, a `repr(C)` struct of `u64`s), so the `n`
+    // bool, integers, and `XdpHostCounters`: `repr(C)` structs of `u64`s), so the `n`
     // zeroed elements are initialized. The pointer comes from the global allocator with the
     // layout of `[HostState; n]`, which is how the `Box` frees it. A large zeroed allocation
     // is fresh anonymous memory, whose pages the kernel allocates on first write.
