@@ -30,13 +30,7 @@ const QUIET_ONE_WAY_BOUND: u64 = 300;
 static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
+    common::proc_status_bytes(None, "VmRSS").expect("VmRSS in /proc/self/status")
 }
 
 /// Bytes the allocator has handed out and not got back (heap chunks and mmapped blocks).
@@ -145,15 +139,7 @@ fn bytes_per_remembered_flow_stay_under_the_documented_cost() {
 
 /// Resident memory of process `pid` (`VmRSS`), in bytes.
 fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+    common::proc_status_bytes(Some(pid), "VmRSS").unwrap_or(0)
 }
 
 /// NetFlow v5 datagram `seq` of 30 one-packet UDP flows to hosts `first..first + 30` of

@@ -346,19 +346,16 @@ impl Tool {
     }
 }
 
-/// CPU per second of wall time, in cores, of each agent's poll thread, engine thread and
-/// whole process over `window`.
-/// Resident anonymous memory of process `pid`, in bytes (0 when unreadable).
-fn resident_anon(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+/// Resident anonymous memory of each agent, in bytes (0 when unreadable).
+fn resident_anon(tools: &[Tool]) -> Vec<u64> {
+    tools
+        .iter()
+        .map(|t| common::proc_status_bytes(Some(t.agent.pid()), "RssAnon").unwrap_or(0))
+        .collect()
 }
 
+/// CPU per second of wall time, in cores, of each agent's poll thread, engine thread and
+/// whole process over `window`.
 fn measure(tools: &[Tool], window: Duration) -> Vec<(f64, f64, f64)> {
     let ticks = |t: &Tool| {
         t.api("/api/v1/status")["engine"]["ticks"]
@@ -484,20 +481,20 @@ fn poll_scale_bench() {
     let progs: Vec<Arc<Prog>> = tools.iter().map(|t| t.prog.clone()).collect();
     // Attached and polling, no traffic yet.
     std::thread::sleep(Duration::from_secs(2));
-    let idle_memory: Vec<u64> = tools.iter().map(|t| resident_anon(t.agent.pid())).collect();
+    let idle_memory = resident_anon(&tools);
     let feeder = Feeder::start(progs.clone(), 65_536, V6_HOSTS);
     wait_hosts(&tools, STEADY_HOSTS);
     std::thread::sleep(Duration::from_secs(2));
     let rounds = feeder.rounds();
     let started = Instant::now();
     let steady = measure(&tools, window);
-    let steady_memory: Vec<u64> = tools.iter().map(|t| resident_anon(t.agent.pid())).collect();
+    let steady_memory = resident_anon(&tools);
     let per_host_pps = (feeder.rounds() - rounds) as f64 / started.elapsed().as_secs_f64();
     scatter(&progs);
     wait_hosts(&tools, STEADY_HOSTS + SCATTER_HOSTS as u64);
     std::thread::sleep(Duration::from_secs(1));
     let scattered = measure(&tools, window);
-    let scattered_memory: Vec<u64> = tools.iter().map(|t| resident_anon(t.agent.pid())).collect();
+    let scattered_memory = resident_anon(&tools);
     feeder.pause(true);
     let latencies: Vec<Option<Duration>> = tools.iter().map(|t| t.flood_latency()).collect();
     drop(feeder);

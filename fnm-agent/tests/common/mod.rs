@@ -3,6 +3,26 @@
 
 pub mod frames;
 
+/// Field `field` of `/proc/<pid>/status` (this process's when `pid` is `None`), a size in kB
+/// there, in bytes: `VmRSS`, `RssAnon`, `VmHWM`... `None` when the process or field is gone.
+pub fn proc_status_bytes(pid: Option<u32>, field: &str) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let kib = status.lines().find_map(|l| {
+        let value = l.strip_prefix(field)?.strip_prefix(':')?;
+        value
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+    })?;
+    Some(kib * 1024)
+}
+
 /// Fails loudly unless running as root: privileged tests never pass silently.
 pub fn require_root(what: &str) {
     // SAFETY: geteuid has no preconditions.
