@@ -14,7 +14,8 @@
 //! - `poll_scale_bench` (ignored, `--release`): poll-thread, engine and process CPU of the
 //!   agent, steady and after a random-destination flood (one packet to each of 98,304
 //!   addresses of a network that counts in the hash table: the hosts stay in the kernel until
-//!   their idle timeout), and the detection latency; with `FNM_BENCH_BASE_AGENT=<path>` a second
+//!   their idle timeout), the detection latency, and the agent's resident anonymous memory
+//!   (idle, steady, with the flood's hosts); with `FNM_BENCH_BASE_AGENT=<path>` a second
 //!   agent build runs beside it, fed the same frames in the same rounds (A/B in one run).
 //!
 //! ```text
