@@ -249,6 +249,67 @@ fn sflow_decoder(c: &mut Criterion) {
     group.finish();
 }
 
+/// A datagram of ten compact flow samples, each an Ethernet frame of IPv6 to a distinct
+/// host of 2001:db8::/64 (TCP, UDP, and TCP after a hop-by-hop header in turn), as a router
+/// samples IPv6 traffic: the corpus holds no sampled IPv6 packet.
+fn sflow_ipv6_datagram() -> Vec<u8> {
+    let words = |bytes: &mut Vec<u8>, words: &[u32]| {
+        for word in words {
+            bytes.extend_from_slice(&word.to_be_bytes());
+        }
+    };
+    let mut datagram = Vec::new();
+    words(&mut datagram, &[5, 1, 0xC000_0201, 0, 1, 1000, 10]);
+    for i in 0..10u8 {
+        let (next, chain): (u8, &[u8]) = match i % 3 {
+            0 => (6, &[]),
+            1 => (17, &[]),
+            _ => (0, &[6, 0, 0, 0, 0, 0, 0, 0]),
+        };
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xDD];
+        frame.extend_from_slice(&[0x60, 0, 0, 0, 0x05, 0xC8, next, 64]);
+        frame.extend_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9,
+        ]);
+        frame.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, i]);
+        frame.extend_from_slice(chain);
+        frame.extend_from_slice(&[0xC3, 0x50, 0x01, 0xBB, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x10]);
+        frame.resize(128, 0);
+        let mut record = Vec::new();
+        words(&mut record, &[1, 1518, 4, frame.len() as u32]);
+        record.extend_from_slice(&frame);
+        let mut sample = Vec::new();
+        words(
+            &mut sample,
+            &[u32::from(i), 3, 1024, u32::from(i) * 1024, 0, 3, 4, 1],
+        );
+        words(&mut sample, &[1, record.len() as u32]);
+        sample.extend_from_slice(&record);
+        words(&mut datagram, &[1, sample.len() as u32]);
+        datagram.extend_from_slice(&sample);
+    }
+    datagram
+}
+
+/// IPv6 sampled packets straight into a reused buffer of traffic records.
+fn sflow_ipv6_decoder(c: &mut Criterion) {
+    let datagram = sflow_ipv6_datagram();
+    let mut out = Vec::with_capacity(64);
+    let summary = sflow::decode_traffic(&datagram, 1, &mut out).expect("sflow decodes");
+    assert_eq!((summary.flow_samples, out.len()), (10, 10));
+    assert!(out.iter().all(|r| r.dst.is_ipv6() && r.src_port == 50000));
+    let mut group = c.benchmark_group("decode/sflow_ipv6");
+    group.throughput(Throughput::Elements(10));
+    group.bench_function(BenchmarkId::new("fnm_traffic", 10), |b| {
+        b.iter(|| {
+            out.clear();
+            let _ = black_box(sflow::decode_traffic(black_box(&datagram), 1, &mut out));
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
 /// One NetFlow v5 contender: decodes both corpus datagrams and returns the records it read.
 type V5Contender = fn(&[Vec<u8>], &mut V5State) -> usize;
 
@@ -389,5 +450,5 @@ fn netflow5_interleaved() {
     }
 }
 
-criterion_group!(benches, netflow_family, sflow_decoder);
+criterion_group!(benches, netflow_family, sflow_decoder, sflow_ipv6_decoder);
 criterion_main!(benches, netflow5_interleaved);

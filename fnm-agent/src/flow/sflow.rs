@@ -746,46 +746,49 @@ fn parse_ipv6(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> 
         return None;
     }
     let payload_length = u16::from_be_bytes([header[4], header[5]]);
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&header[8..24]);
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&header[24..40]);
-    let mut packet = SampledPacket {
-        src: IpAddr::V6(Ipv6Addr::from(src)),
-        dst: IpAddr::V6(Ipv6Addr::from(dst)),
-        protocol: header[6],
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
+    let (protocol, fragment, l4) = walk_ipv6_extensions(ip, header[6]);
+    // Built at once, as in `parse_ipv4` (store forwarding).
+    Some(SampledPacket {
+        src: IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&header[8..24]).ok()?)),
+        dst: IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&header[24..40]).ok()?)),
+        protocol,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        tcp_flags: l4.tcp_flags,
         ip_bytes: if payload_length > 0 {
             u32::from(payload_length) + 40
         } else {
             fallback_len
         },
         ttl: header[7],
-        fragment: false,
+        fragment,
         vlan,
-    };
+    })
+}
+
+/// Walks the extension headers of the IPv6 packet `ip` from its next header `next`: the
+/// upper-layer protocol (the last header named when the packet ends inside the chain),
+/// whether a fragment header was seen, and the L4 ports and flags (unknown in a later
+/// fragment or a truncated chain).
+#[inline(always)]
+fn walk_ipv6_extensions(ip: &[u8], mut next: u8) -> (u8, bool, L4) {
     let mut offset = 40usize;
-    let mut next = header[6];
+    let mut fragment = false;
     let mut first_fragment = true;
     for _ in 0..MAX_ENCAPSULATIONS {
         match next {
             0 | 43 | 60 => {
-                let ext = ip.get(offset..offset + 2);
-                let Some(ext) = ext else {
-                    packet.protocol = next;
-                    return Some(packet);
+                let Some(ext) = ip.get(offset..offset + 2) else {
+                    return (next, fragment, L4::default());
                 };
                 next = ext[0];
                 offset += (usize::from(ext[1]) + 1) * 8;
             }
             44 => {
                 let Some(ext) = ip.get(offset..offset + 8) else {
-                    packet.protocol = next;
-                    return Some(packet);
+                    return (next, fragment, L4::default());
                 };
-                packet.fragment = true;
+                fragment = true;
                 let offset_flags = u16::from_be_bytes([ext[2], ext[3]]);
                 first_fragment = offset_flags >> 3 == 0;
                 next = ext[0];
@@ -793,8 +796,7 @@ fn parse_ipv6(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> 
             }
             51 => {
                 let Some(ext) = ip.get(offset..offset + 2) else {
-                    packet.protocol = next;
-                    return Some(packet);
+                    return (next, fragment, L4::default());
                 };
                 next = ext[0];
                 offset += (usize::from(ext[1]) + 2) * 4;
@@ -802,16 +804,11 @@ fn parse_ipv6(ip: &[u8], fallback_len: u32, vlan: u16) -> Option<SampledPacket> 
             _ => break,
         }
     }
-    packet.protocol = next;
-    if first_fragment {
-        if let Some(l4) = ip.get(offset..) {
-            let l4 = parse_l4(l4, next);
-            packet.src_port = l4.src_port;
-            packet.dst_port = l4.dst_port;
-            packet.tcp_flags = l4.tcp_flags;
-        }
-    }
-    Some(packet)
+    let l4 = match ip.get(offset..) {
+        Some(l4) if first_fragment => parse_l4(l4, next),
+        _ => L4::default(),
+    };
+    (next, fragment, l4)
 }
 
 /// What a packet's L4 header tells (all 0 when unknown).
@@ -935,6 +932,80 @@ mod tests {
         assert_eq!(decoded.flows[0].packet.expect("packet").ip_bytes, 40);
         let decoded = decode(&datagram_with_header(11, &ipv4_tcp_syn(40, 0), 40, 1)).expect("ok");
         assert_eq!(decoded.flows[0].packet.expect("packet").dst_port, 80);
+    }
+
+    /// An IPv6 packet (2001:db8::1 to 2001:db8::7, hop limit 60) whose header chain starts
+    /// with `next` and holds `chain` then a TCP SYN from port 8080 to 80.
+    fn ipv6_tcp_syn(next: u8, chain: &[u8], payload_length: u16) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&payload_length.to_be_bytes());
+        ip.extend_from_slice(&[next, 60]);
+        ip.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        ip.extend_from_slice(chain);
+        ip.extend_from_slice(&[0x1F, 0x90, 0x00, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02]);
+        ip
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_ports() {
+        let packet = |ip: &[u8], frame_length: u32| {
+            let mut frame = vec![0u8; 12];
+            frame.extend_from_slice(&[0x86, 0xDD]);
+            frame.extend_from_slice(ip);
+            decode(&datagram_with_header(1, &frame, frame_length, 1))
+                .expect("valid")
+                .flows[0]
+                .packet
+                .expect("packet")
+        };
+        let src: IpAddr = "2001:db8::1".parse().unwrap();
+        let dst: IpAddr = "2001:db8::7".parse().unwrap();
+        let plain = packet(&ipv6_tcp_syn(6, &[], 20), 78);
+        assert_eq!((plain.src, plain.dst, plain.ttl), (src, dst, 60));
+        assert_eq!(
+            (plain.protocol, plain.ip_bytes, plain.fragment),
+            (6, 60, false)
+        );
+        assert_eq!(
+            (plain.src_port, plain.dst_port, plain.tcp_flags),
+            (8080, 80, 2)
+        );
+        // Hop-by-hop (8 bytes), then a first fragment: ports read, a fragment.
+        let hop_by_hop = [44, 0, 0, 0, 0, 0, 0, 0];
+        let first = [6, 0, 0x00, 0x01, 0, 0, 0, 9];
+        let chain = [hop_by_hop.as_slice(), first.as_slice()].concat();
+        let first = packet(&ipv6_tcp_syn(0, &chain, 36), 94);
+        assert_eq!(
+            (first.protocol, first.fragment, first.ip_bytes),
+            (6, true, 76)
+        );
+        assert_eq!(
+            (first.src_port, first.dst_port, first.tcp_flags),
+            (8080, 80, 2)
+        );
+        // A later fragment (offset 8): no ports; payload length 0 takes the frame's.
+        let later = packet(&ipv6_tcp_syn(44, &[6, 0, 0x00, 0x40, 0, 0, 0, 9], 0), 90);
+        assert_eq!(
+            (later.protocol, later.fragment, later.ip_bytes),
+            (6, true, 72)
+        );
+        assert_eq!((later.src_port, later.dst_port, later.tcp_flags), (0, 0, 0));
+        // AH (length 4: 24 bytes) before TCP.
+        let ah = [
+            6, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let authenticated = packet(&ipv6_tcp_syn(51, &ah, 44), 102);
+        assert_eq!((authenticated.protocol, authenticated.src_port), (6, 8080));
+        // The sampled header ends inside the chain: the last header named, no ports.
+        let mut cut = ipv6_tcp_syn(0, &hop_by_hop, 28);
+        cut.truncate(41);
+        let cut = packet(&cut, 100);
+        assert_eq!((cut.protocol, cut.fragment, cut.src_port), (0, false, 0));
+        let mut cut = ipv6_tcp_syn(0, &chain, 36);
+        cut.truncate(52);
+        let cut = packet(&cut, 100);
+        assert_eq!((cut.protocol, cut.fragment, cut.src_port), (44, false, 0));
     }
 
     #[test]
