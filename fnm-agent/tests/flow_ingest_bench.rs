@@ -868,7 +868,7 @@ impl Drop for Pmacct {
 /// 1.2.4 (32 MiB receive buffer) and pmacct (`nfacctd` / `sfacctd`, per-host aggregation in
 /// memory), each fed the same datagrams at one fixed rate all of them handle, interleaved over
 /// `FNM_BENCH_ROUNDS` rounds (default 3) of 8 s; medians and ratios. Set `FNM_BENCH_CPU=1`
-/// (`FNM_BENCH_ONLY=netflow` or `sflow` runs one of the two).
+/// (`FNM_BENCH_ONLY=netflow` or `sflow` runs one of the two, `FNM_BENCH_RATE` sets the rate).
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture --release"]
 fn flow_cpu_per_record_bench() {
@@ -882,7 +882,12 @@ fn flow_cpu_per_record_bench() {
         .unwrap_or(3);
     let step = Duration::from_secs(8);
     let only = std::env::var("FNM_BENCH_ONLY").ok();
+    // `FNM_BENCH_RATE` (records or samples per second) overrides the rates below.
+    let rate_override: Option<f64> = std::env::var("FNM_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (sflow, rate) in [(false, 300_000.0), (true, 160_000.0)] {
+        let rate = rate_override.unwrap_or(rate);
         let kind = if sflow { "sflow" } else { "netflow" };
         if only.as_deref().is_some_and(|o| o != kind) {
             continue;
