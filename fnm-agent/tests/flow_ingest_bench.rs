@@ -882,10 +882,12 @@ fn flow_cpu_per_record_bench() {
         .unwrap_or(3);
     let step = Duration::from_secs(8);
     let only = std::env::var("FNM_BENCH_ONLY").ok();
-    // `FNM_BENCH_RATE` (records or samples per second) overrides the rates below.
+    // `FNM_BENCH_RATE` (records or samples per second) overrides the rates below; a value
+    // that is not a positive number is ignored, as a zero rate would send nothing.
     let rate_override: Option<f64> = std::env::var("FNM_BENCH_RATE")
         .ok()
-        .and_then(|v| v.parse().ok());
+        .and_then(|v| v.parse().ok())
+        .filter(|r: &f64| r.is_finite() && *r > 0.0);
     for (sflow, rate) in [(false, 300_000.0), (true, 160_000.0)] {
         let rate = rate_override.unwrap_or(rate);
         let kind = if sflow { "sflow" } else { "netflow" };
