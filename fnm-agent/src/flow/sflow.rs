@@ -1111,16 +1111,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn decode_traffic_is_decode_without_the_samples() {
-        let bytes = mixed_datagram();
-        let decoded = decode(&bytes).expect("valid");
-        assert_eq!((decoded.flows.len(), decoded.counters.len()), (3, 1));
-        assert_eq!(decoded.stats.samples_skipped, 1);
-        assert_eq!(decoded.stats.expanded_flow_samples, 1);
-        assert_eq!(decoded.traffic_records(1).count(), 2);
-        assert_same_as_decode(&bytes);
-        // Every truncation and many corruptions give the same result both ways.
+    /// Checks `bytes`, every truncation of it and four random single-byte corruptions at
+    /// every position.
+    fn assert_same_as_decode_mutated(bytes: &[u8]) {
+        assert_same_as_decode(bytes);
         for len in 0..bytes.len() {
             assert_same_as_decode(&bytes[..len]);
         }
@@ -1130,10 +1124,176 @@ mod tests {
                 state ^= state << 13;
                 state ^= state >> 17;
                 state ^= state << 5;
-                let mut corrupted = bytes.clone();
+                let mut corrupted = bytes.to_vec();
                 corrupted[position] = state as u8;
                 assert_same_as_decode(&corrupted);
             }
+        }
+    }
+
+    /// The datagram of `tests/flow_ingest_bench.rs`'s sFlow sender (`sflow_datagram`): ten
+    /// compact flow samples, each one raw header record of a 46-byte Ethernet/IPv4/UDP
+    /// header, the shape of the live profile's traffic.
+    fn ingest_bench_datagram(seed: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for value in [5, 1, 0x7f00_0001, 0, seed, 1000, 10] {
+            push_u32(&mut bytes, value);
+        }
+        for s in 0..10 {
+            let i = seed * 10 + s;
+            let mut header = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+            header.extend_from_slice(&[0x45, 0, 0, 128, 0, 0, 0, 0, 64, 17, 0, 0]);
+            header.extend_from_slice(&(0xc633_6400 + (i % 200)).to_be_bytes());
+            header.extend_from_slice(&(0x0a0a_0000 + (i % 4000)).to_be_bytes());
+            header.extend_from_slice(&((i % 60000) as u16).to_be_bytes());
+            header.extend_from_slice(&[0, 53, 0, 108, 0, 0]);
+            let header_len = header.len() as u32;
+            while header.len() % 4 != 0 {
+                header.push(0);
+            }
+            let mut record = Vec::new();
+            for value in [1, 14 + 128 + 4, 4, header_len] {
+                push_u32(&mut record, value);
+            }
+            record.extend_from_slice(&header);
+            let mut sample = Vec::new();
+            for value in [i, 3, 1, i * 1000, 0, 3, 4, 1, 1, record.len() as u32] {
+                push_u32(&mut sample, value);
+            }
+            sample.extend(record);
+            push_u32(&mut bytes, 1);
+            push_u32(&mut bytes, sample.len() as u32);
+            bytes.extend(sample);
+        }
+        bytes
+    }
+
+    /// The UDP payloads of a classic pcap (Ethernet or Linux SLL, 802.1Q, IPv4 or IPv6); what
+    /// cannot be read is left out.
+    fn pcap_payloads(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let word = |at: usize, little: bool| {
+            let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            Some(if little {
+                u32::from_le_bytes(raw)
+            } else {
+                u32::from_be_bytes(raw)
+            })
+        };
+        let little = match word(0, true) {
+            Some(0xa1b2_c3d4 | 0xa1b2_3c4d) => true,
+            Some(0xd4c3_b2a1 | 0x4d3c_b2a1) => false,
+            _ => return Vec::new(),
+        };
+        let Some(link_type) = word(20, little) else {
+            return Vec::new();
+        };
+        let payload = |frame: &[u8]| -> Option<Vec<u8>> {
+            let be16 = |at: usize| Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+            let (mut ethertype, mut offset) = match link_type {
+                1 => (be16(12)?, 14),
+                113 => (be16(14)?, 16),
+                _ => return None,
+            };
+            while ethertype == 0x8100 || ethertype == 0x88a8 {
+                ethertype = be16(offset + 2)?;
+                offset += 4;
+            }
+            let ip = frame.get(offset..)?;
+            let udp = match ethertype {
+                0x0800 if *ip.get(9)? == 17 => ip.get(usize::from(ip[0] & 0x0f) * 4..)?,
+                0x86dd if *ip.get(6)? == 17 => ip.get(40..)?,
+                _ => return None,
+            };
+            let udp_len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+            Some(udp.get(8..udp_len.clamp(8, udp.len()))?.to_vec())
+        };
+        let mut out = Vec::new();
+        let mut pos = 24;
+        while let Some(captured) = word(pos + 8, little) {
+            let Some(frame) = bytes.get(pos + 16..pos + 16 + captured as usize) else {
+                break;
+            };
+            out.extend(payload(frame));
+            pos += 16 + captured as usize;
+        }
+        out
+    }
+
+    /// The sFlow datagrams of the shared corpus (`$FNM_CORPUS_DIR`, else
+    /// `<workspace>/../shared/corpus`, as `tests/flow_corpus.rs` finds it) outside its
+    /// `copyleft` directories: `.bin` files as one datagram, `.pcap` files by UDP payload.
+    /// Empty when the corpus is absent.
+    fn shared_corpus_datagrams() -> Vec<(String, Vec<u8>)> {
+        use std::path::{Path, PathBuf};
+        let root = std::env::var_os("FNM_CORPUS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
+        if !root.join("MANIFEST.json").is_file() {
+            return Vec::new();
+        }
+        let mut files = Vec::new();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+            .expect("corpus dir")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.is_dir()
+                    && path
+                        .file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with("sflow"))
+            })
+            .collect();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("corpus dir") {
+                let path = entry.expect("corpus entry").path();
+                if path.is_dir() {
+                    if path.file_name().is_some_and(|name| name != "copyleft") {
+                        dirs.push(path);
+                    }
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        let mut datagrams = Vec::new();
+        for path in files {
+            let name = path.display().to_string();
+            let bytes = || std::fs::read(&path).expect("read corpus file");
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("bin") => datagrams.push((name, bytes())),
+                Some("pcap") => {
+                    let payloads = pcap_payloads(&bytes());
+                    assert!(!payloads.is_empty(), "{name}: no UDP payload");
+                    datagrams.extend(payloads.into_iter().map(|p| (name.clone(), p)));
+                }
+                _ => {}
+            }
+        }
+        datagrams
+    }
+
+    #[test]
+    fn decode_traffic_is_decode_without_the_samples() {
+        let bytes = mixed_datagram();
+        let decoded = decode(&bytes).expect("valid");
+        assert_eq!((decoded.flows.len(), decoded.counters.len()), (3, 1));
+        assert_eq!(decoded.stats.samples_skipped, 1);
+        assert_eq!(decoded.stats.expanded_flow_samples, 1);
+        assert_eq!(decoded.traffic_records(1).count(), 2);
+        // Every truncation and many corruptions give the same result both ways.
+        assert_same_as_decode_mutated(&bytes);
+        let bench = ingest_bench_datagram(7);
+        let decoded = decode(&bench).expect("valid");
+        assert_eq!(decoded.flows.len(), 10);
+        assert!(decoded
+            .traffic_records(1)
+            .all(|r| (r.dst_port, r.bytes, r.ttl) == (53, 128, 64)));
+        assert_same_as_decode_mutated(&bench);
+        let corpus = shared_corpus_datagrams();
+        for (name, datagram) in &corpus {
+            // Captured: shown, last line the culprit, only when the test fails.
+            println!("{name}: {} bytes", datagram.len());
+            assert_same_as_decode_mutated(datagram);
         }
     }
 }
