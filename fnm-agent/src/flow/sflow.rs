@@ -21,6 +21,14 @@
 //!
 //! Packets and bytes are multiplied by the sample's sampling rate (the collector's default
 //! when the sample says 0).
+//!
+//! # Traffic path
+//!
+//! [`decode_traffic`] (the collectors') gives what [`decode`] + `traffic_records` give, errors
+//! and stats included, but takes a flow sample whose first record is a raw packet header
+//! that decodes (the usual shape: alone, or followed by extended switch/router records)
+//! straight from its bytes into a [`TrafficRecord`], with one length check of the sample's
+//! fixed part and without building the [`FlowSample`]; any other sample takes the full path.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -209,7 +217,16 @@ impl FlowSample {
     #[inline(always)]
     pub fn traffic(&self, default_sampling_rate: u32) -> Option<TrafficRecord> {
         let packet = self.packet?;
-        let rate = u64::from(effective_rate(self.sampling_rate, default_sampling_rate));
+        Some(packet.traffic(effective_rate(self.sampling_rate, default_sampling_rate)))
+    }
+}
+
+impl SampledPacket {
+    /// The packet as traffic, scaled by `rate` (the effective sampling rate).
+    #[inline(always)]
+    fn traffic(&self, rate: u32) -> TrafficRecord {
+        let packet = self;
+        let rate = u64::from(rate);
         let mut record = TrafficRecord {
             src: packet.src,
             dst: packet.dst,
@@ -227,7 +244,7 @@ impl FlowSample {
         if record.is_syn() {
             record.tcp_syn_packets = rate;
         }
-        Some(record)
+        record
     }
 }
 
@@ -259,6 +276,13 @@ struct Header {
 
 /// Where [`decode_samples`] puts each sample it decoded, in datagram order.
 trait SampleSink {
+    /// Takes a flow sample straight from its `body` when it can with the very outcome of
+    /// [`read_flow_sample`] then [`flow`](Self::flow) (`stats` included); false to have it
+    /// decoded in full and handed to `flow`.
+    #[inline(always)]
+    fn flow_body(&mut self, _body: &[u8], _expanded: bool, _stats: &mut SflowStats) -> bool {
+        false
+    }
     fn flow(&mut self, sample: FlowSample);
     fn counter(&mut self, sample: CounterSample);
 }
@@ -278,25 +302,33 @@ impl SampleSink for Collect {
     }
 }
 
-/// Turns flow samples into traffic as they are decoded ([`decode_traffic`]).
+/// Turns flow samples into traffic as they are decoded ([`decode_traffic`]). Samples are
+/// counted in the stats only (the summary's sample counts are sums of them).
 struct Traffic<'a> {
     out: &'a mut Vec<TrafficRecord>,
     default_sampling_rate: u32,
-    flows: u32,
-    counters: u32,
 }
 
 impl SampleSink for Traffic<'_> {
+    /// The usual shapes (a raw header record first: alone in the live profile, followed by
+    /// extended switch and router records from switches) go straight from the bytes to a
+    /// record ([`raw_header_first_packet`]) without a [`FlowSample`].
+    #[inline(always)]
+    fn flow_body(&mut self, body: &[u8], expanded: bool, stats: &mut SflowStats) -> bool {
+        let Some((sampling_rate, packet)) = raw_header_first_packet(body, expanded, stats) else {
+            return false;
+        };
+        let rate = effective_rate(sampling_rate, self.default_sampling_rate);
+        self.out.push(packet.traffic(rate));
+        true
+    }
     #[inline(always)]
     fn flow(&mut self, sample: FlowSample) {
-        self.flows += 1;
         if let Some(record) = sample.traffic(self.default_sampling_rate) {
             self.out.push(record);
         }
     }
-    fn counter(&mut self, _sample: CounterSample) {
-        self.counters += 1;
-    }
+    fn counter(&mut self, _sample: CounterSample) {}
 }
 
 /// Decodes one sFlow v5 datagram.
@@ -333,16 +365,15 @@ pub fn decode_traffic(
     let mut traffic = Traffic {
         out,
         default_sampling_rate,
-        flows: 0,
-        counters: 0,
     };
     match decode_samples(datagram, &mut traffic, &mut stats) {
+        // No overflow: each sample is counted once, and there are at most u32::MAX of them.
         Ok(header) => Ok(SflowSummary {
             agent: header.agent,
             sub_agent_id: header.sub_agent_id,
             sequence: header.sequence,
-            flow_samples: traffic.flows,
-            counter_samples: traffic.counters,
+            flow_samples: stats.flow_samples + stats.expanded_flow_samples,
+            counter_samples: stats.counter_samples + stats.expanded_counter_samples,
             stats,
         }),
         Err(error) => {
@@ -387,16 +418,19 @@ fn decode_samples<S: SampleSink>(
         }
         match format {
             1 | 3 => {
-                let sample = read_flow_sample(body, format == 3, stats)?;
-                if format == 3 {
+                let expanded = format == 3;
+                if !sink.flow_body(body, expanded, stats) {
+                    let sample = read_flow_sample(body, expanded, stats)?;
+                    if sample.packet.is_none() {
+                        stats.samples_without_packet += 1;
+                    }
+                    sink.flow(sample);
+                }
+                if expanded {
                     stats.expanded_flow_samples += 1;
                 } else {
                     stats.flow_samples += 1;
                 }
-                if sample.packet.is_none() {
-                    stats.samples_without_packet += 1;
-                }
-                sink.flow(sample);
             }
             2 | 4 => {
                 let sample = read_counter_sample(body, format == 4, stats)?;
@@ -439,6 +473,58 @@ fn check_record_count(reader: &Reader<'_>, count: u32) -> Result<(), DecodeError
         });
     }
     Ok(())
+}
+
+/// A big-endian u32 at `at` of a fixed-size chunk (no bounds check once inlined).
+#[inline(always)]
+fn be_u32<const N: usize>(bytes: &[u8; N], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// The sampling rate and packet of a flow sample body whose first record is a raw packet
+/// header (format 1) that decodes, and whose other records are all present: what
+/// [`read_flow_sample`] finds in it (and adds to `stats`), read after one length check of the
+/// fixed part instead of a checked read per field, without the sample's other fields. `None`
+/// for anything else (no records, another record first, an undecodable header, a short
+/// record), which [`read_flow_sample`] then decodes in full, errors included; `stats` is
+/// then untouched.
+#[inline(always)]
+fn raw_header_first_packet(
+    body: &[u8],
+    expanded: bool,
+    stats: &mut SflowStats,
+) -> Option<(u32, SampledPacket)> {
+    // The fixed part ends with the record count: 32 bytes compact, 44 expanded (whose source
+    // id is two words and whose input and output are (format, value) pairs).
+    let (sampling_rate, record_count, records) = if expanded {
+        let (fixed, records) = body.split_first_chunk::<44>()?;
+        (be_u32(fixed, 12), be_u32(fixed, 40), records)
+    } else {
+        let (fixed, records) = body.split_first_chunk::<32>()?;
+        (be_u32(fixed, 8), be_u32(fixed, 28), records)
+    };
+    let (record_head, rest) = records.split_first_chunk::<8>()?;
+    if record_count == 0 || be_u32(record_head, 0) != 1 {
+        return None;
+    }
+    let record_length = be_u32(record_head, 4) as usize;
+    let (_, packet) = read_raw_header(rest.get(..record_length)?);
+    let packet = packet?;
+    // The other records only count once a packet is known: another raw header or an unknown
+    // record is skipped, sampled IPv4/IPv6 (3, 4) and extended switch (1001) records are not.
+    // Every record takes 8 bytes or more, so all of them being present is what
+    // `check_record_count` checks too.
+    let mut rest = rest.get(record_length..)?;
+    let mut skipped = 0;
+    for _ in 1..record_count {
+        let (record_head, after) = rest.split_first_chunk::<8>()?;
+        rest = after.get(be_u32(record_head, 4) as usize..)?;
+        if !matches!(be_u32(record_head, 0), 3 | 4 | 1001) {
+            skipped += 1;
+        }
+    }
+    stats.flow_records_skipped += skipped;
+    Some((sampling_rate, packet))
 }
 
 /// Decodes a flow sample body (compact or expanded).
@@ -626,17 +712,13 @@ fn read_sampled_ipv6(record: &[u8]) -> Option<SampledPacket> {
 /// when its IP header could be decoded.
 #[inline(always)]
 fn read_raw_header(record: &[u8]) -> (u32, Option<SampledPacket>) {
-    let mut r = Reader::new(record);
-    let (Ok(header_protocol), Ok(frame_length), Ok(_stripped), Ok(header_length)) =
-        (r.u32(), r.u32(), r.u32(), r.u32())
-    else {
+    // Header protocol, frame length, bytes stripped, header length.
+    let Some((fields, rest)) = record.split_first_chunk::<16>() else {
         return (0, None);
     };
+    let (header_protocol, frame_length) = (be_u32(fields, 0), be_u32(fields, 4));
     // The header may be announced longer than the record: use what is there.
-    let available = r.remaining().min(header_length as usize);
-    let Ok(header) = r.take(available) else {
-        return (frame_length, None);
-    };
+    let header = rest.get(..be_u32(fields, 12) as usize).unwrap_or(rest);
     let packet = match header_protocol {
         1 => parse_ethernet(header, frame_length),
         11 => parse_ipv4(header, frame_length, 0),
@@ -1107,6 +1189,139 @@ mod tests {
             Err(error) => {
                 assert_eq!(streamed.unwrap_err(), error);
                 assert_eq!(out, vec![before]);
+            }
+        }
+    }
+
+    /// A datagram of one flow sample (compact or expanded, sampling rate `rate`) holding
+    /// `records` as (data format, body).
+    fn flow_sample_datagram(expanded: bool, rate: u32, records: &[(u32, Vec<u8>)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        let fixed: &[u32] = if expanded {
+            &[7, 0, 3, rate, 1000, 0, 0, 1, 0, 2]
+        } else {
+            &[7, 3, rate, 1000, 0, 1, 2]
+        };
+        for &value in fixed {
+            push_u32(&mut body, value);
+        }
+        push_u32(&mut body, records.len() as u32);
+        for (format, record) in records {
+            push_u32(&mut body, *format);
+            push_u32(&mut body, record.len() as u32);
+            body.extend_from_slice(record);
+        }
+        let mut bytes = Vec::new();
+        for value in [
+            5,
+            1,
+            0x0A00_0001,
+            0,
+            42,
+            1000,
+            1,
+            if expanded { 3 } else { 1 },
+        ] {
+            push_u32(&mut bytes, value);
+        }
+        push_u32(&mut bytes, body.len() as u32);
+        bytes.extend(body);
+        bytes
+    }
+
+    /// A raw packet header record (format 1) announcing `header_length` bytes of `header`.
+    fn raw_header_record(
+        protocol: u32,
+        frame_length: u32,
+        header_length: u32,
+        header: &[u8],
+    ) -> Vec<u8> {
+        let mut record = Vec::new();
+        for value in [protocol, frame_length, 4, header_length] {
+            push_u32(&mut record, value);
+        }
+        record.extend_from_slice(header);
+        record
+    }
+
+    /// The traffic path takes flow samples whose first record is a raw header without
+    /// building the sample; at each of its edges (headers cut at every length or announced
+    /// longer than they are, records before and after it, compact and expanded samples,
+    /// rate 0) it must still give what `decode` gives.
+    #[test]
+    fn decode_traffic_raw_header_edges_are_decode() {
+        let ethernet = |ethertype: &[u8], ip: Vec<u8>| [&[2u8; 12][..], ethertype, &ip].concat();
+        let mut frames = vec![
+            (
+                1,
+                ingest_bench_datagram(3)[28 + 8 + 48..28 + 8 + 48 + 46].to_vec(),
+            ),
+            (1, ethernet(&[0x08, 0x00], ipv4_tcp_syn(60, 0))),
+            (1, ethernet(&[0x08, 0x00], ipv4_tcp_syn(0, 0x0010))),
+            (
+                1,
+                ethernet(&[0x81, 0x00, 0, 5, 0x08, 0x00], ipv4_tcp_syn(60, 0x2000)),
+            ),
+            (1, ethernet(&[0x86, 0xDD], ipv6_tcp_syn(6, &[], 20))),
+            (1, ethernet(&[0x08, 0x06], vec![0; 28])),
+            (11, ipv4_tcp_syn(40, 0)),
+            (12, ipv6_tcp_syn(44, &[6, 0, 0x00, 0x40, 0, 0, 0, 9], 0)),
+            (2, ipv4_tcp_syn(40, 0)),
+        ];
+        // The ingest frame's IPv4 header with options (IHL 6) and as ICMP.
+        let mut options = frames[0].1.clone();
+        options[14] = 0x46;
+        options.splice(34..34, [1, 1, 1, 0]);
+        frames.push((1, options));
+        let mut icmp = frames[0].1.clone();
+        icmp[23] = 1;
+        frames.push((1, icmp));
+        let mut sampled_ipv4 = Vec::new();
+        for value in [60, 6, 0xC000_0201, 0xC000_0202, 1, 2, 2, 0] {
+            push_u32(&mut sampled_ipv4, value);
+        }
+        let switch = [0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0].to_vec();
+        let router = [0, 0, 0, 1, 10, 0, 0, 1, 0, 0, 0, 24, 0, 0, 0, 24].to_vec();
+        for (protocol, frame) in &frames {
+            for cut in 0..=frame.len() {
+                for announced in [cut, cut + 10] {
+                    let raw = raw_header_record(
+                        *protocol,
+                        frame.len() as u32 + 4,
+                        announced as u32,
+                        &frame[..cut],
+                    );
+                    let lists = [
+                        vec![(1, raw.clone())],
+                        vec![
+                            (1, raw.clone()),
+                            (1001, switch.clone()),
+                            (1002, router.clone()),
+                        ],
+                        vec![
+                            (1, raw.clone()),
+                            (3, sampled_ipv4.clone()),
+                            (1, raw.clone()),
+                        ],
+                        vec![(1, raw.clone()), (9 << 12 | 1, switch.clone())],
+                        vec![(1001, switch.clone()), (1, raw.clone())],
+                        vec![(3, sampled_ipv4.clone()), (1, raw.clone())],
+                    ];
+                    for records in &lists {
+                        for expanded in [false, true] {
+                            for rate in [0, 512] {
+                                let bytes = flow_sample_datagram(expanded, rate, records);
+                                assert_same_as_decode(&bytes);
+                                // The last record cut short inside its sample.
+                                let mut short = bytes.clone();
+                                short.pop();
+                                let sample_length = bytes.len() as u32 - 36 - 1;
+                                short[32..36].copy_from_slice(&sample_length.to_be_bytes());
+                                assert_same_as_decode(&short);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
