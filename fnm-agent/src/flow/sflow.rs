@@ -312,14 +312,28 @@ struct Traffic<'a> {
 impl SampleSink for Traffic<'_> {
     /// The usual shapes (a raw header record first: alone in the live profile, followed by
     /// extended switch and router records from switches) go straight from the bytes to a
-    /// record ([`raw_header_first_packet`]) without a [`FlowSample`].
+    /// record ([`raw_header_first`]) without a [`FlowSample`].
     #[inline(always)]
     fn flow_body(&mut self, body: &[u8], expanded: bool, stats: &mut SflowStats) -> bool {
-        let Some((sampling_rate, packet)) = raw_header_first_packet(body, expanded, stats) else {
+        let Some(first) = raw_header_first(body, expanded) else {
             return false;
         };
-        let rate = effective_rate(sampling_rate, self.default_sampling_rate);
-        self.out.push(packet.traffic(rate));
+        let rate = effective_rate(first.sampling_rate, self.default_sampling_rate);
+        // Untagged Ethernet IPv4 (every sample of the live profile) has a push of its own:
+        // merged with the other shapes, its record was built from IPv6-sized stack slots.
+        if let Some((ip, fallback_len)) = untagged_ipv4(first.record) {
+            let Some(packet) = parse_ipv4(ip, fallback_len, 0) else {
+                return false;
+            };
+            stats.flow_records_skipped += first.skipped;
+            self.out.push(packet.traffic(rate));
+        } else {
+            let (_, Some(packet)) = read_raw_header(first.record) else {
+                return false;
+            };
+            stats.flow_records_skipped += first.skipped;
+            self.out.push(packet.traffic(rate));
+        }
         true
     }
     #[inline(always)]
@@ -481,19 +495,23 @@ fn be_u32<const N: usize>(bytes: &[u8; N], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// The sampling rate and packet of a flow sample body whose first record is a raw packet
-/// header (format 1) that decodes, and whose other records are all present: what
-/// [`read_flow_sample`] finds in it (and adds to `stats`), read after one length check of the
-/// fixed part instead of a checked read per field, without the sample's other fields. `None`
-/// for anything else (no records, another record first, an undecodable header, a short
-/// record), which [`read_flow_sample`] then decodes in full, errors included; `stats` is
-/// then untouched.
+/// A flow sample whose first record is a raw packet header.
+struct RawHeaderFirst<'a> {
+    sampling_rate: u32,
+    /// The raw packet header record.
+    record: &'a [u8],
+    /// Records that count as skipped once the header gave a packet.
+    skipped: u32,
+}
+
+/// The sampling rate and raw header record of a flow sample body whose first record is a
+/// raw packet header (format 1), and whose other records are all present: read after one
+/// length check of the fixed part instead of a checked read per field, without the sample's
+/// other fields. When its header decodes, [`read_flow_sample`] finds that packet (and adds
+/// `skipped` to the stats). `None` for anything else (no records, another record first, a
+/// short record), which [`read_flow_sample`] then decodes in full, errors included.
 #[inline(always)]
-fn raw_header_first_packet(
-    body: &[u8],
-    expanded: bool,
-    stats: &mut SflowStats,
-) -> Option<(u32, SampledPacket)> {
+fn raw_header_first(body: &[u8], expanded: bool) -> Option<RawHeaderFirst<'_>> {
     // The fixed part ends with the record count: 32 bytes compact, 44 expanded (whose source
     // id is two words and whose input and output are (format, value) pairs).
     let (sampling_rate, record_count, records) = if expanded {
@@ -508,8 +526,7 @@ fn raw_header_first_packet(
         return None;
     }
     let record_length = be_u32(record_head, 4) as usize;
-    let (_, packet) = read_raw_header(rest.get(..record_length)?);
-    let packet = packet?;
+    let record = rest.get(..record_length)?;
     // The other records only count once a packet is known: another raw header or an unknown
     // record is skipped, sampled IPv4/IPv6 (3, 4) and extended switch (1001) records are not.
     // Every record takes 8 bytes or more, so all of them being present is what
@@ -523,8 +540,24 @@ fn raw_header_first_packet(
             skipped += 1;
         }
     }
-    stats.flow_records_skipped += skipped;
-    Some((sampling_rate, packet))
+    Some(RawHeaderFirst {
+        sampling_rate,
+        record,
+        skipped,
+    })
+}
+
+/// The IP packet of a raw header record of an untagged Ethernet frame of IPv4, and its
+/// length by the frame rule: what [`read_raw_header`] hands [`parse_ipv4`] for it.
+#[inline(always)]
+fn untagged_ipv4(record: &[u8]) -> Option<(&[u8], u32)> {
+    let (fields, rest) = record.split_first_chunk::<16>()?;
+    let header = rest.get(..be_u32(fields, 12) as usize).unwrap_or(rest);
+    let (ethernet, ip) = header.split_first_chunk::<14>()?;
+    if be_u32(fields, 0) != 1 || ethernet[12..] != [0x08, 0x00] {
+        return None;
+    }
+    Some((ip, be_u32(fields, 4).saturating_sub(14 + 4)))
 }
 
 /// Decodes a flow sample body (compact or expanded).
