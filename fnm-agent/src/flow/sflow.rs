@@ -266,12 +266,29 @@ pub struct SflowSummary {
 }
 
 /// The datagram header's fields.
-struct Header {
-    agent: IpAddr,
+struct Header<'a> {
+    /// The agent address's 4 (IPv4) or 16 (IPv6) bytes, made an [`IpAddr`] by
+    /// [`agent`](Self::agent) only for the result: an `IpAddr` built where it was read and
+    /// then moved (a tag byte, 4 bytes stored at offset 1, reloaded as one word) stalled every
+    /// datagram on store forwarding, ~5 % of the ingest bench datagram's decoding.
+    agent: &'a [u8],
     sub_agent_id: u32,
     sequence: u32,
     uptime_ms: u32,
     sample_count: u32,
+}
+
+impl Header<'_> {
+    #[inline(always)]
+    fn agent(&self) -> IpAddr {
+        match *self.agent {
+            [a, b, c, d] => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            // 16 bytes: `read_address` gives no other length.
+            _ => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(self.agent).unwrap_or_default(),
+            )),
+        }
+    }
 }
 
 /// Where [`decode_samples`] puts each sample it decoded, in datagram order.
@@ -354,7 +371,7 @@ pub fn decode(datagram: &[u8]) -> Result<SflowDatagram, DecodeError> {
     };
     let header = decode_samples(datagram, &mut samples, &mut stats)?;
     Ok(SflowDatagram {
-        agent: header.agent,
+        agent: header.agent(),
         sub_agent_id: header.sub_agent_id,
         sequence: header.sequence,
         uptime_ms: header.uptime_ms,
@@ -383,7 +400,7 @@ pub fn decode_traffic(
     match decode_samples(datagram, &mut traffic, &mut stats) {
         // No overflow: each sample is counted once, and there are at most u32::MAX of them.
         Ok(header) => Ok(SflowSummary {
-            agent: header.agent,
+            agent: header.agent(),
             sub_agent_id: header.sub_agent_id,
             sequence: header.sequence,
             flow_samples: stats.flow_samples + stats.expanded_flow_samples,
@@ -399,11 +416,11 @@ pub fn decode_traffic(
 
 /// Decodes the datagram header and hands every flow and counter sample to `sink`.
 #[inline]
-fn decode_samples<S: SampleSink>(
-    datagram: &[u8],
+fn decode_samples<'a, S: SampleSink>(
+    datagram: &'a [u8],
     sink: &mut S,
     stats: &mut SflowStats,
-) -> Result<Header, DecodeError> {
+) -> Result<Header<'a>, DecodeError> {
     let mut reader = Reader::new(datagram);
     let version = reader.u32()?;
     if version != 5 {
@@ -467,12 +484,12 @@ fn decode_samples<S: SampleSink>(
     })
 }
 
-/// Reads an sFlow address (type 1 IPv4, type 2 IPv6).
+/// Reads an sFlow address (type 1 IPv4, type 2 IPv6): its 4 or 16 bytes.
 #[inline(always)]
-fn read_address(reader: &mut Reader<'_>) -> Result<IpAddr, DecodeError> {
+fn read_address<'a>(reader: &mut Reader<'a>) -> Result<&'a [u8], DecodeError> {
     match reader.u32()? {
-        1 => Ok(IpAddr::V4(Ipv4Addr::from(reader.array::<4>()?))),
-        2 => Ok(IpAddr::V6(Ipv6Addr::from(reader.array::<16>()?))),
+        1 => reader.take(4),
+        2 => reader.take(16),
         other => Err(DecodeError::BadAddressType(other)),
     }
 }
