@@ -11,6 +11,11 @@
 //! The record bound is per source, so a flood of flow datagrams the engine cannot keep up with
 //! never crowds out the XDP poll, and it bounds both the queue's memory and the delay a backlog
 //! adds to detection.
+//!
+//! A hand-over does not wake the engine by itself: having drained the channel, the engine
+//! gathers ([`InputReceiver::gather`], up to [`crate::engine::GATHER_FOR`]) and takes what came
+//! meanwhile in one wake-up. A source whose waiting records reach [`WAKE_RECORDS`] wakes it
+//! early, so a flood that starts while the engine gathers never makes its source look behind.
 
 use crate::{
     accounting::{CounterSink, Direction},
@@ -19,11 +24,13 @@ use crate::{
 use fnm_common::XdpHostCounters;
 use std::{
     net::IpAddr,
+    ops::Deref,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, OnceLock,
     },
-    time::Instant,
+    thread::Thread,
+    time::{Duration, Instant},
 };
 
 /// Batches the engine's input channel holds before sources start dropping.
@@ -53,6 +60,11 @@ pub const BEHIND_RECORDS: u64 = MAX_QUEUED_RECORDS / 8;
 /// a spoofed stream the engine could not keep up with held the victim's records seconds
 /// behind it in the queue.
 pub const BEHIND_BATCH_RECORDS: usize = 256;
+
+/// Records one source may have waiting before its hand-over wakes an engine that gathers: a
+/// quarter of [`BEHIND_RECORDS`], so a gathering never makes a source look behind, however
+/// fast its records come.
+pub const WAKE_RECORDS: u64 = BEHIND_RECORDS / 4;
 
 /// One hand-over from a source.
 #[derive(Debug)]
@@ -118,6 +130,8 @@ pub struct InputCounters {
 #[derive(Debug, Default)]
 pub struct InputStats {
     per_source: [InputCounters; Source::ALL.len()],
+    /// The engine thread, once it gathered: woken by a source with [`WAKE_RECORDS`] waiting.
+    engine: OnceLock<Thread>,
 }
 
 impl InputStats {
@@ -204,14 +218,15 @@ pub struct EngineInput {
 
 impl EngineInput {
     /// A channel of `capacity` batches; the engine keeps the receiver.
-    pub fn channel(capacity: usize) -> (Self, crossbeam_channel::Receiver<Queued>) {
+    pub fn channel(capacity: usize) -> (Self, InputReceiver) {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let stats = Arc::new(InputStats::default());
         (
             Self {
                 tx,
-                stats: Arc::new(InputStats::default()),
+                stats: stats.clone(),
             },
-            rx,
+            InputReceiver { rx, stats },
         )
     }
 
@@ -235,6 +250,12 @@ impl EngineInput {
             if self.tx.try_send(queued).is_ok() {
                 c.batches.fetch_add(1, Relaxed);
                 c.records.fetch_add(records, Relaxed);
+                if waiting.saturating_add(records) >= WAKE_RECORDS {
+                    // Unparking an engine that is not parked costs an atomic swap.
+                    if let Some(engine) = self.stats.engine.get() {
+                        engine.unpark();
+                    }
+                }
                 return true;
             }
             // The refused batch came back and was dropped: its release already ran.
@@ -349,6 +370,32 @@ impl EngineInput {
     }
 }
 
+/// The engine's side of the input channel: the batches (it derefs to the channel's receiver)
+/// and the gathering between them.
+#[derive(Debug)]
+pub struct InputReceiver {
+    rx: crossbeam_channel::Receiver<Queued>,
+    stats: Arc<InputStats>,
+}
+
+impl InputReceiver {
+    /// Sleeps up to `timeout` while hand-overs gather in the channel, or until a source has
+    /// [`WAKE_RECORDS`] waiting (or the thread is unparked otherwise). Called by the engine
+    /// thread only: the first call makes the calling thread the one sources wake.
+    pub fn gather(&self, timeout: Duration) {
+        self.stats.engine.get_or_init(std::thread::current);
+        std::thread::park_timeout(timeout);
+    }
+}
+
+impl Deref for InputReceiver {
+    type Target = crossbeam_channel::Receiver<Queued>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.rx
+    }
+}
+
 impl crate::flow::collector::TrafficSink for EngineInput {
     fn ingest_batch(&self, source: Source, records: &[TrafficRecord]) {
         self.send_records(source, records);
@@ -380,6 +427,41 @@ mod tests {
             17,
             100,
         )
+    }
+
+    /// A thread gathering on `rx` for up to a minute, reporting when it stopped.
+    fn gathering(
+        rx: InputReceiver,
+    ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>) {
+        let (woke_tx, woke) = std::sync::mpsc::channel();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let engine = std::thread::spawn(move || {
+            // Registered as the engine first, so a hand-over can find it.
+            rx.gather(Duration::ZERO);
+            ready_tx.send(()).unwrap();
+            rx.gather(Duration::from_secs(60));
+            woke_tx.send(()).unwrap();
+            drop(rx);
+        });
+        ready.recv().unwrap();
+        (engine, woke)
+    }
+
+    #[test]
+    fn a_gathering_engine_sleeps_through_small_hand_overs_and_wakes_for_a_pile() {
+        let (input, rx) = EngineInput::channel(INPUT_CAPACITY);
+        let (engine, woke) = gathering(rx);
+        let r = udp_record();
+        // Short of WAKE_RECORDS waiting: the engine gathers on.
+        let below = vec![r.clone(); WAKE_RECORDS as usize / 2 - 1];
+        assert!(input.send_records(Source::Sflow, &below));
+        assert!(input.send_records(Source::Netflow, &below));
+        assert!(woke.recv_timeout(Duration::from_millis(300)).is_err());
+        // The hand-over that makes one source's waiting records reach it wakes the engine.
+        assert!(input.send_records(Source::Sflow, &vec![r; WAKE_RECORDS as usize / 2 + 1]));
+        woke.recv_timeout(Duration::from_secs(10))
+            .expect("the engine woke for the pile");
+        engine.join().unwrap();
     }
 
     #[test]
