@@ -61,10 +61,13 @@ pub const BEHIND_RECORDS: u64 = MAX_QUEUED_RECORDS / 8;
 /// behind it in the queue.
 pub const BEHIND_BATCH_RECORDS: usize = 256;
 
-/// Records one source may have waiting before its hand-over wakes an engine that gathers: a
-/// quarter of [`BEHIND_RECORDS`], so a gathering never makes a source look behind, however
-/// fast its records come.
-pub const WAKE_RECORDS: u64 = BEHIND_RECORDS / 4;
+/// Records one source may have waiting before its hand-over wakes an engine that gathers: two
+/// collector hand-overs, a sixteenth of [`BEHIND_RECORDS`], so a gathering never makes a source
+/// look behind, however fast its records come. At millions of records a second a quarter
+/// (8 192) let the engine take bursts whose records had gone cold: it spent more per record,
+/// took that CPU from the collectors, and the lossless ladder fell a step (NetFlow v5 4.95 M →
+/// 3.66 M records/s, sFlow 3.8 M → 2.7 M samples/s, docs/performance.md).
+pub const WAKE_RECORDS: u64 = BEHIND_RECORDS / 16;
 
 /// One hand-over from a source.
 #[derive(Debug)]
