@@ -11,6 +11,11 @@ use fnm_agent::flow::{decode_netflow_family, ipfix, netflow5, netflow9, sflow, T
 use fnm_agent::traffic::TrafficRecord;
 use netflow_parser::NetflowParser;
 
+/// The flow ingest benchmark's traffic (its local and remote hosts are not used here).
+#[allow(dead_code)]
+#[path = "../tests/common/flow_bench.rs"]
+mod flow_bench;
+
 const EXPORTER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
 fn corpus(relative: &str) -> Vec<u8> {
@@ -298,78 +303,34 @@ fn sflow_ipv6_decoder(c: &mut Criterion) {
     let summary = sflow::decode_traffic(&datagram, 1, &mut out).expect("sflow decodes");
     assert_eq!((summary.flow_samples, out.len()), (10, 10));
     assert!(out.iter().all(|r| r.dst.is_ipv6() && r.src_port == 50000));
-    let mut group = c.benchmark_group("decode/sflow_ipv6");
-    group.throughput(Throughput::Elements(10));
-    group.bench_function(BenchmarkId::new("fnm_traffic", 10), |b| {
+    traffic_case(c, "decode/sflow_ipv6", &datagram, 10);
+}
+
+/// `decode_traffic` of `datagram` (`samples` flow samples) into a reused buffer of traffic
+/// records, as the `fnm_traffic` case of criterion group `group`.
+fn traffic_case(c: &mut Criterion, group: &str, datagram: &[u8], samples: u64) {
+    let mut out = Vec::with_capacity(64);
+    let mut group = c.benchmark_group(group);
+    group.throughput(Throughput::Elements(samples));
+    group.bench_function(BenchmarkId::new("fnm_traffic", samples), |b| {
         b.iter(|| {
             out.clear();
-            let _ = black_box(sflow::decode_traffic(black_box(&datagram), 1, &mut out));
+            let _ = black_box(sflow::decode_traffic(black_box(datagram), 1, &mut out));
             black_box(out.len())
         })
     });
     group.finish();
 }
 
-/// The datagram of `tests/flow_ingest_bench.rs`'s sFlow sender (`sflow_datagram(seed)`):
-/// ten compact flow samples, each one raw header record of a 46-byte Ethernet/IPv4/UDP
-/// header (DNS to a host of 10.10.0.0/16), the shape of the live profile's traffic.
-fn sflow_ingest_datagram(seed: u32) -> Vec<u8> {
-    const SAMPLES: u32 = 10;
-    let words = |bytes: &mut Vec<u8>, words: &[u32]| {
-        for word in words {
-            bytes.extend_from_slice(&word.to_be_bytes());
-        }
-    };
-    let mut datagram = Vec::with_capacity(1200);
-    words(&mut datagram, &[5, 1, 0x7f00_0001, 0, seed, 1000, SAMPLES]);
-    for s in 0..SAMPLES {
-        let i = seed * SAMPLES + s;
-        let mut header = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
-        let ip_len: u16 = 28 + 100;
-        header.extend_from_slice(&[0x45, 0]);
-        header.extend_from_slice(&ip_len.to_be_bytes());
-        header.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
-        header.extend_from_slice(&(0xc633_6400 + (i % 200)).to_be_bytes());
-        header.extend_from_slice(&(0x0a0a_0000 + (i % 4000)).to_be_bytes());
-        header.extend_from_slice(&((i % 60000) as u16).to_be_bytes());
-        header.extend_from_slice(&53u16.to_be_bytes());
-        header.extend_from_slice(&(8u16 + 100).to_be_bytes());
-        header.extend_from_slice(&[0, 0]);
-        let header_len = header.len() as u32;
-        while header.len() % 4 != 0 {
-            header.push(0);
-        }
-        let mut record = Vec::new();
-        words(&mut record, &[1, 14 + u32::from(ip_len) + 4, 4, header_len]);
-        record.extend_from_slice(&header);
-        let mut sample = Vec::new();
-        words(&mut sample, &[i, 3, 1, i * 1000, 0, 3, 4, 1]);
-        words(&mut sample, &[1, record.len() as u32]);
-        sample.extend_from_slice(&record);
-        words(&mut datagram, &[1, sample.len() as u32]);
-        datagram.extend_from_slice(&sample);
-    }
-    datagram
-}
-
-/// The ingest bench's sFlow datagram straight into a reused buffer of traffic records: the
+/// The ingest bench's sFlow datagram ([`flow_bench::sflow_datagram`]) straight into a reused buffer of traffic records: the
 /// collector's per-datagram work in the live profile (10 samples per datagram).
 fn sflow_ingest_decoder(c: &mut Criterion) {
-    let datagram = sflow_ingest_datagram(7);
+    let datagram = flow_bench::sflow_datagram(7);
     let mut out = Vec::with_capacity(64);
     let summary = sflow::decode_traffic(&datagram, 1, &mut out).expect("sflow decodes");
     assert_eq!((summary.flow_samples, out.len()), (10, 10));
     assert!(out.iter().all(|r| r.dst_port == 53 && r.bytes == 128));
-    let mut group = c.benchmark_group("decode/sflow_ingest");
-    group.throughput(Throughput::Elements(10));
-    group.bench_function(BenchmarkId::new("fnm_traffic", 10), |b| {
-        b.iter(|| {
-            out.clear();
-            let _ = black_box(sflow::decode_traffic(black_box(&datagram), 1, &mut out));
-            black_box(out.len())
-        })
-    });
-    group.finish();
+    traffic_case(c, "decode/sflow_ingest", &datagram, 10);
 }
 
 /// One NetFlow v5 contender: decodes both corpus datagrams and returns the records it read.

@@ -17,13 +17,14 @@
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use common::flow_bench::{local_host, remote_host, sflow_datagram, SAMPLES_PER_SFLOW_DATAGRAM};
 use fnm_agent::{
     config::Config,
     engine::{
@@ -37,20 +38,11 @@ use fnm_agent::{
 };
 
 const STEP: Duration = Duration::from_secs(2);
-const SAMPLES_PER_SFLOW_DATAGRAM: u32 = 10;
 const RECORDS_PER_V5_DATAGRAM: u32 = 30;
 const FIRST_RATE: f64 = 100_000.0;
 const RATE_FACTOR: f64 = 1.35;
 /// Lowest rate tried when even the first step loses datagrams.
 const MIN_RATE: f64 = 2_000.0;
-
-fn local_host(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a0a_0000 + (i % 4000))
-}
-
-fn remote_host(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0xc633_6400 + (i % 200))
-}
 
 fn netflow5(seed: u32) -> Vec<u8> {
     let mut d = Vec::with_capacity(24 + 48 * 30);
@@ -75,56 +67,6 @@ fn netflow5(seed: u32) -> Vec<u8> {
         d.extend_from_slice(&80u16.to_be_bytes());
         d.extend_from_slice(&[0, 0x10, 6, 0]);
         d.extend_from_slice(&[0; 8]);
-    }
-    d
-}
-
-fn sflow_datagram(seed: u32) -> Vec<u8> {
-    let mut d = Vec::with_capacity(1200);
-    for word in [
-        5u32,
-        1,
-        0x7f00_0001,
-        0,
-        seed,
-        1000,
-        SAMPLES_PER_SFLOW_DATAGRAM,
-    ] {
-        d.extend_from_slice(&word.to_be_bytes());
-    }
-    for s in 0..SAMPLES_PER_SFLOW_DATAGRAM {
-        let i = seed * SAMPLES_PER_SFLOW_DATAGRAM + s;
-        let mut header = Vec::new();
-        header.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
-        let ip_len: u16 = 28 + 100;
-        header.extend_from_slice(&[0x45, 0]);
-        header.extend_from_slice(&ip_len.to_be_bytes());
-        header.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
-        header.extend_from_slice(&remote_host(i).octets());
-        header.extend_from_slice(&local_host(i).octets());
-        header.extend_from_slice(&((i % 60000) as u16).to_be_bytes());
-        header.extend_from_slice(&53u16.to_be_bytes());
-        header.extend_from_slice(&(8u16 + 100).to_be_bytes());
-        header.extend_from_slice(&[0, 0]);
-        let header_len = header.len() as u32;
-        while header.len() % 4 != 0 {
-            header.push(0);
-        }
-        let mut record = Vec::new();
-        for word in [1u32, 14 + u32::from(ip_len) + 4, 4, header_len] {
-            record.extend_from_slice(&word.to_be_bytes());
-        }
-        record.extend_from_slice(&header);
-        let mut sample = Vec::new();
-        for word in [i, 3, 1, i * 1000, 0, 3, 4, 1] {
-            sample.extend_from_slice(&word.to_be_bytes());
-        }
-        sample.extend_from_slice(&1u32.to_be_bytes());
-        sample.extend_from_slice(&(record.len() as u32).to_be_bytes());
-        sample.extend_from_slice(&record);
-        d.extend_from_slice(&1u32.to_be_bytes());
-        d.extend_from_slice(&(sample.len() as u32).to_be_bytes());
-        d.extend_from_slice(&sample);
     }
     d
 }

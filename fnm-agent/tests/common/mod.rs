@@ -72,6 +72,7 @@ pub mod bpftool;
 pub mod clickhouse;
 pub mod exporters;
 pub mod flood;
+pub mod flow_bench;
 pub mod kafka;
 pub mod loopback_agent;
 pub mod matrix;
