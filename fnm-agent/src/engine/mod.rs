@@ -44,8 +44,9 @@ use std::{
 /// hand-overs that arrive meanwhile are taken in one wake-up instead of one each. A hand-over
 /// that wakes a waiting engine costs its source a futex wake and the engine a switch; at 160 k
 /// sFlow samples/s (a hand-over every 6 ms) the engine switches in 83 times a second instead of
-/// 166, and fnm's CPU per sample fell 5–10 % (docs/performance.md). Records wait at most this much longer; the tick drains the channel
-/// first, so they still count in their slot.
+/// 166, and fnm's CPU per sample fell 5–10 % (docs/performance.md). Records wait at most this
+/// much longer; the tick drains the channel first, so they still count in their slot. Commands
+/// (host queries, reloads) wait at most the rest of a gathering.
 pub const GATHER_FOR: Duration = Duration::from_millis(20);
 
 /// A source that buffers and can hand over what it holds on request (before each tick).

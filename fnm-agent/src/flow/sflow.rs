@@ -1376,23 +1376,39 @@ mod tests {
         }
     }
 
-    /// Checks `bytes`, every truncation of it and four random single-byte corruptions at
-    /// every position.
+    /// Checks `bytes`, every truncation of it, four random single-byte corruptions at every
+    /// position and as many corruptions of several bytes at once.
     fn assert_same_as_decode_mutated(bytes: &[u8]) {
         assert_same_as_decode(bytes);
         for len in 0..bytes.len() {
             assert_same_as_decode(&bytes[..len]);
         }
         let mut state = 0x2545_F491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
         for position in 0..bytes.len() {
             for _ in 0..4 {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
                 let mut corrupted = bytes.to_vec();
-                corrupted[position] = state as u8;
+                corrupted[position] = next() as u8;
                 assert_same_as_decode(&corrupted);
             }
+        }
+        // Several fields at once (a count and a length together, say), which one byte at a
+        // time never gives: 2 to 8 random bytes, 4 times per byte of the datagram.
+        if bytes.is_empty() {
+            return;
+        }
+        for _ in 0..4 * bytes.len() {
+            let mut corrupted = bytes.to_vec();
+            for _ in 0..2 + next() % 7 {
+                let at = next() as usize % bytes.len();
+                corrupted[at] = next() as u8;
+            }
+            assert_same_as_decode(&corrupted);
         }
     }
 
