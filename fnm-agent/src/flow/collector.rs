@@ -55,8 +55,9 @@ pub const HAND_OVER_RECORDS: usize = 1024;
 /// and a datagram's records rarely make it grow.
 const RECORDS_CAPACITY: usize = 2 * HAND_OVER_RECORDS;
 
-/// ... or once its oldest record waited this long: one hand-over (a copy, a channel send and
-/// the engine's wake-up) per thousand records instead of one per datagram, which at 10 000
+/// ... or once its oldest record waited this long: one hand-over (a copy and a channel send;
+/// then also the engine's wake-up, which a gathering engine now spares most hand-overs, see
+/// `engine::GATHER_FOR`) per thousand records instead of one per datagram, which at 10 000
 /// datagrams/s halved the collectors' and the engine's CPU per record (docs/performance.md),
 /// for at most this much delay.
 pub const HAND_OVER_AFTER: Duration = Duration::from_millis(10);
