@@ -123,10 +123,15 @@ impl Ring {
     }
 }
 
-/// The rate window of a direction with traffic in it. Aligned to a cache line with the
-/// slot being measured first, so a credit's 104 bytes of counters span two lines, not three.
+/// The rate window of a direction with traffic in it.
+///
+/// Not aligned to a cache line, though a credit's 104 bytes of counters would then span two
+/// lines instead of two or three: a `Live` box aligned to 64 comes from `posix_memalign`,
+/// which places glibc's 384-byte boxes 512 bytes apart instead of 400, and with it the tick's
+/// sweeps over every live host (closing slots, detection, ranking) made the engine cost 25 %
+/// more at 81,920 XDP hosts (docs/performance.md, target 2), for a credit gain within the
+/// noise.
 #[derive(Debug, Clone, Default)]
-#[repr(C, align(64))]
 pub(super) struct Window {
     /// Counters of the poll slot being measured.
     pub(super) current: HostCounters,
@@ -272,10 +277,10 @@ pub(super) enum Dir {
     Live(Box<Live>),
 }
 
-/// Starts loading every cache line of `counters`: at 104 bytes they span two lines (a live
-/// direction's, line-aligned, see [`Window`]) or two or three (a quiet one's, aligned to 16
-/// only), and a credit adds to fields at both ends (the packets and the protocol class's
-/// bytes), so prefetching the first line alone left a miss per credit.
+/// Starts loading every cache line of `counters`: at 104 bytes, aligned to 16 only (see
+/// [`Window`]), they span two or three lines, and a credit adds to fields at both ends (the
+/// packets and the protocol class's bytes), so prefetching the first line alone left a miss
+/// per credit.
 #[inline(always)]
 fn prefetch_counters(counters: &HostCounters) {
     let start: *const u8 = (counters as *const HostCounters).cast();
