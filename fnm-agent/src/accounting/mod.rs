@@ -46,7 +46,11 @@ use ahash::AHashMap as HashMap;
 use flow_table::FlowTable;
 use fnm_common::{proto, HostCounters, XdpHostCounters};
 use serde::{Deserialize, Serialize};
-use std::{collections::VecDeque, hash::Hasher, net::IpAddr};
+use std::{
+    collections::{BinaryHeap, VecDeque},
+    hash::Hasher,
+    net::IpAddr,
+};
 use table::HostTable;
 
 /// Traffic direction relative to the local networks.
@@ -392,6 +396,22 @@ pub struct Accounting {
     pub ignored_records: u64,
     /// Conversations are counted (some threshold uses `conversations_per_second`).
     conversations: Option<ConversationTracking>,
+    /// The busiest hosts by packets per second, ranked during each tick's sweep.
+    by_pps: PpsRanking,
+}
+
+/// The top hosts by packets per second of each direction, ranked while a tick closes every
+/// host's slot (its window is in cache then), so that the engine's snapshot after the tick
+/// needs no pass of its own over the table: at 81,920 hosts the two passes, each a cache miss
+/// per host, were a quarter of the engine's time (docs/performance.md, target 2).
+#[derive(Debug, Default)]
+struct PpsRanking {
+    /// Hosts kept per direction (0: none ranked).
+    limit: usize,
+    /// Best first, by [`Direction::index`].
+    ranked: [Vec<IpAddr>; 2],
+    /// [`HostTable::changes`] when ranked: the ranking is stale once a host came or went.
+    at_changes: Option<u64>,
 }
 
 /// The seed and the budget of conversation counting.
@@ -421,6 +441,18 @@ impl Accounting {
             now_ms: 0,
             ignored_records: 0,
             conversations: None,
+            by_pps: PpsRanking::default(),
+        }
+    }
+
+    /// Ranks the `limit` busiest hosts of each direction by packets per second at every tick
+    /// (for [`Accounting::top_by_pps`]); 0 stops it.
+    pub fn rank_by_pps(&mut self, limit: usize) {
+        if limit != self.by_pps.limit {
+            self.by_pps = PpsRanking {
+                limit,
+                ..PpsRanking::default()
+            };
         }
     }
 
@@ -1043,6 +1075,9 @@ impl Accounting {
         let slots = self.slots;
         let window_ms = self.measured_window_ms();
         let conversations = self.conversations.is_some();
+        let limit = self.by_pps.limit;
+        let mut kept: [BinaryHeap<Ranked<()>>; 2] =
+            std::array::from_fn(|_| BinaryHeap::with_capacity(limit.min(self.table.len())));
         self.table.sweep(
             |host| {
                 for d in host.dirs.iter_mut() {
@@ -1053,8 +1088,38 @@ impl Accounting {
                 }
             },
             |h| now_ms.saturating_sub(h.last_active_ms) >= forget_after_ms,
+            |ip, h| {
+                if limit > 0 {
+                    for (heap, dir) in kept.iter_mut().zip(Direction::ALL) {
+                        let key = h.dir(dir).pps();
+                        offer(heap, limit, Ranked { key, ip, host: () });
+                    }
+                }
+            },
         );
+        if limit > 0 {
+            self.by_pps.ranked =
+                kept.map(|heap| heap.into_sorted_vec().into_iter().map(|r| r.ip).collect());
+            self.by_pps.at_changes = Some(self.table.changes());
+        }
         self.groups.close(slots, slot_ms, window_ms);
+    }
+
+    /// The `limit` hosts of `direction` with the most packets per second, best first, as
+    /// [`Accounting::top`] ranks them by [`DirView::pps`]: the ranking of the last tick when it
+    /// was of `limit` hosts and no host came or went since (rates change only at ticks), else a
+    /// pass over the table.
+    pub fn top_by_pps(&self, direction: Direction, limit: usize) -> Vec<(IpAddr, &Host)> {
+        let fresh = limit > 0
+            && limit == self.by_pps.limit
+            && self.by_pps.at_changes == Some(self.table.changes());
+        if !fresh {
+            return self.top(direction, limit, |d| d.pps());
+        }
+        self.by_pps.ranked[direction.index()]
+            .iter()
+            .filter_map(|ip| Some((*ip, self.table.host(*ip)?)))
+            .collect()
     }
 
     /// One host, if known.
@@ -1085,21 +1150,15 @@ impl Accounting {
         // The engine asks for a small top-N of many hosts after every tick: keep the best
         // `limit` in a heap whose top is the worst kept, so most hosts cost one comparison and
         // nothing is collected.
-        let mut kept: std::collections::BinaryHeap<Ranked<'_>> =
-            std::collections::BinaryHeap::with_capacity(limit.min(self.table.len()));
+        let mut kept: BinaryHeap<Ranked<&Host>> =
+            BinaryHeap::with_capacity(limit.min(self.table.len()));
         for (ip, h) in self.table.iter() {
             let ranked = Ranked {
                 key: key(&h.dir(direction)),
                 ip: *ip,
                 host: h,
             };
-            if kept.len() < limit {
-                kept.push(ranked);
-            } else if let Some(mut worst) = kept.peek_mut() {
-                if ranked < *worst {
-                    *worst = ranked;
-                }
-            }
+            offer(&mut kept, limit, ranked);
         }
         kept.into_sorted_vec()
             .into_iter()
@@ -1108,32 +1167,46 @@ impl Accounting {
     }
 }
 
-/// A host ranked by [`Accounting::top`]: the higher key first, then the lower address.
-struct Ranked<'a> {
+/// A host ranked by [`Accounting::top`]: the higher key first, then the lower address (`H`:
+/// the host itself, or nothing when only its address is kept).
+struct Ranked<H> {
     key: f64,
     ip: IpAddr,
-    host: &'a Host,
+    host: H,
 }
 
-impl Ord for Ranked<'_> {
+impl<H> Ord for Ranked<H> {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         o.key.total_cmp(&self.key).then(self.ip.cmp(&o.ip))
     }
 }
 
-impl PartialOrd for Ranked<'_> {
+impl<H> PartialOrd for Ranked<H> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
     }
 }
 
-impl PartialEq for Ranked<'_> {
+impl<H> PartialEq for Ranked<H> {
     fn eq(&self, o: &Self) -> bool {
         self.cmp(o) == std::cmp::Ordering::Equal
     }
 }
 
-impl Eq for Ranked<'_> {}
+impl<H> Eq for Ranked<H> {}
+
+/// Keeps `ranked` among the best `limit` of `kept`, a heap whose top is the worst kept: most
+/// hosts of a large table cost one comparison and nothing is collected.
+#[inline]
+fn offer<H>(kept: &mut BinaryHeap<Ranked<H>>, limit: usize, ranked: Ranked<H>) {
+    if kept.len() < limit {
+        kept.push(ranked);
+    } else if let Some(mut worst) = kept.peek_mut() {
+        if ranked < *worst {
+            *worst = ranked;
+        }
+    }
+}
 
 /// Records are staged this many at a time: hashed and prefetched, looked up,
 /// then counted (enough loads in flight to hide memory latency, few enough that the lines
@@ -1388,6 +1461,66 @@ mod tests {
             let want: Vec<IpAddr> = full.iter().take(limit).map(|(ip, _)| *ip).collect();
             assert_eq!(top, want, "limit {limit}");
         }
+    }
+
+    #[test]
+    fn a_tick_ranks_hosts_as_a_full_pass_does_until_a_host_comes_or_goes() {
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 120, 1000, 250).with_rate_window(1000);
+        let limit = 10;
+        a.rank_by_pps(limit);
+        let ips = |top: Vec<(IpAddr, &Host)>| top.into_iter().map(|(ip, _)| ip).collect::<Vec<_>>();
+        let same = |a: &Accounting, what: &str| {
+            for dir in Direction::ALL {
+                for l in [limit, 1, 3, 200] {
+                    assert_eq!(
+                        ips(a.top_by_pps(dir, l)),
+                        ips(a.top(dir, l, |d| d.pps())),
+                        "{what}, {dir:?}, limit {l}"
+                    );
+                }
+            }
+        };
+        // A long-idle host kept only because it is protected.
+        a.ingest(&rec("192.0.2.1", "10.9.9.9", 1, 100), Source::Pcap);
+        a.set_protected(["10.9.9.9".parse::<IpAddr>().unwrap()]);
+        let mut now = 0;
+        for t in 0..40u64 {
+            // Hosts come and go (forgotten after 1 s idle), 13 packet counts so rates tie, both
+            // directions, and more hosts than the table holds at times (evictions).
+            for i in 0..(40 + (t * 37) % 100) {
+                let host = format!("10.0.{}.{}", (t / 7 + i) % 3, (i * 11 + t) % 200 + 1);
+                let packets = 1 + (i * 7 + t) % 13;
+                if i % 3 == 0 {
+                    a.ingest(&rec(&host, "192.0.2.7", packets, 100), Source::Pcap);
+                } else {
+                    a.ingest(&rec("192.0.2.1", &host, packets, 100), Source::Pcap);
+                }
+            }
+            now += 250;
+            a.tick(now, 1000);
+            assert_eq!(a.by_pps.at_changes, Some(a.table.changes()), "tick {t}");
+            same(&a, &format!("tick {t}"));
+            // Traffic to hosts already known changes no rate until the next tick.
+            a.ingest(&rec("192.0.2.1", "10.9.9.9", 1000, 100), Source::Pcap);
+            same(&a, &format!("tick {t}, credited"));
+        }
+        // A new host makes the ranking stale: the full pass answers, and ranks it (at no
+        // packets per second yet, above the idle hosts with higher addresses).
+        let nets: PrefixSet = ["10.0.0.0/8".parse().unwrap()].into_iter().collect();
+        let mut a = Accounting::new(nets, 120, 1000, 250).with_rate_window(1000);
+        a.rank_by_pps(limit);
+        a.ingest(&rec("192.0.2.1", "10.0.0.5", 5, 100), Source::Pcap);
+        a.ingest(&rec("192.0.2.1", "10.0.0.6", 9, 100), Source::Pcap);
+        a.tick(250, 1000);
+        a.ingest(&rec("192.0.2.1", "10.0.0.1", 5, 100), Source::Pcap);
+        assert_ne!(a.by_pps.at_changes, Some(a.table.changes()));
+        same(&a, "after an admission");
+        let top = ips(a.top_by_pps(Direction::Incoming, limit));
+        let want: Vec<IpAddr> = ["10.0.0.6", "10.0.0.5", "10.0.0.1"]
+            .map(|ip| ip.parse().unwrap())
+            .to_vec();
+        assert_eq!(top, want);
     }
 
     #[test]

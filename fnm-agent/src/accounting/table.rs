@@ -243,6 +243,9 @@ pub(super) struct HostTable {
     protected: HashSet<IpAddr>,
     rng: u64,
     stats: TableStats,
+    /// Admissions and evictions so far: a ranking made at a tick holds while this is unchanged
+    /// (rates change only at ticks).
+    changes: u64,
 }
 
 impl HostTable {
@@ -267,6 +270,7 @@ impl HostTable {
             // Any odd seed; sampling needs spread, not secrecy (an attacker cannot see whom
             // a sample picks, and the policy holds whatever is picked).
             rng: ahash::RandomState::new().hash_one(0x5eed_u64) | 1,
+            changes: 0,
             stats: TableStats::default(),
         }
     }
@@ -287,6 +291,11 @@ impl HostTable {
 
     pub(super) fn len(&self) -> usize {
         self.live
+    }
+
+    /// Admissions and evictions so far (see the field).
+    pub(super) fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// The slot of `ip` when it is in the table.
@@ -457,6 +466,7 @@ impl HostTable {
             entries[s as usize].ip.map_or(0, |ip| hasher.hash(ip))
         });
         self.live += 1;
+        self.changes += 1;
         Some(slot)
     }
 
@@ -653,17 +663,19 @@ impl HostTable {
         }
         self.free.push(slot);
         self.live -= 1;
+        self.changes += 1;
         self.stats.evicted[reason.index()] += 1;
     }
 
     /// One pass over the table at a tick: `close` closes each host's slot; hosts for which
-    /// `expired` then holds are forgotten (unless protected); exporters left without hosts are
-    /// released; and when the table is more than 7/8 full its idle hosts are queued for
-    /// [`HostTable::make_room`], longest idle first.
+    /// `expired` then holds are forgotten (unless protected) and the others are handed to
+    /// `kept`; exporters left without hosts are released; and when the table is more than 7/8
+    /// full its idle hosts are queued for [`HostTable::make_room`], longest idle first.
     pub(super) fn sweep(
         &mut self,
         mut close: impl FnMut(&mut Host),
         expired: impl Fn(&Host) -> bool,
+        mut kept: impl FnMut(IpAddr, &Host),
     ) {
         let plan = self.live >= self.limits.max_hosts - self.limits.max_hosts / 8;
         let mut idle = std::mem::take(&mut self.idle);
@@ -674,11 +686,15 @@ impl HostTable {
             let Some(ip) = e.ip else { continue };
             close(&mut e.host);
             if !self.protected.is_empty() && self.protected.contains(&ip) {
+                kept(ip, &e.host);
                 continue;
             }
             if expired(&e.host) {
                 self.evict(slot, EvictReason::Expired);
-            } else if plan && score(&e.host) == 0 {
+                continue;
+            }
+            kept(ip, &e.host);
+            if plan && score(&e.host) == 0 {
                 let ticket = Ticket {
                     slot,
                     generation: e.generation,

@@ -133,6 +133,7 @@ impl EngineCore {
     /// traffic stays low for `stop_after`, and the same flood does not open a second attack.
     pub fn with_accounting(config: &Config, mut acc: Accounting, book: AttackBook) -> Self {
         set_groups(&mut acc, config);
+        acc.rank_by_pps(config.prometheus.top_hosts);
         let mut detector = Detector::new(
             ThresholdTable::new(&config.detection, &config.hostgroup),
             config.whitelist.iter().copied().collect(),
@@ -210,6 +211,7 @@ impl EngineCore {
         self.ban_actions = config.ban.actions.clone();
         self.max_source_drops = config.ban.max_source_drops;
         self.top_hosts = config.prometheus.top_hosts;
+        self.acc.rank_by_pps(self.top_hosts);
         self.pcap.reconfigure(&config.attack_pcap);
     }
 
@@ -434,9 +436,12 @@ impl EngineCore {
 
     /// The `limit` busiest hosts in `direction` by `sort`.
     pub fn top_hosts(&self, direction: Direction, sort: HostSort, limit: usize) -> Vec<HostView> {
-        self.acc
-            .top(direction, limit, |d| sort.key(d))
-            .into_iter()
+        let top = match sort {
+            // Ranked at the tick for the snapshot (`prometheus.top_hosts` of them).
+            HostSort::Pps => self.acc.top_by_pps(direction, limit),
+            _ => self.acc.top(direction, limit, |d| sort.key(d)),
+        };
+        top.into_iter()
             .map(|(ip, h)| HostView::new(ip, h))
             .collect()
     }
