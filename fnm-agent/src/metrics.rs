@@ -238,6 +238,12 @@ pub fn render(st: &MetricsState) -> String {
                 "fnm_xdp_samples_lost",
                 "Packet samples lost to a full ring buffer",
             ),
+            (
+                s.slot_reads,
+                "fnm_xdp_poll_slot_reads",
+                "Per-host counter slots the polls read in the kernel's memory: those with \
+                 packets since the poll before, and every other one once in eight polls",
+            ),
         ] {
             let c = Counter::<u64>::default();
             c.inc_by(value);

@@ -152,6 +152,12 @@ fn exact_counts_and_bans(mode: &str, net: u8, with_prometheus: bool) {
         "{metrics}"
     );
     assert!(metrics.contains("fnm_bans_active 1"), "{metrics}");
+    // The polls read the slots the packets above marked.
+    let slot_reads = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fnm_xdp_poll_slot_reads_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(slot_reads.is_some_and(|n| n > 0), "{metrics}");
     // Dropped packets still count for the victim (detection keeps seeing the attack).
     assert_eq!(
         host(&agent, pair.agent_v4)["incoming"]["udp"]["packets"],

@@ -9,7 +9,7 @@ use common::require_root;
 use fnm_agent::{
     bans::DropMatch,
     config::XdpConfig,
-    xdp::{DataPlane, RuleSpec},
+    xdp::{DataPlane, RuleSpec, REREAD_POLLS},
 };
 use fnm_common::{direction, proto, stat, HostCounters};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -376,6 +376,21 @@ fn udp_to(dst: Ipv4Addr, payload: usize) -> Vec<u8> {
     )
 }
 
+/// Polls `REREAD_POLLS + 1` times from `from_ms`, 250 ms apart: each idle host is found idle at
+/// its re-read (dense: byte cleared; hashed: way retired) and, if hashed, freed a poll later.
+fn poll_past_rereads(
+    dp: &mut DataPlane,
+    accounting: &mut fnm_agent::accounting::Accounting,
+    from_ms: u64,
+    idle_ms: u64,
+) -> fnm_agent::xdp::XdpStats {
+    let mut stats = None;
+    for i in 0..=REREAD_POLLS {
+        stats = Some(dp.poll(accounting, from_ms + 250 * i, idle_ms).unwrap());
+    }
+    stats.expect("polled")
+}
+
 #[test]
 fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
     // The /16 gets dense slots from the /16 table, the /24 dense slots through the trie, the
@@ -433,9 +448,8 @@ fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
         let c = accounting.host(h.into()).unwrap().dirs()[0].total();
         assert_eq!((c.bytes, c.flows), (256, 1), "{h}");
     }
-    // Idle hosts leave the kernel's view (dense slots: touched bit cleared, counters kept)...
-    dp.poll(&mut accounting, 100_000, 60_000).unwrap();
-    let stats = dp.poll(&mut accounting, 101_000, 60_000).unwrap();
+    // Idle hosts leave the kernel's view (dense slots: touched byte cleared, counters kept)...
+    let stats = poll_past_rereads(&mut dp, &mut accounting, 100_000, 60_000);
     assert_eq!(stats.kernel_hosts, 0);
     assert_eq!(dp.maps.hosts.keys().count(), 0);
     // ...and come back without their old counts being added again.
@@ -446,6 +460,92 @@ fn dense_trie_and_hashed_hosts_count_alike_and_poll_reads_each_packet_once() {
     for h in hosts {
         assert_eq!(in_agent(&accounting, h), 3, "{h}");
     }
+}
+
+#[test]
+fn polls_read_new_packets_and_each_other_slot_once_in_reread_polls() {
+    // The touched bytes say which slots got packets since the last read: a poll reads those,
+    // and each other touched slot once in REREAD_POLLS polls, which also credits what a
+    // program counted without marking its slot (it lost a race with the poll's swap).
+    let nets = ["10.10.0.0/16", "2001:db8::/32"];
+    let mut dp = plane_with(&nets, 65_536, 1024);
+    let networks: fnm_agent::prefix::PrefixSet = nets.iter().map(|s| s.parse().unwrap()).collect();
+    let mut accounting = fnm_agent::accounting::Accounting::new(networks, 4096, 1024, 1000);
+    let hosts: Vec<IpAddr> = (0..100u32)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 3, 0)) + i).into())
+        .chain((0..100u128).map(|i| Ipv6Addr::from(u128::from(local6()) + (i << 20)).into()))
+        .collect();
+    let frame = |dst: IpAddr| match dst {
+        IpAddr::V4(d) => udp_to(d, 10),
+        IpAddr::V6(d) => eth(ETH_IPV6, &ipv6(remote6(), d, 17, &udp(5353, 53, 10))),
+    };
+    let send = |dp: &DataPlane, h: IpAddr| assert_eq!(dp.test_run(&frame(h)).unwrap(), XDP_PASS);
+    let in_agent = |a: &fnm_agent::accounting::Accounting, h: IpAddr| {
+        a.host(h).map(|x| x.dirs()[0].total().packets).unwrap_or(0)
+    };
+    let key = |h: IpAddr| fnm_common::HostKey {
+        addr: fnm_agent::accounting::to16(h),
+        direction: direction::INCOMING,
+        _pad: [0; 3],
+    };
+    for h in &hosts {
+        send(&dp, *h);
+    }
+    let mut now = 1_000;
+    let mut poll = |dp: &mut DataPlane, a: &mut fnm_agent::accounting::Accounting| {
+        now += 250;
+        dp.poll(a, now, 60_000).unwrap()
+    };
+    let stats = poll(&mut dp, &mut accounting);
+    assert_eq!(stats.slot_reads, 200, "every slot had new packets");
+    assert_eq!(stats.kernel_hosts, 200);
+    let mut read = stats.slot_reads;
+    // Without packets, each slot is read once over REREAD_POLLS polls, a share at each.
+    for _ in 0..REREAD_POLLS {
+        let stats = poll(&mut dp, &mut accounting);
+        assert!(
+            stats.slot_reads - read < 100,
+            "{} slots read by a quiet poll",
+            stats.slot_reads - read
+        );
+        assert_eq!(stats.kernel_hosts, 200);
+        read = stats.slot_reads;
+    }
+    assert_eq!(read, 400, "each slot read once more");
+    for h in &hosts {
+        assert_eq!(in_agent(&accounting, *h), 1, "{h}");
+    }
+    // New packets for ten hosts: the next poll reads them (and the re-reads due).
+    let busy: Vec<IpAddr> = hosts[..5].iter().chain(&hosts[100..105]).copied().collect();
+    for h in &busy {
+        send(&dp, *h);
+    }
+    let stats = poll(&mut dp, &mut accounting);
+    let now_read = stats.slot_reads - read;
+    assert!((10..100).contains(&now_read), "{now_read} slots read");
+    read = stats.slot_reads;
+    for h in &busy {
+        assert_eq!(in_agent(&accounting, *h), 2, "{h}");
+    }
+    // A packet whose slot is left marked READ is credited within REREAD_POLLS polls, once.
+    let raced = [hosts[7], hosts[107]];
+    for h in raced {
+        send(&dp, h);
+        dp.maps.hosts.mark_read(&key(h));
+    }
+    for _ in 0..REREAD_POLLS {
+        read = poll(&mut dp, &mut accounting).slot_reads;
+    }
+    for h in raced.iter().chain(&busy) {
+        assert_eq!(in_agent(&accounting, *h), 2, "{h}");
+    }
+    for h in hosts
+        .iter()
+        .filter(|h| !raced.contains(h) && !busy.contains(h))
+    {
+        assert_eq!(in_agent(&accounting, *h), 1, "{h}");
+    }
+    assert!(read > 400, "{read}");
 }
 
 #[test]
@@ -510,9 +610,8 @@ fn batched_polls_read_thousands_of_hosts_exactly_once() {
     send(&dp, 1);
     dp.poll(&mut accounting, 3_000, 60_000).unwrap();
     check(&accounting, 2);
-    // Every host idle: dense bytes cleared, hashed hosts deleted in batches.
-    dp.poll(&mut accounting, 100_000, 60_000).unwrap();
-    let stats = dp.poll(&mut accounting, 101_000, 60_000).unwrap();
+    // Every host idle: dense bytes cleared, hashed hosts' ways freed.
+    let stats = poll_past_rereads(&mut dp, &mut accounting, 100_000, 60_000);
     assert_eq!(stats.kernel_hosts, 0);
     assert_eq!(dp.maps.hosts.keys().count(), 0);
     check(&accounting, 2);
@@ -710,8 +809,7 @@ fn two_cpus_admitting_the_same_new_hosts_count_each_packet_once() {
         assert_eq!(in_agent(&accounting, host_at(i)), 2, "{}", host_at(i));
     }
     // Idle: every way, the second ones too, is retired then freed.
-    dp.poll(&mut accounting, 20_000, 10_000).unwrap();
-    dp.poll(&mut accounting, 20_250, 10_000).unwrap();
+    poll_past_rereads(&mut dp, &mut accounting, 20_000, 10_000);
     assert_eq!(dp.maps.hosts.keys().count(), 0, "every way reclaimed");
     for i in 0..hosts {
         assert_eq!(in_agent(&accounting, host_at(i)), 2, "{}", host_at(i));

@@ -41,13 +41,13 @@ pub mod map_names {
     /// the program probes itself (the two buckets of the address's seeded hash, every way)
     /// and claims for a new host by an atomic compare-and-swap of its state.
     pub const SLOT_OWNER: &str = "FNM_SLOT_OWNER";
-    /// Byte per counter slot of `HOSTS_SLOTS`, set by the packets counted there (mmap-able
-    /// `Array<u64>`, as `DENSE_TOUCHED_V4`).
+    /// Byte per counter slot of `HOSTS_SLOTS`, a [`touched`](crate::touched) state
+    /// (mmap-able `Array<u64>`, as `DENSE_TOUCHED_V4`).
     pub const SLOTS_TOUCHED: &str = "FNM_TOUCHED_H";
-    /// Byte per slot of `HOSTS_DENSE_V4`, set to 1 by the packets counted there
-    /// (`Array<u64>`, mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the
-    /// mapping): the agent reads only the slots whose byte is set, without a system call, and
-    /// clears the bytes of idle slots with a compare-and-swap.
+    /// Byte per slot of `HOSTS_DENSE_V4`, a [`touched`](crate::touched) state (`Array<u64>`,
+    /// mmap-able, slot `s` is byte `s % 8` of entry `s / 8`, so byte `s` of the mapping): the
+    /// agent reads only the slots with packets since its last read, without a system call,
+    /// and clears the bytes of idle slots with a compare-and-swap.
     pub const DENSE_TOUCHED_V4: &str = "FNM_TOUCHED_D4";
     /// The IPv4 local networks by /16 (`Array<u32>` of [`local16::BLOCKS`] entries,
     /// mmap-able), see [`local16`]. Answers "is this address local, and where are its
@@ -563,6 +563,21 @@ pub struct SlotCounters {
 /// Ways of one bucket of the hashed hosts' open-addressed table: a host lives in one of the
 /// ways of the bucket its address hashes to, or is not counted per host.
 pub const SLOT_WAYS: usize = 4;
+
+pub mod touched {
+    //! The states of a touched byte (`DENSE_TOUCHED_V4`, `SLOTS_TOUCHED`), one per counter
+    //! slot. The program stores [`NEW_PACKETS`] after counting a packet unless the byte holds
+    //! it already (a busy slot's shared cache line is then only read); only the agent stores
+    //! the others.
+
+    /// No counters to read: never counted in, or cleared by the agent as idle.
+    pub const UNTOUCHED: u8 = 0;
+    /// Packets counted since the agent last read the slot.
+    pub const NEW_PACKETS: u8 = 1;
+    /// Read by the agent (which swapped `NEW_PACKETS` for it before reading), no packet
+    /// counted since: its counters have not changed.
+    pub const READ: u8 = 2;
+}
 
 /// States of a [`SlotOwner`].
 pub mod slot_state {

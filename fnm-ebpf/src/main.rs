@@ -39,10 +39,10 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering};
 use fnm_common::{
-    direction, drop16, local16, local6, proto, setting, slot_state, stat, table_flag, tunnel_layer,
-    DropCounter, HostCounters, HostKey, Local6Bits, Local6Bucket, Local6Head, LocalNetV4,
-    PacketSample, RuleSet, SlotBucket, SlotCounters, SlotOwner, XdpHostCounters, FLOW_CACHE_SLOTS,
-    MAX_RULES_PER_HOST, SLOT_WAYS,
+    direction, drop16, local16, local6, proto, setting, slot_state, stat, table_flag, touched,
+    tunnel_layer, DropCounter, HostCounters, HostKey, Local6Bits, Local6Bucket, Local6Head,
+    LocalNetV4, PacketSample, RuleSet, SlotBucket, SlotCounters, SlotOwner, XdpHostCounters,
+    FLOW_CACHE_SLOTS, MAX_RULES_PER_HOST, SLOT_WAYS,
 };
 use parse::{layer, parse, Addr, Packet, ParseError};
 use walk::Walk;
@@ -91,7 +91,7 @@ static FNM_SLOT_OWNER: Array<SlotBucket> =
 #[map]
 static FNM_HOSTS_H: Array<SlotCounters> =
     Array::with_max_entries(2 * HOSTS_DEFAULT, bindings::BPF_F_MMAPABLE);
-/// Byte per counter slot of `FNM_HOSTS_H`, set by the packets counted there (mmap-able).
+/// Byte per counter slot of `FNM_HOSTS_H`, a `fnm_common::touched` state (mmap-able).
 #[map]
 static FNM_TOUCHED_H: Array<u64> =
     Array::with_max_entries(2 * HOSTS_DEFAULT / 8, bindings::BPF_F_MMAPABLE);
@@ -835,16 +835,23 @@ fn account_dense(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
     // without migrating.
     add_to(unsafe { &mut (*c).counters }, p, how, white);
     if let Some(word) = FNM_TOUCHED_D4.get_ptr_mut(slot >> 3) {
-        // SAFETY: byte `slot % 8` of an 8-byte map value. Shared by all CPUs: read first, so a
-        // busy slot's cache line is only read; every writer stores the same 1.
-        unsafe {
-            let byte = (word as *mut u8).add((slot & 7) as usize);
-            if core::ptr::read_volatile(byte) == 0 {
-                core::ptr::write_volatile(byte, 1);
-            }
-        }
+        mark_new_packets(word, slot);
     }
     true
+}
+
+/// Sets the touched byte of `slot` in its word `word` to `NEW_PACKETS` (after the counters:
+/// the agent swaps the byte to `READ` before it reads them, see `fnm_common::touched`).
+#[inline(always)]
+fn mark_new_packets(word: *mut u64, slot: u32) {
+    // SAFETY: byte `slot % 8` of an 8-byte map value. Shared by all CPUs: read first, so a
+    // busy slot's cache line is only read; every writer stores the same value.
+    unsafe {
+        let byte = (word as *mut u8).add((slot & 7) as usize);
+        if core::ptr::read_volatile(byte) != touched::NEW_PACKETS {
+            core::ptr::write_volatile(byte, touched::NEW_PACKETS);
+        }
+    }
 }
 
 /// Counts the packet in the counter slot `slot` of `FNM_HOSTS_H` and marks it touched.
@@ -857,13 +864,7 @@ fn account_slot(slot: u32, p: &Packet, how: Add, white: bool) -> bool {
     // without migrating.
     add_to(unsafe { &mut (*c).counters }, p, how, white);
     if let Some(word) = FNM_TOUCHED_H.get_ptr_mut(slot >> 3) {
-        // SAFETY: byte `slot % 8` of an 8-byte map value, as in `account_dense`.
-        unsafe {
-            let byte = (word as *mut u8).add((slot & 7) as usize);
-            if core::ptr::read_volatile(byte) == 0 {
-                core::ptr::write_volatile(byte, 1);
-            }
-        }
+        mark_new_packets(word, slot);
     }
     true
 }

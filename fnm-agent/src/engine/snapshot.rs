@@ -49,8 +49,12 @@ pub struct XdpStatus {
     pub host_table_full: u64,
     /// Packet samples lost to a full ring buffer.
     pub samples_lost: u64,
-    /// Hosts currently in the kernel table.
+    /// Host-directions with counters in the kernel, less those the polls found idle (a host
+    /// without new packets is checked once in eight polls).
     pub kernel_hosts: u64,
+    /// Counter slots the polls have read in the kernel's memory so far: those with packets
+    /// since the poll before, and each other one once every eight polls.
+    pub slot_reads: u64,
 }
 
 /// Totals of one source, direction and protocol class.

@@ -2,7 +2,7 @@
 
 use super::{
     batch::{self, PerCpuBatch},
-    hosts::{as_v4, from_v4},
+    hosts::{as_v4, from_v4, reread_due, Mark},
     maps::map_err,
     KernelMaps, XdpError,
 };
@@ -54,6 +54,15 @@ impl DenseSeen {
     }
 }
 
+/// Which touched slots a poll of the dense slots reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// Those with packets since the last read, and those whose re-read is due.
+    Marked,
+    /// Every one (before the networks change).
+    Every,
+}
+
 /// Largest run of untouched slots read anyway to keep one batch going: copying a slot
 /// (120 bytes per CPU) costs far less than another system call.
 const GAP: u32 = 32;
@@ -82,10 +91,13 @@ pub(super) struct Poller {
     bufs: Buffers,
     /// The hashed hosts' slots (this build's objects).
     slots: super::slots::SlotPoller,
+    /// Counter slots read in the kernel's memory so far (dense and hashed hosts' slots).
+    slot_reads: u64,
 }
 
 /// What a poll reads into, kept between polls so a poll allocates nothing once they grew.
 struct Buffers {
+    marks: Vec<(u32, Mark)>,
     slots: Vec<u32>,
     dense: PerCpuBatch<u32>,
     v4: PerCpuBatch<HostKeyV4>,
@@ -111,7 +123,9 @@ impl Default for Poller {
             polls: 0,
             batched: true,
             slots: Default::default(),
+            slot_reads: 0,
             bufs: Buffers {
+                marks: Vec::new(),
                 slots: Vec::new(),
                 dense: PerCpuBatch::new(cpus),
                 v4: PerCpuBatch::new(cpus),
@@ -172,11 +186,13 @@ impl Poller {
         for (host, dir, delta) in self.pending.drain(..) {
             accounting.add_host_counters(host, dir, &delta);
         }
-        let mut active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms)?;
+        let mut active_dense = self.poll_dense(maps, accounting, now_ms, idle_ms, Reads::Marked)?;
         if let Some(slots) = maps.hosts.slots.as_mut() {
-            active_dense += self
+            let polled = self
                 .slots
                 .poll(slots, accounting, now_ms, idle_ms, self.polls)?;
+            active_dense += polled.kept;
+            self.slot_reads += polled.read;
         }
         self.read_hashed(maps)?;
         let mut current = std::mem::take(&mut self.bufs.current);
@@ -279,6 +295,7 @@ impl Poller {
             host_table_full: stat(stat::HOST_TABLE_FULL),
             samples_lost: stat(stat::SAMPLES_LOST),
             kernel_hosts: kept as u64 + active_dense,
+            slot_reads: self.slot_reads,
         })
     }
 
@@ -355,7 +372,13 @@ impl Poller {
     /// them over.
     pub(super) fn settle(&mut self, maps: &mut KernelMaps) -> Result<(), XdpError> {
         let mut pending = std::mem::take(&mut self.pending);
-        let result = self.poll_dense(maps, &mut Pending(&mut pending), self.now_ms, u64::MAX);
+        let result = self.poll_dense(
+            maps,
+            &mut Pending(&mut pending),
+            self.now_ms,
+            u64::MAX,
+            Reads::Every,
+        );
         self.pending = pending;
         result.map(drop)
     }
@@ -371,7 +394,7 @@ impl Poller {
                 continue;
             }
             // Cleared first: a packet counted after the read sets it again.
-            maps.hosts.clear_touched(slot);
+            maps.hosts.touched.clear(slot);
             let counters = maps.hosts.dense_slot_raw(slot).map_err(&err)?;
             *self.dense.entry(slot) = Seen {
                 counters,
@@ -382,45 +405,63 @@ impl Poller {
         Ok(())
     }
 
-    /// Reads the dense slots whose touched byte is set (in batches of neighbouring slots);
+    /// Reads the dense slots with packets since the last poll (in batches of neighbouring
+    /// slots), and those marked `READ` whose turn it is ([`reread_due`]); of the latter,
     /// clears the bytes of slots idle for `idle_ms` first, so they cost nothing until their
     /// next packet (a packet counted before the clear is in the read, one after it sets the
-    /// byte again). Returns the active slots.
+    /// byte again). With [`Reads::Every`], reads every touched slot. Returns the active
+    /// slots: those read that are not idle, and those not read.
     fn poll_dense(
         &mut self,
         maps: &mut KernelMaps,
         accounting: &mut impl CounterSink,
         now_ms: u64,
         idle_ms: u64,
+        reads: Reads,
     ) -> Result<u64, XdpError> {
+        let mut marks = std::mem::take(&mut self.bufs.marks);
+        maps.hosts.touched.scan_into(&mut marks);
         let mut slots = std::mem::take(&mut self.bufs.slots);
-        maps.hosts.touched_slots_into(&mut slots);
+        slots.clear();
+        let poll = self.polls;
+        let mut unread = 0u64;
         // Only the slots a network owns (sorted, as the ranges are).
         let ranges = maps.hosts.layout.ranges();
-        let mut owned = 0;
         let mut r = 0;
-        for i in 0..slots.len() {
-            let slot = slots[i];
+        for &(slot, mark) in &marks {
             while r < ranges.len() && ranges[r].1 <= slot {
                 r += 1;
             }
-            if r < ranges.len() && ranges[r].0 <= slot {
-                slots[owned] = slot;
-                owned += 1;
+            if r >= ranges.len() || ranges[r].0 > slot {
+                continue;
             }
-        }
-        slots.truncate(owned);
-        for &slot in &slots {
-            if let Some(seen) = self.dense.get(slot) {
-                if now_ms.saturating_sub(seen.changed_ms) >= idle_ms {
-                    maps.hosts.clear_touched(slot);
+            match (mark, reads) {
+                (Mark::NewPackets, _) => {
+                    maps.hosts.touched.take_new(slot);
+                }
+                (Mark::Read, Reads::Every) => {}
+                (Mark::Read, Reads::Marked) if reread_due(slot >> 1, poll) => {
+                    let idle = self
+                        .dense
+                        .get(slot)
+                        .is_some_and(|seen| now_ms.saturating_sub(seen.changed_ms) >= idle_ms);
+                    if idle {
+                        maps.hosts.touched.clear_if_read(slot);
+                    }
+                }
+                (Mark::Read, Reads::Marked) => {
+                    unread += 1;
+                    continue;
                 }
             }
+            slots.push(slot);
         }
+        self.bufs.marks = marks;
+        self.slot_reads += slots.len() as u64;
         let read = self.read_dense(maps, &slots, &ranges);
         self.bufs.slots = slots;
         read?;
-        let mut active = 0;
+        let mut active = unread;
         let stamp = self.polls.max(1);
         for (slot, key, sum) in &self.bufs.dense_read {
             let seen = self.dense.entry(*slot);

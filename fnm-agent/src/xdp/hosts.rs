@@ -8,7 +8,7 @@
 use super::{local16::DenseLayout, mmap::SharedMapping};
 use aya::maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use fnm_common::{
-    v4_mapped, HostCounters, HostKey, HostKeyV4, WhitelistedCounters, XdpHostCounters,
+    touched, v4_mapped, HostCounters, HostKey, HostKeyV4, WhitelistedCounters, XdpHostCounters,
     SLOT_COUNTERS_BYTES,
 };
 use std::{
@@ -17,11 +17,42 @@ use std::{
     sync::atomic::{AtomicU64, AtomicU8, Ordering},
 };
 
-/// The `DENSE_TOUCHED_V4` map mapped into the agent: byte `s` is 1 when dense slot `s` got a
-/// packet since the agent last cleared it.
+/// A touched-byte map (`DENSE_TOUCHED_V4`, `SLOTS_TOUCHED`) mapped into the agent: byte `s`
+/// is the [`touched`] state of slot `s`.
+///
+/// The program sets a byte to `NEW_PACKETS` after counting in its slot; a poll reads only
+/// those slots, swapping each byte to `READ` first (a locked instruction, so the read comes
+/// after it: a packet counted after the swap marks the slot again). A slot marked `READ` had
+/// no packet since: its counters are as last read, and a poll skips them, but for one in
+/// [`REREAD_POLLS`] (see [`reread_due`]). That one read catches what the swap's ordering
+/// cannot promise: a program that read `NEW_PACKETS` just before the swap and skipped the
+/// store while its counter stores were still on their way (a store then a load is the one
+/// reordering x86 makes) had its packet in the kernel's memory nanoseconds later, and a
+/// poll reads it at the latest [`REREAD_POLLS`] polls on.
 pub(crate) struct TouchedBytes {
     mapping: SharedMapping,
     len: usize,
+}
+
+/// A touched slot's state, as [`TouchedBytes::scan_into`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// Packets counted since the agent's last read (`NEW_PACKETS`).
+    NewPackets,
+    /// Read, no packet counted since (`READ`).
+    Read,
+}
+
+/// Polls between two reads of a slot marked `READ` (two seconds at four polls a second). A
+/// slot's idleness is checked at those reads, so an idle slot leaves the kernel's view up to
+/// this many polls after the idle timeout.
+pub const REREAD_POLLS: u64 = 8;
+
+/// True when poll `poll` reads the counters of `key` (a slot, or a host slot) even though
+/// they are marked `READ`: each key once every [`REREAD_POLLS`] polls, an eighth of them at
+/// each poll.
+pub(crate) fn reread_due(key: u32, poll: u64) -> bool {
+    (u64::from(key) + poll).is_multiple_of(REREAD_POLLS)
 }
 
 impl TouchedBytes {
@@ -40,10 +71,29 @@ impl TouchedBytes {
         out
     }
 
-    /// Replaces `out` by the slots whose byte is set, in increasing order (eight bytes read
-    /// at a time, a word of zeros skipped at once).
+    /// Replaces `out` by the slots whose byte is set, in increasing order.
     pub(crate) fn slots_into(&self, out: &mut Vec<u32>) {
         out.clear();
+        self.each_set(|slot, _| out.push(slot));
+    }
+
+    /// Replaces `out` by the slots whose byte is set, in increasing order, with their state.
+    pub(crate) fn scan_into(&self, out: &mut Vec<(u32, Mark)>) {
+        out.clear();
+        self.each_set(|slot, byte| {
+            let mark = if byte == touched::READ {
+                Mark::Read
+            } else {
+                Mark::NewPackets
+            };
+            out.push((slot, mark));
+        });
+    }
+
+    /// Calls `each(slot, byte)` for every byte that is set, in increasing order (eight bytes
+    /// read at a time, a word of zeros skipped at once).
+    #[inline]
+    fn each_set(&self, mut each: impl FnMut(u32, u8)) {
         for word in 0..self.len / 8 {
             // SAFETY: in bounds of the mapping; 8-byte aligned (page-aligned base).
             let mut w = unsafe { AtomicU64::from_ptr(self.mapping.ptr().add(word * 8).cast()) }
@@ -51,23 +101,59 @@ impl TouchedBytes {
             while w != 0 {
                 // Byte i of the word (little-endian: slot word * 8 + i) is non-zero.
                 let i = w.trailing_zeros() / 8;
-                out.push((word * 8) as u32 + i);
+                each((word * 8) as u32 + i, (w >> (i * 8)) as u8);
                 w &= !(0xffu64 << (i * 8));
             }
         }
     }
 
-    /// Clears the byte of `slot` if it is still set; true when this call cleared it. A packet
-    /// counted after the clear sets it again.
-    pub(crate) fn clear(&self, slot: u32) -> bool {
+    /// The byte of `slot`, if in bounds.
+    fn byte(&self, slot: u32) -> Option<&AtomicU8> {
         let slot = slot as usize;
-        if slot >= self.len {
-            return false;
-        }
-        // SAFETY: in bounds of the mapping.
-        unsafe { AtomicU8::from_ptr(self.mapping.ptr().add(slot)) }
-            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+        // SAFETY: in bounds of the mapping, which lives as long as `self`.
+        (slot < self.len).then(|| unsafe { AtomicU8::from_ptr(self.mapping.ptr().add(slot)) })
+    }
+
+    /// Marks `slot` `READ` before its counters are read; true when it was marked
+    /// `NEW_PACKETS`. A locked swap: the counters read after it include every packet whose
+    /// mark it replaced.
+    pub(crate) fn take_new(&self, slot: u32) -> bool {
+        self.byte(slot).is_some_and(|b| {
+            b.compare_exchange(
+                touched::NEW_PACKETS,
+                touched::READ,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
+        })
+    }
+
+    /// Clears the byte of an idle slot if it is still marked `READ` (no packet since the last
+    /// read); true when this call cleared it. A packet counted after the clear sets it again.
+    pub(crate) fn clear_if_read(&self, slot: u32) -> bool {
+        self.byte(slot).is_some_and(|b| {
+            b.compare_exchange(
+                touched::READ,
+                touched::UNTOUCHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Marks `slot` `READ` whatever it holds (see [`HostMaps::mark_read`]).
+    fn mark_read(&self, slot: u32) {
+        if let Some(b) = self.byte(slot) {
+            b.store(touched::READ, Ordering::Release);
+        }
+    }
+
+    /// Clears the byte of `slot` whatever it holds; true when it was set.
+    pub(crate) fn clear(&self, slot: u32) -> bool {
+        self.byte(slot)
+            .is_some_and(|b| b.swap(touched::UNTOUCHED, Ordering::AcqRel) != touched::UNTOUCHED)
     }
 }
 
@@ -258,14 +344,27 @@ impl HostMaps {
         }
     }
 
+    /// Marks the counter slots of a host and direction `READ`, as a poll that had just read
+    /// them would, whatever was counted since: what a program leaves behind when it skipped
+    /// its mark in a race with the poll's swap ([`TouchedBytes`]). For tests: polls must still
+    /// credit those packets within [`REREAD_POLLS`].
+    #[doc(hidden)]
+    pub fn mark_read(&self, key: &HostKey) {
+        match as_v4(key).and_then(|k| self.dense_slot(&k)) {
+            Some(slot) => self.touched.mark_read(slot),
+            None => {
+                if let Some(slots) = &self.slots {
+                    for slot in slots.counter_slots(&key.addr, key.direction) {
+                        slots.touched.mark_read(slot);
+                    }
+                }
+            }
+        }
+    }
+
     /// Dense slots that got packets since their byte was last cleared.
     pub(crate) fn touched_slots(&self) -> Vec<u32> {
         self.touched.slots()
-    }
-
-    /// [`HostMaps::touched_slots`] into a buffer the caller keeps.
-    pub(crate) fn touched_slots_into(&self, out: &mut Vec<u32>) {
-        self.touched.slots_into(out)
     }
 
     /// The file descriptor of the dense array (batched reads), when it is a per-CPU array.
@@ -292,11 +391,6 @@ impl HostMaps {
     /// The file descriptor of the IPv6 LRU hash table (batched reads and deletes).
     pub(crate) fn v6_fd(&self) -> Option<BorrowedFd<'_>> {
         self.v6.as_ref().map(|m| m.map().fd().as_fd())
-    }
-
-    /// Clears the touched byte of an idle slot; true when it was set.
-    pub(crate) fn clear_touched(&self, slot: u32) -> bool {
-        self.touched.clear(slot)
     }
 
     /// The summed counters of one dense slot, whoever it belongs to.

@@ -18,7 +18,7 @@ mod slots;
 pub mod tables;
 
 pub use counters::XdpStats;
-pub use hosts::HostMaps;
+pub use hosts::{HostMaps, REREAD_POLLS};
 pub use maps::KernelMaps;
 pub use networks::NetworksChange;
 pub use tables::{DropMatch, DropTables, RuleSpec};

@@ -9,14 +9,20 @@
 //! dense one (`slot × CPUs + cpu`), with a touched byte per counter slot. Two CPUs admitting
 //! one host at once may claim two ways for it: both are credited to the same address here.
 //!
-//! The agent reads the touched counter slots in place each poll and credits their deltas to
-//! the owner it read when the slot was first touched. It reclaims the slot of an idle host in
-//! two polls: first it sets the way `RETIRING` (new packets then admit the host again, in
+//! The agent reads the counter slots with packets since its last read (touched byte
+//! `NEW_PACKETS`, see [`TouchedBytes`]) in place each poll, and credits their deltas to the
+//! owner it read when the slot was first touched; a host without new packets is read once in
+//! [`REREAD_POLLS`](super::hosts::REREAD_POLLS) polls, when its idleness is checked too. (In
+//! the poll benchmark, 16,384 IPv6 hosts at 2 packets/s each: the poll thread's share of a
+//! core fell from 0.047 to 0.031 with the dense slots done alike, and from 0.088 to 0.040 with
+//! 98,304 idle hosts in the table, docs/performance.md.) It reclaims the slot of an idle host
+//! in two polls: first it sets the way `RETIRING` (new packets then admit the host again, in
 //! another way), then, a poll later (programs that found the way `READY` have long finished:
 //! an XDP program runs for microseconds, a poll is 250 ms apart), it credits what came
 //! meanwhile to the old owner, zeroes the counters, clears the touched bytes and frees the
 //! way. A host is idle after the idle timeout, or, once a new host found its bucket full
-//! (`HOST_TABLE_FULL` grew), after one whole poll without packets: a flood of spoofed
+//! (`HOST_TABLE_FULL` grew: the poll after reads every host), after one whole poll without
+//! packets: a flood of spoofed
 //! destinations, each touched once, frees its ways within two polls, and cannot keep a real
 //! new victim out for longer (docs/security.md). With every way of its bucket taken, a new
 //! host's packets count in the totals and in `HOST_TABLE_FULL` (untracked), never in another
@@ -24,7 +30,7 @@
 
 use super::{
     counters::{delta, has_packets},
-    hosts::{SlotArray, TouchedBytes},
+    hosts::{reread_due, Mark, SlotArray, TouchedBytes},
     mmap::SharedMapping,
     XdpError,
 };
@@ -39,7 +45,7 @@ const OWNER_BYTES: usize = std::mem::size_of::<SlotOwner>();
 pub(crate) struct HostSlots {
     counters: SlotArray,
     owners: SharedMapping,
-    touched: TouchedBytes,
+    pub(super) touched: TouchedBytes,
     hosts: usize,
 }
 
@@ -126,6 +132,18 @@ impl HostSlots {
         sum
     }
 
+    /// The counter slots of `addr` in `direction`: one per host slot that holds it. Walks the
+    /// whole table, as [`HostSlots::sum`].
+    pub(crate) fn counter_slots(&self, addr: &[u8; 16], direction: u8) -> Vec<u32> {
+        (0..self.hosts)
+            .filter(|&slot| {
+                self.state(slot).load(Ordering::Acquire) == slot_state::READY
+                    && self.owner(slot) == *addr
+            })
+            .map(|slot| ((slot as u32) << 1) | u32::from(direction & 1))
+            .collect()
+    }
+
     /// Every touched counter slot's host and direction.
     pub(crate) fn keys(&self) -> Vec<([u8; 16], u8)> {
         self.touched
@@ -204,11 +222,25 @@ fn zeroed_states(n: usize) -> Box<[HostState]> {
 #[derive(Default)]
 pub(crate) struct SlotPoller {
     states: Box<[HostState]>,
-    touched: Vec<u32>,
+    /// The touched counter slots, as this poll found them.
+    marks: Vec<(u32, Mark)>,
+    /// The counter slots this poll reads.
+    visits: Vec<u32>,
+    /// Host slots set `RETIRING` by the last poll (increasing): this one releases them.
+    retiring: Vec<u32>,
     /// `HOST_TABLE_FULL` at the last poll.
     full_seen: u64,
     /// It grew at the last poll.
     full_grew: bool,
+}
+
+/// What a poll of the slots did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SlotPoll {
+    /// Host-directions with counters in the kernel after the poll.
+    pub(crate) kept: u64,
+    /// Counter slots it read.
+    pub(crate) read: u64,
 }
 
 impl SlotPoller {
@@ -219,9 +251,12 @@ impl SlotPoller {
         self.full_seen = full;
     }
 
-    /// Reads every touched counter slot in place and credits its delta to its owner; starts
-    /// reclaiming the slots of idle hosts (see the module), and ends the reclaim of those
-    /// retired at an earlier poll. Returns the host-directions with counters in the kernel.
+    /// Reads the counter slots with packets since the last poll in place and credits their
+    /// deltas to their owners; starts reclaiming the slots of idle hosts (see the module),
+    /// and ends the reclaim of those retired at the last poll. A host whose slots are marked
+    /// `READ` (no packet since they were read) is read only when its re-read is due
+    /// ([`reread_due`]: which is also when its idleness is checked), when the table is
+    /// under pressure, or when it is being reclaimed.
     pub(crate) fn poll(
         &mut self,
         slots: &mut HostSlots,
@@ -229,32 +264,73 @@ impl SlotPoller {
         now_ms: u64,
         idle_ms: u64,
         poll: u64,
-    ) -> Result<u64, XdpError> {
+    ) -> Result<SlotPoll, XdpError> {
         if self.states.len() < slots.hosts {
             let mut states = zeroed_states(slots.hosts);
             states[..self.states.len()].copy_from_slice(&self.states);
             self.states = states;
         }
-        let mut touched = std::mem::take(&mut self.touched);
-        slots.touched.slots_into(&mut touched);
+        let mut marks = std::mem::take(&mut self.marks);
+        slots.touched.scan_into(&mut marks);
         // A new host found its bucket full since the poll before: free the ways of hosts
         // without packets since the last poll, not only of those idle for the idle timeout.
         let pressure = self.full_grew;
-        let mut releases = Vec::new();
+        let retiring = std::mem::take(&mut self.retiring);
+        let mut visits = std::mem::take(&mut self.visits);
+        visits.clear();
         let mut kept = 0u64;
+        // Which counter slots to read: a pass over the marks alone (sequential), so the reads
+        // below (each a cache miss) are of hosts that need them, and each byte is swapped
+        // to `READ` a while before its counters are read.
+        let mut r = 0;
         let mut i = 0;
-        while i < touched.len() {
+        while i < marks.len() || r < retiring.len() {
+            let host = marks.get(i).map_or(u32::MAX, |(c, _)| c >> 1);
+            if r < retiring.len() && retiring[r] < host {
+                // Reclaimed, its bytes already clear (never, as they stay set until the
+                // release): read and release it all the same, so its way comes back.
+                visits.extend([retiring[r] << 1, (retiring[r] << 1) | 1]);
+                r += 1;
+                continue;
+            }
+            let mut end = i;
+            let mut new_packets = false;
+            while end < marks.len() && marks[end].0 >> 1 == host {
+                new_packets |= marks[end].1 == Mark::NewPackets;
+                end += 1;
+            }
+            let reclaiming = r < retiring.len() && retiring[r] == host;
+            r += usize::from(reclaiming);
+            if new_packets || pressure || reclaiming || reread_due(host, poll) {
+                for &(c, mark) in &marks[i..end] {
+                    if mark == Mark::NewPackets {
+                        slots.touched.take_new(c);
+                    }
+                    visits.push(c);
+                }
+            } else {
+                kept += (end - i) as u64;
+            }
+            i = end;
+        }
+        self.marks = marks;
+        let read = visits.len() as u64;
+        let mut releases = Vec::new();
+        let mut retired = retiring;
+        retired.clear();
+        let mut i = 0;
+        while i < visits.len() {
             // The slots are spread over the table by their hash: each is a cache miss, in the
             // kernel's counters and in `states`. Ask for the ones a few slots ahead now, so
             // the misses overlap instead of following one another.
-            if let Some(&ahead) = touched.get(i + PREFETCH_AHEAD) {
+            if let Some(&ahead) = visits.get(i + PREFETCH_AHEAD) {
                 slots.counters.prefetch(ahead);
                 let st: *const HostState = self.states.as_ptr().wrapping_add((ahead >> 1) as usize);
                 for line in (0..std::mem::size_of::<HostState>()).step_by(64) {
                     crate::capture::prefetch_line(st.cast::<u8>().wrapping_add(line));
                 }
             }
-            let host = touched[i] >> 1;
+            let host = visits[i] >> 1;
             let st = &mut self.states[host as usize];
             if !st.owned {
                 st.owner = slots.owner(host as usize);
@@ -264,9 +340,9 @@ impl SlotPoller {
             if st.changed_ms == 0 {
                 st.changed_ms = now_ms;
             }
-            while i < touched.len() && touched[i] >> 1 == host {
-                let dir = (touched[i] & 1) as usize;
-                let sum = slots.counters.sum(touched[i]);
+            while i < visits.len() && visits[i] >> 1 == host {
+                let dir = (visits[i] & 1) as usize;
+                let sum = slots.counters.sum(visits[i]);
                 let d = delta(&st.seen[dir], &sum);
                 if has_packets(&d) {
                     let direction = if dir == 1 {
@@ -289,15 +365,17 @@ impl SlotPoller {
             {
                 st.retired_at = poll;
                 slots.retire(host);
+                retired.push(host);
             }
         }
-        self.touched = touched;
+        self.visits = visits;
+        self.retiring = retired;
         for host in releases {
             slots.release(host);
             self.states[host as usize] = HostState::default();
             kept = kept.saturating_sub(2);
         }
-        Ok(kept)
+        Ok(SlotPoll { kept, read })
     }
 }
 
