@@ -1062,6 +1062,17 @@ impl Accounting {
     /// rates, forgets unprotected hosts idle for `forget_after_ms`, and plans the next
     /// evictions when the table is nearly full.
     pub fn tick(&mut self, now_ms: u64, forget_after_ms: u64) {
+        self.tick_visiting(now_ms, forget_after_ms, |_, _| {});
+    }
+
+    /// [`Accounting::tick`], handing each host that stays to `visit` once its slot is closed,
+    /// while it is in the cache (the detector's checks: [`crate::detection::detector::Detector::visit`]).
+    pub fn tick_visiting(
+        &mut self,
+        now_ms: u64,
+        forget_after_ms: u64,
+        mut visit: impl FnMut(IpAddr, &Host),
+    ) {
         let slot_ms = self
             .last_tick_ms
             .map_or(self.interval_ms, |last| now_ms.saturating_sub(last))
@@ -1089,6 +1100,7 @@ impl Accounting {
             },
             |h| now_ms.saturating_sub(h.last_active_ms) >= forget_after_ms,
             |ip, h| {
+                visit(ip, h);
                 if limit > 0 {
                     for (heap, dir) in kept.iter_mut().zip(Direction::ALL) {
                         let key = h.dir(dir).pps();

@@ -280,11 +280,15 @@ impl EngineCore {
     pub fn tick(&mut self, now_ms: u64, unix_ms: u64) -> Vec<Decision> {
         self.ticks += 1;
         self.last_tick_ms = now_ms;
-        self.acc.tick(now_ms, self.forget_after_ms);
+        let detector = &mut self.detector;
+        self.acc
+            .tick_visiting(now_ms, self.forget_after_ms, |ip, host| {
+                detector.visit(ip, host, now_ms)
+            });
         if let Some(s) = &mut self.flow_sampler {
             s.close_slot();
         }
-        let events = self.detector.check(&self.acc, now_ms);
+        let events = self.detector.finish(&self.acc, now_ms);
         let mut decisions = Vec::new();
         for event in events {
             match event {
