@@ -191,7 +191,8 @@ pub struct XdpConfig {
     /// (`[detection] whitelist_sources`). Default: `16384`.
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: u32,
-    /// Hosts idle this long are removed from the kernel table (their totals stay in the agent).
+    /// Hosts idle this long are removed from the kernel table (their totals stay in the agent),
+    /// found at their next read: a host without new packets is read once in eight polls.
     /// Default: `10m`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
     pub host_idle_timeout: Duration,
