@@ -79,9 +79,6 @@ struct Ongoing {
 #[derive(Debug)]
 pub struct Detector {
     table: ThresholdTable,
-    /// No threshold is set anywhere (`table.is_empty()`, worked out once: it collects the
-    /// set rates).
-    no_thresholds: bool,
     whitelist: PrefixSet,
     stop_ratio: f64,
     stop_after_ms: u64,
@@ -100,9 +97,9 @@ pub struct Detector {
 enum Visited {
     /// An event, as it is.
     Event(DetectorEvent),
-    /// The start of an attack on a host watched only from this check on: reported now or
-    /// held back a check, as [`Detector::finish`] decides.
-    NewlyWatched(DetectorEvent),
+    /// An attack on a host watched only from this check on: reported now or held back a
+    /// check, as [`Detector::finish`] decides.
+    NewlyWatched(Opening),
 }
 
 impl Detector {
@@ -114,7 +111,6 @@ impl Detector {
         stop_after_ms: u64,
     ) -> Self {
         Self {
-            no_thresholds: table.is_empty(),
             table,
             whitelist,
             stop_ratio,
@@ -136,7 +132,6 @@ impl Detector {
         stop_ratio: f64,
         stop_after_ms: u64,
     ) {
-        self.no_thresholds = table.is_empty();
         self.table = table;
         self.whitelist = whitelist;
         self.stop_ratio = stop_ratio;
@@ -191,7 +186,7 @@ impl Detector {
     /// 30 % of the engine thread, most of it a cache miss per host. Every host of the table
     /// must be visited once per check, then [`Detector::finish`] called.
     pub fn visit(&mut self, ip: IpAddr, host: &Host, now_ms: u64) {
-        if self.no_thresholds || self.whitelist.contains(ip) {
+        if self.table.is_empty() || self.whitelist.contains(ip) {
             return;
         }
         let mut effective = None;
@@ -256,16 +251,18 @@ impl Detector {
                                 below_since_ms: None,
                             },
                         );
-                        let start = DetectorEvent::Started(Opening {
+                        let opening = Opening {
                             host: ip,
                             direction: dir,
                             crossing,
                             rates: reported,
                             hostgroup: eff.hostgroup.clone(),
                             report_only: eff.report_only,
-                        });
+                        };
                         match self.watched.entry(key) {
-                            Entry::Occupied(_) => self.visited.push(Visited::Event(start)),
+                            Entry::Occupied(_) => self
+                                .visited
+                                .push(Visited::Event(DetectorEvent::Started(opening))),
                             Entry::Vacant(v) => {
                                 // Watched from now on; reported now if flow records of it
                                 // were just seen (watching seeds the samples), else a check
@@ -273,7 +270,7 @@ impl Detector {
                                 v.insert(now_ms);
                                 self.visited
                                     .push(Visited::Event(DetectorEvent::Watch(ip, dir)));
-                                self.visited.push(Visited::NewlyWatched(start));
+                                self.visited.push(Visited::NewlyWatched(opening));
                             }
                         }
                     }
@@ -310,12 +307,10 @@ impl Detector {
                 other => other,
             })
             .collect();
-        let mut seen = std::mem::take(&mut self.seen);
-        if self.no_thresholds {
+        if self.table.is_empty() {
             // Without thresholds nothing is an attack (one resumed after a restart ends).
             self.visited.clear();
-            seen.clear();
-            self.seen = seen;
+            self.seen.clear();
             for (host, direction) in std::mem::take(&mut self.ongoing).into_keys() {
                 events.push(DetectorEvent::Stopped { host, direction });
             }
@@ -324,11 +319,9 @@ impl Detector {
         for v in self.visited.drain(..) {
             match v {
                 Visited::Event(e) => events.push(e),
-                Visited::NewlyWatched(start) => {
-                    let recent = match &start {
-                        DetectorEvent::Started(o) => acc.has_recent(o.host, o.direction),
-                        _ => false,
-                    };
+                Visited::NewlyWatched(opening) => {
+                    let recent = acc.has_recent(opening.host, opening.direction);
+                    let start = DetectorEvent::Started(opening);
                     if recent {
                         // Flow records just seen: watching now seeded the samples.
                         events.push(start);
@@ -346,11 +339,10 @@ impl Detector {
         let absent: Vec<_> = self
             .ongoing
             .keys()
-            .filter(|k| !seen.contains(k))
+            .filter(|k| !self.seen.contains(k))
             .copied()
             .collect();
-        seen.clear();
-        self.seen = seen;
+        self.seen.clear();
         for key in absent {
             let Some(o) = self.ongoing.get_mut(&key) else {
                 continue;

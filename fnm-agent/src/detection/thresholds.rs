@@ -43,14 +43,14 @@ impl Effective {
 /// was the engine thread's largest single cost there.
 #[derive(Debug, Clone)]
 pub struct ThresholdTable {
-    global: DetectionConfig,
-    groups: Vec<HostgroupConfig>,
     /// Prefix → index into `resolved`.
     index: PrefixMap<usize>,
     /// What applies under each prefix of `index`.
     resolved: Vec<Effective>,
     /// What applies outside every hostgroup.
     outside: Effective,
+    /// No threshold is set anywhere (worked out once: the detector asks at every host).
+    empty: bool,
 }
 
 impl ThresholdTable {
@@ -71,9 +71,13 @@ impl ThresholdTable {
                 });
             }
         }
+        let empty = global.incoming.set().is_empty()
+            && global.outgoing.set().is_empty()
+            && groups
+                .iter()
+                .all(|g| g.incoming.set().is_empty() && g.outgoing.set().is_empty());
         Self {
-            global: global.clone(),
-            groups: groups.to_vec(),
+            empty,
             index,
             resolved,
             outside: Effective {
@@ -89,12 +93,7 @@ impl ThresholdTable {
 
     /// True when no threshold is set anywhere.
     pub fn is_empty(&self) -> bool {
-        self.global.incoming.set().is_empty()
-            && self.global.outgoing.set().is_empty()
-            && self
-                .groups
-                .iter()
-                .all(|g| g.incoming.set().is_empty() && g.outgoing.set().is_empty())
+        self.empty
     }
 
     /// What applies to `addr`.

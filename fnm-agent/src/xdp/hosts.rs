@@ -114,33 +114,24 @@ impl TouchedBytes {
         (slot < self.len).then(|| unsafe { AtomicU8::from_ptr(self.mapping.ptr().add(slot)) })
     }
 
-    /// Marks `slot` `READ` before its counters are read; true when it was marked
-    /// `NEW_PACKETS`. A locked swap: the counters read after it include every packet whose
-    /// mark it replaced.
-    pub(crate) fn take_new(&self, slot: u32) -> bool {
-        self.byte(slot).is_some_and(|b| {
-            b.compare_exchange(
-                touched::NEW_PACKETS,
-                touched::READ,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-        })
+    /// Marks `slot` `READ` before its counters are read, if it is marked `NEW_PACKETS`. A
+    /// locked compare-and-swap: the counters read after it include every packet whose mark it
+    /// replaced.
+    pub(crate) fn take_new(&self, slot: u32) {
+        self.swap_if(slot, touched::NEW_PACKETS, touched::READ);
     }
 
     /// Clears the byte of an idle slot if it is still marked `READ` (no packet since the last
-    /// read); true when this call cleared it. A packet counted after the clear sets it again.
-    pub(crate) fn clear_if_read(&self, slot: u32) -> bool {
-        self.byte(slot).is_some_and(|b| {
-            b.compare_exchange(
-                touched::READ,
-                touched::UNTOUCHED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-        })
+    /// read). A packet counted after the clear sets it again.
+    pub(crate) fn clear_if_read(&self, slot: u32) {
+        self.swap_if(slot, touched::READ, touched::UNTOUCHED);
+    }
+
+    /// Sets the byte of `slot` to `new` if it holds `current`.
+    fn swap_if(&self, slot: u32, current: u8, new: u8) {
+        if let Some(b) = self.byte(slot) {
+            let _ = b.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
     /// Marks `slot` `READ` whatever it holds (see [`HostMaps::mark_read`]).

@@ -22,9 +22,8 @@
 //! meanwhile to the old owner, zeroes the counters, clears the touched bytes and frees the
 //! way. A host is idle after the idle timeout, or, once a new host found its bucket full
 //! (`HOST_TABLE_FULL` grew: the poll after reads every host), after one whole poll without
-//! packets: a flood of spoofed
-//! destinations, each touched once, frees its ways within two polls, and cannot keep a real
-//! new victim out for longer (docs/security.md). With every way of its bucket taken, a new
+//! packets: a flood of spoofed destinations, each touched once, frees its ways within two
+//! polls, and cannot keep a real new victim out for longer (docs/security.md). With every way of its bucket taken, a new
 //! host's packets count in the totals and in `HOST_TABLE_FULL` (untracked), never in another
 //! host.
 
@@ -118,22 +117,14 @@ impl HostSlots {
     /// not for the poll.
     pub(crate) fn sum(&self, addr: &[u8; 16], direction: u8) -> XdpHostCounters {
         let mut sum = XdpHostCounters::default();
-        for slot in 0..self.hosts {
-            if self.state(slot).load(Ordering::Acquire) == slot_state::READY
-                && self.owner(slot) == *addr
-            {
-                sum.accumulate(
-                    &self
-                        .counters
-                        .sum(((slot as u32) << 1) | (direction & 1) as u32),
-                );
-            }
+        for c in self.counter_slots(addr, direction) {
+            sum.accumulate(&self.counters.sum(c));
         }
         sum
     }
 
     /// The counter slots of `addr` in `direction`: one per host slot that holds it. Walks the
-    /// whole table, as [`HostSlots::sum`].
+    /// whole table: for single reads (the API, tests), not for the poll.
     pub(crate) fn counter_slots(&self, addr: &[u8; 16], direction: u8) -> Vec<u32> {
         (0..self.hosts)
             .filter(|&slot| {
